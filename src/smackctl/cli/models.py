@@ -1,0 +1,213 @@
+"""`smackctl models list|ps|show|load|unload|pull|add|rm`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from smackctl.errors import ApiError, InsufficientMemory, ModelLoadError, UsageError
+
+from . import output
+from ._common import client
+from .completion import complete_model
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Known models: list, inspect, load, unload, pull, add.", no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
+ModelArg = Annotated[str, typer.Argument(help="Model name or alias.",
+                                         autocompletion=complete_model)]  # fmt: skip
+
+
+def _gib(n: int | None) -> str:
+    return output.human_bytes(n)
+
+
+@app.command("list")
+def list_(ctx: typer.Context, json_: JsonOpt = False) -> None:
+    """Known models: size, quantisation, architecture, context, on disk, loaded."""
+    with client(ctx) as c:
+        models = c.get("/api/models", params={"details": "1"})
+    if json_:
+        output.print_json(models)
+        return
+    rows = []
+    for m in models:
+        g = m.get("gguf") or {}
+        rows.append([m["name"], _gib(g.get("file_size")), g.get("quantization"),
+                     g.get("architecture"), g.get("context_length"), m["n_ctx"],
+                     "yes" if m["on_disk"] else "no", m["state"]])  # fmt: skip
+    output.table(["NAME", "SIZE", "QUANT", "ARCH", "TRAINED CTX", "N_CTX", "ON DISK", "STATE"],
+                 rows)  # fmt: skip
+
+
+@app.command()
+def ps(ctx: typer.Context, json_: JsonOpt = False) -> None:
+    """Loaded models: state, memory (estimated and measured), ttl left, in-flight, queued."""
+    with client(ctx) as c:
+        st = c.get("/api/status")
+    loaded = [m for m in st["models"] if m["state"] != "stopped"]
+    if json_:
+        output.print_json({"models": loaded, "memory": st["memory"]})
+        return
+    if not loaded:
+        output.info("no model loaded; load one with `smackctl models load NAME`")
+    else:
+        output.table(
+            ["NAME", "STATE", "PID", "EST RAM", "RSS", "VRAM", "TTL LEFT", "IN FLIGHT", "QUEUED"],
+            [[m["name"], m["state"], m["pid"], _gib(m["estimated_ram"]), _gib(m["rss"]),
+              _gib(m["measured_vram"]) if m["measured_vram"] else "-",
+              "pinned" if m["pinned"] else output.human_duration(m["ttl_left"]),
+              m["in_flight"], m["queued"]] for m in loaded],
+        )  # fmt: skip
+    mem = st["memory"]
+    print(f"total {_gib(mem['used_ram'])} of {_gib(mem['budget_ram'])} RAM budget; "
+          f"{_gib(mem['free_ram'])} free")  # fmt: skip
+
+
+@app.command()
+def show(ctx: typer.Context, name: ModelArg, json_: JsonOpt = False) -> None:
+    """A model's parameters and GGUF metadata."""
+    with client(ctx) as c:
+        m = c.get(f"/api/models/{name}")
+    if json_:
+        output.print_json(m)
+        return
+    g = m.get("gguf") or {}
+    rows: list[tuple[str, Any]] = [
+        ("name", m["name"]), ("aliases", ", ".join(m["aliases"]) or None),
+        ("file", m["file"]), ("on disk", "yes" if m["on_disk"] else "no (pull it)"),
+        ("state", m["state"]), ("n_ctx", m["n_ctx"]), ("n_gpu_layers", m["n_gpu_layers"]),
+        ("ttl", "pinned" if m["pinned"] else f"{m['ttl']}s"),
+    ]  # fmt: skip
+    if g:
+        params = g.get("parameter_count")
+        rows += [
+            ("architecture", g.get("architecture")), ("model name", g.get("name")),
+            ("parameters", f"{params / 1e6:.1f}M" if params else None),
+            ("quantization", g.get("quantization")), ("file size", _gib(g.get("file_size"))),
+            ("trained context", g.get("context_length")), ("layers", g.get("layers")),
+            ("heads", g.get("heads")), ("kv heads", g.get("heads_kv")),
+            ("embedding", g.get("embedding_length")), ("vocab", g.get("vocab_size")),
+            ("chat template", "yes" if g.get("has_chat_template") else "no"),
+        ]  # fmt: skip
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k.ljust(width)}  {'-' if v is None else v}")
+
+
+def _follow_progress(events: Any, name: str) -> dict[str, Any]:
+    last: dict[str, Any] = {}
+    with output.progress_bars() as bars:
+        for ev in events:
+            last = ev
+            kind = ev.get("event")
+            if kind == "progress":
+                bars.update(ev.get("model", name), ev["phase"], ev.get("done") or 0,
+                            ev.get("total"))  # fmt: skip
+            elif kind == "state":
+                bars.update(ev.get("model", name), ev["state"])
+            elif kind in ("ready", "pulled"):
+                bars.update(ev.get("model", name), "ready" if kind == "ready" else "on disk", 1, 1)
+    if last.get("event") == "error":
+        cls = {507: InsufficientMemory, 404: UsageError}.get(last.get("status", 0),
+                                                              ModelLoadError)  # fmt: skip
+        raise cls(last["message"], last.get("hint"))
+    return last
+
+
+@app.command()
+def load(
+    ctx: typer.Context,
+    name: ModelArg,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Load even if the memory estimate says it will not fit.")] = False,
+    estimate_only: Annotated[bool, typer.Option(
+        "--estimate-only", help="Print what the load would need and evict; change nothing.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Load a model (pulling it first if needed) and wait until it is ready."""
+    with client(ctx, timeout=600.0) as c:
+        if estimate_only:
+            plan = c.post(f"/api/models/{name}/load", {"estimate_only": True})
+            if json_:
+                output.print_json(plan)
+            else:
+                print(f"{plan['model']}: needs {_gib(plan['ram'])} RAM"
+                      + (f" + {_gib(plan['vram'])} VRAM" if plan["vram"] else "")
+                      + f" (weights {_gib(plan['weights'])}, KV cache {_gib(plan['kv_cache'])}, "
+                      f"compute {_gib(plan['compute'])}, runner {_gib(plan['baseline'])})")
+                print(f"free in budget: {_gib(plan['free_ram'])} RAM")
+                if plan["evict"]:
+                    print("would evict: " + ", ".join(plan["evict"]))
+                print("fits" if plan["fits"] else
+                      "waits for busy models" if plan["wait"] else "does NOT fit")  # fmt: skip
+            if not plan["fits"]:
+                raise typer.Exit(1)
+            return
+        if force:
+            output.warn(f"loading {name} even if the memory estimate says it will not fit")
+        started = time.monotonic()
+        last = _follow_progress(c.ndjson("POST", f"/api/models/{name}/load", {"force": force}),
+                                name)  # fmt: skip
+    took = time.monotonic() - started
+    if json_:
+        output.print_json({"model": name, "pid": last.get("pid"), "seconds": round(took, 3)})
+    else:
+        print(f"{name} ready (pid {last.get('pid')}, {took:.1f}s)")
+
+
+@app.command()
+def unload(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(help="Model name or alias.",
+                                               autocompletion=complete_model)] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Unload every model.")] = False,
+) -> None:
+    """Stop a model's runner (or all of them) and give its memory back."""
+    if (name is None) == (not all_):
+        raise UsageError("give a model name or --all", "smackctl models unload NAME | --all")
+    with client(ctx, autostart=False) as c:
+        r = c.post(f"/api/models/{'--all' if all_ else name}/unload")
+    done = r["unloaded"]
+    output.info("unloaded " + ", ".join(done) if done else "nothing was loaded")
+
+
+@app.command()
+def pull(ctx: typer.Context, name: ModelArg) -> None:
+    """Fetch a model's file into the model store (progress, sha256 check)."""
+    with client(ctx, timeout=None) as c:  # type: ignore[arg-type]
+        last = _follow_progress(c.ndjson("POST", f"/api/models/{name}/pull"), name)
+    print(last.get("path", ""))
+
+
+@app.command()
+def add(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="A local .gguf file.", exists=True, dir_okay=False,
+                                         resolve_path=True)],  # fmt: skip
+    name: Annotated[str | None, typer.Option("--name", help="Name (default: file stem).")] = None,
+    n_ctx: Annotated[int | None, typer.Option("--n-ctx", min=1, help="Context length.")] = None,
+) -> None:
+    """Register a local GGUF file as a model."""
+    from smackctl.config import validate_model_name
+
+    model = validate_model_name(name or path.stem.replace(" ", "-"))
+    with client(ctx) as c:
+        try:
+            c.post("/api/models", {"path": str(path), "name": model, "n_ctx": n_ctx})
+        except ApiError as exc:
+            raise UsageError(exc.message) from exc
+    print(model)
+
+
+@app.command()
+def rm(ctx: typer.Context, name: ModelArg) -> None:
+    """Forget a model added with `models add` (the file is left where it is)."""
+    with client(ctx) as c:
+        c.request("DELETE", f"/api/models/{name}")
+    output.info(f"removed {name}")

@@ -1,0 +1,155 @@
+"""The only module that imports rich, and only when something is drawn.
+
+Data goes to stdout; progress, chatter and errors to stderr. Spinners and progress bars only
+on a terminal; ``NO_COLOR`` is honoured by rich itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = [
+    "err_console",
+    "error",
+    "human_bytes",
+    "human_duration",
+    "info",
+    "is_tty",
+    "print_json",
+    "progress_bars",
+    "spinner",
+    "table",
+    "warn",
+]
+
+
+def is_tty(stream: Any = None) -> bool:
+    stream = stream or sys.stdout
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def _console(stderr: bool) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=not stderr)
+
+
+def err_console() -> Console:
+    return _console(True)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def info(message: str) -> None:
+    if is_tty(sys.stderr):
+        _console(True).print(message, markup=False, style="dim")
+    else:
+        sys.stderr.write(message + "\n")
+
+
+def warn(message: str) -> None:
+    sys.stderr.write(f"smackctl: warning: {message}\n")
+
+
+def error(message: str, hint: str | None = None) -> None:
+    sys.stderr.write(f"smackctl: error: {message}\n")
+    if hint:
+        sys.stderr.write(f"  fix: {hint}\n")
+
+
+def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> None:
+    if not is_tty():
+        # plain, aligned, greppable; no box drawing when piped
+        cells = [list(columns)] + [["-" if c is None else str(c) for c in r] for r in rows]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+        for row in cells:
+            line = "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            sys.stdout.write(line + "\n")
+        return
+    from rich.table import Table
+
+    t = Table(title=title, box=None, header_style="bold", pad_edge=False)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*("-" if c is None else str(c) for c in r))
+    _console(False).print(t)
+
+
+@contextlib.contextmanager
+def spinner(text: str) -> Iterator[None]:
+    if not is_tty(sys.stderr):
+        yield
+        return
+    with _console(True).status(text):
+        yield
+
+
+class _Bars:
+    """One bar per task, driven by (key, description, done, total) updates."""
+
+    def __init__(self) -> None:
+        self._progress: Any = None
+        self._tasks: dict[str, Any] = {}
+        self._last: dict[str, str] = {}
+
+    def update(self, key: str, description: str, done: int = 0, total: int | None = None) -> None:
+        if self._progress is None:
+            if self._last.get(key) != description:  # plain lines when not a terminal
+                sys.stderr.write(f"{key}: {description}\n")
+                self._last[key] = description
+            return
+        if key not in self._tasks:
+            self._tasks[key] = self._progress.add_task(description, total=total)
+        self._progress.update(self._tasks[key], description=f"{key}: {description}",
+                              completed=done, total=total)  # fmt: skip
+
+
+@contextlib.contextmanager
+def progress_bars() -> Iterator[_Bars]:
+    bars = _Bars()
+    if not is_tty(sys.stderr):
+        yield bars
+        return
+    from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn,
+                               TimeElapsedColumn)  # fmt: skip
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  DownloadColumn(), TimeElapsedColumn(), console=_console(True),
+                  transient=False) as p:  # fmt: skip
+        bars._progress = p
+        yield bars
+
+
+def human_bytes(n: int | float | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit in ("B", "KiB") else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"

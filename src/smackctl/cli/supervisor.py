@@ -1,0 +1,188 @@
+"""`smackctl start | stop | restart | status | logs | env`."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from smackctl.config import DEFAULT_HOST, DEFAULT_PORT
+from smackctl.errors import SupervisorNotRunning
+
+from . import output
+from ._common import client, globals_of
+
+__all__ = ["register"]
+
+HostOpt = Annotated[str, typer.Option("--host", envvar="SMACKCTL_HOST",
+                                      help="Address to listen on (loopback by default).")]
+PortOpt = Annotated[int, typer.Option("--port", envvar="SMACKCTL_PORT", help="Port to listen on.")]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Profile to activate.",
+                                                 autocompletion=None)]  # fmt: skip
+
+
+def start(
+    ctx: typer.Context,
+    profile: ProfileOpt = None,
+    foreground: Annotated[bool, typer.Option(
+        "--foreground", help="Run attached to this terminal (for systemd, containers).")] = False,
+    host: HostOpt = DEFAULT_HOST,
+    port: PortOpt = DEFAULT_PORT,
+    no_auth: Annotated[bool, typer.Option(
+        "--no-auth", help="Serve without a token (loopback only).")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait until it answers.")] = 60.0,
+) -> None:
+    """Start the supervisor in the background and wait until it answers."""
+    from ._lifecycle import start_supervisor
+
+    if foreground:
+        argv = [sys.executable, "-m", "smackctl.daemon", "--host", host, "--port", str(port),
+                "--foreground"]  # fmt: skip
+        if profile:
+            argv += ["--profile", profile]
+        if no_auth:
+            argv.append("--no-auth")
+        os.execv(sys.executable, argv)
+
+    def stale(pid: int) -> None:
+        output.info(f"removed a stale pid file (supervisor pid {pid} is not running)")
+
+    with output.spinner("starting the supervisor…"):
+        s = start_supervisor(host, port, profile, no_auth=no_auth, timeout=timeout,
+                             on_stale=stale)  # fmt: skip
+    if s.already:
+        output.info(f"smackctl is already running (pid {s.pid})")
+    else:
+        output.info(f"smackctl started (pid {s.pid})")
+    print(s.url)
+
+
+def stop(
+    ctx: typer.Context,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Kill at once instead of draining requests.")] = False,
+    timeout: Annotated[float, typer.Option(
+        help="Seconds to let in-flight requests finish.")] = 30.0,
+) -> None:
+    """Stop admitting requests, let in-flight ones finish, unload every model, exit."""
+    from smackctl.client import default_url
+
+    from ._lifecycle import stop_supervisor
+
+    url = globals_of(ctx).url or default_url()
+    with output.spinner("stopping the supervisor (draining requests)…"):
+        pid = stop_supervisor(url, timeout, force)
+    if pid is None:
+        output.info("smackctl is not running")
+    else:
+        output.info(f"smackctl stopped (pid {pid})")
+
+
+def restart(
+    ctx: typer.Context,
+    profile: ProfileOpt = None,
+    host: HostOpt = DEFAULT_HOST,
+    port: PortOpt = DEFAULT_PORT,
+    timeout: Annotated[float, typer.Option(help="Seconds to drain, then to start.")] = 30.0,
+) -> None:
+    """Stop the supervisor (draining), then start it again."""
+    stop(ctx, force=False, timeout=timeout)
+    start(ctx, profile=profile, foreground=False, host=host, port=port, no_auth=False,
+          timeout=max(timeout, 60.0))  # fmt: skip
+
+
+def status(
+    ctx: typer.Context,
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Show the supervisor and its loaded models. Exit code 3 when it is not running."""
+    try:
+        with client(ctx, autostart=False) as c:
+            st = c.get("/api/status")
+    except SupervisorNotRunning as exc:
+        if json_:
+            output.print_json({"running": False, "url": exc.url})
+        raise
+    st["running"] = True
+    if json_:
+        output.print_json(st)
+        return
+    mem = st["memory"]
+    print(f"smackctl {st['version']}  running  pid {st['pid']}  {st['url']}")
+    print(f"uptime {output.human_duration(st['uptime'])}  profile {st['profile']}  "
+          f"supervisor RSS {output.human_bytes(st['rss'])}  "
+          f"memory {output.human_bytes(mem['used_ram'])} used of "
+          f"{output.human_bytes(mem['budget_ram'])} budget "
+          f"({output.human_bytes(mem['free_ram'])} free)")  # fmt: skip
+    loaded = [m for m in st["models"] if m["state"] != "stopped"]
+    if not loaded:
+        print("no model loaded")
+        return
+    now = time.time()
+    output.table(
+        ["MODEL", "STATE", "PID", "RSS", "LOADED", "LAST USED", "REQUESTS"],
+        [[m["name"], m["state"], m["pid"], output.human_bytes(m["rss"]),
+          output.human_duration(now - m["loaded_since"]) + " ago" if m["loaded_since"] else None,
+          output.human_duration(now - m["last_used"]) + " ago" if m["last_used"] else None,
+          m["requests_served"]] for m in loaded],
+    )  # fmt: skip
+
+
+def logs(
+    model: Annotated[str | None, typer.Argument(help="A model's runner log instead.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="Lines to show.")] = 50,
+) -> None:
+    """Show the supervisor's log, or one model's runner log (read from the state dir)."""
+    from smackctl.config import validate_model_name
+    from smackctl.paths import get_paths
+
+    paths = get_paths()
+    path = paths.runner_log(validate_model_name(model)) if model else paths.supervisor_log
+    if not path.is_file():
+        output.info(f"no log yet at {path}")
+        return
+    _print_tail(path, lines)
+    if follow:
+        _follow(path)
+
+
+def _print_tail(path: Path, lines: int) -> None:
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 512 * 1024))
+        text = f.read().decode(errors="replace")
+    for line in text.splitlines()[-lines:]:
+        print(line)
+
+
+def _follow(path: Path) -> None:
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        try:
+            while True:
+                chunk = f.read()
+                if chunk:
+                    sys.stdout.write(chunk.decode(errors="replace"))
+                    sys.stdout.flush()
+                else:
+                    time.sleep(0.2)
+        except KeyboardInterrupt:
+            return
+
+
+def env(ctx: typer.Context) -> None:
+    """Print `export OPENAI_BASE_URL=… OPENAI_API_KEY=…` for any OpenAI client."""
+    with client(ctx) as c:
+        url, token = c.url, c.token
+    print(f"export OPENAI_BASE_URL={url}/v1")
+    print(f"export OPENAI_API_KEY={token or 'none'}")
+
+
+def register(app: typer.Typer) -> None:
+    for fn in (start, stop, restart, status, logs, env):
+        app.command()(fn)

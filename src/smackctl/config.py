@@ -1,0 +1,361 @@
+"""Settings and the profile schema.
+
+A profile is a YAML file naming a set of models with their load parameters, a memory budget,
+sampling defaults and routing. Every error names ``file:line key.path: what is wrong``; several
+errors are reported at once. Unknown keys are rejected (a typo must not be silently ignored).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from smackctl.errors import ConfigError, UsageError
+from smackctl.paths import list_profile_files, profile_dirs
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "Defaults",
+    "MemoryBudget",
+    "ModelSpec",
+    "Profile",
+    "ProfileIssue",
+    "Routing",
+    "find_profile",
+    "list_profile_files",
+    "load_profile",
+    "parse_size",
+    "profile_dirs",
+    "validate_model_name",
+    "validate_profile_file",
+]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7622
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024, "m": 1000**2,
+          "mb": 1000**2, "mi": 1024**2, "mib": 1024**2, "g": 1000**3, "gb": 1000**3,
+          "gi": 1024**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "ti": 1024**4,
+          "tib": 1024**4}  # fmt: skip
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*(s|m|h|d)?\s*$")
+
+
+def validate_model_name(name: str) -> str:
+    """A model name never becomes a path: letters, digits, '.', '_', '-' and no '..'."""
+    if not _NAME_RE.match(name) or ".." in name:
+        raise UsageError(
+            f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' "
+            "(at most 64, starting with a letter or digit, no '..')",
+            "pick another name, e.g. `--name my-model`",
+        )
+    return name
+
+
+def parse_size(value: int | float | str) -> int:
+    """``12GiB`` → bytes. Plain numbers are bytes."""
+    if isinstance(value, int | float):
+        return int(value)
+    m = _SIZE_RE.match(value)
+    if not m or (m.group(2) or "").lower() not in _UNITS:
+        raise ValueError(f"not a size: {value!r} (write e.g. 512MiB, 12GiB)")
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+
+
+def parse_duration(value: int | str) -> int:
+    """``10m`` → 600 seconds. Plain numbers are seconds."""
+    if isinstance(value, int):
+        return value
+    m = _DURATION_RE.match(value)
+    if not m:
+        raise ValueError(f"not a duration: {value!r} (write e.g. 300, 5m, 1h)")
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
+
+
+Size = Annotated[int, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """One model: where its GGUF comes from and how to load it."""
+
+    source: str | None = None  # pypi:PACKAGE#FILE, https://…, hf:OWNER/REPO/FILE
+    path: str | None = None  # a local GGUF file
+    sha256: str | None = None
+    n_ctx: int = Field(2048, gt=0)
+    n_gpu_layers: int = Field(0, ge=-1)
+    threads: int | None = Field(None, gt=0)
+    parallel: int = Field(1, gt=0)
+    max_queue: int = Field(32, ge=0)
+    ttl: int = Field(600, ge=0)  # seconds idle before unload; 0 = never
+    pinned: bool = False
+    preload: bool = False
+    aliases: tuple[str, ...] = ()
+    chat_format: str | None = None
+    backend: Literal["llama-cpp-python"] = "llama-cpp-python"
+    args: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @field_validator("ttl", mode="before")
+    @classmethod
+    def _ttl(cls, v: Any) -> Any:
+        return parse_duration(v) if isinstance(v, str) else v
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[0-9a-f]{64}", v):
+            raise ValueError("must be 64 lowercase hex digits")
+        return v
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for a in v:
+            validate_model_name(a)
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.source is None) == (self.path is None):
+            raise ValueError("give exactly one of `source` or `path`")
+        return self
+
+    def load_key(self) -> tuple[Any, ...]:
+        """Parameters whose change needs a reload of the runner."""
+        return (self.source, self.path, self.n_ctx, self.n_gpu_layers, self.threads,
+                self.parallel, self.chat_format, self.backend, tuple(sorted(self.args.items())))  # fmt: skip
+
+
+class MemoryBudget(_Strict):
+    ram: Size | None = None  # None: what the machine has available minus the reserve
+    vram: Size | None = None
+    reserve: Size = 2 * 1024**3
+    max_loaded: int | None = Field(None, gt=0)
+
+    @field_validator("ram", "vram", "reserve", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        return parse_size(v) if isinstance(v, str) else v
+
+
+class Defaults(_Strict):
+    temperature: float | None = Field(None, ge=0, le=5)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, gt=0)
+    seed: int | None = None
+
+
+class Routing(_Strict):
+    default_model: str | None = None
+    aliases: dict[str, str] = Field(default_factory=dict)
+
+
+class Profile(_Strict):
+    name: str
+    description: str = ""
+    models: dict[str, ModelSpec] = Field(default_factory=dict)
+    memory: MemoryBudget = Field(default_factory=MemoryBudget)
+    defaults: Defaults = Field(default_factory=Defaults)
+    routing: Routing = Field(default_factory=Routing)
+
+    @field_validator("models")
+    @classmethod
+    def _names(cls, v: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
+        for name in v:
+            validate_model_name(name)
+        return v
+
+    @model_validator(mode="after")
+    def _routing(self) -> Profile:
+        seen: dict[str, str] = {}
+        for name, spec in self.models.items():
+            for alias in (name, *spec.aliases):
+                if alias in seen and seen[alias] != name:
+                    raise ValueError(f"alias {alias!r} is used by both {seen[alias]!r} and {name!r}")
+                seen[alias] = name
+        for alias, target in self.routing.aliases.items():
+            if target not in self.models:
+                raise ValueError(f"routing.aliases.{alias} points at unknown model {target!r}")
+            if alias in seen and seen[alias] != target:
+                raise ValueError(f"alias {alias!r} is used by both {seen[alias]!r} and {target!r}")
+        dm = self.routing.default_model
+        if dm is not None and dm not in seen and dm not in self.routing.aliases:
+            raise ValueError(f"routing.default_model {dm!r} is not a model of this profile")
+        return self
+
+    def resolve(self, name: str) -> str | None:
+        """Model name for a name or alias, or None."""
+        if name in self.models:
+            return name
+        if name in self.routing.aliases:
+            return self.routing.aliases[name]
+        for model, spec in self.models.items():
+            if name in spec.aliases:
+                return model
+        return None
+
+    def resolve_spec_path(self, spec: ModelSpec, base: Path) -> Path | None:
+        if spec.path is None:
+            return None
+        p = Path(os.path.expandvars(spec.path)).expanduser()
+        return p if p.is_absolute() else (base / p).resolve()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class ProfileIssue:
+    file: str
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where} {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+@dataclass
+class _Located:
+    data: Any
+    lines: dict[tuple[str | int, ...], int] = field(default_factory=dict)
+
+
+def _compose(text: str) -> _Located:
+    """YAML → plain data, plus the line of every key path (for error messages)."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    lines: dict[tuple[str | int, ...], int] = {}
+
+    def walk(n: yaml.Node | None, path: tuple[str | int, ...]) -> Any:
+        if n is None:
+            return None
+        lines.setdefault(path, n.start_mark.line + 1)
+        if isinstance(n, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for k, v in n.value:
+                key = k.value
+                lines[(*path, key)] = k.start_mark.line + 1
+                out[key] = walk(v, (*path, key))
+            return out
+        if isinstance(n, yaml.SequenceNode):
+            return [walk(v, (*path, i)) for i, v in enumerate(n.value)]
+        loader = yaml.SafeLoader("")
+        try:
+            return loader.construct_object(n, deep=True)
+        finally:
+            loader.dispose()
+
+    return _Located(walk(node, ()), lines)
+
+
+def _expand_env(data: Any) -> Any:
+    if isinstance(data, str):
+        return _ENV_RE.sub(lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""), data)
+    if isinstance(data, dict):
+        return {k: _expand_env(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_expand_env(v) for v in data]
+    return data
+
+
+def _line_for(loc: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> int | None:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+def validate_profile_file(path: Path) -> tuple[Profile | None, list[ProfileIssue]]:
+    """Parse and validate one profile file; never raises for a bad file."""
+    shown = _display(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        return None, [ProfileIssue(shown, None, "", f"cannot read: {exc.strerror}")]
+    try:
+        located = _compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        return None, [ProfileIssue(shown, line, "", f"invalid YAML: {problem}")]
+    data = located.data
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        return None, [ProfileIssue(shown, 1, "", "a profile must be a mapping (key: value)")]
+    data = _expand_env(data)
+    data.setdefault("name", path.stem)
+    try:
+        profile = Profile.model_validate(data)
+    except ValidationError as exc:
+        issues = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            key = ".".join(str(p) for p in loc)
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (remove it, or check its spelling)"
+            elif "input" in err and err["type"] not in ("missing",) and not isinstance(
+                err["input"], dict
+            ):
+                msg = f"{msg}, got {err['input']!r}"
+            issues.append(ProfileIssue(shown, _line_for(loc, located.lines), key, msg))
+        return None, issues
+    except UsageError as exc:
+        return None, [ProfileIssue(shown, None, "models", exc.message)]
+    issues = []
+    for name, spec in profile.models.items():
+        p = profile.resolve_spec_path(spec, path.parent)
+        if p is not None and not p.is_file():
+            line = _line_for(("models", name, "path"), located.lines)
+            issues.append(ProfileIssue(shown, line, f"models.{name}.path",
+                                       f"no such file: {p} (fix the path, or use `source:`)"))  # fmt: skip
+    return (profile if not issues else None), issues
+
+
+def load_profile(path: Path) -> Profile:
+    profile, issues = validate_profile_file(path)
+    if profile is None:
+        raise ConfigError(
+            "invalid profile:\n" + "\n".join(f"  {i}" for i in issues),
+            f"fix the file, then check it with `smackctl profile validate {_display(path)}`",
+        )
+    return profile
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+# --------------------------------------------------------------------------- finding
+
+
+def find_profile(name_or_path: str, extra: Iterable[Path] = ()) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        return p.resolve()
+    found = list_profile_files(extra)
+    if name_or_path in found:
+        return found[name_or_path]
+    raise UsageError(
+        f"no profile named {name_or_path!r}; known: {', '.join(sorted(found)) or 'none'}",
+        "see `smackctl profile list`, or give the path of a .yaml file",
+    )

@@ -1,0 +1,5 @@
+import sys
+
+from smackctl.daemon.main import main
+
+sys.exit(main())

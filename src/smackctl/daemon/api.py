@@ -1,0 +1,390 @@
+"""The supervisor's HTTP API: OpenAI routes, control routes, health.
+
+Every route but ``/health`` needs the bearer token. A ``Host`` header that is not a loopback
+name is refused (DNS rebinding), and no CORS header is ever sent, so a web page in a browser
+cannot read answers from the supervisor even if it guesses the port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from smackctl import __version__
+from smackctl.errors import SmackError, UsageError
+
+from .proxy import Proxy, error_body, new_request_id
+from .schemas import REQUEST_SCHEMAS
+from .scheduler import Scheduler
+
+__all__ = ["create_app", "Guard"]
+
+log = logging.getLogger("smackctl.api")
+
+MAX_BODY = 16 * 1024 * 1024
+_LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def _err(status: int, message: str, error_type: str, code: str | None = None,
+         headers: dict[str, str] | None = None) -> Response:  # fmt: skip
+    return Response(error_body(message, error_type, code), status_code=status,
+                    media_type="application/json", headers=headers)  # fmt: skip
+
+
+class Guard:
+    """ASGI middleware: Host check, bearer token, body size cap. Cheap on the hot path."""
+
+    def __init__(self, app: ASGIApp, token: str | None, extra_hosts: set[str],
+                 max_body: int = MAX_BODY) -> None:  # fmt: skip
+        self.app = app
+        self.token = token.encode() if token else None
+        self.hosts = _LOOPBACK_HOSTS | extra_hosts
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        host = headers.get(b"host", b"").decode("latin-1")
+        hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if hostname.lower() not in self.hosts:
+            resp = _err(403, f"Host {host!r} is not allowed: the supervisor answers loopback "
+                        "names only (DNS rebinding guard)", "forbidden", "bad_host")  # fmt: skip
+            await resp(scope, receive, send)
+            return
+        if scope["method"] == "OPTIONS":  # CORS preflight: never allow a foreign origin
+            await _err(403, "cross-origin requests are not allowed", "forbidden", "cors")(
+                scope, receive, send)
+            return
+        if self.token is not None and scope["path"] != "/health":
+            auth = headers.get(b"authorization", b"")
+            given = auth[7:] if auth[:7].lower() == b"bearer " else b""
+            if not hmac.compare_digest(given, self.token):
+                await _err(401, "missing or wrong API token: send `Authorization: Bearer TOKEN`;"
+                           " `smackctl env` prints it", "authentication_error", "invalid_api_key",
+                           {"WWW-Authenticate": "Bearer"})(scope, receive, send)  # fmt: skip
+                return
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            await _err(413, f"request body of {int(length)} bytes is over the limit of "
+                       f"{self.max_body} bytes", "invalid_request_error", "body_too_large")(
+                scope, receive, send)  # fmt: skip
+            return
+        await self.app(scope, _capped(receive, self.max_body), send)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def _capped(receive: Receive, limit: int) -> Receive:
+    seen = 0
+
+    async def wrapped() -> Any:
+        nonlocal seen
+        msg = await receive()
+        if msg["type"] == "http.request":
+            seen += len(msg.get("body", b""))
+            if seen > limit:
+                raise BodyTooLarge()
+        return msg
+
+    return wrapped
+
+
+def _smack_error(exc: SmackError) -> Response:
+    message = exc.message + (f" (fix: {exc.hint})" if exc.hint else "")
+    headers = {"Retry-After": "1"} if exc.status == 503 else None
+    return _err(exc.status, message, exc.error_type, type(exc).__name__, headers)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _errors(fn: Handler) -> Handler:
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except SmackError as exc:
+            return _smack_error(exc)
+        except BodyTooLarge:
+            return _err(413, f"request body is over the limit of {MAX_BODY} bytes",
+                        "invalid_request_error", "body_too_large")  # fmt: skip
+
+    return wrapper
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise UsageError(f"request body is not valid JSON: {exc}",
+                         "send a JSON object with Content-Type: application/json") from exc  # fmt: skip
+    if not isinstance(data, dict):
+        raise UsageError("request body must be a JSON object", "wrap the fields in {…}")
+    return data
+
+
+def create_app(
+    scheduler: Scheduler,
+    *,
+    token: str | None,
+    extra_hosts: set[str] | None = None,
+    on_shutdown_request: Callable[[float, bool], None] | None = None,
+) -> ASGIApp:
+    proxy = Proxy(scheduler)
+    started = time.time()
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "version": __version__, "pid": os.getpid(),
+                             "accepting": scheduler.accepting})  # fmt: skip
+
+    async def openai(request: Request) -> Response:
+        body = await _json_body(request)
+        schema = REQUEST_SCHEMAS[request.url.path]
+        try:
+            schema.model_validate(body)
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            field = ".".join(str(p) for p in e["loc"]) or "body"
+            msg = e["msg"]
+            if e["type"] == "extra_forbidden":
+                msg = "unknown field; the supervisor refuses fields it does not know"
+            return _err(400, f"invalid field `{field}`: {msg}", "invalid_request_error",
+                        "invalid_" + (str(e["loc"][0]) if e["loc"] else "body"))  # fmt: skip
+        return await proxy.forward(request.url.path, body, new_request_id())
+
+    async def list_models(request: Request) -> Response:
+        data = []
+        for m in scheduler.models.values():
+            data.append({"id": m.name, "object": "model", "created": int(started),
+                         "owned_by": "smackctl", "aliases": list(m.spec.aliases),
+                         "state": m.state})  # fmt: skip
+        return JSONResponse({"object": "list", "data": data})
+
+    async def status(request: Request) -> Response:
+        b = scheduler.budget()
+        models = [scheduler.model_view(m) for m in scheduler.models.values()]
+        used = sum(v["measured_ram"] or v["estimated_ram"] or 0 for v in models
+                   if v["state"] in ("ready", "starting", "backoff"))  # fmt: skip
+        return JSONResponse({
+            "pid": os.getpid(), "version": __version__, "url": str(request.base_url).rstrip("/"),
+            "started_at": started, "uptime": time.time() - started,
+            "rss": _self_rss(),
+            "profile": scheduler.profile.name,
+            "profile_path": str(scheduler.profile_path) if scheduler.profile_path else None,
+            "accepting": scheduler.accepting,
+            "memory": {"budget_ram": b.ram, "budget_vram": b.vram, "used_ram": used,
+                       "free_ram": b.ram - used, "max_loaded": b.max_loaded},
+            "models": models,
+        })  # fmt: skip
+
+    async def models_index(request: Request) -> Response:
+        views = [scheduler.model_view(m) for m in scheduler.models.values()]
+        if request.query_params.get("details"):
+            from smackctl.gguf import read_info
+
+            for v in views:
+                if v["on_disk"]:
+                    try:
+                        v["gguf"] = (await asyncio.to_thread(read_info, Path(v["file"]))).as_dict()
+                    except SmackError as exc:
+                        v["gguf_error"] = exc.message
+        return JSONResponse(views)
+
+    async def model_pull(request: Request) -> Response:
+        m = scheduler.resolve(request.path_params["name"])
+
+        async def events() -> AsyncIterator[bytes]:
+            async with scheduler.subscribe() as q:
+                task = asyncio.ensure_future(scheduler.pull(m.name))
+                while True:
+                    getter = asyncio.ensure_future(q.get())
+                    done, _ = await asyncio.wait({task, getter},
+                                                 return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                    if getter in done:
+                        ev = getter.result()
+                        if ev.get("model") == m.name and ev["event"] == "progress":
+                            yield json.dumps(ev).encode() + b"\n"
+                    else:
+                        getter.cancel()
+                    if task in done:
+                        break
+                exc = task.exception()
+                if exc is None:
+                    yield json.dumps({"event": "pulled", "model": m.name,
+                                      "path": str(task.result())}).encode() + b"\n"  # fmt: skip
+                else:
+                    err = exc if isinstance(exc, SmackError) else SmackError(str(exc))
+                    yield json.dumps({"event": "error", "model": m.name, "status": err.status,
+                                      "message": err.message, "hint": err.hint}).encode() + b"\n"
+
+        return StreamingResponse(events(), media_type="application/x-ndjson")
+
+    async def model_show(request: Request) -> Response:
+        m = scheduler.resolve(request.path_params["name"])
+        view = scheduler.model_view(m)
+        path = scheduler.model_file(m)
+        if path.is_file():
+            from smackctl.gguf import read_info
+
+            view["gguf"] = (await asyncio.to_thread(read_info, path)).as_dict()
+        return JSONResponse(view)
+
+    async def model_add(request: Request) -> Response:
+        body = await _json_body(request)
+        path, name = body.get("path"), body.get("name")
+        if not isinstance(path, str) or not isinstance(name, str):
+            raise UsageError("`path` and `name` are required strings",
+                             "smackctl models add PATH --name NAME")  # fmt: skip
+        n_ctx = body.get("n_ctx")
+        m = scheduler.add_model(name, Path(path), n_ctx if isinstance(n_ctx, int) else None)
+        return JSONResponse(scheduler.model_view(m), status_code=201)
+
+    async def model_remove(request: Request) -> Response:
+        await scheduler.remove_model(request.path_params["name"])
+        return JSONResponse({"removed": request.path_params["name"]})
+
+    async def model_load(request: Request) -> Response:
+        name = request.path_params["name"]
+        body = await _json_body(request)
+        m = scheduler.resolve(name)
+        force = bool(body.get("force"))
+        if body.get("estimate_only"):
+            from smackctl.gguf import read_info
+            from smackctl.daemon.estimate import estimate_memory
+
+            path = scheduler.model_file(m)
+            if not path.is_file():
+                raise UsageError(f"{m.name} is not on disk yet",
+                                 f"pull it first: `smackctl models pull {m.name}`")  # fmt: skip
+            info = await asyncio.to_thread(read_info, path)
+            est = estimate_memory(info, m.spec.n_ctx, m.spec.n_gpu_layers)
+            plan = scheduler.plan_for(m, est)
+            return JSONResponse({"model": m.name, "ram": est.ram, "vram": est.vram,
+                                 "weights": est.weights, "kv_cache": est.kv_cache,
+                                 "compute": est.compute, "baseline": est.baseline,
+                                 "fits": plan.fits, "evict": list(plan.evict), "wait": plan.wait,
+                                 "free_ram": plan.free_ram, "free_vram": plan.free_vram,
+                                 "loaded": m.state == "ready"})  # fmt: skip
+
+        async def events() -> AsyncIterator[bytes]:
+            async with scheduler.subscribe() as q:
+                task = asyncio.ensure_future(scheduler.ensure_ready(m.name, force=force))
+                try:
+                    while True:
+                        getter = asyncio.ensure_future(q.get())
+                        done, _ = await asyncio.wait({task, getter},
+                                                     return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                        if getter in done:
+                            ev = getter.result()
+                            if ev.get("model") == m.name and ev["event"] in ("progress", "state"):
+                                yield json.dumps(ev).encode() + b"\n"
+                        else:
+                            getter.cancel()
+                        if task in done:
+                            break
+                    exc = task.exception()
+                    if exc is None:
+                        yield json.dumps({"event": "ready", "model": m.name,
+                                          "pid": task.result().pid}).encode() + b"\n"  # fmt: skip
+                    else:
+                        err = exc if isinstance(exc, SmackError) else SmackError(str(exc))
+                        yield json.dumps({"event": "error", "model": m.name,
+                                          "status": err.status, "message": err.message,
+                                          "hint": err.hint}).encode() + b"\n"  # fmt: skip
+                finally:
+                    if not task.done():  # the client went away; the load itself goes on
+                        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+        return StreamingResponse(events(), media_type="application/x-ndjson")
+
+    async def model_unload(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name == "--all":
+            return JSONResponse({"unloaded": await scheduler.unload_all()})
+        m = scheduler.resolve(name)
+        done = await scheduler.unload(m.name)
+        return JSONResponse({"unloaded": [m.name] if done else []})
+
+    async def shutdown(request: Request) -> Response:
+        body = await _json_body(request)
+        timeout = float(body.get("timeout", 30.0))
+        force = bool(body.get("force", False))
+        if on_shutdown_request is not None:
+            on_shutdown_request(timeout, force)
+        return JSONResponse({"stopping": True, "pid": os.getpid()}, status_code=202)
+
+    async def logs(request: Request) -> Response:
+        model = request.query_params.get("model")
+        lines = int(request.query_params.get("lines", "200"))
+        if model:
+            path = scheduler.paths.runner_log(scheduler.resolve(model).name)
+        else:
+            path = scheduler.paths.supervisor_log
+        if not path.is_file():
+            return PlainTextResponse("")
+        text = await asyncio.to_thread(_tail, path, lines)
+        return PlainTextResponse(text)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return _err(404, f"no route {request.method} {request.url.path}",
+                    "invalid_request_error", "not_found")  # fmt: skip
+
+    async def bad_method(request: Request, exc: Exception) -> Response:
+        return _err(405, f"method {request.method} not allowed on {request.url.path}",
+                    "invalid_request_error", "method_not_allowed")  # fmt: skip
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/v1/models", _errors(list_models), methods=["GET"]),
+        Route("/v1/chat/completions", _errors(openai), methods=["POST"]),
+        Route("/v1/completions", _errors(openai), methods=["POST"]),
+        Route("/v1/embeddings", _errors(openai), methods=["POST"]),
+        Route("/api/status", _errors(status), methods=["GET"]),
+        Route("/api/models", _errors(models_index), methods=["GET"]),
+        Route("/api/models", _errors(model_add), methods=["POST"]),
+        Route("/api/models/{name}", _errors(model_show), methods=["GET"]),
+        Route("/api/models/{name}", _errors(model_remove), methods=["DELETE"]),
+        Route("/api/models/{name}/load", _errors(model_load), methods=["POST"]),
+        Route("/api/models/{name}/pull", _errors(model_pull), methods=["POST"]),
+        Route("/api/models/{name}/unload", _errors(model_unload), methods=["POST"]),
+        Route("/api/shutdown", _errors(shutdown), methods=["POST"]),
+        Route("/api/logs", _errors(logs), methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: bad_method})
+    app.state.proxy = proxy
+    return Guard(app, token, extra_hosts or set())
+
+
+def _self_rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def _tail(path: Path, lines: int) -> str:
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - 256 * 1024))
+        text = f.read().decode(errors="replace")
+    return "\n".join(text.splitlines()[-lines:]) + "\n"

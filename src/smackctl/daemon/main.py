@@ -1,0 +1,217 @@
+"""The supervisor process: ``python -m smackctl.daemon``.
+
+Start-up order matters: take the pid lock (one supervisor per state dir), bind the port (a
+clear error if it is taken), reap runners a crashed predecessor left, then serve. On exit:
+drain, stop every runner, remember what was loaded, release the lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import fcntl
+import ipaddress
+import logging
+import logging.handlers
+import os
+import secrets
+import socket
+import sys
+from pathlib import Path
+from typing import IO
+
+from smackctl.config import DEFAULT_HOST, DEFAULT_PORT, Profile, find_profile, load_profile
+from smackctl.errors import PortInUse, SmackError, UsageError
+from smackctl.paths import Paths, get_paths
+
+from .api import create_app
+from .scheduler import Scheduler
+from .store import Store
+
+__all__ = ["main", "is_loopback", "read_or_create_token"]
+
+log = logging.getLogger("smackctl.supervisor")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def read_or_create_token(paths: Paths) -> str:
+    p = paths.token_path
+    if p.is_file():
+        return p.read_text().strip()
+    token = "smk-" + secrets.token_urlsafe(32)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def _lock(paths: Paths) -> IO[str]:
+    """Hold an exclusive lock on the pid file for the life of the process."""
+    f = open(paths.pid_path, "a+")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        other = f.read().strip()
+        raise SmackError(f"another supervisor (pid {other or '?'}) holds {paths.pid_path}",
+                         "use `smackctl status`, or `smackctl stop` first") from None  # fmt: skip
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(host, port) from exc
+        raise SmackError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                         "choose another address with `--host`/`--port`") from exc  # fmt: skip
+    sock.listen(512)
+    sock.set_inheritable(False)
+    return sock
+
+
+def _setup_logging(paths: Paths, foreground: bool) -> None:
+    handlers: list[logging.Handler] = [
+        logging.handlers.RotatingFileHandler(paths.supervisor_log, maxBytes=10 * 1024**2,
+                                             backupCount=3)  # fmt: skip
+    ]
+    if foreground:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.handlers.clear()
+    for h in handlers:
+        h.setFormatter(fmt)
+        root.addHandler(h)
+    root.setLevel(logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request is ours
+
+
+def _profile(store: Store, requested: str | None) -> tuple[Profile, Path | None]:
+    name = requested or store.get("active_profile_path") or "default"
+    try:
+        path = find_profile(name)
+    except UsageError:
+        if requested:
+            raise
+        path = find_profile("default")
+    profile = load_profile(path)
+    store.set("active_profile_path", str(path))
+    return profile, path
+
+
+async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) -> None:
+    import uvicorn
+
+    store = Store(paths.db_path)
+    profile, profile_path = _profile(store, args.profile)
+    scheduler = Scheduler(paths, store, profile, profile_path)
+    reaped = scheduler.reap_stale_runners()
+    if reaped:
+        log.warning("killed %d runner(s) left by an earlier supervisor: %s", len(reaped), reaped)
+    token = None if args.no_auth else read_or_create_token(paths)
+    extra = set() if is_loopback(args.host) else {args.host}
+    server: uvicorn.Server | None = None
+
+    def request_shutdown(timeout: float, force: bool) -> None:
+        async def go() -> None:
+            if force:
+                scheduler.accepting = False
+                scheduler.stop_grace = 0.5
+            else:
+                drained = await scheduler.drain(timeout)
+                if not drained:
+                    log.warning("drain timed out after %.0fs; stopping anyway", timeout)
+            assert server is not None
+            server.should_exit = True
+
+        asyncio.get_running_loop().create_task(go())
+
+    app = create_app(scheduler, token=token, extra_hosts=extra,
+                     on_shutdown_request=request_shutdown)  # fmt: skip
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=args.drain_timeout,
+                            timeout_keep_alive=30)  # fmt: skip
+    server = uvicorn.Server(config)
+    reaper = asyncio.get_running_loop().create_task(scheduler.reaper())
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{host}:{args.port}"
+
+    async def announce() -> None:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        paths.endpoint_path.write_text(url + "\n")
+        log.info("supervisor %d ready at %s (profile %s)", os.getpid(), url, profile.name)
+        await scheduler.restore()
+
+    announcer = asyncio.get_running_loop().create_task(announce())
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        announcer.cancel()
+        reaper.cancel()
+        log.info("stopping: unloading every model")
+        await scheduler.shutdown()
+        await app.app.state.proxy.aclose()  # type: ignore[attr-defined]
+        store.close()
+        with contextlib.suppress(FileNotFoundError):
+            paths.endpoint_path.unlink()
+        log.info("supervisor %d stopped", os.getpid())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="smackctl-supervisor")
+    parser.add_argument("--host", default=os.environ.get("SMACKCTL_HOST", DEFAULT_HOST))
+    parser.add_argument("--port", type=int,
+                        default=int(os.environ.get("SMACKCTL_PORT", DEFAULT_PORT)))  # fmt: skip
+    parser.add_argument("--profile", default=None)
+    parser.add_argument("--foreground", action="store_true")
+    parser.add_argument("--no-auth", action="store_true")
+    parser.add_argument("--drain-timeout", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    paths = get_paths().ensure()
+    _setup_logging(paths, args.foreground)
+    try:
+        if args.no_auth and not is_loopback(args.host):
+            raise UsageError(f"refusing to listen on {args.host} without a token",
+                             "drop --no-auth, or bind 127.0.0.1")  # fmt: skip
+        lock = _lock(paths)
+        sock = _bind(args.host, args.port)
+    except SmackError as exc:
+        log.error("%s", exc)
+        print(f"smackctl: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    try:
+        asyncio.run(_serve(args, paths, sock))
+    except SmackError as exc:
+        log.error("%s", exc)
+        print(f"smackctl: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    finally:
+        with contextlib.suppress(OSError):
+            paths.pid_path.unlink()
+        lock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Forwarding OpenAI requests to a model's runner.
+
+Streams pass through chunk by chunk as the runner writes them (no buffering, no re-encoding).
+A runner that dies before any byte went back to the client gets the request once more after
+its restart; a stream cut mid-way ends with an SSE error event, never a fake ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from starlette.responses import Response, StreamingResponse
+
+from smackctl.errors import SmackError
+
+from .scheduler import Managed, Scheduler
+
+__all__ = ["Proxy", "UpstreamError"]
+
+log = logging.getLogger("smackctl.requests")
+
+
+class UpstreamError(SmackError):
+    status = 502
+    error_type = "runner_error"
+
+
+def error_body(message: str, error_type: str, code: str | None = None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": error_type, "code": code}}).encode()
+
+
+class Proxy:
+    def __init__(self, scheduler: Scheduler, request_timeout: float = 600.0) -> None:
+        self.scheduler = scheduler
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=5.0, read=request_timeout, write=30.0, pool=None),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+        )
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def forward(self, path: str, body: dict[str, Any], request_id: str) -> Response:
+        sched = self.scheduler
+        m = sched.resolve(body.get("model"))
+        payload = json.dumps(_with_defaults(body, sched.profile.defaults.model_dump())).encode()
+        stream = bool(body.get("stream"))
+        started = time.perf_counter()
+        for attempt in (1, 2):
+            stack = contextlib.AsyncExitStack()
+            _, runner = await stack.enter_async_context(sched.slot(m.name))
+            req = self.http.build_request(
+                "POST", runner.base_url + path, content=payload,
+                headers={"Authorization": f"Bearer {runner.api_key}",
+                         "Content-Type": "application/json", "X-Request-Id": request_id},
+            )  # fmt: skip
+            try:
+                upstream = await self.http.send(req, stream=True)
+                if upstream.status_code >= 400 or not stream:
+                    content = await upstream.aread()
+                    await upstream.aclose()
+                    await stack.aclose()
+                    return self._finish(m, path, upstream, content, started, request_id)
+                body = upstream.aiter_raw()
+                first = await anext(body, b"")
+            except httpx.TransportError as exc:
+                await stack.aclose()
+                if attempt == 1 and await _died(runner):
+                    log.warning("%s: runner %s died before answering; retrying once",
+                                request_id, m.name)  # fmt: skip
+                    continue
+                raise UpstreamError(
+                    f"the runner for {m.name} failed before answering: {exc!r}",
+                    f"see `smackctl logs {m.name}`",
+                ) from exc
+            except BaseException:
+                await stack.aclose()
+                raise
+            return StreamingResponse(
+                self._relay(m, upstream, body, first, stack, started, request_id, path),
+                status_code=upstream.status_code,
+                media_type=upstream.headers.get("content-type", "text/event-stream"),
+                headers={"X-Request-Id": request_id, "Cache-Control": "no-cache",
+                         "X-Accel-Buffering": "no"},
+            )  # fmt: skip
+        raise AssertionError("unreachable")
+
+    def _finish(self, m: Managed, path: str, upstream: httpx.Response, content: bytes,
+                started: float, request_id: str) -> Response:  # fmt: skip
+        status = upstream.status_code
+        tokens_in = tokens_out = None
+        if status >= 400:
+            content, status = _map_error(m.name, status, content)
+        else:
+            with contextlib.suppress(ValueError, AttributeError, TypeError):
+                usage = json.loads(content).get("usage") or {}
+                tokens_in, tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        self._log(m.name, path, status, tokens_in, tokens_out, started, request_id)
+        return Response(content, status_code=status, headers={"X-Request-Id": request_id},
+                        media_type="application/json")  # fmt: skip
+
+    async def _relay(self, m: Managed, upstream: httpx.Response, body: AsyncIterator[bytes],
+                     first: bytes,
+                     stack: contextlib.AsyncExitStack, started: float, request_id: str,
+                     path: str) -> AsyncIterator[bytes]:  # fmt: skip
+        status = 200
+        chunks = first.count(b"data:")
+        try:
+            if first:
+                yield first
+            async for chunk in body:
+                chunks += chunk.count(b"data:")
+                yield chunk
+        except httpx.TransportError as exc:
+            status = 502
+            log.warning("%s: stream from %s cut: %r", request_id, m.name, exc)
+            msg = (f"the runner for {m.name} stopped in the middle of the answer; "
+                   f"the answer is incomplete (see `smackctl logs {m.name}`)")  # fmt: skip
+            yield b"data: " + error_body(msg, "runner_crashed", "stream_cut") + b"\n\n"
+        finally:
+            await upstream.aclose()
+            await stack.aclose()
+            self._log(m.name, path, status, None, max(0, chunks - 2), started, request_id)
+
+    def _log(self, model: str, path: str, status: int, tokens_in: int | None,
+             tokens_out: int | None, started: float, request_id: str) -> None:  # fmt: skip
+        ms = (time.perf_counter() - started) * 1000
+        log.info("request id=%s model=%s route=%s status=%d tokens_in=%s tokens_out=%s ms=%.1f",
+                 request_id, model, path, status, tokens_in, tokens_out, ms)  # fmt: skip
+        with contextlib.suppress(Exception):
+            self.scheduler.store.log_request(model, path, status, tokens_in, tokens_out, ms,
+                                             request_id)  # fmt: skip
+
+
+def new_request_id() -> str:
+    # a UUID4: the runner (starlette-context) answers an empty 400 to any other X-Request-Id
+    return str(uuid.uuid4())
+
+
+async def _died(runner: Any) -> bool:
+    """Did the runner's process exit (give the kernel a moment to tell us)?"""
+    import asyncio
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(runner.exited.wait(), 2.0)
+    return bool(runner.exited.is_set())
+
+
+def _with_defaults(body: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in body.items() if v is not None}
+    for key, value in defaults.items():
+        if value is not None and key not in out:
+            out[key] = value
+    return out
+
+
+def _map_error(model: str, status: int, content: bytes) -> tuple[bytes, int]:
+    try:
+        data = json.loads(content)
+    except ValueError:
+        data = None
+    text = content.decode(errors="replace")
+    if status >= 500 and "SecurityError" in text:
+        return error_body(
+            f"the chat template of {model} tried an operation the template sandbox forbids; "
+            "the request was refused and nothing ran. Fix: use a trusted GGUF, or set "
+            f"`chat_format:` for {model} in the profile",
+            "invalid_request_error", "unsafe_chat_template"), 400  # fmt: skip
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        return content, status
+    detail = data.get("detail") if isinstance(data, dict) else None
+    msg = f"the runner for {model} answered {status}: {detail or text[:500]}"
+    kind = "invalid_request_error" if status < 500 else "runner_error"
+    return error_body(msg, kind), (status if status < 500 else 502)

@@ -1,0 +1,298 @@
+"""One child process serving one model.
+
+States and the only transitions allowed between them::
+
+    stopped ──▶ starting ──▶ ready ──▶ stopping ──▶ stopped
+                   │           │
+                   ├──────▶ backoff ──▶ starting      (crashed: restart after a delay)
+                   └──────▶ failed                    (too many quick failures in a row)
+
+The runner owns its process; the scheduler owns the runner and decides about restarts.
+Subprocess hygiene: own session (process group), ``PR_SET_PDEATHSIG`` so the kernel kills it
+when the supervisor dies, SIGTERM the group, a grace period, SIGKILL the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import enum
+import os
+import secrets
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from smackctl.errors import ModelLoadError, SmackError
+
+__all__ = ["QueueFull", "Runner", "RunnerState", "Slots", "free_port"]
+
+
+class RunnerState(enum.StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    BACKOFF = "backoff"
+    FAILED = "failed"
+
+
+S = RunnerState
+TRANSITIONS: dict[RunnerState, frozenset[RunnerState]] = {
+    S.STOPPED: frozenset({S.STARTING}),
+    S.STARTING: frozenset({S.READY, S.STOPPING, S.BACKOFF, S.FAILED}),
+    S.READY: frozenset({S.STOPPING, S.BACKOFF}),
+    S.STOPPING: frozenset({S.STOPPED}),
+    S.BACKOFF: frozenset({S.STARTING, S.STOPPED, S.FAILED}),
+    S.FAILED: frozenset({S.STARTING, S.STOPPED}),
+}
+
+
+class QueueFull(SmackError):
+    status = 503
+    error_type = "queue_full"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup() -> None:
+    """Runs in the child between fork and exec: die with the supervisor.
+
+    PDEATHSIG fires when the *thread* that forked exits, so runners are spawned from the
+    event-loop thread, which lives as long as the supervisor.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:  # the supervisor died between fork and prctl
+        os._exit(1)
+
+
+class Slots:
+    """``parallel`` slots with a bounded FIFO queue in front of them.
+
+    A waiter that is cancelled (its client went away) leaves the queue and never holds a slot.
+    """
+
+    def __init__(self, parallel: int, max_queue: int) -> None:
+        self.parallel = parallel
+        self.max_queue = max_queue
+        self.busy = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self) -> None:
+        if self.busy < self.parallel and not self._waiters:
+            self.busy += 1
+            return
+        if len(self._waiters) >= self.max_queue:
+            raise QueueFull(
+                f"the queue is full ({self.max_queue} waiting, {self.busy} running)",
+                "retry after a moment, or raise `max_queue`/`parallel` for this model",
+            )
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut in self._waiters:
+                self._waiters.remove(fut)
+            elif fut.done() and not fut.cancelled():
+                self._release_one()  # the slot was handed to us as we were cancelled
+            raise
+
+    def release(self) -> None:
+        self._release_one()
+
+    def _release_one(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)  # the slot passes straight to the next waiter
+                return
+        self.busy -= 1
+
+
+@dataclass
+class RunnerInfo:
+    pid: int | None
+    port: int | None
+    started_at: float | None
+    ready_at: float | None
+
+
+class Runner:
+    """One child process for one model. Created per load; not reused after it stopped."""
+
+    def __init__(
+        self,
+        model: str,
+        argv_for: Callable[[int, str], Sequence[str]],
+        log_path: Path,
+        *,
+        parallel: int = 1,
+        max_queue: int = 32,
+        ready_timeout: float = 300.0,
+        on_state: Callable[[Runner, RunnerState], None] | None = None,
+    ) -> None:
+        self.model = model
+        self._argv_for = argv_for
+        self.log_path = log_path
+        self.ready_timeout = ready_timeout
+        self.state = RunnerState.STOPPED
+        self.slots = Slots(parallel, max_queue)
+        self.api_key = secrets.token_urlsafe(24)
+        self.port: int | None = None
+        self.proc: asyncio.subprocess.Process | None = None
+        self.started_at: float | None = None
+        self.ready_at: float | None = None
+        self.exit_code: int | None = None
+        self._on_state = on_state
+        self._expected_exit = False
+        self.exited = asyncio.Event()
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _set(self, new: RunnerState) -> None:
+        if new not in TRANSITIONS[self.state]:
+            raise RuntimeError(f"runner {self.model}: illegal transition {self.state} → {new}")
+        self.state = new
+        if self._on_state is not None:
+            self._on_state(self, new)
+
+    def mark(self, new: RunnerState) -> None:
+        """Transitions decided by the owner (backoff, failed)."""
+        self._set(new)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def unexpected_exit(self) -> bool:
+        return self.exited.is_set() and not self._expected_exit
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Spawn the process and return once it answers; raise ModelLoadError otherwise."""
+        self._set(RunnerState.STARTING)
+        self.port = free_port()
+        argv = list(self._argv_for(self.port, self.api_key))
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        log.write(f"\n=== {time.strftime('%F %T')} starting: {' '.join(argv)}\n".encode())
+        log.flush()
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=_child_setup,
+            )
+        except OSError as exc:
+            log.close()
+            raise ModelLoadError(f"cannot start the runner for {self.model}: {exc}",
+                                 "check that llama-cpp-python is installed: `smackctl doctor`") from exc  # fmt: skip
+        log.close()
+        self.started_at = time.time()
+        asyncio.get_running_loop().create_task(self._watch(), name=f"watch-{self.model}")
+        await self._wait_ready()
+        self.ready_at = time.time()
+        self._set(RunnerState.READY)
+
+    async def _watch(self) -> None:
+        assert self.proc is not None
+        self.exit_code = await self.proc.wait()
+        self.exited.set()
+
+    async def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while True:
+                if self.exited.is_set():
+                    raise ModelLoadError(
+                        f"the runner for {self.model} exited with code {self.exit_code} "
+                        f"while loading:\n{self.log_tail()}",
+                        f"see the whole log with `smackctl logs {self.model}`; a corrupt file "
+                        f"is fixed with `smackctl models pull {self.model}`",
+                    )
+                try:
+                    r = await client.get(f"{self.base_url}/v1/models", headers=headers)
+                    if r.status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    await self.stop(grace=1.0)
+                    raise ModelLoadError(
+                        f"the runner for {self.model} did not answer within "
+                        f"{self.ready_timeout:.0f}s:\n{self.log_tail()}",
+                        f"see `smackctl logs {self.model}`",
+                    )
+                try:
+                    await asyncio.wait_for(self.exited.wait(), 0.05)
+                except TimeoutError:
+                    pass
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM the process group, wait ``grace``, then SIGKILL it. Idempotent."""
+        if self.state is RunnerState.STOPPED:
+            return
+        if self.state is RunnerState.STOPPING:  # another caller is stopping it
+            if self.proc is not None:
+                await self.exited.wait()
+            return
+        self._expected_exit = True
+        if self.state in (RunnerState.STARTING, RunnerState.READY):
+            self._set(RunnerState.STOPPING)
+        if self.proc is not None:
+            if not self.exited.is_set():
+                _signal_group(self.proc.pid, signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(self.exited.wait(), grace)
+                except TimeoutError:
+                    _signal_group(self.proc.pid, signal.SIGKILL)
+                    await self.exited.wait()
+            _signal_group(self.proc.pid, signal.SIGKILL)  # children that outlived the leader
+        self._set(RunnerState.STOPPED)
+
+    def log_tail(self, lines: int = 12) -> str:
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 16384))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return "  (no log)"
+        tail = text.splitlines()[-lines:]
+        return "\n".join(f"  | {line}" for line in tail)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,638 @@
+"""The scheduler: owns every model's state, on the event-loop thread.
+
+All mutation happens on the one event loop, between awaits, so no lock guards the tables.
+Callers never read ``state`` to decide what to do: they ask ``ensure_ready()``, which starts a
+load, joins the one in progress, or waits for a crash restart, and returns a ready runner.
+Slow work (pulls, process starts) runs in tasks that report back through futures and events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from smackctl import catalog
+from smackctl.config import ModelSpec, Profile, validate_model_name
+from smackctl.errors import InsufficientMemory, ModelLoadError, ModelNotFound, SmackError
+from smackctl.gguf import GGUFInfo, check_magic, read_info
+from smackctl.hardware import process_tree_vram, tree_rss
+from smackctl.paths import Paths
+
+from .backends import llama_cpp_server_argv
+from .estimate import Estimate, estimate_memory
+from .planner import Budget, Loaded, Plan, plan_evictions
+from .runner import Runner, RunnerState
+from .store import Store
+
+__all__ = ["Scheduler", "Managed", "ShuttingDown"]
+
+log = logging.getLogger("smackctl.scheduler")
+
+#: restart delays: 1 s, 2 s, 4 s … capped here
+BACKOFF_CAP = 30.0
+#: a runner that crashes this many times in a row without staying up is marked failed
+MAX_QUICK_FAILURES = 5
+#: a runner that stayed ready this long before crashing resets the failure count
+STABLE_AFTER = 60.0
+
+
+class ShuttingDown(SmackError):
+    status = 503
+    error_type = "shutting_down"
+
+
+@dataclass
+class Managed:
+    """A known model and everything the scheduler tracks about it."""
+
+    name: str
+    spec: ModelSpec
+    origin: str  # "profile" | "added"
+    base_dir: Path
+    runner: Runner | None = None
+    loading: asyncio.Future[Runner] | None = None
+    in_flight: int = 0
+    last_used: float = 0.0
+    use_count: int = 0
+    requests_served: int = 0
+    failures: int = 0
+    failed: bool = False
+    last_error: str | None = None
+    phase: str | None = None
+    estimate: Estimate | None = None
+    measured_ram: int | None = None
+    measured_vram: int | None = None
+    info: GGUFInfo | None = field(default=None, repr=False)
+
+    @property
+    def state(self) -> str:
+        if self.runner is not None and self.runner.state != RunnerState.STOPPED:
+            return str(self.runner.state)
+        if self.loading is not None:
+            return str(RunnerState.STARTING)
+        return str(RunnerState.FAILED) if self.failed else str(RunnerState.STOPPED)
+
+    @property
+    def loaded(self) -> bool:
+        return self.runner is not None and self.runner.state in (
+            RunnerState.STARTING, RunnerState.READY, RunnerState.BACKOFF)  # fmt: skip
+
+    def memory(self) -> tuple[int, int]:
+        """What the planner counts for this model: measured if known, else estimated."""
+        if self.measured_ram is not None:
+            return self.measured_ram, self.measured_vram or 0
+        if self.estimate is not None:
+            return self.estimate.ram, self.estimate.vram
+        return 0, 0
+
+
+class Scheduler:
+    def __init__(
+        self,
+        paths: Paths,
+        store: Store,
+        profile: Profile,
+        profile_path: Path | None,
+        *,
+        ready_timeout: float = 300.0,
+        stop_grace: float = 5.0,
+        budget_probe: Callable[[], tuple[int, int]] | None = None,
+    ) -> None:
+        self.paths = paths
+        self.store = store
+        self.profile = profile
+        self.profile_path = profile_path
+        self.ready_timeout = ready_timeout
+        self.stop_grace = stop_grace
+        self.models: dict[str, Managed] = {}
+        self.accepting = True
+        self.started_at = time.time()
+        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._budget_probe = budget_probe or _machine_budget
+        self._rebuild_registry()
+
+    # -- registry ------------------------------------------------------------------------------
+
+    def _rebuild_registry(self) -> None:
+        base = self.profile_path.parent if self.profile_path else Path.cwd()
+        wanted: dict[str, tuple[ModelSpec, str, Path]] = {
+            name: (spec, "profile", base) for name, spec in self.profile.models.items()
+        }
+        for name, raw in self.store.added_models().items():
+            wanted.setdefault(name, (ModelSpec.model_validate(raw), "added", Path("/")))
+        for name in list(self.models):
+            if name not in wanted and not self.models[name].loaded:
+                del self.models[name]
+        for name, (spec, origin, b) in wanted.items():
+            m = self.models.get(name)
+            if m is None:
+                self.models[name] = Managed(name=name, spec=spec, origin=origin, base_dir=b)
+            else:
+                m.spec, m.origin, m.base_dir = spec, origin, b
+
+    def known_names(self) -> list[str]:
+        names = set(self.models)
+        for m in self.models.values():
+            names.update(m.spec.aliases)
+        names.update(self.profile.routing.aliases)
+        return sorted(names)
+
+    def resolve(self, name: str | None) -> Managed:
+        if not name:
+            name = self.profile.routing.default_model
+            if not name:
+                raise ModelNotFound("(none given)", self.known_names())
+        target = self.profile.resolve(name)
+        if target is None:
+            for m in self.models.values():
+                if name == m.name or name in m.spec.aliases:
+                    target = m.name
+                    break
+        if target is None or target not in self.models:
+            raise ModelNotFound(name, self.known_names())
+        return self.models[target]
+
+    def add_model(self, name: str, path: Path, n_ctx: int | None = None) -> Managed:
+        validate_model_name(name)
+        path = path.expanduser().resolve()
+        check_magic(path)
+        if name in self.profile.models:
+            raise SmackError(f"model {name!r} is defined by the active profile",
+                             "pick another name with `--name`")  # fmt: skip
+        raw: dict[str, Any] = {"path": str(path)}
+        if n_ctx:
+            raw["n_ctx"] = n_ctx
+        spec = ModelSpec.model_validate(raw)
+        self.store.add_model(name, spec.model_dump(exclude_defaults=True))
+        self._rebuild_registry()
+        return self.models[name]
+
+    async def remove_model(self, name: str) -> None:
+        m = self.resolve(name)
+        if m.origin != "added":
+            raise SmackError(f"model {m.name!r} comes from the profile, not `models add`",
+                             "remove it from the profile file instead")  # fmt: skip
+        await self.unload(m.name)
+        self.store.remove_model(m.name)
+        self._rebuild_registry()
+
+    # -- events --------------------------------------------------------------------------------
+
+    def publish(self, event: dict[str, Any]) -> None:
+        event.setdefault("at", time.time())
+        for q in list(self._subscribers):
+            q.put_nowait(event)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._subscribers.add(q)
+        try:
+            yield q
+        finally:
+            self._subscribers.discard(q)
+
+    def _on_runner_state(self, runner: Runner, state: RunnerState) -> None:
+        self.publish({"event": "state", "model": runner.model, "state": str(state),
+                      "pid": runner.pid})  # fmt: skip
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def model_file(self, m: Managed) -> Path:
+        if m.spec.path is not None:
+            p = Path(m.spec.path).expanduser()
+            return p if p.is_absolute() else (m.base_dir / p).resolve()
+        assert m.spec.source is not None
+        return self.paths.models_dir / catalog.parse_source(m.spec.source).filename
+
+    async def ensure_ready(self, name: str | None, *, force: bool = False) -> Runner:
+        """A ready runner for the model: starts a load, joins one, or waits for a restart."""
+        m = self.resolve(name)
+        while True:
+            if not self.accepting:
+                raise ShuttingDown("the supervisor is shutting down",
+                                   "start it again with `smackctl start`")  # fmt: skip
+            r = m.runner
+            if r is not None and r.state == RunnerState.READY and not r.exited.is_set():
+                return r
+            if m.loading is None:
+                m.loading = asyncio.get_running_loop().create_future()
+                self._spawn(self._load(m, restart=False, force=force), f"load-{m.name}")
+            await asyncio.shield(m.loading)
+
+    async def _load(self, m: Managed, *, restart: bool, force: bool = False) -> None:
+        fut = m.loading
+        assert fut is not None
+        try:
+            runner = await self._start_runner(m, restart=restart, force=force)
+        except BaseException as exc:
+            m.loading = None
+            m.phase = None
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # a load nobody waits for must not warn "never retrieved"
+            if isinstance(exc, SmackError):
+                m.last_error = exc.message
+            self.publish({"event": "error", "model": m.name, "message": str(exc)})
+            if not isinstance(exc, Exception):
+                raise
+            return
+        m.loading = None
+        m.phase = None
+        m.failed = False
+        m.last_error = None
+        if not fut.done():
+            fut.set_result(runner)
+        self.publish({"event": "ready", "model": m.name, "pid": runner.pid})
+
+    def _progress(self, m: Managed, phase: str, done: int = 0, total: int | None = None) -> None:
+        m.phase = phase
+        self.publish({"event": "progress", "model": m.name, "phase": phase, "done": done,
+                      "total": total})  # fmt: skip
+
+    async def _fetch(self, m: Managed) -> Path:
+        path = self.model_file(m)
+        if path.is_file() or m.spec.source is None:
+            if not path.is_file():
+                raise ModelLoadError(f"model file for {m.name} not found: {path}",
+                                     "fix the path in the profile, or `smackctl models add` the "
+                                     "right file")  # fmt: skip
+            return path
+        loop = asyncio.get_running_loop()
+        source = catalog.parse_source(m.spec.source)
+
+        def report(phase: str, done: int, total: int | None) -> None:
+            loop.call_soon_threadsafe(self._progress, m, phase, done, total)
+
+        return await asyncio.to_thread(catalog.pull, source, self.paths.models_dir, m.spec.sha256,
+                                       report, name=m.name)  # fmt: skip
+
+    async def pull(self, name: str) -> Path:
+        m = self.resolve(name)
+        path = await self._fetch(m)
+        await asyncio.to_thread(check_magic, path)
+        return path
+
+    def _estimate(self, m: Managed, path: Path) -> Estimate:
+        if m.info is None or m.info.path != str(path):
+            m.info = read_info(path)
+        est = estimate_memory(m.info, m.spec.n_ctx, m.spec.n_gpu_layers)
+        m.estimate = est
+        saved = self.store.measurement(m.name, _load_key(m.spec))
+        if saved is not None and saved[0] is not None:
+            return Estimate(ram=saved[0], vram=saved[1] or 0, weights=est.weights,
+                            kv_cache=est.kv_cache, compute=est.compute, baseline=est.baseline)  # fmt: skip
+        return est
+
+    def budget(self) -> Budget:
+        mem = self.profile.memory
+        avail_ram, avail_vram = self._budget_probe()
+        held_ram = sum(m.memory()[0] for m in self.models.values() if m.loaded)
+        held_vram = sum(m.memory()[1] for m in self.models.values() if m.loaded)
+        ram = mem.ram if mem.ram is not None else max(0, avail_ram + held_ram - mem.reserve)
+        vram = mem.vram if mem.vram is not None else max(0, avail_vram + held_vram)
+        return Budget(ram=ram, vram=vram, max_loaded=mem.max_loaded)
+
+    def plan_for(self, m: Managed, est: Estimate) -> Plan:
+        loaded = [
+            Loaded(name=o.name, ram=o.memory()[0], vram=o.memory()[1], pinned=o.spec.pinned,
+                   in_flight=o.in_flight, last_used=o.last_used, use_count=o.use_count)
+            for o in self.models.values() if o.loaded and o is not m
+        ]  # fmt: skip
+        return plan_evictions(est.ram, est.vram, loaded, self.budget())
+
+    async def _make_room(self, m: Managed, est: Estimate, force: bool) -> None:
+        while True:
+            plan = self.plan_for(m, est)
+            if plan.fits:
+                for name in plan.evict:
+                    log.info("evicting %s to make room for %s", name, m.name)
+                    self.publish({"event": "evict", "model": name, "for": m.name})
+                    await self.unload(name)
+                return
+            if plan.wait:
+                self._progress(m, "waiting for memory")
+                await self._wait_idle_change()
+                continue
+            if force:
+                log.warning("loading %s despite the estimate (--force)", m.name)
+                return
+            raise InsufficientMemory(_explain(m, plan), _fix(m, plan))
+
+    async def _wait_idle_change(self) -> None:
+        self._idle.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), 1.0)
+
+    async def _start_runner(self, m: Managed, *, restart: bool, force: bool = False) -> Runner:
+        while True:
+            if restart:
+                delay = min(BACKOFF_CAP, 2.0 ** max(0, m.failures - 1))
+                self._progress(m, f"restarting in {delay:.0f}s")
+                await asyncio.sleep(delay)
+            self._progress(m, "pulling")
+            path = await self._fetch(m)
+            check_magic(path)
+            est = await asyncio.to_thread(self._estimate, m, path)
+            await self._make_room(m, est, force)
+            self._progress(m, "starting")
+            runner = Runner(
+                m.name,
+                lambda port, key, p=path: llama_cpp_server_argv(m.spec, p, port, key),
+                self.paths.runner_log(m.name),
+                parallel=m.spec.parallel,
+                max_queue=m.spec.max_queue,
+                ready_timeout=self.ready_timeout,
+                on_state=self._on_state_and_record,
+            )
+            m.runner = runner
+            try:
+                await runner.start()
+            except ModelLoadError:
+                await runner.stop(grace=0.5)
+                if not restart:
+                    m.failed = True
+                    raise
+                m.failures += 1
+                if m.failures >= MAX_QUICK_FAILURES:
+                    m.failed = True
+                    raise
+                continue
+            except BaseException:
+                await runner.stop(grace=0.5)
+                raise
+            self._spawn(self._measure(m, runner), f"measure-{m.name}")
+            self._spawn(self._supervise(m, runner), f"supervise-{m.name}")
+            return runner
+
+    def _on_state_and_record(self, runner: Runner, state: RunnerState) -> None:
+        if runner.pid is not None:
+            if state == RunnerState.STARTING or state == RunnerState.READY:
+                with contextlib.suppress(psutil.Error):
+                    p = psutil.Process(runner.pid)
+                    self.store.record_runner(runner.pid, runner.model, p.create_time(),
+                                             " ".join(p.cmdline()))  # fmt: skip
+            elif state == RunnerState.STOPPED:
+                self.store.forget_runner(runner.pid)
+        self._on_runner_state(runner, state)
+
+    async def _measure(self, m: Managed, runner: Runner) -> None:
+        if runner.pid is None:
+            return
+        ram = await asyncio.to_thread(tree_rss, runner.pid)
+        vram = await asyncio.to_thread(process_tree_vram, runner.pid)
+        if ram is not None and runner.state == RunnerState.READY:
+            m.measured_ram, m.measured_vram = ram, vram
+            self.store.save_measurement(m.name, _load_key(m.spec), ram, vram)
+
+    async def _supervise(self, m: Managed, runner: Runner) -> None:
+        """Restart a runner that exits without being asked to, with backoff."""
+        await runner.exited.wait()
+        if not runner.unexpected_exit or m.runner is not runner:
+            return
+        lived = time.time() - (runner.ready_at or time.time())
+        m.failures = 1 if lived >= STABLE_AFTER else m.failures + 1
+        log.warning("runner %s (pid %s) exited with %s; restart #%d", m.name, runner.pid,
+                    runner.exit_code, m.failures)  # fmt: skip
+        self.publish({"event": "crash", "model": m.name, "exit_code": runner.exit_code})
+        if runner.pid is not None:
+            self.store.forget_runner(runner.pid)
+        if m.failures >= MAX_QUICK_FAILURES:
+            runner.mark(RunnerState.FAILED)
+            m.failed = True
+            m.last_error = f"crashed {m.failures} times in a row (exit code {runner.exit_code})"
+            return
+        runner.mark(RunnerState.BACKOFF)
+        if m.loading is None and self.accepting:
+            m.loading = asyncio.get_running_loop().create_future()
+            self._spawn(self._load(m, restart=True), f"restart-{m.name}")
+
+    # -- requests ------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def slot(self, name: str | None) -> AsyncIterator[tuple[Managed, Runner]]:
+        """A ready runner and one of its slots, held for the duration of a request."""
+        m = self.resolve(name)
+        while True:
+            runner = await self.ensure_ready(m.name)
+            await runner.slots.acquire()
+            if runner.state == RunnerState.READY and not runner.exited.is_set():
+                break
+            runner.slots.release()  # it died while we queued: go round again
+        m.in_flight += 1
+        m.use_count += 1
+        m.last_used = time.time()
+        self._idle.clear()
+        try:
+            yield m, runner
+        finally:
+            runner.slots.release()
+            m.in_flight -= 1
+            m.requests_served += 1
+            m.last_used = time.time()
+            if m.in_flight == 0:
+                self._idle.set()
+
+    async def retry_after_death(self, m: Managed, runner: Runner) -> None:
+        """Called when a runner failed a request before any byte was sent back."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(runner.exited.wait(), 2.0)
+
+    # -- unloading -----------------------------------------------------------------------------
+
+    async def unload(self, name: str) -> bool:
+        m = self.resolve(name)
+        if m.loading is not None and not m.loading.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(m.loading)
+        r = m.runner
+        if r is None or r.state == RunnerState.STOPPED:
+            m.failed = False
+            return False
+        m.runner = None
+        await r.stop(self.stop_grace)
+        await asyncio.to_thread(_wait_gone, r.pid)
+        m.measured_ram = m.measured_vram = None
+        m.failed = False
+        self.publish({"event": "unloaded", "model": m.name})
+        return True
+
+    async def unload_all(self) -> list[str]:
+        names = [m.name for m in self.models.values() if m.loaded or m.loading is not None]
+        results = await asyncio.gather(*(self.unload(n) for n in names))
+        return [n for n, done in zip(names, results, strict=True) if done]
+
+    async def reap_idle(self, now: float | None = None) -> list[str]:
+        now = time.time() if now is None else now
+        out = []
+        for m in list(self.models.values()):
+            if (m.runner is not None and m.runner.state == RunnerState.READY and not m.spec.pinned
+                    and m.spec.ttl > 0 and m.in_flight == 0 and m.runner.slots.queued == 0
+                    and now - max(m.last_used, m.runner.ready_at or 0) > m.spec.ttl):  # fmt: skip
+                log.info("unloading %s: idle for more than %ss", m.name, m.spec.ttl)
+                await self.unload(m.name)
+                out.append(m.name)
+        return out
+
+    async def reaper(self, every: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.reap_idle()
+            except Exception:  # the reaper must survive anything one model does
+                log.exception("idle reaper")
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        """Load again what was pinned or loaded when the last supervisor stopped."""
+        wanted = dict(self.store.restore())
+        for m in self.models.values():
+            if m.spec.pinned or m.spec.preload:
+                wanted.setdefault(m.name, "pinned" if m.spec.pinned else "preload")
+        for name in wanted:
+            if name in self.models:
+                self._spawn(self._quiet_load(name), f"restore-{name}")
+
+    async def _quiet_load(self, name: str) -> None:
+        try:
+            await self.ensure_ready(name)
+        except Exception as exc:
+            log.error("could not load %s at start: %s", name, exc)
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop admitting; wait until no request is in flight or queued. True if drained."""
+        self.accepting = False
+        deadline = time.monotonic() + timeout
+        while any(m.in_flight or (m.runner and m.runner.slots.queued)
+                  for m in self.models.values()):  # fmt: skip
+            if time.monotonic() > deadline:
+                return False
+            await self._wait_idle_change()
+        return True
+
+    async def shutdown(self) -> None:
+        self.accepting = False
+        keep = {m.name: ("pinned" if m.spec.pinned else "loaded")
+                for m in self.models.values() if m.loaded}  # fmt: skip
+        self.store.set_restore(keep)
+        await self.unload_all()
+        for t in list(self._tasks):
+            t.cancel()
+
+    def reap_stale_runners(self) -> list[int]:
+        """Kill runners an earlier supervisor left behind (it crashed): pid + start + cmdline."""
+        killed = []
+        for pid, _model, create_time, cmdline in self.store.runners():
+            with contextlib.suppress(psutil.Error):
+                p = psutil.Process(pid)
+                if abs(p.create_time() - create_time) < 1.0 and " ".join(p.cmdline()) == cmdline:
+                    import os
+                    import signal
+
+                    with contextlib.suppress(OSError):
+                        os.killpg(pid, signal.SIGKILL)
+                    killed.append(pid)
+            self.store.forget_runner(pid)
+        return killed
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def model_view(self, m: Managed) -> dict[str, Any]:
+        r = m.runner
+        est_ram, est_vram = (m.estimate.ram, m.estimate.vram) if m.estimate else (None, None)
+        rss = tree_rss(r.pid) if r is not None and r.pid and r.state == RunnerState.READY else None
+        ttl_left = None
+        if r is not None and r.state == RunnerState.READY and m.spec.ttl and not m.spec.pinned:
+            ttl_left = max(0.0, m.spec.ttl - (time.time() - max(m.last_used, r.ready_at or 0)))
+        return {
+            "name": m.name,
+            "aliases": list(m.spec.aliases),
+            "origin": m.origin,
+            "state": m.state,
+            "phase": m.phase,
+            "pid": r.pid if r is not None and r.state != RunnerState.STOPPED else None,
+            "port": r.port if r is not None else None,
+            "file": str(self.model_file(m)),
+            "on_disk": self.model_file(m).is_file(),
+            "n_ctx": m.spec.n_ctx,
+            "n_gpu_layers": m.spec.n_gpu_layers,
+            "pinned": m.spec.pinned,
+            "ttl": m.spec.ttl,
+            "ttl_left": ttl_left,
+            "rss": rss,
+            "estimated_ram": est_ram,
+            "estimated_vram": est_vram,
+            "measured_ram": m.measured_ram,
+            "measured_vram": m.measured_vram,
+            "loaded_since": r.ready_at if r is not None and r.state == RunnerState.READY else None,
+            "last_used": m.last_used or None,
+            "requests_served": m.requests_served,
+            "in_flight": m.in_flight,
+            "queued": r.slots.queued if r is not None else 0,
+            "failures": m.failures,
+            "last_error": m.last_error,
+        }
+
+
+def _load_key(spec: ModelSpec) -> str:
+    return json.dumps(spec.load_key(), default=str)
+
+
+def _machine_budget() -> tuple[int, int]:
+    from smackctl.hardware import probe_gpus
+
+    vm = psutil.virtual_memory()
+    return vm.available, sum(g.free for g in probe_gpus())
+
+
+def _wait_gone(pid: int | None, timeout: float = 5.0) -> None:
+    if pid is None:
+        return
+    with contextlib.suppress(psutil.Error):
+        psutil.Process(pid).wait(timeout)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024**2:,.0f} MiB"
+
+
+def _explain(m: Managed, plan: Plan) -> str:
+    parts = [f"{m.name} needs {_mib(plan.need_ram)} RAM"]
+    if plan.need_vram:
+        parts.append(f"and {_mib(plan.need_vram)} VRAM")
+    parts.append(f"but only {_mib(max(0, plan.free_ram))} RAM")
+    if plan.need_vram:
+        parts.append(f"and {_mib(max(0, plan.free_vram))} VRAM")
+    parts.append("is free within the budget, even after evicting every idle model")
+    return " ".join(parts)
+
+
+def _fix(m: Managed, plan: Plan) -> str:
+    fixes = []
+    if plan.blockers:
+        fixes.append(f"unload {plan.blockers[0]} (`smackctl models unload {plan.blockers[0]}`)")
+    fixes.append(f"lower n_ctx (now {m.spec.n_ctx})")
+    if m.spec.n_gpu_layers:
+        fixes.append("offload fewer GPU layers")
+    fixes.append("raise the profile's memory budget, or load anyway with "
+                 f"`smackctl models load {m.name} --force`")  # fmt: skip
+    return "; ".join(fixes)

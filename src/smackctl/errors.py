@@ -1,0 +1,151 @@
+"""Every error smackctl raises on purpose, in one tree.
+
+    SmackError                      exit 1; ``hint`` names the command or setting that fixes it
+    ├── UsageError                  exit 2; the user's input is wrong (bad name, bad flag value)
+    ├── ConfigError                 a settings or profile file is invalid (file:line key.path: ...)
+    ├── SupervisorError
+    │   ├── SupervisorNotRunning    exit 3; nothing answers on the supervisor's URL
+    │   ├── SupervisorStartError    `smackctl start` could not bring the supervisor up
+    │   │   └── PortInUse           the port is taken by another program
+    │   └── ApiError                the supervisor answered with an error (status, type, code)
+    ├── ModelError
+    │   ├── ModelNotFound           no such model name or alias (lists the known ones)
+    │   ├── ModelLoadError          a runner could not start or load the model file
+    │   └── InsufficientMemory      the model cannot fit even after eviction (HTTP 507)
+    └── PullError                   fetching a model file failed
+        └── ChecksumMismatch        the file's sha256 is not the one expected
+
+Lower-level exceptions (httpx, OSError, pydantic) are translated into this tree at one seam
+each (``client.py`` for HTTP, ``config.py`` for files, ``catalog.py`` for downloads) with
+``raise ... from exc``; the CLI entry point is the only place that turns them into exit codes.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ApiError",
+    "ChecksumMismatch",
+    "ConfigError",
+    "InsufficientMemory",
+    "ModelError",
+    "ModelLoadError",
+    "ModelNotFound",
+    "PortInUse",
+    "PullError",
+    "SmackError",
+    "SupervisorError",
+    "SupervisorNotRunning",
+    "SupervisorStartError",
+    "UsageError",
+]
+
+
+class SmackError(Exception):
+    """Base of every error smackctl raises on purpose."""
+
+    exit_code = 1
+    #: HTTP status the supervisor answers with when this error crosses the API.
+    status = 500
+    #: OpenAI-style error type.
+    error_type = "server_error"
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n  fix: {self.hint}"
+        return self.message
+
+
+class UsageError(SmackError):
+    exit_code = 2
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class ConfigError(SmackError):
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class SupervisorError(SmackError):
+    pass
+
+
+class SupervisorNotRunning(SupervisorError):
+    exit_code = 3
+
+    def __init__(self, url: str, hint: str | None = None) -> None:
+        super().__init__(
+            f"the supervisor is not running at {url}",
+            hint or "start it with `smackctl start`",
+        )
+        self.url = url
+
+
+class SupervisorStartError(SupervisorError):
+    pass
+
+
+class PortInUse(SupervisorStartError):
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(
+            f"port {port} on {host} is already in use by another program",
+            f"choose another port: `smackctl start --port {port + 1}` (or set SMACKCTL_PORT)",
+        )
+        self.port = port
+
+
+class ApiError(SupervisorError):
+    def __init__(
+        self, message: str, status: int, error_type: str = "server_error", code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.code = code
+
+
+class ModelError(SmackError):
+    pass
+
+
+class ModelNotFound(ModelError):
+    status = 404
+    error_type = "invalid_request_error"
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        listing = ", ".join(sorted(known)) or "none"
+        super().__init__(
+            f"unknown model {name!r}; known models: {listing}",
+            "add one with `smackctl models add PATH --name NAME`, or see `smackctl models list`",
+        )
+        self.name = name
+
+
+class ModelLoadError(ModelError):
+    status = 500
+    error_type = "model_load_error"
+
+
+class InsufficientMemory(ModelError):
+    status = 507
+    error_type = "insufficient_memory"
+
+
+class PullError(SmackError):
+    status = 502
+    error_type = "pull_error"
+
+
+class ChecksumMismatch(PullError):
+    def __init__(self, name: str, expected: str, actual: str) -> None:
+        super().__init__(
+            f"checksum mismatch for {name}: expected sha256 {expected}, got {actual}; "
+            "the partial file was removed",
+            f"pull it again with `smackctl models pull {name}`; if it fails again, "
+            "the source changed: check the sha256 in the profile",
+        )

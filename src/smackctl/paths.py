@@ -1,0 +1,111 @@
+"""Where smackctl keeps things. ``SMACKCTL_HOME`` moves all of it under one directory.
+
+Only the standard library and platformdirs are imported here: shell completion uses it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["Paths", "get_paths", "list_profile_files", "profile_dirs"]
+
+APP = "smackctl"
+
+
+@dataclass(frozen=True)
+class Paths:
+    config_dir: Path  # profiles/, settings
+    data_dir: Path  # models/
+    state_dir: Path  # state.db, token, supervisor.pid, logs/
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def profiles_dir(self) -> Path:
+        return self.config_dir / "profiles"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "state.db"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.state_dir / "supervisor.pid"
+
+    @property
+    def token_path(self) -> Path:
+        return self.state_dir / "token"
+
+    @property
+    def endpoint_path(self) -> Path:
+        """The URL the running supervisor listens on, written once it is ready."""
+        return self.state_dir / "endpoint"
+
+    @property
+    def supervisor_log(self) -> Path:
+        return self.logs_dir / "supervisor.log"
+
+    @property
+    def history_path(self) -> Path:
+        return self.state_dir / "chat_history"
+
+    def runner_log(self, model: str) -> Path:
+        return self.logs_dir / f"runner-{model}.log"
+
+    def ensure(self) -> Paths:
+        for d in (self.config_dir, self.data_dir, self.state_dir, self.models_dir, self.logs_dir):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self
+
+
+def get_paths() -> Paths:
+    home = os.environ.get("SMACKCTL_HOME")
+    if home:
+        root = Path(home).expanduser().resolve()
+        return Paths(config_dir=root / "config", data_dir=root / "data", state_dir=root / "state")
+    import platformdirs
+
+    return Paths(
+        config_dir=Path(platformdirs.user_config_dir(APP)),
+        data_dir=Path(platformdirs.user_data_dir(APP)),
+        state_dir=Path(platformdirs.user_state_dir(APP)),
+    )
+
+
+def shipped_profiles_dir() -> Path:
+    """``profiles/`` of the source tree smackctl runs from (an editable install)."""
+    return Path(__file__).resolve().parents[2] / "profiles"
+
+
+def profile_dirs(extra: Iterable[Path] = ()) -> list[Path]:
+    """Where profiles are looked up, first match wins: --profile-dir, $SMACKCTL_PROFILE_DIR,
+    ./profiles, the user's config dir, the shipped profiles."""
+    dirs = [*extra]
+    env = os.environ.get("SMACKCTL_PROFILE_DIR")
+    if env:
+        dirs.append(Path(env))
+    dirs += [Path.cwd() / "profiles", get_paths().profiles_dir, shipped_profiles_dir()]
+    out: list[Path] = []
+    for d in dirs:
+        r = d.resolve()
+        if r not in out:
+            out.append(r)
+    return out
+
+
+def list_profile_files(extra: Iterable[Path] = ()) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in profile_dirs(extra):
+        if d.is_dir():
+            for f in sorted(d.glob("*.y*ml")):
+                found.setdefault(f.stem, f)
+    return found
