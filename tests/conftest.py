@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tinygguf import write_corrupt_gguf, write_tiny_gguf  # noqa: E402
+from tinygguf import write_alien_gguf, write_corrupt_gguf, write_tiny_gguf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,6 +65,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i, name in enumerate(("tiny-a", "tiny-b", "tiny-c")):
         write_tiny_gguf(d / f"{name}.gguf", seed=i, name=name)
     write_corrupt_gguf(d / "corrupt.gguf")
+    write_alien_gguf(d / "alien.gguf")
     return d
 
 
@@ -76,6 +77,7 @@ def profile_yaml(model_dir: Path, extra: str = "", **per_model: str) -> str:
         if name in per_model:
             lines += [f"    {line}" for line in per_model[name].splitlines()]
     lines += ["  broken:", f"    path: {model_dir / 'corrupt.gguf'}", "    n_ctx: 512"]
+    lines += ["  alien:", f"    path: {model_dir / 'alien.gguf'}", "    n_ctx: 512"]
     lines += ["routing:", "  default_model: tiny-a", "  aliases:", "    fast: tiny-b"]
     return "\n".join(lines) + "\n" + extra
 

@@ -2,7 +2,8 @@
 
 A vocabulary of 259 tokens (<unk>, <s>, </s> and the 256 bytes), ``layers`` blocks of width
 ``dim``: real llama.cpp loads and runs them and generates gibberish, which is all the
-supervisor's tests need. Greedy decoding (temperature 0) makes the gibberish repeatable.
+supervisor's tests need. Greedy decoding (temperature 0) makes the gibberish repeatable, and
+the output layer is shaped so that it is printable ASCII and never stops before max_tokens.
 """
 
 from __future__ import annotations
@@ -64,7 +65,14 @@ def write_tiny_gguf(
 
     t("token_embd.weight", vocab, dim)
     w.add_tensor("output_norm.weight", np.ones(dim, dtype=np.float32))
-    t("output.weight", vocab, dim)
+    # Output rows: large random weights for printable ASCII bytes, zeros for everything else.
+    # Logits of the zero rows are exactly 0 while the best ASCII logit is ~+20, so the model
+    # streams readable characters steadily and never ends early on </s>; random non-ASCII bytes
+    # would form invalid UTF-8 that llama-cpp-python holds back until the answer ends.
+    out = np.zeros((vocab, dim), dtype=np.float32)
+    printable = range(3 + 0x20, 3 + 0x7F)
+    out[list(printable)] = rng.standard_normal((len(printable), dim)).astype(np.float32)
+    w.add_tensor("output.weight", out)
     for i in range(layers):
         w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(dim, dtype=np.float32))
         t(f"blk.{i}.attn_q.weight", dim, dim)
@@ -86,4 +94,16 @@ def write_tiny_gguf(
 def write_corrupt_gguf(path: Path) -> Path:
     """Right magic, garbage after it: passes the cheap check, fails in llama.cpp."""
     path.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)
+    return path
+
+
+def write_alien_gguf(path: Path) -> Path:
+    """A well-formed GGUF of an architecture llama.cpp does not know: only the runner fails."""
+    w = gguf.GGUFWriter(str(path), "nonesuch")
+    w.add_block_count(1)
+    w.add_tensor("x.weight", np.zeros((4, 4), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
     return path

@@ -279,16 +279,21 @@ class Runner:
             _signal_group(self.proc.pid, signal.SIGKILL)  # children that outlived the leader
         self._set(RunnerState.STOPPED)
 
-    def log_tail(self, lines: int = 12) -> str:
+    def log_tail(self, lines: int = 6) -> str:
+        """The lines of this run's log that explain a failure: llama.cpp's own error lines
+        first (they sit above Python's traceback), then the last lines."""
         try:
             with self.log_path.open("rb") as f:
                 f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 16384))
+                f.seek(max(0, f.tell() - 65536))
                 text = f.read().decode(errors="replace")
         except OSError:
             return "  (no log)"
-        tail = text.splitlines()[-lines:]
-        return "\n".join(f"  | {line}" for line in tail)
+        run = text.rsplit("\n=== ", 1)[-1].splitlines()[1:]  # this start's lines only
+        errors = [ln for ln in run if "error" in ln.lower() and not ln.startswith(" ")][:4]
+        tail = [ln for ln in run[-lines:] if ln not in errors and ln.strip()]
+        picked = errors + (["  ..."] if errors and tail else []) + tail[-3:]
+        return "\n".join(f"  | {ln.strip()}" for ln in picked) or "  (empty log)"
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

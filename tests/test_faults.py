@@ -1,0 +1,163 @@
+"""Faults with real processes: killed runners, a killed supervisor, stop under load, bad files."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import httpx
+import psutil
+from conftest import Home, Supervisor, launch, runner_pids, shutdown, wait_for
+
+CHAT = {"model": "tiny-a", "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 8, "temperature": 0}  # fmt: skip
+LONG = {**CHAT, "max_tokens": 3000, "stream": True}
+
+
+def test_runner_killed_mid_stream_gets_error_event_then_restarts(supervisor: Supervisor) -> None:
+    with supervisor.client() as c:
+        assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
+        first_pid = supervisor.model("tiny-a")["pid"]
+        lines = []
+        with c.stream("POST", "/v1/chat/completions", json=LONG) as r:
+            assert r.status_code == 200
+            it = r.iter_lines()
+            for line in it:
+                if line.startswith("data:"):
+                    lines.append(line)
+                    break
+            os.kill(first_pid, signal.SIGKILL)
+            lines += [line for line in it if line.startswith("data:")]
+        assert lines[-1] != "data: [DONE]"  # never a fake end
+        last = json.loads(lines[-1][5:])
+        assert last["error"]["type"] == "runner_crashed"
+        assert "incomplete" in last["error"]["message"]
+        # the next request waits for the restart and succeeds on a new process
+        r2 = c.post("/v1/chat/completions", json=CHAT)
+        assert r2.status_code == 200, r2.text
+    m = supervisor.model("tiny-a")
+    assert m["state"] == "ready" and m["pid"] != first_pid
+    assert "restart #1" in supervisor.log()
+
+
+def test_request_whose_runner_died_before_answering_is_retried(supervisor: Supervisor) -> None:
+    with supervisor.client() as c:
+        assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
+        pid = supervisor.model("tiny-a")["pid"]
+        os.kill(pid, signal.SIGSTOP)  # hold it so the kill lands while our request is pending
+        result: dict[str, httpx.Response] = {}
+        t = threading.Thread(target=lambda: result.setdefault(
+            "r", c.post("/v1/chat/completions", json=CHAT)))
+        t.start()
+        wait_for(lambda: supervisor.model("tiny-a")["in_flight"] == 1, 10, "request in flight")
+        os.kill(pid, signal.SIGKILL)
+        t.join(60)
+    assert result["r"].status_code == 200, result["r"].text
+    assert "retrying once" in supervisor.log()
+
+
+def test_killing_the_supervisor_leaves_no_runner(home: Home) -> None:
+    sup = launch(home)
+    with sup.client() as c:
+        for model in ("tiny-a", "tiny-b"):
+            assert c.post("/v1/chat/completions", json={**CHAT, "model": model}).status_code == 200
+    assert len(runner_pids(home.root)) == 2
+    os.kill(sup.pid, signal.SIGKILL)
+    sup.proc.wait(10)
+    wait_for(lambda: not runner_pids(home.root), 15, "runners to die with the supervisor")
+    # the pid file is stale now; a new supervisor starts cleanly over it
+    assert (home.state / "supervisor.pid").exists()
+    sup2 = launch(home)
+    shutdown(sup2)
+
+
+def test_stop_while_two_requests_in_flight_lets_both_finish(supervisor: Supervisor) -> None:
+    with supervisor.client() as c:
+        assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
+
+    def stream(_: int) -> list[str]:
+        with supervisor.client() as c, c.stream("POST", "/v1/chat/completions",
+                                                json={**LONG, "max_tokens": 1500}) as r:  # fmt: skip
+            return [line for line in r.iter_lines() if line.startswith("data:")]
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futs = [pool.submit(stream, i) for i in range(2)]
+        wait_for(lambda: supervisor.model("tiny-a")["in_flight"] + supervisor.model("tiny-a")[
+            "queued"] == 2, 10, "two requests in flight")
+        r = subprocess.run([sys.executable, "-m", "smackctl", "stop", "--timeout", "60"],
+                           env=supervisor.home.env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert "smackctl stopped" in r.stderr
+        results = [f.result() for f in futs]
+    for lines in results:
+        assert lines[-1] == "data: [DONE]"
+        assert json.loads(lines[-2][5:])["choices"][0]["finish_reason"] in ("length", "stop")
+    assert supervisor.proc.wait(10) == 0
+    assert not runner_pids(supervisor.home.root)
+
+
+def test_corrupt_gguf_fails_clearly_and_others_keep_serving(supervisor: Supervisor) -> None:
+    with supervisor.client() as c:
+        # garbage after the magic: caught by the pre-flight read, no runner is spent on it
+        r = c.post("/v1/chat/completions", json={**CHAT, "model": "broken"})
+        assert r.status_code == 500
+        err = r.json()["error"]
+        assert err["type"] == "model_load_error"
+        assert "corrupt.gguf is not a readable GGUF file" in err["message"]
+        assert "pull it again" in err["message"]
+        # well-formed but unloadable: the runner starts, fails, and its log says why
+        r = c.post("/v1/chat/completions", json={**CHAT, "model": "alien"})
+        assert r.status_code == 500
+        msg = r.json()["error"]["message"]
+        assert "the runner for alien exited with code" in msg and "while loading" in msg
+        assert "nonesuch" in msg  # the runner's own log line naming the architecture
+        assert "smackctl logs alien" in msg
+        assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
+    assert supervisor.model("alien")["state"] == "failed"
+    assert supervisor.model("alien")["pid"] is None
+    assert supervisor.proc.poll() is None
+
+
+def test_not_a_gguf_is_refused_before_a_runner_starts(supervisor: Supervisor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"<html>not a model</html>")
+    with supervisor.client() as c:
+        r = c.post("/api/models", json={"path": str(junk), "name": "junk"})
+        assert r.status_code == 500
+        assert "is not a GGUF file" in r.json()["error"]["message"]
+
+
+def test_port_in_use_names_the_port_and_the_flag(home: Home) -> None:
+    port = int(home.env["SMACKCTL_PORT"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        r = subprocess.run([sys.executable, "-m", "smackctl", "start"], env=home.env,
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in r.stderr
+    assert f"--port {port + 1}" in r.stderr
+
+
+def test_stale_pid_file_is_detected_and_cleaned(home: Home) -> None:
+    state = home.state
+    state.mkdir(parents=True, exist_ok=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (state / "supervisor.pid").write_text(f"{dead.pid}\n")
+    r = subprocess.run([sys.executable, "-m", "smackctl", "start"], env=home.env,
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    try:
+        assert r.returncode == 0, r.stderr
+        assert f"removed a stale pid file (supervisor pid {dead.pid} is not running)" in r.stderr
+        pid = int((state / "supervisor.pid").read_text())
+        assert psutil.pid_exists(pid) and pid != dead.pid
+    finally:
+        subprocess.run([sys.executable, "-m", "smackctl", "stop", "--force"], env=home.env,
+                       capture_output=True, timeout=60)  # fmt: skip
