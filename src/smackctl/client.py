@@ -48,12 +48,18 @@ def read_token(paths: Paths | None = None) -> str | None:
 def _raise_for(r: httpx.Response) -> None:
     if r.status_code < 400:
         return
+    hint = None
     try:
         err = r.json()["error"]
         message, etype, code = err["message"], err.get("type", "error"), err.get("code")
+        hint = err.get("hint")
+        if hint:
+            message = message.removesuffix(f" (fix: {hint})")
     except (ValueError, KeyError, TypeError):
         message, etype, code = r.text[:500] or r.reason_phrase, "error", None
-    raise ApiError(message, r.status_code, etype, code)
+    exc = ApiError(message, r.status_code, etype, code)
+    exc.hint = hint
+    raise exc
 
 
 def _broken(url: str) -> ApiError:

@@ -8,7 +8,6 @@ import fcntl
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -122,12 +121,10 @@ def start_supervisor(
     if no_auth:
         argv.append("--no-auth")
     out_path = paths.logs_dir / "supervisor.out"
-    with out_path.open("ab") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                start_new_session=True, close_fds=True)  # fmt: skip
+    pid = _spawn_detached(argv, out_path)
     deadline = time.monotonic() + timeout
     while True:
-        code = proc.poll()
+        code = _exit_code(pid)
         if code is not None:
             detail = _tail(out_path, 6)
             if f"port {port}" in detail and "already in use" in detail:
@@ -137,15 +134,45 @@ def start_supervisor(
                 f"see {paths.supervisor_log} and {out_path}",
             )
         h = _health(url)
-        if h is not None and h.get("pid") == proc.pid:
-            return Started(url, proc.pid, already=False)
+        if h is not None and h.get("pid") == pid:
+            return Started(url, pid, already=False)
         if time.monotonic() > deadline:
-            proc.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
             raise SupervisorStartError(
                 f"the supervisor did not answer at {url} within {timeout:.0f}s",
                 f"see `smackctl logs` ({paths.supervisor_log})",
             )
         time.sleep(0.05)
+
+
+def _spawn_detached(argv: list[str], out_path: Path) -> int:
+    """Start the daemon in a session of its own, output appended to ``out_path``.
+
+    posix_spawn rather than Popen: the daemon outlives this process, and no Popen object is
+    left to complain (or be waited on) when the CLI exits.
+    """
+    fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        return os.posix_spawn(
+            argv[0], argv, os.environ,
+            file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                          (os.POSIX_SPAWN_DUP2, fd, 1), (os.POSIX_SPAWN_DUP2, fd, 2)],
+            setsid=True,
+        )  # fmt: skip
+    finally:
+        os.close(fd)
+
+
+def _exit_code(pid: int) -> int | None:
+    """The exit code of our child ``pid`` if it has exited (and reap it), else None."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return -1
+    if done == 0:
+        return None
+    return os.waitstatus_to_exitcode(status)
 
 
 def ensure_running(url: str, autostart: bool, profile: str | None = None) -> bool:

@@ -39,6 +39,7 @@ def start(
     """Start the supervisor in the background and wait until it answers."""
     from ._lifecycle import start_supervisor
 
+    profile = profile or globals_of(ctx).profile
     if foreground:
         argv = [sys.executable, "-m", "smackctl.daemon", "--host", host, "--port", str(port),
                 "--foreground"]  # fmt: skip

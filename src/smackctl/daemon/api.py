@@ -108,9 +108,12 @@ def _capped(receive: Receive, limit: int) -> Receive:
 
 
 def _smack_error(exc: SmackError) -> Response:
+    # OpenAI clients show `message` only, so the fix goes in it too; `hint` is for smackctl
     message = exc.message + (f" (fix: {exc.hint})" if exc.hint else "")
     headers = {"Retry-After": "1"} if exc.status == 503 else None
-    return _err(exc.status, message, exc.error_type, type(exc).__name__, headers)
+    body = {"error": {"message": message, "type": exc.error_type, "code": type(exc).__name__,
+                      "hint": exc.hint}}  # fmt: skip
+    return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -1,0 +1,170 @@
+"""The command line through typer's CliRunner: exit code first, then the output."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Home, runner_pids, wait_for
+from typer.testing import CliRunner
+
+from smackctl.cli.app import app
+
+
+@pytest.fixture
+def cli(home: Home) -> Iterator[CliRunner]:
+    runner = CliRunner()
+    yield runner
+    runner.invoke(app, ["stop", "--force"])
+    wait_for(lambda: not runner_pids(home.root), 15, "runners gone after stop")
+
+
+def test_status_when_not_running_exits_3(cli: CliRunner, home: Home) -> None:
+    r = cli.invoke(app, ["status"])
+    assert r.exit_code == 3
+    assert r.stdout == ""
+    port = home.env["SMACKCTL_PORT"]
+    assert r.stderr == (f"smackctl: error: the supervisor is not running at http://127.0.0.1:{port}\n"
+                        "  fix: start it with `smackctl start`\n")  # fmt: skip
+    r = cli.invoke(app, ["status", "--json"])
+    assert r.exit_code == 3
+    assert json.loads(r.stdout) == {"running": False, "url": f"http://127.0.0.1:{port}"}
+    r = cli.invoke(app, ["--no-autostart", "models", "list"])
+    assert r.exit_code == 3
+
+
+def test_start_twice_status_env_stop(cli: CliRunner, home: Home) -> None:
+    port = home.env["SMACKCTL_PORT"]
+    r = cli.invoke(app, ["start"])
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == f"http://127.0.0.1:{port}\n"
+    assert "smackctl started (pid" in r.stderr
+    r2 = cli.invoke(app, ["start"])
+    assert r2.exit_code == 0
+    assert r2.stdout == r.stdout
+    assert "already running" in r2.stderr
+
+    r = cli.invoke(app, ["status", "--json"])
+    assert r.exit_code == 0
+    st = json.loads(r.stdout)
+    assert st["running"] is True and st["profile"] == "test"
+    assert st["url"] == f"http://127.0.0.1:{port}" and st["uptime"] >= 0
+    assert {m["name"] for m in st["models"]} >= {"tiny-a", "tiny-b"}
+
+    token = (home.state / "token").read_text().strip()
+    assert (home.state / "token").stat().st_mode & 0o777 == 0o600
+    r = cli.invoke(app, ["env"])
+    assert r.exit_code == 0
+    assert r.stdout == (f"export OPENAI_BASE_URL=http://127.0.0.1:{port}/v1\n"
+                        f"export OPENAI_API_KEY={token}\n")  # fmt: skip
+
+    r = cli.invoke(app, ["stop"])
+    assert r.exit_code == 0
+    assert "smackctl stopped (pid" in r.stderr
+    assert not (home.state / "supervisor.pid").exists()
+    r = cli.invoke(app, ["stop"])
+    assert r.exit_code == 0 and "not running" in r.stderr
+
+
+def test_models_list_show_load_ps_unload(cli: CliRunner, home: Home) -> None:
+    r = cli.invoke(app, ["models", "list", "--json"])  # starts the supervisor on demand
+    assert r.exit_code == 0, r.stderr
+    assert "started the supervisor" in r.stderr
+    models = {m["name"]: m for m in json.loads(r.stdout)}
+    assert models["tiny-a"]["gguf"]["architecture"] == "llama"
+    assert models["tiny-a"]["state"] == "stopped" and models["tiny-a"]["on_disk"] is True
+
+    r = cli.invoke(app, ["models", "list"])
+    assert r.exit_code == 0
+    header, *rows = r.stdout.splitlines()
+    assert header.split() == ["NAME", "SIZE", "QUANT", "ARCH", "TRAINED", "CTX", "N_CTX", "ON",
+                              "DISK", "STATE"]  # fmt: skip
+    assert any(row.split()[0] == "tiny-a" and "F32" in row for row in rows)
+
+    r = cli.invoke(app, ["models", "show", "a", "--json"])  # an alias
+    assert r.exit_code == 0
+    shown = json.loads(r.stdout)
+    assert shown["name"] == "tiny-a"
+    assert shown["gguf"]["layers"] == 2 and shown["gguf"]["vocab_size"] == 259
+
+    r = cli.invoke(app, ["models", "load", "tiny-b"])
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.startswith("tiny-b ready (pid ")
+    assert "tiny-b: starting" in r.stderr  # plain progress lines when not a terminal
+
+    r = cli.invoke(app, ["models", "ps", "--json"])
+    assert r.exit_code == 0
+    ps = json.loads(r.stdout)
+    assert [m["name"] for m in ps["models"]] == ["tiny-b"]
+    assert ps["models"][0]["rss"] > 10 * 1024**2
+
+    r = cli.invoke(app, ["models", "unload", "tiny-b"])
+    assert r.exit_code == 0 and "unloaded tiny-b" in r.stderr
+    r = cli.invoke(app, ["models", "unload", "--all"])
+    assert r.exit_code == 0 and "nothing was loaded" in r.stderr
+    r = cli.invoke(app, ["models", "unload"])
+    assert r.exit_code == 2 and "give a model name or --all" in r.stderr
+
+
+def test_models_load_failure_and_unknown(cli: CliRunner) -> None:
+    r = cli.invoke(app, ["models", "load", "alien"])
+    assert r.exit_code == 1
+    assert "the runner for alien exited with code" in r.stderr
+    assert "fix: see the whole log with `smackctl logs alien`" in r.stderr
+    r = cli.invoke(app, ["models", "show", "nope"])
+    assert r.exit_code == 1
+    assert "unknown model 'nope'" in r.stderr and "tiny-a" in r.stderr
+
+
+def test_models_add_and_rm(cli: CliRunner, model_dir: Path) -> None:
+    r = cli.invoke(app, ["models", "add", str(model_dir / "tiny-c.gguf"), "--name", "mine"])
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == "mine\n"
+    r = cli.invoke(app, ["chat", "-m", "mine", "--temperature", "0", "--max-tokens", "4", "hi"])
+    assert r.exit_code == 0, r.stderr
+    assert len(r.stdout.strip()) > 0
+    r = cli.invoke(app, ["models", "add", str(model_dir / "tiny-c.gguf"), "--name", "../evil"])
+    assert r.exit_code == 2 and "invalid model name '../evil'" in r.stderr
+    r = cli.invoke(app, ["models", "rm", "mine"])
+    assert r.exit_code == 0
+    r = cli.invoke(app, ["models", "list", "--json"])
+    assert "mine" not in {m["name"] for m in json.loads(r.stdout)}
+
+
+def test_chat_one_shot_args_and_stdin(cli: CliRunner) -> None:
+    r = cli.invoke(app, ["chat", "--temperature", "0", "--max-tokens", "12", "say", "hi"])
+    assert r.exit_code == 0, r.stderr
+    answer = r.stdout
+    assert answer.endswith("\n") and len(answer.strip()) == 12  # 12 one-byte tokens
+    assert answer.strip().isprintable()
+    r2 = cli.invoke(app, ["chat", "--temperature", "0", "--max-tokens", "12"], input="say hi")
+    assert r2.exit_code == 0
+    assert r2.stdout == answer  # the same prompt from stdin, the same greedy answer
+    r3 = cli.invoke(app, ["chat", "--temperature", "0", "--max-tokens", "12", "hi"],
+                    input="some notes")  # fmt: skip
+    assert r3.exit_code == 0 and r3.stdout != answer  # stdin goes before the prompt
+
+
+def test_chat_errors_are_one_clear_line_and_nothing_on_stdout(cli: CliRunner) -> None:
+    r = cli.invoke(app, ["chat", "-m", "nope", "hello"])
+    assert r.exit_code == 1
+    assert r.stdout == ""
+    assert r.stderr.splitlines()[-2].startswith("smackctl: error: unknown model 'nope'; known ")
+    assert r.stderr.splitlines()[-1] == ("  fix: add one with `smackctl models add PATH --name "
+                                         "NAME`, or see `smackctl models list`")  # fmt: skip
+    r = cli.invoke(app, ["chat"], input="")
+    assert r.exit_code == 2 and "no prompt given" in r.stderr
+
+
+def test_logs_show_supervisor_and_runner_logs(cli: CliRunner) -> None:
+    assert cli.invoke(app, ["models", "load", "tiny-a"]).exit_code == 0
+    r = cli.invoke(app, ["logs"])
+    assert r.exit_code == 0
+    assert "ready at http://127.0.0.1:" in r.stdout
+    r = cli.invoke(app, ["logs", "tiny-a", "-n", "400"])
+    assert r.exit_code == 0
+    assert "llama_cpp.server" in r.stdout and "--interrupt_requests False" in r.stdout
+    r = cli.invoke(app, ["logs", "../../etc/passwd"])
+    assert r.exit_code == 2
