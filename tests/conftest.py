@@ -51,8 +51,9 @@ def runner_pids(home: Path) -> list[int]:
     out = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if ("llama_cpp.server" in (p.info["cmdline"] or [])
-                    and p.environ().get("SMACKCTL_HOME") == str(home)):  # fmt: skip
+            if "llama_cpp.server" in (p.info["cmdline"] or []) and p.environ().get(
+                "SMACKCTL_HOME"
+            ) == str(home):
                 out.append(p.info["pid"])
         except psutil.Error:
             continue
@@ -72,8 +73,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def profile_yaml(model_dir: Path, extra: str = "", **per_model: str) -> str:
     lines = ["name: test", "models:"]
     for name in ("tiny-a", "tiny-b", "tiny-c"):
-        lines += [f"  {name}:", f"    path: {model_dir / (name + '.gguf')}", "    n_ctx: 4096",
-                  "    threads: 1"]  # fmt: skip
+        lines += [
+            f"  {name}:",
+            f"    path: {model_dir / (name + '.gguf')}",
+            "    n_ctx: 4096",
+            "    threads: 1",
+        ]
         if name in per_model:
             lines += [f"    {line}" for line in per_model[name].splitlines()]
     lines += ["  broken:", f"    path: {model_dir / 'corrupt.gguf'}", "    n_ctx: 512"]
@@ -99,8 +104,12 @@ def home(tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Ho
     profiles.mkdir(parents=True)
     (profiles / "test.yaml").write_text(profile_yaml(model_dir, **{"tiny-a": "aliases: [a]"}))
     port = free_port()
-    env = {"SMACKCTL_HOME": str(root), "SMACKCTL_PROFILE_DIR": str(profiles),
-           "SMACKCTL_PORT": str(port), "SMACKCTL_PROFILE": "test"}  # fmt: skip
+    env = {
+        "SMACKCTL_HOME": str(root),
+        "SMACKCTL_PROFILE_DIR": str(profiles),
+        "SMACKCTL_PORT": str(port),
+        "SMACKCTL_PROFILE": "test",
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("SMACKCTL_URL", raising=False)
@@ -120,8 +129,12 @@ class Supervisor:
         return self.proc.pid
 
     def client(self, **kw: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"},
-                            timeout=kw.pop("timeout", 60.0), **kw)  # fmt: skip
+        return httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=kw.pop("timeout", 60.0),
+            **kw,
+        )
 
     def status(self) -> dict[str, Any]:
         with self.client() as c:
@@ -138,14 +151,29 @@ def launch(home: Home, *extra: str, profile: str = "test") -> Supervisor:
     port = int(home.env["SMACKCTL_PORT"])
     with open(home.root / "supervisor-test.out", "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "smackctl.daemon", "--port", str(port), "--profile", profile,
-             *extra], env=home.env, stdout=out, stderr=out, start_new_session=True)  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "smackctl.daemon",
+                "--port",
+                str(port),
+                "--profile",
+                profile,
+                *extra,
+            ],
+            env=home.env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
         if proc.poll() is not None:
-            raise AssertionError(f"supervisor exited {proc.returncode}: "
-                                 f"{(home.root / 'supervisor-test.out').read_text()[-2000:]}")  # fmt: skip
+            raise AssertionError(
+                f"supervisor exited {proc.returncode}: "
+                f"{(home.root / 'supervisor-test.out').read_text()[-2000:]}"
+            )
         try:
             return httpx.get(url + "/health", timeout=1).status_code == 200
         except httpx.HTTPError:
@@ -165,8 +193,11 @@ def shutdown(sup: Supervisor) -> None:
         except (httpx.HTTPError, subprocess.TimeoutExpired):
             os.killpg(sup.proc.pid, signal.SIGKILL)
             sup.proc.wait(5)
-    wait_for(lambda: not runner_pids(sup.home.root), 15,
-             "every runner to be gone after the supervisor stopped")
+    wait_for(
+        lambda: not runner_pids(sup.home.root),
+        15,
+        "every runner to be gone after the supervisor stopped",
+    )
 
 
 @pytest.fixture

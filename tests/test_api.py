@@ -8,10 +8,15 @@ import json
 import httpx
 import openai
 import pytest
+
 from conftest import Supervisor, launch, runner_pids, shutdown, wait_for
 
-CHAT = {"model": "tiny-a", "messages": [{"role": "user", "content": "hello"}],
-        "max_tokens": 8, "temperature": 0}  # fmt: skip
+CHAT = {
+    "model": "tiny-a",
+    "messages": [{"role": "user", "content": "hello"}],
+    "max_tokens": 8,
+    "temperature": 0,
+}
 
 
 def sse_events(lines: list[str]) -> list[dict[str, object] | str]:
@@ -29,13 +34,19 @@ def test_openai_client_chat_stream_models_and_unknown(supervisor: Supervisor) ->
     ids = {m.id for m in oa.models.list().data}
     assert ids == {"tiny-a", "tiny-b", "tiny-c", "broken", "alien"}
 
-    reply = oa.chat.completions.create(model="tiny-a", messages=[{"role": "user", "content": "hi"}],
-                                       max_tokens=8, temperature=0)  # fmt: skip
+    reply = oa.chat.completions.create(
+        model="tiny-a", messages=[{"role": "user", "content": "hi"}], max_tokens=8, temperature=0
+    )
     assert reply.choices[0].finish_reason in ("length", "stop")
     assert reply.usage is not None and reply.usage.completion_tokens > 0
 
-    stream = oa.chat.completions.create(model="a", messages=[{"role": "user", "content": "hi"}],
-                                        max_tokens=8, temperature=0, stream=True)  # fmt: skip
+    stream = oa.chat.completions.create(
+        model="a",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+    )
     chunks = list(stream)
     assert chunks[-1].choices[0].finish_reason in ("length", "stop")
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
@@ -49,8 +60,10 @@ def test_openai_client_chat_stream_models_and_unknown(supervisor: Supervisor) ->
 
 def test_completions_and_alias_routing(supervisor: Supervisor) -> None:
     with supervisor.client() as c:
-        r = c.post("/v1/completions", json={"model": "fast", "prompt": "abc", "max_tokens": 4,
-                                            "temperature": 0})  # fmt: skip
+        r = c.post(
+            "/v1/completions",
+            json={"model": "fast", "prompt": "abc", "max_tokens": 4, "temperature": 0},
+        )
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["text"] is not None
         assert r.headers["x-request-id"]
@@ -65,11 +78,15 @@ def test_auth_host_cors_and_health(supervisor: Supervisor) -> None:
     assert r.json()["error"]["type"] == "authentication_error"
     r = httpx.get(supervisor.url + "/v1/models", headers={"Authorization": "Bearer wrong"})
     assert r.status_code == 401
-    r = httpx.get(supervisor.url + "/v1/models", headers={
-        "Authorization": f"Bearer {supervisor.token}", "Host": "evil.example:7622"})
+    r = httpx.get(
+        supervisor.url + "/v1/models",
+        headers={"Authorization": f"Bearer {supervisor.token}", "Host": "evil.example:7622"},
+    )
     assert r.status_code == 403 and "DNS rebinding" in r.json()["error"]["message"]
-    r = httpx.options(supervisor.url + "/v1/chat/completions", headers={
-        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    r = httpx.options(
+        supervisor.url + "/v1/chat/completions",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
     assert r.status_code == 403
     assert "access-control-allow-origin" not in r.headers
     with supervisor.client() as c:
@@ -90,15 +107,18 @@ def test_auth_host_cors_and_health(supervisor: Supervisor) -> None:
         (json.dumps({**CHAT, "model": "../../etc"}).encode(), 404, "unknown model"),
     ],
 )
-def test_bad_requests_get_clear_errors(supervisor: Supervisor, body: bytes, status: int,
-                                       needle: str) -> None:  # fmt: skip
+def test_bad_requests_get_clear_errors(
+    supervisor: Supervisor, body: bytes, status: int, needle: str
+) -> None:
     with supervisor.client() as c:
-        r = c.post("/v1/chat/completions", content=body,
-                   headers={"Content-Type": "application/json"})  # fmt: skip
+        r = c.post(
+            "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"}
+        )
         assert r.status_code == status, r.text
         assert needle in r.json()["error"]["message"]
         # nothing was loaded for a request that never reached a runner, and it still serves
-        assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
+        ok = c.post("/v1/chat/completions", json=CHAT)
+        assert ok.status_code == 200, ok.text
 
 
 def test_body_too_large_is_413(supervisor: Supervisor) -> None:
@@ -155,9 +175,22 @@ def test_non_loopback_without_auth_is_refused(home: object) -> None:
     from conftest import Home
 
     assert isinstance(home, Home)
-    r = subprocess.run([sys.executable, "-m", "smackctl.daemon", "--host", "0.0.0.0",
-                        "--no-auth", "--port", home.env["SMACKCTL_PORT"]],
-                       env=home.env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "smackctl.daemon",
+            "--host",
+            "0.0.0.0",
+            "--no-auth",
+            "--port",
+            home.env["SMACKCTL_PORT"],
+        ],
+        env=home.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2
     assert "refusing to listen on 0.0.0.0 without a token" in r.stderr
 
@@ -169,7 +202,9 @@ def test_loaded_models_come_back_after_restart(home: object) -> None:
     sup = launch(home)
     try:
         with sup.client() as c:
-            assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-b"}).status_code == 200
+            assert (
+                c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-b"}).status_code == 200
+            )
     finally:
         shutdown(sup)
     sup = launch(home)

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Home, runner_pids, wait_for
 from typer.testing import CliRunner
 
+from conftest import Home, runner_pids, wait_for
 from smackctl.cli.app import app
 
 
@@ -26,8 +26,10 @@ def test_status_when_not_running_exits_3(cli: CliRunner, home: Home) -> None:
     assert r.exit_code == 3
     assert r.stdout == ""
     port = home.env["SMACKCTL_PORT"]
-    assert r.stderr == (f"smackctl: error: the supervisor is not running at http://127.0.0.1:{port}\n"
-                        "  fix: start it with `smackctl start`\n")  # fmt: skip
+    assert r.stderr == (
+        f"smackctl: error: the supervisor is not running at http://127.0.0.1:{port}\n"
+        "  fix: start it with `smackctl start`\n"
+    )
     r = cli.invoke(app, ["status", "--json"])
     assert r.exit_code == 3
     assert json.loads(r.stdout) == {"running": False, "url": f"http://127.0.0.1:{port}"}
@@ -57,8 +59,9 @@ def test_start_twice_status_env_stop(cli: CliRunner, home: Home) -> None:
     assert (home.state / "token").stat().st_mode & 0o777 == 0o600
     r = cli.invoke(app, ["env"])
     assert r.exit_code == 0
-    assert r.stdout == (f"export OPENAI_BASE_URL=http://127.0.0.1:{port}/v1\n"
-                        f"export OPENAI_API_KEY={token}\n")  # fmt: skip
+    assert r.stdout == (
+        f"export OPENAI_BASE_URL=http://127.0.0.1:{port}/v1\nexport OPENAI_API_KEY={token}\n"
+    )
 
     r = cli.invoke(app, ["stop"])
     assert r.exit_code == 0
@@ -79,8 +82,18 @@ def test_models_list_show_load_ps_unload(cli: CliRunner, home: Home) -> None:
     r = cli.invoke(app, ["models", "list"])
     assert r.exit_code == 0
     header, *rows = r.stdout.splitlines()
-    assert header.split() == ["NAME", "SIZE", "QUANT", "ARCH", "TRAINED", "CTX", "N_CTX", "ON",
-                              "DISK", "STATE"]  # fmt: skip
+    assert header.split() == [
+        "NAME",
+        "SIZE",
+        "QUANT",
+        "ARCH",
+        "TRAINED",
+        "CTX",
+        "N_CTX",
+        "ON",
+        "DISK",
+        "STATE",
+    ]
     assert any(row.split()[0] == "tiny-a" and "F32" in row for row in rows)
 
     r = cli.invoke(app, ["models", "show", "a", "--json"])  # an alias
@@ -142,8 +155,9 @@ def test_chat_one_shot_args_and_stdin(cli: CliRunner) -> None:
     r2 = cli.invoke(app, ["chat", "--temperature", "0", "--max-tokens", "12"], input="say hi")
     assert r2.exit_code == 0
     assert r2.stdout == answer  # the same prompt from stdin, the same greedy answer
-    r3 = cli.invoke(app, ["chat", "--temperature", "0", "--max-tokens", "12", "hi"],
-                    input="some notes")  # fmt: skip
+    r3 = cli.invoke(
+        app, ["chat", "--temperature", "0", "--max-tokens", "12", "hi"], input="some notes"
+    )
     assert r3.exit_code == 0 and r3.stdout != answer  # stdin goes before the prompt
 
 
@@ -152,8 +166,9 @@ def test_chat_errors_are_one_clear_line_and_nothing_on_stdout(cli: CliRunner) ->
     assert r.exit_code == 1
     assert r.stdout == ""
     assert r.stderr.splitlines()[-2].startswith("smackctl: error: unknown model 'nope'; known ")
-    assert r.stderr.splitlines()[-1] == ("  fix: add one with `smackctl models add PATH --name "
-                                         "NAME`, or see `smackctl models list`")  # fmt: skip
+    assert r.stderr.splitlines()[-1] == (
+        "  fix: add one with `smackctl models add PATH --name NAME`, or see `smackctl models list`"
+    )
     r = cli.invoke(app, ["chat"], input="")
     assert r.exit_code == 2 and "no prompt given" in r.stderr
 

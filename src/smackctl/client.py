@@ -63,19 +63,29 @@ def _raise_for(r: httpx.Response) -> None:
 
 
 def _broken(url: str) -> ApiError:
-    return ApiError(f"the supervisor at {url} closed the connection in the middle of an answer; "
-                    "see `smackctl logs`", 502, "connection_broken")
+    return ApiError(
+        f"the supervisor at {url} closed the connection in the middle of an answer; "
+        "see `smackctl logs`",
+        502,
+        "connection_broken",
+    )
 
 
 class Client:
-    def __init__(self, url: str | None = None, token: str | None = None,
-                 timeout: float = 30.0, transport: httpx.BaseTransport | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.paths = get_paths()
         self.url = (url or default_url(self.paths)).rstrip("/")
         self.token = token or read_token(self.paths)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout,
-                                 transport=transport)  # fmt: skip
+        self.http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout, transport=transport
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -94,8 +104,9 @@ class Client:
         except httpx.RemoteProtocolError as exc:
             raise _broken(self.url) from exc
         except httpx.TimeoutException as exc:
-            raise ApiError(f"the supervisor at {self.url} did not answer in time", 504,
-                           "timeout") from exc  # fmt: skip
+            raise ApiError(
+                f"the supervisor at {self.url} did not answer in time", 504, "timeout"
+            ) from exc
         _raise_for(r)
         return r
 
@@ -112,12 +123,18 @@ class Client:
             return None
         return r.json() if r.status_code == 200 else None
 
-    def stream_lines(self, method: str, path: str, body: dict[str, Any] | None = None,
-                     timeout: float | None = None) -> Iterator[str]:  # fmt: skip
+    def stream_lines(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[str]:
         """Lines of a streamed answer (NDJSON progress or SSE), as they arrive."""
         try:
-            with self.http.stream(method, path, json=body or {},
-                                  timeout=httpx.Timeout(30.0, read=timeout)) as r:  # fmt: skip
+            with self.http.stream(
+                method, path, json=body or {}, timeout=httpx.Timeout(30.0, read=timeout)
+            ) as r:
                 if r.status_code >= 400:
                     r.read()
                     _raise_for(r)
@@ -127,17 +144,24 @@ class Client:
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
             raise _broken(self.url) from exc
 
-    def ndjson(self, method: str, path: str, body: dict[str, Any] | None = None,
-               timeout: float | None = None) -> Iterator[dict[str, Any]]:  # fmt: skip
+    def ndjson(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[dict[str, Any]]:
         for line in self.stream_lines(method, path, body, timeout):
             if line.strip():
                 yield json.loads(line)
 
-    def chat_stream(self, body: dict[str, Any], timeout: float | None = None
-                    ) -> Iterator[dict[str, Any]]:  # fmt: skip
+    def chat_stream(
+        self, body: dict[str, Any], timeout: float | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Chunks of a streamed chat completion; an SSE error event raises ApiError."""
-        for line in self.stream_lines("POST", "/v1/chat/completions", {**body, "stream": True},
-                                      timeout):  # fmt: skip
+        for line in self.stream_lines(
+            "POST", "/v1/chat/completions", {**body, "stream": True}, timeout
+        ):
             if not line.startswith("data:"):
                 continue
             data = line[5:].strip()
@@ -146,6 +170,10 @@ class Client:
             chunk = json.loads(data)
             if "error" in chunk:
                 err = chunk["error"]
-                raise ApiError(err.get("message", "stream error"), 502, err.get("type", "error"),
-                               err.get("code"))  # fmt: skip
+                raise ApiError(
+                    err.get("message", "stream error"),
+                    502,
+                    err.get("type", "error"),
+                    err.get("code"),
+                )
             yield chunk

@@ -44,10 +44,26 @@ DEFAULT_PORT = 7622
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024, "m": 1000**2,
-          "mb": 1000**2, "mi": 1024**2, "mib": 1024**2, "g": 1000**3, "gb": 1000**3,
-          "gi": 1024**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "ti": 1024**4,
-          "tib": 1024**4}  # fmt: skip
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "ki": 1024,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mi": 1024**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gi": 1024**3,
+    "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "ti": 1024**4,
+    "tib": 1024**4,
+}
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*(s|m|h|d)?\s*$")
 
 
@@ -135,8 +151,17 @@ class ModelSpec(_Strict):
 
     def load_key(self) -> tuple[Any, ...]:
         """Parameters whose change needs a reload of the runner."""
-        return (self.source, self.path, self.n_ctx, self.n_gpu_layers, self.threads,
-                self.parallel, self.chat_format, self.backend, tuple(sorted(self.args.items())))  # fmt: skip
+        return (
+            self.source,
+            self.path,
+            self.n_ctx,
+            self.n_gpu_layers,
+            self.threads,
+            self.parallel,
+            self.chat_format,
+            self.backend,
+            tuple(sorted(self.args.items())),
+        )
 
 
 class MemoryBudget(_Strict):
@@ -167,9 +192,9 @@ class Profile(_Strict):
     name: str
     description: str = ""
     models: dict[str, ModelSpec] = Field(default_factory=dict)
-    memory: MemoryBudget = Field(default_factory=MemoryBudget)
-    defaults: Defaults = Field(default_factory=Defaults)
-    routing: Routing = Field(default_factory=Routing)
+    memory: MemoryBudget = MemoryBudget()
+    defaults: Defaults = Defaults()
+    routing: Routing = Routing()
 
     @field_validator("models")
     @classmethod
@@ -184,7 +209,9 @@ class Profile(_Strict):
         for name, spec in self.models.items():
             for alias in (name, *spec.aliases):
                 if alias in seen and seen[alias] != name:
-                    raise ValueError(f"alias {alias!r} is used by both {seen[alias]!r} and {name!r}")
+                    raise ValueError(
+                        f"alias {alias!r} is used by both {seen[alias]!r} and {name!r}"
+                    )
                 seen[alias] = name
         for alias, target in self.routing.aliases.items():
             if target not in self.models:
@@ -310,8 +337,10 @@ def validate_profile_file(path: Path) -> tuple[Profile | None, list[ProfileIssue
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (remove it, or check its spelling)"
-            elif "input" in err and err["type"] not in ("missing",) and not isinstance(
-                err["input"], dict
+            elif (
+                "input" in err
+                and err["type"] not in ("missing",)
+                and not isinstance(err["input"], dict)
             ):
                 msg = f"{msg}, got {err['input']!r}"
             issues.append(ProfileIssue(shown, _line_for(loc, located.lines), key, msg))
@@ -323,8 +352,14 @@ def validate_profile_file(path: Path) -> tuple[Profile | None, list[ProfileIssue
         p = profile.resolve_spec_path(spec, path.parent)
         if p is not None and not p.is_file():
             line = _line_for(("models", name, "path"), located.lines)
-            issues.append(ProfileIssue(shown, line, f"models.{name}.path",
-                                       f"no such file: {p} (fix the path, or use `source:`)"))  # fmt: skip
+            issues.append(
+                ProfileIssue(
+                    shown,
+                    line,
+                    f"models.{name}.path",
+                    f"no such file: {p} (fix the path, or use `source:`)",
+                )
+            )
     return (profile if not issues else None), issues
 
 

@@ -65,8 +65,9 @@ def parse_nvml_device(index: int, name: bytes | str, mem: Any) -> GpuInfo:
     """One device from ``nvmlDeviceGetName`` and ``nvmlDeviceGetMemoryInfo`` answers."""
     if isinstance(name, bytes):
         name = name.decode(errors="replace")
-    return GpuInfo(index=index, name=name, total=int(mem.total), free=int(mem.free),
-                   used=int(mem.used))  # fmt: skip
+    return GpuInfo(
+        index=index, name=name, total=int(mem.total), free=int(mem.free), used=int(mem.used)
+    )
 
 
 def parse_nvml_processes(procs: list[Any], pids: set[int]) -> int | None:

@@ -6,8 +6,8 @@ Only the standard library and platformdirs are imported here: shell completion u
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["Paths", "get_paths", "list_profile_files", "profile_dirs"]

@@ -71,7 +71,7 @@ def _health(url: str) -> dict[str, object] | None:
         r = httpx.get(url + "/health", timeout=1.0)
     except httpx.HTTPError:
         return None
-    return r.json() if r.status_code == 200 else None  # type: ignore[no-any-return]
+    return r.json() if r.status_code == 200 else None
 
 
 def _tail(path: Path, n: int = 15) -> str:
@@ -155,11 +155,16 @@ def _spawn_detached(argv: list[str], out_path: Path) -> int:
     fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         return os.posix_spawn(
-            argv[0], argv, os.environ,
-            file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                          (os.POSIX_SPAWN_DUP2, fd, 1), (os.POSIX_SPAWN_DUP2, fd, 2)],
+            argv[0],
+            argv,
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, fd, 1),
+                (os.POSIX_SPAWN_DUP2, fd, 2),
+            ],
             setsid=True,
-        )  # fmt: skip
+        )
     finally:
         os.close(fd)
 

@@ -20,6 +20,7 @@ from .chat import chat
 
 __all__ = ["app", "main"]
 
+
 class _Root(typer.core.TyperGroup):
     """Turns smackctl's errors into messages and exit codes: the only place that does."""
 
@@ -55,17 +56,37 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     ctx: typer.Context,
-    url: Annotated[str | None, typer.Option(
-        "--url", envvar="SMACKCTL_URL", help="Supervisor URL (default: the one that is running, "
-        "else http://127.0.0.1:7622).")] = None,
-    no_autostart: Annotated[bool, typer.Option(
-        "--no-autostart", envvar="SMACKCTL_NO_AUTOSTART",
-        help="Fail (exit 3) instead of starting the supervisor when it is not running.")] = False,
-    profile: Annotated[str | None, typer.Option(
-        "--profile", "-p", envvar="SMACKCTL_PROFILE",
-        help="Profile used when a command starts the supervisor.")] = None,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            envvar="SMACKCTL_URL",
+            help="Supervisor URL (default: the one that is running, else http://127.0.0.1:7622).",
+        ),
+    ] = None,
+    no_autostart: Annotated[
+        bool,
+        typer.Option(
+            "--no-autostart",
+            envvar="SMACKCTL_NO_AUTOSTART",
+            help="Fail (exit 3) instead of starting the supervisor when it is not running.",
+        ),
+    ] = False,
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            "--profile",
+            "-p",
+            envvar="SMACKCTL_PROFILE",
+            help="Profile used when a command starts the supervisor.",
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """smackctl: one supervisor, one llama.cpp runner per loaded model, an OpenAI API.
 

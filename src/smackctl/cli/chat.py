@@ -9,7 +9,6 @@ import typer
 
 from smackctl.errors import UsageError
 
-from . import output
 from ._common import client
 from .completion import complete_model
 
@@ -18,9 +17,13 @@ __all__ = ["chat"]
 
 def chat(
     ctx: typer.Context,
-    prompt: Annotated[list[str] | None, typer.Argument(help="The prompt (or pipe it on stdin).")] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name or alias.",
-                                              autocompletion=complete_model)] = None,
+    prompt: Annotated[
+        list[str] | None, typer.Argument(help="The prompt (or pipe it on stdin).")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Model name or alias.", autocompletion=complete_model),
+    ] = None,
     system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
     temperature: Annotated[float | None, typer.Option(min=0.0, max=5.0)] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1)] = None,
@@ -39,8 +42,12 @@ def chat(
         messages.append({"role": "system", "content": system})
     messages.append({"role": "user", "content": text})
     body: dict[str, Any] = {"messages": messages}
-    for key, value in (("model", model), ("temperature", temperature),
-                       ("max_tokens", max_tokens), ("seed", seed)):  # fmt: skip
+    for key, value in (
+        ("model", model),
+        ("temperature", temperature),
+        ("max_tokens", max_tokens),
+        ("seed", seed),
+    ):
         if value is not None:
             body[key] = value
     with client(ctx, timeout=600.0) as c:

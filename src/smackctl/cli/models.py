@@ -16,11 +16,14 @@ from .completion import complete_model
 
 __all__ = ["app"]
 
-app = typer.Typer(help="Known models: list, inspect, load, unload, pull, add.", no_args_is_help=True)
+app = typer.Typer(
+    help="Known models: list, inspect, load, unload, pull, add.", no_args_is_help=True
+)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
-ModelArg = Annotated[str, typer.Argument(help="Model name or alias.",
-                                         autocompletion=complete_model)]  # fmt: skip
+ModelArg = Annotated[
+    str, typer.Argument(help="Model name or alias.", autocompletion=complete_model)
+]
 
 
 def _gib(n: int | None) -> str:
@@ -38,11 +41,21 @@ def list_(ctx: typer.Context, json_: JsonOpt = False) -> None:
     rows = []
     for m in models:
         g = m.get("gguf") or {}
-        rows.append([m["name"], _gib(g.get("file_size")), g.get("quantization"),
-                     g.get("architecture"), g.get("context_length"), m["n_ctx"],
-                     "yes" if m["on_disk"] else "no", m["state"]])  # fmt: skip
-    output.table(["NAME", "SIZE", "QUANT", "ARCH", "TRAINED CTX", "N_CTX", "ON DISK", "STATE"],
-                 rows)  # fmt: skip
+        rows.append(
+            [
+                m["name"],
+                _gib(g.get("file_size")),
+                g.get("quantization"),
+                g.get("architecture"),
+                g.get("context_length"),
+                m["n_ctx"],
+                "yes" if m["on_disk"] else "no",
+                m["state"],
+            ]
+        )
+    output.table(
+        ["NAME", "SIZE", "QUANT", "ARCH", "TRAINED CTX", "N_CTX", "ON DISK", "STATE"], rows
+    )
 
 
 @app.command()
@@ -59,14 +72,26 @@ def ps(ctx: typer.Context, json_: JsonOpt = False) -> None:
     else:
         output.table(
             ["NAME", "STATE", "PID", "EST RAM", "RSS", "VRAM", "TTL LEFT", "IN FLIGHT", "QUEUED"],
-            [[m["name"], m["state"], m["pid"], _gib(m["estimated_ram"]), _gib(m["rss"]),
-              _gib(m["measured_vram"]) if m["measured_vram"] else "-",
-              "pinned" if m["pinned"] else output.human_duration(m["ttl_left"]),
-              m["in_flight"], m["queued"]] for m in loaded],
-        )  # fmt: skip
+            [
+                [
+                    m["name"],
+                    m["state"],
+                    m["pid"],
+                    _gib(m["estimated_ram"]),
+                    _gib(m["rss"]),
+                    _gib(m["measured_vram"]) if m["measured_vram"] else "-",
+                    "pinned" if m["pinned"] else output.human_duration(m["ttl_left"]),
+                    m["in_flight"],
+                    m["queued"],
+                ]
+                for m in loaded
+            ],
+        )
     mem = st["memory"]
-    print(f"total {_gib(mem['used_ram'])} of {_gib(mem['budget_ram'])} RAM budget; "
-          f"{_gib(mem['free_ram'])} free")  # fmt: skip
+    print(
+        f"total {_gib(mem['used_ram'])} of {_gib(mem['budget_ram'])} RAM budget; "
+        f"{_gib(mem['free_ram'])} free"
+    )
 
 
 @app.command()
@@ -79,22 +104,31 @@ def show(ctx: typer.Context, name: ModelArg, json_: JsonOpt = False) -> None:
         return
     g = m.get("gguf") or {}
     rows: list[tuple[str, Any]] = [
-        ("name", m["name"]), ("aliases", ", ".join(m["aliases"]) or None),
-        ("file", m["file"]), ("on disk", "yes" if m["on_disk"] else "no (pull it)"),
-        ("state", m["state"]), ("n_ctx", m["n_ctx"]), ("n_gpu_layers", m["n_gpu_layers"]),
+        ("name", m["name"]),
+        ("aliases", ", ".join(m["aliases"]) or None),
+        ("file", m["file"]),
+        ("on disk", "yes" if m["on_disk"] else "no (pull it)"),
+        ("state", m["state"]),
+        ("n_ctx", m["n_ctx"]),
+        ("n_gpu_layers", m["n_gpu_layers"]),
         ("ttl", "pinned" if m["pinned"] else f"{m['ttl']}s"),
-    ]  # fmt: skip
+    ]
     if g:
         params = g.get("parameter_count")
         rows += [
-            ("architecture", g.get("architecture")), ("model name", g.get("name")),
+            ("architecture", g.get("architecture")),
+            ("model name", g.get("name")),
             ("parameters", f"{params / 1e6:.1f}M" if params else None),
-            ("quantization", g.get("quantization")), ("file size", _gib(g.get("file_size"))),
-            ("trained context", g.get("context_length")), ("layers", g.get("layers")),
-            ("heads", g.get("heads")), ("kv heads", g.get("heads_kv")),
-            ("embedding", g.get("embedding_length")), ("vocab", g.get("vocab_size")),
+            ("quantization", g.get("quantization")),
+            ("file size", _gib(g.get("file_size"))),
+            ("trained context", g.get("context_length")),
+            ("layers", g.get("layers")),
+            ("heads", g.get("heads")),
+            ("kv heads", g.get("heads_kv")),
+            ("embedding", g.get("embedding_length")),
+            ("vocab", g.get("vocab_size")),
             ("chat template", "yes" if g.get("has_chat_template") else "no"),
-        ]  # fmt: skip
+        ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k.ljust(width)}  {'-' if v is None else v}")
@@ -107,15 +141,15 @@ def _follow_progress(events: Any, name: str) -> dict[str, Any]:
             last = ev
             kind = ev.get("event")
             if kind == "progress":
-                bars.update(ev.get("model", name), ev["phase"], ev.get("done") or 0,
-                            ev.get("total"))  # fmt: skip
+                bars.update(
+                    ev.get("model", name), ev["phase"], ev.get("done") or 0, ev.get("total")
+                )
             elif kind == "state":
                 bars.update(ev.get("model", name), ev["state"])
             elif kind in ("ready", "pulled"):
                 bars.update(ev.get("model", name), "ready" if kind == "ready" else "on disk", 1, 1)
     if last.get("event") == "error":
-        cls = {507: InsufficientMemory, 404: UsageError}.get(last.get("status", 0),
-                                                              ModelLoadError)  # fmt: skip
+        cls = {507: InsufficientMemory, 404: UsageError}.get(last.get("status", 0), ModelLoadError)
         raise cls(last["message"], last.get("hint"))
     return last
 
@@ -124,10 +158,15 @@ def _follow_progress(events: Any, name: str) -> dict[str, Any]:
 def load(
     ctx: typer.Context,
     name: ModelArg,
-    force: Annotated[bool, typer.Option(
-        "--force", help="Load even if the memory estimate says it will not fit.")] = False,
-    estimate_only: Annotated[bool, typer.Option(
-        "--estimate-only", help="Print what the load would need and evict; change nothing.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Load even if the memory estimate says it will not fit.")
+    ] = False,
+    estimate_only: Annotated[
+        bool,
+        typer.Option(
+            "--estimate-only", help="Print what the load would need and evict; change nothing."
+        ),
+    ] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Load a model (pulling it first if needed) and wait until it is ready."""
@@ -137,23 +176,31 @@ def load(
             if json_:
                 output.print_json(plan)
             else:
-                print(f"{plan['model']}: needs {_gib(plan['ram'])} RAM"
-                      + (f" + {_gib(plan['vram'])} VRAM" if plan["vram"] else "")
-                      + f" (weights {_gib(plan['weights'])}, KV cache {_gib(plan['kv_cache'])}, "
-                      f"compute {_gib(plan['compute'])}, runner {_gib(plan['baseline'])})")
+                print(
+                    f"{plan['model']}: needs {_gib(plan['ram'])} RAM"
+                    + (f" + {_gib(plan['vram'])} VRAM" if plan["vram"] else "")
+                    + f" (weights {_gib(plan['weights'])}, KV cache {_gib(plan['kv_cache'])}, "
+                    f"compute {_gib(plan['compute'])}, runner {_gib(plan['baseline'])})"
+                )
                 print(f"free in budget: {_gib(plan['free_ram'])} RAM")
                 if plan["evict"]:
                     print("would evict: " + ", ".join(plan["evict"]))
-                print("fits" if plan["fits"] else
-                      "waits for busy models" if plan["wait"] else "does NOT fit")  # fmt: skip
+                print(
+                    "fits"
+                    if plan["fits"]
+                    else "waits for busy models"
+                    if plan["wait"]
+                    else "does NOT fit"
+                )
             if not plan["fits"]:
                 raise typer.Exit(1)
             return
         if force:
             output.warn(f"loading {name} even if the memory estimate says it will not fit")
         started = time.monotonic()
-        last = _follow_progress(c.ndjson("POST", f"/api/models/{name}/load", {"force": force}),
-                                name)  # fmt: skip
+        last = _follow_progress(
+            c.ndjson("POST", f"/api/models/{name}/load", {"force": force}), name
+        )
     took = time.monotonic() - started
     if json_:
         output.print_json({"model": name, "pid": last.get("pid"), "seconds": round(took, 3)})
@@ -164,8 +211,9 @@ def load(
 @app.command()
 def unload(
     ctx: typer.Context,
-    name: Annotated[str | None, typer.Argument(help="Model name or alias.",
-                                               autocompletion=complete_model)] = None,
+    name: Annotated[
+        str | None, typer.Argument(help="Model name or alias.", autocompletion=complete_model)
+    ] = None,
     all_: Annotated[bool, typer.Option("--all", help="Unload every model.")] = False,
 ) -> None:
     """Stop a model's runner (or all of them) and give its memory back."""
@@ -188,8 +236,10 @@ def pull(ctx: typer.Context, name: ModelArg) -> None:
 @app.command()
 def add(
     ctx: typer.Context,
-    path: Annotated[Path, typer.Argument(help="A local .gguf file.", exists=True, dir_okay=False,
-                                         resolve_path=True)],  # fmt: skip
+    path: Annotated[
+        Path,
+        typer.Argument(help="A local .gguf file.", exists=True, dir_okay=False, resolve_path=True),
+    ],
     name: Annotated[str | None, typer.Option("--name", help="Name (default: file stem).")] = None,
     n_ctx: Annotated[int | None, typer.Option("--n-ctx", min=1, help="Context length.")] = None,
 ) -> None:

@@ -111,8 +111,9 @@ class _Bars:
             return
         if key not in self._tasks:
             self._tasks[key] = self._progress.add_task(description, total=total)
-        self._progress.update(self._tasks[key], description=f"{key}: {description}",
-                              completed=done, total=total)  # fmt: skip
+        self._progress.update(
+            self._tasks[key], description=f"{key}: {description}", completed=done, total=total
+        )
 
 
 @contextlib.contextmanager
@@ -121,12 +122,24 @@ def progress_bars() -> Iterator[_Bars]:
     if not is_tty(sys.stderr):
         yield bars
         return
-    from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn,
-                               TimeElapsedColumn)  # fmt: skip
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                  DownloadColumn(), TimeElapsedColumn(), console=_console(True),
-                  transient=False) as p:  # fmt: skip
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeElapsedColumn(),
+        console=_console(True),
+        transient=False,
+    ) as p:
         bars._progress = p
         yield bars
 

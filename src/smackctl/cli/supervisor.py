@@ -18,22 +18,32 @@ from ._common import client, globals_of
 
 __all__ = ["register"]
 
-HostOpt = Annotated[str, typer.Option("--host", envvar="SMACKCTL_HOST",
-                                      help="Address to listen on (loopback by default).")]
+HostOpt = Annotated[
+    str,
+    typer.Option(
+        "--host", envvar="SMACKCTL_HOST", help="Address to listen on (loopback by default)."
+    ),
+]
 PortOpt = Annotated[int, typer.Option("--port", envvar="SMACKCTL_PORT", help="Port to listen on.")]
-ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Profile to activate.",
-                                                 autocompletion=None)]  # fmt: skip
+ProfileOpt = Annotated[
+    str | None, typer.Option("--profile", "-p", help="Profile to activate.", autocompletion=None)
+]
 
 
 def start(
     ctx: typer.Context,
     profile: ProfileOpt = None,
-    foreground: Annotated[bool, typer.Option(
-        "--foreground", help="Run attached to this terminal (for systemd, containers).")] = False,
+    foreground: Annotated[
+        bool,
+        typer.Option(
+            "--foreground", help="Run attached to this terminal (for systemd, containers)."
+        ),
+    ] = False,
     host: HostOpt = DEFAULT_HOST,
     port: PortOpt = DEFAULT_PORT,
-    no_auth: Annotated[bool, typer.Option(
-        "--no-auth", help="Serve without a token (loopback only).")] = False,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Serve without a token (loopback only).")
+    ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait until it answers.")] = 60.0,
 ) -> None:
     """Start the supervisor in the background and wait until it answers."""
@@ -41,8 +51,16 @@ def start(
 
     profile = profile or globals_of(ctx).profile
     if foreground:
-        argv = [sys.executable, "-m", "smackctl.daemon", "--host", host, "--port", str(port),
-                "--foreground"]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "smackctl.daemon",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--foreground",
+        ]
         if profile:
             argv += ["--profile", profile]
         if no_auth:
@@ -53,8 +71,7 @@ def start(
         output.info(f"removed a stale pid file (supervisor pid {pid} is not running)")
 
     with output.spinner("starting the supervisor…"):
-        s = start_supervisor(host, port, profile, no_auth=no_auth, timeout=timeout,
-                             on_stale=stale)  # fmt: skip
+        s = start_supervisor(host, port, profile, no_auth=no_auth, timeout=timeout, on_stale=stale)
     if s.already:
         output.info(f"smackctl is already running (pid {s.pid})")
     else:
@@ -64,10 +81,12 @@ def start(
 
 def stop(
     ctx: typer.Context,
-    force: Annotated[bool, typer.Option(
-        "--force", help="Kill at once instead of draining requests.")] = False,
-    timeout: Annotated[float, typer.Option(
-        help="Seconds to let in-flight requests finish.")] = 30.0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Kill at once instead of draining requests.")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to let in-flight requests finish.")
+    ] = 30.0,
 ) -> None:
     """Stop admitting requests, let in-flight ones finish, unload every model, exit."""
     from smackctl.client import default_url
@@ -92,8 +111,15 @@ def restart(
 ) -> None:
     """Stop the supervisor (draining), then start it again."""
     stop(ctx, force=False, timeout=timeout)
-    start(ctx, profile=profile, foreground=False, host=host, port=port, no_auth=False,
-          timeout=max(timeout, 60.0))  # fmt: skip
+    start(
+        ctx,
+        profile=profile,
+        foreground=False,
+        host=host,
+        port=port,
+        no_auth=False,
+        timeout=max(timeout, 60.0),
+    )
 
 
 def status(
@@ -114,11 +140,13 @@ def status(
         return
     mem = st["memory"]
     print(f"smackctl {st['version']}  running  pid {st['pid']}  {st['url']}")
-    print(f"uptime {output.human_duration(st['uptime'])}  profile {st['profile']}  "
-          f"supervisor RSS {output.human_bytes(st['rss'])}  "
-          f"memory {output.human_bytes(mem['used_ram'])} used of "
-          f"{output.human_bytes(mem['budget_ram'])} budget "
-          f"({output.human_bytes(mem['free_ram'])} free)")  # fmt: skip
+    print(
+        f"uptime {output.human_duration(st['uptime'])}  profile {st['profile']}  "
+        f"supervisor RSS {output.human_bytes(st['rss'])}  "
+        f"memory {output.human_bytes(mem['used_ram'])} used of "
+        f"{output.human_bytes(mem['budget_ram'])} budget "
+        f"({output.human_bytes(mem['free_ram'])} free)"
+    )
     loaded = [m for m in st["models"] if m["state"] != "stopped"]
     if not loaded:
         print("no model loaded")
@@ -126,16 +154,28 @@ def status(
     now = time.time()
     output.table(
         ["MODEL", "STATE", "PID", "RSS", "LOADED", "LAST USED", "REQUESTS"],
-        [[m["name"], m["state"], m["pid"], output.human_bytes(m["rss"]),
-          output.human_duration(now - m["loaded_since"]) + " ago" if m["loaded_since"] else None,
-          output.human_duration(now - m["last_used"]) + " ago" if m["last_used"] else None,
-          m["requests_served"]] for m in loaded],
-    )  # fmt: skip
+        [
+            [
+                m["name"],
+                m["state"],
+                m["pid"],
+                output.human_bytes(m["rss"]),
+                output.human_duration(now - m["loaded_since"]) + " ago"
+                if m["loaded_since"]
+                else None,
+                output.human_duration(now - m["last_used"]) + " ago" if m["last_used"] else None,
+                m["requests_served"],
+            ]
+            for m in loaded
+        ],
+    )
 
 
 def logs(
     model: Annotated[str | None, typer.Argument(help="A model's runner log instead.")] = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
     lines: Annotated[int, typer.Option("--lines", "-n", help="Lines to show.")] = 50,
 ) -> None:
     """Show the supervisor's log, or one model's runner log (read from the state dir)."""

@@ -28,8 +28,8 @@ from smackctl import __version__
 from smackctl.errors import SmackError, UsageError
 
 from .proxy import Proxy, error_body, new_request_id
-from .schemas import REQUEST_SCHEMAS
 from .scheduler import Scheduler
+from .schemas import REQUEST_SCHEMAS
 
 __all__ = ["create_app", "Guard"]
 
@@ -39,17 +39,27 @@ MAX_BODY = 16 * 1024 * 1024
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
 
-def _err(status: int, message: str, error_type: str, code: str | None = None,
-         headers: dict[str, str] | None = None) -> Response:  # fmt: skip
-    return Response(error_body(message, error_type, code), status_code=status,
-                    media_type="application/json", headers=headers)  # fmt: skip
+def _err(
+    status: int,
+    message: str,
+    error_type: str,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    return Response(
+        error_body(message, error_type, code),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
 
 
 class Guard:
     """ASGI middleware: Host check, bearer token, body size cap. Cheap on the hot path."""
 
-    def __init__(self, app: ASGIApp, token: str | None, extra_hosts: set[str],
-                 max_body: int = MAX_BODY) -> None:  # fmt: skip
+    def __init__(
+        self, app: ASGIApp, token: str | None, extra_hosts: set[str], max_body: int = MAX_BODY
+    ) -> None:
         self.app = app
         self.token = token.encode() if token else None
         self.hosts = _LOOPBACK_HOSTS | extra_hosts
@@ -63,27 +73,41 @@ class Guard:
         host = headers.get(b"host", b"").decode("latin-1")
         hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         if hostname.lower() not in self.hosts:
-            resp = _err(403, f"Host {host!r} is not allowed: the supervisor answers loopback "
-                        "names only (DNS rebinding guard)", "forbidden", "bad_host")  # fmt: skip
+            resp = _err(
+                403,
+                f"Host {host!r} is not allowed: the supervisor answers loopback "
+                "names only (DNS rebinding guard)",
+                "forbidden",
+                "bad_host",
+            )
             await resp(scope, receive, send)
             return
         if scope["method"] == "OPTIONS":  # CORS preflight: never allow a foreign origin
             await _err(403, "cross-origin requests are not allowed", "forbidden", "cors")(
-                scope, receive, send)
+                scope, receive, send
+            )
             return
         if self.token is not None and scope["path"] != "/health":
             auth = headers.get(b"authorization", b"")
             given = auth[7:] if auth[:7].lower() == b"bearer " else b""
             if not hmac.compare_digest(given, self.token):
-                await _err(401, "missing or wrong API token: send `Authorization: Bearer TOKEN`;"
-                           " `smackctl env` prints it", "authentication_error", "invalid_api_key",
-                           {"WWW-Authenticate": "Bearer"})(scope, receive, send)  # fmt: skip
+                await _err(
+                    401,
+                    "missing or wrong API token: send `Authorization: Bearer TOKEN`;"
+                    " `smackctl env` prints it",
+                    "authentication_error",
+                    "invalid_api_key",
+                    {"WWW-Authenticate": "Bearer"},
+                )(scope, receive, send)
                 return
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
-            await _err(413, f"request body of {int(length)} bytes is over the limit of "
-                       f"{self.max_body} bytes", "invalid_request_error", "body_too_large")(
-                scope, receive, send)  # fmt: skip
+            await _err(
+                413,
+                f"request body of {int(length)} bytes is over the limit of {self.max_body} bytes",
+                "invalid_request_error",
+                "body_too_large",
+            )(scope, receive, send)
             return
         await self.app(scope, _capped(receive, self.max_body), send)
 
@@ -111,8 +135,14 @@ def _smack_error(exc: SmackError) -> Response:
     # OpenAI clients show `message` only, so the fix goes in it too; `hint` is for smackctl
     message = exc.message + (f" (fix: {exc.hint})" if exc.hint else "")
     headers = {"Retry-After": "1"} if exc.status == 503 else None
-    body = {"error": {"message": message, "type": exc.error_type, "code": type(exc).__name__,
-                      "hint": exc.hint}}  # fmt: skip
+    body = {
+        "error": {
+            "message": message,
+            "type": exc.error_type,
+            "code": type(exc).__name__,
+            "hint": exc.hint,
+        }
+    }
     return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
@@ -126,8 +156,12 @@ def _errors(fn: Handler) -> Handler:
         except SmackError as exc:
             return _smack_error(exc)
         except BodyTooLarge:
-            return _err(413, f"request body is over the limit of {MAX_BODY} bytes",
-                        "invalid_request_error", "body_too_large")  # fmt: skip
+            return _err(
+                413,
+                f"request body is over the limit of {MAX_BODY} bytes",
+                "invalid_request_error",
+                "body_too_large",
+            )
 
     return wrapper
 
@@ -139,8 +173,10 @@ async def _json_body(request: Request) -> dict[str, Any]:
     try:
         data = json.loads(raw)
     except ValueError as exc:
-        raise UsageError(f"request body is not valid JSON: {exc}",
-                         "send a JSON object with Content-Type: application/json") from exc  # fmt: skip
+        raise UsageError(
+            f"request body is not valid JSON: {exc}",
+            "send a JSON object with Content-Type: application/json",
+        ) from exc
     if not isinstance(data, dict):
         raise UsageError("request body must be a JSON object", "wrap the fields in {…}")
     return data
@@ -157,8 +193,14 @@ def create_app(
     started = time.time()
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "version": __version__, "pid": os.getpid(),
-                             "accepting": scheduler.accepting})  # fmt: skip
+        return JSONResponse(
+            {
+                "status": "ok",
+                "version": __version__,
+                "pid": os.getpid(),
+                "accepting": scheduler.accepting,
+            }
+        )
 
     async def openai(request: Request) -> Response:
         body = await _json_body(request)
@@ -171,34 +213,58 @@ def create_app(
             msg = e["msg"]
             if e["type"] == "extra_forbidden":
                 msg = "unknown field; the supervisor refuses fields it does not know"
-            return _err(400, f"invalid field `{field}`: {msg}", "invalid_request_error",
-                        "invalid_" + (str(e["loc"][0]) if e["loc"] else "body"))  # fmt: skip
+            return _err(
+                400,
+                f"invalid field `{field}`: {msg}",
+                "invalid_request_error",
+                "invalid_" + (str(e["loc"][0]) if e["loc"] else "body"),
+            )
         return await proxy.forward(request.url.path, body, new_request_id())
 
     async def list_models(request: Request) -> Response:
         data = []
         for m in scheduler.models.values():
-            data.append({"id": m.name, "object": "model", "created": int(started),
-                         "owned_by": "smackctl", "aliases": list(m.spec.aliases),
-                         "state": m.state})  # fmt: skip
+            data.append(
+                {
+                    "id": m.name,
+                    "object": "model",
+                    "created": int(started),
+                    "owned_by": "smackctl",
+                    "aliases": list(m.spec.aliases),
+                    "state": m.state,
+                }
+            )
         return JSONResponse({"object": "list", "data": data})
 
     async def status(request: Request) -> Response:
         b = scheduler.budget()
         models = [scheduler.model_view(m) for m in scheduler.models.values()]
-        used = sum(v["measured_ram"] or v["estimated_ram"] or 0 for v in models
-                   if v["state"] in ("ready", "starting", "backoff"))  # fmt: skip
-        return JSONResponse({
-            "pid": os.getpid(), "version": __version__, "url": str(request.base_url).rstrip("/"),
-            "started_at": started, "uptime": time.time() - started,
-            "rss": _self_rss(),
-            "profile": scheduler.profile.name,
-            "profile_path": str(scheduler.profile_path) if scheduler.profile_path else None,
-            "accepting": scheduler.accepting,
-            "memory": {"budget_ram": b.ram, "budget_vram": b.vram, "used_ram": used,
-                       "free_ram": b.ram - used, "max_loaded": b.max_loaded},
-            "models": models,
-        })  # fmt: skip
+        used = sum(
+            v["measured_ram"] or v["estimated_ram"] or 0
+            for v in models
+            if v["state"] in ("ready", "starting", "backoff")
+        )
+        return JSONResponse(
+            {
+                "pid": os.getpid(),
+                "version": __version__,
+                "url": str(request.base_url).rstrip("/"),
+                "started_at": started,
+                "uptime": time.time() - started,
+                "rss": _self_rss(),
+                "profile": scheduler.profile.name,
+                "profile_path": str(scheduler.profile_path) if scheduler.profile_path else None,
+                "accepting": scheduler.accepting,
+                "memory": {
+                    "budget_ram": b.ram,
+                    "budget_vram": b.vram,
+                    "used_ram": used,
+                    "free_ram": b.ram - used,
+                    "max_loaded": b.max_loaded,
+                },
+                "models": models,
+            }
+        )
 
     async def models_index(request: Request) -> Response:
         views = [scheduler.model_view(m) for m in scheduler.models.values()]
@@ -221,8 +287,9 @@ def create_app(
                 task = asyncio.ensure_future(scheduler.pull(m.name))
                 while True:
                     getter = asyncio.ensure_future(q.get())
-                    done, _ = await asyncio.wait({task, getter},
-                                                 return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                    done, _ = await asyncio.wait(
+                        {task, getter}, return_when=asyncio.FIRST_COMPLETED
+                    )
                     if getter in done:
                         ev = getter.result()
                         if ev.get("model") == m.name and ev["event"] == "progress":
@@ -233,12 +300,26 @@ def create_app(
                         break
                 exc = task.exception()
                 if exc is None:
-                    yield json.dumps({"event": "pulled", "model": m.name,
-                                      "path": str(task.result())}).encode() + b"\n"  # fmt: skip
+                    yield (
+                        json.dumps(
+                            {"event": "pulled", "model": m.name, "path": str(task.result())}
+                        ).encode()
+                        + b"\n"
+                    )
                 else:
                     err = exc if isinstance(exc, SmackError) else SmackError(str(exc))
-                    yield json.dumps({"event": "error", "model": m.name, "status": err.status,
-                                      "message": err.message, "hint": err.hint}).encode() + b"\n"
+                    yield (
+                        json.dumps(
+                            {
+                                "event": "error",
+                                "model": m.name,
+                                "status": err.status,
+                                "message": err.message,
+                                "hint": err.hint,
+                            }
+                        ).encode()
+                        + b"\n"
+                    )
 
         return StreamingResponse(events(), media_type="application/x-ndjson")
 
@@ -256,8 +337,9 @@ def create_app(
         body = await _json_body(request)
         path, name = body.get("path"), body.get("name")
         if not isinstance(path, str) or not isinstance(name, str):
-            raise UsageError("`path` and `name` are required strings",
-                             "smackctl models add PATH --name NAME")  # fmt: skip
+            raise UsageError(
+                "`path` and `name` are required strings", "smackctl models add PATH --name NAME"
+            )
         n_ctx = body.get("n_ctx")
         m = scheduler.add_model(name, Path(path), n_ctx if isinstance(n_ctx, int) else None)
         return JSONResponse(scheduler.model_view(m), status_code=201)
@@ -272,22 +354,35 @@ def create_app(
         m = scheduler.resolve(name)
         force = bool(body.get("force"))
         if body.get("estimate_only"):
-            from smackctl.gguf import read_info
             from smackctl.daemon.estimate import estimate_memory
+            from smackctl.gguf import read_info
 
             path = scheduler.model_file(m)
             if not path.is_file():
-                raise UsageError(f"{m.name} is not on disk yet",
-                                 f"pull it first: `smackctl models pull {m.name}`")  # fmt: skip
+                raise UsageError(
+                    f"{m.name} is not on disk yet",
+                    f"pull it first: `smackctl models pull {m.name}`",
+                )
             info = await asyncio.to_thread(read_info, path)
             est = estimate_memory(info, m.spec.n_ctx, m.spec.n_gpu_layers)
             plan = scheduler.plan_for(m, est)
-            return JSONResponse({"model": m.name, "ram": est.ram, "vram": est.vram,
-                                 "weights": est.weights, "kv_cache": est.kv_cache,
-                                 "compute": est.compute, "baseline": est.baseline,
-                                 "fits": plan.fits, "evict": list(plan.evict), "wait": plan.wait,
-                                 "free_ram": plan.free_ram, "free_vram": plan.free_vram,
-                                 "loaded": m.state == "ready"})  # fmt: skip
+            return JSONResponse(
+                {
+                    "model": m.name,
+                    "ram": est.ram,
+                    "vram": est.vram,
+                    "weights": est.weights,
+                    "kv_cache": est.kv_cache,
+                    "compute": est.compute,
+                    "baseline": est.baseline,
+                    "fits": plan.fits,
+                    "evict": list(plan.evict),
+                    "wait": plan.wait,
+                    "free_ram": plan.free_ram,
+                    "free_vram": plan.free_vram,
+                    "loaded": m.state == "ready",
+                }
+            )
 
         async def events() -> AsyncIterator[bytes]:
             async with scheduler.subscribe() as q:
@@ -295,8 +390,9 @@ def create_app(
                 try:
                     while True:
                         getter = asyncio.ensure_future(q.get())
-                        done, _ = await asyncio.wait({task, getter},
-                                                     return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                        done, _ = await asyncio.wait(
+                            {task, getter}, return_when=asyncio.FIRST_COMPLETED
+                        )
                         if getter in done:
                             ev = getter.result()
                             if ev.get("model") == m.name and ev["event"] in ("progress", "state"):
@@ -307,13 +403,26 @@ def create_app(
                             break
                     exc = task.exception()
                     if exc is None:
-                        yield json.dumps({"event": "ready", "model": m.name,
-                                          "pid": task.result().pid}).encode() + b"\n"  # fmt: skip
+                        yield (
+                            json.dumps(
+                                {"event": "ready", "model": m.name, "pid": task.result().pid}
+                            ).encode()
+                            + b"\n"
+                        )
                     else:
                         err = exc if isinstance(exc, SmackError) else SmackError(str(exc))
-                        yield json.dumps({"event": "error", "model": m.name,
-                                          "status": err.status, "message": err.message,
-                                          "hint": err.hint}).encode() + b"\n"  # fmt: skip
+                        yield (
+                            json.dumps(
+                                {
+                                    "event": "error",
+                                    "model": m.name,
+                                    "status": err.status,
+                                    "message": err.message,
+                                    "hint": err.hint,
+                                }
+                            ).encode()
+                            + b"\n"
+                        )
                 finally:
                     if not task.done():  # the client went away; the load itself goes on
                         task.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -349,12 +458,20 @@ def create_app(
         return PlainTextResponse(text)
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return _err(404, f"no route {request.method} {request.url.path}",
-                    "invalid_request_error", "not_found")  # fmt: skip
+        return _err(
+            404,
+            f"no route {request.method} {request.url.path}",
+            "invalid_request_error",
+            "not_found",
+        )
 
     async def bad_method(request: Request, exc: Exception) -> Response:
-        return _err(405, f"method {request.method} not allowed on {request.url.path}",
-                    "invalid_request_error", "method_not_allowed")  # fmt: skip
+        return _err(
+            405,
+            f"method {request.method} not allowed on {request.url.path}",
+            "invalid_request_error",
+            "method_not_allowed",
+        )
 
     routes = [
         Route("/health", health, methods=["GET"]),

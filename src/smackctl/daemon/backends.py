@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from smackctl.config import ModelSpec
@@ -16,9 +15,7 @@ def _flag(value: str | int | float | bool) -> str:
     return str(value) if not isinstance(value, bool) else ("True" if value else "False")
 
 
-def llama_cpp_server_argv(
-    spec: ModelSpec, model_path: Path, port: int, api_key: str
-) -> Sequence[str]:
+def llama_cpp_server_argv(spec: ModelSpec, model_path: Path, port: int, api_key: str) -> list[str]:
     """``python -m llama_cpp.server`` with safe defaults.
 
     - ``--interrupt_requests False``: its default lets a second request silently truncate
@@ -29,17 +26,28 @@ def llama_cpp_server_argv(
     """
     threads = spec.threads or physical_cores()
     argv = [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(model_path),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--api_key", api_key,
-        "--interrupt_requests", "False",
-        "--n_ctx", str(spec.n_ctx),
-        "--n_threads", str(threads),
-        "--n_threads_batch", str(threads),
-        "--n_gpu_layers", str(spec.n_gpu_layers),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--api_key",
+        api_key,
+        "--interrupt_requests",
+        "False",
+        "--n_ctx",
+        str(spec.n_ctx),
+        "--n_threads",
+        str(threads),
+        "--n_threads_batch",
+        str(threads),
+        "--n_gpu_layers",
+        str(spec.n_gpu_layers),
+    ]
     if spec.chat_format:
         argv += ["--chat_format", spec.chat_format]
     for key, value in sorted(spec.args.items()):

@@ -46,7 +46,10 @@ def estimate_memory(info: GGUFInfo, n_ctx: int, n_gpu_layers: int = 0) -> Estima
     val_len = info.value_length or key_len
     kv = n_ctx * layers * heads_kv * (key_len + val_len) * _KV_BYTES
     ub = min(_UBATCH, n_ctx)
-    compute = ub * n_ctx * heads * 4 + ub * ((info.vocab_size or 0) + 4 * (info.embedding_length or 0)) * 4
+    compute = (
+        ub * n_ctx * heads * 4
+        + ub * ((info.vocab_size or 0) + 4 * (info.embedding_length or 0)) * 4
+    )
     weights = info.file_size
     if n_gpu_layers < 0 or n_gpu_layers > layers:
         gpu_share = 1.0
@@ -57,5 +60,6 @@ def estimate_memory(info: GGUFInfo, n_ctx: int, n_gpu_layers: int = 0) -> Estima
     compute_vram = compute if gpu_share > 0 else 0
     ram = RUNNER_BASELINE + (weights - weights_vram) + (kv - kv_vram) + (compute - compute_vram)
     vram = weights_vram + kv_vram + compute_vram
-    return Estimate(ram=ram, vram=vram, weights=weights, kv_cache=kv, compute=compute,
-                    baseline=RUNNER_BASELINE)  # fmt: skip
+    return Estimate(
+        ram=ram, vram=vram, weights=weights, kv_cache=kv, compute=compute, baseline=RUNNER_BASELINE
+    )

@@ -63,8 +63,10 @@ def _lock(paths: Paths) -> IO[str]:
     except BlockingIOError:
         f.seek(0)
         other = f.read().strip()
-        raise SmackError(f"another supervisor (pid {other or '?'}) holds {paths.pid_path}",
-                         "use `smackctl status`, or `smackctl stop` first") from None  # fmt: skip
+        raise SmackError(
+            f"another supervisor (pid {other or '?'}) holds {paths.pid_path}",
+            "use `smackctl status`, or `smackctl stop` first",
+        ) from None
     f.seek(0)
     f.truncate()
     f.write(f"{os.getpid()}\n")
@@ -82,8 +84,10 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise PortInUse(host, port) from exc
-        raise SmackError(f"cannot listen on {host}:{port}: {exc.strerror}",
-                         "choose another address with `--host`/`--port`") from exc  # fmt: skip
+        raise SmackError(
+            f"cannot listen on {host}:{port}: {exc.strerror}",
+            "choose another address with `--host`/`--port`",
+        ) from exc
     sock.listen(512)
     sock.set_inheritable(False)
     return sock
@@ -91,8 +95,9 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _setup_logging(paths: Paths, foreground: bool) -> None:
     handlers: list[logging.Handler] = [
-        logging.handlers.RotatingFileHandler(paths.supervisor_log, maxBytes=10 * 1024**2,
-                                             backupCount=3)  # fmt: skip
+        logging.handlers.RotatingFileHandler(
+            paths.supervisor_log, maxBytes=10 * 1024**2, backupCount=3
+        )
     ]
     if foreground:
         handlers.append(logging.StreamHandler(sys.stderr))
@@ -146,11 +151,17 @@ async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) ->
 
         asyncio.get_running_loop().create_task(go())
 
-    app = create_app(scheduler, token=token, extra_hosts=extra,
-                     on_shutdown_request=request_shutdown)  # fmt: skip
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=args.drain_timeout,
-                            timeout_keep_alive=30)  # fmt: skip
+    app = create_app(
+        scheduler, token=token, extra_hosts=extra, on_shutdown_request=request_shutdown
+    )
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=args.drain_timeout,
+        timeout_keep_alive=30,
+    )
     server = uvicorn.Server(config)
     reaper = asyncio.get_running_loop().create_task(scheduler.reaper())
     host = f"[{args.host}]" if ":" in args.host else args.host
@@ -181,8 +192,9 @@ async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="smackctl-supervisor")
     parser.add_argument("--host", default=os.environ.get("SMACKCTL_HOST", DEFAULT_HOST))
-    parser.add_argument("--port", type=int,
-                        default=int(os.environ.get("SMACKCTL_PORT", DEFAULT_PORT)))  # fmt: skip
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("SMACKCTL_PORT", DEFAULT_PORT))
+    )
     parser.add_argument("--profile", default=None)
     parser.add_argument("--foreground", action="store_true")
     parser.add_argument("--no-auth", action="store_true")
@@ -192,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(paths, args.foreground)
     try:
         if args.no_auth and not is_loopback(args.host):
-            raise UsageError(f"refusing to listen on {args.host} without a token",
-                             "drop --no-auth, or bind 127.0.0.1")  # fmt: skip
+            raise UsageError(
+                f"refusing to listen on {args.host} without a token",
+                "drop --no-auth, or bind 127.0.0.1",
+            )
         lock = _lock(paths)
         sock = _bind(args.host, args.port)
     except SmackError as exc:

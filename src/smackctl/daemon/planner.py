@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 __all__ = ["Budget", "Loaded", "Plan", "plan_evictions", "priority"]
 
@@ -49,19 +49,25 @@ def priority(m: Loaded) -> float:
     return m.last_used + FREQUENCY_WEIGHT * math.log2(1 + m.use_count)
 
 
-def _fits(need_ram: int, need_vram: int, free_ram: int, free_vram: int, count: int,
-          max_loaded: int | None) -> bool:  # fmt: skip
-    return (need_ram <= free_ram and need_vram <= free_vram
-            and (max_loaded is None or count < max_loaded))  # fmt: skip
+def _fits(
+    need_ram: int, need_vram: int, free_ram: int, free_vram: int, count: int, max_loaded: int | None
+) -> bool:
+    return (
+        need_ram <= free_ram
+        and need_vram <= free_vram
+        and (max_loaded is None or count < max_loaded)
+    )
 
 
 def plan_evictions(need_ram: int, need_vram: int, loaded: Sequence[Loaded], budget: Budget) -> Plan:
     free_ram = budget.ram - sum(m.ram for m in loaded)
     free_vram = budget.vram - sum(m.vram for m in loaded)
-    base = dict(need_ram=need_ram, need_vram=need_vram, free_ram=free_ram, free_vram=free_vram)
+    base = Plan(
+        fits=False, need_ram=need_ram, need_vram=need_vram, free_ram=free_ram, free_vram=free_vram
+    )
     count = len(loaded)
     if _fits(need_ram, need_vram, free_ram, free_vram, count, budget.max_loaded):
-        return Plan(fits=True, **base)
+        return replace(base, fits=True)
     idle = sorted((m for m in loaded if not m.pinned and m.in_flight == 0), key=priority)
     evict: list[str] = []
     r, v, c = free_ram, free_vram, count
@@ -69,11 +75,11 @@ def plan_evictions(need_ram: int, need_vram: int, loaded: Sequence[Loaded], budg
         evict.append(m.name)
         r, v, c = r + m.ram, v + m.vram, c - 1
         if _fits(need_ram, need_vram, r, v, c, budget.max_loaded):
-            return Plan(fits=True, evict=tuple(evict), **base)
+            return replace(base, fits=True, evict=tuple(evict))
     blockers = tuple(m.name for m in sorted(loaded, key=lambda m: -m.ram))
     busy = [m for m in loaded if not m.pinned and m.in_flight > 0]
     for m in busy:
         r, v, c = r + m.ram, v + m.vram, c - 1
     if busy and _fits(need_ram, need_vram, r, v, c, budget.max_loaded):
-        return Plan(fits=False, wait=True, blockers=blockers, **base)
-    return Plan(fits=False, blockers=blockers, **base)
+        return replace(base, wait=True, blockers=blockers)
+    return replace(base, blockers=blockers)

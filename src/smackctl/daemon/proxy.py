@@ -57,10 +57,15 @@ class Proxy:
             stack = contextlib.AsyncExitStack()
             _, runner = await stack.enter_async_context(sched.slot(m.name))
             req = self.http.build_request(
-                "POST", runner.base_url + path, content=payload,
-                headers={"Authorization": f"Bearer {runner.api_key}",
-                         "Content-Type": "application/json", "X-Request-Id": request_id},
-            )  # fmt: skip
+                "POST",
+                runner.base_url + path,
+                content=payload,
+                headers={
+                    "Authorization": f"Bearer {runner.api_key}",
+                    "Content-Type": "application/json",
+                    "X-Request-Id": request_id,
+                },
+            )
             try:
                 upstream = await self.http.send(req, stream=True)
                 if upstream.status_code >= 400 or not stream:
@@ -68,13 +73,14 @@ class Proxy:
                     await upstream.aclose()
                     await stack.aclose()
                     return self._finish(m, path, upstream, content, started, request_id)
-                body = upstream.aiter_raw()
-                first = await anext(body, b"")
+                chunks = upstream.aiter_raw()
+                first = await anext(chunks, b"")
             except httpx.TransportError as exc:
                 await stack.aclose()
                 if attempt == 1 and await _died(runner):
-                    log.warning("%s: runner %s died before answering; retrying once",
-                                request_id, m.name)  # fmt: skip
+                    log.warning(
+                        "%s: runner %s died before answering; retrying once", request_id, m.name
+                    )
                     continue
                 raise UpstreamError(
                     f"the runner for {m.name} failed before answering: {exc!r}",
@@ -84,16 +90,26 @@ class Proxy:
                 await stack.aclose()
                 raise
             return StreamingResponse(
-                self._relay(m, upstream, body, first, stack, started, request_id, path),
+                self._relay(m, upstream, chunks, first, stack, started, request_id, path),
                 status_code=upstream.status_code,
                 media_type=upstream.headers.get("content-type", "text/event-stream"),
-                headers={"X-Request-Id": request_id, "Cache-Control": "no-cache",
-                         "X-Accel-Buffering": "no"},
-            )  # fmt: skip
+                headers={
+                    "X-Request-Id": request_id,
+                    "Cache-Control": "no-cache",
+                    "X-Accel-Buffering": "no",
+                },
+            )
         raise AssertionError("unreachable")
 
-    def _finish(self, m: Managed, path: str, upstream: httpx.Response, content: bytes,
-                started: float, request_id: str) -> Response:  # fmt: skip
+    def _finish(
+        self,
+        m: Managed,
+        path: str,
+        upstream: httpx.Response,
+        content: bytes,
+        started: float,
+        request_id: str,
+    ) -> Response:
         status = upstream.status_code
         tokens_in = tokens_out = None
         if status >= 400:
@@ -103,40 +119,70 @@ class Proxy:
                 usage = json.loads(content).get("usage") or {}
                 tokens_in, tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
         self._log(m.name, path, status, tokens_in, tokens_out, started, request_id)
-        return Response(content, status_code=status, headers={"X-Request-Id": request_id},
-                        media_type="application/json")  # fmt: skip
+        return Response(
+            content,
+            status_code=status,
+            headers={"X-Request-Id": request_id},
+            media_type="application/json",
+        )
 
-    async def _relay(self, m: Managed, upstream: httpx.Response, body: AsyncIterator[bytes],
-                     first: bytes,
-                     stack: contextlib.AsyncExitStack, started: float, request_id: str,
-                     path: str) -> AsyncIterator[bytes]:  # fmt: skip
+    async def _relay(
+        self,
+        m: Managed,
+        upstream: httpx.Response,
+        chunks: AsyncIterator[bytes],
+        first: bytes,
+        stack: contextlib.AsyncExitStack,
+        started: float,
+        request_id: str,
+        path: str,
+    ) -> AsyncIterator[bytes]:
         status = 200
-        chunks = first.count(b"data:")
+        events = first.count(b"data:")
         try:
             if first:
                 yield first
-            async for chunk in body:
-                chunks += chunk.count(b"data:")
+            async for chunk in chunks:
+                events += chunk.count(b"data:")
                 yield chunk
         except httpx.TransportError as exc:
             status = 502
             log.warning("%s: stream from %s cut: %r", request_id, m.name, exc)
-            msg = (f"the runner for {m.name} stopped in the middle of the answer; "
-                   f"the answer is incomplete (see `smackctl logs {m.name}`)")  # fmt: skip
+            msg = (
+                f"the runner for {m.name} stopped in the middle of the answer; "
+                f"the answer is incomplete (see `smackctl logs {m.name}`)"
+            )
             yield b"data: " + error_body(msg, "runner_crashed", "stream_cut") + b"\n\n"
         finally:
             await upstream.aclose()
             await stack.aclose()
-            self._log(m.name, path, status, None, max(0, chunks - 2), started, request_id)
+            self._log(m.name, path, status, None, max(0, events - 2), started, request_id)
 
-    def _log(self, model: str, path: str, status: int, tokens_in: int | None,
-             tokens_out: int | None, started: float, request_id: str) -> None:  # fmt: skip
+    def _log(
+        self,
+        model: str,
+        path: str,
+        status: int,
+        tokens_in: int | None,
+        tokens_out: int | None,
+        started: float,
+        request_id: str,
+    ) -> None:
         ms = (time.perf_counter() - started) * 1000
-        log.info("request id=%s model=%s route=%s status=%d tokens_in=%s tokens_out=%s ms=%.1f",
-                 request_id, model, path, status, tokens_in, tokens_out, ms)  # fmt: skip
+        log.info(
+            "request id=%s model=%s route=%s status=%d tokens_in=%s tokens_out=%s ms=%.1f",
+            request_id,
+            model,
+            path,
+            status,
+            tokens_in,
+            tokens_out,
+            ms,
+        )
         with contextlib.suppress(Exception):
-            self.scheduler.store.log_request(model, path, status, tokens_in, tokens_out, ms,
-                                             request_id)  # fmt: skip
+            self.scheduler.store.log_request(
+                model, path, status, tokens_in, tokens_out, ms, request_id
+            )
 
 
 def new_request_id() -> str:
@@ -172,7 +218,9 @@ def _map_error(model: str, status: int, content: bytes) -> tuple[bytes, int]:
             f"the chat template of {model} tried an operation the template sandbox forbids; "
             "the request was refused and nothing ran. Fix: use a trusted GGUF, or set "
             f"`chat_format:` for {model} in the profile",
-            "invalid_request_error", "unsafe_chat_template"), 400  # fmt: skip
+            "invalid_request_error",
+            "unsafe_chat_template",
+        ), 400
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
         return content, status
     detail = data.get("detail") if isinstance(data, dict) else None

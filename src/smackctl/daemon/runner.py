@@ -196,36 +196,51 @@ class Runner:
     async def start(self) -> None:
         """Spawn the process and return once it answers; raise ModelLoadError otherwise."""
         self._set(RunnerState.STARTING)
-        self.port = free_port()
-        argv = list(self._argv_for(self.port, self.api_key))
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        log.write(f"\n=== {time.strftime('%F %T')} starting: {' '.join(argv)}\n".encode())
-        log.flush()
-        try:
-            self.proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-                preexec_fn=_child_setup,
-            )
-        except OSError as exc:
-            log.close()
-            raise ModelLoadError(f"cannot start the runner for {self.model}: {exc}",
-                                 "check that llama-cpp-python is installed: `smackctl doctor`") from exc  # fmt: skip
-        log.close()
-        self.started_at = time.time()
-        asyncio.get_running_loop().create_task(self._watch(), name=f"watch-{self.model}")
-        await self._wait_ready()
+        for attempt in range(3):
+            await self._spawn()
+            try:
+                await self._wait_ready()
+                break
+            except ModelLoadError:
+                # the port free_port() found was taken before the child bound it: new port
+                if attempt < 2 and self.exited.is_set() and "address already in use" in (
+                    self.log_tail().lower()
+                ):
+                    self.exited = asyncio.Event()
+                    continue
+                raise
         self.ready_at = time.time()
         self._set(RunnerState.READY)
 
-    async def _watch(self) -> None:
-        assert self.proc is not None
-        self.exit_code = await self.proc.wait()
-        self.exited.set()
+    async def _spawn(self) -> None:
+        self.port = free_port()
+        argv = list(self._argv_for(self.port, self.api_key))
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            log.write(f"\n=== {time.strftime('%F %T')} starting: {' '.join(argv)}\n".encode())
+            log.flush()
+            try:
+                self.proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                    preexec_fn=_child_setup,
+                )
+            except OSError as exc:
+                raise ModelLoadError(
+                    f"cannot start the runner for {self.model}: {exc}",
+                    "check that llama-cpp-python is installed: `smackctl doctor`",
+                ) from exc
+        self.started_at = time.time()
+        asyncio.get_running_loop().create_task(
+            self._watch(self.proc, self.exited), name=f"watch-{self.model}"
+        )
+
+    async def _watch(self, proc: asyncio.subprocess.Process, exited: asyncio.Event) -> None:
+        self.exit_code = await proc.wait()
+        exited.set()
 
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout

@@ -84,7 +84,10 @@ class Managed:
     @property
     def loaded(self) -> bool:
         return self.runner is not None and self.runner.state in (
-            RunnerState.STARTING, RunnerState.READY, RunnerState.BACKOFF)  # fmt: skip
+            RunnerState.STARTING,
+            RunnerState.READY,
+            RunnerState.BACKOFF,
+        )
 
     def memory(self) -> tuple[int, int]:
         """What the planner counts for this model: measured if known, else estimated."""
@@ -169,8 +172,10 @@ class Scheduler:
         path = path.expanduser().resolve()
         check_magic(path)
         if name in self.profile.models:
-            raise SmackError(f"model {name!r} is defined by the active profile",
-                             "pick another name with `--name`")  # fmt: skip
+            raise SmackError(
+                f"model {name!r} is defined by the active profile",
+                "pick another name with `--name`",
+            )
         raw: dict[str, Any] = {"path": str(path)}
         if n_ctx:
             raw["n_ctx"] = n_ctx
@@ -182,8 +187,10 @@ class Scheduler:
     async def remove_model(self, name: str) -> None:
         m = self.resolve(name)
         if m.origin != "added":
-            raise SmackError(f"model {m.name!r} comes from the profile, not `models add`",
-                             "remove it from the profile file instead")  # fmt: skip
+            raise SmackError(
+                f"model {m.name!r} comes from the profile, not `models add`",
+                "remove it from the profile file instead",
+            )
         await self.unload(m.name)
         self.store.remove_model(m.name)
         self._rebuild_registry()
@@ -205,8 +212,9 @@ class Scheduler:
             self._subscribers.discard(q)
 
     def _on_runner_state(self, runner: Runner, state: RunnerState) -> None:
-        self.publish({"event": "state", "model": runner.model, "state": str(state),
-                      "pid": runner.pid})  # fmt: skip
+        self.publish(
+            {"event": "state", "model": runner.model, "state": str(state), "pid": runner.pid}
+        )
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -228,8 +236,9 @@ class Scheduler:
         m = self.resolve(name)
         while True:
             if not self.accepting:
-                raise ShuttingDown("the supervisor is shutting down",
-                                   "start it again with `smackctl start`")  # fmt: skip
+                raise ShuttingDown(
+                    "the supervisor is shutting down", "start it again with `smackctl start`"
+                )
             r = m.runner
             if r is not None and r.state == RunnerState.READY and not r.exited.is_set():
                 return r
@@ -265,16 +274,18 @@ class Scheduler:
 
     def _progress(self, m: Managed, phase: str, done: int = 0, total: int | None = None) -> None:
         m.phase = phase
-        self.publish({"event": "progress", "model": m.name, "phase": phase, "done": done,
-                      "total": total})  # fmt: skip
+        self.publish(
+            {"event": "progress", "model": m.name, "phase": phase, "done": done, "total": total}
+        )
 
     async def _fetch(self, m: Managed) -> Path:
         path = self.model_file(m)
         if path.is_file() or m.spec.source is None:
             if not path.is_file():
-                raise ModelLoadError(f"model file for {m.name} not found: {path}",
-                                     "fix the path in the profile, or `smackctl models add` the "
-                                     "right file")  # fmt: skip
+                raise ModelLoadError(
+                    f"model file for {m.name} not found: {path}",
+                    "fix the path in the profile, or `smackctl models add` the right file",
+                )
             return path
         loop = asyncio.get_running_loop()
         source = catalog.parse_source(m.spec.source)
@@ -282,8 +293,9 @@ class Scheduler:
         def report(phase: str, done: int, total: int | None) -> None:
             loop.call_soon_threadsafe(self._progress, m, phase, done, total)
 
-        return await asyncio.to_thread(catalog.pull, source, self.paths.models_dir, m.spec.sha256,
-                                       report, name=m.name)  # fmt: skip
+        return await asyncio.to_thread(
+            catalog.pull, source, self.paths.models_dir, m.spec.sha256, report, name=m.name
+        )
 
     async def pull(self, name: str) -> Path:
         m = self.resolve(name)
@@ -298,8 +310,14 @@ class Scheduler:
         m.estimate = est
         saved = self.store.measurement(m.name, _load_key(m.spec))
         if saved is not None and saved[0] is not None:
-            return Estimate(ram=saved[0], vram=saved[1] or 0, weights=est.weights,
-                            kv_cache=est.kv_cache, compute=est.compute, baseline=est.baseline)  # fmt: skip
+            return Estimate(
+                ram=saved[0],
+                vram=saved[1] or 0,
+                weights=est.weights,
+                kv_cache=est.kv_cache,
+                compute=est.compute,
+                baseline=est.baseline,
+            )
         return est
 
     def budget(self) -> Budget:
@@ -313,10 +331,18 @@ class Scheduler:
 
     def plan_for(self, m: Managed, est: Estimate) -> Plan:
         loaded = [
-            Loaded(name=o.name, ram=o.memory()[0], vram=o.memory()[1], pinned=o.spec.pinned,
-                   in_flight=o.in_flight, last_used=o.last_used, use_count=o.use_count)
-            for o in self.models.values() if o.loaded and o is not m
-        ]  # fmt: skip
+            Loaded(
+                name=o.name,
+                ram=o.memory()[0],
+                vram=o.memory()[1],
+                pinned=o.spec.pinned,
+                in_flight=o.in_flight,
+                last_used=o.last_used,
+                use_count=o.use_count,
+            )
+            for o in self.models.values()
+            if o.loaded and o is not m
+        ]
         return plan_evictions(est.ram, est.vram, loaded, self.budget())
 
     async def _make_room(self, m: Managed, est: Estimate, force: bool) -> None:
@@ -354,9 +380,14 @@ class Scheduler:
             est = await asyncio.to_thread(self._estimate, m, path)
             await self._make_room(m, est, force)
             self._progress(m, "starting")
+            spec = m.spec
+
+            def argv(port: int, key: str, spec: ModelSpec = spec, path: Path = path) -> list[str]:
+                return llama_cpp_server_argv(spec, path, port, key)
+
             runner = Runner(
                 m.name,
-                lambda port, key, p=path: llama_cpp_server_argv(m.spec, p, port, key),
+                argv,
                 self.paths.runner_log(m.name),
                 parallel=m.spec.parallel,
                 max_queue=m.spec.max_queue,
@@ -388,8 +419,9 @@ class Scheduler:
             if state == RunnerState.STARTING or state == RunnerState.READY:
                 with contextlib.suppress(psutil.Error):
                     p = psutil.Process(runner.pid)
-                    self.store.record_runner(runner.pid, runner.model, p.create_time(),
-                                             " ".join(p.cmdline()))  # fmt: skip
+                    self.store.record_runner(
+                        runner.pid, runner.model, p.create_time(), " ".join(p.cmdline())
+                    )
             elif state == RunnerState.STOPPED:
                 self.store.forget_runner(runner.pid)
         self._on_runner_state(runner, state)
@@ -410,8 +442,13 @@ class Scheduler:
             return
         lived = time.time() - (runner.ready_at or time.time())
         m.failures = 1 if lived >= STABLE_AFTER else m.failures + 1
-        log.warning("runner %s (pid %s) exited with %s; restart #%d", m.name, runner.pid,
-                    runner.exit_code, m.failures)  # fmt: skip
+        log.warning(
+            "runner %s (pid %s) exited with %s; restart #%d",
+            m.name,
+            runner.pid,
+            runner.exit_code,
+            m.failures,
+        )
         self.publish({"event": "crash", "model": m.name, "exit_code": runner.exit_code})
         if runner.pid is not None:
             self.store.forget_runner(runner.pid)
@@ -484,9 +521,15 @@ class Scheduler:
         now = time.time() if now is None else now
         out = []
         for m in list(self.models.values()):
-            if (m.runner is not None and m.runner.state == RunnerState.READY and not m.spec.pinned
-                    and m.spec.ttl > 0 and m.in_flight == 0 and m.runner.slots.queued == 0
-                    and now - max(m.last_used, m.runner.ready_at or 0) > m.spec.ttl):  # fmt: skip
+            if (
+                m.runner is not None
+                and m.runner.state == RunnerState.READY
+                and not m.spec.pinned
+                and m.spec.ttl > 0
+                and m.in_flight == 0
+                and m.runner.slots.queued == 0
+                and now - max(m.last_used, m.runner.ready_at or 0) > m.spec.ttl
+            ):
                 log.info("unloading %s: idle for more than %ss", m.name, m.spec.ttl)
                 await self.unload(m.name)
                 out.append(m.name)
@@ -522,8 +565,9 @@ class Scheduler:
         """Stop admitting; wait until no request is in flight or queued. True if drained."""
         self.accepting = False
         deadline = time.monotonic() + timeout
-        while any(m.in_flight or (m.runner and m.runner.slots.queued)
-                  for m in self.models.values()):  # fmt: skip
+        while any(
+            m.in_flight or (m.runner and m.runner.slots.queued) for m in self.models.values()
+        ):
             if time.monotonic() > deadline:
                 return False
             await self._wait_idle_change()
@@ -531,8 +575,11 @@ class Scheduler:
 
     async def shutdown(self) -> None:
         self.accepting = False
-        keep = {m.name: ("pinned" if m.spec.pinned else "loaded")
-                for m in self.models.values() if m.loaded}  # fmt: skip
+        keep = {
+            m.name: ("pinned" if m.spec.pinned else "loaded")
+            for m in self.models.values()
+            if m.loaded
+        }
         self.store.set_restore(keep)
         await self.unload_all()
         for t in list(self._tasks):
@@ -633,6 +680,8 @@ def _fix(m: Managed, plan: Plan) -> str:
     fixes.append(f"lower n_ctx (now {m.spec.n_ctx})")
     if m.spec.n_gpu_layers:
         fixes.append("offload fewer GPU layers")
-    fixes.append("raise the profile's memory budget, or load anyway with "
-                 f"`smackctl models load {m.name} --force`")  # fmt: skip
+    fixes.append(
+        "raise the profile's memory budget, or load anyway with "
+        f"`smackctl models load {m.name} --force`"
+    )
     return "; ".join(fixes)

@@ -83,8 +83,9 @@ class Store:
     # -- runner processes, so a later supervisor can reap ones an earlier one left --------------
 
     def record_runner(self, pid: int, model: str, create_time: float, cmdline: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO runners VALUES (?, ?, ?, ?)",
-                        (pid, model, create_time, cmdline))  # fmt: skip
+        self.db.execute(
+            "INSERT OR REPLACE INTO runners VALUES (?, ?, ?, ?)", (pid, model, create_time, cmdline)
+        )
 
     def forget_runner(self, pid: int) -> None:
         self.db.execute("DELETE FROM runners WHERE pid=?", (pid,))
@@ -94,9 +95,13 @@ class Store:
 
     # -- measured memory per model + load parameters ---------------------------------------------
 
-    def save_measurement(self, model: str, load_key: str, ram: int | None, vram: int | None) -> None:
-        self.db.execute("INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?, ?)",
-                        (model, load_key, ram, vram, time.time()))  # fmt: skip
+    def save_measurement(
+        self, model: str, load_key: str, ram: int | None, vram: int | None
+    ) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?, ?)",
+            (model, load_key, ram, vram, time.time()),
+        )
 
     def measurement(self, model: str, load_key: str) -> tuple[int | None, int | None] | None:
         row = self.db.execute(
@@ -106,8 +111,16 @@ class Store:
 
     # -- request log ------------------------------------------------------------------------------
 
-    def log_request(self, model: str, route: str, status: int, tokens_in: int | None,
-                    tokens_out: int | None, latency_ms: float, request_id: str) -> None:  # fmt: skip
+    def log_request(
+        self,
+        model: str,
+        route: str,
+        status: int,
+        tokens_in: int | None,
+        tokens_out: int | None,
+        latency_ms: float,
+        request_id: str,
+    ) -> None:
         self.db.execute(
             "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (time.time(), model, route, status, tokens_in, tokens_out, latency_ms, request_id),

@@ -1,0 +1,44 @@
+# The two commands of the README:
+#   make demo   install, fetch the default model, start the supervisor, chat with it
+#   make test   install, then ruff + mypy + the whole test suite (what .ci/run calls)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lint typecheck pytest bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	@echo "Installing smackctl. The first install compiles llama.cpp (about 9 minutes on 2 cores);"
+	@echo "pip caches the wheel, so later installs take seconds."
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/smackctl models pull smollm2
+	$(BIN)/smackctl start
+	$(BIN)/smackctl chat --max-tokens 64 "In one sentence: what is the capital of France?"
+	@echo
+	@echo "The supervisor keeps running: try '$(BIN)/smackctl status', then '$(BIN)/smackctl stop'."
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install
+	$(BIN)/python -m pytest
+
+test: lint typecheck pytest
+
+bench: install
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""smackctl's own performance measurements (see BENCHMARKS.md)."""

@@ -1,0 +1,112 @@
+"""Profile parsing and validation: every error names file:line key.path and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from smackctl.config import load_profile, parse_size, validate_model_name, validate_profile_file
+from smackctl.errors import ConfigError, UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str, name: str = "dev.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def issues(path: Path) -> list[str]:
+    profile, found = validate_profile_file(path)
+    assert profile is None
+    return [str(i) for i in found]
+
+
+@pytest.mark.parametrize("shipped", sorted((ROOT / "profiles").glob("*.yaml")))
+def test_shipped_profiles_are_valid(shipped: Path) -> None:
+    profile = load_profile(shipped)
+    assert profile.models and profile.routing.default_model in profile.models
+
+
+def test_wrong_value_names_line_and_key(tmp_path: Path) -> None:
+    p = write(tmp_path, "models:\n  coder:\n    path: /x.gguf\n    n_ctx: -4\n")
+    assert any(
+        i.endswith(":4 models.coder.n_ctx: Input should be greater than 0, got -4")
+        for i in issues(p)
+    ), issues(p)
+
+
+def test_unknown_key_is_rejected_with_its_line(tmp_path: Path) -> None:
+    p = write(tmp_path, "models:\n  m:\n    source: pypi:x#y.gguf\n    n_ctxx: 4\n")
+    assert issues(p) == [f"{p}:4 models.m.n_ctxx: unknown key (remove it, or check its spelling)"]
+
+
+def test_several_errors_at_once(tmp_path: Path) -> None:
+    p = write(
+        tmp_path,
+        "models:\n  m:\n    source: pypi:x#y.gguf\n    ttl: soon\n"
+        "    parallel: 0\nmemory:\n  ram: lots\n",
+    )
+    found = issues(p)
+    assert len(found) == 3
+    assert any(":4 models.m.ttl:" in i and "not a duration" in i for i in found)
+    assert any(":5 models.m.parallel:" in i for i in found)
+    assert any(":7 memory.ram:" in i and "not a size" in i for i in found)
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    p = write(tmp_path, "models:\n  m: [unclosed\n")
+    (only,) = issues(p)
+    assert only.startswith(f"{p}:") and "invalid YAML" in only
+
+
+def test_missing_model_file_and_duplicate_alias(tmp_path: Path) -> None:
+    p = write(tmp_path, f"models:\n  a:\n    path: {tmp_path}/nope.gguf\n")
+    assert issues(p) == [
+        f"{p}:3 models.a.path: no such file: {tmp_path}/nope.gguf (fix the path, or use `source:`)"
+    ]
+    p = write(
+        tmp_path,
+        "models:\n  a:\n    source: pypi:x#a.gguf\n    aliases: [z]\n"
+        "  b:\n    source: pypi:x#b.gguf\n    aliases: [z]\n",
+    )
+    assert any("alias 'z' is used by both 'a' and 'b'" in i for i in issues(p))
+
+
+def test_model_needs_exactly_one_source(tmp_path: Path) -> None:
+    p = write(tmp_path, "models:\n  a:\n    n_ctx: 4\n")
+    assert any("give exactly one of `source` or `path`" in i for i in issues(p))
+
+
+def test_env_vars_are_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path))
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    p = write(
+        tmp_path, "models:\n  a:\n    path: ${MODEL_DIR}/m.gguf\n    chat_format: ${FMT:-chatml}\n"
+    )
+    prof = load_profile(p)
+    assert prof.models["a"].path == f"{tmp_path}/m.gguf"
+    assert prof.models["a"].chat_format == "chatml"
+
+
+def test_load_profile_raises_config_error_naming_the_fix(tmp_path: Path) -> None:
+    p = write(tmp_path, "models: 3\n")
+    with pytest.raises(ConfigError) as exc:
+        load_profile(p)
+    assert "smackctl profile validate" in str(exc.value.hint)
+
+
+@pytest.mark.parametrize("bad", ["", "../x", "a/b", "a..b", ".hidden", "x" * 65, "a b"])
+def test_model_names_never_become_paths(bad: str) -> None:
+    with pytest.raises(UsageError):
+        validate_model_name(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("12GiB", 12 * 1024**3), ("512MiB", 512 * 1024**2), ("1.5G", 1_500_000_000), (1024, 1024)],
+)
+def test_parse_size(text: str | int, size: int) -> None:
+    assert parse_size(text) == size

