@@ -25,31 +25,20 @@ def llama_cpp_server_argv(spec: ModelSpec, model_path: Path, port: int, api_key:
     - ``--n_threads`` defaults to the physical cores (its own default is 1).
     """
     threads = spec.threads or physical_cores()
-    argv = [
-        sys.executable,
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        str(model_path),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--api_key",
-        api_key,
-        "--interrupt_requests",
-        "False",
-        "--n_ctx",
-        str(spec.n_ctx),
-        "--n_threads",
-        str(threads),
-        "--n_threads_batch",
-        str(threads),
-        "--n_gpu_layers",
-        str(spec.n_gpu_layers),
-    ]
+    flags: dict[str, str] = {
+        "model": str(model_path),
+        "host": "127.0.0.1",
+        "port": str(port),
+        "api_key": api_key,
+        "interrupt_requests": "False",
+        "n_ctx": str(spec.n_ctx),
+        "n_threads": str(threads),
+        "n_threads_batch": str(threads),
+        "n_gpu_layers": str(spec.n_gpu_layers),
+    }
     if spec.chat_format:
-        argv += ["--chat_format", spec.chat_format]
+        flags["chat_format"] = spec.chat_format
     for key, value in sorted(spec.args.items()):
-        argv += [f"--{key}", _flag(value)]
-    return argv
+        flags[key] = _flag(value)
+    # --flag=value: a value that starts with '-' can never be read as another flag
+    return [sys.executable, "-m", "llama_cpp.server", *(f"--{k}={v}" for k, v in flags.items())]

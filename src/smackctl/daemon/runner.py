@@ -156,7 +156,8 @@ class Runner:
         self.ready_timeout = ready_timeout
         self.state = RunnerState.STOPPED
         self.slots = Slots(parallel, max_queue)
-        self.api_key = secrets.token_urlsafe(24)
+        # hex: a urlsafe token can start with '-', which argparse reads as another flag
+        self.api_key = secrets.token_hex(24)
         self.port: int | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self.started_at: float | None = None
