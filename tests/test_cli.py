@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import Home, runner_pids, wait_for
 from smackctl.cli.app import app
+
+from conftest import Home, runner_pids, wait_for
 
 
 @pytest.fixture

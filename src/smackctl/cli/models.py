@@ -176,22 +176,23 @@ def load(
             if json_:
                 output.print_json(plan)
             else:
-                print(
-                    f"{plan['model']}: needs {_gib(plan['ram'])} RAM"
-                    + (f" + {_gib(plan['vram'])} VRAM" if plan["vram"] else "")
-                    + f" (weights {_gib(plan['weights'])}, KV cache {_gib(plan['kv_cache'])}, "
-                    f"compute {_gib(plan['compute'])}, runner {_gib(plan['baseline'])})"
+                how = (
+                    "measured at its last load"
+                    if plan["measured"]
+                    else f"weights {_gib(plan['weights'])}, KV cache {_gib(plan['kv_cache'])}, "
+                    f"compute {_gib(plan['compute'])}, runner {_gib(plan['baseline'])}"
                 )
+                vram = f" + {_gib(plan['vram'])} VRAM" if plan["vram"] else ""
+                print(f"{plan['model']}: needs {_gib(plan['ram'])} RAM{vram} ({how})")
                 print(f"free in budget: {_gib(plan['free_ram'])} RAM")
                 if plan["evict"]:
                     print("would evict: " + ", ".join(plan["evict"]))
-                print(
-                    "fits"
-                    if plan["fits"]
-                    else "waits for busy models"
-                    if plan["wait"]
-                    else "does NOT fit"
-                )
+                if plan["fits"]:
+                    print("fits")
+                elif plan["wait"]:
+                    print("fits once busy models finish their requests")
+                else:
+                    print("does NOT fit, even after evicting every idle model")
             if not plan["fits"]:
                 raise typer.Exit(1)
             return

@@ -354,23 +354,20 @@ def create_app(
         m = scheduler.resolve(name)
         force = bool(body.get("force"))
         if body.get("estimate_only"):
-            from smackctl.daemon.estimate import estimate_memory
-            from smackctl.gguf import read_info
-
             path = scheduler.model_file(m)
             if not path.is_file():
                 raise UsageError(
                     f"{m.name} is not on disk yet",
                     f"pull it first: `smackctl models pull {m.name}`",
                 )
-            info = await asyncio.to_thread(read_info, path)
-            est = estimate_memory(info, m.spec.n_ctx, m.spec.n_gpu_layers)
+            est = await asyncio.to_thread(scheduler.estimate, m, path)
             plan = scheduler.plan_for(m, est)
             return JSONResponse(
                 {
                     "model": m.name,
                     "ram": est.ram,
                     "vram": est.vram,
+                    "measured": est.measured,
                     "weights": est.weights,
                     "kv_cache": est.kv_cache,
                     "compute": est.compute,

@@ -32,6 +32,8 @@ class Estimate:
     kv_cache: int
     compute: int
     baseline: int
+    #: True when ram/vram are a measurement of an earlier load, not this formula
+    measured: bool = False
 
     @property
     def total(self) -> int:

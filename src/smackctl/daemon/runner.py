@@ -204,8 +204,10 @@ class Runner:
                 break
             except ModelLoadError:
                 # the port free_port() found was taken before the child bound it: new port
-                if attempt < 2 and self.exited.is_set() and "address already in use" in (
-                    self.log_tail().lower()
+                if (
+                    attempt < 2
+                    and self.exited.is_set()
+                    and "address already in use" in (self.log_tail().lower())
                 ):
                     self.exited = asyncio.Event()
                     continue

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -303,21 +303,15 @@ class Scheduler:
         await asyncio.to_thread(check_magic, path)
         return path
 
-    def _estimate(self, m: Managed, path: Path) -> Estimate:
+    def estimate(self, m: Managed, path: Path) -> Estimate:
+        """What the planner counts for loading ``m``: the last measurement when there is one."""
         if m.info is None or m.info.path != str(path):
             m.info = read_info(path)
         est = estimate_memory(m.info, m.spec.n_ctx, m.spec.n_gpu_layers)
         m.estimate = est
         saved = self.store.measurement(m.name, _load_key(m.spec))
         if saved is not None and saved[0] is not None:
-            return Estimate(
-                ram=saved[0],
-                vram=saved[1] or 0,
-                weights=est.weights,
-                kv_cache=est.kv_cache,
-                compute=est.compute,
-                baseline=est.baseline,
-            )
+            return replace(est, ram=saved[0], vram=saved[1] or 0, measured=True)
         return est
 
     def budget(self) -> Budget:
@@ -377,7 +371,7 @@ class Scheduler:
             self._progress(m, "pulling")
             path = await self._fetch(m)
             check_magic(path)
-            est = await asyncio.to_thread(self._estimate, m, path)
+            est = await asyncio.to_thread(self.estimate, m, path)
             await self._make_room(m, est, force)
             self._progress(m, "starting")
             spec = m.spec
