@@ -193,3 +193,50 @@ def test_stale_pid_file_is_detected_and_cleaned(home: Home) -> None:
             capture_output=True,
             timeout=60,
         )
+
+
+def test_idle_model_is_unloaded_after_its_ttl_but_pinned_stays(home: Home) -> None:
+    from pathlib import Path
+
+    from conftest import profile_yaml
+
+    profile = Path(home.env["SMACKCTL_PROFILE_DIR"]) / "test.yaml"
+    model_dir = Path(profile.read_text().split("path: ")[1].split("\n")[0]).parent
+    profile.write_text(profile_yaml(model_dir, **{"tiny-a": "ttl: 1\npinned: true",
+                                                  "tiny-b": "ttl: 1"}))  # fmt: skip
+    sup = launch(home)
+    try:
+        with sup.client() as c:
+            for model in ("tiny-a", "tiny-b"):
+                assert (
+                    c.post("/v1/chat/completions", json={**CHAT, "model": model}).status_code == 200
+                )
+        wait_for(lambda: sup.model("tiny-b")["state"] == "stopped", 15, "tiny-b to idle out")
+        assert "unloading tiny-b: idle for more than 1s" in sup.log()
+        assert sup.model("tiny-a")["state"] == "ready"  # pinned: stays
+    finally:
+        shutdown(sup)
+
+
+def test_crash_loop_ends_in_failed_shown_in_status(supervisor: Supervisor) -> None:
+    with supervisor.client() as c:
+        assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
+    pids: set[int] = set()
+
+    def fresh_ready() -> dict[str, object] | None:
+        m = supervisor.model("tiny-a")
+        return m if m["state"] == "ready" and m["pid"] not in pids else None
+
+    def failed() -> dict[str, object] | None:
+        m = supervisor.model("tiny-a")
+        return m if m["state"] == "failed" else None
+
+    for _ in range(5):  # kill every runner the moment it is ready: 5 quick failures in a row
+        pid = wait_for(fresh_ready, 40, "a (re)started runner")["pid"]
+        pids.add(pid)
+        os.kill(pid, signal.SIGKILL)
+    m = wait_for(failed, 20, "tiny-a to be marked failed")
+    assert m["failures"] == 5 and "crashed 5 times in a row" in str(m["last_error"])
+    assert m["pid"] is None
+    with supervisor.client() as c:  # a new request tries again from scratch
+        assert c.post("/v1/chat/completions", json=CHAT).status_code == 200

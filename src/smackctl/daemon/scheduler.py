@@ -219,8 +219,13 @@ class Scheduler:
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed", task.get_name(), exc_info=task.exception())
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -446,12 +451,13 @@ class Scheduler:
         self.publish({"event": "crash", "model": m.name, "exit_code": runner.exit_code})
         if runner.pid is not None:
             self.store.forget_runner(runner.pid)
+        runner.mark(RunnerState.BACKOFF)
         if m.failures >= MAX_QUICK_FAILURES:
             runner.mark(RunnerState.FAILED)
             m.failed = True
             m.last_error = f"crashed {m.failures} times in a row (exit code {runner.exit_code})"
+            log.error("runner %s marked failed: %s", m.name, m.last_error)
             return
-        runner.mark(RunnerState.BACKOFF)
         if m.loading is None and self.accepting:
             m.loading = asyncio.get_running_loop().create_future()
             self._spawn(self._load(m, restart=True), f"restart-{m.name}")
@@ -610,7 +616,7 @@ class Scheduler:
             "origin": m.origin,
             "state": m.state,
             "phase": m.phase,
-            "pid": r.pid if r is not None and r.state != RunnerState.STOPPED else None,
+            "pid": r.pid if r is not None and not r.exited.is_set() else None,
             "port": r.port if r is not None else None,
             "file": str(self.model_file(m)),
             "on_disk": self.model_file(m).is_file(),
