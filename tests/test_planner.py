@@ -126,7 +126,9 @@ def test_estimate_kv_cache_formula() -> None:
     est = estimate_memory(_info(), n_ctx=2048)
     assert est.kv_cache == 2048 * 30 * 3 * (64 + 64) * 2  # n_ctx × layers × kv_heads × dims × f16
     assert est.weights == 100 * MiB and est.vram == 0
-    assert est.ram == RUNNER_BASELINE + est.weights + est.kv_cache + est.compute
+    assert est.baseline == RUNNER_BASELINE + 49152 * 250  # the runner + its vocabulary tables
+    assert est.ram == est.baseline + est.weights + est.kv_cache + est.compute
+    assert est.compute == 512 * 2048 * 9 * 4  # one micro-batch of f32 KQ scores
     assert estimate_memory(_info(), n_ctx=8192).kv_cache == 4 * est.kv_cache
 
 
@@ -134,7 +136,7 @@ def test_estimate_splits_by_gpu_layers() -> None:
     half = estimate_memory(_info(), n_ctx=2048, n_gpu_layers=15)
     full = estimate_memory(_info(), n_ctx=2048, n_gpu_layers=-1)
     assert 0 < half.vram < full.vram
-    assert full.ram == RUNNER_BASELINE
+    assert full.ram == full.baseline
     assert half.total > 0 and half.ram + half.vram >= half.weights
 
 

