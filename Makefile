@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest bench clean
+.PHONY: install demo test lint typecheck pytest test-deps bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,11 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install
+# the REPL test drives a real terminal through tmux (Debian's package)
+test-deps:
+	@command -v tmux >/dev/null || (apt-get update -qq && apt-get install -y -qq tmux)
+
+pytest: install test-deps
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest

@@ -135,13 +135,13 @@ def test_concurrent_requests_for_unloaded_model_cause_one_load(supervisor: Super
         with supervisor.client() as c:
             return c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-c"}).status_code
 
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        codes = list(pool.map(ask, range(8)))
-    assert codes == [200] * 8
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        codes = list(pool.map(ask, range(20)))
+    assert codes == [200] * 20
     assert len(runner_pids(supervisor.home.root)) == 1  # one runner process exists
     starts = (supervisor.home.state / "logs" / "runner-tiny-c.log").read_text().count("starting:")
     assert starts == 1
-    assert supervisor.model("tiny-c")["requests_served"] == 8
+    assert supervisor.model("tiny-c")["requests_served"] == 20
 
 
 def test_two_concurrent_streams_to_one_model_both_complete(supervisor: Supervisor) -> None:
@@ -213,3 +213,12 @@ def test_loaded_models_come_back_after_restart(home: object) -> None:
         assert sup.model("tiny-a")["state"] == "stopped"
     finally:
         shutdown(sup)
+
+
+def test_logprobs_need_logits_all_and_say_so(supervisor: Supervisor) -> None:
+    with supervisor.client() as c:
+        r = c.post("/v1/completions", json={"model": "tiny-a", "prompt": "x", "logprobs": 2})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert "cannot return logprobs" in err["message"]
+    assert err["hint"].startswith("set `args: {logits_all: true}` for tiny-a")

@@ -141,6 +141,11 @@ def test_impossible_model_gets_507_and_nothing_is_evicted(home: Home, model_dir:
         res = runner.invoke(app, ["models", "load", "tiny-c", "--estimate-only", "--json"])
         assert res.exit_code == 0 and json.loads(res.stdout)["fits"] is True
         assert loaded(sup) == {"tiny-b"}  # estimate-only changed nothing
+        res = runner.invoke(app, ["models", "load", "huge", "--force"])  # the user's call
+        assert res.exit_code == 0, res.stderr
+        assert "warning: loading huge even if the memory estimate says" in res.stderr
+        assert loaded(sup) == {"tiny-b", "huge"}
+        assert "loading huge despite the estimate (--force)" in sup.log()
     finally:
         shutdown(sup)
 

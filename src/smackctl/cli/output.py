@@ -166,3 +166,42 @@ def human_duration(seconds: float | None) -> str:
     if s < 86400:
         return f"{s // 3600}h{(s % 3600) // 60:02d}m"
     return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+def write_answer(text: str, markdown: bool) -> None:
+    if markdown:
+        from rich.markdown import Markdown
+
+        _console(False).print(Markdown(text))
+        return
+    sys.stdout.write(text + ("\n" if text and not text.endswith("\n") else ""))
+    sys.stdout.flush()
+
+
+def stream_answer(deltas: Iterator[str], markdown: bool) -> str:
+    """Print text pieces as they arrive; on a terminal re-render them as markdown."""
+    parts: list[str] = []
+    if markdown:
+        from rich.live import Live
+        from rich.markdown import Markdown
+
+        with Live(
+            Markdown(""),
+            console=_console(False),
+            refresh_per_second=12,
+            vertical_overflow="visible",
+        ) as live:
+            for piece in deltas:
+                parts.append(piece)
+                live.update(Markdown("".join(parts)))
+        return "".join(parts)
+    try:
+        for piece in deltas:
+            parts.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    finally:
+        if parts and not parts[-1].endswith("\n"):
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+    return "".join(parts)

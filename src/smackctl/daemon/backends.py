@@ -23,6 +23,10 @@ def llama_cpp_server_argv(spec: ModelSpec, model_path: Path, port: int, api_key:
     - a per-runner random ``--api_key`` and 127.0.0.1: with no key it accepts any Host and
       reflects any Origin, so any web page could drive it.
     - ``--n_threads`` defaults to the physical cores (its own default is 1).
+    - ``--logits_all False``: its default keeps a float32 logits row for every context
+      position (n_ctx × vocab × 4 bytes: 1.5 GiB for SmolLM2 at n_ctx 8192, 8 GiB for a
+      262k-vocabulary model), needed only for prompt logprobs. ``args: {logits_all: true}``
+      in the profile turns it back on for a model that must return logprobs.
     """
     threads = spec.threads or physical_cores()
     flags: dict[str, str] = {
@@ -35,6 +39,7 @@ def llama_cpp_server_argv(spec: ModelSpec, model_path: Path, port: int, api_key:
         "n_threads": str(threads),
         "n_threads_batch": str(threads),
         "n_gpu_layers": str(spec.n_gpu_layers),
+        "logits_all": "False",
     }
     if spec.chat_format:
         flags["chat_format"] = spec.chat_format

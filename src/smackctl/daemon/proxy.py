@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from starlette.responses import Response, StreamingResponse
 
-from smackctl.errors import SmackError
+from smackctl.errors import SmackError, UsageError
 
 from .scheduler import Managed, Scheduler
 
@@ -50,6 +50,12 @@ class Proxy:
     async def forward(self, path: str, body: dict[str, Any], request_id: str) -> Response:
         sched = self.scheduler
         m = sched.resolve(body.get("model"))
+        if (body.get("logprobs") or body.get("top_logprobs")) and not m.spec.args.get("logits_all"):
+            raise UsageError(
+                f"{m.name} is loaded without logits for every token, so it cannot return logprobs",
+                f"set `args: {{logits_all: true}}` for {m.name} in the profile (it costs "
+                "n_ctx × vocabulary × 4 bytes of memory)",
+            )
         payload = json.dumps(_with_defaults(body, sched.profile.defaults.model_dump())).encode()
         stream = bool(body.get("stream"))
         started = time.perf_counter()

@@ -43,6 +43,8 @@ BACKOFF_CAP = 30.0
 MAX_QUICK_FAILURES = 5
 #: a runner that stayed ready this long before crashing resets the failure count
 STABLE_AFTER = 60.0
+#: after a request, re-measure a runner's memory if the last measure is older than this
+MEASURE_EVERY = 5.0
 
 
 class ShuttingDown(SmackError):
@@ -71,6 +73,7 @@ class Managed:
     estimate: Estimate | None = None
     measured_ram: int | None = None
     measured_vram: int | None = None
+    measured_at: float = 0.0
     info: GGUFInfo | None = field(default=None, repr=False)
 
     @property
@@ -426,13 +429,19 @@ class Scheduler:
         self._on_runner_state(runner, state)
 
     async def _measure(self, m: Managed, runner: Runner) -> None:
+        """Measure the runner's tree; keep the peak (weights are mmap'd and become resident
+        as they are used, buffers as the context fills), and store it for the next plan."""
         if runner.pid is None:
             return
+        m.measured_at = time.monotonic()
         ram = await asyncio.to_thread(tree_rss, runner.pid)
         vram = await asyncio.to_thread(process_tree_vram, runner.pid)
-        if ram is not None and runner.state == RunnerState.READY:
-            m.measured_ram, m.measured_vram = ram, vram
-            self.store.save_measurement(m.name, _load_key(m.spec), ram, vram)
+        if ram is None or runner.state != RunnerState.READY or m.runner is not runner:
+            return
+        m.measured_ram = max(ram, m.measured_ram or 0)
+        if vram is not None:
+            m.measured_vram = max(vram, m.measured_vram or 0)
+        self.store.save_measurement(m.name, _load_key(m.spec), m.measured_ram, m.measured_vram)
 
     async def _supervise(self, m: Managed, runner: Runner) -> None:
         """Restart a runner that exits without being asked to, with backoff."""
@@ -485,6 +494,8 @@ class Scheduler:
             m.in_flight -= 1
             m.requests_served += 1
             m.last_used = time.time()
+            if time.monotonic() - m.measured_at > MEASURE_EVERY:
+                self._spawn(self._measure(m, runner), f"measure-{m.name}")
             if m.in_flight == 0:
                 self._idle.set()
 
@@ -508,6 +519,7 @@ class Scheduler:
         await r.stop(self.stop_grace)
         await asyncio.to_thread(_wait_gone, r.pid)
         m.measured_ram = m.measured_vram = None
+        m.measured_at = 0.0
         m.failed = False
         self.publish({"event": "unloaded", "model": m.name})
         return True
