@@ -1,7 +1,7 @@
 """Memory estimate vs. what a real runner uses, for the real small models at several n_ctx.
 
 For each (model, n_ctx): start ``llama_cpp.server`` exactly as the supervisor does, send one
-request whose prompt fills about three quarters of the context (what a long conversation
+request whose prompt fills half of the context (what a long conversation
 does: every weight page, the KV cache and the attention scratch get touched), measure the RSS
 of its process tree, and compare with ``estimate_memory``.
 Goal: |estimate − measured| / measured ≤ 15 %.
@@ -44,7 +44,7 @@ async def measure(path: Path, n_ctx: int, log: Path) -> int:
     r = Runner("bench", lambda port, key: llama_cpp_server_argv(spec, path, port, key), log)
     await r.start()
     try:
-        async with httpx.AsyncClient(timeout=120) as c:
+        async with httpx.AsyncClient(timeout=900) as c:
             resp = await c.post(
                 f"{r.base_url}/v1/completions",
                 headers={"Authorization": f"Bearer {r.api_key}"},

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -109,6 +110,15 @@ def test_repl_in_a_real_terminal_ctrl_c_cancels_the_reply(home: Home, tmp_path: 
         wait_for(lambda: len(screen().split("hello", 1)[1].strip()) > 20, 60, "tokens streaming")
         tmux("send-keys", "-t", session, "C-c")
         wait_for(lambda: "(cancelled)" in screen(), 20, "the reply to be cancelled")
+        # the generation stopped at the runner too: its slot is free long before 3500 tokens
+        token = (home.state / "token").read_text().strip()
+        url = f"http://127.0.0.1:{home.env['SMACKCTL_PORT']}/api/status"
+
+        def idle() -> bool:
+            st = httpx.get(url, headers={"Authorization": f"Bearer {token}"}).json()
+            return next(m for m in st["models"] if m["name"] == "tiny-a")["in_flight"] == 0
+
+        wait_for(idle, 5, "the cancelled request to leave the runner")
         wait_for(lambda: screen().rstrip().endswith(">>>"), 20, "the prompt to come back")
         tmux("send-keys", "-t", session, "/exit", "Enter")
         wait_for(lambda: session not in tmux("ls") if _has(session) else True, 20, "exit")
