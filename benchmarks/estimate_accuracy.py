@@ -18,8 +18,8 @@ import httpx
 from smackctl import catalog
 from smackctl.config import ModelSpec
 from smackctl.daemon.backends import llama_cpp_server_argv
-from smackctl.daemon.estimate import estimate_memory
 from smackctl.daemon.runner import Runner
+from smackctl.estimate import estimate_memory
 from smackctl.gguf import read_info
 from smackctl.hardware import tree_rss
 

@@ -157,8 +157,7 @@ def launch(home: Home, *extra: str, profile: str = "test") -> Supervisor:
                 "smackctl.daemon",
                 "--port",
                 str(port),
-                "--profile",
-                profile,
+                *(["--profile", profile] if profile else []),  # none: the persisted one
                 *extra,
             ],
             env=home.env,

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smackctl.daemon.estimate import RUNNER_BASELINE, estimate_memory
 from smackctl.daemon.planner import Budget, Loaded, plan_evictions
 from smackctl.daemon.runner import QueueFull, Slots
+from smackctl.estimate import RUNNER_BASELINE, estimate_memory
 from smackctl.gguf import GGUFInfo
 
 MiB = 1024**2

@@ -12,7 +12,7 @@ from pathlib import Path
 __all__ = ["complete_model", "complete_profile", "local_model_names"]
 
 
-def _active_profile(db: Path) -> Path | None:
+def active_profile_path(db: Path) -> Path | None:
     if not db.is_file():
         return None
     try:
@@ -39,7 +39,7 @@ def local_model_names() -> list[str]:
     from smackctl.paths import get_paths, list_profile_files
 
     paths = get_paths()
-    profile = _active_profile(paths.db_path) or list_profile_files().get("default")
+    profile = active_profile_path(paths.db_path) or list_profile_files().get("default")
     names: list[str] = []
     if profile is not None and profile.is_file():
         try:

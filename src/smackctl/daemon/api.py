@@ -131,6 +131,57 @@ def _capped(receive: Receive, limit: int) -> Receive:
     return wrapped
 
 
+def _ndjson(event: dict[str, Any]) -> bytes:
+    return json.dumps(event, default=str).encode() + b"\n"
+
+
+def _error_event(exc: BaseException, **extra: Any) -> dict[str, Any]:
+    err = exc if isinstance(exc, SmackError) else SmackError(str(exc))
+    return {
+        "event": "error",
+        "status": err.status,
+        "message": err.message,
+        "hint": err.hint,
+        **extra,
+    }
+
+
+def _stream_task(
+    scheduler: Scheduler,
+    start: Callable[[], asyncio.Future[Any]],
+    wanted: Callable[[dict[str, Any]], bool],
+    final: Callable[[Any], dict[str, Any]],
+    **extra: Any,
+) -> StreamingResponse:
+    """Run a task and stream the scheduler events it causes as NDJSON, then its outcome.
+
+    The task does not belong to the HTTP request: a client that goes away (Ctrl-C) stops
+    following it, not the task itself."""
+
+    async def events() -> AsyncIterator[bytes]:
+        async with scheduler.subscribe() as q:
+            task = start()
+            while True:
+                getter = asyncio.ensure_future(q.get())
+                done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    ev = getter.result()
+                    if wanted(ev):
+                        yield _ndjson(ev)
+                else:
+                    getter.cancel()
+                if task in done:
+                    break
+            while not q.empty():  # events published as the task finished
+                ev = q.get_nowait()
+                if wanted(ev):
+                    yield _ndjson(ev)
+            exc = task.exception()
+            yield _ndjson(final(task.result()) if exc is None else _error_event(exc, **extra))
+
+    return StreamingResponse(events(), media_type="application/x-ndjson")
+
+
 def _smack_error(exc: SmackError) -> Response:
     # OpenAI clients show `message` only, so the fix goes in it too; `hint` is for smackctl
     message = exc.message + (f" (fix: {exc.hint})" if exc.hint else "")
@@ -253,6 +304,7 @@ def create_app(
                 "uptime": time.time() - started,
                 "rss": _self_rss(),
                 "profile": scheduler.profile.name,
+                "switch_phase": scheduler.switch_phase,
                 "profile_path": str(scheduler.profile_path) if scheduler.profile_path else None,
                 "accepting": scheduler.accepting,
                 "memory": {
@@ -281,47 +333,13 @@ def create_app(
 
     async def model_pull(request: Request) -> Response:
         m = scheduler.resolve(request.path_params["name"])
-
-        async def events() -> AsyncIterator[bytes]:
-            async with scheduler.subscribe() as q:
-                task = asyncio.ensure_future(scheduler.pull(m.name))
-                while True:
-                    getter = asyncio.ensure_future(q.get())
-                    done, _ = await asyncio.wait(
-                        {task, getter}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    if getter in done:
-                        ev = getter.result()
-                        if ev.get("model") == m.name and ev["event"] == "progress":
-                            yield json.dumps(ev).encode() + b"\n"
-                    else:
-                        getter.cancel()
-                    if task in done:
-                        break
-                exc = task.exception()
-                if exc is None:
-                    yield (
-                        json.dumps(
-                            {"event": "pulled", "model": m.name, "path": str(task.result())}
-                        ).encode()
-                        + b"\n"
-                    )
-                else:
-                    err = exc if isinstance(exc, SmackError) else SmackError(str(exc))
-                    yield (
-                        json.dumps(
-                            {
-                                "event": "error",
-                                "model": m.name,
-                                "status": err.status,
-                                "message": err.message,
-                                "hint": err.hint,
-                            }
-                        ).encode()
-                        + b"\n"
-                    )
-
-        return StreamingResponse(events(), media_type="application/x-ndjson")
+        return _stream_task(
+            scheduler,
+            lambda: asyncio.ensure_future(scheduler.pull(m.name)),
+            lambda ev: ev.get("model") == m.name and ev["event"] == "progress",
+            lambda path: {"event": "pulled", "model": m.name, "path": str(path)},
+            model=m.name,
+        )
 
     async def model_show(request: Request) -> Response:
         m = scheduler.resolve(request.path_params["name"])
@@ -381,50 +399,18 @@ def create_app(
                 }
             )
 
-        async def events() -> AsyncIterator[bytes]:
-            async with scheduler.subscribe() as q:
-                task = asyncio.ensure_future(scheduler.ensure_ready(m.name, force=force))
-                try:
-                    while True:
-                        getter = asyncio.ensure_future(q.get())
-                        done, _ = await asyncio.wait(
-                            {task, getter}, return_when=asyncio.FIRST_COMPLETED
-                        )
-                        if getter in done:
-                            ev = getter.result()
-                            if ev.get("model") == m.name and ev["event"] in ("progress", "state"):
-                                yield json.dumps(ev).encode() + b"\n"
-                        else:
-                            getter.cancel()
-                        if task in done:
-                            break
-                    exc = task.exception()
-                    if exc is None:
-                        yield (
-                            json.dumps(
-                                {"event": "ready", "model": m.name, "pid": task.result().pid}
-                            ).encode()
-                            + b"\n"
-                        )
-                    else:
-                        err = exc if isinstance(exc, SmackError) else SmackError(str(exc))
-                        yield (
-                            json.dumps(
-                                {
-                                    "event": "error",
-                                    "model": m.name,
-                                    "status": err.status,
-                                    "message": err.message,
-                                    "hint": err.hint,
-                                }
-                            ).encode()
-                            + b"\n"
-                        )
-                finally:
-                    if not task.done():  # the client went away; the load itself goes on
-                        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        def start() -> asyncio.Future[Any]:
+            task = asyncio.ensure_future(scheduler.ensure_ready(m.name, force=force))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            return task
 
-        return StreamingResponse(events(), media_type="application/x-ndjson")
+        return _stream_task(
+            scheduler,
+            start,
+            lambda ev: ev.get("model") == m.name and ev["event"] in ("progress", "state"),
+            lambda runner: {"event": "ready", "model": m.name, "pid": runner.pid},
+            model=m.name,
+        )
 
     async def model_unload(request: Request) -> Response:
         name = request.path_params["name"]
@@ -433,6 +419,40 @@ def create_app(
         m = scheduler.resolve(name)
         done = await scheduler.unload(m.name)
         return JSONResponse({"unloaded": [m.name] if done else []})
+
+    async def profiles(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "active": scheduler.profile.name,
+                "path": str(scheduler.profile_path) if scheduler.profile_path else None,
+                "switch_phase": scheduler.switch_phase,
+            }
+        )
+
+    async def profile_switch(request: Request) -> Response:
+        from smackctl.config import load_profile
+
+        from .switch import run_switch
+
+        body = await _json_body(request)
+        if not isinstance(body.get("path"), str):
+            raise UsageError(
+                "`path` of the profile file is required", "smackctl profile switch NAME"
+            )
+        path = Path(body["path"])
+        target = await asyncio.to_thread(load_profile, path)
+        if body.get("dry_run"):
+            return JSONResponse(scheduler.plan_switch(target, path).as_dict())
+
+        def start() -> asyncio.Future[Any]:
+            return scheduler.spawn(run_switch(scheduler, target, path), f"switch-{target.name}")
+
+        return _stream_task(
+            scheduler,
+            start,
+            lambda ev: ev["event"] in ("switch", "progress", "ready", "unloaded", "error"),
+            lambda plan: {"event": "done", "profile": target.name, "plan": plan.as_dict()},
+        )
 
     async def shutdown(request: Request) -> Response:
         body = await _json_body(request)
@@ -484,6 +504,8 @@ def create_app(
         Route("/api/models/{name}/load", _errors(model_load), methods=["POST"]),
         Route("/api/models/{name}/pull", _errors(model_pull), methods=["POST"]),
         Route("/api/models/{name}/unload", _errors(model_unload), methods=["POST"]),
+        Route("/api/profiles", _errors(profiles), methods=["GET"]),
+        Route("/api/profiles/switch", _errors(profile_switch), methods=["POST"]),
         Route("/api/shutdown", _errors(shutdown), methods=["POST"]),
         Route("/api/logs", _errors(logs), methods=["GET"]),
     ]

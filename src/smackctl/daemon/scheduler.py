@@ -23,15 +23,16 @@ import psutil
 from smackctl import catalog
 from smackctl.config import ModelSpec, Profile, validate_model_name
 from smackctl.errors import InsufficientMemory, ModelLoadError, ModelNotFound, SmackError
+from smackctl.estimate import Estimate, estimate_memory
 from smackctl.gguf import GGUFInfo, check_magic, read_info
 from smackctl.hardware import process_tree_vram, tree_rss
 from smackctl.paths import Paths
 
 from .backends import llama_cpp_server_argv
-from .estimate import Estimate, estimate_memory
 from .planner import Budget, Loaded, Plan, plan_evictions
 from .runner import Runner, RunnerState
 from .store import Store
+from .switch import SwitchPhase, SwitchPlan, plan_switch
 
 __all__ = ["Scheduler", "Managed", "ShuttingDown"]
 
@@ -127,6 +128,10 @@ class Scheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self._budget_probe = budget_probe or _machine_budget
+        #: models whose new requests wait while a profile switch replaces them
+        self._held: set[str] = set()
+        self._hold_released = asyncio.Event()
+        self.switch_phase: SwitchPhase | None = None
         self._rebuild_registry()
 
     # -- registry ------------------------------------------------------------------------------
@@ -219,7 +224,7 @@ class Scheduler:
             {"event": "state", "model": runner.model, "state": str(state), "pid": runner.pid}
         )
 
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -239,9 +244,16 @@ class Scheduler:
         assert m.spec.source is not None
         return self.paths.models_dir / catalog.parse_source(m.spec.source).filename
 
-    async def ensure_ready(self, name: str | None, *, force: bool = False) -> Runner:
-        """A ready runner for the model: starts a load, joins one, or waits for a restart."""
+    async def ensure_ready(
+        self, name: str | None, *, force: bool = False, switching: bool = False
+    ) -> Runner:
+        """A ready runner for the model: starts a load, joins one, or waits for a restart.
+
+        While a profile switch replaces the model, new requests wait for the switch to end."""
         m = self.resolve(name)
+        while not switching and m.name in self._held:
+            await self._hold_released.wait()
+            m = self.resolve(name)
         while True:
             if not self.accepting:
                 raise ShuttingDown(
@@ -252,7 +264,7 @@ class Scheduler:
                 return r
             if m.loading is None:
                 m.loading = asyncio.get_running_loop().create_future()
-                self._spawn(self._load(m, restart=False, force=force), f"load-{m.name}")
+                self.spawn(self._load(m, restart=False, force=force), f"load-{m.name}")
             await asyncio.shield(m.loading)
 
     async def _load(self, m: Managed, *, restart: bool, force: bool = False) -> None:
@@ -412,8 +424,8 @@ class Scheduler:
             except BaseException:
                 await runner.stop(grace=0.5)
                 raise
-            self._spawn(self._measure(m, runner), f"measure-{m.name}")
-            self._spawn(self._supervise(m, runner), f"supervise-{m.name}")
+            self.spawn(self._measure(m, runner), f"measure-{m.name}")
+            self.spawn(self._supervise(m, runner), f"supervise-{m.name}")
             return runner
 
     def _on_state_and_record(self, runner: Runner, state: RunnerState) -> None:
@@ -469,7 +481,60 @@ class Scheduler:
             return
         if m.loading is None and self.accepting:
             m.loading = asyncio.get_running_loop().create_future()
-            self._spawn(self._load(m, restart=True), f"restart-{m.name}")
+            self.spawn(self._load(m, restart=True), f"restart-{m.name}")
+
+    # -- profile switch --------------------------------------------------------------------------
+
+    def set_profile(self, profile: Profile, path: Path | None) -> None:
+        self.profile, self.profile_path = profile, path
+        self._rebuild_registry()
+
+    def hold(self, names: list[str]) -> None:
+        self._held = set(names)
+        self._hold_released.clear()
+
+    def release_hold(self) -> None:
+        self._held = set()
+        self._hold_released.set()
+
+    async def drain_models(self, names: list[str], timeout: float = 300.0) -> None:
+        """Wait until the named models have nothing in flight or queued."""
+        deadline = time.monotonic() + timeout
+
+        def busy() -> bool:
+            return any(
+                (m := self.models.get(n)) is not None
+                and (m.in_flight or (m.runner is not None and m.runner.slots.queued))
+                for n in names
+            )
+
+        while busy() and time.monotonic() < deadline:
+            await self._wait_idle_change()
+
+    def plan_switch(self, target: Profile, target_path: Path) -> SwitchPlan:
+        loaded = {m.name: m.memory()[0] for m in self.models.values() if m.loaded}
+
+        def need(name: str, spec: ModelSpec) -> int | None:
+            probe = Managed(name=name, spec=spec, origin="profile", base_dir=target_path.parent)
+            path = self.model_file(probe)
+            if not path.is_file():
+                return None
+            try:
+                return self.estimate(probe, path).ram
+            except SmackError:
+                return None
+
+        b = self.budget_for(target)
+        return plan_switch(self.profile, loaded, target, need, b.ram)
+
+    def budget_for(self, profile: Profile) -> Budget:
+        """The budget a profile would have, given what is loaded now."""
+        current = self.profile
+        self.profile = profile
+        try:
+            return self.budget()
+        finally:
+            self.profile = current
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -495,7 +560,7 @@ class Scheduler:
             m.requests_served += 1
             m.last_used = time.time()
             if time.monotonic() - m.measured_at > MEASURE_EVERY:
-                self._spawn(self._measure(m, runner), f"measure-{m.name}")
+                self.spawn(self._measure(m, runner), f"measure-{m.name}")
             if m.in_flight == 0:
                 self._idle.set()
 
@@ -565,7 +630,7 @@ class Scheduler:
                 wanted.setdefault(m.name, "pinned" if m.spec.pinned else "preload")
         for name in wanted:
             if name in self.models:
-                self._spawn(self._quiet_load(name), f"restore-{name}")
+                self.spawn(self._quiet_load(name), f"restore-{name}")
 
     async def _quiet_load(self, name: str) -> None:
         try:

@@ -1,0 +1,258 @@
+"""`smackctl profile list|show|validate|switch`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from smackctl.errors import SmackError, UsageError
+
+from . import output
+from ._common import client
+from .completion import complete_profile
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="YAML profiles: sets of models with parameters and a memory budget.", no_args_is_help=True
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
+DirOpt = Annotated[list[Path] | None, typer.Option("--profile-dir", help="Also look here.")]
+NameArg = Annotated[
+    str, typer.Argument(help="Profile name or .yaml path.", autocompletion=complete_profile)
+]
+
+
+def _active() -> Path | None:
+    from smackctl.paths import get_paths
+
+    from .completion import active_profile_path
+
+    return active_profile_path(get_paths().db_path)
+
+
+@app.command("list")
+def list_(json_: JsonOpt = False, profile_dir: DirOpt = None) -> None:
+    """Profiles found in --profile-dir, $SMACKCTL_PROFILE_DIR, ./profiles, the config dir and
+    the shipped ones; the active one is marked."""
+    import yaml
+
+    from smackctl.paths import list_profile_files
+
+    active = _active()
+    rows: list[dict[str, Any]] = []
+    for name, path in list_profile_files(profile_dir or []).items():
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            data = {}
+        models = data.get("models") if isinstance(data, dict) else None
+        rows.append(
+            {
+                "name": name,
+                "path": str(path),
+                "active": path == active,
+                "models": sorted(models) if isinstance(models, dict) else [],
+                "description": data.get("description", "") if isinstance(data, dict) else "",
+            }
+        )
+    if json_:
+        output.print_json(rows)
+        return
+    output.table(
+        ["", "NAME", "MODELS", "DESCRIPTION"],
+        [
+            ["*" if r["active"] else "", r["name"], ", ".join(r["models"]), r["description"]]
+            for r in rows
+        ],
+    )
+
+
+@app.command()
+def show(name: NameArg, json_: JsonOpt = False, profile_dir: DirOpt = None) -> None:
+    """A profile's models, budget, defaults and routing, as validated."""
+    from smackctl.config import find_profile, load_profile
+
+    path = find_profile(name, profile_dir or [])
+    prof = load_profile(path)
+    if json_:
+        output.print_json({"path": str(path), **prof.model_dump(mode="json")})
+        return
+    print(f"{prof.name}  ({path})")
+    if prof.description:
+        print(prof.description)
+    mem = prof.memory
+    print(
+        f"memory: ram {output.human_bytes(mem.ram) if mem.ram else 'available − reserve'}, "
+        f"reserve {output.human_bytes(mem.reserve)}, max_loaded {mem.max_loaded or '-'}"
+    )
+    output.table(
+        ["MODEL", "SOURCE", "N_CTX", "GPU LAYERS", "TTL", "FLAGS", "ALIASES"],
+        [
+            [
+                n,
+                s.source or s.path,
+                s.n_ctx,
+                s.n_gpu_layers,
+                s.ttl,
+                " ".join(f for f, on in (("pinned", s.pinned), ("preload", s.preload)) if on)
+                or "-",
+                ", ".join(s.aliases) or "-",
+            ]
+            for n, s in prof.models.items()
+        ],
+    )
+    if prof.routing.default_model:
+        print(f"default model: {prof.routing.default_model}")
+
+
+@app.command()
+def validate(
+    files: Annotated[
+        list[Path] | None, typer.Argument(help="Files (default: every profile).")
+    ] = None,
+    profile_dir: DirOpt = None,
+) -> None:
+    """Check profiles before anything is loaded: every problem with file:line, key and fix."""
+    from smackctl.config import validate_profile_file
+    from smackctl.paths import list_profile_files
+
+    paths = list(files or list_profile_files(profile_dir or []).values())
+    if not paths:
+        raise UsageError("no profile to validate", "give a file, or add one to ./profiles")
+    bad = 0
+    for path in paths:
+        profile, issues = validate_profile_file(path)
+        if profile is not None:
+            issues = _budget_issues(profile, path)
+        if issues:
+            bad += 1
+            for issue in issues:
+                print(str(issue))
+        else:
+            print(f"ok  {path}")
+    if bad:
+        output.error(
+            f"{bad} of {len(paths)} profile(s) have problems",
+            "fix the lines above, then run `smackctl profile validate` again",
+        )
+        raise typer.Exit(1)
+
+
+def _budget_issues(profile: Any, path: Path) -> list[Any]:
+    """Models whose estimate alone exceeds the profile's RAM budget (files on disk only)."""
+    from smackctl.config import ProfileIssue
+    from smackctl.estimate import estimate_memory
+    from smackctl.gguf import read_info
+    from smackctl.paths import get_paths
+
+    if profile.memory.ram is None:
+        return []
+    out = []
+    for name, spec in profile.models.items():
+        file = profile.resolve_spec_path(spec, path.parent)
+        if file is None:
+            from smackctl.catalog import parse_source
+
+            file = get_paths().models_dir / parse_source(spec.source).filename
+        if not file.is_file():
+            continue
+        try:
+            need = estimate_memory(read_info(file), spec.n_ctx, spec.n_gpu_layers).ram
+        except SmackError as exc:
+            out.append(ProfileIssue(str(path), None, f"models.{name}", exc.message))
+            continue
+        if need > profile.memory.ram:
+            out.append(
+                ProfileIssue(
+                    str(path),
+                    None,
+                    f"models.{name}",
+                    f"needs about {output.human_bytes(need)} but memory.ram is "
+                    f"{output.human_bytes(profile.memory.ram)}: lower n_ctx (now {spec.n_ctx}) or "
+                    "raise memory.ram",
+                )
+            )
+    return out
+
+
+def _print_plan(plan: dict[str, Any]) -> None:
+    output.table(
+        ["MODEL", "ACTION", "REASON", "RAM AFTER"],
+        [
+            [
+                s["model"],
+                s["action"],
+                s["reason"] or "-",
+                output.human_bytes(s["ram"]) if s["ram"] else "-",
+            ]
+            for s in plan["steps"]
+        ],
+    )
+    print(
+        f"memory: {output.human_bytes(plan['ram_before'])} loaded now → "
+        f"{output.human_bytes(plan['ram_after'])} after, budget "
+        f"{output.human_bytes(plan['budget_ram'])}"
+    )
+    for p in plan["problems"]:
+        print(f"note: {p}")
+    print(f"{plan['source']} → {plan['target']}: " + ("fits" if plan["fits"] else "does NOT fit"))
+
+
+@app.command()
+def switch(
+    ctx: typer.Context,
+    name: NameArg,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; change nothing.")
+    ] = False,
+    json_: JsonOpt = False,
+    profile_dir: DirOpt = None,
+) -> None:
+    """Switch the supervisor to another profile: unload, reload, load — losing no request.
+
+    With --dry-run: the exact plan and whether it fits (exit 0 if it can be done, 1 if not).
+    A failed load rolls back to the previous profile."""
+    from smackctl.config import find_profile
+
+    path = find_profile(name, profile_dir or [])
+    with client(ctx, timeout=None) as c:  # type: ignore[arg-type]
+        if dry_run:
+            plan = c.post("/api/profiles/switch", {"path": str(path), "dry_run": True})
+            output.print_json(plan) if json_ else _print_plan(plan)
+            if not plan["fits"]:
+                raise typer.Exit(1)
+            return
+        try:
+            last = _follow(c.ndjson("POST", "/api/profiles/switch", {"path": str(path)}), json_)
+        except KeyboardInterrupt:
+            output.info(
+                "stopped following; the switch goes on in the supervisor: "
+                "follow it with `smackctl status`"
+            )
+            raise typer.Exit(130) from None
+    if last.get("event") == "error":
+        raise SmackError(last["message"], last.get("hint"))
+    if json_:
+        output.print_json(last)
+    else:
+        print(f"profile {last['profile']} active")
+
+
+def _follow(events: Any, json_: bool) -> dict[str, Any]:
+    last: dict[str, Any] = {}
+    with output.progress_bars() as bars:
+        for ev in events:
+            last = ev
+            if json_:
+                continue
+            if ev["event"] == "switch":
+                bars.update("switch", ev["phase"])
+            elif ev["event"] == "progress":
+                bars.update(ev["model"], ev["phase"], ev.get("done") or 0, ev.get("total"))
+            elif ev["event"] == "ready":
+                bars.update(ev["model"], "ready", 1, 1)
+    return last
