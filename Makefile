@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest test-deps bench clean
+.PHONY: install demo test lint typecheck pytest test-deps bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ test: lint typecheck pytest
 
 bench: install
 	$(BIN)/python -m benchmarks
+
+# completions/ and man/smackctl.1 are generated from the CLI; tests fail when they are stale
+docs: install
+	$(BIN)/python -m smackctl.cli.docs
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -12,9 +12,8 @@ from typing import Any
 
 import httpx
 
-from smackctl.config import DEFAULT_HOST, DEFAULT_PORT
 from smackctl.errors import ApiError, SupervisorNotRunning
-from smackctl.paths import Paths, get_paths
+from smackctl.paths import DEFAULT_HOST, DEFAULT_PORT, Paths, get_paths
 
 __all__ = ["Client", "default_url", "read_token"]
 

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from smackctl.errors import ConfigError, UsageError
-from smackctl.paths import list_profile_files, profile_dirs
+from smackctl.paths import DEFAULT_HOST, DEFAULT_PORT, list_profile_files, profile_dirs
 
 __all__ = [
     "DEFAULT_HOST",
@@ -38,8 +38,6 @@ __all__ = [
     "validate_profile_file",
 ]
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 7622
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")

@@ -10,7 +10,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Paths", "get_paths", "list_profile_files", "profile_dirs"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "Paths",
+    "get_paths",
+    "list_profile_files",
+    "profile_dirs",
+]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7622
 
 APP = "smackctl"
 

@@ -6,6 +6,7 @@ gguf. It reads the active profile's YAML and the models added to the SQLite stat
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -39,7 +40,12 @@ def local_model_names() -> list[str]:
     from smackctl.paths import get_paths, list_profile_files
 
     paths = get_paths()
-    profile = active_profile_path(paths.db_path) or list_profile_files().get("default")
+    found = list_profile_files()
+    profile = (
+        active_profile_path(paths.db_path)  # what the supervisor runs (or last ran)
+        or found.get(os.environ.get("SMACKCTL_PROFILE", ""))  # what it would start with
+        or found.get("default")
+    )
     names: list[str] = []
     if profile is not None and profile.is_file():
         try:

@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
-from smackctl.config import DEFAULT_HOST, DEFAULT_PORT
 from smackctl.errors import SupervisorNotRunning
+from smackctl.paths import DEFAULT_HOST, DEFAULT_PORT
 
 from . import output
 from ._common import client, globals_of

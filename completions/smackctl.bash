@@ -1,0 +1,10 @@
+_smackctl_completion() {
+    local IFS=$'
+'
+    COMPREPLY=( $( env COMP_WORDS="${COMP_WORDS[*]}" \
+                   COMP_CWORD=$COMP_CWORD \
+                   _SMACKCTL_COMPLETE=complete_bash $1 ) )
+    return 0
+}
+
+complete -o default -F _smackctl_completion smackctl

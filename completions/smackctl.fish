@@ -1,0 +1,1 @@
+complete --command smackctl --no-files --arguments "(env _SMACKCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) smackctl)" --condition "env _SMACKCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) smackctl"
