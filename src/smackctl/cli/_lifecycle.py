@@ -88,6 +88,7 @@ def start_supervisor(
     profile: str | None = None,
     *,
     no_auth: bool = False,
+    json_logs: bool = False,
     timeout: float = 60.0,
     on_stale: object = None,
 ) -> Started:
@@ -120,6 +121,8 @@ def start_supervisor(
         argv += ["--profile", profile]
     if no_auth:
         argv.append("--no-auth")
+    if json_logs:
+        argv.append("--json-logs")
     out_path = paths.logs_dir / "supervisor.out"
     pid = _spawn_detached(argv, out_path)
     deadline = time.monotonic() + timeout

@@ -14,7 +14,7 @@ import typer
 from smackctl import __version__
 from smackctl.errors import SmackError
 
-from . import models, profile, supervisor
+from . import models, ops, profile, supervisor
 from ._common import Globals
 from .chat import chat
 
@@ -98,6 +98,7 @@ def root(
 supervisor.register(app)
 app.add_typer(models.app, name="models")
 app.add_typer(profile.app, name="profile")
+ops.register(app)
 app.command()(chat)
 
 

@@ -205,3 +205,31 @@ def stream_answer(deltas: Iterator[str], markdown: bool) -> str:
             sys.stdout.write("\n")
             sys.stdout.flush()
     return "".join(parts)
+
+
+def render(renderable: Any) -> None:
+    """Print a rich renderable to stdout (plain text when not a terminal)."""
+    _console(False).print(renderable)
+
+
+def frame(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Any:
+    """A title line over a table, as one renderable (for `top`)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(box=None, header_style="bold", pad_edge=False)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*("-" if c is None else str(c) for c in r))
+    return Group(Text(title), t)
+
+
+@contextlib.contextmanager
+def live(initial: Any) -> Iterator[Any]:
+    """Redraw a renderable in place; yields update(renderable)."""
+    from rich.live import Live
+
+    with Live(initial, console=_console(False), auto_refresh=False) as lv:
+        yield lambda r: lv.update(r, refresh=True)

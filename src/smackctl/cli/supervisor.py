@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from smackctl.errors import SupervisorNotRunning
+from smackctl.errors import SupervisorNotRunning, UsageError
 from smackctl.paths import DEFAULT_HOST, DEFAULT_PORT
 
 from . import output
@@ -45,6 +45,9 @@ def start(
         bool, typer.Option("--no-auth", help="Serve without a token (loopback only).")
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait until it answers.")] = 60.0,
+    json_logs: Annotated[
+        bool, typer.Option("--json-logs", help="Write the supervisor log as JSON lines.")
+    ] = False,
 ) -> None:
     """Start the supervisor in the background and wait until it answers."""
     from ._lifecycle import start_supervisor
@@ -65,6 +68,8 @@ def start(
             argv += ["--profile", profile]
         if no_auth:
             argv.append("--no-auth")
+        if json_logs:
+            argv.append("--json-logs")
         os.execv(sys.executable, argv)
 
     def stale(pid: int) -> None:
@@ -119,6 +124,7 @@ def restart(
         port=port,
         no_auth=False,
         timeout=max(timeout, 60.0),
+        json_logs=False,
     )
 
 
@@ -177,6 +183,9 @@ def logs(
         bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
     ] = False,
     lines: Annotated[int, typer.Option("--lines", "-n", help="Lines to show.")] = 50,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only lines newer than this: 30m, 2h, 1d.")
+    ] = None,
 ) -> None:
     """Show the supervisor's log, or one model's runner log (read from the state dir)."""
     from smackctl.config import validate_model_name
@@ -187,17 +196,38 @@ def logs(
     if not path.is_file():
         output.info(f"no log yet at {path}")
         return
-    _print_tail(path, lines)
+    _print_tail(path, lines, _cutoff(since) if since else None)
     if follow:
         _follow(path)
 
 
-def _print_tail(path: Path, lines: int) -> None:
+def _cutoff(since: str) -> str:
+    """The timestamp prefix (as the logs write it) of `since` ago."""
+    import re
+
+    m = re.fullmatch(r"(\d+)([smhd])", since.strip())
+    if not m:
+        raise UsageError(f"--since {since!r} is not a duration", "write e.g. 30m, 2h, 1d")
+    secs = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - secs))
+
+
+def _print_tail(path: Path, lines: int, cutoff: str | None = None) -> None:
     with path.open("rb") as f:
         f.seek(0, os.SEEK_END)
         f.seek(max(0, f.tell() - 512 * 1024))
         text = f.read().decode(errors="replace")
-    for line in text.splitlines()[-lines:]:
+    kept = text.splitlines()
+    if cutoff is not None:  # lines without a timestamp go with the line above them
+        out, keep = [], False
+        for line in kept:
+            stamp = line[:19] if line[:4].isdigit() else line[10:29]  # plain or JSON lines
+            if stamp[:4].isdigit() and stamp[4:5] == "-":
+                keep = stamp >= cutoff
+            if keep:
+                out.append(line)
+        kept = out
+    for line in kept[-lines:]:
         print(line)
 
 

@@ -240,7 +240,10 @@ def create_app(
     extra_hosts: set[str] | None = None,
     on_shutdown_request: Callable[[float, bool], None] | None = None,
 ) -> ASGIApp:
-    proxy = Proxy(scheduler)
+    from .metrics import Metrics
+
+    metrics = Metrics(scheduler)
+    proxy = Proxy(scheduler, metrics)
     started = time.time()
 
     async def health(request: Request) -> Response:
@@ -454,6 +457,15 @@ def create_app(
             lambda plan: {"event": "done", "profile": target.name, "plan": plan.as_dict()},
         )
 
+    async def metrics_route(request: Request) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def usage(request: Request) -> Response:
+        since = float(request.query_params.get("since", "0"))
+        return JSONResponse(scheduler.store.usage(since))
+
     async def shutdown(request: Request) -> Response:
         body = await _json_body(request)
         timeout = float(body.get("timeout", 30.0))
@@ -507,6 +519,8 @@ def create_app(
         Route("/api/profiles", _errors(profiles), methods=["GET"]),
         Route("/api/profiles/switch", _errors(profile_switch), methods=["POST"]),
         Route("/api/shutdown", _errors(shutdown), methods=["POST"]),
+        Route("/api/usage", _errors(usage), methods=["GET"]),
+        Route("/metrics", _errors(metrics_route), methods=["GET"]),
         Route("/api/logs", _errors(logs), methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: bad_method})

@@ -93,7 +93,27 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _setup_logging(paths: Paths, foreground: bool) -> None:
+class _JsonFormatter(logging.Formatter):
+    """One JSON object a line; request lines carry their fields as keys."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        out = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.name == "smackctl.requests":
+            for part in out["message"].split():
+                key, eq, value = part.partition("=")
+                if eq:
+                    out[key] = value
+        return json.dumps(out)
+
+
+def _setup_logging(paths: Paths, foreground: bool, json_logs: bool = False) -> None:
     handlers: list[logging.Handler] = [
         logging.handlers.RotatingFileHandler(
             paths.supervisor_log, maxBytes=10 * 1024**2, backupCount=3
@@ -101,7 +121,11 @@ def _setup_logging(paths: Paths, foreground: bool) -> None:
     ]
     if foreground:
         handlers.append(logging.StreamHandler(sys.stderr))
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fmt: logging.Formatter = (
+        _JsonFormatter()
+        if json_logs
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     root.handlers.clear()
     for h in handlers:
@@ -199,9 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--foreground", action="store_true")
     parser.add_argument("--no-auth", action="store_true")
     parser.add_argument("--drain-timeout", type=float, default=30.0)
+    parser.add_argument("--json-logs", action="store_true")
     args = parser.parse_args(argv)
     paths = get_paths().ensure()
-    _setup_logging(paths, args.foreground)
+    _setup_logging(paths, args.foreground, args.json_logs)
     try:
         if args.no_auth and not is_loopback(args.host):
             raise UsageError(

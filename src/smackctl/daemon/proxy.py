@@ -20,6 +20,7 @@ from starlette.responses import Response, StreamingResponse
 
 from smackctl.errors import SmackError, UsageError
 
+from .metrics import Metrics
 from .scheduler import Managed, Scheduler
 
 __all__ = ["Proxy", "UpstreamError"]
@@ -37,8 +38,11 @@ def error_body(message: str, error_type: str, code: str | None = None) -> bytes:
 
 
 class Proxy:
-    def __init__(self, scheduler: Scheduler, request_timeout: float = 600.0) -> None:
+    def __init__(
+        self, scheduler: Scheduler, metrics: Metrics | None = None, request_timeout: float = 600.0
+    ) -> None:
         self.scheduler = scheduler
+        self.metrics = metrics
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=5.0, read=request_timeout, write=30.0, pool=None),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
@@ -81,6 +85,7 @@ class Proxy:
                     return self._finish(m, path, upstream, content, started, request_id)
                 chunks = upstream.aiter_raw()
                 first = await anext(chunks, b"")
+                ttft = time.perf_counter() - started
             except httpx.TransportError as exc:
                 await stack.aclose()
                 if attempt == 1 and await _died(runner):
@@ -96,7 +101,7 @@ class Proxy:
                 await stack.aclose()
                 raise
             return StreamingResponse(
-                self._relay(m, upstream, chunks, first, stack, started, request_id, path),
+                self._relay(m, upstream, chunks, first, stack, started, request_id, path, ttft),
                 status_code=upstream.status_code,
                 media_type=upstream.headers.get("content-type", "text/event-stream"),
                 headers={
@@ -124,7 +129,7 @@ class Proxy:
             with contextlib.suppress(ValueError, AttributeError, TypeError):
                 usage = json.loads(content).get("usage") or {}
                 tokens_in, tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        self._log(m.name, path, status, tokens_in, tokens_out, started, request_id)
+        self._log(m, path, status, tokens_in, tokens_out, started, request_id)
         return Response(
             content,
             status_code=status,
@@ -142,6 +147,7 @@ class Proxy:
         started: float,
         request_id: str,
         path: str,
+        ttft: float,
     ) -> AsyncIterator[bytes]:
         status = 200
         events = first.count(b"data:")
@@ -162,32 +168,36 @@ class Proxy:
         finally:
             await upstream.aclose()
             await stack.aclose()
-            self._log(m.name, path, status, None, max(0, events - 2), started, request_id)
+            self._log(m, path, status, None, max(0, events - 2), started, request_id, ttft)
 
     def _log(
         self,
-        model: str,
+        m: Managed,
         path: str,
         status: int,
         tokens_in: int | None,
         tokens_out: int | None,
         started: float,
         request_id: str,
+        ttft: float | None = None,
     ) -> None:
-        ms = (time.perf_counter() - started) * 1000
+        seconds = time.perf_counter() - started
         log.info(
             "request id=%s model=%s route=%s status=%d tokens_in=%s tokens_out=%s ms=%.1f",
             request_id,
-            model,
+            m.name,
             path,
             status,
             tokens_in,
             tokens_out,
-            ms,
+            seconds * 1000,
         )
+        m.tokens_out += tokens_out or 0
+        if self.metrics is not None:
+            self.metrics.request(m.name, path, status, tokens_in, tokens_out, seconds, ttft)
         with contextlib.suppress(Exception):
             self.scheduler.store.log_request(
-                model, path, status, tokens_in, tokens_out, ms, request_id
+                m.name, path, status, tokens_in, tokens_out, seconds * 1000, request_id
             )
 
 

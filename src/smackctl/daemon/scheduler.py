@@ -67,6 +67,7 @@ class Managed:
     last_used: float = 0.0
     use_count: int = 0
     requests_served: int = 0
+    tokens_out: int = 0
     failures: int = 0
     failed: bool = False
     last_error: str | None = None
@@ -124,6 +125,8 @@ class Scheduler:
         self.accepting = True
         self.started_at = time.time()
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        #: called with every event (metrics); must be quick and must not raise
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -207,6 +210,8 @@ class Scheduler:
 
     def publish(self, event: dict[str, Any]) -> None:
         event.setdefault("at", time.time())
+        for listener in self.listeners:
+            listener(event)
         for q in list(self._subscribers):
             q.put_nowait(event)
 
@@ -710,6 +715,7 @@ class Scheduler:
             "loaded_since": r.ready_at if r is not None and r.state == RunnerState.READY else None,
             "last_used": m.last_used or None,
             "requests_served": m.requests_served,
+            "tokens_out": m.tokens_out,
             "in_flight": m.in_flight,
             "queued": r.slots.queued if r is not None else 0,
             "failures": m.failures,

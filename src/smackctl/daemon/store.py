@@ -125,3 +125,15 @@ class Store:
             "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (time.time(), model, route, status, tokens_in, tokens_out, latency_ms, request_id),
         )
+
+    def usage(self, since: float) -> list[dict[str, Any]]:
+        """Requests, tokens and errors per model per day (UTC) since a unix time."""
+        rows = self.db.execute(
+            "SELECT date(at, 'unixepoch') AS day, model, COUNT(*), "
+            "COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0), "
+            "SUM(status >= 400), ROUND(AVG(latency_ms), 1) "
+            "FROM requests WHERE at >= ? GROUP BY day, model ORDER BY day, model",
+            (since,),
+        )
+        keys = ("day", "model", "requests", "tokens_in", "tokens_out", "errors", "avg_ms")
+        return [dict(zip(keys, r, strict=True)) for r in rows]

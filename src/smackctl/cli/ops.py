@@ -1,0 +1,305 @@
+"""`smackctl top | usage | doctor | config`: for the person who runs the machine."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+
+from smackctl.errors import SmackError, SupervisorNotRunning, UsageError
+
+from . import output
+from ._common import client
+
+__all__ = ["config_app", "register"]
+
+config_app = typer.Typer(
+    help="Where smackctl keeps things and which settings are in force.", no_args_is_help=True
+)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
+
+
+def _since(text: str) -> float:
+    m = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    if not m:
+        raise UsageError(f"--since {text!r} is not a duration", "write e.g. 30m, 12h, 7d")
+    return time.time() - int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def usage(
+    ctx: typer.Context,
+    since: Annotated[str, typer.Option(help="How far back: 30m, 12h, 7d.")] = "7d",
+    json_: JsonOpt = False,
+) -> None:
+    """Requests, tokens and errors per model per day, from the supervisor's SQLite log."""
+    with client(ctx) as c:
+        rows = c.get("/api/usage", params={"since": str(_since(since))})
+    if json_:
+        output.print_json(rows)
+        return
+    output.table(
+        ["DAY", "MODEL", "REQUESTS", "TOKENS IN", "TOKENS OUT", "ERRORS", "AVG MS"],
+        [
+            [
+                r["day"],
+                r["model"],
+                r["requests"],
+                r["tokens_in"],
+                r["tokens_out"],
+                r["errors"],
+                r["avg_ms"],
+            ]
+            for r in rows
+        ],
+    )
+
+
+def _frame(st: dict[str, Any], rates: dict[str, float]) -> Any:
+    mem = st["memory"]
+    head = (
+        f"smackctl {st['version']}  pid {st['pid']}  profile {st['profile']}  up "
+        f"{output.human_duration(st['uptime'])}  RAM {output.human_bytes(mem['used_ram'])}"
+        f" / {output.human_bytes(mem['budget_ram'])} budget   (q quits)"
+    )
+    rows = []
+    for m in st["models"]:
+        if m["state"] == "stopped" and not m["requests_served"]:
+            continue
+        rate = rates.get(m["name"])
+        rows.append(
+            [
+                m["name"],
+                m["state"],
+                output.human_bytes(m["rss"] or m["estimated_ram"]),
+                output.human_bytes(m["measured_vram"]) if m["measured_vram"] else "-",
+                f"{rate:.1f}" if rate is not None else "-",
+                m["in_flight"],
+                m["queued"],
+                m["requests_served"],
+            ]
+        )
+    cols = ["MODEL", "STATE", "RAM", "VRAM", "TOKENS/S", "IN FLIGHT", "QUEUED", "REQUESTS"]
+    return output.frame(head, cols, rows)
+
+
+def top(
+    ctx: typer.Context,
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
+) -> None:
+    """A live view of the runners: state, memory against the budget, tokens/s, queues."""
+    with client(ctx, autostart=False) as c:
+        st = c.get("/api/status")
+        if once or not output.is_tty():
+            output.render(_frame(st, {}))
+            return
+        last = {m["name"]: (m["tokens_out"], time.monotonic()) for m in st["models"]}
+        with _raw_stdin() as key, output.live(_frame(st, {})) as update:
+            while key(interval) != "q":
+                st = c.get("/api/status")
+                now = time.monotonic()
+                rates = {}
+                for m in st["models"]:
+                    prev, then = last.get(m["name"], (m["tokens_out"], now))
+                    rates[m["name"]] = (m["tokens_out"] - prev) / max(now - then, 1e-6)
+                    last[m["name"]] = (m["tokens_out"], now)
+                update(_frame(st, rates))
+
+
+class _raw_stdin:  # noqa: N801 - used as a context manager factory
+    """Read single keys without echo, with a timeout (POSIX terminals)."""
+
+    def __enter__(self) -> Any:
+        import select
+        import termios
+        import tty
+
+        self.fd = sys.stdin.fileno()
+        self.old = termios.tcgetattr(self.fd)
+        tty.setcbreak(self.fd)
+
+        def key(timeout: float) -> str | None:
+            ready, _, _ = select.select([sys.stdin], [], [], timeout)
+            return sys.stdin.read(1) if ready else None
+
+        return key
+
+    def __exit__(self, *exc: object) -> None:
+        import termios
+
+        termios.tcsetattr(self.fd, termios.TCSADRAIN, self.old)
+
+
+def doctor(ctx: typer.Context, json_: JsonOpt = False) -> None:
+    """Check the environment: versions, GPU, memory, paths, supervisor, profiles, model files.
+    Each line is ok, warn or fail, with the fix. Exit 1 if anything failed."""
+    checks: list[tuple[str, str, str, str | None]] = []
+
+    def add(status: str, what: str, detail: str, fix: str | None = None) -> None:
+        checks.append((status, what, detail, fix))
+
+    v = sys.version_info
+    add(
+        "ok" if v >= (3, 11) else "fail",
+        "python",
+        f"{v.major}.{v.minor}.{v.micro}",
+        None if v >= (3, 11) else "install Python 3.11 or newer",
+    )
+    try:
+        import llama_cpp
+
+        gpu = bool(llama_cpp.llama_supports_gpu_offload())
+        add(
+            "ok",
+            "llama-cpp-python",
+            f"{llama_cpp.__version__} ({'built with GPU offload' if gpu else 'CPU build'})",
+        )
+    except Exception as exc:  # an import of a compiled library can fail many ways
+        add("fail", "llama-cpp-python", f"cannot import: {exc}", "run `make install`")
+    from smackctl.hardware import probe_machine
+
+    m = probe_machine()
+    add("ok", "cpu", f"{m.cores_physical} physical / {m.cores_logical} logical cores")
+    add(
+        "ok" if m.ram_available > 2 * 1024**3 else "warn",
+        "ram",
+        f"{output.human_bytes(m.ram_available)} available of {output.human_bytes(m.ram_total)}",
+        None if m.ram_available > 2 * 1024**3 else "unload models or close programs",
+    )
+    if m.gpus:
+        for g in m.gpus:
+            add(
+                "ok",
+                f"gpu {g.index}",
+                f"{g.name}: {output.human_bytes(g.free)} free of {output.human_bytes(g.total)}",
+            )
+    else:
+        add("ok", "gpu", "no NVIDIA GPU seen through NVML (CPU only)")
+    from smackctl.paths import get_paths
+
+    paths = get_paths()
+    for name, folder in (
+        ("config dir", paths.config_dir),
+        ("data dir", paths.data_dir),
+        ("state dir", paths.state_dir),
+    ):
+        if folder.exists() and not os.access(folder, os.W_OK):
+            add("fail", name, f"{folder} is not writable", f"fix the permissions of {folder}")
+        else:
+            add("ok", name, str(folder))
+    if paths.token_path.exists():
+        mode = paths.token_path.stat().st_mode & 0o777
+        add(
+            "ok" if mode == 0o600 else "fail",
+            "token",
+            f"{paths.token_path} mode {mode:o}",
+            None if mode == 0o600 else f"chmod 600 {paths.token_path}",
+        )
+    from smackctl.client import default_url
+
+    url = default_url(paths)
+    try:
+        with client(ctx, autostart=False) as c:
+            st = c.get("/api/status")
+        add("ok", "supervisor", f"running at {url} (pid {st['pid']}, profile {st['profile']})")
+    except SupervisorNotRunning:
+        add("warn", "supervisor", f"not running at {url}", "smackctl start")
+    except SmackError as exc:
+        add("fail", "supervisor", exc.message, "smackctl stop --force; smackctl start")
+    _check_profiles(add)
+    if json_:
+        output.print_json(
+            [{"status": s, "check": w, "detail": d, "fix": f} for s, w, d, f in checks]
+        )
+    else:
+        for s, w, d, f in checks:
+            print(f"{s:<5} {w:<17} {d}" + (f"\n      fix: {f}" if f else ""))
+    if any(s == "fail" for s, *_ in checks):
+        raise typer.Exit(1)
+
+
+def _check_profiles(add: Any) -> None:
+    from smackctl.catalog import parse_source
+    from smackctl.config import validate_profile_file
+    from smackctl.paths import get_paths, list_profile_files
+
+    models_dir = get_paths().models_dir
+    for name, path in list_profile_files().items():
+        profile, issues = validate_profile_file(path)
+        if profile is None:
+            add("fail", f"profile {name}", str(issues[0]), f"smackctl profile validate {path}")
+            continue
+        add("ok", f"profile {name}", f"{path} ({len(profile.models)} models)")
+        for model, spec in profile.models.items():
+            if spec.source is None:
+                continue
+            file = models_dir / parse_source(spec.source).filename
+            sidecar = file.with_name(file.name + ".sha256")
+            if not file.is_file():
+                continue  # pulled on first use; nothing wrong
+            got = sidecar.read_text().split()[0] if sidecar.is_file() else None
+            if spec.sha256 and got and got != spec.sha256:
+                add(
+                    "fail",
+                    f"model {model}",
+                    f"{file} sha256 {got[:12]}… is not the profile's {spec.sha256[:12]}…",
+                    f"smackctl models pull {model}",
+                )
+            else:
+                add("ok", f"model {model}", f"{file} ({output.human_bytes(file.stat().st_size)})")
+
+
+@config_app.command("path")
+def config_path(json_: JsonOpt = False) -> None:
+    """Where smackctl keeps its files (SMACKCTL_HOME moves them all)."""
+    from smackctl.paths import get_paths, profile_dirs
+
+    p = get_paths()
+    data = {
+        "config": str(p.config_dir),
+        "data": str(p.data_dir),
+        "state": str(p.state_dir),
+        "models": str(p.models_dir),
+        "logs": str(p.logs_dir),
+        "database": str(p.db_path),
+        "token": str(p.token_path),
+        "profile_dirs": [str(d) for d in profile_dirs()],
+    }
+    if json_:
+        output.print_json(data)
+        return
+    for k, v in data.items():
+        print(f"{k:<13} {', '.join(v) if isinstance(v, list) else v}")
+
+
+@config_app.command("show")
+def config_show(json_: JsonOpt = False) -> None:
+    """The settings in force and where each comes from."""
+    from smackctl.client import default_url
+    from smackctl.paths import DEFAULT_HOST, DEFAULT_PORT
+
+    env = {
+        k: v for k, v in os.environ.items() if k.startswith("SMACKCTL_") and k != "SMACKCTL_TOKEN"
+    }
+    data = {
+        "url": default_url(),
+        "host": os.environ.get("SMACKCTL_HOST", DEFAULT_HOST),
+        "port": int(os.environ.get("SMACKCTL_PORT", DEFAULT_PORT)),
+        "profile": os.environ.get("SMACKCTL_PROFILE"),
+        "environment": env,
+    }
+    if json_:
+        output.print_json(data)
+        return
+    for k, v in data.items():
+        print(f"{k:<12} {v}")
+
+
+def register(app: typer.Typer) -> None:
+    for fn in (top, usage, doctor):
+        app.command()(fn)
+    app.add_typer(config_app, name="config")
