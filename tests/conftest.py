@@ -226,3 +226,16 @@ def seed_model_store(home: Home, model: Path) -> None:
         os.link(model, dest)
     except OSError:
         shutil.copyfile(model, dest)
+
+
+@pytest.fixture
+def cli(home: Home) -> Iterator[Any]:
+    """typer's CliRunner; whatever supervisor the test started is stopped afterwards."""
+    from typer.testing import CliRunner
+
+    from smackctl.cli.app import app
+
+    runner = CliRunner()
+    yield runner
+    runner.invoke(app, ["stop", "--force"])
+    wait_for(lambda: not runner_pids(home.root), 15, "runners gone after stop")

@@ -6,26 +6,16 @@ import json
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from typer.testing import CliRunner
 
 from smackctl.cli.app import app
 
-from conftest import Home, runner_pids, wait_for
+from conftest import Home, wait_for
 
 GREEDY = ["-m", "tiny-a", "--temperature", "0", "--max-tokens", "6"]
-
-
-@pytest.fixture
-def cli(home: Home) -> Iterator[CliRunner]:
-    runner = CliRunner()
-    yield runner
-    runner.invoke(app, ["stop", "--force"])
-    wait_for(lambda: not runner_pids(home.root), 15, "runners gone after stop")
 
 
 def test_json_no_stream_and_stats(cli: CliRunner) -> None:

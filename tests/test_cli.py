@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from smackctl.cli.app import app
 
-from conftest import Home, runner_pids, wait_for
-
-
-@pytest.fixture
-def cli(home: Home) -> Iterator[CliRunner]:
-    runner = CliRunner()
-    yield runner
-    runner.invoke(app, ["stop", "--force"])
-    wait_for(lambda: not runner_pids(home.root), 15, "runners gone after stop")
+from conftest import Home
 
 
 def test_status_when_not_running_exits_3(cli: CliRunner, home: Home) -> None:

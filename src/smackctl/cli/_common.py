@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 if TYPE_CHECKING:
     from smackctl.client import Client
 
-__all__ = ["Globals", "client", "globals_of"]
+__all__ = ["Globals", "client", "follow_events", "globals_of"]
 
 
 @dataclass
@@ -41,3 +42,26 @@ def client(ctx: typer.Context, *, autostart: bool | None = None, timeout: float 
     if ensure_running(url, start, g.profile):
         output.info(f"started the supervisor at {url}")
     return Client(url, timeout=timeout)
+
+
+def follow_events(events: Iterable[dict[str, Any]], quiet: bool = False) -> dict[str, Any]:
+    """Show a supervisor task's NDJSON events as progress (bars on a terminal, plain lines
+    otherwise); return the last event, which says how it ended."""
+    from . import output
+
+    last: dict[str, Any] = {}
+    with output.progress_bars() as bars:
+        for ev in events:
+            last = ev
+            kind, model = ev.get("event"), ev.get("model", "")
+            if quiet:
+                continue
+            if kind == "switch":
+                bars.update("switch", ev["phase"])
+            elif kind == "progress":
+                bars.update(model, ev["phase"], ev.get("done") or 0, ev.get("total"))
+            elif kind == "state":
+                bars.update(model, ev["state"])
+            elif kind in ("ready", "pulled"):
+                bars.update(model, "ready" if kind == "ready" else "on disk", 1, 1)
+    return last

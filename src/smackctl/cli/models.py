@@ -11,7 +11,7 @@ import typer
 from smackctl.errors import ApiError, InsufficientMemory, ModelLoadError, UsageError
 
 from . import output
-from ._common import client
+from ._common import client, follow_events
 from .completion import complete_model
 
 __all__ = ["app"]
@@ -135,19 +135,7 @@ def show(ctx: typer.Context, name: ModelArg, json_: JsonOpt = False) -> None:
 
 
 def _follow_progress(events: Any, name: str) -> dict[str, Any]:
-    last: dict[str, Any] = {}
-    with output.progress_bars() as bars:
-        for ev in events:
-            last = ev
-            kind = ev.get("event")
-            if kind == "progress":
-                bars.update(
-                    ev.get("model", name), ev["phase"], ev.get("done") or 0, ev.get("total")
-                )
-            elif kind == "state":
-                bars.update(ev.get("model", name), ev["state"])
-            elif kind in ("ready", "pulled"):
-                bars.update(ev.get("model", name), "ready" if kind == "ready" else "on disk", 1, 1)
+    last = follow_events(events)
     if last.get("event") == "error":
         cls = {507: InsufficientMemory, 404: UsageError}.get(last.get("status", 0), ModelLoadError)
         raise cls(last["message"], last.get("hint"))

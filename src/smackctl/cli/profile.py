@@ -10,7 +10,7 @@ import typer
 from smackctl.errors import SmackError, UsageError
 
 from . import output
-from ._common import client
+from ._common import client, follow_events
 from .completion import complete_profile
 
 __all__ = ["app"]
@@ -227,7 +227,9 @@ def switch(
                 raise typer.Exit(1)
             return
         try:
-            last = _follow(c.ndjson("POST", "/api/profiles/switch", {"path": str(path)}), json_)
+            last = follow_events(
+                c.ndjson("POST", "/api/profiles/switch", {"path": str(path)}), quiet=json_
+            )
         except KeyboardInterrupt:
             output.info(
                 "stopped following; the switch goes on in the supervisor: "
@@ -240,19 +242,3 @@ def switch(
         output.print_json(last)
     else:
         print(f"profile {last['profile']} active")
-
-
-def _follow(events: Any, json_: bool) -> dict[str, Any]:
-    last: dict[str, Any] = {}
-    with output.progress_bars() as bars:
-        for ev in events:
-            last = ev
-            if json_:
-                continue
-            if ev["event"] == "switch":
-                bars.update("switch", ev["phase"])
-            elif ev["event"] == "progress":
-                bars.update(ev["model"], ev["phase"], ev.get("done") or 0, ev.get("total"))
-            elif ev["event"] == "ready":
-                bars.update(ev["model"], "ready", 1, 1)
-    return last
