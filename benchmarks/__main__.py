@@ -11,10 +11,13 @@ import llama_cpp
 
 from smackctl.hardware import probe_machine
 
-from . import estimate_accuracy
+from . import estimate_accuracy, switch_time
 
 ROOT = Path(__file__).resolve().parents[1]
-SUITES = {"estimate": ("Memory estimate accuracy (issue 3)", estimate_accuracy.run)}
+SUITES = {
+    "estimate": ("Memory estimate accuracy (issue 3)", estimate_accuracy.run),
+    "switch": ("Profile switch time (issue 4)", switch_time.run),
+}
 
 
 def main(argv: list[str]) -> int:
@@ -31,15 +34,27 @@ def main(argv: list[str]) -> int:
         f"llama-cpp-python {llama_cpp.__version__}. Regenerate with `make bench`.",
         "",
     ]
+    path = ROOT / "BENCHMARKS.md"
+    sections: dict[str, list[str]] = {}  # sections of suites not run this time are kept
+    if path.exists():
+        current = None
+        for line in path.read_text().splitlines():
+            if line.startswith("## "):
+                current = line[3:]
+                sections[current] = []
+            elif current is not None:
+                sections[current].append(line)
     all_ok = True
     for name in names:
         title, fn = SUITES[name]
         print(f"== {title}", flush=True)
         rows, ok = fn(cache)
         all_ok &= ok
-        out += [f"## {title}", "", *rows, ""]
-    (ROOT / "BENCHMARKS.md").write_text("\n".join(out))
-    print(f"wrote {ROOT / 'BENCHMARKS.md'}")
+        sections[title] = ["", *rows, ""]
+    for title, body in sections.items():
+        out += [f"## {title}", *body]
+    path.write_text("\n".join(out).rstrip() + "\n")
+    print(f"wrote {path}")
     return 0 if all_ok else 1
 
 

@@ -36,6 +36,8 @@ def planner_needs(home: Home, model_dir: Path) -> dict[str, int]:
                 plan = c.post(f"/api/models/{name}/load", json={"estimate_only": True}).json()
                 assert plan["measured"] is True
                 needs[name] = plan["ram"]
+            # unloaded before stopping, or the next supervisor would load them again at start
+            assert c.post("/api/models/--all/unload").status_code == 200
     finally:
         shutdown(sup)
     return needs
