@@ -111,7 +111,7 @@ def test_repl_in_a_real_terminal_ctrl_c_cancels_the_reply(home: Home, tmp_path: 
         wait_for(idle, 5, "the cancelled request to leave the runner")
         wait_for(lambda: screen().rstrip().endswith(">>>"), 20, "the prompt to come back")
         tmux("send-keys", "-t", session, "/exit", "Enter")
-        wait_for(lambda: session not in tmux("ls") if _has(session) else True, 20, "exit")
+        wait_for(lambda: not _has(session), 20, "the REPL to exit on /exit")
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
         subprocess.run([sys.executable, "-m", "smackctl", "stop", "--force"], env=home.env,
