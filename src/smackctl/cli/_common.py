@@ -12,7 +12,7 @@ import typer
 if TYPE_CHECKING:
     from smackctl.client import Client
 
-__all__ = ["Globals", "client", "follow_events", "globals_of"]
+__all__ = ["Globals", "client", "follow_events", "globals_of", "since_time"]
 
 
 @dataclass
@@ -65,3 +65,16 @@ def follow_events(events: Iterable[dict[str, Any]], quiet: bool = False) -> dict
             elif kind in ("ready", "pulled"):
                 bars.update(model, "ready" if kind == "ready" else "on disk", 1, 1)
     return last
+
+
+def since_time(text: str) -> float:
+    """The unix time ``--since TEXT`` (30m, 2h, 7d) ago; the same syntax as a profile's ttl."""
+    import time
+
+    from smackctl.config import parse_duration
+    from smackctl.errors import UsageError
+
+    try:
+        return time.time() - parse_duration(text)
+    except ValueError:
+        raise UsageError(f"--since {text!r} is not a duration", "write e.g. 30m, 2h, 7d") from None

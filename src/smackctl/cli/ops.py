@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from typing import Annotated, Any
 
 import typer
 
-from smackctl.errors import SmackError, SupervisorNotRunning, UsageError
+from smackctl.errors import SmackError, SupervisorNotRunning
 
 from . import output
-from ._common import client
+from ._common import client, since_time
 
 __all__ = ["config_app", "register"]
 
@@ -23,13 +22,6 @@ config_app = typer.Typer(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
 
 
-def _since(text: str) -> float:
-    m = re.fullmatch(r"(\d+)([smhd])", text.strip())
-    if not m:
-        raise UsageError(f"--since {text!r} is not a duration", "write e.g. 30m, 12h, 7d")
-    return time.time() - int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-
-
 def usage(
     ctx: typer.Context,
     since: Annotated[str, typer.Option(help="How far back: 30m, 12h, 7d.")] = "7d",
@@ -37,7 +29,7 @@ def usage(
 ) -> None:
     """Requests, tokens and errors per model per day, from the supervisor's SQLite log."""
     with client(ctx) as c:
-        rows = c.get("/api/usage", params={"since": str(_since(since))})
+        rows = c.get("/api/usage", params={"since": str(since_time(since))})
     if json_:
         output.print_json(rows)
         return

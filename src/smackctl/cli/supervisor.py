@@ -10,11 +10,11 @@ from typing import Annotated
 
 import typer
 
-from smackctl.errors import SupervisorNotRunning, UsageError
+from smackctl.errors import SupervisorNotRunning
 from smackctl.paths import DEFAULT_HOST, DEFAULT_PORT
 
 from . import output
-from ._common import client, globals_of
+from ._common import client, globals_of, since_time
 
 __all__ = ["register"]
 
@@ -196,20 +196,12 @@ def logs(
     if not path.is_file():
         output.info(f"no log yet at {path}")
         return
-    _print_tail(path, lines, _cutoff(since) if since else None)
+    cutoff = None
+    if since:  # the timestamp prefix the log lines start with
+        cutoff = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since_time(since)))
+    _print_tail(path, lines, cutoff)
     if follow:
         _follow(path)
-
-
-def _cutoff(since: str) -> str:
-    """The timestamp prefix (as the logs write it) of `since` ago."""
-    import re
-
-    m = re.fullmatch(r"(\d+)([smhd])", since.strip())
-    if not m:
-        raise UsageError(f"--since {since!r} is not a duration", "write e.g. 30m, 2h, 1d")
-    secs = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - secs))
 
 
 def _print_tail(path: Path, lines: int, cutoff: str | None = None) -> None:

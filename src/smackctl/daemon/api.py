@@ -293,11 +293,7 @@ def create_app(
     async def status(request: Request) -> Response:
         b = scheduler.budget()
         models = [scheduler.model_view(m) for m in scheduler.models.values()]
-        used = sum(
-            v["measured_ram"] or v["estimated_ram"] or 0
-            for v in models
-            if v["state"] in ("ready", "starting", "backoff")
-        )
+        used = sum(m.memory()[0] for m in scheduler.models.values() if m.loaded)
         return JSONResponse(
             {
                 "pid": os.getpid(),

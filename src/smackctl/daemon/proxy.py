@@ -7,6 +7,7 @@ its restart; a stream cut mid-way ends with an SSE error event, never a fake ``[
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -208,8 +209,6 @@ def new_request_id() -> str:
 
 async def _died(runner: Any) -> bool:
     """Did the runner's process exit (give the kernel a moment to tell us)?"""
-    import asyncio
-
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(runner.exited.wait(), 2.0)
     return bool(runner.exited.is_set())

@@ -24,14 +24,13 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from smackctl.errors import ModelLoadError, SmackError
 
-__all__ = ["QueueFull", "Runner", "RunnerState", "Slots", "free_port"]
+__all__ = ["QueueFull", "Runner", "RunnerState", "Slots", "free_port", "signal_group"]
 
 
 class RunnerState(enum.StrEnum):
@@ -126,14 +125,6 @@ class Slots:
                 fut.set_result(None)  # the slot passes straight to the next waiter
                 return
         self.busy -= 1
-
-
-@dataclass
-class RunnerInfo:
-    pid: int | None
-    port: int | None
-    started_at: float | None
-    ready_at: float | None
 
 
 class Runner:
@@ -288,13 +279,13 @@ class Runner:
             self._set(RunnerState.STOPPING)
         if self.proc is not None:
             if not self.exited.is_set():
-                _signal_group(self.proc.pid, signal.SIGTERM)
+                signal_group(self.proc.pid, signal.SIGTERM)
                 try:
                     await asyncio.wait_for(self.exited.wait(), grace)
                 except TimeoutError:
-                    _signal_group(self.proc.pid, signal.SIGKILL)
+                    signal_group(self.proc.pid, signal.SIGKILL)
                     await self.exited.wait()
-            _signal_group(self.proc.pid, signal.SIGKILL)  # children that outlived the leader
+            signal_group(self.proc.pid, signal.SIGKILL)  # children that outlived the leader
         self._set(RunnerState.STOPPED)
 
     def log_tail(self, lines: int = 6) -> str:
@@ -314,7 +305,8 @@ class Runner:
         return "\n".join(f"  | {ln.strip()}" for ln in picked) or "  (empty log)"
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
+def signal_group(pgid: int, sig: signal.Signals) -> None:
+    """Signal a whole process group; one that is already gone is fine."""
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
@@ -21,7 +22,7 @@ from typing import Any
 import psutil
 
 from smackctl import catalog
-from smackctl.config import ModelSpec, Profile, validate_model_name
+from smackctl.config import MemoryBudget, ModelSpec, Profile, validate_model_name
 from smackctl.errors import InsufficientMemory, ModelLoadError, ModelNotFound, SmackError
 from smackctl.estimate import Estimate, estimate_memory
 from smackctl.gguf import GGUFInfo, check_magic, read_info
@@ -30,7 +31,7 @@ from smackctl.paths import Paths
 
 from .backends import llama_cpp_server_argv
 from .planner import Budget, Loaded, Plan, plan_evictions
-from .runner import Runner, RunnerState
+from .runner import Runner, RunnerState, signal_group
 from .store import Store
 from .switch import SwitchPhase, SwitchPlan, plan_switch
 
@@ -339,8 +340,9 @@ class Scheduler:
             return replace(est, ram=saved[0], vram=saved[1] or 0, measured=True)
         return est
 
-    def budget(self) -> Budget:
-        mem = self.profile.memory
+    def budget(self, mem: MemoryBudget | None = None) -> Budget:
+        """The RAM/VRAM budget of the active profile (or of ``mem``) given what is loaded."""
+        mem = mem or self.profile.memory
         avail_ram, avail_vram = self._budget_probe()
         held_ram = sum(m.memory()[0] for m in self.models.values() if m.loaded)
         held_vram = sum(m.memory()[1] for m in self.models.values() if m.loaded)
@@ -529,17 +531,8 @@ class Scheduler:
             except SmackError:
                 return None
 
-        b = self.budget_for(target)
+        b = self.budget(target.memory)
         return plan_switch(self.profile, loaded, target, need, b.ram)
-
-    def budget_for(self, profile: Profile) -> Budget:
-        """The budget a profile would have, given what is loaded now."""
-        current = self.profile
-        self.profile = profile
-        try:
-            return self.budget()
-        finally:
-            self.profile = current
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -568,11 +561,6 @@ class Scheduler:
                 self.spawn(self._measure(m, runner), f"measure-{m.name}")
             if m.in_flight == 0:
                 self._idle.set()
-
-    async def retry_after_death(self, m: Managed, runner: Runner) -> None:
-        """Called when a runner failed a request before any byte was sent back."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(runner.exited.wait(), 2.0)
 
     # -- unloading -----------------------------------------------------------------------------
 
@@ -674,11 +662,7 @@ class Scheduler:
             with contextlib.suppress(psutil.Error):
                 p = psutil.Process(pid)
                 if abs(p.create_time() - create_time) < 1.0 and " ".join(p.cmdline()) == cmdline:
-                    import os
-                    import signal
-
-                    with contextlib.suppress(OSError):
-                        os.killpg(pid, signal.SIGKILL)
+                    signal_group(pid, signal.SIGKILL)
                     killed.append(pid)
             self.store.forget_runner(pid)
         return killed
@@ -687,6 +671,7 @@ class Scheduler:
 
     def model_view(self, m: Managed) -> dict[str, Any]:
         r = m.runner
+        path = self.model_file(m)
         est_ram, est_vram = (m.estimate.ram, m.estimate.vram) if m.estimate else (None, None)
         rss = tree_rss(r.pid) if r is not None and r.pid and r.state == RunnerState.READY else None
         ttl_left = None
@@ -700,8 +685,8 @@ class Scheduler:
             "phase": m.phase,
             "pid": r.pid if r is not None and not r.exited.is_set() else None,
             "port": r.port if r is not None else None,
-            "file": str(self.model_file(m)),
-            "on_disk": self.model_file(m).is_file(),
+            "file": str(path),
+            "on_disk": path.is_file(),
             "n_ctx": m.spec.n_ctx,
             "n_gpu_layers": m.spec.n_gpu_layers,
             "pinned": m.spec.pinned,
