@@ -54,6 +54,7 @@ class GGUFInfo:
     value_length: int | None
     vocab_size: int | None
     has_chat_template: bool
+    end_token_ids: tuple[int, ...] = ()  # eos, eot, eom: where generation stops
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -191,4 +192,13 @@ def read_info(path: Path) -> GGUFInfo:
         value_length=a("attention.value_length") or key_len,
         vocab_size=tokens.length if isinstance(tokens, ArrayInfo) else None,
         has_chat_template="tokenizer.chat_template" in meta,
+        end_token_ids=tuple(
+            sorted(
+                {
+                    v
+                    for k in ("eos", "eot", "eom")
+                    if isinstance(v := meta.get(f"tokenizer.ggml.{k}_token_id"), int)
+                }
+            )
+        ),
     )

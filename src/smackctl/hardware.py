@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -19,6 +20,8 @@ __all__ = [
     "probe_gpus",
     "probe_machine",
     "process_tree_vram",
+    "parse_vm_hwm",
+    "tree_peak_rss",
     "tree_rss",
 ]
 
@@ -136,6 +139,31 @@ def tree_rss(pid: int) -> int | None:
         except psutil.Error:
             continue
     return total
+
+
+def parse_vm_hwm(status: str) -> int | None:
+    """Peak resident memory ("VmHWM") from the text of /proc/PID/status, in bytes."""
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            value, unit = line.split()[1:3]
+            return int(value) * {"kB": 1024, "mB": 1024**2}.get(unit, 1)
+    return None
+
+
+def tree_peak_rss(pid: int) -> int | None:
+    """Peak resident memory of a process and its children over their lives (the kernel's
+    high-water mark on Linux; the current RSS elsewhere), or None if it is gone."""
+    pids = _tree_pids(pid)
+    total = 0
+    for p in pids:
+        try:
+            peak = parse_vm_hwm(Path(f"/proc/{p}/status").read_text())
+        except OSError:
+            peak = None
+        if peak is None:
+            return tree_rss(pid) if pids else None
+        total += peak
+    return total or None
 
 
 def probe_machine() -> MachineInfo:
