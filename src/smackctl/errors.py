@@ -107,6 +107,8 @@ class ApiError(SupervisorError):
         self.status = status
         self.error_type = error_type
         self.code = code
+        if status in (400, 422):  # the supervisor refused what the user asked for: usage
+            self.exit_code = 2
 
 
 class ModelError(SmackError):

@@ -1,4 +1,4 @@
-"""`smackctl models list|ps|show|load|unload|pull|add|rm`."""
+"""`smackctl models list|ps|show|load|unload|bench|pull|add|rm`."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ from smackctl.errors import ApiError, InsufficientMemory, ModelLoadError, UsageE
 
 from . import output
 from ._common import client, follow_events
+from .bench import bench
 from .completion import complete_model
 
 __all__ = ["app"]
 
 app = typer.Typer(
-    help="Known models: list, inspect, load, unload, pull, add.", no_args_is_help=True
+    help="Known models: list, inspect, load, unload, bench, pull, add.", no_args_is_help=True
 )
+app.command()(bench)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
 ModelArg = Annotated[

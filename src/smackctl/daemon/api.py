@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from smackctl import __version__
 from smackctl.errors import SmackError, UsageError
 
+from .bench import Bench, BenchParams
 from .proxy import Proxy, error_body, new_request_id
 from .scheduler import Scheduler
 from .schemas import REQUEST_SCHEMAS
@@ -244,6 +245,7 @@ def create_app(
 
     metrics = Metrics(scheduler)
     proxy = Proxy(scheduler, metrics)
+    bench = Bench(scheduler)
     started = time.time()
 
     async def health(request: Request) -> Response:
@@ -339,6 +341,28 @@ def create_app(
             lambda path: {"event": "pulled", "model": m.name, "path": str(path)},
             model=m.name,
         )
+
+    async def model_bench(request: Request) -> Response:
+        params = BenchParams.from_body(await _json_body(request))
+        m = bench.check(request.path_params["name"], params)
+        return _stream_task(
+            scheduler,
+            lambda: asyncio.ensure_future(bench.run(m.name, params)),
+            lambda ev: ev.get("model") == m.name and ev["event"] in ("bench", "progress"),
+            lambda result: {"event": "done", "model": m.name, "result": result},
+            model=m.name,
+        )
+
+    async def bench_history(request: Request) -> Response:
+        q = request.query_params
+        name = q.get("model")
+        try:
+            limit = int(q.get("limit", "50"))
+        except ValueError:
+            raise UsageError(f"limit must be a whole number, not {q['limit']!r}") from None
+        if name is not None:
+            name = scheduler.resolve(name).name if name in scheduler.known_names() else name
+        return JSONResponse(scheduler.store.bench_history(name, limit))
 
     async def model_show(request: Request) -> Response:
         m = scheduler.resolve(request.path_params["name"])
@@ -511,6 +535,8 @@ def create_app(
         Route("/api/models/{name}", _errors(model_remove), methods=["DELETE"]),
         Route("/api/models/{name}/load", _errors(model_load), methods=["POST"]),
         Route("/api/models/{name}/pull", _errors(model_pull), methods=["POST"]),
+        Route("/api/models/{name}/bench", _errors(model_bench), methods=["POST"]),
+        Route("/api/bench", _errors(bench_history), methods=["GET"]),
         Route("/api/models/{name}/unload", _errors(model_unload), methods=["POST"]),
         Route("/api/profiles", _errors(profiles), methods=["GET"]),
         Route("/api/profiles/switch", _errors(profile_switch), methods=["POST"]),

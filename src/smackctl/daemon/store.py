@@ -27,6 +27,10 @@ CREATE TABLE IF NOT EXISTS requests (
     at REAL NOT NULL, model TEXT NOT NULL, route TEXT NOT NULL, status INTEGER NOT NULL,
     tokens_in INTEGER, tokens_out INTEGER, latency_ms REAL, request_id TEXT);
 CREATE INDEX IF NOT EXISTS requests_at ON requests(at);
+CREATE TABLE IF NOT EXISTS bench (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, model TEXT NOT NULL,
+    result TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS bench_model ON bench(model, at);
 """
 
 
@@ -137,3 +141,22 @@ class Store:
         )
         keys = ("day", "model", "requests", "tokens_in", "tokens_out", "errors", "avg_ms")
         return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    # -- `smackctl models bench` results -------------------------------------------------------
+
+    def save_bench(self, model: str, result: dict[str, Any]) -> int:
+        cur = self.db.execute(
+            "INSERT INTO bench (at, model, result) VALUES (?, ?, ?)",
+            (result["at"], model, json.dumps(result)),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def bench_history(self, model: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Stored bench results, newest first; each carries its row id."""
+        rows = self.db.execute(
+            "SELECT id, result FROM bench WHERE ?1 IS NULL OR model = ?1 "
+            "ORDER BY at DESC, id DESC LIMIT ?2",
+            (model, limit),
+        )
+        return [{**json.loads(result), "id": id_} for id_, result in rows]
