@@ -38,6 +38,7 @@ class _Root(typer.core.TyperGroup):
 
 
 app = typer.Typer(
+    rich_markup_mode=None,  # click's plain help: typer's rich help imports 200 ms of rich
     cls=_Root,
     name="smackctl",
     help="Run local GGUF language models with llama.cpp and keep them under control.",
