@@ -4,7 +4,8 @@ SmolLM2 and Gemma 3 270M, both loaded; 32 clients (16 per model) each send strea
 16-token completions one after another for 30 s; then the requests in flight finish.
 A request is *served* when its stream ends with ``[DONE]`` after a ``finish_reason``;
 *5xx* when the supervisor answered one; *lost* when it got neither (connection dropped,
-stream cut, no ``[DONE]``). Latency: request to ``[DONE]``. Goal: nothing lost, no 5xx.
+stream cut, no ``[DONE]``). Latency: request to ``[DONE]``. Goal: nothing lost, no 5xx,
+p99 ≤ the 30 s window.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ def run(cache: Path) -> tuple[list[str], bool]:
         sup.wait_ready("smollm2", "gemma")
         counts, lat, elapsed = asyncio.run(_load(sup))
     served, lost, fivexx, other = counts["served"], counts["lost"], counts["5xx"], counts["other"]
-    ok = lost == 0 and fivexx == 0 and other == 0 and served > 0
+    # every request must also finish within the window's length: a queue that drains
+    ok = lost == fivexx == other == 0 and served > 0 and percentile(lat, 99) <= SECONDS
     rows = [
-        "| clients | time | served | lost | 5xx | other errors | p50 | p99 | goal: 0 lost, 0 5xx |",
+        "| clients | time | served | lost | 5xx | other errors | p50 | p99 "
+        "| goal: 0 lost, 0 5xx, p99 ≤ 30 s |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         f"| {CLIENTS} | {elapsed:.0f} s | {served} ({served / elapsed:.1f}/s) "
         f"| {lost} | {fivexx} | {other} | {percentile(lat, 50):.2f} s "
