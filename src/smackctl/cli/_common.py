@@ -12,7 +12,14 @@ import typer
 if TYPE_CHECKING:
     from smackctl.client import Client
 
-__all__ = ["Globals", "client", "follow_events", "globals_of", "since_time"]
+__all__ = [
+    "Globals",
+    "client",
+    "follow_events",
+    "globals_of",
+    "raise_for_event",
+    "since_time",
+]
 
 
 @dataclass
@@ -65,6 +72,22 @@ def follow_events(events: Iterable[dict[str, Any]], quiet: bool = False) -> dict
             elif kind in ("ready", "pulled"):
                 bars.update(model, "ready" if kind == "ready" else "on disk", 1, 1)
     return last
+
+
+def raise_for_event(
+    last: dict[str, Any], message: str | None = None, hint: str | None = None
+) -> None:
+    """Raise the error a supervisor task's ``error`` event stands for, by its HTTP status:
+    400/404 a usage error (exit 2), 507 not enough memory, anything else a load error.
+    ``message`` replaces the event's; ``hint`` is used when the event has none."""
+    if last.get("event") != "error":
+        return
+    from smackctl.errors import InsufficientMemory, ModelLoadError, UsageError
+
+    cls = {400: UsageError, 404: UsageError, 507: InsufficientMemory}.get(
+        last.get("status", 0), ModelLoadError
+    )
+    raise cls(message or last["message"], last.get("hint") or hint)
 
 
 def since_time(text: str) -> float:

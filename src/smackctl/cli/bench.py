@@ -7,15 +7,15 @@ from typing import Annotated, Any
 
 import typer
 
-from smackctl.errors import InsufficientMemory, ModelLoadError, UsageError
+from smackctl.errors import ModelLoadError, UsageError
 
 from . import output
-from ._common import client
+from ._common import client, raise_for_event
 from .completion import complete_model
 
 __all__ = ["bench"]
 
-#: (key, column title, formatter) for each figure a bench measures.
+#: (key, column title) of each figure a bench measures, in table order.
 _FIGURES: tuple[tuple[str, str], ...] = (
     ("load_s", "LOAD"),
     ("ttft_s", "FIRST TOKEN"),
@@ -142,14 +142,10 @@ def _run_one(c: Any, name: str, body: dict[str, Any]) -> dict[str, Any]:
         elif kind == "progress" and ev.get("phase") != phase:
             phase = ev.get("phase")
             output.info(f"{ev['model']}: {phase}")
+    logs = f"see `smackctl logs {name}`"
+    raise_for_event(last, f"bench of {name} failed: {last.get('message')}", logs)
     if last.get("event") != "done":
-        cls = {400: UsageError, 404: UsageError, 507: InsufficientMemory}.get(
-            last.get("status", 0), ModelLoadError
-        )
-        raise cls(
-            f"bench of {name} failed: {last.get('message', 'the supervisor stopped answering')}",
-            last.get("hint") or f"see `smackctl logs {name}`",
-        )
+        raise ModelLoadError(f"bench of {name} failed: the supervisor stopped answering", logs)
     return dict(last["result"])
 
 

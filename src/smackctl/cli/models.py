@@ -8,10 +8,10 @@ from typing import Annotated, Any
 
 import typer
 
-from smackctl.errors import ApiError, InsufficientMemory, ModelLoadError, UsageError
+from smackctl.errors import ApiError, UsageError
 
 from . import output
-from ._common import client, follow_events
+from ._common import client, follow_events, raise_for_event
 from .bench import bench
 from .completion import complete_model
 
@@ -140,9 +140,7 @@ def show(ctx: typer.Context, name: ModelArg, json_: JsonOpt = False) -> None:
 
 def _follow_progress(events: Any, name: str) -> dict[str, Any]:
     last = follow_events(events)
-    if last.get("event") == "error":
-        cls = {507: InsufficientMemory, 404: UsageError}.get(last.get("status", 0), ModelLoadError)
-        raise cls(last["message"], last.get("hint"))
+    raise_for_event(last)
     return last
 
 

@@ -19,6 +19,7 @@ import importlib.metadata
 import json
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -246,7 +247,7 @@ async def _measure(
     }
 
 
-async def _prompt(count: Any, want: int, run: int) -> tuple[str, int]:
+async def _prompt(count: Callable[[str], Awaitable[int]], want: int, run: int) -> tuple[str, int]:
     """A prompt of about ``want`` tokens (never more), different from other runs' from its
     second token on."""
     words = _WORDS[run % len(_WORDS) :] + _WORDS[: run % len(_WORDS)]
