@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import psutil
+import yaml
 
 from smackctl import catalog
 from smackctl.config import ModelSpec
@@ -56,6 +57,16 @@ def tiny_model(cache: Path) -> Path:
     if not path.exists():
         write_tiny_gguf(path, seed=0, name="bench-tiny")
     return path
+
+
+def profile_text(models: dict[str, dict[str, Any]], **top: Any) -> str:
+    """A profile's YAML: ``models`` by name (see :func:`model`), plus top-level keys."""
+    return yaml.safe_dump({"models": models, **top}, sort_keys=False)
+
+
+def model(path: Path, n_ctx: int, **settings: Any) -> dict[str, Any]:
+    """One model's entry in :func:`profile_text` (``preload=True``, ``pinned=True``…)."""
+    return {"path": str(path), "n_ctx": n_ctx, **settings}
 
 
 def median(values: list[float]) -> float:
@@ -136,16 +147,8 @@ def supervisor(profile: str, *extra: str) -> Iterator[Sup]:
                 start_new_session=True,
             )
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the supervisor did not start:\n{out.read_text()[-3000:]}")
-            time.sleep(0.02)
+        if not _answers(url + "/health", {}, proc, timeout=60, every=0.02):
+            raise RuntimeError(f"the supervisor did not start:\n{out.read_text()[-3000:]}")
         sup = Sup(proc, url, (home / "state" / "token").read_text().strip(), home, profiles)
         try:
             yield sup
@@ -164,19 +167,32 @@ def spawn_raw(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(argv, stdout=out, stderr=out, start_new_session=True)
 
 
-def wait_answering(url: str, headers: dict[str, str], proc: subprocess.Popen[bytes]) -> None:
-    """Poll ``GET /v1/models`` every 10 ms (as tight as a script by hand would) until 200."""
-    deadline = time.monotonic() + 120
+def _answers(
+    url: str,
+    headers: dict[str, str],
+    proc: subprocess.Popen[bytes],
+    timeout: float,
+    every: float,
+) -> bool:
+    """Poll ``GET url`` every ``every`` s until it answers 200 (True), or until the process
+    exits or ``timeout`` passes (False)."""
+    deadline = time.monotonic() + timeout
     with httpx.Client(timeout=2) as c:
         while True:
             try:
-                if c.get(url + "/v1/models", headers=headers).status_code == 200:
-                    return
+                if c.get(url, headers=headers).status_code == 200:
+                    return True
             except httpx.TransportError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"llama_cpp.server did not start: {url}")
-            time.sleep(0.01)
+                return False
+            time.sleep(every)
+
+
+def wait_answering(url: str, headers: dict[str, str], proc: subprocess.Popen[bytes]) -> None:
+    """Poll ``GET /v1/models`` every 10 ms (as tight as a script by hand would) until 200."""
+    if not _answers(url + "/v1/models", headers, proc, timeout=120, every=0.01):
+        raise RuntimeError(f"llama_cpp.server did not start: {url}")
 
 
 def stop_raw(proc: subprocess.Popen[bytes]) -> None:

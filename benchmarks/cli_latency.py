@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._harness import median, model_file, supervisor, verdict
+from ._harness import median, model, model_file, profile_text, supervisor, verdict
 
 RUNS = 15
 GOALS = {"--help": 150.0, "status": 250.0, "completion": 150.0}
@@ -23,8 +23,7 @@ GOALS = {"--help": 150.0, "status": 250.0, "completion": 150.0}
 def run(cache: Path) -> tuple[list[str], bool]:
     smol = model_file(cache, "smollm2")
     exe = str(Path(sys.executable).parent / "smackctl")
-    profile = f"models:\n  smollm2:\n    path: {smol}\n    n_ctx: 2048\n    preload: true\n"
-    with supervisor(profile) as sup:
+    with supervisor(profile_text({"smollm2": model(smol, 2048, preload=True)})) as sup:
         sup.wait_ready("smollm2")
         # a user's Python writes bytecode caches; this sandbox sets PYTHONDONTWRITEBYTECODE,
         # which would make every run compile smackctl's modules again

@@ -26,7 +26,9 @@ from smackctl.hardware import physical_cores
 from ._harness import (
     first_token,
     median,
+    model,
     model_file,
+    profile_text,
     raw_server,
     spawn_raw,
     stop_raw,
@@ -72,7 +74,7 @@ def run(cache: Path) -> tuple[list[str], bool]:
 def _cold(smol: Path) -> tuple[list[float], list[float]]:
     sup_times: list[float] = []
     raw_times: list[float] = []
-    profile = f"models:\n  smollm2:\n    path: {smol}\n    n_ctx: 2048\n"
+    profile = profile_text({"smollm2": model(smol, 2048)})
     with supervisor(profile) as sup, tempfile.TemporaryDirectory() as tmp:
         for i in range(COLD_RUNS):
             t = time.perf_counter()
@@ -92,9 +94,9 @@ def _cold(smol: Path) -> tuple[list[float], list[float]]:
 
 def _swap(smol: Path, gemma: Path) -> tuple[list[float], list[float]]:
     order = ["gemma", "smollm2"] * (SWAPS // 2)
-    profile = (
-        f"models:\n  smollm2:\n    path: {smol}\n    n_ctx: 2048\n    preload: true\n"
-        f"  gemma:\n    path: {gemma}\n    n_ctx: 2048\nmemory:\n  max_loaded: 1\n"
+    profile = profile_text(
+        {"smollm2": model(smol, 2048, preload=True), "gemma": model(gemma, 2048)},
+        memory={"max_loaded": 1},
     )
     sup_times: list[float] = []
     with supervisor(profile) as sup:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from ._harness import Sup, model_file, percentile, supervisor, verdict
+from ._harness import Sup, model, model_file, percentile, profile_text, supervisor, verdict
 
 CLIENTS = 32
 SECONDS = 30.0
@@ -25,9 +25,8 @@ SECONDS = 30.0
 
 def run(cache: Path) -> tuple[list[str], bool]:
     smol, gemma = model_file(cache, "smollm2"), model_file(cache, "gemma3-270m")
-    profile = (
-        f"models:\n  smollm2:\n    path: {smol}\n    n_ctx: 2048\n    preload: true\n"
-        f"  gemma:\n    path: {gemma}\n    n_ctx: 2048\n    preload: true\n"
+    profile = profile_text(
+        {"smollm2": model(smol, 2048, preload=True), "gemma": model(gemma, 2048, preload=True)}
     )
     with supervisor(profile) as sup:
         sup.wait_ready("smollm2", "gemma")

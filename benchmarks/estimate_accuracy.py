@@ -23,7 +23,7 @@ from smackctl.estimate import estimate_memory
 from smackctl.gguf import read_info
 from smackctl.hardware import tree_rss
 
-from ._harness import MODELS
+from ._harness import MODELS, verdict
 
 GOAL = 0.15
 CONTEXTS = (512, 2048, 8192)
@@ -66,7 +66,7 @@ def run(cache: Path) -> tuple[list[str], bool]:
                 ok &= abs(err) <= GOAL
                 rows.append(
                     f"| {name} | {n_ctx} | {est / 2**20:.0f} MiB | {got / 2**20:.0f} MiB "
-                    f"| {err:+.1%} | {'pass' if abs(err) <= GOAL else 'FAIL'} |"
+                    f"| {err:+.1%} | {verdict(abs(err) <= GOAL)} |"
                 )
                 print(rows[-1], flush=True)
     rows += [

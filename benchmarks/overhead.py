@@ -22,8 +22,10 @@ import httpx
 from ._harness import (
     Sup,
     median,
+    model,
     model_file,
     percentile,
+    profile_text,
     stream_tokens,
     supervisor,
     tiny_model,
@@ -36,10 +38,11 @@ LATENCY_RUNS = 400
 
 def run(cache: Path) -> tuple[list[str], bool]:
     smol, tiny = model_file(cache, "smollm2"), tiny_model(cache)
-    profile = (
-        f"models:\n  smollm2:\n    path: {smol}\n    n_ctx: 2048\n    preload: true\n"
-        f"    pinned: true\n  tiny:\n    path: {tiny}\n    n_ctx: 512\n    preload: true\n"
-        "    pinned: true\n"
+    profile = profile_text(
+        {
+            "smollm2": model(smol, 2048, preload=True, pinned=True),
+            "tiny": model(tiny, 512, preload=True, pinned=True),
+        }
     )
     with supervisor(profile) as sup:
         sup.wait_ready("smollm2", "tiny")

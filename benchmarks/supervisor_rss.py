@@ -12,17 +12,14 @@ import psutil
 
 from smackctl.hardware import parse_vm_hwm
 
-from ._harness import model_file, stream_tokens, supervisor, verdict
+from ._harness import model, model_file, profile_text, stream_tokens, supervisor, verdict
 
 GOAL = 80e6
 
 
 def run(cache: Path) -> tuple[list[str], bool]:
     smol, gemma = model_file(cache, "smollm2"), model_file(cache, "gemma3-270m")
-    profile = (
-        f"models:\n  smollm2:\n    path: {smol}\n    n_ctx: 2048\n"
-        f"  gemma:\n    path: {gemma}\n    n_ctx: 2048\n"
-    )
+    profile = profile_text({"smollm2": model(smol, 2048), "gemma": model(gemma, 2048)})
     with supervisor(profile) as sup:
         proc = psutil.Process(sup.proc.pid)
         with sup.client() as c:

@@ -18,7 +18,7 @@ from smackctl.config import ModelSpec
 from smackctl.daemon.backends import llama_cpp_server_argv
 from smackctl.daemon.runner import Runner
 
-from ._harness import MODELS, model_file, supervisor
+from ._harness import MODELS, model, model_file, profile_text, supervisor, verdict
 
 GOAL = 1.10
 
@@ -35,14 +35,14 @@ async def raw_load(path: Path, n_ctx: int, log: Path) -> float:
 
 def run(cache: Path) -> tuple[list[str], bool]:
     files = {n: model_file(cache, n) for n in MODELS}
-    a = (
-        f"models:\n  smollm2:\n    path: {files['smollm2']}\n    n_ctx: 2048\n"
-        "    preload: true\nrouting:\n  default_model: smollm2\n"
-    )
-    b = (
-        f"models:\n  smollm2:\n    path: {files['smollm2']}\n    n_ctx: 4096\n"
-        f"    preload: true\n  gemma:\n    path: {files['gemma3-270m']}\n    n_ctx: 2048\n"
-        "    preload: true\nrouting:\n  default_model: smollm2\n"
+    routing = {"default_model": "smollm2"}
+    a = profile_text({"smollm2": model(files["smollm2"], 2048, preload=True)}, routing=routing)
+    b = profile_text(
+        {
+            "smollm2": model(files["smollm2"], 4096, preload=True),
+            "gemma": model(files["gemma3-270m"], 2048, preload=True),
+        },
+        routing=routing,
     )
     with tempfile.TemporaryDirectory() as tmp:
         raw = sum(
@@ -69,7 +69,7 @@ def run(cache: Path) -> tuple[list[str], bool]:
     rows = [
         "| switch a → b | raw loads (smollm2 4096 + gemma 2048) | ratio | goal ≤ 1.10 |",
         "|---:|---:|---:|---|",
-        f"| {switch:.2f} s | {raw:.2f} s | {ratio:.2f} | {'pass' if ok else 'FAIL'} |",
+        f"| {switch:.2f} s | {raw:.2f} s | {ratio:.2f} | {verdict(ok)} |",
         "",
         "The switch also unloads SmolLM2 at n_ctx 2048 before loading it again at 4096.",
     ]
