@@ -23,6 +23,7 @@ from smackctl.paths import DEFAULT_HOST, DEFAULT_PORT, list_profile_files, profi
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
+    "Cpu",
     "Defaults",
     "MemoryBudget",
     "ModelSpec",
@@ -186,11 +187,17 @@ class Routing(_Strict):
     aliases: dict[str, str] = Field(default_factory=dict)
 
 
+class Cpu(_Strict):
+    #: the cores that runners computing on the CPU share (default: the physical cores)
+    cores: int | None = Field(None, gt=0)
+
+
 class Profile(_Strict):
     name: str
     description: str = ""
     models: dict[str, ModelSpec] = Field(default_factory=dict)
     memory: MemoryBudget = MemoryBudget()
+    cpu: Cpu = Cpu()
     defaults: Defaults = Defaults()
     routing: Routing = Routing()
 

@@ -91,6 +91,12 @@ def show(name: NameArg, json_: JsonOpt = False, profile_dir: DirOpt = None) -> N
         f"memory: ram {output.human_bytes(mem.ram) if mem.ram else 'available − reserve'}, "
         f"reserve {output.human_bytes(mem.reserve)}, max_loaded {mem.max_loaded or '-'}"
     )
+    if prof.cpu.cores is None:
+        from smackctl.hardware import physical_cores
+
+        print(f"cpu: {physical_cores()} cores (the physical ones) shared by the runners")
+    else:
+        print(f"cpu: {prof.cpu.cores} cores shared by the runners")
     output.table(
         ["MODEL", "SOURCE", "N_CTX", "GPU LAYERS", "TTL", "FLAGS", "ALIASES"],
         [

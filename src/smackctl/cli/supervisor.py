@@ -153,6 +153,10 @@ def status(
         f"{output.human_bytes(mem['budget_ram'])} budget "
         f"({output.human_bytes(mem['free_ram'])} free)"
     )
+    cpu = st.get("cpu") or {}
+    if cpu.get("busy"):
+        waiting = f", {cpu['waiting']} requests waiting for a core" if cpu["waiting"] else ""
+        print(f"cpu {cpu['busy']} of {cpu['cores']} cores computing{waiting}")
     loaded = [m for m in st["models"] if m["state"] != "stopped"]
     if not loaded:
         print("no model loaded")

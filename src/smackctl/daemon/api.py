@@ -315,6 +315,7 @@ def create_app(
                     "free_ram": b.ram - used,
                     "max_loaded": b.max_loaded,
                 },
+                "cpu": scheduler.cores.view(),
                 "models": models,
             }
         )

@@ -26,10 +26,11 @@ from smackctl.config import MemoryBudget, ModelSpec, Profile, validate_model_nam
 from smackctl.errors import InsufficientMemory, ModelLoadError, ModelNotFound, SmackError
 from smackctl.estimate import Estimate, estimate_memory
 from smackctl.gguf import GGUFInfo, check_magic, read_info
-from smackctl.hardware import process_tree_vram, tree_rss
+from smackctl.hardware import physical_cores, probe_gpus, process_tree_vram, tree_rss
 from smackctl.paths import Paths
 
 from .backends import llama_cpp_server_argv
+from .cores import Cores
 from .planner import Budget, Loaded, Plan, plan_evictions
 from .runner import Runner, RunnerState, signal_group
 from .store import Store
@@ -136,6 +137,9 @@ class Scheduler:
         self._held: set[str] = set()
         self._hold_released = asyncio.Event()
         self.switch_phase: SwitchPhase | None = None
+        #: the CPU cores that requests of CPU-computing runners hold while they run
+        self.cores = Cores(profile.cpu.cores or physical_cores())
+        self._gpu_present: bool | None = None
         self._rebuild_registry()
 
     # -- registry ------------------------------------------------------------------------------
@@ -494,6 +498,7 @@ class Scheduler:
 
     def set_profile(self, profile: Profile, path: Path | None) -> None:
         self.profile, self.profile_path = profile, path
+        self.cores.resize(profile.cpu.cores or physical_cores())
         self._rebuild_registry()
 
     def hold(self, names: list[str]) -> None:
@@ -538,7 +543,8 @@ class Scheduler:
 
     @contextlib.asynccontextmanager
     async def slot(self, name: str | None) -> AsyncIterator[tuple[Managed, Runner]]:
-        """A ready runner and one of its slots, held for the duration of a request."""
+        """A ready runner, one of its slots and its share of the CPU cores, held for the
+        duration of a request."""
         m = self.resolve(name)
         while True:
             runner = await self.ensure_ready(m.name)
@@ -546,21 +552,46 @@ class Scheduler:
             if runner.state == RunnerState.READY and not runner.exited.is_set():
                 break
             runner.slots.release()  # it died while we queued: go round again
+        # in flight from here: waiting for cores, the model must not be evicted or reaped
         m.in_flight += 1
         m.use_count += 1
         m.last_used = time.time()
         self._idle.clear()
+        cores = self.cpu_units(m)
+        try:
+            await self.cores.acquire(cores)
+        except BaseException:
+            self._end_request(m, runner, served=False)
+            raise
         try:
             yield m, runner
         finally:
-            runner.slots.release()
-            m.in_flight -= 1
-            m.requests_served += 1
-            m.last_used = time.time()
-            if time.monotonic() - m.measured_at > MEASURE_EVERY:
-                self.spawn(self._measure(m, runner), f"measure-{m.name}")
-            if m.in_flight == 0:
-                self._idle.set()
+            self.cores.release(cores)
+            self._end_request(m, runner, served=True)
+
+    def _end_request(self, m: Managed, runner: Runner, *, served: bool) -> None:
+        runner.slots.release()
+        m.in_flight -= 1
+        m.requests_served += served
+        m.last_used = time.time()
+        if served and time.monotonic() - m.measured_at > MEASURE_EVERY:
+            self.spawn(self._measure(m, runner), f"measure-{m.name}")
+        if m.in_flight == 0:
+            self._idle.set()
+
+    def cpu_units(self, m: Managed) -> int:
+        """How many cores a request to ``m`` holds: its threads, or none when every layer is
+        on a GPU (llama.cpp then computes there)."""
+        layers = m.info.layers if m.info is not None else None
+        all_on_gpu = m.spec.n_gpu_layers < 0 or (
+            layers is not None and m.spec.n_gpu_layers > layers
+        )
+        if all_on_gpu:
+            if self._gpu_present is None:
+                self._gpu_present = bool(probe_gpus())
+            if self._gpu_present:
+                return 0
+        return self.cores.units(m.spec.threads or physical_cores())
 
     # -- unloading -----------------------------------------------------------------------------
 

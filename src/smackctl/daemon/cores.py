@@ -1,0 +1,83 @@
+"""The machine's CPU cores, shared by every runner that computes on the CPU.
+
+llama.cpp's worker threads spin at a barrier after every operation of the graph. When two
+runners' threads together outnumber the cores, a spinning thread waits for one the kernel has
+descheduled, and both models slow to a crawl: on 2 cores, SmolLM2 and Gemma 3 270M with 2
+threads each, under load, took 15 s for 16 tokens that take 0.3 s alone (BENCHMARKS.md, line 7).
+
+So a request holds ``threads`` of the cores while its runner computes, and waits (first come,
+first served) while they are taken. A runner whose layers all sit on a GPU holds none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+__all__ = ["Cores"]
+
+
+class Cores:
+    """``capacity`` cores; ``acquire(n)`` waits in a FIFO queue until ``n`` of them are free.
+
+    A waiter that is cancelled (its client went away) leaves the queue and holds nothing.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self.busy = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def units(self, threads: int) -> int:
+        """What a runner with ``threads`` threads holds: all the cores at most."""
+        return max(0, min(threads, self.capacity))
+
+    async def acquire(self, n: int) -> None:
+        if n <= 0:
+            return
+        if not self._waiters and self._fits(n):
+            self.busy += n
+            return
+        entry = (n, asyncio.get_running_loop().create_future())
+        self._waiters.append(entry)
+        try:
+            await entry[1]
+        except asyncio.CancelledError:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+                self._wake()  # it may have been first in line, holding back those behind it
+            elif not entry[1].cancelled():
+                self.release(n)  # the cores were handed to us as we were cancelled
+            raise
+
+    def release(self, n: int) -> None:
+        if n <= 0:
+            return
+        self.busy -= n
+        self._wake()
+
+    def _fits(self, n: int) -> bool:
+        # more than all the cores (the capacity shrank under a waiter): it runs alone
+        return self.busy + n <= self.capacity or self.busy == 0
+
+    def resize(self, capacity: int) -> None:
+        """A new profile's ``cpu.cores``: requests running keep what they hold."""
+        self.capacity = max(1, capacity)
+        self._wake()
+
+    def _wake(self) -> None:
+        # first come, first served: a large request at the head is not overtaken by small ones
+        while self._waiters:
+            n, fut = self._waiters[0]
+            if not self._fits(n):
+                return
+            self._waiters.popleft()
+            self.busy += n
+            fut.set_result(None)
+
+    def view(self) -> dict[str, int]:
+        return {"cores": self.capacity, "busy": self.busy, "waiting": self.waiting}
