@@ -66,9 +66,15 @@ def test_model_names_complete_from_local_files_without_heavy_imports(home: Home)
     r = complete(home, "smackctl models load tiny-")
     assert r.stdout.split() == ["tiny-a", "tiny-b", "tiny-c"]
     imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if "|" in line}
-    # (typer 0.29 itself imports pydantic, in typer._adapters: not ours to avoid)
-    for heavy in ("httpx", "rich", "gguf", "numpy", "smackctl.client", "smackctl.config"):
-        assert heavy not in imported, f"completion imported {heavy}"
+    heavy = ("httpx", "rich", "gguf", "numpy", "typer", "pydantic", "smackctl.client")
+    for module in heavy:
+        assert module not in imported, f"completion imported {module}"
+    # the names are cached with what they came from: the next <TAB> reads neither YAML nor SQLite
+    again = complete(home, "smackctl models load tiny-")
+    assert again.stdout.split() == ["tiny-a", "tiny-b", "tiny-c"]
+    imported = {line.split("|")[-1].strip() for line in again.stderr.splitlines() if "|" in line}
+    for module in ("yaml", "sqlite3", *heavy):
+        assert module not in imported, f"a cached completion imported {module}"
     r = complete(home, "smackctl chat -m f")
     assert r.stdout.split() == ["fast"]  # a routing alias
 
@@ -76,3 +82,89 @@ def test_model_names_complete_from_local_files_without_heavy_imports(home: Home)
 def test_profile_names_complete(home: Home) -> None:
     r = complete(home, "smackctl profile switch sm")
     assert r.stdout.split() == ["small-pair"]
+
+
+def test_a_changed_profile_is_read_again(home: Home) -> None:
+    assert complete(home, "smackctl models show ").stdout.split()[:3] == ["a", "alien", "broken"]
+    profile = home.root / "profiles" / "test.yaml"
+    text = profile.read_text()
+    profile.write_text(text.replace("  tiny-c:", "  zebra:\n    path: /nowhere.gguf\n  tiny-c:"))
+    assert "zebra" in complete(home, "smackctl models show ").stdout.split()
+    assert complete(home, "smackctl models bench tiny-a ze").stdout.split() == ["zebra"]
+
+
+# what the shells send: bash COMP_WORDS/COMP_CWORD, zsh and fish _TYPER_COMPLETE_ARGS
+SHELL_CASES = [
+    ("bash", "smackctl models show tiny-"),
+    ("bash", "smackctl models bench tiny-a tiny-"),
+    ("bash", "smackctl chat -m f"),
+    ("bash", "smackctl profile switch sm"),
+    ("bash", "smackctl models show nothing-like-this"),
+    ("zsh", "smackctl models show tiny-"),
+    ("zsh", "smackctl models show nothing-like-this"),
+    ("zsh", "smackctl chat --model "),
+    ("fish", "smackctl models load tiny-"),
+    ("fish", "smackctl profile show "),
+]
+
+
+@pytest.mark.parametrize(("shell", "line"), SHELL_CASES)
+def test_the_fast_path_answers_exactly_as_typer_does(home: Home, shell: str, line: str) -> None:
+    from smackctl.cli.fastcomplete import answer
+
+    env = {**home.env, "_SMACKCTL_COMPLETE": f"complete_{shell}"}
+    if shell == "bash":
+        words = line.split()
+        env |= {"COMP_WORDS": line, "COMP_CWORD": str(len(words) - (not line.endswith(" ")))}
+    else:
+        env |= {"_TYPER_COMPLETE_ARGS": line, "_TYPER_COMPLETE_FISH_ACTION": "get-args"}
+    fast = answer(env)
+    assert fast is not None, "the fast path should answer this one"
+    typer_side = subprocess.run(  # the typer app itself, without the fast path in front
+        [sys.executable, "-c", "from smackctl.cli.app import main; main()"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert fast + "\n" == typer_side.stdout
+
+
+def test_the_fast_path_leaves_options_and_commands_to_typer() -> None:
+    from smackctl.cli.fastcomplete import answer
+
+    for words in ("smackctl mod", "smackctl models show --", "smackctl models bench --runs 3 "):
+        cword = str(len(words.split()) - (not words.endswith(" ")))
+        env = {"_SMACKCTL_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": cword}
+        assert answer(env) is None, words
+
+
+def test_the_fast_path_knows_every_parameter_that_completes_names() -> None:
+    import typer
+
+    from smackctl.cli import completion, fastcomplete
+    from smackctl.cli.app import app
+
+    kinds = {completion.complete_model: "model", completion.complete_profile: "profile"}
+    arguments: dict[tuple[str, ...], tuple[str, int | None]] = {}
+    options: dict[tuple[tuple[str, ...], str], str] = {}
+
+    def walk(cmd: object, path: tuple[str, ...]) -> None:
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, (*path, name))
+        for param in getattr(cmd, "params", []):
+            # typer wraps `autocompletion=` twice: a closure over a functools wrapper
+            hook = getattr(param, "_custom_shell_complete", None)
+            cells = [c.cell_contents for c in getattr(hook, "__closure__", None) or ()]
+            wrapped = [getattr(c, "__wrapped__", None) for c in cells]
+            fn = next((f for f in wrapped if f in kinds), None)
+            if fn is None:
+                continue
+            if param.param_type_name == "argument":
+                arguments[path] = (kinds[fn], None if param.nargs == -1 else param.nargs)
+            else:
+                options.update({(path, opt): kinds[fn] for opt in param.opts})
+
+    walk(typer.main.get_command(app), ())
+    assert arguments == fastcomplete.ARGUMENTS
+    assert options == fastcomplete.OPTIONS

@@ -1,3 +1,3 @@
-from smackctl.cli.app import main
+from smackctl.cli import main
 
 main()

@@ -1,14 +1,17 @@
 """Shell completion of model and profile names, from local files only.
 
 Runs on every <TAB>: it must not contact the supervisor nor import httpx, rich, pydantic or
-gguf. It reads the active profile's YAML and the models added to the SQLite state.
+gguf. It reads the active profile's YAML and the models added to the SQLite state, and keeps
+the names in ``state/completion.json`` with what they were read from (file sizes and times),
+so that the next <TAB> imports neither yaml nor sqlite3 (~60 ms) while nothing changed.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import sqlite3
 from pathlib import Path
+from typing import Any
 
 __all__ = ["complete_model", "complete_profile", "local_model_names"]
 
@@ -16,6 +19,8 @@ __all__ = ["complete_model", "complete_profile", "local_model_names"]
 def active_profile_path(db: Path) -> Path | None:
     if not db.is_file():
         return None
+    import sqlite3
+
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
             row = con.execute("SELECT value FROM kv WHERE key='active_profile_path'").fetchone()
@@ -27,6 +32,8 @@ def active_profile_path(db: Path) -> Path | None:
 def _added(db: Path) -> list[str]:
     if not db.is_file():
         return []
+    import sqlite3
+
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
             return [r[0] for r in con.execute("SELECT name FROM added_models")]
@@ -35,14 +42,61 @@ def _added(db: Path) -> list[str]:
 
 
 def local_model_names() -> list[str]:
-    import yaml
-
-    from smackctl.paths import get_paths, list_profile_files
+    from smackctl.paths import get_paths, profile_dirs
 
     paths = get_paths()
+    cache = paths.state_dir / "completion.json"
+    db = paths.db_path
+    # everything the names depend on: the state (active profile, added models), the
+    # directories a profile is looked up in, and the profile file the names came from
+    key: dict[str, Any] = {
+        "state": [_stat(db), _stat(db.with_name(db.name + "-wal"))],
+        "env": [os.environ.get("SMACKCTL_PROFILE"), os.environ.get("SMACKCTL_PROFILE_DIR")],
+        "dirs": [[str(d), _stat(d)] for d in profile_dirs()],
+    }
+    try:
+        cached = json.loads(cache.read_text())
+        profile = cached["profile"]
+        if cached["key"] == key and cached["profile_stat"] == _stat(Path(profile or "")):
+            return [str(n) for n in cached["names"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    profile_path, names = _read_names(paths.db_path)
+    tmp = cache.with_name(f".completion.{os.getpid()}.json")
+    try:
+        paths.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp.write_text(
+            json.dumps(
+                {
+                    "key": key,
+                    "profile": str(profile_path) if profile_path else None,
+                    "profile_stat": _stat(profile_path or Path("")),
+                    "names": names,
+                }
+            )
+        )
+        os.replace(tmp, cache)
+    except OSError:
+        pass
+    return names
+
+
+def _stat(p: Path) -> list[int] | None:
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return [st.st_mtime_ns, st.st_size]
+
+
+def _read_names(db: Path) -> tuple[Path | None, list[str]]:
+    import yaml
+
+    from smackctl.paths import list_profile_files
+
     found = list_profile_files()
     profile = (
-        active_profile_path(paths.db_path)  # what the supervisor runs (or last ran)
+        active_profile_path(db)  # what the supervisor runs (or last ran)
         or found.get(os.environ.get("SMACKCTL_PROFILE", ""))  # what it would start with
         or found.get("default")
     )
@@ -61,8 +115,8 @@ def local_model_names() -> list[str]:
         routing = data.get("routing") or {}
         if isinstance(routing, dict) and isinstance(routing.get("aliases"), dict):
             names += [str(a) for a in routing["aliases"]]
-    names += _added(paths.db_path)
-    return sorted(set(names))
+    names += _added(db)
+    return profile, sorted(set(names))
 
 
 def complete_model(incomplete: str) -> list[str]:
