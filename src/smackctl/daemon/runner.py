@@ -15,12 +15,15 @@ when the supervisor dies, SIGTERM the group, a grace period, SIGKILL the group.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import enum
+import json
 import os
 import secrets
 import signal
 import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -30,7 +33,10 @@ import httpx
 
 from smackctl.errors import ModelLoadError, SmackError
 
-__all__ = ["QueueFull", "Runner", "RunnerState", "Slots", "free_port", "signal_group"]
+__all__ = ["QueueFull", "Runner", "RunnerState", "Slots", "Spare", "free_port", "signal_group"]
+
+#: how a runner of the default backend starts; a spare can stand in for exactly this
+LLAMA_CPP_SERVER = [sys.executable, "-m", "llama_cpp.server"]
 
 
 class RunnerState(enum.StrEnum):
@@ -127,6 +133,61 @@ class Slots:
         self.busy -= 1
 
 
+class Spare:
+    """A pre-imported ``llama_cpp.server`` process waiting for its model (``spare.py``).
+
+    Same hygiene as a runner: own process group, killed by the kernel with the supervisor.
+    """
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            log.write(f"\n=== {time.strftime('%F %T')} spare starting\n".encode())
+            log.flush()
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "smackctl.daemon.spare",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=_child_setup,
+            )
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def hand(self, args: Sequence[str], log_path: Path) -> asyncio.subprocess.Process | None:
+        """Make it the runner started with ``args``, logging to ``log_path``; None if it died."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.returncode is not None or proc.stdin is None:
+            return None
+        try:
+            proc.stdin.write(json.dumps({"args": list(args), "log": str(log_path)}).encode())
+            proc.stdin.write(b"\n")
+            proc.stdin.close()
+        except (BrokenPipeError, ConnectionResetError):
+            return None
+        return proc
+
+    async def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()  # no order: it exits by itself
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 2.0)
+        signal_group(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
 class Runner:
     """One child process for one model. Created per load; not reused after it stopped."""
 
@@ -140,8 +201,10 @@ class Runner:
         max_queue: int = 32,
         ready_timeout: float = 300.0,
         on_state: Callable[[Runner, RunnerState], None] | None = None,
+        take_spare: Callable[[], Spare | None] | None = None,
     ) -> None:
         self.model = model
+        self._take_spare = take_spare
         self._argv_for = argv_for
         self.log_path = log_path
         self.ready_timeout = ready_timeout
@@ -210,23 +273,28 @@ class Runner:
         self.port = free_port()
         argv = list(self._argv_for(self.port, self.api_key))
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        n = len(LLAMA_CPP_SERVER)
+        spare = self._take_spare() if self._take_spare and argv[:n] == LLAMA_CPP_SERVER else None
         with self.log_path.open("ab") as log:
-            log.write(f"\n=== {time.strftime('%F %T')} starting: {' '.join(argv)}\n".encode())
+            via = "  (in the spare process, imports done)" if spare else ""
+            log.write(f"\n=== {time.strftime('%F %T')} starting: {' '.join(argv)}{via}\n".encode())
             log.flush()
-            try:
-                self.proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    start_new_session=True,
-                    preexec_fn=_child_setup,
-                )
-            except OSError as exc:
-                raise ModelLoadError(
-                    f"cannot start the runner for {self.model}: {exc}",
-                    "check that llama-cpp-python is installed: `smackctl doctor`",
-                ) from exc
+            self.proc = spare.hand(argv[n:], self.log_path) if spare is not None else None
+            if self.proc is None:
+                try:
+                    self.proc = await asyncio.create_subprocess_exec(
+                        *argv,
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=log,
+                        start_new_session=True,
+                        preexec_fn=_child_setup,
+                    )
+                except OSError as exc:
+                    raise ModelLoadError(
+                        f"cannot start the runner for {self.model}: {exc}",
+                        "check that llama-cpp-python is installed: `smackctl doctor`",
+                    ) from exc
         self.started_at = time.time()
         asyncio.get_running_loop().create_task(
             self._watch(self.proc, self.exited), name=f"watch-{self.model}"

@@ -32,7 +32,7 @@ from smackctl.paths import Paths
 from .backends import llama_cpp_server_argv
 from .cores import Cores
 from .planner import Budget, Loaded, Plan, plan_evictions
-from .runner import Runner, RunnerState, signal_group
+from .runner import Runner, RunnerState, Spare, signal_group
 from .store import Store
 from .switch import SwitchPhase, SwitchPlan, plan_switch
 
@@ -140,6 +140,9 @@ class Scheduler:
         #: the CPU cores that requests of CPU-computing runners hold while they run
         self.cores = Cores(profile.cpu.cores or physical_cores())
         self._gpu_present: bool | None = None
+        #: a runner process with the imports done, for the next load (see daemon/spare.py)
+        self.spare: Spare | None = None
+        self._spare_starting = False
         self._rebuild_registry()
 
     # -- registry ------------------------------------------------------------------------------
@@ -302,6 +305,43 @@ class Scheduler:
             fut.set_result(runner)
         self.publish({"event": "ready", "model": m.name, "pid": runner.pid})
 
+    # -- the spare runner ----------------------------------------------------------------------
+
+    def _take_spare(self) -> Spare | None:
+        spare, self.spare = self.spare, None
+        return spare if spare is not None and spare.alive else None
+
+    def refill_spare(self) -> None:
+        """Start a spare when there is none, once nothing loads and no request runs: its
+        imports take a core for a second, which a model should not have to share. The reaper
+        calls this every second."""
+        if (
+            not self.profile.memory.spare_runner
+            or not self.accepting
+            or self._spare_starting
+            or (self.spare is not None and self.spare.alive)
+            or any(m.loading is not None or m.in_flight for m in self.models.values())
+        ):
+            return
+        self._spare_starting = True
+        self.spawn(self._start_spare(), "spare")
+
+    async def _start_spare(self) -> None:
+        spare = Spare(self.paths.runner_log("spare"))
+        try:
+            await spare.start()
+        finally:
+            self._spare_starting = False
+        if self.spare is None and self.accepting and self.profile.memory.spare_runner:
+            self.spare = spare
+        else:
+            await spare.stop()
+
+    async def drop_spare(self) -> None:
+        spare, self.spare = self.spare, None
+        if spare is not None:
+            await spare.stop()
+
     def _progress(self, m: Managed, phase: str, done: int = 0, total: int | None = None) -> None:
         m.phase = phase
         self.publish(
@@ -418,6 +458,7 @@ class Scheduler:
                 max_queue=m.spec.max_queue,
                 ready_timeout=self.ready_timeout,
                 on_state=self._on_state_and_record,
+                take_spare=self._take_spare,
             )
             m.runner = runner
             try:
@@ -499,6 +540,8 @@ class Scheduler:
     def set_profile(self, profile: Profile, path: Path | None) -> None:
         self.profile, self.profile_path = profile, path
         self.cores.resize(profile.cpu.cores or physical_cores())
+        if not profile.memory.spare_runner:
+            self.spawn(self.drop_spare(), "drop-spare")
         self._rebuild_registry()
 
     def hold(self, names: list[str]) -> None:
@@ -641,6 +684,7 @@ class Scheduler:
             await asyncio.sleep(every)
             try:
                 await self.reap_idle()
+                self.refill_spare()
             except Exception:  # the reaper must survive anything one model does
                 log.exception("idle reaper")
 
@@ -655,6 +699,8 @@ class Scheduler:
         for name in wanted:
             if name in self.models:
                 self.spawn(self._quiet_load(name), f"restore-{name}")
+        if not any(name in self.models for name in wanted):
+            self.refill_spare()  # else the reaper starts it once the loads are done
 
     async def _quiet_load(self, name: str) -> None:
         try:
@@ -682,6 +728,7 @@ class Scheduler:
             if m.loaded
         }
         self.store.set_restore(keep)
+        await self.drop_spare()
         await self.unload_all()
         for t in list(self._tasks):
             t.cancel()
