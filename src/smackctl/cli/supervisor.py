@@ -155,7 +155,8 @@ def status(
     )
     cpu = st.get("cpu") or {}
     if cpu.get("busy"):
-        waiting = f", {cpu['waiting']} requests waiting for a core" if cpu["waiting"] else ""
+        n = cpu["waiting"]
+        waiting = f", {n} request{'s' if n > 1 else ''} waiting for cores" if n else ""
         print(f"cpu {cpu['busy']} of {cpu['cores']} cores computing{waiting}")
     loaded = [m for m in st["models"] if m["state"] != "stopped"]
     if not loaded:
