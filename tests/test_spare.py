@@ -59,6 +59,35 @@ def test_a_dead_spare_is_passed_over_and_replaced(supervisor: Supervisor) -> Non
     assert _one_spare(sup) != spare
 
 
+def test_a_spare_that_dies_while_idle_is_replaced_without_a_load(
+    supervisor: Supervisor,
+) -> None:
+    sup = supervisor
+    with sup.client() as c:
+        assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"}).status_code == 200
+    spare = _one_spare(sup)
+    os.killpg(spare, signal.SIGKILL)
+    replacement = wait_for(
+        lambda: [p for p in spare_pids(sup.home.root) if p != spare],
+        60,
+        "a new spare in place of the dead one",
+    )
+    assert len(replacement) == 1
+    log = sup.home.state / "logs" / "runner-spare.log"
+    wait_for(
+        lambda: "spare: ready" in log.read_text().rsplit("spare starting", 1)[-1],
+        60,
+        "the new spare to finish its imports",
+    )
+    starts = log.read_text().count("spare starting")
+    # three rounds of the reaper (it refills every second) later, that spare is still the one,
+    # and no other was started and stopped as a surplus next to a dead one's memory
+    t0 = sup.status()["uptime"]
+    wait_for(lambda: sup.status()["uptime"] > t0 + 3, 30, "three reaper rounds")
+    assert spare_pids(sup.home.root) == replacement
+    assert log.read_text().count("spare starting") == starts
+
+
 def test_spare_runner_false_keeps_none(home: Home, model_dir: Path) -> None:
     profile = profile_yaml(model_dir, "memory:\n  spare_runner: false\n")
     (home.root / "profiles" / "test.yaml").write_text(profile)

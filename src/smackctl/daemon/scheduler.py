@@ -315,11 +315,13 @@ class Scheduler:
         """Start a spare when there is none, once nothing loads and no request runs: its
         imports take a core for a second, which a model should not have to share. The reaper
         calls this every second."""
+        if self.spare is not None and not self.spare.alive:
+            self.spare = None  # it died while it waited (the OOM killer): start another
         if (
             not self.profile.memory.spare_runner
             or not self.accepting
             or self._spare_starting
-            or (self.spare is not None and self.spare.alive)
+            or self.spare is not None
             or any(m.loading is not None or m.in_flight for m in self.models.values())
         ):
             return
