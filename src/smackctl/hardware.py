@@ -6,6 +6,7 @@ recorded NVML answers. Anything unknown stays ``None`` — nothing is invented.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,7 +48,9 @@ class MachineInfo:
         return asdict(self)
 
 
+@functools.cache
 def physical_cores() -> int:
+    """Read once: psutil parses sysfs for it (~170 µs), and the scheduler asks per request."""
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 

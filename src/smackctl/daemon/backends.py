@@ -8,11 +8,16 @@ from pathlib import Path
 from smackctl.config import ModelSpec
 from smackctl.hardware import physical_cores
 
-__all__ = ["llama_cpp_server_argv"]
+__all__ = ["llama_cpp_server_argv", "runner_threads"]
 
 
 def _flag(value: str | int | float | bool) -> str:
     return str(value) if not isinstance(value, bool) else ("True" if value else "False")
+
+
+def runner_threads(spec: ModelSpec) -> int:
+    """The threads a model's runner computes with: ``threads``, else the physical cores."""
+    return spec.threads or physical_cores()
 
 
 def llama_cpp_server_argv(spec: ModelSpec, model_path: Path, port: int, api_key: str) -> list[str]:
@@ -28,7 +33,7 @@ def llama_cpp_server_argv(spec: ModelSpec, model_path: Path, port: int, api_key:
       262k-vocabulary model), needed only for prompt logprobs. ``args: {logits_all: true}``
       in the profile turns it back on for a model that must return logprobs.
     """
-    threads = spec.threads or physical_cores()
+    threads = runner_threads(spec)
     flags: dict[str, str] = {
         "model": str(model_path),
         "host": "127.0.0.1",

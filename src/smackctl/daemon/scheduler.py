@@ -29,7 +29,7 @@ from smackctl.gguf import GGUFInfo, check_magic, read_info
 from smackctl.hardware import physical_cores, probe_gpus, process_tree_vram, tree_rss
 from smackctl.paths import Paths
 
-from .backends import llama_cpp_server_argv
+from .backends import llama_cpp_server_argv, runner_threads
 from .cores import Cores
 from .planner import Budget, Loaded, Plan, plan_evictions
 from .runner import Runner, RunnerState, Spare, signal_group
@@ -138,7 +138,7 @@ class Scheduler:
         self._hold_released = asyncio.Event()
         self.switch_phase: SwitchPhase | None = None
         #: the CPU cores that requests of CPU-computing runners hold while they run
-        self.cores = Cores(profile.cpu.cores or physical_cores())
+        self.cores = Cores(_cpu_cores(profile))
         self._gpu_present: bool | None = None
         #: a runner process with the imports done, for the next load (see daemon/spare.py)
         self.spare: Spare | None = None
@@ -541,7 +541,7 @@ class Scheduler:
 
     def set_profile(self, profile: Profile, path: Path | None) -> None:
         self.profile, self.profile_path = profile, path
-        self.cores.resize(profile.cpu.cores or physical_cores())
+        self.cores.resize(_cpu_cores(profile))
         if not profile.memory.spare_runner:
             self.spawn(self.drop_spare(), "drop-spare")
         self._rebuild_registry()
@@ -636,7 +636,7 @@ class Scheduler:
                 self._gpu_present = bool(probe_gpus())
             if self._gpu_present:
                 return 0
-        return self.cores.units(m.spec.threads or physical_cores())
+        return self.cores.units(runner_threads(m.spec))
 
     # -- unloading -----------------------------------------------------------------------------
 
@@ -786,6 +786,10 @@ class Scheduler:
             "failures": m.failures,
             "last_error": m.last_error,
         }
+
+
+def _cpu_cores(profile: Profile) -> int:
+    return profile.cpu.cores or physical_cores()
 
 
 def _load_key(spec: ModelSpec) -> str:
