@@ -28,6 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 
@@ -83,6 +84,21 @@ def _child_setup() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() == 1:  # the supervisor died between fork and prctl
         os._exit(1)
+
+
+async def _start_child(
+    argv: Sequence[str], log: BinaryIO, *, stdin: int
+) -> asyncio.subprocess.Process:
+    """A runner's (or a spare's) process: output to its log, its own session (process group),
+    and ``PR_SET_PDEATHSIG`` so that it dies with the supervisor."""
+    return await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=stdin,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+        preexec_fn=_child_setup,
+    )
 
 
 class Slots:
@@ -148,16 +164,8 @@ class Spare:
         with self.log_path.open("ab") as log:
             log.write(f"\n=== {time.strftime('%F %T')} spare starting\n".encode())
             log.flush()
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "smackctl.daemon.spare",
-                stdin=asyncio.subprocess.PIPE,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-                preexec_fn=_child_setup,
-            )
+            argv = [sys.executable, "-m", "smackctl.daemon.spare"]
+            self.proc = await _start_child(argv, log, stdin=asyncio.subprocess.PIPE)
 
     @property
     def alive(self) -> bool:
@@ -282,14 +290,7 @@ class Runner:
             self.proc = spare.hand(argv[n:], self.log_path) if spare is not None else None
             if self.proc is None:
                 try:
-                    self.proc = await asyncio.create_subprocess_exec(
-                        *argv,
-                        stdin=asyncio.subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=log,
-                        start_new_session=True,
-                        preexec_fn=_child_setup,
-                    )
+                    self.proc = await _start_child(argv, log, stdin=asyncio.subprocess.DEVNULL)
                 except OSError as exc:
                     raise ModelLoadError(
                         f"cannot start the runner for {self.model}: {exc}",
