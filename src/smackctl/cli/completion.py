@@ -57,11 +57,13 @@ def local_model_names() -> list[str]:
     try:
         cached = json.loads(cache.read_text())
         profile = cached["profile"]
-        if cached["key"] == key and cached["profile_stat"] == _stat(Path(profile or "")):
+        if cached["key"] == key and cached["profile_stat"] == _stat(
+            Path(profile) if profile else None
+        ):
             return [str(n) for n in cached["names"]]
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    profile_path, names = _read_names(paths.db_path)
+    profile_path, names = _read_names(db)
     tmp = cache.with_name(f".completion.{os.getpid()}.json")
     try:
         paths.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -70,7 +72,7 @@ def local_model_names() -> list[str]:
                 {
                     "key": key,
                     "profile": str(profile_path) if profile_path else None,
-                    "profile_stat": _stat(profile_path or Path("")),
+                    "profile_stat": _stat(profile_path),
                     "names": names,
                 }
             )
@@ -81,7 +83,10 @@ def local_model_names() -> list[str]:
     return names
 
 
-def _stat(p: Path) -> list[int] | None:
+def _stat(p: Path | None) -> list[int] | None:
+    """What tells a changed file: (mtime in ns, size); None for no file."""
+    if p is None:
+        return None
     try:
         st = p.stat()
     except OSError:
