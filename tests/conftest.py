@@ -132,6 +132,18 @@ def home(tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Ho
     return Home(root, {**os.environ, **env})
 
 
+def smackctl(home: Home, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The command line as a user runs it, in a separate process, against this test's home."""
+    return subprocess.run(
+        [sys.executable, "-m", "smackctl", *args],
+        env=home.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 @dataclass
 class Supervisor:
     proc: subprocess.Popen[bytes]

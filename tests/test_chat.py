@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from smackctl.cli.app import app
 
-from conftest import Home, wait_for
+from conftest import Home, smackctl, wait_for
 
 GREEDY = ["-m", "tiny-a", "--temperature", "0", "--max-tokens", "6"]
 
@@ -114,8 +114,7 @@ def test_repl_in_a_real_terminal_ctrl_c_cancels_the_reply(home: Home, tmp_path: 
         wait_for(lambda: not _has(session), 20, "the REPL to exit on /exit")
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
-        subprocess.run([sys.executable, "-m", "smackctl", "stop", "--force"], env=home.env,
-                       capture_output=True, timeout=60)  # fmt: skip
+        smackctl(home, "stop", "--force", timeout=60)
 
 
 def _has(session: str) -> bool:

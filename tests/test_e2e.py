@@ -3,24 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import Home, runner_pids, seed_model_store, wait_for
-
-
-def smackctl(home: Home, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "smackctl", *args],
-        env=home.env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+from conftest import Home, runner_pids, seed_model_store, smackctl, wait_for
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import threading
 import httpx
 import psutil
 
-from conftest import Home, Supervisor, launch, runner_pids, shutdown, wait_for
+from conftest import Home, Supervisor, launch, runner_pids, shutdown, smackctl, wait_for
 
 CHAT = {
     "model": "tiny-a",
@@ -103,13 +103,7 @@ def test_stop_while_two_requests_in_flight_lets_both_finish(supervisor: Supervis
             10,
             "two requests in flight",
         )
-        r = subprocess.run(
-            [sys.executable, "-m", "smackctl", "stop", "--timeout", "60"],
-            env=supervisor.home.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        r = smackctl(supervisor.home, "stop", "--timeout", "60", timeout=120)
         assert r.returncode == 0, r.stderr
         assert "smackctl stopped" in r.stderr
         results = [f.result() for f in futs]
@@ -156,13 +150,7 @@ def test_port_in_use_names_the_port_and_the_flag(home: Home) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
         s.listen()
-        r = subprocess.run(
-            [sys.executable, "-m", "smackctl", "start"],
-            env=home.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        r = smackctl(home, "start", timeout=60)
     assert r.returncode == 1
     assert f"port {port} on 127.0.0.1 is already in use" in r.stderr
     assert f"--port {port + 1}" in r.stderr
@@ -174,25 +162,14 @@ def test_stale_pid_file_is_detected_and_cleaned(home: Home) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (state / "supervisor.pid").write_text(f"{dead.pid}\n")
-    r = subprocess.run(
-        [sys.executable, "-m", "smackctl", "start"],
-        env=home.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = smackctl(home, "start", timeout=60)
     try:
         assert r.returncode == 0, r.stderr
         assert f"removed a stale pid file (supervisor pid {dead.pid} is not running)" in r.stderr
         pid = int((state / "supervisor.pid").read_text())
         assert psutil.pid_exists(pid) and pid != dead.pid
     finally:
-        subprocess.run(
-            [sys.executable, "-m", "smackctl", "stop", "--force"],
-            env=home.env,
-            capture_output=True,
-            timeout=60,
-        )
+        smackctl(home, "stop", "--force", timeout=60)
 
 
 def test_idle_model_is_unloaded_after_its_ttl_but_pinned_stays(home: Home) -> None:

@@ -58,7 +58,8 @@ def test_validate_reports_every_problem_with_line_and_key(home: Home, model_dir:
     assert "2 of 3 profile(s) have problems" in r.stderr
 
 
-def test_dry_run_changes_nothing(supervisor: Supervisor, home: Home, model_dir: Path) -> None:
+def write_next(home: Home, model_dir: Path) -> None:
+    """Profile "next": tiny-b reloaded with a new n_ctx, tiny-c added, tiny-a kept."""
     write_profile(
         home,
         "next",
@@ -66,6 +67,10 @@ def test_dry_run_changes_nothing(supervisor: Supervisor, home: Home, model_dir: 
             model_dir, **{"tiny-b": "n_ctx: 2048\npreload: true", "tiny-c": "preload: true"}
         ),
     )
+
+
+def test_dry_run_changes_nothing(supervisor: Supervisor, home: Home, model_dir: Path) -> None:
+    write_next(home, model_dir)
     with supervisor.client() as c:
         assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-b"}).status_code == 200
         assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"}).status_code == 200
@@ -97,13 +102,7 @@ def test_dry_run_changes_nothing(supervisor: Supervisor, home: Home, model_dir: 
 def test_switch_under_load_loses_no_request(
     supervisor: Supervisor, home: Home, model_dir: Path
 ) -> None:
-    write_profile(
-        home,
-        "next",
-        profile_yaml(
-            model_dir, **{"tiny-b": "n_ctx: 2048\npreload: true", "tiny-c": "preload: true"}
-        ),
-    )
+    write_next(home, model_dir)
     with supervisor.client() as c:
         for m in ("tiny-a", "tiny-b"):
             assert c.post("/v1/chat/completions", json={**CHAT, "model": m}).status_code == 200
