@@ -16,7 +16,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
@@ -24,6 +23,7 @@ from smackctl.errors import SmackError, UsageError
 
 from .metrics import Metrics
 from .scheduler import Managed, Scheduler
+from .upstream import Answer, TransportError, Upstream
 
 __all__ = ["Proxy", "UpstreamError"]
 
@@ -45,10 +45,7 @@ class Proxy:
     ) -> None:
         self.scheduler = scheduler
         self.metrics = metrics
-        self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=5.0, read=request_timeout, write=30.0, pool=None),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-        )
+        self.http = Upstream(connect_timeout=5.0, read_timeout=request_timeout)
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -68,27 +65,21 @@ class Proxy:
         for attempt in (1, 2):
             stack = contextlib.AsyncExitStack()
             _, runner = await stack.enter_async_context(sched.slot(m.name))
-            req = self.http.build_request(
-                "POST",
-                runner.base_url + path,
-                content=payload,
-                headers={
-                    "Authorization": f"Bearer {runner.api_key}",
-                    "Content-Type": "application/json",
-                    "X-Request-Id": request_id,
-                },
-            )
+            headers = {
+                "Authorization": f"Bearer {runner.api_key}",
+                "Content-Type": "application/json",
+                "X-Request-Id": request_id,
+            }
             try:
-                upstream = await self.http.send(req, stream=True)
-                if upstream.status_code >= 400 or not stream:
-                    content = await upstream.aread()
-                    await upstream.aclose()
+                upstream = await self.http.post(*runner.address, path, payload, headers)
+                if upstream.status >= 400 or not stream:
+                    content = await upstream.read()
                     await stack.aclose()
-                    return self._finish(m, path, upstream, content, started, request_id)
-                chunks = upstream.aiter_raw()
+                    return self._finish(m, path, upstream.status, content, started, request_id)
+                chunks = upstream.chunks()
                 first = await anext(chunks, b"")
                 ttft = time.perf_counter() - started
-            except httpx.TransportError as exc:
+            except TransportError as exc:
                 await stack.aclose()
                 if attempt == 1 and await _died(runner):
                     log.warning(
@@ -104,8 +95,8 @@ class Proxy:
                 raise
             return StreamingResponse(
                 self._relay(m, upstream, chunks, first, stack, started, request_id, path, ttft),
-                status_code=upstream.status_code,
-                media_type=upstream.headers.get("content-type", "text/event-stream"),
+                status_code=upstream.status,
+                media_type=upstream.content_type or "text/event-stream",
                 headers={
                     "X-Request-Id": request_id,
                     "Cache-Control": "no-cache",
@@ -118,12 +109,11 @@ class Proxy:
         self,
         m: Managed,
         path: str,
-        upstream: httpx.Response,
+        status: int,
         content: bytes,
         started: float,
         request_id: str,
     ) -> Response:
-        status = upstream.status_code
         tokens_in = tokens_out = None
         if status >= 400:
             content, status = _map_error(m.name, status, content)
@@ -131,22 +121,25 @@ class Proxy:
             with contextlib.suppress(ValueError, AttributeError, TypeError):
                 usage = json.loads(content).get("usage") or {}
                 tokens_in, tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
+
         # the log line, metrics and the SQLite row are written after the response is sent:
-        # they cost ~0.3 ms that the client need not wait for
+        # they cost ~0.3 ms that the client need not wait for. An async task, so Starlette
+        # runs it on the loop: a sync one would cost a hop to its thread pool per request.
+        async def log_after() -> None:
+            self._log(m, path, status, tokens_in, tokens_out, started, request_id)
+
         return Response(
             content,
             status_code=status,
             headers={"X-Request-Id": request_id},
             media_type="application/json",
-            background=BackgroundTask(
-                self._log, m, path, status, tokens_in, tokens_out, started, request_id
-            ),
+            background=BackgroundTask(log_after),
         )
 
     async def _relay(
         self,
         m: Managed,
-        upstream: httpx.Response,
+        upstream: Answer,
         chunks: AsyncIterator[bytes],
         first: bytes,
         stack: contextlib.AsyncExitStack,
@@ -163,7 +156,7 @@ class Proxy:
             async for chunk in chunks:
                 events += chunk.count(b"data:")
                 yield chunk
-        except httpx.TransportError as exc:
+        except TransportError as exc:
             status = 502
             log.warning("%s: stream from %s cut: %r", request_id, m.name, exc)
             msg = (
@@ -172,7 +165,7 @@ class Proxy:
             )
             yield b"data: " + error_body(msg, "runner_crashed", "stream_cut") + b"\n\n"
         finally:
-            await upstream.aclose()
+            upstream.release()
             await stack.aclose()
             self._log(m, path, status, None, max(0, events - 2), started, request_id, ttft)
 

@@ -247,6 +247,13 @@ class Runner:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) of a started runner."""
+        if self.port is None:
+            raise RuntimeError("the runner has not been started")
+        return "127.0.0.1", self.port
+
+    @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
