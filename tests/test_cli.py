@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from typer.testing import CliRunner
 
@@ -174,3 +178,55 @@ def test_logs_show_supervisor_and_runner_logs(cli: CliRunner) -> None:
     assert "llama_cpp.server" in r.stdout and "--interrupt_requests=False" in r.stdout
     r = cli.invoke(app, ["logs", "../../etc/passwd"])
     assert r.exit_code == 2
+
+
+def test_typer_coercion_skipped_only_where_it_cannot_change_the_value() -> None:
+    """cli/app.py builds typer's pydantic coercion lazily: for None, and for a str given to a
+    plain ``str`` parameter, it answers without it. Every parameter of the tree, for None and
+    for a string, must get what typer's own coercion gives (value or error)."""
+    from typer import _coercion
+    from typer.core import _TyperParameter
+
+    from smackctl.cli.app import command_tree
+
+    def walk(cmd: Any, path: tuple[str, ...]) -> Iterator[tuple[Any, Any]]:
+        for p in cmd.params:
+            if isinstance(p, _TyperParameter):
+                yield cmd, p
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from walk(sub, (*path, name))
+
+    def outcome(runtime: Any, value: Any, param: Any, ctx: Any) -> object:
+        try:
+            return ("ok", runtime.coerce(value, param=param, ctx=ctx))
+        except Exception as exc:  # typer's BadParameter, compared by type and text
+            return ("error", type(exc).__name__, str(exc))
+
+    checked = 0
+    for cmd, param in walk(command_tree(), ()):
+        ctx = cmd.context_class(cmd)
+        for value in (None, "7", "some text"):
+            param._runtime_param = None  # not yet built, as in a fresh process
+            ours = outcome(param.get_runtime_param(), value, param, ctx)
+            typers = outcome(
+                _coercion.build_runtime_param(param.type_descriptor), value, param, ctx
+            )
+            assert ours == typers, (cmd.name, param.name, value)
+            checked += 1
+    assert checked > 100
+
+
+def test_a_command_with_only_default_options_does_not_import_pydantic(home: Home) -> None:
+    code = (
+        "import sys\nfrom smackctl.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('pydantic' in sys.modules, file=sys.stderr)"
+    )
+    run = [sys.executable, "-c", code]
+    r = subprocess.run([*run, "config", "path"], env=home.env, capture_output=True, text=True)
+    assert r.returncode == 0 and "state.db" in r.stdout
+    assert r.stderr.strip() == "False"
+    # a value that needs coercion still gets typer's coercion and typer's error
+    r = subprocess.run([*run, "logs", "-n", "abc"], env=home.env, capture_output=True, text=True)
+    assert "Invalid value for '--lines' / '-n'" in r.stderr
+    assert r.stderr.strip().endswith("True")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from smackctl.cli.docs import COMPLETION_FILES, completion_script, man_page
+from smackctl.cli.docs import COMPLETION_FILES, HELP_FILE, completion_script, help_json, man_page
 
 from conftest import Home
 
@@ -46,6 +46,49 @@ def test_man_page_is_current_and_renders_without_warnings() -> None:
         assert needle in text
 
 
+def test_help_pages_are_current() -> None:
+    assert HELP_FILE.read_text(encoding="utf-8") == help_json(), STALE
+
+
+def imports_of(stderr: str) -> set[str]:
+    """Module names from ``python -X importtime``'s report."""
+    return {line.split("|")[-1].strip() for line in stderr.splitlines() if "|" in line}
+
+
+def run_cli(args: list[str], columns: int, fast: bool) -> subprocess.CompletedProcess[str]:
+    """The console script's main (with the fast paths), or the typer app alone."""
+    code = "from smackctl.cli import main" if fast else "from smackctl.cli.app import main"
+    return subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", f"{code}; main()", *args],
+        env={**os.environ, "COLUMNS": str(columns)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], ["-h"], ["models", "--help"], ["models", "bench", "-h"], ["chat", "-h"]]
+)
+def test_help_is_printed_without_typer_and_exactly_as_typer_prints_it(args: list[str]) -> None:
+    fast, typer_side = run_cli(args, 120, fast=True), run_cli(args, 120, fast=False)
+    assert (fast.returncode, fast.stdout) == (0, typer_side.stdout)
+    assert typer_side.stdout.startswith("Usage: smackctl")
+    assert "typer" not in imports_of(fast.stderr)
+    assert "typer" in imports_of(typer_side.stderr)  # the comparison is with typer's page
+
+
+def test_help_on_a_narrow_terminal_or_with_options_goes_to_typer() -> None:
+    narrow = run_cli(["models", "--help"], 60, fast=True)
+    assert narrow.returncode == 0 and "typer" in imports_of(narrow.stderr)
+    assert max(len(line) for line in narrow.stdout.splitlines()) <= 58  # click's width
+    with_option = run_cli(["--url", "http://x", "status", "--help"], 120, fast=True)
+    assert with_option.returncode == 0 and "Usage: smackctl status" in with_option.stdout
+    assert "typer" in imports_of(with_option.stderr)
+    unknown = run_cli(["nosuch", "--help"], 120, fast=True)
+    assert unknown.returncode == 2 and "No such command 'nosuch'" in unknown.stderr
+
+
 def complete(home: Home, words: str, *extra_env: str) -> subprocess.CompletedProcess[str]:
     env = {
         **home.env,
@@ -65,14 +108,14 @@ def complete(home: Home, words: str, *extra_env: str) -> subprocess.CompletedPro
 def test_model_names_complete_from_local_files_without_heavy_imports(home: Home) -> None:
     r = complete(home, "smackctl models load tiny-")
     assert r.stdout.split() == ["tiny-a", "tiny-b", "tiny-c"]
-    imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if "|" in line}
+    imported = imports_of(r.stderr)
     heavy = ("httpx", "rich", "gguf", "numpy", "typer", "pydantic", "smackctl.client")
     for module in heavy:
         assert module not in imported, f"completion imported {module}"
     # the names are cached with what they came from: the next <TAB> reads neither YAML nor SQLite
     again = complete(home, "smackctl models load tiny-")
     assert again.stdout.split() == ["tiny-a", "tiny-b", "tiny-c"]
-    imported = {line.split("|")[-1].strip() for line in again.stderr.splitlines() if "|" in line}
+    imported = imports_of(again.stderr)
     for module in ("yaml", "sqlite3", *heavy):
         assert module not in imported, f"a cached completion imported {module}"
     r = complete(home, "smackctl chat -m f")
@@ -140,10 +183,8 @@ def test_the_fast_path_leaves_options_and_commands_to_typer() -> None:
 
 
 def test_the_fast_path_knows_every_parameter_that_completes_names() -> None:
-    import typer
-
     from smackctl.cli import completion, fastcomplete
-    from smackctl.cli.app import app
+    from smackctl.cli.app import command_tree
 
     kinds = {completion.complete_model: "model", completion.complete_profile: "profile"}
     arguments: dict[tuple[str, ...], tuple[str, int | None]] = {}
@@ -165,6 +206,6 @@ def test_the_fast_path_knows_every_parameter_that_completes_names() -> None:
             else:
                 options.update({(path, opt): kinds[fn] for opt in param.opts})
 
-    walk(typer.main.get_command(app), ())
+    walk(command_tree(), ())
     assert arguments == fastcomplete.ARGUMENTS
     assert options == fastcomplete.OPTIONS

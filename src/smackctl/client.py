@@ -1,21 +1,28 @@
-"""The CLI's client of the supervisor API (httpx). Connection refused → SupervisorNotRunning.
+"""The CLI's client of the supervisor API. Connection refused → SupervisorNotRunning.
 
-This is the one seam where httpx errors become smackctl errors.
+Built on the standard library's ``http.client``: every command that talks to the supervisor
+pays for its client's import, and httpx's is ~60 ms on this machine (its ``__init__`` pulls
+in its whole API, httpcore, anyio, sniffio, the CA bundle's module) against ~15 ms here.
+The CLI sends a handful of requests to one server, which http.client does well: one kept-
+alive connection, chunked answers, TLS for an ``https://`` supervisor URL.
+
+This is the one seam where transport errors become smackctl errors.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import select
 from collections.abc import Iterator
 from typing import Any
-
-import httpx
+from urllib.parse import urlencode, urlsplit
 
 from smackctl.errors import ApiError, SupervisorNotRunning
 from smackctl.paths import DEFAULT_HOST, DEFAULT_PORT, Paths, get_paths
 
-__all__ = ["Client", "default_url", "needs_tls", "read_token"]
+__all__ = ["Client", "Reply", "default_url", "get_health", "read_token"]
 
 
 def default_url(paths: Paths | None = None) -> str:
@@ -44,7 +51,21 @@ def read_token(paths: Paths | None = None) -> str | None:
         return None
 
 
-def _raise_for(r: httpx.Response) -> None:
+class Reply:
+    """A whole answer: status, reason, body."""
+
+    def __init__(self, status_code: int, reason: str, content: bytes) -> None:
+        self.status_code, self.reason_phrase, self.content = status_code, reason, content
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+def _raise_for(r: Reply) -> None:
     if r.status_code < 400:
         return
     hint = None
@@ -70,34 +91,34 @@ def _broken(url: str) -> ApiError:
     )
 
 
-def needs_tls(url: str) -> bool:
-    """Whether a URL is https. httpx loads the whole CA bundle when a client is made (~40 ms
-    per client here) unless told not to verify; a plain-http URL never uses it."""
-    return url.lower().startswith("https:")
+def _timed_out(url: str) -> ApiError:
+    return ApiError(f"the supervisor at {url} did not answer in time", 504, "timeout")
+
+
+#: the connection broke after the request went out: the answer is lost
+_BROKEN = (http.client.HTTPException, ConnectionResetError, BrokenPipeError)
+#: how a kept-alive connection that the server closed while it was idle fails the next
+#: request; uvicorn closes only idle connections, so the request was never read: resend it
+_CLOSED_WHILE_IDLE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 class Client:
-    def __init__(
-        self,
-        url: str | None = None,
-        token: str | None = None,
-        timeout: float = 30.0,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30.0):
         self.paths = get_paths()
         self.url = (url or default_url(self.paths)).rstrip("/")
         self.token = token or read_token(self.paths)
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        self.http = httpx.Client(
-            base_url=self.url,
-            headers=headers,
-            timeout=timeout,
-            transport=transport,
-            verify=needs_tls(self.url),
-        )
+        self.timeout = timeout
+        parts = urlsplit(self.url)
+        self._tls = parts.scheme == "https"
+        self._netloc = parts.netloc
+        self._prefix = parts.path.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self._conn: http.client.HTTPConnection | None = None
 
     def close(self) -> None:
-        self.http.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def __enter__(self) -> Client:
         return self
@@ -105,32 +126,86 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+    def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
+        conn = self._conn
+        if conn is not None and conn.sock is not None and _readable(conn.sock):
+            conn.close()  # an idle connection the supervisor closed (keep-alive timeout)
+        if conn is None:
+            cls = http.client.HTTPSConnection if self._tls else http.client.HTTPConnection
+            conn = self._conn = cls(self._netloc, timeout=timeout)
+        conn.timeout = timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        return conn
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        params: dict[str, Any] | None,
+        timeout: float | None,
+    ) -> http.client.HTTPResponse:
+        """Send a request and read the answer's head; connection errors become ours."""
+        target = self._prefix + path + (f"?{urlencode(params)}" if params else "")
+        headers = dict(self._headers)
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        for attempt in (1, 2):
+            conn = self._connection(timeout)
+            reused = conn.sock is not None
+            try:
+                conn.request(method, target, payload, headers)
+                return conn.getresponse()
+            except TimeoutError as exc:
+                self.close()
+                raise _timed_out(self.url) from exc
+            except _BROKEN as exc:
+                self.close()
+                if reused and attempt == 1 and isinstance(exc, _CLOSED_WHILE_IDLE):
+                    continue  # the supervisor closed this idle connection as we sent on it
+                raise _broken(self.url) from exc
+            except OSError as exc:  # refused, no route, no such host: nothing is listening
+                self.close()
+                raise SupervisorNotRunning(self.url) from exc
+        raise AssertionError("unreachable")
+
+    def _read(self, resp: http.client.HTTPResponse) -> Reply:
         try:
-            r = self.http.request(method, path, **kw)
-        except httpx.ConnectError as exc:
-            raise SupervisorNotRunning(self.url) from exc
-        except httpx.RemoteProtocolError as exc:
+            content = resp.read()
+        except TimeoutError as exc:
+            self.close()
+            raise _timed_out(self.url) from exc
+        except _BROKEN as exc:
+            self.close()
             raise _broken(self.url) from exc
-        except httpx.TimeoutException as exc:
-            raise ApiError(
-                f"the supervisor at {self.url} did not answer in time", 504, "timeout"
-            ) from exc
+        if resp.will_close:
+            self.close()
+        return Reply(resp.status, resp.reason, content)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Reply:
+        resp = self._send(method, path, body, params, timeout or self.timeout)
+        r = self._read(resp)
         _raise_for(r)
         return r
 
-    def get(self, path: str, **kw: Any) -> Any:
-        return self.request("GET", path, **kw).json()
+    def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        return self.request("GET", path, params=params).json()
 
-    def post(self, path: str, body: dict[str, Any] | None = None, **kw: Any) -> Any:
-        return self.request("POST", path, json=body or {}, **kw).json()
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self.request("POST", path, body or {}).json()
 
     def health(self) -> dict[str, Any] | None:
-        try:
-            r = self.http.get("/health", timeout=2.0)
-        except httpx.HTTPError:
-            return None
-        return r.json() if r.status_code == 200 else None
+        return get_health(self.url)
 
     def stream_lines(
         self,
@@ -139,19 +214,34 @@ class Client:
         body: dict[str, Any] | None = None,
         timeout: float | None = None,
     ) -> Iterator[str]:
-        """Lines of a streamed answer (NDJSON progress or SSE), as they arrive."""
+        """Lines of a streamed answer (NDJSON progress or SSE), as they arrive. ``timeout``
+        is the longest wait for the next line (None: no limit)."""
+        resp = self._send(method, path, body or {}, None, self.timeout)
+        if resp.status >= 400:
+            _raise_for(self._read(resp))
+        if self._conn is not None and self._conn.sock is not None:
+            self._conn.sock.settimeout(timeout)
+        done = False
+        pending = b""
         try:
-            with self.http.stream(
-                method, path, json=body or {}, timeout=httpx.Timeout(30.0, read=timeout)
-            ) as r:
-                if r.status_code >= 400:
-                    r.read()
-                    _raise_for(r)
-                yield from r.iter_lines()
-        except httpx.ConnectError as exc:
-            raise SupervisorNotRunning(self.url) from exc
-        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            # read1, not readline: http.client's readline takes a chunked answer cut short
+            # for its end, read1 raises IncompleteRead
+            while data := resp.read1(65536):
+                *lines, pending = (pending + data).split(b"\n")
+                for line in lines:
+                    yield line.decode().rstrip("\r")
+            if resp.length:  # a Content-Length answer that stopped short
+                raise http.client.IncompleteRead(pending)
+            if pending:
+                yield pending.decode().rstrip("\r")
+            done = True
+        except TimeoutError as exc:
+            raise _timed_out(self.url) from exc
+        except _BROKEN as exc:
             raise _broken(self.url) from exc
+        finally:
+            if not done or resp.will_close:  # a stream left half-read cannot be reused
+                self.close()
 
     def ndjson(
         self,
@@ -186,3 +276,23 @@ class Client:
                     err.get("code"),
                 )
             yield chunk
+
+
+def get_health(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    """The supervisor's ``/health`` answer, or None when nothing healthy answers at ``url``."""
+    c = Client(url, timeout=timeout)
+    try:
+        r = c._read(c._send("GET", "/health", None, None, timeout))
+        return r.json() if r.status_code == 200 else None
+    except (ApiError, SupervisorNotRunning, ValueError):
+        return None
+    finally:
+        c.close()
+
+
+def _readable(sock: Any) -> bool:
+    """An idle keep-alive socket with something to read has been closed by the server."""
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True

@@ -65,15 +65,9 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def _health(url: str) -> dict[str, object] | None:
-    import httpx
+    from smackctl.client import get_health
 
-    from smackctl.client import needs_tls
-
-    try:
-        r = httpx.get(url + "/health", timeout=1.0, verify=needs_tls(url))
-    except httpx.HTTPError:
-        return None
-    return r.json() if r.status_code == 200 else None
+    return get_health(url, timeout=1.0)
 
 
 def _tail(path: Path, n: int = 15) -> str:

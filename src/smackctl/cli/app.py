@@ -6,8 +6,10 @@ Errors become exit codes here and nowhere else.
 
 from __future__ import annotations
 
+import functools
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar
 
 import typer
 
@@ -18,11 +20,79 @@ from . import models, ops, profile, supervisor
 from ._common import Globals
 from .chat import chat
 
-__all__ = ["app", "main"]
+__all__ = ["app", "command_tree", "main"]
+
+
+def _lazy_coercion() -> None:
+    """Typer (0.2x) coerces every non-bool parameter through a pydantic TypeAdapter, and
+    builds it even for a value that is None, the default of every optional option: that
+    imports pydantic, ~100 ms of every command (`smackctl status` has two such options, the
+    global --url and --profile). Its own ``RuntimeParam.coerce`` returns None (or () for
+    a multi-value parameter) for None before it uses the adapter, and a str is returned as
+    is for a ``str`` parameter, so building the adapter is skipped in those two cases only;
+    any other value is coerced by typer as before. Nothing is patched when typer's internals
+    are not the ones this was written against. ``tests/test_cli.py`` checks both answers
+    against typer's own."""
+    core = getattr(typer, "core", None)
+    param_cls = getattr(core, "_TyperParameter", None)
+    found = getattr(param_cls, "get_runtime_param", None)
+    if found is None or getattr(found, "_smackctl", False):
+        return
+    build: Any = found
+
+    class Cheap:
+        def __init__(self, param: Any) -> None:
+            self.param = param
+
+        def coerce(self, value: Any, param: Any, ctx: Any) -> Any:
+            if value is None:
+                return () if param.multiple or param.nargs == -1 else None
+            if type(value) is str and _is_plain_str(param):
+                return value
+            return build(param).coerce(value, param=param, ctx=ctx)
+
+    def get_runtime_param(self: Any) -> Any:
+        if self._runtime_param is not None:
+            return self._runtime_param
+        return Cheap(self)
+
+    get_runtime_param._smackctl = True  # type: ignore[attr-defined]
+    param_cls.get_runtime_param = get_runtime_param  # type: ignore[union-attr]
+
+
+def _is_plain_str(param: Any) -> bool:
+    desc = getattr(param, "type_descriptor", None)
+    info = getattr(desc, "parameter_info", None)
+    return (
+        getattr(desc, "annotation", None) in (str, str | None)  # Optional[str] is equal
+        and getattr(info, "parser", None) is None
+        and getattr(info, "click_type", None) is None
+        and not param.multiple
+        and param.nargs == 1
+    )
+
+
+_lazy_coercion()
 
 
 class _Root(typer.core.TyperGroup):
-    """Turns smackctl's errors into messages and exit codes: the only place that does."""
+    """Turns smackctl's errors into messages and exit codes: the only place that does.
+
+    It also builds its commands when they are first asked for: typer builds every command of
+    the tree (signatures, type hints, params) before it parses anything, ~35 ms of every
+    command here, when one command runs. ``_defer`` moves the root's commands and sub-apps
+    out of the Typer app into ``lazy``; each is built by typer itself, alone, on demand.
+    """
+
+    lazy: ClassVar[dict[str, Callable[[], Any]]] = {}
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*self.commands, *(n for n in self.lazy if n not in self.commands)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            self.commands[cmd_name] = self.lazy[cmd_name]()
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]
         try:
@@ -35,6 +105,31 @@ class _Root(typer.core.TyperGroup):
         except KeyboardInterrupt:
             sys.stderr.write("\n")
             raise typer.Exit(130) from None
+
+
+def _defer(root: typer.Typer) -> None:
+    """Move ``root``'s commands, then its sub-apps (typer's own order), into ``_Root.lazy``.
+    Each is built through a one-item Typer app, by ``typer.main.get_command``: the same
+    code typer runs for the whole tree, so the command is the one typer would have built."""
+
+    def one_command(info: Any) -> Any:
+        t = typer.Typer(add_completion=False, rich_markup_mode=None)
+        t.registered_commands.append(info)
+        return typer.main.get_command(t)
+
+    def one_group(info: Any) -> Any:
+        t = typer.Typer(add_completion=False, rich_markup_mode=None)
+        t.registered_groups.append(info)
+        return typer.main.get_command(t).commands[info.name]  # type: ignore[attr-defined]
+
+    for info in root.registered_commands:
+        assert info.callback is not None
+        name = info.name or typer.main.get_command_name(info.callback.__name__)
+        _Root.lazy[name] = functools.partial(one_command, info)
+    for group in root.registered_groups:
+        assert group.name is not None
+        _Root.lazy[group.name] = functools.partial(one_group, group)
+    root.registered_commands, root.registered_groups = [], []
 
 
 app = typer.Typer(
@@ -101,6 +196,16 @@ app.add_typer(models.app, name="models")
 app.add_typer(profile.app, name="profile")
 ops.register(app)
 app.command()(chat)
+_defer(app)
+
+
+def command_tree() -> Any:
+    """The root click group with every command built (for the man page and the tests)."""
+    root = typer.main.get_command(app)
+    ctx = root.context_class(root)
+    for name in root.list_commands(ctx):  # type: ignore[attr-defined]
+        root.get_command(ctx, name)  # type: ignore[attr-defined]
+    return root
 
 
 def main() -> None:

@@ -1,11 +1,14 @@
-"""Generated docs that cannot drift: shell completion scripts and the man page.
+"""Generated docs that cannot drift: shell completion scripts, the man page, help pages.
 
-``python -m smackctl.cli.docs`` (``make docs``) writes ``completions/`` and ``man/smackctl.1``
-from the Typer app; a test fails when the checked-in copies differ from what it generates.
+``python -m smackctl.cli.docs`` (``make docs``) writes ``completions/``, ``man/smackctl.1``
+and ``src/smackctl/cli/help.json`` (every command's ``--help``, which ``cli.main`` prints
+without importing typer) from the Typer app; a test fails when the checked-in copies differ
+from what it generates.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,9 +17,12 @@ from typing import Any
 
 from smackctl import __version__
 
-__all__ = ["completion_script", "man_page", "write_all"]
+__all__ = ["completion_script", "help_pages", "man_page", "write_all"]
 
 ROOT = Path(__file__).resolve().parents[3]
+HELP_FILE = Path(__file__).with_name("help.json")
+#: the width help pages are rendered at: click's, on any terminal of 80 columns or more
+HELP_COLUMNS = 80
 COMPLETION_FILES = {"bash": "smackctl.bash", "zsh": "_smackctl", "fish": "smackctl.fish"}
 
 ENVIRONMENT = [
@@ -121,11 +127,9 @@ def _usage(path: str, cmd: Any) -> str:
 
 
 def man_page() -> str:
-    import typer
+    from .app import command_tree
 
-    from .app import app
-
-    root = typer.main.get_command(app)
+    root = command_tree()
     out = [
         f'.TH SMACKCTL 1 "" "smackctl {__version__}" "User Commands"',
         ".SH NAME",
@@ -202,6 +206,41 @@ def man_page() -> str:
     return "\n".join(out) + "\n"
 
 
+def help_pages() -> dict[str, str]:
+    """Every command's ``--help`` page as typer prints it on a terminal of 80 columns or
+    more, by command path (``""`` for the root, ``"models list"``…)."""
+    import contextlib
+    import io
+
+    from .app import command_tree
+
+    root = command_tree()
+    pages: dict[str, str] = {}
+    saved = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(HELP_COLUMNS)  # what click's width comes from
+    try:
+
+        def walk(cmd: Any, path: tuple[str, ...]) -> None:
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                root.main([*path, "--help"], prog_name="smackctl", standalone_mode=False)
+            pages[" ".join(path)] = out.getvalue()
+            for name, sub in getattr(cmd, "commands", {}).items():
+                walk(sub, (*path, name))
+
+        walk(root, ())
+    finally:
+        if saved is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = saved
+    return pages
+
+
+def help_json() -> str:
+    return json.dumps(help_pages(), indent=0, ensure_ascii=False) + "\n"
+
+
 def write_all(root: Path = ROOT) -> list[Path]:
     written = []
     for shell, name in COMPLETION_FILES.items():
@@ -213,6 +252,8 @@ def write_all(root: Path = ROOT) -> list[Path]:
     p.parent.mkdir(exist_ok=True)
     p.write_text(man_page())
     written.append(p)
+    HELP_FILE.write_text(help_json())
+    written.append(HELP_FILE)
     return written
 
 
