@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(BIN)/smackctl models pull smollm2
 	$(BIN)/smackctl start
+	$(BIN)/smackctl models pull smollm2
 	$(BIN)/smackctl chat --max-tokens 64 "In one sentence: what is the capital of France?"
 	@echo
 	@echo "The supervisor keeps running: try '$(BIN)/smackctl status', then '$(BIN)/smackctl stop'."
