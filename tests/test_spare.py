@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from conftest import (
@@ -105,3 +106,69 @@ def test_spare_runner_false_keeps_none(home: Home, model_dir: Path) -> None:
         assert "in the spare process" not in (home.state / "logs" / "runner-tiny-b.log").read_text()
     finally:
         shutdown(sup)
+
+
+def test_a_load_short_of_memory_stops_the_spare_before_evicting_a_model(home: Home) -> None:
+    """FAKE machine memory (a machine short of RAM cannot be made safely here): the probe
+    reports ``total`` minus what the scheduler's runners hold minus the spare's size while a
+    spare exists. Once the spare waits, ``total`` drops (another program took memory) to
+    where tiny-b fits beside tiny-a but not beside the spare as well. Runners, spare and
+    loads are real."""
+    import asyncio
+
+    from smackctl.config import load_profile
+    from smackctl.daemon.scheduler import SPARE_RAM, Scheduler
+    from smackctl.daemon.store import Store
+    from smackctl.paths import get_paths
+
+    async def scenario() -> None:
+        paths = get_paths()
+        paths.state_dir.mkdir(parents=True, exist_ok=True)
+        profile_path = Path(home.env["SMACKCTL_PROFILE_DIR"]) / "test.yaml"
+        profile = load_profile(profile_path)
+        reserve = profile.memory.reserve
+        total = 1 << 40
+
+        def held() -> int:
+            return sum(m.memory()[0] for m in sched.models.values() if m.loaded)
+
+        def fake_probe() -> tuple[int, int]:
+            spare = SPARE_RAM if sched.spare is not None or sched._spare_starting else 0
+            return total - held() - spare, 0
+
+        sched = Scheduler(paths, Store(paths.db_path), profile, profile_path)
+        sched._budget_probe = fake_probe
+        try:
+            await sched.ensure_ready("tiny-a")
+            a = sched.models["tiny-a"]
+            await wait_until(lambda: a.measured_ram is not None, "tiny-a measured")
+            sched.refill_spare()
+            await wait_until(lambda: sched.spare is not None, "a spare")
+            assert sched.spare is not None and sched.spare.proc is not None
+            spare_pid = sched.spare.proc.pid
+            b = sched.models["tiny-b"]
+            need_b = sched.estimate(b, sched.model_file(b)).ram
+            total = reserve + held() + need_b + SPARE_RAM // 2
+            await sched.ensure_ready("tiny-b")
+            assert {m.name for m in sched.models.values() if m.loaded} == {"tiny-a", "tiny-b"}
+            assert sched.spare is None
+            assert not os.path.exists(f"/proc/{spare_pid}") or _zombie(spare_pid)
+            # and no new spare while the machine has no room for one
+            sched.refill_spare()
+            assert sched.spare is None and not sched._spare_starting
+        finally:
+            await sched.shutdown()
+
+    async def wait_until(cond: Callable[[], object], what: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while not cond():
+            assert loop.time() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
+
+
+def _zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ", 1)[1].startswith("Z")

@@ -105,6 +105,10 @@ class Managed:
         return 0, 0
 
 
+#: what a waiting spare runner may hold: ~70-80 MB RSS measured, with headroom
+SPARE_RAM = 128 * 2**20
+
+
 class Scheduler:
     def __init__(
         self,
@@ -323,10 +327,17 @@ class Scheduler:
             or self._spare_starting
             or self.spare is not None
             or any(m.loading is not None or m.in_flight for m in self.models.values())
+            or not self._room_for_spare()
         ):
             return
         self._spare_starting = True
         self.spawn(self._start_spare(), "spare")
+
+    def _room_for_spare(self) -> bool:
+        """A spare is a convenience: it never takes memory a model could use. Start one only
+        when the machine has twice its size free beyond the profile's reserve."""
+        avail_ram, _ = self._budget_probe()
+        return avail_ram - self.profile.memory.reserve >= 2 * SPARE_RAM
 
     async def _start_spare(self) -> None:
         spare = Spare(self.paths.runner_log("spare"))
@@ -334,7 +345,12 @@ class Scheduler:
             await spare.start()
         finally:
             self._spare_starting = False
-        if self.spare is None and self.accepting and self.profile.memory.spare_runner:
+        if (
+            self.spare is None
+            and self.accepting
+            and self.profile.memory.spare_runner
+            and self._room_for_spare()  # a load may have taken the room while it started
+        ):
             self.spare = spare
         else:
             await spare.stop()
@@ -415,10 +431,21 @@ class Scheduler:
     async def _make_room(self, m: Managed, est: Estimate, force: bool) -> None:
         while True:
             plan = self.plan_for(m, est)
+            # evictions for max_loaded alone: the new model does not need their memory,
+            # so it loads while the kernel tears them down (~35 ms of a swap, measured)
+            for_count = plan.need_ram <= plan.free_ram and plan.need_vram <= plan.free_vram
+            if (
+                self.spare is not None
+                and plan.need_ram > plan.free_ram
+                and self.profile.memory.ram is None
+            ):
+                # short of RAM in a budget taken from the machine's available memory: the
+                # spare's goes before any model's, and before a refusal; the next plan
+                # counts what it freed
+                log.info("stopping the spare runner to make room for %s", m.name)
+                await self.drop_spare()
+                continue
             if plan.fits:
-                # evictions for max_loaded alone: the new model does not need their memory,
-                # so it loads while the kernel tears them down (~35 ms of a swap, measured)
-                for_count = plan.need_ram <= plan.free_ram and plan.need_vram <= plan.free_vram
                 for name in plan.evict:
                     log.info("evicting %s to make room for %s", name, m.name)
                     self.publish({"event": "evict", "model": name, "for": m.name})
