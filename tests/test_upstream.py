@@ -81,6 +81,22 @@ def test_a_body_by_content_length_and_the_connection_is_reused() -> None:
     run(main())
 
 
+def test_an_answer_without_a_body_needs_no_length() -> None:
+    async def no_content(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
+        w.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    async def main() -> None:
+        async with Server(no_content) as srv:
+            up = Upstream(read_timeout=5)
+            for _ in range(2):
+                a = await up.post("127.0.0.1", srv.port, "/", b"{}", {})
+                assert (a.status, await a.read()) == (204, b"")
+            assert srv.connections == 1
+            await up.aclose()
+
+    run(main())
+
+
 def test_chunks_are_handed_out_as_they_arrive() -> None:
     """The first SSE event reaches the caller while the runner has not written the second:
     the client does not buffer a stream."""

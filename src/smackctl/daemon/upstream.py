@@ -62,7 +62,9 @@ class Answer:
         reader, timeout = self._conn.reader, self._up.read_timeout
         try:
             length = self.headers.get(b"content-length")
-            if length is not None:
+            if self.status in (204, 304) or self.status < 200:  # no body, whatever the headers
+                self._done = True
+            elif length is not None:
                 async with asyncio.timeout(timeout):
                     data = await reader.readexactly(int(length))
                 self._done = True
