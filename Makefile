@@ -44,7 +44,8 @@ test: lint typecheck pytest
 bench: install
 	$(BIN)/python -m benchmarks
 
-# completions/ and man/smackctl.1 are generated from the CLI; tests fail when they are stale
+# completions/, man/smackctl.1 and src/smackctl/cli/help.json are generated from the CLI;
+# tests fail when they are stale
 docs: install
 	$(BIN)/python -m smackctl.cli.docs
 
