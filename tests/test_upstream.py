@@ -8,16 +8,18 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from smackctl.daemon.upstream import TransportError, Upstream
+from smackctl.daemon.upstream import Answer, TransportError, Upstream
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Awaitable[None]]
 
 
 class Server:
-    """Counts connections and requests; each request is answered by ``script``."""
+    """Counts connections and requests; each request is answered by ``script``. ``up`` is
+    the client under test, closed with the server."""
 
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, **client: float) -> None:
         self.script = script
+        self.up = Upstream(**client)
         self.connections = 0
         self.requests: list[bytes] = []
         self.closed = asyncio.Event()  # a client closed a connection (EOF seen)
@@ -31,7 +33,13 @@ class Server:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._server is not None
+        await self.up.aclose()
         self._server.close()
+
+    async def post(
+        self, path: str = "/", body: bytes = b"{}", headers: dict[str, str] | None = None
+    ) -> Answer:
+        return await self.up.post("127.0.0.1", self.port, path, body, headers or {})
 
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -58,7 +66,7 @@ def chunk(data: bytes) -> bytes:
 
 async def answer_ok(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
     w.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n")
-    w.write(b'{"ok": true}'[:11])
+    w.write(b'{"ok":true}')
 
 
 def run(coro: Awaitable[None]) -> None:
@@ -68,15 +76,13 @@ def run(coro: Awaitable[None]) -> None:
 def test_a_body_by_content_length_and_the_connection_is_reused() -> None:
     async def main() -> None:
         async with Server(answer_ok) as srv:
-            up = Upstream()
             for _ in range(3):
-                a = await up.post("127.0.0.1", srv.port, "/v1/x", b'{"a":1}', {"X-Id": "7"})
+                a = await srv.post("/v1/x", b'{"a":1}', {"X-Id": "7"})
                 assert (a.status, a.content_type) == (200, "application/json")
-                assert await a.read() == b'{"ok": true'
+                assert await a.read() == b'{"ok":true}'
             assert srv.connections == 1  # keep-alive: one connection for three requests
             assert srv.requests[0].startswith(b"POST /v1/x HTTP/1.1\r\n")
             assert b"X-Id: 7\r\n" in srv.requests[0] and srv.requests[0].endswith(b'{"a":1}')
-            await up.aclose()
 
     run(main())
 
@@ -86,13 +92,11 @@ def test_an_answer_without_a_body_needs_no_length() -> None:
         w.write(b"HTTP/1.1 204 No Content\r\n\r\n")
 
     async def main() -> None:
-        async with Server(no_content) as srv:
-            up = Upstream(read_timeout=5)
+        async with Server(no_content, read_timeout=5) as srv:
             for _ in range(2):
-                a = await up.post("127.0.0.1", srv.port, "/", b"{}", {})
+                a = await srv.post()
                 assert (a.status, await a.read()) == (204, b"")
             assert srv.connections == 1
-            await up.aclose()
 
     run(main())
 
@@ -111,19 +115,17 @@ def test_chunks_are_handed_out_as_they_arrive() -> None:
 
     async def main() -> None:
         async with Server(stream) as srv:
-            up = Upstream()
-            a = await up.post("127.0.0.1", srv.port, "/v1/x", b"{}", {})
+            a = await srv.post("/v1/x")
             chunks = a.chunks()
             assert await anext(chunks) == b"data: 1\n\n"
             go_on.set()
             assert [c async for c in chunks] == [b"data: 2\n\n", b"data: [DONE]\n\n"]
             # the stream ended cleanly, so its connection serves the next request
             go_on.clear()
-            b = await up.post("127.0.0.1", srv.port, "/v1/x", b"{}", {})
+            b = await srv.post("/v1/x")
             go_on.set()
             assert await b.read() == b"data: 1\n\ndata: 2\n\ndata: [DONE]\n\n"
             assert srv.connections == 1
-            await up.aclose()
 
     run(main())
 
@@ -138,12 +140,10 @@ def test_an_idle_connection_the_runner_closed_is_replaced() -> None:
 
     async def main() -> None:
         async with Server(once) as srv:
-            up = Upstream()
             for _ in range(3):
-                a = await up.post("127.0.0.1", srv.port, "/", b"{}", {})
-                assert await a.read() == b'{"ok": true'
+                a = await srv.post()
+                assert await a.read() == b'{"ok":true}'
             assert srv.connections == 3
-            await up.aclose()
 
     run(main())
 
@@ -156,14 +156,13 @@ def test_a_stream_cut_midway_raises_and_the_connection_is_dropped() -> None:
 
     async def main() -> None:
         async with Server(cut) as srv:
-            up = Upstream()
-            a = await up.post("127.0.0.1", srv.port, "/", b"{}", {})
+            a = await srv.post()
             got = []
             with pytest.raises(TransportError, match="broke mid-answer"):
                 async for c in a.chunks():
                     got.append(c)
             assert got == [b"data: 1\n\n"]
-            assert up._idle == {}  # a broken connection never goes back to the pool
+            assert srv.up._idle == {}  # a broken connection never goes back to the pool
 
     run(main())
 
@@ -181,13 +180,12 @@ def test_a_caller_that_stops_reading_closes_the_connection() -> None:
 
     async def main() -> None:
         async with Server(endless) as srv:
-            up = Upstream()
-            a = await up.post("127.0.0.1", srv.port, "/", b"{}", {})
+            a = await srv.post()
             chunks = a.chunks()
             assert await anext(chunks) == b"data: x\n\n"
             await chunks.aclose()
             await asyncio.wait_for(srv.closed.wait(), 10)
-            assert up._idle == {}
+            assert srv.up._idle == {}
 
     run(main())
 
@@ -199,9 +197,8 @@ def test_nothing_listening_and_garbage_answers_are_transport_errors() -> None:
     async def main() -> None:
         async with Server(garbage) as srv:
             port = srv.port
-            up = Upstream()
             with pytest.raises(TransportError, match="not an HTTP answer"):
-                await up.post("127.0.0.1", port, "/", b"{}", {})
+                await srv.post()
         with pytest.raises(TransportError, match="cannot connect"):
             await Upstream().post("127.0.0.1", port, "/", b"{}", {})
 
