@@ -100,6 +100,8 @@ _BROKEN = (http.client.HTTPException, ConnectionResetError, BrokenPipeError)
 #: how a kept-alive connection that the server closed while it was idle fails the next
 #: request; uvicorn closes only idle connections, so the request was never read: resend it
 _CLOSED_WHILE_IDLE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+#: the answer is lost: the connection broke, or the supervisor took too long
+_LOST = (TimeoutError, *_BROKEN)
 
 
 class Client:
@@ -159,28 +161,27 @@ class Client:
             try:
                 conn.request(method, target, payload, headers)
                 return conn.getresponse()
-            except TimeoutError as exc:
-                self.close()
-                raise _timed_out(self.url) from exc
-            except _BROKEN as exc:
-                self.close()
+            except _LOST as exc:
                 if reused and attempt == 1 and isinstance(exc, _CLOSED_WHILE_IDLE):
+                    self.close()
                     continue  # the supervisor closed this idle connection as we sent on it
-                raise _broken(self.url) from exc
+                raise self._lost(exc) from exc
             except OSError as exc:  # refused, no route, no such host: nothing is listening
                 self.close()
                 raise SupervisorNotRunning(self.url) from exc
         raise AssertionError("unreachable")
 
+    def _lost(self, exc: BaseException) -> ApiError:
+        """The error for an answer lost to a timeout or a broken connection (which cannot be
+        used again, so it is closed)."""
+        self.close()
+        return _timed_out(self.url) if isinstance(exc, TimeoutError) else _broken(self.url)
+
     def _read(self, resp: http.client.HTTPResponse) -> Reply:
         try:
             content = resp.read()
-        except TimeoutError as exc:
-            self.close()
-            raise _timed_out(self.url) from exc
-        except _BROKEN as exc:
-            self.close()
-            raise _broken(self.url) from exc
+        except _LOST as exc:
+            raise self._lost(exc) from exc
         if resp.will_close:
             self.close()
         return Reply(resp.status, resp.reason, content)
@@ -204,8 +205,13 @@ class Client:
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self.request("POST", path, body or {}).json()
 
-    def health(self) -> dict[str, Any] | None:
-        return get_health(self.url)
+    def health(self, timeout: float = 2.0) -> dict[str, Any] | None:
+        """The supervisor's ``/health`` answer, or None when nothing healthy answers."""
+        try:
+            r = self._read(self._send("GET", "/health", None, None, timeout))
+            return r.json() if r.status_code == 200 else None
+        except (ApiError, SupervisorNotRunning, ValueError):
+            return None
 
     def stream_lines(
         self,
@@ -235,10 +241,8 @@ class Client:
             if pending:
                 yield pending.decode().rstrip("\r")
             done = True
-        except TimeoutError as exc:
-            raise _timed_out(self.url) from exc
-        except _BROKEN as exc:
-            raise _broken(self.url) from exc
+        except _LOST as exc:
+            raise self._lost(exc) from exc
         finally:
             if not done or resp.will_close:  # a stream left half-read cannot be reused
                 self.close()
@@ -279,15 +283,9 @@ class Client:
 
 
 def get_health(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
-    """The supervisor's ``/health`` answer, or None when nothing healthy answers at ``url``."""
-    c = Client(url, timeout=timeout)
-    try:
-        r = c._read(c._send("GET", "/health", None, None, timeout))
-        return r.json() if r.status_code == 200 else None
-    except (ApiError, SupervisorNotRunning, ValueError):
-        return None
-    finally:
-        c.close()
+    """The ``/health`` answer at ``url``, or None when nothing healthy answers there."""
+    with Client(url, timeout=timeout) as c:
+        return c.health(timeout)
 
 
 def _readable(sock: Any) -> bool:

@@ -41,8 +41,7 @@ def _lazy_coercion() -> None:
     build: Any = found
 
     class Cheap:
-        def __init__(self, param: Any) -> None:
-            self.param = param
+        """Stands in for a parameter's runtime coercion until a value needs the real one."""
 
         def coerce(self, value: Any, param: Any, ctx: Any) -> Any:
             if value is None:
@@ -51,10 +50,10 @@ def _lazy_coercion() -> None:
                 return value
             return build(param).coerce(value, param=param, ctx=ctx)
 
+    cheap = Cheap()
+
     def get_runtime_param(self: Any) -> Any:
-        if self._runtime_param is not None:
-            return self._runtime_param
-        return Cheap(self)
+        return self._runtime_param if self._runtime_param is not None else cheap
 
     get_runtime_param._smackctl = True  # type: ignore[attr-defined]
     param_cls.get_runtime_param = get_runtime_param  # type: ignore[union-attr]
