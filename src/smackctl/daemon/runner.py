@@ -355,8 +355,8 @@ class Runner:
         signal_group(self.proc.pid, signal.SIGKILL)
 
     async def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM the process group, wait ``grace``, then SIGKILL it; ``grace`` 0: SIGKILL at
-        once (an idle runner has nothing to finish). Idempotent."""
+        """SIGTERM the process group, wait ``grace``, then SIGKILL it. Idempotent; after
+        ``kill`` it only waits for the exit."""
         if self.state is RunnerState.STOPPED:
             return
         if self.state is RunnerState.STOPPING:  # another caller is stopping it (or killed it)
@@ -368,7 +368,7 @@ class Runner:
         if self.state in (RunnerState.STARTING, RunnerState.READY):
             self._set(RunnerState.STOPPING)
         if self.proc is not None:
-            if not self.exited.is_set() and grace > 0:
+            if not self.exited.is_set():
                 signal_group(self.proc.pid, signal.SIGTERM)
                 try:
                     await asyncio.wait_for(self.exited.wait(), grace)
@@ -376,7 +376,6 @@ class Runner:
                     signal_group(self.proc.pid, signal.SIGKILL)
                     await self.exited.wait()
             signal_group(self.proc.pid, signal.SIGKILL)  # children that outlived the leader
-            await self.exited.wait()
         self._stopped()
 
     def _stopped(self) -> None:
