@@ -54,7 +54,7 @@ def _children_of_home(home: Path) -> list[tuple[int, bool]]:
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
             cmd = p.info["cmdline"] or []
-            if "llama_cpp.server" not in cmd and "smackctl.daemon.spare" not in cmd:
+            if "llama_cpp.server" not in cmd and "smackctl.daemon.host" not in cmd:
                 continue
             if p.environ().get("SMACKCTL_HOME") != str(home):
                 continue
@@ -266,3 +266,31 @@ def cli(home: Home) -> Iterator[Any]:
     yield runner
     runner.invoke(app, ["stop", "--force"])
     wait_for(lambda: not runner_pids(home.root), 15, "runners gone after stop")
+
+
+CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "temperature": 0}
+
+
+def ask(sup: Supervisor, model: str, **kw: object) -> httpx.Response:
+    with sup.client() as c:
+        return c.post("/v1/chat/completions", json={**CHAT, "model": model, **kw})
+
+
+def planner_needs(home: Home, model_dir: Path) -> dict[str, int]:
+    """Load each tiny model once (so its measurement is stored), then read what the planner
+    counts for it. Budgets below are built from these figures, not from guesses."""
+    sup = launch(home)
+    try:
+        needs = {}
+        with sup.client() as c:
+            for name in ("tiny-a", "tiny-b", "tiny-c"):
+                assert ask(sup, name).status_code == 200
+                wait_for(lambda n=name: sup.model(n)["measured_ram"], 10, f"{name} measured")
+                plan = c.post(f"/api/models/{name}/load", json={"estimate_only": True}).json()
+                assert plan["measured"] is True
+                needs[name] = plan["ram"]
+            # unloaded before stopping, or the next supervisor would load them again at start
+            assert c.post("/api/models/--all/unload").status_code == 200
+    finally:
+        shutdown(sup)
+    return needs

@@ -13,34 +13,17 @@ from typer.testing import CliRunner
 
 from smackctl.cli.app import app
 
-from conftest import Home, Supervisor, launch, profile_yaml, runner_pids, shutdown, wait_for
-
-CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "temperature": 0}
-
-
-def ask(sup: Supervisor, model: str, **kw: object) -> httpx.Response:
-    with sup.client() as c:
-        return c.post("/v1/chat/completions", json={**CHAT, "model": model, **kw})
-
-
-def planner_needs(home: Home, model_dir: Path) -> dict[str, int]:
-    """Load each tiny model once (so its measurement is stored), then read what the planner
-    counts for it. Budgets below are built from these figures, not from guesses."""
-    sup = launch(home)
-    try:
-        needs = {}
-        with sup.client() as c:
-            for name in ("tiny-a", "tiny-b", "tiny-c"):
-                assert ask(sup, name).status_code == 200
-                wait_for(lambda n=name: sup.model(n)["measured_ram"], 10, f"{name} measured")
-                plan = c.post(f"/api/models/{name}/load", json={"estimate_only": True}).json()
-                assert plan["measured"] is True
-                needs[name] = plan["ram"]
-            # unloaded before stopping, or the next supervisor would load them again at start
-            assert c.post("/api/models/--all/unload").status_code == 200
-    finally:
-        shutdown(sup)
-    return needs
+from conftest import (
+    CHAT,
+    Home,
+    Supervisor,
+    ask,
+    launch,
+    planner_needs,
+    profile_yaml,
+    shutdown,
+    wait_for,
+)
 
 
 def with_budget(home: Home, model_dir: Path, ram: int, **per_model: str) -> Supervisor:
@@ -239,28 +222,3 @@ def test_unload_gives_the_memory_back(supervisor: Supervisor) -> None:
     assert not psutil.pid_exists(pid)  # unload waited for the process to be gone
     assert supervisor.status()["memory"]["used_ram"] == 0
     assert supervisor.model("tiny-a")["state"] == "stopped"
-
-
-def test_max_loaded_swaps_models_and_leaves_one_runner(home: Home, model_dir: Path) -> None:
-    """An eviction for max_loaded alone does not wait for the old runner's exit before the
-    new load (its memory is not needed); the old runner must still be gone, not orphaned,
-    and its slot must not be counted twice."""
-    text = profile_yaml(model_dir, "memory:\n  max_loaded: 1\n")
-    (Path(home.env["SMACKCTL_PROFILE_DIR"]) / "test.yaml").write_text(text)
-    sup = launch(home)
-    try:
-        seen: list[int] = []
-        for name in ("tiny-a", "tiny-b", "tiny-a", "tiny-c"):
-            assert ask(sup, name).status_code == 200
-            assert loaded(sup) == {name}
-            pid = sup.model(name)["pid"]
-            seen.append(pid)
-            wait_for(lambda p=pid: runner_pids(home.root) == [p], 10, f"only {name}'s runner")
-        assert len(set(seen)) == 4  # each swap started a new runner
-        for old in seen[:-1]:
-            assert not psutil.pid_exists(old) or psutil.Process(old).status() == "zombie"
-        log = sup.log()
-        assert "evicting tiny-a to make room for tiny-b" in log
-        assert "evicting tiny-a to make room for tiny-c" in log
-    finally:
-        shutdown(sup)

@@ -8,7 +8,11 @@ from pathlib import Path
 from smackctl.config import ModelSpec
 from smackctl.hardware import physical_cores
 
-__all__ = ["llama_cpp_server_argv", "runner_threads"]
+__all__ = ["RUNNER_PROGRAM", "llama_cpp_server_argv", "runner_threads"]
+
+#: the default backend's runner program: llama_cpp.server's app and flags, plus a route that
+#: lets the process take the next model (daemon/host.py)
+RUNNER_PROGRAM = [sys.executable, "-m", "smackctl.daemon.host"]
 
 
 def _flag(value: str | int | float | bool) -> str:
@@ -21,7 +25,7 @@ def runner_threads(spec: ModelSpec) -> int:
 
 
 def llama_cpp_server_argv(spec: ModelSpec, model_path: Path, port: int, api_key: str) -> list[str]:
-    """``python -m llama_cpp.server`` with safe defaults.
+    """llama_cpp.server's flags with safe defaults, for ``RUNNER_PROGRAM``.
 
     - ``--interrupt_requests False``: its default lets a second request silently truncate
       the first stream; the supervisor queues instead.
@@ -51,4 +55,4 @@ def llama_cpp_server_argv(spec: ModelSpec, model_path: Path, port: int, api_key:
     for key, value in sorted(spec.args.items()):
         flags[key] = _flag(value)
     # --flag=value: a value that starts with '-' can never be read as another flag
-    return [sys.executable, "-m", "llama_cpp.server", *(f"--{k}={v}" for k, v in flags.items())]
+    return [*RUNNER_PROGRAM, *(f"--{k}={v}" for k, v in flags.items())]

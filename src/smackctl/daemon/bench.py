@@ -27,7 +27,7 @@ import httpx
 
 from smackctl.errors import ModelLoadError, SmackError, UsageError
 from smackctl.gguf import read_info
-from smackctl.hardware import probe_machine, process_tree_vram, tree_peak_rss
+from smackctl.hardware import probe_machine, process_tree_vram, tree_peak_rss, tree_rss
 
 if TYPE_CHECKING:
     from .runner import Runner
@@ -143,14 +143,16 @@ class Bench:
                 if m.state in ("stopped", "failed"):
                     self._note(m, "loading", run=i + 1, runs=p.runs)
                     t = time.perf_counter()
-                    await self.sched.ensure_ready(m.name)
+                    await self.sched.ensure_ready(m.name, fresh=True)  # a cold start, as it says
                     load_s = time.perf_counter() - t
                 self._note(m, "run", run=i + 1, runs=p.runs)
                 async with self.sched.slot(m.name) as (_, runner):
                     one = await _measure(http, runner, info.end_token_ids, p, i)
                     assert runner.pid is not None
                     one["load_s"] = load_s
-                    one["peak_rss"] = await asyncio.to_thread(tree_peak_rss, runner.pid)
+                    # a process that held another model before: its peak may be that model's
+                    rss = tree_rss if runner.reused else tree_peak_rss
+                    one["peak_rss"] = await asyncio.to_thread(rss, runner.pid)
                     one["vram"] = await asyncio.to_thread(process_tree_vram, runner.pid)
                 runs.append(one)
                 self._note(m, "result", run=i + 1, runs=p.runs, result=one)

@@ -1,22 +1,41 @@
-"""A runner process started before it is needed (``python -m smackctl.daemon.spare``).
+"""The runner program: ``python -m smackctl.daemon.host [--spare | FLAG…]``.
 
-Starting ``python -m llama_cpp.server`` spends ~0.85 s on this machine importing it (FastAPI,
-pydantic settings, numpy, the llama.cpp library) before it reads a byte of the model. The
-supervisor keeps one such process with the imports done, waiting on its stdin; a load hands
-it the runner's command-line flags and the runner's log, and it becomes that runner: the same
-argument parsing and server as ``python -m llama_cpp.server``, minus the wait.
+It serves one model with llama_cpp.server's own app, settings and flags (the same as
+``python -m llama_cpp.server FLAG…``), and adds one route, ``POST /smackctl/load``, so that
+the process can take another model when the supervisor unloads the one it holds: a swap
+then happens in a warm process, as llama_cpp.server's ``--config_file`` swaps do, instead of
+paying a new process's start (measured in BENCHMARKS.md, line 4).
 
-Order, one JSON line on stdin: ``{"args": ["--model=…", …], "log": "/…/runner-NAME.log"}``.
-End of stdin without an order: exit quietly (the supervisor let it go).
+``--spare``: import everything (~0.85 s here: FastAPI, pydantic settings, numpy, the llama.cpp
+library), print ``spare: ready`` and wait on stdin for one order, a JSON line
+``{"args": [FLAG…], "log": "/…/runner-NAME.log"}``; then serve as above. End of stdin
+without an order: exit quietly (the supervisor let it go).
+
+``POST /smackctl/load`` (the runner's own bearer key), body
+``{"args": [FLAG…], "log": PATH, "keep_old": BOOL}``: with every request of the app held off
+(llama_cpp.server's own locks), free the model and load the one ``args`` names; 200 once it
+answers, 400 for flags it cannot read, 409 when they change a server setting (a fresh
+process is needed), 500 with llama.cpp's error when the load fails (the process then holds
+no model and the supervisor ends it). ``log``: the output goes to that file from then on.
+
+``keep_old`` (only when memory has room for both models, which the supervisor decides):
+load first and free the old model later, on ``POST /smackctl/free``, which the supervisor
+sends once the new model's first request is answered. Freeing Gemma 3's 262k-token
+vocabulary takes 50-80 ms here; before a load it adds that to the swap, and beside a load
+it slowed the load by as much (measured: both in BENCHMARKS.md). A load frees whatever is
+still kept first.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import json
 import os
 import sys
+import threading
+from typing import Any
 
 #: what uvicorn imports only once it runs (~25 ms here, measured after an order arrived):
 #: the HTTP protocol, the lifespan, the loop setup, and the IDNA codec for the host name
@@ -30,10 +49,140 @@ LATE_IMPORTS = (
     "encodings.idna",
 )
 
+#: server settings that a load may not change: the process keeps its address and key
+_KEPT = ("host", "port", "api_key")
 
-def main() -> None:
-    from llama_cpp.server.__main__ import main as serve  # the import the spare exists for
 
+def _parser() -> argparse.ArgumentParser:
+    from llama_cpp.server.cli import add_args_from_model
+    from llama_cpp.server.settings import Settings
+
+    parser = argparse.ArgumentParser(prog="smackctl.daemon.host", exit_on_error=False)
+    add_args_from_model(parser, Settings)
+    return parser
+
+
+def _settings(parser: argparse.ArgumentParser, args: list[str]) -> tuple[Any, Any]:
+    """(ServerSettings, ModelSettings) from llama_cpp.server's flags, as its ``__main__``."""
+    from llama_cpp.server.cli import parse_model_from_args
+    from llama_cpp.server.settings import ModelSettings, ServerSettings
+
+    ns, unknown = parser.parse_known_args(args)
+    if unknown:
+        raise ValueError(f"unrecognized arguments: {' '.join(unknown)}")
+    return parse_model_from_args(ServerSettings, ns), parse_model_from_args(ModelSettings, ns)
+
+
+def _redirect_output(path: str) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def serve(args: list[str]) -> None:
+    import uvicorn
+    from llama_cpp.server.app import create_app
+
+    parser = _parser()
+    try:
+        server, model = _settings(parser, args)
+    except Exception as exc:  # as llama_cpp.server: the reason, then the usage
+        print(exc, file=sys.stderr)
+        parser.print_help()
+        sys.exit(1)
+    app = create_app(server_settings=server, model_settings=[model])
+    load, free = _routes(parser, server)
+    app.add_route("/smackctl/load", load, methods=["POST"])
+    app.add_route("/smackctl/free", free, methods=["POST"])
+    uvicorn.run(
+        app,
+        host=server.host,
+        port=server.port,
+        ssl_keyfile=server.ssl_keyfile,
+        ssl_certfile=server.ssl_certfile,
+    )
+
+
+def _routes(parser: argparse.ArgumentParser, server: Any) -> tuple[Any, Any]:
+    from llama_cpp.server import app as llama_app
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+
+    #: settings parsed per order: swaps go back and forth between the same few models, and a
+    #: parse costs 4-7 ms of a swap here
+    parsed: dict[tuple[str, ...], tuple[Any, Any]] = {}
+
+    def answer(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"status": status, "message": message}, status_code=status)
+
+    kept: list[Any] = []  # LlamaProxy objects whose model waits for /smackctl/free
+    kept_lock = threading.Lock()  # a load and a free may both come to free them
+
+    def free_kept() -> int:
+        with kept_lock:
+            n = len(kept)
+            while kept:
+                kept.pop().free()
+        if n:
+            print(f"smackctl.daemon.host: freed {n} previous model(s)", file=sys.stderr, flush=True)
+        return n
+
+    def swap(old: Any, model: Any, keep_old: bool) -> None:
+        free_kept()
+        if not keep_old:
+            old.free()
+            print("smackctl.daemon.host: freed the previous model", file=sys.stderr, flush=True)
+        llama_app.set_llama_proxy([model])
+        if keep_old:
+            with kept_lock:
+                kept.append(old)
+
+    async def load(request: Request) -> JSONResponse:
+        if request.headers.get("authorization") != f"Bearer {server.api_key}":
+            return answer(401, "bad or missing bearer key")
+        try:
+            order = json.loads(await request.body())
+            key = tuple(order["args"])
+            if key not in parsed:
+                parsed[key] = _settings(parser, list(key))
+            new_server, model = parsed[key]
+        except (argparse.ArgumentError, ValueError, KeyError, TypeError) as exc:
+            return answer(400, f"cannot read the order: {exc}")
+        changed = [
+            k
+            for k in type(server).model_fields
+            if k not in _KEPT and getattr(new_server, k) != getattr(server, k)
+        ]
+        if changed:
+            return answer(409, f"server settings differ: {', '.join(changed)}")
+        async with contextlib.asynccontextmanager(llama_app.get_llama_proxy)() as old:
+            if order.get("log"):
+                _redirect_output(order["log"])
+            print(f"smackctl.daemon.host: loading {model.model}", file=sys.stderr, flush=True)
+            try:
+                await run_in_threadpool(swap, old, model, bool(order.get("keep_old")))
+            except Exception as exc:  # llama.cpp's reason is in the log above
+                return answer(500, f"{type(exc).__name__}: {exc}")
+        return answer(200, f"loaded {model.model}")
+
+    async def free(request: Request) -> JSONResponse:
+        if request.headers.get("authorization") != f"Bearer {server.api_key}":
+            return answer(401, "bad or missing bearer key")
+        # not under the app's locks: a request to the new model need not wait for it
+        return answer(200, f"freed {await run_in_threadpool(free_kept)} old model(s)")
+
+    return load, free
+
+
+def spare() -> None:
+    import llama_cpp.server.app  # noqa: F401  (the import the spare exists for)
+    import uvicorn  # noqa: F401
+
+    _parser()  # builds the models' field tables too
     for name in LATE_IMPORTS:
         with contextlib.suppress(ImportError):  # another uvicorn may lay them out otherwise
             importlib.import_module(name)
@@ -44,15 +193,18 @@ def main() -> None:
     if not line:
         return
     order = json.loads(line)
-    fd = os.open(order["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
+    _redirect_output(order["log"])
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # as a runner started the usual way: stdin is /dev/null
     os.close(devnull)
-    sys.argv = ["llama_cpp.server", *order["args"]]
-    serve()  # type: ignore[no-untyped-call]
+    serve(list(order["args"]))
+
+
+def main() -> None:
+    if sys.argv[1:] == ["--spare"]:
+        spare()
+    else:
+        serve(sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -23,21 +23,28 @@ import os
 import secrets
 import signal
 import socket
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from smackctl.errors import ModelLoadError, SmackError
 
+from .backends import RUNNER_PROGRAM
 from .upstream import TransportError, Upstream
 
-__all__ = ["QueueFull", "Runner", "RunnerState", "Slots", "Spare", "free_port", "signal_group"]
-
-#: how a runner of the default backend starts; a spare can stand in for exactly this
-LLAMA_CPP_SERVER = [sys.executable, "-m", "llama_cpp.server"]
+__all__ = [
+    "QueueFull",
+    "Runner",
+    "RunnerState",
+    "Slots",
+    "Spare",
+    "Vacated",
+    "free_port",
+    "signal_group",
+]
 
 
 class RunnerState(enum.StrEnum):
@@ -150,7 +157,7 @@ class Slots:
 
 
 class Spare:
-    """A pre-imported ``llama_cpp.server`` process waiting for its model (``spare.py``).
+    """A runner process with the imports done, waiting for its model (``host.py --spare``).
 
     Same hygiene as a runner: own process group, killed by the kernel with the supervisor.
     """
@@ -164,7 +171,7 @@ class Spare:
         with self.log_path.open("ab") as log:
             log.write(f"\n=== {time.strftime('%F %T')} spare starting\n".encode())
             log.flush()
-            argv = [sys.executable, "-m", "smackctl.daemon.spare"]
+            argv = [*RUNNER_PROGRAM, "--spare"]
             self.proc = await _start_child(argv, log, stdin=asyncio.subprocess.PIPE)
 
     @property
@@ -196,8 +203,27 @@ class Spare:
         await proc.wait()
 
 
+@dataclass
+class Vacated:
+    """The process of a runner whose model was just unloaded, kept for the next load: it
+    loads that model in place (``POST /smackctl/load``, host.py) with its port and key.
+    ``keep_old``: memory has room for both models, so the old one is freed after the load
+    (``Runner.free_old``), off the swap's path."""
+
+    proc: asyncio.subprocess.Process
+    port: int
+    api_key: str
+    model: str
+    keep_old: bool
+
+    async def discard(self) -> None:
+        signal_group(self.proc.pid, signal.SIGKILL)
+        await self.proc.wait()
+
+
 class Runner:
-    """One child process for one model. Created per load; not reused after it stopped."""
+    """One child process for one model. Created per load; not reused after it stopped, but
+    its process may be: ``vacate`` hands it on to the next model's runner (``reuse``)."""
 
     def __init__(
         self,
@@ -210,9 +236,19 @@ class Runner:
         ready_timeout: float = 300.0,
         on_state: Callable[[Runner, RunnerState], None] | None = None,
         take_spare: Callable[[], Spare | None] | None = None,
+        reuse: Vacated | None = None,
     ) -> None:
         self.model = model
         self._take_spare = take_spare
+        self._reuse = reuse
+        #: the process runs RUNNER_PROGRAM, so it can load another model (``vacate``)
+        self.hosted = False
+        #: the process held another model before this one (``Vacated``)
+        self.reused = False
+        #: the process still holds the model it had before this one (``free_old``)
+        self.holds_old = False
+        #: set when a request to this runner has been answered
+        self.used = asyncio.Event()
         self._argv_for = argv_for
         self.log_path = log_path
         self.ready_timeout = ready_timeout
@@ -264,8 +300,14 @@ class Runner:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Spawn the process and return once it answers; raise ModelLoadError otherwise."""
+        """Spawn the process (or load in a vacated one) and return once it answers; raise
+        ModelLoadError otherwise."""
         self._set(RunnerState.STARTING)
+        reuse, self._reuse = self._reuse, None
+        if reuse is not None and await self._load_in(reuse):
+            self.ready_at = time.time()
+            self._set(RunnerState.READY)
+            return
         for attempt in range(3):
             await self._spawn()
             try:
@@ -288,8 +330,9 @@ class Runner:
         self.port = free_port()
         argv = list(self._argv_for(self.port, self.api_key))
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        n = len(LLAMA_CPP_SERVER)
-        spare = self._take_spare() if self._take_spare and argv[:n] == LLAMA_CPP_SERVER else None
+        n = len(RUNNER_PROGRAM)
+        self.hosted = argv[:n] == RUNNER_PROGRAM
+        spare = self._take_spare() if self._take_spare and self.hosted else None
         with self.log_path.open("ab") as log:
             via = "  (in the spare process, imports done)" if spare else ""
             log.write(f"\n=== {time.strftime('%F %T')} starting: {' '.join(argv)}{via}\n".encode())
@@ -307,6 +350,90 @@ class Runner:
         asyncio.get_running_loop().create_task(
             self._watch(self.proc, self.exited), name=f"watch-{self.model}"
         )
+
+    async def _load_in(self, v: Vacated) -> bool:
+        """Load this runner's model in a vacated process: True once it answers; False when
+        the process cannot take it (another program, other server settings: it is ended and
+        a fresh one starts); ModelLoadError when the load itself fails."""
+        argv = list(self._argv_for(v.port, v.api_key))
+        n = len(RUNNER_PROGRAM)
+        if argv[:n] != RUNNER_PROGRAM or v.proc.returncode is not None:
+            await v.discard()
+            return False
+        self.port, self.api_key, self.proc, self.hosted = v.port, v.api_key, v.proc, True
+        self.reused = True
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            log.write(
+                f"\n=== {time.strftime('%F %T')} loading in the process of {v.model} "
+                f"(pid {v.proc.pid}): {' '.join(argv)}\n".encode()
+            )
+        self.started_at = time.time()
+        asyncio.get_running_loop().create_task(
+            self._watch(self.proc, self.exited), name=f"watch-{self.model}"
+        )
+        order = {"args": argv[n:], "log": str(self.log_path), "keep_old": v.keep_old}
+        headers = {"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"}
+        http = Upstream(connect_timeout=2.0, read_timeout=self.ready_timeout)
+        try:
+            answer = await http.post(
+                *self.address, "/smackctl/load", json.dumps(order).encode(), headers
+            )
+            body = await answer.read()
+        except TransportError as exc:
+            answer, body = None, str(exc).encode()
+        finally:
+            await http.aclose()
+        if answer is not None and answer.status == 200:
+            self.holds_old = v.keep_old
+            return True
+        if answer is not None and answer.status == 409:  # it needs a process of its own
+            signal_group(v.proc.pid, signal.SIGKILL)
+            await self.exited.wait()
+            self.proc, self.hosted, self.exited = None, False, asyncio.Event()
+            self.reused = False
+            return False
+        with contextlib.suppress(ValueError, AttributeError):
+            body = json.loads(body)["message"].encode()
+        raise ModelLoadError(
+            f"the runner for {self.model} could not load it: {body.decode(errors='replace')}\n"
+            f"{self.log_tail()}",
+            f"see the whole log with `smackctl logs {self.model}`; a corrupt file "
+            f"is fixed with `smackctl models pull {self.model}`",
+        )
+
+    async def free_old(self) -> None:
+        """Have the process free the model it held before this one (``Vacated.keep_old``)."""
+        if not self.holds_old:
+            return
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        http = Upstream(connect_timeout=2.0, read_timeout=60.0)
+        try:
+            answer = await http.post(*self.address, "/smackctl/free", b"", headers)
+            await answer.read()
+        except TransportError:
+            pass  # the process is gone, and the old model with it
+        finally:
+            await http.aclose()
+        self.holds_old = False
+
+    def vacate(self, keep_old: bool) -> Vacated | None:
+        """Unload the model but keep the process for the next load (see ``Vacated``); None
+        when it cannot be kept: not ready, busy, or not RUNNER_PROGRAM."""
+        if (
+            self.state is not RunnerState.READY
+            or self.proc is None
+            or self.port is None
+            or not self.hosted
+            or self.exited.is_set()
+            or self.slots.busy
+            or self.slots.queued
+        ):
+            return None
+        self._expected_exit = True
+        self._set(RunnerState.STOPPING)
+        self._set(RunnerState.STOPPED)
+        return Vacated(self.proc, self.port, self.api_key, self.model, keep_old)
 
     async def _watch(self, proc: asyncio.subprocess.Process, exited: asyncio.Event) -> None:
         self.exit_code = await proc.wait()
@@ -357,6 +484,9 @@ class Runner:
     async def stop(self, grace: float = 5.0) -> None:
         """SIGTERM the process group, wait ``grace``, then SIGKILL it. Idempotent; after
         ``kill`` it only waits for the exit."""
+        if self._reuse is not None:  # never started: the process it was given goes
+            reuse, self._reuse = self._reuse, None
+            await reuse.discard()
         if self.state is RunnerState.STOPPED:
             return
         if self.state is RunnerState.STOPPING:  # another caller is stopping it (or killed it)
