@@ -5,9 +5,10 @@
    arguments, polling it every 10 ms until it answers, and asking it. Three of each,
    alternated; medians. Goal: supervisor ÷ by hand ≤ 1.10.
 4. Swap: with SmolLM2 loaded, the time to the first token of Gemma 3 270M, and back
-   (A→B, B→A, twice). The supervisor has ``max_loaded: 1``, so it must evict one runner and
-   start another; the peer is llama_cpp.server's own multi-model ``--config_file``, which
-   swaps inside its one process. Both run side by side and take turns; the figure is the
+   (A→B, B→A, SWAPS in all). The supervisor has ``max_loaded: 1``, so it must evict one
+   model, and loads the other in the evicted runner's process (daemon/host.py); the peer
+   is llama_cpp.server's own multi-model ``--config_file``, which swaps inside its one
+   process. Both run side by side and take turns; the figure is the
    median of each swap's ratio to its neighbour. Goal: supervisor ÷ llama_cpp.server ≤ 1.0.
    Each swap comes 3 s after the previous answer, on both sides, as a user's question would:
    the supervisor uses idle time to start its spare runner (daemon/spare.py), which
@@ -43,7 +44,7 @@ from ._harness import (
 
 COLD_RUNS = 3
 PAUSE = 3.0
-SWAPS = 8
+SWAPS = 16
 
 
 def _body(model: str) -> dict[str, object]:
