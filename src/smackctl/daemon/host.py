@@ -119,6 +119,11 @@ def _routes(parser: argparse.ArgumentParser, server: Any) -> tuple[Any, Any]:
     def answer(status: int, message: str) -> JSONResponse:
         return JSONResponse({"status": status, "message": message}, status_code=status)
 
+    def refused(request: Request) -> JSONResponse | None:
+        if request.headers.get("authorization") != f"Bearer {server.api_key}":
+            return answer(401, "bad or missing bearer key")
+        return None
+
     kept: list[Any] = []  # LlamaProxy objects whose model waits for /smackctl/free
     kept_lock = threading.Lock()  # a load and a free may both come to free them
 
@@ -142,8 +147,8 @@ def _routes(parser: argparse.ArgumentParser, server: Any) -> tuple[Any, Any]:
                 kept.append(old)
 
     async def load(request: Request) -> JSONResponse:
-        if request.headers.get("authorization") != f"Bearer {server.api_key}":
-            return answer(401, "bad or missing bearer key")
+        if (no := refused(request)) is not None:
+            return no
         try:
             order = json.loads(await request.body())
             key = tuple(order["args"])
@@ -170,8 +175,8 @@ def _routes(parser: argparse.ArgumentParser, server: Any) -> tuple[Any, Any]:
         return answer(200, f"loaded {model.model}")
 
     async def free(request: Request) -> JSONResponse:
-        if request.headers.get("authorization") != f"Bearer {server.api_key}":
-            return answer(401, "bad or missing bearer key")
+        if (no := refused(request)) is not None:
+            return no
         # not under the app's locks: a request to the new model need not wait for it
         return answer(200, f"freed {await run_in_threadpool(free_kept)} old model(s)")
 

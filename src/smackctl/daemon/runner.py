@@ -346,10 +346,7 @@ class Runner:
                         f"cannot start the runner for {self.model}: {exc}",
                         "check that llama-cpp-python is installed: `smackctl doctor`",
                     ) from exc
-        self.started_at = time.time()
-        asyncio.get_running_loop().create_task(
-            self._watch(self.proc, self.exited), name=f"watch-{self.model}"
-        )
+        self._watch_process()
 
     async def _load_in(self, v: Vacated) -> bool:
         """Load this runner's model in a vacated process: True once it answers; False when
@@ -368,53 +365,52 @@ class Runner:
                 f"\n=== {time.strftime('%F %T')} loading in the process of {v.model} "
                 f"(pid {v.proc.pid}): {' '.join(argv)}\n".encode()
             )
-        self.started_at = time.time()
-        asyncio.get_running_loop().create_task(
-            self._watch(self.proc, self.exited), name=f"watch-{self.model}"
-        )
+        self._watch_process()
         order = {"args": argv[n:], "log": str(self.log_path), "keep_old": v.keep_old}
-        headers = {"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"}
-        http = Upstream(connect_timeout=2.0, read_timeout=self.ready_timeout)
         try:
-            answer = await http.post(
-                *self.address, "/smackctl/load", json.dumps(order).encode(), headers
+            status, body = await self._post_own(
+                "/smackctl/load", json.dumps(order).encode(), self.ready_timeout
             )
-            body = await answer.read()
         except TransportError as exc:
-            answer, body = None, str(exc).encode()
-        finally:
-            await http.aclose()
-        if answer is not None and answer.status == 200:
+            status, body = None, str(exc).encode()
+        if status == 200:
             self.holds_old = v.keep_old
             return True
-        if answer is not None and answer.status == 409:  # it needs a process of its own
-            signal_group(v.proc.pid, signal.SIGKILL)
-            await self.exited.wait()
-            self.proc, self.hosted, self.exited = None, False, asyncio.Event()
-            self.reused = False
+        if status == 409:  # it needs a process of its own
+            await v.discard()
+            await self.exited.wait()  # the watch is done with it before a new one starts
+            self.proc, self.exited, self.reused = None, asyncio.Event(), False
             return False
         with contextlib.suppress(ValueError, AttributeError):
             body = json.loads(body)["message"].encode()
         raise ModelLoadError(
             f"the runner for {self.model} could not load it: {body.decode(errors='replace')}\n"
             f"{self.log_tail()}",
+            self._load_fix(),
+        )
+
+    async def _post_own(self, path: str, body: bytes, read_timeout: float) -> tuple[int, bytes]:
+        """POST to one of RUNNER_PROGRAM's own routes (host.py): (status, body)."""
+        headers = {"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"}
+        http = Upstream(connect_timeout=2.0, read_timeout=read_timeout)
+        try:
+            answer = await http.post(*self.address, path, body, headers)
+            return answer.status, await answer.read()
+        finally:
+            await http.aclose()
+
+    def _load_fix(self) -> str:
+        return (
             f"see the whole log with `smackctl logs {self.model}`; a corrupt file "
-            f"is fixed with `smackctl models pull {self.model}`",
+            f"is fixed with `smackctl models pull {self.model}`"
         )
 
     async def free_old(self) -> None:
         """Have the process free the model it held before this one (``Vacated.keep_old``)."""
         if not self.holds_old:
             return
-        headers = {"Authorization": f"Bearer {self.api_key}"}
-        http = Upstream(connect_timeout=2.0, read_timeout=60.0)
-        try:
-            answer = await http.post(*self.address, "/smackctl/free", b"", headers)
-            await answer.read()
-        except TransportError:
-            pass  # the process is gone, and the old model with it
-        finally:
-            await http.aclose()
+        with contextlib.suppress(TransportError):  # gone: the old model went with the process
+            await self._post_own("/smackctl/free", b"", 60.0)
         self.holds_old = False
 
     def vacate(self, keep_old: bool) -> Vacated | None:
@@ -435,6 +431,14 @@ class Runner:
         self._set(RunnerState.STOPPED)
         return Vacated(self.proc, self.port, self.api_key, self.model, keep_old)
 
+    def _watch_process(self) -> None:
+        """The process is this runner's from now: time it, and set ``exited`` when it ends."""
+        assert self.proc is not None
+        self.started_at = time.time()
+        asyncio.get_running_loop().create_task(
+            self._watch(self.proc, self.exited), name=f"watch-{self.model}"
+        )
+
     async def _watch(self, proc: asyncio.subprocess.Process, exited: asyncio.Event) -> None:
         self.exit_code = await proc.wait()
         exited.set()
@@ -451,8 +455,7 @@ class Runner:
                     raise ModelLoadError(
                         f"the runner for {self.model} exited with code {self.exit_code} "
                         f"while loading:\n{self.log_tail()}",
-                        f"see the whole log with `smackctl logs {self.model}`; a corrupt file "
-                        f"is fixed with `smackctl models pull {self.model}`",
+                        self._load_fix(),
                     )
                 try:
                     answer = await http.request("GET", *self.address, "/v1/models", b"", headers)
@@ -484,9 +487,6 @@ class Runner:
     async def stop(self, grace: float = 5.0) -> None:
         """SIGTERM the process group, wait ``grace``, then SIGKILL it. Idempotent; after
         ``kill`` it only waits for the exit."""
-        if self._reuse is not None:  # never started: the process it was given goes
-            reuse, self._reuse = self._reuse, None
-            await reuse.discard()
         if self.state is RunnerState.STOPPED:
             return
         if self.state is RunnerState.STOPPING:  # another caller is stopping it (or killed it)

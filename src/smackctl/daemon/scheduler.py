@@ -737,14 +737,11 @@ class Scheduler:
     def _vacate(self, name: str, keep_old: bool) -> Vacated | None:
         """Unload an idle model but keep its process for the next load (``Runner.vacate``)."""
         m = self.resolve(name)
-        r = m.runner
-        if r is None or m.in_flight or (m.loading is not None and not m.loading.done()):
-            return None
-        vacated = r.vacate(keep_old)
+        vacated = m.runner.vacate(keep_old) if m.runner is not None else None  # ready, idle
         if vacated is None:
             return None
         _forget_runner(m)
-        log.info("unloaded %s; its process (pid %s) takes the next model", name, r.pid)
+        log.info("unloaded %s; its process (pid %s) takes the next model", name, vacated.proc.pid)
         self.publish({"event": "unloaded", "model": m.name})
         return vacated
 
