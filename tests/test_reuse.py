@@ -79,6 +79,33 @@ def test_max_loaded_swaps_in_one_process_and_frees_the_old_model(
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
 
 
+def test_a_kept_process_s_memory_is_not_stored_as_the_model_s_need(
+    home: Home, model_dir: Path
+) -> None:
+    """A process that held another model keeps the heap that model freed (glibc), so its RSS
+    is what the budget counts it for, but not what the model needs: the next plan keeps the
+    figure measured in a process of the model's own."""
+    needs = planner_needs(home, model_dir)
+    sup = start(home, model_dir, "memory:\n  max_loaded: 1\n")
+    try:
+        assert ask(sup, "tiny-a").status_code == 200
+        pid = sup.model("tiny-a")["pid"]
+        assert ask(sup, "tiny-b").status_code == 200
+        assert sup.model("tiny-b")["pid"] == pid
+        wait_for(
+            lambda: "freed 1 previous model(s)" in runner_log_text(home, "tiny-b"),
+            10,
+            "tiny-a freed",
+        )
+        wait_for(lambda: sup.model("tiny-b")["measured_ram"], 10, "tiny-b measured")
+        with sup.client() as c:
+            plan = c.post("/api/models/tiny-b/load", json={"estimate_only": True}).json()
+        assert plan["measured"] is True
+        assert plan["ram"] == needs["tiny-b"]
+    finally:
+        shutdown(sup)
+
+
 def test_an_eviction_for_memory_frees_before_it_loads(home: Home, model_dir: Path) -> None:
     """When the next model needs the evicted one's memory, the process frees it first: by
     the time the next model answers, the old file is already unmapped (no polling)."""

@@ -576,6 +576,11 @@ class Scheduler:
         m.measured_ram = max(ram, m.measured_ram or 0)
         if vram is not None:
             m.measured_vram = max(vram, m.measured_vram or 0)
+        if runner.reused:
+            # what the process holds (the budget counts it), but not this model's need: glibc
+            # keeps the heap the previous model freed (SmolLM2 after Gemma 3: +30-60%), so the
+            # next plan keeps the need measured in a process of its own, or the estimate
+            return
         self.store.save_measurement(m.name, _load_key(m.spec), m.measured_ram, m.measured_vram)
 
     async def _supervise(self, m: Managed, runner: Runner) -> None:
