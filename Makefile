@@ -8,11 +8,15 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test lint typecheck pytest test-deps bench docs clean
 
-$(STAMP): pyproject.toml
+# llama.cpp is compiled by scripts/build-llama.sh, with Intel AMX off (its kernels crash on
+# quantized models) and cached under a key of the flags, the compiler and the CPU, so a wheel
+# built with other flags is never reused. LLAMA_CMAKE_ARGS adds CMake flags (a CUDA build).
+$(STAMP): pyproject.toml scripts/build-llama.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	@echo "Installing smackctl. The first install compiles llama.cpp (about 9 minutes on 2 cores);"
-	@echo "pip caches the wheel, so later installs take seconds."
+	@echo "Installing smackctl. The first install compiles llama.cpp twice, the Python library and"
+	@echo "llama-server (about 10-15 minutes on 2 cores); later installs reuse them and take seconds."
+	bash scripts/build-llama.sh $(VENV)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
