@@ -80,6 +80,11 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("models")
     for i, name in enumerate(("tiny-a", "tiny-b", "tiny-c")):
         write_tiny_gguf(d / f"{name}.gguf", seed=i, name=name)
+    # quantized: llama.cpp's quantized matmul kernels, which a build for the wrong CPU
+    # features crashes in (Intel AMX); and a base model, without a chat template
+    write_tiny_gguf(d / "tiny-q8.gguf", seed=3, name="tiny-q8", quant="Q8_0")
+    write_tiny_gguf(d / "tiny-q4.gguf", seed=4, name="tiny-q4", quant="Q4_0")
+    write_tiny_gguf(d / "tiny-base.gguf", seed=5, name="tiny-base", chat_template=None)
     write_corrupt_gguf(d / "corrupt.gguf")
     write_alien_gguf(d / "alien.gguf")
     return d
@@ -96,6 +101,9 @@ def profile_yaml(model_dir: Path, extra: str = "", **per_model: str) -> str:
         ]
         if name in per_model:
             lines += [f"    {line}" for line in per_model[name].splitlines()]
+    for name in ("tiny-q8", "tiny-q4", "tiny-base"):
+        lines += [f"  {name}:", f"    path: {model_dir / (name + '.gguf')}", "    n_ctx: 1024"]
+        lines += ["    threads: 1"]
     lines += ["  broken:", f"    path: {model_dir / 'corrupt.gguf'}", "    n_ctx: 512"]
     lines += ["  alien:", f"    path: {model_dir / 'alien.gguf'}", "    n_ctx: 512"]
     lines += ["routing:", "  default_model: tiny-a", "  aliases:", "    fast: tiny-b"]

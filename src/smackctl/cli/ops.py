@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -13,10 +16,12 @@ from smackctl.errors import SmackError, SupervisorNotRunning
 
 from . import output
 from ._common import client, since_time
+from ._group import Group
 
 __all__ = ["config_app", "register"]
 
 config_app = typer.Typer(
+    cls=Group,
     rich_markup_mode=None,  # click's plain help: typer's rich help imports 200 ms of rich
     help="Where smackctl keeps things and which settings are in force.",
     no_args_is_help=True,
@@ -30,7 +35,7 @@ def usage(
     json_: JsonOpt = False,
 ) -> None:
     """Requests, tokens and errors per model per day, from the supervisor's SQLite log."""
-    with client(ctx) as c:
+    with client(ctx, autostart=False) as c:
         rows = c.get("/api/usage", params={"since": str(since_time(since))})
     if json_:
         output.print_json(rows)
@@ -68,7 +73,11 @@ def _frame(st: dict[str, Any], rates: dict[str, float]) -> Any:
             [
                 m["name"],
                 m["state"],
-                output.human_bytes(m["rss"] or m["estimated_ram"]),
+                # what the runner holds; a stopped model holds nothing (its estimate is for
+                # `models load --estimate-only`)
+                output.human_bytes(m["rss"] or m["estimated_ram"])
+                if m["state"] in ("ready", "starting")
+                else "-",
                 output.human_bytes(m["measured_vram"]) if m["measured_vram"] else "-",
                 f"{rate:.1f}" if rate is not None else "-",
                 m["in_flight"],
@@ -143,17 +152,7 @@ def doctor(ctx: typer.Context, json_: JsonOpt = False) -> None:
         f"{v.major}.{v.minor}.{v.micro}",
         None if v >= (3, 11) else "install Python 3.11 or newer",
     )
-    try:
-        import llama_cpp
-
-        gpu = bool(llama_cpp.llama_supports_gpu_offload())
-        add(
-            "ok",
-            "llama-cpp-python",
-            f"{llama_cpp.__version__} ({'built with GPU offload' if gpu else 'CPU build'})",
-        )
-    except Exception as exc:  # an import of a compiled library can fail many ways
-        add("fail", "llama-cpp-python", f"cannot import: {exc}", "run `make install`")
+    _check_llama(add)
     from smackctl.hardware import probe_machine
 
     m = probe_machine()
@@ -205,6 +204,8 @@ def doctor(ctx: typer.Context, json_: JsonOpt = False) -> None:
     except SmackError as exc:
         add("fail", "supervisor", exc.message, "smackctl stop --force; smackctl start")
     _check_profiles(add)
+    _check_added_models(add, paths.db_path)
+    _check_crashes(add, paths.db_path)
     if json_:
         output.print_json(
             [{"status": s, "check": w, "detail": d, "fix": f} for s, w, d, f in checks]
@@ -214,6 +215,127 @@ def doctor(ctx: typer.Context, json_: JsonOpt = False) -> None:
             print(f"{s:<5} {w:<17} {d}" + (f"\n      fix: {f}" if f else ""))
     if any(s == "fail" for s, *_ in checks):
         raise typer.Exit(1)
+
+
+#: what fixes a llama.cpp build that crashes on this CPU (the AMX kernels, see README)
+REBUILD = (
+    "rebuild llama.cpp with Intel AMX off: `make -B install` in the smackctl checkout "
+    "(scripts/build-llama.sh; README, 'Every CPU')"
+)
+
+
+def _check_llama(add: Any) -> None:
+    """llama-cpp-python's version and build, a real decode of quantized models in a child
+    process (``smackctl.selftest``), and the llama-server binary."""
+    from smackctl.selftest import amx_in, run_selftest
+
+    try:
+        import llama_cpp
+
+        gpu = bool(llama_cpp.llama_supports_gpu_offload())
+        add(
+            "ok",
+            "llama-cpp-python",
+            f"{llama_cpp.__version__} ({'built with GPU offload' if gpu else 'CPU build'})",
+        )
+    except Exception as exc:  # an import of a compiled library can fail many ways
+        add("fail", "llama-cpp-python", f"cannot import: {exc}", "run `make install`")
+        return
+    t = run_selftest()
+    if t.system_info:
+        if amx_in(t.system_info):
+            add("warn", "llama.cpp build", t.system_info, REBUILD)
+        else:
+            add("ok", "llama.cpp build", t.system_info)
+    if t.ok:
+        steps = ", ".join(str(s["quant"]) for s in t.steps)
+        prompt = t.steps[0]["prompt_tokens"] if t.steps else "?"
+        add("ok", "decode", f"{steps} models decoded a {prompt}-token prompt ({t.seconds:.2f} s)")
+    elif t.signal is not None:
+        doing = f" while {t.doing}" if t.doing else ""
+        add(
+            "fail",
+            "decode",
+            f"llama.cpp crashed with {t.signal}{doing} in a child process: this build cannot "
+            "run quantized models on this CPU"
+            + (" (it has Intel AMX kernels)" if amx_in(t.system_info) else ""),
+            REBUILD,
+        )
+    else:
+        add("fail", "decode", f"the test decode failed: {t.error}", "run `make install`")
+    server = _llama_server_binary()
+    if server is None:
+        add("warn", "llama-server", "not found", "`make install` builds it into the venv")
+    else:
+        add("ok", "llama-server", f"{server} ({_llama_server_version(server)})")
+
+
+def _llama_server_binary() -> str | None:
+    import shutil
+
+    beside = Path(sys.executable).parent / "llama-server"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("llama-server")
+
+
+def _llama_server_version(binary: str) -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"does not run: {exc}"
+    lines = [ln.strip() for ln in (out.stdout + out.stderr).splitlines() if ln.strip()]
+    version = next((ln for ln in lines if ln.startswith("version:")), None)
+    return version.removeprefix("version:").strip() if version else "version unknown"
+
+
+def _read_db(db: Any, query: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows from the supervisor's SQLite file, read-only (the supervisor may be writing)."""
+    import sqlite3
+
+    if not db.is_file():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            return list(con.execute(query, args))
+    except sqlite3.Error:
+        return []
+
+
+def _check_added_models(add: Any, db: Any) -> None:
+    for name, spec in _read_db(db, "SELECT name, spec FROM added_models ORDER BY name"):
+        try:
+            file = Path(json.loads(spec)["path"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if file.is_file():
+            add("ok", f"model {name}", f"{file} ({output.human_bytes(file.stat().st_size)}, added)")
+        else:
+            add(
+                "fail",
+                f"model {name}",
+                f"{file} is missing (added with `smackctl models add`)",
+                f"add it again with its new path, or `smackctl models rm {name}`",
+            )
+
+
+def _check_crashes(add: Any, db: Any, within: float = 86400.0) -> None:
+    rows = _read_db(
+        db,
+        "SELECT at, model, what FROM crashes WHERE at > ? ORDER BY at DESC LIMIT 5",
+        (time.time() - within,),
+    )
+    for at, model, what in rows:
+        ago = output.human_duration(time.time() - at)
+        crashed = "SIGSEGV" in what or "SIGILL" in what or "SIGBUS" in what
+        fix = f"smackctl logs {model}" + (
+            "; if the decode check above fails too: " + REBUILD if crashed else ""
+        )
+        add("warn", f"crash {model}", f"{ago} ago: the runner {what}", fix)
 
 
 def _check_profiles(add: Any) -> None:
@@ -229,12 +351,17 @@ def _check_profiles(add: Any) -> None:
             continue
         add("ok", f"profile {name}", f"{path} ({len(profile.models)} models)")
         for model, spec in profile.models.items():
-            if spec.source is None:
+            if spec.source is None:  # a missing path fails the profile's validation above
                 continue
             file = models_dir / parse_source(spec.source).filename
             sidecar = file.with_name(file.name + ".sha256")
             if not file.is_file():
-                continue  # pulled on first use; nothing wrong
+                add(
+                    "ok",
+                    f"model {model}",
+                    f"not pulled yet (profile {name}): pulled on first use",
+                )
+                continue
             got = sidecar.read_text().split()[0] if sidecar.is_file() else None
             if spec.sha256 and got and got != spec.sha256:
                 add(
@@ -271,19 +398,21 @@ def config_path(json_: JsonOpt = False) -> None:
 
 
 @config_app.command("show")
-def config_show(json_: JsonOpt = False) -> None:
+def config_show(ctx: typer.Context, json_: JsonOpt = False) -> None:
     """The settings in force and where each comes from."""
     from smackctl.client import default_url
-    from smackctl.paths import DEFAULT_HOST, DEFAULT_PORT
+    from smackctl.paths import DEFAULT_HOST, DEFAULT_PORT, get_paths
 
     env = {
         k: v for k, v in os.environ.items() if k.startswith("SMACKCTL_") and k != "SMACKCTL_TOKEN"
     }
+    profile, source = _profile_in_force(ctx, get_paths().db_path)
     data = {
         "url": default_url(),
         "host": os.environ.get("SMACKCTL_HOST", DEFAULT_HOST),
         "port": int(os.environ.get("SMACKCTL_PORT", DEFAULT_PORT)),
-        "profile": os.environ.get("SMACKCTL_PROFILE"),
+        "profile": profile,
+        "profile_from": source,
         "environment": env,
     }
     if json_:
@@ -291,6 +420,22 @@ def config_show(json_: JsonOpt = False) -> None:
         return
     for k, v in data.items():
         print(f"{k:<12} {v}")
+
+
+def _profile_in_force(ctx: typer.Context, db: Path) -> tuple[str, str]:
+    """The active profile and where that comes from: the running supervisor's, else the one
+    the next start activates (SMACKCTL_PROFILE, else the last active one, else default)."""
+    try:
+        with client(ctx, autostart=False) as c:
+            return str(c.get("/api/status")["profile"]), "the running supervisor"
+    except SmackError:
+        pass
+    if name := os.environ.get("SMACKCTL_PROFILE"):
+        return name, "SMACKCTL_PROFILE (used by the next start)"
+    rows = _read_db(db, "SELECT value FROM kv WHERE key='active_profile_path'")
+    if rows:
+        return Path(rows[0][0]).stem, "the last active one (used by the next start)"
+    return "default", "the default (used by the next start)"
 
 
 def register(app: typer.Typer) -> None:
