@@ -316,6 +316,7 @@ def create_app(
                     "max_loaded": b.max_loaded,
                 },
                 "cpu": scheduler.cores.view(),
+                "restoring": scheduler.restoring,
                 "models": models,
             }
         )

@@ -227,10 +227,13 @@ async def _measure(
             data = line[6:]
             if data == "[DONE]":
                 break
+            choices = json.loads(data).get("choices")
+            if not choices:  # the usage event that ends a stream (host.py)
+                continue
             now = time.perf_counter()
             first = first if first is not None else now
             last = now
-            choice = json.loads(data)["choices"][0]
+            choice = choices[0]
             pieces.append(choice.get("text") or "")
             finish = choice.get("finish_reason") or finish
     if first is None or last is None:

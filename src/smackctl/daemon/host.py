@@ -53,6 +53,142 @@ LATE_IMPORTS = (
 #: server settings that a load may not change: the process keeps its address and key
 _KEPT = ("host", "port", "api_key")
 
+#: the lines written to the log as a request goes, so that the supervisor can say what the
+#: process was doing if it dies (``Runner.activity``): one as a prompt's decode begins, one
+#: as the answer's generation begins, one when the answer ends. Three short lines a request.
+HOST_PROMPT = "smackctl.daemon.host: decoding "
+HOST_GENERATING = "smackctl.daemon.host: generating after "
+HOST_ANSWERED = "smackctl.daemon.host: answered"
+
+#: llama.cpp's log levels (ggml.h's ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4,
+#: CONT 5) as logging's ranks. llama-cpp-python 0.3.36's own table is of an older enum (1 INFO
+#: ... 4 DEBUG), so it writes debug lines as info and drops errors as debug when quiet.
+#: Debug lines (``llama_graph_n_input_tensors``, thousands per start) are written only with
+#: SMACKCTL_RUNNER_DEBUG=1.
+_GGML_CONT = 5
+_GGML_RANK = {0: 50, 1: 10, 2: 20, 3: 30, 4: 40}
+
+
+def _quiet_llama_log() -> None:
+    """llama.cpp's log without its debug lines. llama-cpp-python's own callback writes every
+    level, debug included, when a model is loaded with ``verbose`` (the server's default);
+    this one drops debug lines (and the continuation lines that follow one) unless
+    SMACKCTL_RUNNER_DEBUG is set, and keeps llama-cpp-python's quiet mode for ``verbose``
+    off."""
+    import ctypes
+    import logging
+
+    import llama_cpp
+    from llama_cpp import _logger
+
+    debug = os.environ.get("SMACKCTL_RUNNER_DEBUG", "") not in ("", "0")
+    last = [logging.INFO]
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+        rank = last[0] if level == _GGML_CONT else _GGML_RANK.get(level, logging.INFO)
+        last[0] = rank
+        if rank < logging.INFO and not debug:
+            return
+        if _logger.logger.level <= max(rank, logging.INFO):
+            sys.stderr.write(text.decode("utf-8", errors="replace"))
+            sys.stderr.flush()
+
+    _quiet_llama_log.callback = callback  # type: ignore[attr-defined]  # kept alive: C holds it
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+#: the token counts of the request being answered (llama_cpp.server answers one at a time)
+USAGE: dict[str, int] = {}
+
+
+def _stream_usage() -> None:
+    """End every stream with a usage event, as OpenAI does for ``stream_options:
+    {include_usage: true}`` (``choices: []`` and ``usage``), which llama_cpp.server never
+    sends: the supervisor logs its counts, and passes it on to clients that asked for it."""
+    from llama_cpp.server import app as llama_app
+
+    publish = llama_app.get_event_publisher
+    if getattr(publish, "_smackctl", False):
+        return
+
+    def with_usage(chunks: Any) -> Any:
+        last = None
+        for chunk in chunks:
+            last = chunk
+            yield chunk
+        if last is not None and USAGE:
+            p, c = USAGE["prompt_tokens"], USAGE["completion_tokens"]
+            yield {
+                **{k: last.get(k) for k in ("id", "object", "created", "model")},
+                "choices": [],
+                "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c},
+            }
+
+    async def get_event_publisher(*args: Any, **kwargs: Any) -> None:
+        USAGE.clear()
+        llama_call = kwargs["llama_call"]
+
+        def call(llama: Any, **kw: Any) -> Any:
+            return with_usage(llama_call(llama, **kw))
+
+        await publish(*args, **{**kwargs, "llama_call": call})
+
+    get_event_publisher._smackctl = True  # type: ignore[attr-defined]
+    llama_app.get_event_publisher = get_event_publisher
+
+
+def _report_progress() -> None:
+    """Write HOST_PROMPT / HOST_GENERATING / HOST_ANSWERED lines as requests are answered:
+    ``Llama.generate`` decodes the prompt with one ``eval`` (of the tokens its prefix cache
+    lacks) and then each new token with a one-token ``eval``."""
+    from llama_cpp import Llama
+
+    if getattr(Llama.eval, "_smackctl", False):
+        return
+    eval_, generate = Llama.eval, Llama.generate
+    #: the request's prompt length, and where its answer is: "start", "prompt", "answer"
+    state: dict[str, Any] = {"prompt": 0, "phase": "answer"}
+
+    def say(line: str) -> None:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def eval(self: Any, tokens: Any) -> None:  # noqa: A001 - Llama's own name
+        # the first eval of a request decodes the prompt (what its cache lacks of it), the
+        # next ones one new token each
+        if state["phase"] == "start":
+            state["phase"] = "prompt"
+            say(f"{HOST_PROMPT}a prompt of {state['prompt']} tokens")
+        elif state["phase"] == "prompt":
+            state["phase"] = "answer"
+            say(f"{HOST_GENERATING}a prompt of {state['prompt']} tokens")
+        eval_(self, tokens)
+
+    def generate_(self: Any, tokens: Any, *args: Any, **kwargs: Any) -> Any:
+        USAGE.update(prompt_tokens=len(tokens), completion_tokens=0)
+        state.update(prompt=len(tokens), phase="start")
+        eos = self.token_eos()
+        it = generate(self, tokens, *args, **kwargs)
+        try:
+            sent = None
+            while True:
+                try:
+                    token = it.send(sent)
+                except StopIteration:
+                    return
+                if token != eos:
+                    USAGE["completion_tokens"] += 1
+                sent = yield token
+        finally:
+            it.close()
+            state["phase"] = "answer"
+            say(HOST_ANSWERED)
+
+    eval._smackctl = True  # type: ignore[attr-defined]
+    Llama.eval = eval  # type: ignore[method-assign]
+    Llama.generate = generate_  # type: ignore[method-assign]
+
 
 def _parser() -> argparse.ArgumentParser:
     from llama_cpp.server.cli import add_args_from_model
@@ -87,6 +223,9 @@ def serve(args: list[str]) -> None:
     import uvicorn
     from llama_cpp.server.app import create_app
 
+    _quiet_llama_log()
+    _report_progress()
+    _stream_usage()
     parser = _parser()
     try:
         server, model = _settings(parser, args)

@@ -157,6 +157,7 @@ async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) ->
     store = Store(paths.db_path)
     profile, profile_path = _profile(store, args.profile)
     scheduler = Scheduler(paths, store, profile, profile_path)
+    scheduler.plan_restore()
     reaped = scheduler.reap_stale_runners()
     if reaped:
         log.warning("killed %d runner(s) left by an earlier supervisor: %s", len(reaped), reaped)

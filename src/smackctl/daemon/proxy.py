@@ -20,8 +20,10 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
 from smackctl.errors import SmackError, UsageError
+from smackctl.selftest import signal_name
 
 from .metrics import Metrics
+from .runner import Runner
 from .scheduler import Managed, Scheduler
 from .upstream import Answer, TransportError, Upstream
 
@@ -53,15 +55,44 @@ class Proxy:
     async def forward(self, path: str, body: dict[str, Any], request_id: str) -> Response:
         sched = self.scheduler
         m = sched.resolve(body.get("model"))
+        started = time.perf_counter()
+        try:
+            await self._refuse_what_it_cannot_serve(m, path, body)
+            return await self._forward(m, path, body, request_id, started)
+        except SmackError as exc:  # the usage log counts failed requests too
+            self._log(m, path, exc.status, None, None, started, request_id)
+            raise
+
+    async def _refuse_what_it_cannot_serve(
+        self, m: Managed, path: str, body: dict[str, Any]
+    ) -> None:
         if (body.get("logprobs") or body.get("top_logprobs")) and not m.spec.args.get("logits_all"):
             raise UsageError(
                 f"{m.name} is loaded without logits for every token, so it cannot return logprobs",
                 f"set `args: {{logits_all: true}}` for {m.name} in the profile (it costs "
                 "n_ctx × vocabulary × 4 bytes of memory)",
             )
-        payload = json.dumps(_with_defaults(body, sched.profile.defaults.model_dump())).encode()
+        if path == "/v1/chat/completions" and m.spec.chat_format is None:
+            info = await self.scheduler.gguf_info(m)
+            if info is not None and not info.has_chat_template:
+                raise UsageError(
+                    f"{m.name} has no chat template in its GGUF file (a base model), so it "
+                    "cannot answer chat messages; it would answer nothing",
+                    f"send it a text completion instead (`POST /v1/completions` with a "
+                    f"`prompt`), or set `chat_format:` for {m.name} in the profile (for "
+                    "example `chatml`) if it was trained for chat",
+                )
+
+    async def _forward(
+        self, m: Managed, path: str, body: dict[str, Any], request_id: str, started: float
+    ) -> Response:
+        sched = self.scheduler
         stream = bool(body.get("stream"))
-        started = time.perf_counter()
+        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        # the model's own name, also when the request named an alias or none: the answer's
+        # `model` is then that name, not the runner's file path
+        body = {**body, "model": m.name}
+        payload = json.dumps(_with_defaults(body, sched.profile.defaults.model_dump())).encode()
         for attempt in (1, 2):
             stack = contextlib.AsyncExitStack()
             _, runner = await stack.enter_async_context(sched.slot(m.name))
@@ -81,20 +112,22 @@ class Proxy:
                 ttft = time.perf_counter() - started
             except TransportError as exc:
                 await stack.aclose()
-                if attempt == 1 and await _died(runner):
+                died = await _died(runner)
+                if attempt == 1 and died:
                     log.warning(
-                        "%s: runner %s died before answering; retrying once", request_id, m.name
+                        "%s: the runner for %s %s before answering; retrying once",
+                        request_id,
+                        m.name,
+                        runner.exit_description(),
                     )
                     continue
-                raise UpstreamError(
-                    f"the runner for {m.name} failed before answering: {exc!r}",
-                    f"see `smackctl logs {m.name}`",
-                ) from exc
+                raise _lost(m.name, runner, exc, died, retried=attempt == 2) from exc
             except BaseException:
                 await stack.aclose()
                 raise
+            relay = _Relay(self, m, runner, upstream, stack, started, request_id, path, ttft)
             return StreamingResponse(
-                self._relay(m, upstream, chunks, first, stack, started, request_id, path, ttft),
+                relay.body(chunks, first, wants_usage),
                 status_code=upstream.status,
                 media_type=upstream.content_type or "text/event-stream",
                 headers={
@@ -136,39 +169,6 @@ class Proxy:
             background=BackgroundTask(log_after),
         )
 
-    async def _relay(
-        self,
-        m: Managed,
-        upstream: Answer,
-        chunks: AsyncIterator[bytes],
-        first: bytes,
-        stack: contextlib.AsyncExitStack,
-        started: float,
-        request_id: str,
-        path: str,
-        ttft: float,
-    ) -> AsyncIterator[bytes]:
-        status = 200
-        events = first.count(b"data:")
-        try:
-            if first:
-                yield first
-            async for chunk in chunks:
-                events += chunk.count(b"data:")
-                yield chunk
-        except TransportError as exc:
-            status = 502
-            log.warning("%s: stream from %s cut: %r", request_id, m.name, exc)
-            msg = (
-                f"the runner for {m.name} stopped in the middle of the answer; "
-                f"the answer is incomplete (see `smackctl logs {m.name}`)"
-            )
-            yield b"data: " + error_body(msg, "runner_crashed", "stream_cut") + b"\n\n"
-        finally:
-            upstream.release()
-            await stack.aclose()
-            self._log(m, path, status, None, max(0, events - 2), started, request_id, ttft)
-
     def _log(
         self,
         m: Managed,
@@ -198,6 +198,117 @@ class Proxy:
             self.scheduler.store.log_request(
                 m.name, path, status, tokens_in, tokens_out, seconds * 1000, request_id
             )
+
+
+class _Relay:
+    """A streamed answer on its way from a runner to the client: chunks pass through as they
+    come; the usage event the runner program adds at the end (host.py) is kept for the usage
+    log and passed on only to a client that asked for it (``stream_options.include_usage``);
+    a runner that dies mid-way ends the stream with an error event that says so."""
+
+    def __init__(
+        self,
+        proxy: Proxy,
+        m: Managed,
+        runner: Runner,
+        upstream: Answer,
+        stack: contextlib.AsyncExitStack,
+        started: float,
+        request_id: str,
+        path: str,
+        ttft: float,
+    ) -> None:
+        self.proxy, self.m, self.runner, self.upstream, self.stack = (
+            proxy,
+            m,
+            runner,
+            upstream,
+            stack,
+        )
+        self.started, self.request_id, self.path, self.ttft = started, request_id, path, ttft
+        self.tokens_in: int | None = None
+        self.tokens_out: int | None = None
+
+    def _usage_of(self, chunk: bytes, wants_usage: bool) -> bytes:
+        """``chunk`` without the usage event unless the client asked for it; its counts kept."""
+        if b'"usage"' not in chunk:
+            return chunk
+        kept = []
+        for event in chunk.split(b"\n\n"):
+            if b'"usage"' in event and b'"choices": []' in event:
+                with contextlib.suppress(ValueError, AttributeError, TypeError, IndexError):
+                    usage = json.loads(event.split(b"data:", 1)[1]).get("usage") or {}
+                    self.tokens_in = usage.get("prompt_tokens")
+                    self.tokens_out = usage.get("completion_tokens")
+                if not wants_usage:
+                    continue
+            kept.append(event)
+        return b"\n\n".join(kept)
+
+    async def body(
+        self, chunks: AsyncIterator[bytes], first: bytes, wants_usage: bool
+    ) -> AsyncIterator[bytes]:
+        status = 200
+        events = first.count(b"data:")
+        try:
+            if first := self._usage_of(first, wants_usage):
+                yield first
+            async for chunk in chunks:
+                events += chunk.count(b"data:")
+                if chunk := self._usage_of(chunk, wants_usage):
+                    yield chunk
+        except TransportError as exc:
+            status = 502
+            log.warning("%s: stream from %s cut: %s", self.request_id, self.m.name, exc)
+            died = await _died(self.runner)
+            got = max(0, events - 1)
+            where = f"after {got} token{'s' if got != 1 else ''} of the answer"
+            if died:
+                what = f"the runner for {self.m.name} {self.runner.exit_description()} {where}"
+            else:
+                what = f"the connection to the runner for {self.m.name} broke {where} ({exc})"
+            msg = f"{what}; the answer is incomplete. Fix: {_crash_fix(self.m.name, self.runner)}"
+            yield b"data: " + error_body(msg, "runner_crashed", "stream_cut") + b"\n\n"
+        finally:
+            self.upstream.release()
+            await self.stack.aclose()
+            out = self.tokens_out if self.tokens_out is not None else max(0, events - 2)
+            self.proxy._log(
+                self.m,
+                self.path,
+                status,
+                self.tokens_in,
+                out,
+                self.started,
+                self.request_id,
+                self.ttft,
+            )
+
+
+def _crash_fix(model: str, runner: Runner) -> str:
+    signal = signal_name(runner.exit_code) if runner.exited.is_set() else None
+    if signal in ("SIGSEGV", "SIGILL", "SIGBUS", "SIGFPE", "SIGABRT"):
+        return (
+            "run `smackctl doctor`: it checks whether this machine's llama.cpp build crashes "
+            "on quantized models (a build with Intel AMX kernels does) and names the rebuild; "
+            f"`smackctl logs {model}` has the runner's log"
+        )
+    return f"see `smackctl logs {model}`"
+
+
+def _lost(model: str, runner: Runner, exc: TransportError, died: bool, retried: bool) -> SmackError:
+    """The error for a request whose runner failed before sending a byte back."""
+    if died:
+        doing = runner.activity() or "before answering"
+        again = (
+            "; it was restarted and the request sent once more, and it failed again"
+            if retried
+            else ""
+        )
+        msg = f"the runner for {model} {runner.exit_description()} {doing}{again}"
+    else:
+        msg = f"the runner for {model} did not answer: {exc}"
+    return UpstreamError(msg, _crash_fix(model, runner))
 
 
 def new_request_id() -> str:

@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from smackctl.errors import ModelLoadError, SmackError
+from smackctl.selftest import signal_name
 
 from .backends import RUNNER_PROGRAM
+from .host import HOST_ANSWERED, HOST_GENERATING, HOST_PROMPT
 from .upstream import TransportError, Upstream
 
 __all__ = [
@@ -42,7 +44,11 @@ __all__ = [
     "Slots",
     "Spare",
     "Vacated",
+    "LOG_CAP",
     "free_port",
+    "open_log",
+    "rotate_log",
+    "shown",
     "signal_group",
 ]
 
@@ -70,6 +76,45 @@ TRANSITIONS: dict[RunnerState, frozenset[RunnerState]] = {
 class QueueFull(SmackError):
     status = 503
     error_type = "queue_full"
+
+
+#: a runner's log is rotated past this size (one older copy, ``runner-NAME.log.1``, is kept)
+LOG_CAP = 8 * 2**20
+
+
+def open_log(path: Path, cap: int = LOG_CAP) -> BinaryIO:
+    """A runner's log, for appending: mode 0600 (it quotes prompts' sizes and llama.cpp's
+    paths), rotated first when it has grown past ``cap``."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    rotate_log(path, cap)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o600)  # a log an older version wrote 0644
+    return os.fdopen(fd, "ab")
+
+
+def rotate_log(path: Path, cap: int = LOG_CAP) -> bool:
+    """Past ``cap``: copy the log to ``PATH.1`` and empty it in place. In place, because the
+    runner process keeps writing to its open descriptor (O_APPEND: from the new end)."""
+    try:
+        if path.stat().st_size <= cap:
+            return False
+        old = path.with_name(path.name + ".1")
+        with (
+            path.open("rb") as src,
+            open(os.open(old, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as dst,
+        ):
+            while block := src.read(1 << 20):
+                dst.write(block)
+        os.truncate(path, 0)
+        return True
+    except OSError:
+        return False
+
+
+def shown(argv: Sequence[str], secret: str) -> str:
+    """A command line for a log: the runner's key never appears in one."""
+    return " ".join(argv).replace(secret, "***")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -167,8 +212,7 @@ class Spare:
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
+        with open_log(self.log_path) as log:
             log.write(f"\n=== {time.strftime('%F %T')} spare starting\n".encode())
             log.flush()
             argv = [*RUNNER_PROGRAM, "--spare"]
@@ -329,13 +373,13 @@ class Runner:
     async def _spawn(self) -> None:
         self.port = free_port()
         argv = list(self._argv_for(self.port, self.api_key))
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         n = len(RUNNER_PROGRAM)
         self.hosted = argv[:n] == RUNNER_PROGRAM
         spare = self._take_spare() if self._take_spare and self.hosted else None
-        with self.log_path.open("ab") as log:
+        with open_log(self.log_path) as log:
             via = "  (in the spare process, imports done)" if spare else ""
-            log.write(f"\n=== {time.strftime('%F %T')} starting: {' '.join(argv)}{via}\n".encode())
+            line = f"\n=== {time.strftime('%F %T')} starting: {shown(argv, self.api_key)}{via}\n"
+            log.write(line.encode())
             log.flush()
             self.proc = spare.hand(argv[n:], self.log_path) if spare is not None else None
             if self.proc is None:
@@ -359,11 +403,10 @@ class Runner:
             return False
         self.port, self.api_key, self.proc, self.hosted = v.port, v.api_key, v.proc, True
         self.reused = True
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
+        with open_log(self.log_path) as log:
             log.write(
                 f"\n=== {time.strftime('%F %T')} loading in the process of {v.model} "
-                f"(pid {v.proc.pid}): {' '.join(argv)}\n".encode()
+                f"(pid {v.proc.pid}): {shown(argv, self.api_key)}\n".encode()
             )
         self._watch_process()
         order = {"args": argv[n:], "log": str(self.log_path), "keep_old": v.keep_old}
@@ -441,7 +484,43 @@ class Runner:
 
     async def _watch(self, proc: asyncio.subprocess.Process, exited: asyncio.Event) -> None:
         self.exit_code = await proc.wait()
+        if not self._expected_exit:  # the runner's own log says how it ended
+            with contextlib.suppress(OSError), open_log(self.log_path) as log:
+                log.write(
+                    f"*** {time.strftime('%F %T')} the runner {self.exit_description()}\n".encode()
+                )
         exited.set()
+
+    def exit_description(self) -> str:
+        """How the process ended, in words: ``was killed by SIGSEGV``, ``exited with code 1``."""
+        name = signal_name(self.exit_code)
+        if name is not None:
+            return f"was killed by {name}"
+        return f"exited with code {self.exit_code}"
+
+    def activity(self) -> str | None:
+        """What the process was doing when it ended, from the lines RUNNER_PROGRAM writes to
+        this run's log as a request goes (host.py): ``while decoding a prompt of 12 tokens``,
+        ``while generating the answer to a prompt of 12 tokens``; None when it was not
+        answering."""
+        for line in reversed(self._this_run().splitlines()):
+            if line.startswith(HOST_PROMPT):
+                return "while decoding " + line[len(HOST_PROMPT) :].strip()
+            if line.startswith(HOST_GENERATING):
+                return "while generating the answer to " + line[len(HOST_GENERATING) :].strip()
+            if line.startswith(HOST_ANSWERED):
+                return None
+        return None
+
+    def _this_run(self) -> str:
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 65536))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return text.rsplit("\n=== ", 1)[-1] if "\n=== " in text else text
 
     async def _wait_ready(self) -> None:
         """Poll ``GET /v1/models`` every 10 ms until it answers 200. llama_cpp.server loads the
@@ -515,14 +594,9 @@ class Runner:
     def log_tail(self, lines: int = 6) -> str:
         """The lines of this run's log that explain a failure: llama.cpp's own error lines
         first (they sit above Python's traceback), then the last lines."""
-        try:
-            with self.log_path.open("rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 65536))
-                text = f.read().decode(errors="replace")
-        except OSError:
+        if not self.log_path.is_file():
             return "  (no log)"
-        run = text.rsplit("\n=== ", 1)[-1].splitlines()[1:]  # this start's lines only
+        run = self._this_run().splitlines()[1:]  # this start's lines only
         errors = [ln for ln in run if "error" in ln.lower() and not ln.startswith(" ")][:4]
         tail = [ln for ln in run[-lines:] if ln not in errors and ln.strip()]
         picked = errors + (["  ..."] if errors and tail else []) + tail[-3:]

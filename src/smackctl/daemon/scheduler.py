@@ -22,17 +22,24 @@ from typing import Any
 import psutil
 
 from smackctl import catalog
-from smackctl.config import MemoryBudget, ModelSpec, Profile, validate_model_name
+from smackctl.config import (
+    MemoryBudget,
+    ModelSpec,
+    Profile,
+    profiles_defining,
+    validate_model_name,
+)
 from smackctl.errors import InsufficientMemory, ModelLoadError, ModelNotFound, SmackError
 from smackctl.estimate import Estimate, estimate_memory
 from smackctl.gguf import GGUFInfo, check_magic, read_info
 from smackctl.hardware import physical_cores, probe_gpus, process_tree_vram, tree_rss
 from smackctl.paths import Paths
+from smackctl.selftest import signal_name
 
 from .backends import llama_cpp_server_argv, runner_threads
 from .cores import Cores
 from .planner import Budget, Loaded, Plan, plan_evictions
-from .runner import Runner, RunnerState, Spare, Vacated, signal_group
+from .runner import Runner, RunnerState, Spare, Vacated, rotate_log, signal_group
 from .store import Store
 from .switch import SwitchPhase, SwitchPlan, plan_switch
 
@@ -75,6 +82,10 @@ class Managed:
     failures: int = 0
     failed: bool = False
     last_error: str | None = None
+    #: crashes since the supervisor started, and the last one in words with its time
+    crashes: int = 0
+    last_crash: str | None = None
+    last_crash_at: float | None = None
     phase: str | None = None
     estimate: Estimate | None = None
     measured_ram: int | None = None
@@ -99,7 +110,13 @@ class Managed:
         )
 
     def memory(self) -> tuple[int, int]:
-        """What the planner counts for this model: measured if known, else estimated."""
+        """What the planner counts for this model: measured if known, else estimated; nothing
+        while it waits to restart (its process is gone, and so is its memory)."""
+        if self.runner is not None and self.runner.state in (
+            RunnerState.BACKOFF,
+            RunnerState.FAILED,
+        ):
+            return 0, 0
         if self.measured_ram is not None:
             return self.measured_ram, self.measured_vram or 0
         if self.estimate is not None:
@@ -149,6 +166,8 @@ class Scheduler:
         #: a runner process with the imports done, for the next load (see daemon/spare.py)
         self.spare: Spare | None = None
         self._spare_starting = False
+        #: models loaded again at start, and why: "loaded" (at the last stop), "pinned", "preload"
+        self.restoring: dict[str, str] = {}
         self._rebuild_registry()
 
     # -- registry ------------------------------------------------------------------------------
@@ -189,7 +208,9 @@ class Scheduler:
                     target = m.name
                     break
         if target is None or target not in self.models:
-            raise ModelNotFound(name, self.known_names())
+            raise ModelNotFound(
+                name, self.known_names(), profiles_defining(name, skip=self.profile.name)
+            )
         return self.models[target]
 
     def add_model(self, name: str, path: Path, n_ctx: int | None = None) -> Managed:
@@ -387,6 +408,7 @@ class Scheduler:
                     "fix the path in the profile, or `smackctl models add` the right file",
                 )
             return path
+        self._progress(m, "pulling")  # only when the file is not on disk yet
         loop = asyncio.get_running_loop()
         source = catalog.parse_source(m.spec.source)
 
@@ -402,6 +424,19 @@ class Scheduler:
         path = await self._fetch(m)
         await asyncio.to_thread(check_magic, path)
         return path
+
+    async def gguf_info(self, m: Managed) -> GGUFInfo | None:
+        """The model file's metadata (read once, off the loop); None when it is not on disk
+        yet or cannot be read (the load then says why)."""
+        path = self.model_file(m)
+        if m.info is None or m.info.path != str(path):
+            if not path.is_file():
+                return None
+            try:
+                m.info = await asyncio.to_thread(read_info, path)
+            except SmackError:
+                return None
+        return m.info
 
     def estimate(self, m: Managed, path: Path) -> Estimate:
         """What the planner counts for loading ``m``: the last measurement when there is one."""
@@ -497,7 +532,6 @@ class Scheduler:
                 delay = min(BACKOFF_CAP, 2.0 ** max(0, m.failures - 1))
                 self._progress(m, f"restarting in {delay:.0f}s")
                 await asyncio.sleep(delay)
-            self._progress(m, "pulling")
             path = await self._fetch(m)
             check_magic(path)
             est = await asyncio.to_thread(self.estimate, m, path)
@@ -590,21 +624,29 @@ class Scheduler:
             return
         lived = time.time() - (runner.ready_at or time.time())
         m.failures = 1 if lived >= STABLE_AFTER else m.failures + 1
-        log.warning(
-            "runner %s (pid %s) exited with %s; restart #%d",
-            m.name,
-            runner.pid,
-            runner.exit_code,
-            m.failures,
+        what = " ".join(filter(None, [runner.exit_description(), runner.activity()]))
+        m.crashes += 1
+        m.last_crash, m.last_crash_at = what, time.time()
+        m.last_error = f"the runner {what}"
+        log.warning("runner %s (pid %s) %s; restart #%d", m.name, runner.pid, what, m.failures)
+        self.publish(
+            {
+                "event": "crash",
+                "model": m.name,
+                "exit_code": runner.exit_code,
+                "signal": signal_name(runner.exit_code),
+                "what": what,
+            }
         )
-        self.publish({"event": "crash", "model": m.name, "exit_code": runner.exit_code})
+        with contextlib.suppress(Exception):  # a full disk must not stop the restart
+            self.store.record_crash(m.name, what)
         if runner.pid is not None:
             self.store.forget_runner(runner.pid)
         runner.mark(RunnerState.BACKOFF)
         if m.failures >= MAX_QUICK_FAILURES:
             runner.mark(RunnerState.FAILED)
             m.failed = True
-            m.last_error = f"crashed {m.failures} times in a row (exit code {runner.exit_code})"
+            m.last_error = f"crashed {m.failures} times in a row; the last time the runner {what}"
             log.error("runner %s marked failed: %s", m.name, m.last_error)
             return
         if m.loading is None and self.accepting:
@@ -778,27 +820,43 @@ class Scheduler:
                 out.append(m.name)
         return out
 
+    def rotate_logs(self) -> None:
+        """Keep the logs of running runners under LOG_CAP (a start rotates its own)."""
+        for m in self.models.values():
+            if m.runner is not None and m.runner.state == RunnerState.READY:
+                rotate_log(m.runner.log_path)
+
     async def reaper(self, every: float = 1.0) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(every)
+            ticks += 1
             try:
                 await self.reap_idle()
                 self.refill_spare()
+                if ticks % 30 == 0:
+                    self.rotate_logs()
             except Exception:  # the reaper must survive anything one model does
                 log.exception("idle reaper")
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def restore(self) -> None:
-        """Load again what was pinned or loaded when the last supervisor stopped."""
+    def plan_restore(self) -> dict[str, str]:
+        """What ``restore`` will load, and why: set before the API answers, so that the
+        `smackctl start` that waits for it can say so (``status.restoring``)."""
         wanted = dict(self.store.restore())
         for m in self.models.values():
             if m.spec.pinned or m.spec.preload:
                 wanted.setdefault(m.name, "pinned" if m.spec.pinned else "preload")
-        for name in wanted:
-            if name in self.models:
-                self.spawn(self._quiet_load(name), f"restore-{name}")
-        if not any(name in self.models for name in wanted):
+        self.restoring = {name: why for name, why in wanted.items() if name in self.models}
+        return self.restoring
+
+    async def restore(self) -> None:
+        """Load again what was pinned or loaded when the last supervisor stopped."""
+        for name, why in self.restoring.items():
+            log.info("loading %s at start (%s)", name, why)
+            self.spawn(self._quiet_load(name), f"restore-{name}")
+        if not self.restoring:
             self.refill_spare()  # else the reaper starts it once the loads are done
 
     async def _quiet_load(self, name: str) -> None:
@@ -882,6 +940,9 @@ class Scheduler:
             "queued": r.slots.queued if r is not None else 0,
             "failures": m.failures,
             "last_error": m.last_error,
+            "crashes": m.crashes,
+            "last_crash": m.last_crash,
+            "last_crash_at": m.last_crash_at,
         }
 
 

@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS bench (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, model TEXT NOT NULL,
     result TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS bench_model ON bench(model, at);
+CREATE TABLE IF NOT EXISTS crashes (at REAL NOT NULL, model TEXT NOT NULL, what TEXT NOT NULL);
 """
 
 
@@ -141,6 +142,12 @@ class Store:
         )
         keys = ("day", "model", "requests", "tokens_in", "tokens_out", "errors", "avg_ms")
         return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    # -- runner crashes (`smackctl doctor` reads them from the file) -----------------------------
+
+    def record_crash(self, model: str, what: str) -> None:
+        self.db.execute("INSERT INTO crashes VALUES (?, ?, ?)", (time.time(), model, what))
+        self.db.execute("DELETE FROM crashes WHERE at < ?", (time.time() - 30 * 86400,))
 
     # -- `smackctl models bench` results -------------------------------------------------------
 

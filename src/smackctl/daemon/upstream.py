@@ -26,6 +26,23 @@ class TransportError(Exception):
     """The runner could not be reached, or its connection broke before the answer ended."""
 
 
+def _why(exc: BaseException, timeout: float | None = None) -> str:
+    """A low-level failure in words for a person: never an exception's repr."""
+    if isinstance(exc, asyncio.IncompleteReadError):
+        return "the connection closed before the answer ended"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+        return "the connection was reset"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g}s" if timeout else "timed out"
+    if isinstance(exc, asyncio.LimitOverrunError):
+        return "an answer head longer than 1 MiB"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or "the connection failed"
+
+
 class _Conn:
     __slots__ = ("key", "reader", "writer")
 
@@ -92,9 +109,12 @@ class Answer:
                 self.headers[b"connection"] = b"close"
                 self._done = True
         except (OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-            raise TransportError(f"connection to the runner broke mid-answer: {exc!r}") from exc
-        except (ValueError, TimeoutError) as exc:
-            raise TransportError(f"bad or stalled answer from the runner: {exc!r}") from exc
+            raise TransportError(f"the connection to the runner broke: {_why(exc)}") from exc
+        except TimeoutError as exc:
+            why = _why(exc, timeout)
+            raise TransportError(f"the runner stalled in the middle of its answer: {why}") from exc
+        except ValueError as exc:
+            raise TransportError("the runner sent a malformed HTTP body") from exc
         finally:
             self.release()
 
@@ -146,11 +166,12 @@ class Upstream:
                 if reused and isinstance(exc, (ConnectionResetError, BrokenPipeError)):
                     continue
                 raise TransportError(
-                    f"the runner at {host}:{port} did not answer: {exc!r}"
+                    f"the runner at {host}:{port} did not answer: {_why(exc)}"
                 ) from exc
             except (TimeoutError, asyncio.LimitOverrunError) as exc:
                 conn.close()
-                raise TransportError(f"no answer head from {host}:{port}: {exc!r}") from exc
+                why = _why(exc, self.read_timeout)
+                raise TransportError(f"no answer from the runner at {host}:{port}: {why}") from exc
             except BaseException:
                 conn.close()
                 raise
@@ -177,8 +198,9 @@ class Upstream:
             async with asyncio.timeout(self.connect_timeout):
                 reader, writer = await asyncio.open_connection(*key, limit=_HEAD_LIMIT)
         except (OSError, TimeoutError) as exc:
+            why = _why(exc, self.connect_timeout)
             raise TransportError(
-                f"cannot connect to the runner at {key[0]}:{key[1]}: {exc!r}"
+                f"cannot connect to the runner at {key[0]}:{key[1]}: {why}"
             ) from exc
         return _Conn(key, reader, writer)
 
@@ -207,7 +229,8 @@ def _parse_head(up: Upstream, conn: _Conn, raw: bytes) -> Answer:
         status = int(lines[0].split(b" ", 2)[1])
     except (IndexError, ValueError) as exc:
         conn.close()
-        raise TransportError(f"not an HTTP answer from the runner: {lines[0][:100]!r}") from exc
+        head = lines[0][:100].decode("latin-1")
+        raise TransportError(f"not an HTTP answer from the runner: {head}") from exc
     headers: dict[bytes, bytes] = {}
     for line in lines[1:]:
         name, _, value = line.partition(b":")
