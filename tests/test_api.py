@@ -32,7 +32,16 @@ def test_openai_client_chat_stream_models_and_unknown(supervisor: Supervisor) ->
     oa = openai.OpenAI(base_url=supervisor.url + "/v1", api_key=supervisor.token)
 
     ids = {m.id for m in oa.models.list().data}
-    assert ids == {"tiny-a", "tiny-b", "tiny-c", "broken", "alien"}
+    assert ids == {
+        "tiny-a",
+        "tiny-b",
+        "tiny-c",
+        "tiny-q8",
+        "tiny-q4",
+        "tiny-base",
+        "broken",
+        "alien",
+    }
 
     reply = oa.chat.completions.create(
         model="tiny-a", messages=[{"role": "user", "content": "hi"}], max_tokens=8, temperature=0

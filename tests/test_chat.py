@@ -40,7 +40,7 @@ def test_continue_resumes_the_last_conversation(cli: CliRunner) -> None:
     convs = json.loads(r.stdout)
     assert convs[0]["messages"] == 4 and convs[0]["title"] == "first question"
     r = cli.invoke(app, ["chat", "--session", "999", "x"])
-    assert r.exit_code == 2 and "no conversation 999" in r.stderr
+    assert r.exit_code == 1 and "no conversation 999" in r.stderr
 
 
 def test_repl_commands_multiline_save_load_and_model_switch(cli: CliRunner, tmp_path: Path) -> None:

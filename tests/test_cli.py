@@ -67,9 +67,11 @@ def test_start_twice_status_env_stop(cli: CliRunner, home: Home) -> None:
 
 
 def test_models_list_show_load_ps_unload(cli: CliRunner, home: Home) -> None:
-    r = cli.invoke(app, ["models", "list", "--json"])  # starts the supervisor on demand
+    r = cli.invoke(app, ["models", "list", "--json"])  # reading never starts the supervisor
+    assert r.exit_code == 3 and "the supervisor is not running" in r.stderr
+    assert cli.invoke(app, ["start"]).exit_code == 0
+    r = cli.invoke(app, ["models", "list", "--json"])
     assert r.exit_code == 0, r.stderr
-    assert "started the supervisor" in r.stderr
     models = {m["name"]: m for m in json.loads(r.stdout)}
     assert models["tiny-a"]["gguf"]["architecture"] == "llama"
     assert models["tiny-a"]["state"] == "stopped" and models["tiny-a"]["on_disk"] is True
@@ -160,7 +162,7 @@ def test_chat_errors_are_one_clear_line_and_nothing_on_stdout(cli: CliRunner) ->
     r = cli.invoke(app, ["chat", "-m", "nope", "hello"])
     assert r.exit_code == 1
     assert r.stdout == ""
-    assert r.stderr.splitlines()[-2].startswith("smackctl: error: unknown model 'nope'; known ")
+    assert r.stderr.splitlines()[-2].startswith("smackctl: error: unknown model 'nope' (known ")
     assert r.stderr.splitlines()[-1] == (
         "  fix: add one with `smackctl models add PATH --name NAME`, or see `smackctl models list`"
     )

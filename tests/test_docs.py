@@ -16,6 +16,8 @@ from conftest import Home
 
 ROOT = Path(__file__).resolve().parents[1]
 STALE = "stale: regenerate with `make docs` and commit the result"
+#: the tiny models of the test profile whose names start with "tiny-", in completion order
+ALL_TINY = ["tiny-a", "tiny-b", "tiny-base", "tiny-c", "tiny-q4", "tiny-q8"]
 
 
 @pytest.mark.parametrize("shell", sorted(COMPLETION_FILES))
@@ -107,14 +109,14 @@ def complete(home: Home, words: str, *extra_env: str) -> subprocess.CompletedPro
 
 def test_model_names_complete_from_local_files_without_heavy_imports(home: Home) -> None:
     r = complete(home, "smackctl models load tiny-")
-    assert r.stdout.split() == ["tiny-a", "tiny-b", "tiny-c"]
+    assert r.stdout.split() == ALL_TINY
     imported = imports_of(r.stderr)
     heavy = ("httpx", "rich", "gguf", "numpy", "typer", "pydantic", "smackctl.client")
     for module in heavy:
         assert module not in imported, f"completion imported {module}"
     # the names are cached with what they came from: the next <TAB> reads neither YAML nor SQLite
     again = complete(home, "smackctl models load tiny-")
-    assert again.stdout.split() == ["tiny-a", "tiny-b", "tiny-c"]
+    assert again.stdout.split() == ALL_TINY
     imported = imports_of(again.stderr)
     for module in ("yaml", "sqlite3", *heavy):
         assert module not in imported, f"a cached completion imported {module}"

@@ -27,7 +27,16 @@ def test_list_show_and_active_mark(supervisor: Supervisor, home: Home, model_dir
     assert r.exit_code == 0, r.stderr
     rows = {p["name"]: p for p in json.loads(r.stdout)}
     assert rows["test"]["active"] is True and rows["other"]["active"] is False
-    assert rows["test"]["models"] == ["alien", "broken", "tiny-a", "tiny-b", "tiny-c"]
+    assert rows["test"]["models"] == [
+        "alien",
+        "broken",
+        "tiny-a",
+        "tiny-b",
+        "tiny-base",
+        "tiny-c",
+        "tiny-q4",
+        "tiny-q8",
+    ]
     assert {"default", "small-pair", "battery"} <= set(rows)  # the shipped ones
     r = CliRunner().invoke(app, ["profile", "show", "test", "--json"])
     assert r.exit_code == 0

@@ -371,6 +371,21 @@ def validate_profile_file(path: Path) -> tuple[Profile | None, list[ProfileIssue
     return (profile if not issues else None), issues
 
 
+def profiles_defining(model: str, skip: str | None = None) -> list[str]:
+    """The profiles (by name) that define ``model``, other than ``skip``: for the hint of an
+    unknown model. Reads every profile file, so only on that error's path."""
+    from smackctl.paths import list_profile_files
+
+    found = []
+    for name, path in list_profile_files().items():
+        if name == skip:
+            continue
+        profile, _ = validate_profile_file(path)
+        if profile is not None and profile.resolve(model) is not None:
+            found.append(name)
+    return found
+
+
 def load_profile(path: Path) -> Profile:
     profile, issues = validate_profile_file(path)
     if profile is None:

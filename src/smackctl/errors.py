@@ -119,12 +119,26 @@ class ModelNotFound(ModelError):
     status = 404
     error_type = "invalid_request_error"
 
-    def __init__(self, name: str, known: list[str]) -> None:
+    def __init__(self, name: str, known: list[str], elsewhere: list[str] | None = None) -> None:
+        """``elsewhere``: other profiles that define a model of that name."""
+        import difflib
+
         listing = ", ".join(sorted(known)) or "none"
-        super().__init__(
-            f"unknown model {name!r}; known models: {listing}",
-            "add one with `smackctl models add PATH --name NAME`, or see `smackctl models list`",
-        )
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        guess = f"; did you mean {close[0]!r}?" if close else ""
+        if elsewhere:
+            other = elsewhere[0]
+            hint = (
+                f"{name} is a model of profile {other}: switch to it with "
+                f"`smackctl profile switch {other}`"
+            )
+        elif close:
+            hint = f"use `{close[0]}`, or see `smackctl models list`"
+        else:
+            hint = (
+                "add one with `smackctl models add PATH --name NAME`, or see `smackctl models list`"
+            )
+        super().__init__(f"unknown model {name!r}{guess} (known models: {listing})", hint)
         self.name = name
 
 

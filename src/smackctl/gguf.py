@@ -81,9 +81,10 @@ def check_magic(path: Path) -> None:
         ) from exc
     if head != _MAGIC:
         raise ModelLoadError(
-            f"{path} is not a GGUF file (it starts with {head!r}, not {_MAGIC!r})",
-            "the file is corrupt or of another format: pull it again or point the model at "
-            "a .gguf file",
+            f"{path} is not a GGUF file (its first bytes are {head.hex(' ') or 'none'}, "
+            f"not {_MAGIC.hex(' ')}, 'GGUF')",
+            "the file is corrupt or of another format: pull it again, or point the model at "
+            "a .gguf file (llama.cpp's convert_hf_to_gguf.py converts other formats)",
         )
 
 

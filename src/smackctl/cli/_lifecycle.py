@@ -87,7 +87,10 @@ def start_supervisor(
     json_logs: bool = False,
     timeout: float = 60.0,
     on_stale: object = None,
+    address_given: bool = False,
 ) -> Started:
+    """``address_given``: the host or port was asked for (a flag or its variable), so a
+    supervisor already running elsewhere is an error, not the answer."""
     paths = get_paths().ensure()
     bracket = f"[{host}]" if ":" in host else host
     url = f"http://{bracket}:{port}"
@@ -97,6 +100,11 @@ def start_supervisor(
             running_url = paths.endpoint_path.read_text().strip() or url
         except OSError:
             running_url = url
+        if address_given and running_url.rstrip("/") != url:
+            raise SupervisorStartError(
+                f"smackctl is already running at {running_url} (pid {pid}), not at {url}",
+                f"use the running one, or stop it first (`smackctl stop`) and start it at {url}",
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:  # it may be starting right now
             h = _health(running_url)

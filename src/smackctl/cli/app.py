@@ -18,6 +18,7 @@ from smackctl.errors import SmackError
 
 from . import models, ops, profile, supervisor
 from ._common import Globals
+from ._group import Group
 from .chat import chat
 
 __all__ = ["app", "command_tree", "main"]
@@ -74,7 +75,7 @@ def _is_plain_str(param: Any) -> bool:
 _lazy_coercion()
 
 
-class _Root(typer.core.TyperGroup):
+class _Root(Group):
     """Turns smackctl's errors into messages and exit codes: the only place that does.
 
     It also builds its commands when they are first asked for: typer builds every command of
@@ -92,6 +93,18 @@ class _Root(typer.core.TyperGroup):
         if cmd_name not in self.commands and cmd_name in self.lazy:
             self.commands[cmd_name] = self.lazy[cmd_name]()
         return self.commands.get(cmd_name)
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        """click suggests a close name for an unknown subcommand of a group, but from the
+        commands already built, which here are none: suggest from every command's name."""
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            import difflib
+
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=1)
+            if close:
+                ctx.fail(f"No such command {name!r}. Did you mean {close[0]!r}?")
+        return super().resolve_command(ctx, args)
 
     def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]
         try:

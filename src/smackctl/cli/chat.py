@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from smackctl.errors import UsageError
+from smackctl.errors import SmackError, UsageError
 
 from . import output
 from ._common import client
@@ -73,6 +73,14 @@ class Session:
     messages: list[dict[str, Any]] = field(default_factory=list)
     conv_id: int | None = None
     last: Stats = field(default_factory=Stats)
+    #: the model that answered last (its name, as the supervisor's answer gives it)
+    answered_by: str | None = None
+
+    @property
+    def stored_model(self) -> str | None:
+        """The model a stored conversation names: the one asked for, else the one that
+        answered (the profile's default)."""
+        return self.model or self.answered_by
 
     def request(self) -> dict[str, Any]:
         msgs = list(self.messages)
@@ -91,6 +99,7 @@ def _reply(c: Client, s: Session, *, stream: bool, render_md: bool) -> str:
     stats = Stats()
     if not stream:
         resp = c.post("/v1/chat/completions", s.request())
+        s.answered_by = resp.get("model") or s.answered_by
         text = resp["choices"][0]["message"]["content"] or ""
         stats.tokens = (resp.get("usage") or {}).get("completion_tokens") or 0
         stats.seconds = time.perf_counter() - started
@@ -100,6 +109,7 @@ def _reply(c: Client, s: Session, *, stream: bool, render_md: bool) -> str:
 
     def deltas() -> Any:
         for chunk in c.chat_stream(s.request()):
+            s.answered_by = chunk.get("model") or s.answered_by
             for choice in chunk.get("choices", []):
                 delta = (choice.get("delta") or {}).get("content")
                 if delta:
@@ -119,7 +129,12 @@ def _reply(c: Client, s: Session, *, stream: bool, render_md: bool) -> str:
 def _one_shot(c: Client, s: Session, text: str, *, stream: bool, json_: bool, md: bool) -> None:
     s.messages.append({"role": "user", "content": text})
     if json_:
-        output.print_json(c.post("/v1/chat/completions", s.request()))
+        resp = c.post("/v1/chat/completions", s.request())
+        output.print_json(resp)
+        s.answered_by = resp.get("model") or s.answered_by
+        choices = resp.get("choices") or [{}]
+        answer = (choices[0].get("message") or {}).get("content") or ""
+        s.messages.append({"role": "assistant", "content": answer})
         return
     answer = _reply(c, s, stream=stream, render_md=md)
     s.messages.append({"role": "assistant", "content": answer})
@@ -186,7 +201,8 @@ def _command(c: Client, s: Session, line: str) -> bool:
         key, _, value = arg.partition(" ")
         if not key:
             for k in SAMPLING:
-                print(f"{k} = {s.options.get(k)}")
+                shown = s.options.get(k)
+                print(f"{k} = {'(the profile default)' if shown is None else shown}")
         elif key not in SAMPLING or not value:
             print(f"usage: /set KEY VALUE, KEY one of {', '.join(SAMPLING)}")
         else:
@@ -224,7 +240,6 @@ def _command(c: Client, s: Session, line: str) -> bool:
 
 
 def _repl(c: Client, s: Session, store: Any, *, stream: bool, md: bool) -> None:
-    from smackctl.errors import SmackError
     from smackctl.paths import get_paths
 
     rl = (
@@ -258,7 +273,7 @@ def _repl(c: Client, s: Session, store: Any, *, stream: bool, md: bool) -> None:
                     output.info("\n(cancelled)")
                     continue
                 s.messages.append({"role": "assistant", "content": answer})
-                s.conv_id = store.save(s.conv_id, s.model, s.messages)
+                s.conv_id = store.save(s.conv_id, s.stored_model, s.messages)
                 output.info(s.last.line())
             except SmackError as exc:
                 output.error(exc.message, exc.hint)
@@ -319,7 +334,7 @@ def chat(
             else:
                 output.table(
                     ["ID", "MODEL", "MESSAGES", "TITLE"],
-                    [[r["id"], r["model"], r["messages"], r["title"]] for r in rows],
+                    [[r["id"], r["model"] or "-", r["messages"], r["title"]] for r in rows],
                 )
             return
         options = {
@@ -331,10 +346,10 @@ def chat(
         s = Session(model=model, system=system, options=options)
         if continue_ or session is not None:
             found = store.load(session)
-            if found is None:
-                raise UsageError(
+            if found is None:  # not a usage error: the flag is right, the conversation absent
+                raise SmackError(
                     f"no conversation {session if session is not None else 'yet'}",
-                    "see `smackctl chat --list`",
+                    "see the stored ones with `smackctl chat --list`",
                 )
             s.conv_id, saved_model, s.messages = found
             s.model = model or saved_model
@@ -348,7 +363,7 @@ def chat(
         with client(ctx, timeout=600.0) as c:
             if text.strip():
                 _one_shot(c, s, text, stream=not no_stream and not json_, json_=json_, md=md)
-                store.save(s.conv_id, s.model, s.messages)
+                store.save(s.conv_id, s.stored_model, s.messages)
             elif interactive or sys.stdin.isatty():
                 _repl(c, s, store, stream=not no_stream, md=md)
             else:

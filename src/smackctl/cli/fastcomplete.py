@@ -25,6 +25,7 @@ ARGUMENTS: dict[tuple[str, ...], tuple[str, int | None]] = {
     ("models", "pull"): ("model", 1),
     ("models", "rm"): ("model", 1),
     ("models", "bench"): ("model", None),  # any number of names
+    ("logs",): ("model", 1),
     ("profile", "show"): ("profile", 1),
     ("profile", "switch"): ("profile", 1),
 }

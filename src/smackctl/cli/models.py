@@ -12,12 +12,14 @@ from smackctl.errors import ApiError, UsageError
 
 from . import output
 from ._common import client, follow_events, raise_for_event
+from ._group import Group
 from .bench import bench
 from .completion import complete_model
 
 __all__ = ["app"]
 
 app = typer.Typer(
+    cls=Group,
     rich_markup_mode=None,  # click's plain help: typer's rich help imports 200 ms of rich
     help="Known models: list, inspect, load, unload, bench, pull, add.",
     no_args_is_help=True,
@@ -37,7 +39,7 @@ def _gib(n: int | None) -> str:
 @app.command("list")
 def list_(ctx: typer.Context, json_: JsonOpt = False) -> None:
     """Known models: size, quantisation, architecture, context, on disk, loaded."""
-    with client(ctx) as c:
+    with client(ctx, autostart=False) as c:
         models = c.get("/api/models", params={"details": "1"})
     if json_:
         output.print_json(models)
@@ -65,7 +67,7 @@ def list_(ctx: typer.Context, json_: JsonOpt = False) -> None:
 @app.command()
 def ps(ctx: typer.Context, json_: JsonOpt = False) -> None:
     """Loaded models: state, memory (estimated and measured), ttl left, in-flight, queued."""
-    with client(ctx) as c:
+    with client(ctx, autostart=False) as c:
         st = c.get("/api/status")
     loaded = [m for m in st["models"] if m["state"] != "stopped"]
     if json_:
@@ -101,7 +103,7 @@ def ps(ctx: typer.Context, json_: JsonOpt = False) -> None:
 @app.command()
 def show(ctx: typer.Context, name: ModelArg, json_: JsonOpt = False) -> None:
     """A model's parameters and GGUF metadata."""
-    with client(ctx) as c:
+    with client(ctx, autostart=False) as c:
         m = c.get(f"/api/models/{name}")
     if json_:
         output.print_json(m)
@@ -242,7 +244,7 @@ def add(
         try:
             c.post("/api/models", {"path": str(path), "name": model, "n_ctx": n_ctx})
         except ApiError as exc:
-            raise UsageError(exc.message) from exc
+            raise UsageError(exc.message, exc.hint) from exc
     print(model)
 
 

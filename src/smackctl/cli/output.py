@@ -1,7 +1,7 @@
 """The only module that imports rich, and only when something is drawn.
 
 Data goes to stdout; progress, chatter and errors to stderr. Spinners and progress bars only
-on a terminal; ``NO_COLOR`` is honoured by rich itself.
+on a terminal; ``NO_COLOR`` turns every style off (``_console``).
 """
 
 from __future__ import annotations
@@ -36,9 +36,19 @@ def is_tty(stream: Any = None) -> bool:
 
 
 def _console(stderr: bool) -> Console:
+    import os
+
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=not stderr)
+    # NO_COLOR (no-color.org): rich drops colours for it but still writes bold and dim;
+    # a person who sets it gets no escape sequence at all
+    plain = os.environ.get("NO_COLOR", "") != ""
+    return Console(
+        stderr=stderr,
+        highlight=False,
+        soft_wrap=not stderr,
+        color_system=None if plain else "auto",
+    )
 
 
 def err_console() -> Console:

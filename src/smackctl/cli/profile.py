@@ -11,11 +11,13 @@ from smackctl.errors import SmackError, UsageError
 
 from . import output
 from ._common import client, follow_events
+from ._group import Group
 from .completion import complete_profile
 
 __all__ = ["app"]
 
 app = typer.Typer(
+    cls=Group,
     rich_markup_mode=None,  # click's plain help: typer's rich help imports 200 ms of rich
     help="YAML profiles: sets of models with parameters and a memory budget.",
     no_args_is_help=True,

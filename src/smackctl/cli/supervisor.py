@@ -6,25 +6,39 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from smackctl.errors import SupervisorNotRunning
+from smackctl.errors import ModelNotFound, SupervisorNotRunning
 from smackctl.paths import DEFAULT_HOST, DEFAULT_PORT
 
 from . import output
 from ._common import client, globals_of, since_time
+from .completion import complete_model, local_model_names
 
 __all__ = ["register"]
 
+# the defaults are said in words: the help pages are generated once (help.json), and a
+# default printed there would be wrong whenever the variable is set
 HostOpt = Annotated[
     str,
     typer.Option(
-        "--host", envvar="SMACKCTL_HOST", help="Address to listen on (loopback by default)."
+        "--host",
+        envvar="SMACKCTL_HOST",
+        show_default=False,
+        help=f"Address to listen on (default: SMACKCTL_HOST, else {DEFAULT_HOST}).",
     ),
 ]
-PortOpt = Annotated[int, typer.Option("--port", envvar="SMACKCTL_PORT", help="Port to listen on.")]
+PortOpt = Annotated[
+    int,
+    typer.Option(
+        "--port",
+        envvar="SMACKCTL_PORT",
+        show_default=False,
+        help=f"Port to listen on (default: SMACKCTL_PORT, else {DEFAULT_PORT}).",
+    ),
+]
 ProfileOpt = Annotated[
     str | None, typer.Option("--profile", "-p", help="Profile to activate.", autocompletion=None)
 ]
@@ -75,13 +89,49 @@ def start(
     def stale(pid: int) -> None:
         output.info(f"removed a stale pid file (supervisor pid {pid} is not running)")
 
+    given = any(
+        getattr(ctx.get_parameter_source(p), "name", None) in ("COMMANDLINE", "ENVIRONMENT")
+        for p in ("host", "port")
+    )
     with output.spinner("starting the supervisor…"):
-        s = start_supervisor(host, port, profile, no_auth=no_auth, timeout=timeout, on_stale=stale)
+        s = start_supervisor(
+            host,
+            port,
+            profile,
+            no_auth=no_auth,
+            timeout=timeout,
+            on_stale=stale,
+            address_given=given,
+        )
     if s.already:
         output.info(f"smackctl is already running (pid {s.pid})")
     else:
         output.info(f"smackctl started (pid {s.pid})")
+        _say_restored(s.url)
     print(s.url)
+
+
+def _say_restored(url: str) -> None:
+    """Models the supervisor loads again at start (loaded at the last stop, pinned, preload)
+    are said aloud: a start that loads a model nobody asked for now should not be silent."""
+    from smackctl.client import Client
+    from smackctl.errors import SmackError
+
+    try:
+        with Client(url, timeout=5.0) as c:
+            restoring = c.get("/api/status").get("restoring") or {}
+    except SmackError:
+        return
+    why = {
+        "loaded": "loaded when the supervisor last stopped",
+        "pinned": "pinned",
+        "preload": "preload: true in the profile",
+    }
+    for name, reason in sorted(restoring.items()):
+        output.info(
+            f"loading {name} ({why.get(reason, reason)}); "
+            f"`smackctl models unload {name}` unloads it"
+        )
 
 
 def stop(
@@ -159,10 +209,11 @@ def status(
         waiting = f", {n} request{'s' if n > 1 else ''} waiting for cores" if n else ""
         print(f"cpu {cpu['busy']} of {cpu['cores']} cores computing{waiting}")
     loaded = [m for m in st["models"] if m["state"] != "stopped"]
+    now = time.time()
     if not loaded:
         print("no model loaded")
+        _print_troubles(st["models"], now)
         return
-    now = time.time()
     output.table(
         ["MODEL", "STATE", "PID", "RSS", "LOADED", "LAST USED", "REQUESTS"],
         [
@@ -180,10 +231,28 @@ def status(
             for m in loaded
         ],
     )
+    _print_troubles(st["models"], now)
+
+
+def _print_troubles(models: list[dict[str, Any]], now: float) -> None:
+    """A line for each model that crashed or failed: how often, what happened, the fix."""
+    for m in models:
+        if m.get("crashes"):
+            n = m["crashes"]
+            ago = output.human_duration(now - (m.get("last_crash_at") or now))
+            print(
+                f"{m['name']}: {n} crash{'es' if n != 1 else ''}, the last {ago} ago: the "
+                f"runner {m['last_crash']} (`smackctl logs {m['name']}`, `smackctl doctor`)"
+            )
+        elif m.get("last_error") and m["state"] in ("failed", "backoff", "stopped"):
+            print(f"{m['name']}: {m['last_error']} (`smackctl logs {m['name']}`)")
 
 
 def logs(
-    model: Annotated[str | None, typer.Argument(help="A model's runner log instead.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Argument(help="A model's runner log instead.", autocompletion=complete_model),
+    ] = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
     ] = False,
@@ -199,6 +268,9 @@ def logs(
     paths = get_paths()
     path = paths.runner_log(validate_model_name(model)) if model else paths.supervisor_log
     if not path.is_file():
+        known = local_model_names()
+        if model and model not in known:
+            raise ModelNotFound(model, known)
         output.info(f"no log yet at {path}")
         return
     cutoff = None
