@@ -1,6 +1,7 @@
 """``python -m benchmarks [NAME…]``: run smackctl's benchmarks and write BENCHMARKS.md.
 
-Names: estimate, switch, overhead, cold_swap, cli, rss, concurrency (all by default). A suite
+Names: estimate, switch, overhead, cold_swap, cli, rss, concurrency, backends (all by
+default). A suite
 not run keeps its section of BENCHMARKS.md as it was. Exit 1 when a figure misses its goal.
 """
 
@@ -16,6 +17,7 @@ import llama_cpp
 from smackctl.hardware import probe_machine
 
 from . import (
+    backends,
     cli_latency,
     cold_swap,
     concurrency,
@@ -34,6 +36,7 @@ SUITES = {
     "cli": ("Command-line latency (issue 6)", cli_latency.run),
     "rss": ("Supervisor memory (issue 6)", supervisor_rss.run),
     "concurrency": ("32 concurrent clients over two models (issue 6)", concurrency.run),
+    "backends": ("The llama-server backend against llama-server by hand (issue 17)", backends.run),
 }
 
 

@@ -1,9 +1,9 @@
 """Memory estimate vs. what a real runner uses, for the real small models at several n_ctx.
 
-For each (model, n_ctx): start ``llama_cpp.server`` exactly as the supervisor does, send one
-request whose prompt fills half of the context (what a long conversation
-does: every weight page, the KV cache and the attention scratch get touched), measure the RSS
-of its process tree, and compare with ``estimate_memory``.
+For each (backend, model, n_ctx, parallel): start the runner exactly as the supervisor does,
+send one request per slot whose prompt fills three quarters of the slot's context (what long
+conversations do: every weight page, the KV cache and the attention scratch get touched),
+measure the RSS of its process tree, and compare with ``estimate_for``.
 Goal: |estimate − measured| / measured ≤ 15 %.
 """
 
@@ -17,9 +17,9 @@ import httpx
 
 from smackctl import catalog
 from smackctl.config import ModelSpec
-from smackctl.daemon.backends import llama_cpp_server_argv
+from smackctl.daemon.backends import backend_for
 from smackctl.daemon.runner import Runner
-from smackctl.estimate import estimate_memory
+from smackctl.estimate import estimate_for
 from smackctl.gguf import read_info
 from smackctl.hardware import tree_rss
 
@@ -29,18 +29,28 @@ GOAL = 0.15
 CONTEXTS = (512, 2048, 8192)
 
 
-async def measure(path: Path, n_ctx: int, log: Path) -> int:
-    spec = ModelSpec(path=str(path), n_ctx=n_ctx)
-    r = Runner("bench", lambda port, key: llama_cpp_server_argv(spec, path, port, key), log)
+async def measure(spec: ModelSpec, path: Path, log: Path) -> int:
+    backend = backend_for(spec)
+    r = Runner(
+        "bench",
+        lambda port, key: backend.argv(spec, path, port, key, "bench"),
+        log,
+        ready_path=backend.ready_path,
+        key_env=backend.key_env,
+    )
     await r.start()
     try:
         async with httpx.AsyncClient(timeout=900) as c:
-            resp = await c.post(
-                f"{r.base_url}/v1/completions",
-                headers={"Authorization": f"Bearer {r.api_key}"},
-                json={"prompt": " hello" * (n_ctx * 3 // 4), "max_tokens": 8},
-            )
-            resp.raise_for_status()
+
+            async def one(i: int) -> None:
+                resp = await c.post(
+                    f"{r.base_url}/v1/completions",
+                    headers={"Authorization": f"Bearer {r.api_key}"},
+                    json={"prompt": f"{i}" + " hello" * (spec.n_ctx * 3 // 4), "max_tokens": 8},
+                )
+                resp.raise_for_status()
+
+            await asyncio.gather(*(one(i) for i in range(spec.parallel)))
         assert r.pid is not None
         rss = tree_rss(r.pid)
         assert rss is not None
@@ -49,26 +59,34 @@ async def measure(path: Path, n_ctx: int, log: Path) -> int:
         await r.stop(grace=2)
 
 
+#: (backend, parallel) pairs measured at each n_ctx
+RUNNERS = (("llama-cpp-python", 1), ("llama-server", 1), ("llama-server", 4))
+
+
 def run(cache: Path) -> tuple[list[str], bool]:
     rows = [
-        "| model | n_ctx | estimate | measured RSS | error | goal ±15% |",
-        "|---|---:|---:|---:|---:|---|",
+        "| backend | parallel | model | n_ctx | estimate | measured RSS | error | goal ±15% |",
+        "|---|---:|---|---:|---:|---:|---:|---|",
     ]
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         for name, (source, sha) in MODELS.items():
             path = catalog.pull(catalog.parse_source(source), cache, sha)
             info = read_info(path)
-            for n_ctx in CONTEXTS:
-                est = estimate_memory(info, n_ctx).ram
-                got = asyncio.run(measure(path, n_ctx, Path(tmp) / f"{name}.log"))
-                err = (est - got) / got
-                ok &= abs(err) <= GOAL
-                rows.append(
-                    f"| {name} | {n_ctx} | {est / 2**20:.0f} MiB | {got / 2**20:.0f} MiB "
-                    f"| {err:+.1%} | {verdict(abs(err) <= GOAL)} |"
-                )
-                print(rows[-1], flush=True)
+            for backend, parallel in RUNNERS:
+                for n_ctx in CONTEXTS:
+                    spec = ModelSpec(
+                        path=str(path), n_ctx=n_ctx, backend=backend, parallel=parallel
+                    )
+                    est = estimate_for(info, spec).ram
+                    got = asyncio.run(measure(spec, path, Path(tmp) / f"{name}.log"))
+                    err = (est - got) / got
+                    ok &= abs(err) <= GOAL
+                    rows.append(
+                        f"| {backend} | {parallel} | {name} | {n_ctx} | {est / 2**20:.0f} MiB "
+                        f"| {got / 2**20:.0f} MiB | {err:+.1%} | {verdict(abs(err) <= GOAL)} |"
+                    )
+                    print(rows[-1], flush=True)
     rows += [
         "",
         "Before smackctl started runners with `--logits_all=False` (llama_cpp.server's own "

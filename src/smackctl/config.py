@@ -100,6 +100,9 @@ def parse_duration(value: int | str) -> int:
 Size = Annotated[int, Field(ge=0)]
 
 
+Backend = Literal["llama-cpp-python", "llama-server"]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -120,7 +123,9 @@ class ModelSpec(_Strict):
     preload: bool = False
     aliases: tuple[str, ...] = ()
     chat_format: str | None = None
-    backend: Literal["llama-cpp-python"] = "llama-cpp-python"
+    #: what serves it: llama-cpp-python's llama_cpp.server (in-process swaps), or llama.cpp's
+    #: own llama-server (continuous batching over ``parallel`` slots, less memory)
+    backend: Backend = "llama-cpp-python"
     args: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
     @field_validator("ttl", mode="before")
@@ -198,7 +203,23 @@ class Cpu(_Strict):
 class Profile(_Strict):
     name: str
     description: str = ""
+    #: the backend of every model of the profile that names none
+    backend: Backend | None = None
+    #: the llama-server binary (a CUDA build, say); default: the one `make install` built
+    llama_server: str | None = None
     models: dict[str, ModelSpec] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_backend(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("backend") and isinstance(data.get("models"), dict):
+            models = {
+                name: ({"backend": data["backend"], **raw} if isinstance(raw, dict) else raw)
+                for name, raw in data["models"].items()
+            }
+            data = {**data, "models": models}
+        return data
+
     memory: MemoryBudget = MemoryBudget()
     cpu: Cpu = Cpu()
     defaults: Defaults = Defaults()

@@ -18,12 +18,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from smackctl.config import ModelSpec
 from smackctl.gguf import GGUFInfo
 
-__all__ = ["RUNNER_BASELINE", "Estimate", "estimate_memory"]
+__all__ = ["RUNNER_BASELINE", "SERVER_BASELINE", "Estimate", "estimate_for", "estimate_memory"]
 
 #: RSS of ``python -m llama_cpp.server`` with a tiny model (measured: ~80 MiB)
 RUNNER_BASELINE = 85 * 1024**2
+#: RSS of llama.cpp's llama-server itself beside the model: its HTTP server and ggml's
+#: backends (fitted in benchmarks/estimate_accuracy.py, BENCHMARKS.md)
+SERVER_BASELINE = 32 * 1024**2
+#: llama-server's batch: a sliding-window layer's cache holds the window plus one batch
+_SERVER_BATCH = 2048
+#: of every N layers of these architectures, N - 1 use sliding-window attention (llama.cpp's
+#: own layer patterns); the rest attend over the whole context
+_SWA_PATTERN = {"gemma3": 6, "gemma2": 2}
 #: llama.cpp's vocabulary tables: token text, scores, lookup maps (fitted: ~250 B a token)
 _VOCAB_BYTES = 250
 _UBATCH = 512
@@ -46,7 +55,35 @@ class Estimate:
         return self.ram + self.vram
 
 
+def estimate_for(info: GGUFInfo, spec: ModelSpec) -> Estimate:
+    """The estimate for a model as its backend runs it: llama-server holds the KV cache of
+    ``parallel`` slots of ``n_ctx`` each and no Python; llama_cpp.server one context."""
+    if spec.backend == "llama-server":
+        return _server_estimate(info, spec.n_ctx, spec.parallel, spec.n_gpu_layers)
+    return estimate_memory(info, spec.n_ctx, spec.n_gpu_layers)
+
+
+def _server_estimate(info: GGUFInfo, n_ctx: int, slots: int, n_gpu_layers: int) -> Estimate:
+    """llama-server: ``slots`` sequences of ``n_ctx`` each. Its flash attention (on by default
+    on the CPU) never holds a micro-batch's KQ scores over the context, so the compute scratch
+    is a small fraction of llama_cpp.server's; a sliding-window layer's KV cache holds the
+    window plus a batch per slot, not the whole context (Gemma 3: 15 of its 18 layers)."""
+    layers = info.layers or 1
+    heads = info.heads or 1
+    heads_kv = info.heads_kv or heads
+    key_len = info.key_length or ((info.embedding_length or 0) // heads)
+    val_len = info.value_length or key_len
+    per_token = heads_kv * (key_len + val_len) * _KV_BYTES  # one layer
+    pattern = _SWA_PATTERN.get(info.architecture or "") if info.sliding_window else None
+    swa_layers = layers - layers // pattern if pattern else 0
+    swa_tokens = min(n_ctx, (info.sliding_window or 0) + _SERVER_BATCH) * slots
+    kv = per_token * ((layers - swa_layers) * n_ctx * slots + swa_layers * swa_tokens)
+    compute = min(_UBATCH, n_ctx) * n_ctx * heads // 2
+    return _split(info, kv, compute, SERVER_BASELINE, n_gpu_layers)
+
+
 def estimate_memory(info: GGUFInfo, n_ctx: int, n_gpu_layers: int = 0) -> Estimate:
+    """llama_cpp.server's runner (RUNNER_PROGRAM): one context of ``n_ctx``."""
     layers = info.layers or 1
     heads = info.heads or 1
     heads_kv = info.heads_kv or heads
@@ -54,7 +91,14 @@ def estimate_memory(info: GGUFInfo, n_ctx: int, n_gpu_layers: int = 0) -> Estima
     val_len = info.value_length or key_len
     kv = n_ctx * layers * heads_kv * (key_len + val_len) * _KV_BYTES
     compute = min(_UBATCH, n_ctx) * n_ctx * heads * 4
-    baseline = RUNNER_BASELINE + (info.vocab_size or 0) * _VOCAB_BYTES
+    return _split(info, kv, compute, RUNNER_BASELINE, n_gpu_layers)
+
+
+def _split(info: GGUFInfo, kv: int, compute: int, baseline: int, n_gpu_layers: int) -> Estimate:
+    """The whole estimate, RAM and VRAM, from its parts: the weights and the KV cache split
+    by the share of layers offloaded, the vocabulary tables with the runner in RAM."""
+    layers = info.layers or 1
+    baseline = baseline + (info.vocab_size or 0) * _VOCAB_BYTES
     weights = info.file_size
     if n_gpu_layers < 0 or n_gpu_layers > layers:
         gpu_share = 1.0

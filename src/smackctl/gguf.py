@@ -56,6 +56,8 @@ class GGUFInfo:
     vocab_size: int | None
     has_chat_template: bool
     end_token_ids: tuple[int, ...] = ()  # eos, eot, eom: where generation stops
+    #: tokens a sliding-window attention layer sees (Gemma 2 and 3), None: every layer global
+    sliding_window: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -196,6 +198,7 @@ def read_info(path: Path) -> GGUFInfo:
         value_length=a("attention.value_length") or key_len,
         vocab_size=tokens.length if isinstance(tokens, ArrayInfo) else None,
         has_chat_template="tokenizer.chat_template" in meta,
+        sliding_window=a("attention.sliding_window"),
         end_token_ids=tuple(
             sorted(
                 {

@@ -155,7 +155,7 @@ def validate(
 def _budget_issues(profile: Any, path: Path) -> list[Any]:
     """Models whose estimate alone exceeds the profile's RAM budget (files on disk only)."""
     from smackctl.config import ProfileIssue
-    from smackctl.estimate import estimate_memory
+    from smackctl.estimate import estimate_for
     from smackctl.gguf import read_info
     from smackctl.paths import get_paths
 
@@ -171,7 +171,7 @@ def _budget_issues(profile: Any, path: Path) -> list[Any]:
         if not file.is_file():
             continue
         try:
-            need = estimate_memory(read_info(file), spec.n_ctx, spec.n_gpu_layers).ram
+            need = estimate_for(read_info(file), spec).ram
         except SmackError as exc:
             out.append(ProfileIssue(str(path), None, f"models.{name}", exc.message))
             continue

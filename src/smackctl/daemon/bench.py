@@ -29,6 +29,8 @@ from smackctl.errors import ModelLoadError, SmackError, UsageError
 from smackctl.gguf import read_info
 from smackctl.hardware import probe_machine, process_tree_vram, tree_peak_rss, tree_rss
 
+from .backends import Backend, backend_for
+
 if TYPE_CHECKING:
     from .runner import Runner
     from .scheduler import Managed, Scheduler
@@ -147,7 +149,8 @@ class Bench:
                     load_s = time.perf_counter() - t
                 self._note(m, "run", run=i + 1, runs=p.runs)
                 async with self.sched.slot(m.name) as (_, runner):
-                    one = await _measure(http, runner, info.end_token_ids, p, i)
+                    backend = backend_for(m.spec)
+                    one = await _measure(http, runner, backend, info.end_token_ids, p, i)
                     assert runner.pid is not None
                     one["load_s"] = load_s
                     # a process that held another model before: its peak may be that model's
@@ -190,16 +193,20 @@ class Bench:
 
 
 async def _measure(
-    http: httpx.AsyncClient, runner: Runner, ends: tuple[int, ...], p: BenchParams, run: int
+    http: httpx.AsyncClient,
+    runner: Runner,
+    backend: Backend,
+    ends: tuple[int, ...],
+    p: BenchParams,
+    run: int,
 ) -> dict[str, Any]:
     auth = {"Authorization": f"Bearer {runner.api_key}"}
 
     async def count(text: str) -> int:
-        r = await http.post(
-            f"{runner.base_url}/extras/tokenize/count", json={"input": text}, headers=auth
-        )
+        path, body = backend.count_request(text)
+        r = await http.post(f"{runner.base_url}{path}", json=body, headers=auth)
         r.raise_for_status()
-        return int(r.json()["count"])
+        return backend.count_of(r.json())
 
     prompt, n_prompt = await _prompt(count, p.prompt_tokens, run)
     body = {

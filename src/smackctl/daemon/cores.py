@@ -5,8 +5,11 @@ runners' threads together outnumber the cores, a spinning thread waits for one t
 descheduled, and both models slow to a crawl: on 2 cores, SmolLM2 and Gemma 3 270M with 2
 threads each, under load, took 15 s for 16 tokens that take 0.3 s alone (BENCHMARKS.md, line 7).
 
-So a request holds ``threads`` of the cores while its runner computes, and waits (first come,
-first served) while they are taken. A runner whose layers all sit on a GPU holds none.
+So a runner holds ``threads`` of the cores while it computes, and a request waits (first
+come, first served) while they are taken. A runner whose layers all sit on a GPU holds none.
+The cores are held per runner (``key``), not per request: a llama-server with ``parallel``
+slots decodes the requests it has in one batch on the same threads, so a request that joins
+a runner already computing takes no more cores and does not wait.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ class Cores:
     def __init__(self, capacity: int) -> None:
         self.capacity = max(1, capacity)
         self.busy = 0
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._waiters: deque[tuple[int, object, asyncio.Future[None]]] = deque()
+        #: requests holding each key's cores
+        self._held: dict[object, int] = {}
 
     @property
     def waiting(self) -> int:
@@ -36,27 +41,42 @@ class Cores:
         """What a runner with ``threads`` threads holds: all the cores at most."""
         return max(0, min(threads, self.capacity))
 
-    async def acquire(self, n: int) -> None:
+    async def acquire(self, n: int, key: object = None) -> None:
+        """Hold ``n`` cores for ``key`` (a runner; None: this request alone). A key that holds
+        them already is let in at once, whoever waits."""
         if n <= 0:
             return
-        if not self._waiters and self._fits(n):
-            self.busy += n
+        if self._held.get(key) or (not self._waiters and self._fits(n)):
+            self._grant(n, key)
             return
-        entry = (n, asyncio.get_running_loop().create_future())
+        entry = (n, key, asyncio.get_running_loop().create_future())
         self._waiters.append(entry)
         try:
-            await entry[1]
+            await entry[2]
         except asyncio.CancelledError:
             if entry in self._waiters:
                 self._waiters.remove(entry)
                 self._wake()  # it may have been first in line, holding back those behind it
-            elif not entry[1].cancelled():
-                self.release(n)  # the cores were handed to us as we were cancelled
+            elif not entry[2].cancelled():
+                self.release(n, key)  # the cores were handed to us as we were cancelled
             raise
 
-    def release(self, n: int) -> None:
+    def _grant(self, n: int, key: object) -> None:
+        if key is not None and self._held.get(key):
+            self._held[key] += 1
+            return
+        self.busy += n
+        if key is not None:
+            self._held[key] = 1
+
+    def release(self, n: int, key: object = None) -> None:
         if n <= 0:
             return
+        if key is not None:
+            self._held[key] -= 1
+            if self._held[key]:
+                return
+            del self._held[key]
         self.busy -= n
         self._wake()
 
@@ -72,11 +92,11 @@ class Cores:
     def _wake(self) -> None:
         # first come, first served: a large request at the head is not overtaken by small ones
         while self._waiters:
-            n, fut = self._waiters[0]
-            if not self._fits(n):
+            n, key, fut = self._waiters[0]
+            if not (self._held.get(key) or self._fits(n)):
                 return
             self._waiters.popleft()
-            self.busy += n
+            self._grant(n, key)
             fut.set_result(None)
 
     def view(self) -> dict[str, int]:

@@ -22,6 +22,7 @@ from starlette.responses import Response, StreamingResponse
 from smackctl.errors import SmackError, UsageError
 from smackctl.selftest import signal_name
 
+from .backends import backend_for
 from .metrics import Metrics
 from .runner import Runner
 from .scheduler import Managed, Scheduler
@@ -66,7 +67,11 @@ class Proxy:
     async def _refuse_what_it_cannot_serve(
         self, m: Managed, path: str, body: dict[str, Any]
     ) -> None:
-        if (body.get("logprobs") or body.get("top_logprobs")) and not m.spec.args.get("logits_all"):
+        if (
+            (body.get("logprobs") or body.get("top_logprobs"))
+            and not backend_for(m.spec).logprobs
+            and not m.spec.args.get("logits_all")
+        ):
             raise UsageError(
                 f"{m.name} is loaded without logits for every token, so it cannot return logprobs",
                 f"set `args: {{logits_all: true}}` for {m.name} in the profile (it costs "
@@ -90,8 +95,11 @@ class Proxy:
         stream = bool(body.get("stream"))
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         # the model's own name, also when the request named an alias or none: the answer's
-        # `model` is then that name, not the runner's file path
+        # `model` is then that name, not the runner's file path. Streams always end with the
+        # usage event (llama-server sends it when asked; host.py always), for the usage log
         body = {**body, "model": m.name}
+        if stream:
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         payload = json.dumps(_with_defaults(body, sched.profile.defaults.model_dump())).encode()
         for attempt in (1, 2):
             stack = contextlib.AsyncExitStack()
@@ -235,7 +243,7 @@ class _Relay:
             return chunk
         kept = []
         for event in chunk.split(b"\n\n"):
-            if b'"usage"' in event and b'"choices": []' in event:
+            if b'"usage"' in event and (b'"choices": []' in event or b'"choices":[]' in event):
                 with contextlib.suppress(ValueError, AttributeError, TypeError, IndexError):
                     usage = json.loads(event.split(b"data:", 1)[1]).get("usage") or {}
                     self.tokens_in = usage.get("prompt_tokens")

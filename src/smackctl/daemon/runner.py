@@ -139,10 +139,10 @@ def _child_setup() -> None:
 
 
 async def _start_child(
-    argv: Sequence[str], log: BinaryIO, *, stdin: int
+    argv: Sequence[str], log: BinaryIO, *, stdin: int, env: dict[str, str] | None = None
 ) -> asyncio.subprocess.Process:
     """A runner's (or a spare's) process: output to its log, its own session (process group),
-    and ``PR_SET_PDEATHSIG`` so that it dies with the supervisor."""
+    and ``PR_SET_PDEATHSIG`` so that it dies with the supervisor. ``env``: added to ours."""
     return await asyncio.create_subprocess_exec(
         *argv,
         stdin=stdin,
@@ -150,6 +150,7 @@ async def _start_child(
         stderr=log,
         start_new_session=True,
         preexec_fn=_child_setup,
+        env={**os.environ, **env} if env else None,
     )
 
 
@@ -281,8 +282,14 @@ class Runner:
         on_state: Callable[[Runner, RunnerState], None] | None = None,
         take_spare: Callable[[], Spare | None] | None = None,
         reuse: Vacated | None = None,
+        ready_path: str = "/v1/models",
+        key_env: str | None = None,
     ) -> None:
+        """``ready_path``: the route that answers 200 once the model is loaded; ``key_env``:
+        the variable the process reads its API key from (else ``argv_for`` puts it in a flag)."""
         self.model = model
+        self.ready_path = ready_path
+        self.key_env = key_env
         self._take_spare = take_spare
         self._reuse = reuse
         #: the process runs RUNNER_PROGRAM, so it can load another model (``vacate``)
@@ -383,8 +390,11 @@ class Runner:
             log.flush()
             self.proc = spare.hand(argv[n:], self.log_path) if spare is not None else None
             if self.proc is None:
+                env = {self.key_env: self.api_key} if self.key_env else None
                 try:
-                    self.proc = await _start_child(argv, log, stdin=asyncio.subprocess.DEVNULL)
+                    self.proc = await _start_child(
+                        argv, log, stdin=asyncio.subprocess.DEVNULL, env=env
+                    )
                 except OSError as exc:
                     raise ModelLoadError(
                         f"cannot start the runner for {self.model}: {exc}",
@@ -523,8 +533,9 @@ class Runner:
         return text.rsplit("\n=== ", 1)[-1] if "\n=== " in text else text
 
     async def _wait_ready(self) -> None:
-        """Poll ``GET /v1/models`` every 10 ms until it answers 200. llama_cpp.server loads the
-        model before it binds its port, so until then each poll is a refused connect: cheap."""
+        """Poll ``GET ready_path`` every 10 ms until it answers 200. llama_cpp.server loads the
+        model before it binds its port, so until then each poll is a refused connect: cheap;
+        llama-server binds first and answers 503 while it loads."""
         deadline = time.monotonic() + self.ready_timeout
         headers = {"Authorization": f"Bearer {self.api_key}"}
         http = Upstream(connect_timeout=2.0, read_timeout=2.0)
@@ -537,7 +548,7 @@ class Runner:
                         self._load_fix(),
                     )
                 try:
-                    answer = await http.request("GET", *self.address, "/v1/models", b"", headers)
+                    answer = await http.request("GET", *self.address, self.ready_path, b"", headers)
                     await answer.read()
                     if answer.status == 200:
                         return

@@ -30,13 +30,13 @@ from smackctl.config import (
     validate_model_name,
 )
 from smackctl.errors import InsufficientMemory, ModelLoadError, ModelNotFound, SmackError
-from smackctl.estimate import Estimate, estimate_memory
+from smackctl.estimate import Estimate, estimate_for
 from smackctl.gguf import GGUFInfo, check_magic, read_info
 from smackctl.hardware import physical_cores, probe_gpus, process_tree_vram, tree_rss
 from smackctl.paths import Paths
 from smackctl.selftest import signal_name
 
-from .backends import llama_cpp_server_argv, runner_threads
+from .backends import Backend, backend_for, runner_threads
 from .cores import Cores
 from .planner import Budget, Loaded, Plan, plan_evictions
 from .runner import Runner, RunnerState, Spare, Vacated, rotate_log, signal_group
@@ -442,7 +442,7 @@ class Scheduler:
         """What the planner counts for loading ``m``: the last measurement when there is one."""
         if m.info is None or m.info.path != str(path):
             m.info = read_info(path)
-        est = estimate_memory(m.info, m.spec.n_ctx, m.spec.n_gpu_layers)
+        est = estimate_for(m.info, m.spec)
         m.estimate = est
         saved = self.store.measurement(m.name, _load_key(m.spec))
         if saved is not None and saved[0] is not None:
@@ -538,9 +538,16 @@ class Scheduler:
             reuse = await self._make_room(m, est, force, keep_process=not fresh)
             self._progress(m, "starting")
             spec = m.spec
+            backend = backend_for(spec, self.profile.llama_server)
 
-            def argv(port: int, key: str, spec: ModelSpec = spec, path: Path = path) -> list[str]:
-                return llama_cpp_server_argv(spec, path, port, key)
+            def argv(
+                port: int,
+                key: str,
+                spec: ModelSpec = spec,
+                path: Path = path,
+                backend: Backend = backend,
+            ) -> list[str]:
+                return backend.argv(spec, path, port, key, m.name)
 
             runner = Runner(
                 m.name,
@@ -552,6 +559,8 @@ class Scheduler:
                 on_state=self._on_state_and_record,
                 take_spare=self._take_spare,
                 reuse=reuse,
+                ready_path=backend.ready_path,
+                key_env=backend.key_env,
             )
             m.runner = runner
             try:
@@ -720,14 +729,14 @@ class Scheduler:
         self._idle.clear()
         cores = self.cpu_units(m)
         try:
-            await self.cores.acquire(cores)
+            await self.cores.acquire(cores, runner)
         except BaseException:
             self._end_request(m, runner, served=False)
             raise
         try:
             yield m, runner
         finally:
-            self.cores.release(cores)
+            self.cores.release(cores, runner)
             self._end_request(m, runner, served=True)
 
     def _end_request(self, m: Managed, runner: Runner, *, served: bool) -> None:

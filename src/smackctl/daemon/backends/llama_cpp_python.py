@@ -1,27 +1,25 @@
-"""How a model's runner process is started, per backend."""
+"""llama-cpp-python's ``llama_cpp.server``, run as ``python -m smackctl.daemon.host``."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from smackctl.config import ModelSpec
+from smackctl.estimate import Estimate, estimate_for
+from smackctl.gguf import GGUFInfo
 from smackctl.hardware import physical_cores
 
-__all__ = ["RUNNER_PROGRAM", "llama_cpp_server_argv", "runner_threads"]
+__all__ = ["RUNNER_PROGRAM", "LlamaCppPython", "llama_cpp_server_argv"]
 
-#: the default backend's runner program: llama_cpp.server's app and flags, plus a route that
-#: lets the process take the next model (daemon/host.py)
+#: the runner program: llama_cpp.server's app and flags, plus a route that lets the process
+#: take the next model (daemon/host.py)
 RUNNER_PROGRAM = [sys.executable, "-m", "smackctl.daemon.host"]
 
 
 def _flag(value: str | int | float | bool) -> str:
     return str(value) if not isinstance(value, bool) else ("True" if value else "False")
-
-
-def runner_threads(spec: ModelSpec) -> int:
-    """The threads a model's runner computes with: ``threads``, else the physical cores."""
-    return spec.threads or physical_cores()
 
 
 def llama_cpp_server_argv(spec: ModelSpec, model_path: Path, port: int, api_key: str) -> list[str]:
@@ -37,7 +35,7 @@ def llama_cpp_server_argv(spec: ModelSpec, model_path: Path, port: int, api_key:
       262k-vocabulary model), needed only for prompt logprobs. ``args: {logits_all: true}``
       in the profile turns it back on for a model that must return logprobs.
     """
-    threads = runner_threads(spec)
+    threads = spec.threads or physical_cores()
     flags: dict[str, str] = {
         "model": str(model_path),
         "host": "127.0.0.1",
@@ -56,3 +54,26 @@ def llama_cpp_server_argv(spec: ModelSpec, model_path: Path, port: int, api_key:
         flags[key] = _flag(value)
     # --flag=value: a value that starts with '-' can never be read as another flag
     return [*RUNNER_PROGRAM, *(f"--{k}={v}" for k, v in flags.items())]
+
+
+class LlamaCppPython:
+    name = "llama-cpp-python"
+    ready_path = "/v1/models"  # llama_cpp.server has no /health
+    key_env: str | None = None
+    swaps = True
+    logprobs = False
+
+    def argv(
+        self, spec: ModelSpec, model_path: Path, port: int, api_key: str, name: str
+    ) -> list[str]:
+        del name  # the proxy puts the model's name in every request, which answers echo
+        return llama_cpp_server_argv(spec, model_path, port, api_key)
+
+    def estimate(self, info: GGUFInfo, spec: ModelSpec) -> Estimate:
+        return estimate_for(info, spec)
+
+    def count_request(self, text: str) -> tuple[str, dict[str, Any]]:
+        return "/extras/tokenize/count", {"input": text}
+
+    def count_of(self, answer: dict[str, Any]) -> int:
+        return int(answer["count"])

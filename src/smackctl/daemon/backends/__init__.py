@@ -1,0 +1,66 @@
+"""What serves a model: one module per backend, each knowing how to start, probe, measure
+and stop its runner. The scheduler asks ``backend_for(spec)`` and never builds an argv.
+
+    llama_cpp_python   llama-cpp-python's llama_cpp.server in RUNNER_PROGRAM (host.py):
+                       one request at a time, swaps a model in its warm process
+    llama_server       llama.cpp's native llama-server: ``parallel`` slots with continuous
+                       batching, no Python in the process
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from smackctl.config import ModelSpec
+from smackctl.estimate import Estimate
+from smackctl.gguf import GGUFInfo
+from smackctl.hardware import physical_cores
+
+from .llama_cpp_python import RUNNER_PROGRAM, LlamaCppPython, llama_cpp_server_argv
+from .llama_server import LlamaServer, find_llama_server
+
+__all__ = [
+    "RUNNER_PROGRAM",
+    "Backend",
+    "backend_for",
+    "find_llama_server",
+    "llama_cpp_server_argv",
+    "runner_threads",
+]
+
+
+class Backend(Protocol):
+    name: str
+    #: the route that answers 200 once the model is loaded
+    ready_path: str
+    #: the environment variable the runner reads its API key from (None: it is a flag)
+    key_env: str | None
+    #: the runner can load another model in its process (``POST /smackctl/load``)
+    swaps: bool
+    #: its answers to logprobs need no setting (llama_cpp.server needs logits_all)
+    logprobs: bool
+
+    def argv(
+        self, spec: ModelSpec, model_path: Path, port: int, api_key: str, name: str
+    ) -> list[str]: ...
+
+    def estimate(self, info: GGUFInfo, spec: ModelSpec) -> Estimate: ...
+
+    def count_request(self, text: str) -> tuple[str, dict[str, Any]]:
+        """(path, body) of the runner's request that counts ``text``'s tokens."""
+        ...
+
+    def count_of(self, answer: dict[str, Any]) -> int: ...
+
+
+def runner_threads(spec: ModelSpec) -> int:
+    """The threads a model's runner computes with: ``threads``, else the physical cores."""
+    return spec.threads or physical_cores()
+
+
+def backend_for(spec: ModelSpec, llama_server: str | None = None) -> Backend:
+    """The backend of a model; ``llama_server``: the profile's binary, if it names one."""
+    if spec.backend == "llama-server":
+        return LlamaServer(llama_server)
+    return LlamaCppPython()

@@ -1,0 +1,105 @@
+"""llama.cpp's native ``llama-server``: ``parallel`` slots with continuous batching.
+
+Flags, each for a reason:
+- ``--host 127.0.0.1``, a random port, a per-runner key in ``LLAMA_API_KEY`` (the
+  environment, not the command line, which any user on the machine can read in ``ps``);
+- ``--no-webui``: the runner answers the supervisor only;
+- ``-np parallel`` and ``-c n_ctx × parallel``: each slot gets the model's whole ``n_ctx``
+  (the KV cache is split between slots); the supervisor lets ``parallel`` requests in at once
+  and queues the rest;
+- ``--cache-ram 0``: llama-server keeps up to 8 GiB of prompt caches in RAM by default,
+  memory the budget does not see;
+- ``--jinja``: the model's own chat template, tools included; ``--metrics`` for ``/metrics``;
+- ``--alias NAME``: answers name the model, not its file.
+Ready means ``GET /health`` answers 200 (503 while the model loads).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from smackctl.config import ModelSpec
+from smackctl.errors import ModelLoadError
+from smackctl.estimate import Estimate, estimate_for
+from smackctl.gguf import GGUFInfo
+from smackctl.hardware import physical_cores
+
+__all__ = ["LlamaServer", "find_llama_server"]
+
+
+def find_llama_server(configured: str | None = None) -> str | None:
+    """The binary: the profile's ``llama_server``, else the one `make install` put beside
+    this Python, else one on PATH."""
+    if configured:
+        path = Path(os.path.expandvars(configured)).expanduser()
+        return str(path) if path.is_file() and os.access(path, os.X_OK) else None
+    beside = Path(sys.executable).parent / "llama-server"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("llama-server")
+
+
+class LlamaServer:
+    name = "llama-server"
+    ready_path = "/health"
+    key_env: str | None = "LLAMA_API_KEY"
+    swaps = False
+    logprobs = True
+
+    def __init__(self, binary: str | None = None) -> None:
+        self.configured = binary
+
+    def binary(self) -> str:
+        found = find_llama_server(self.configured)
+        if found is None:
+            where = self.configured or "beside Python or on PATH"
+            raise ModelLoadError(
+                f"no llama-server binary ({where})",
+                "`make install` builds it into the venv; or set `llama_server: PATH` in the "
+                "profile to a binary you built",
+            )
+        return found
+
+    def argv(
+        self, spec: ModelSpec, model_path: Path, port: int, api_key: str, name: str
+    ) -> list[str]:
+        del api_key  # in the environment: LLAMA_API_KEY
+        threads = str(spec.threads or physical_cores())
+        layers = spec.n_gpu_layers if spec.n_gpu_layers >= 0 else 999  # -1: every layer
+        argv = [
+            self.binary(),
+            "--model", str(model_path),
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--no-webui",
+            "--parallel", str(spec.parallel),
+            "--ctx-size", str(spec.n_ctx * spec.parallel),
+            "--threads", threads,
+            "--threads-batch", threads,
+            "--n-gpu-layers", str(layers),
+            "--cache-ram", "0",
+            "--jinja",
+            "--metrics",
+            "--alias", name,
+        ]  # fmt: skip
+        if spec.chat_format:
+            argv += ["--chat-template", spec.chat_format]
+        for key, value in sorted(spec.args.items()):
+            if value is True:
+                argv.append(f"--{key}")
+            elif value is not False:
+                argv += [f"--{key}", str(value)]
+        return argv
+
+    def estimate(self, info: GGUFInfo, spec: ModelSpec) -> Estimate:
+        return estimate_for(info, spec)  # the KV cache of every slot, no Python
+
+    def count_request(self, text: str) -> tuple[str, dict[str, Any]]:
+        return "/tokenize", {"content": text, "add_special": True}
+
+    def count_of(self, answer: dict[str, Any]) -> int:
+        return len(answer["tokens"])

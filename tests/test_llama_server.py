@@ -1,0 +1,236 @@
+"""The llama-server backend end to end: real llama-server processes (the binary `make install`
+builds from the llama.cpp that llama-cpp-python vendors) on tiny quantized models."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from typer.testing import CliRunner
+
+from smackctl.cli.app import app
+from smackctl.config import ModelSpec
+from smackctl.daemon.backends import backend_for, find_llama_server
+
+from conftest import Home, Supervisor, launch, runner_pids, shutdown, wait_for
+
+CHAT = {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 6}
+
+
+def ls_profile(model_dir: Path, extra: str = "") -> str:
+    return (
+        "name: ls\n"
+        "backend: llama-server\n"
+        "models:\n"
+        f"  quick:\n    path: {model_dir / 'tiny-q4.gguf'}\n    n_ctx: 512\n    parallel: 4\n"
+        "    threads: 1\n    aliases: [q]\n"
+        f"  other:\n    path: {model_dir / 'tiny-q8.gguf'}\n    n_ctx: 512\n    threads: 1\n"
+        f"  python:\n    path: {model_dir / 'tiny-a.gguf'}\n    n_ctx: 512\n    threads: 1\n"
+        "    backend: llama-cpp-python\n"
+        "routing:\n  default_model: quick\n" + extra
+    )
+
+
+@pytest.fixture
+def ls(home: Home, model_dir: Path) -> Iterator[Supervisor]:
+    (Path(home.env["SMACKCTL_PROFILE_DIR"]) / "ls.yaml").write_text(ls_profile(model_dir))
+    sup = launch(home, profile="ls")
+    yield sup
+    shutdown(sup)
+
+
+def test_the_binary_is_there_and_runs_with_safe_flags(model_dir: Path) -> None:
+    binary = find_llama_server()
+    assert binary is not None, "make install builds llama-server into the venv"
+    spec = ModelSpec(path="/m.gguf", n_ctx=1024, parallel=3, threads=2, backend="llama-server")
+    argv = backend_for(spec).argv(spec, Path("/m.gguf"), 4242, "KEY", "quick")
+    assert argv[0] == binary
+    flags = " ".join(argv)
+    for want in (
+        "--host 127.0.0.1",
+        "--port 4242",
+        "--no-webui",
+        "--parallel 3",
+        "--ctx-size 3072",  # n_ctx for each of the slots
+        "--threads 2",
+        "--cache-ram 0",
+        "--jinja",
+        "--metrics",
+        "--alias quick",
+    ):
+        assert want in flags
+    assert "KEY" not in flags  # the key goes in the environment, not the command line
+    assert backend_for(spec).key_env == "LLAMA_API_KEY"
+
+
+def test_on_demand_load_stream_and_not_usage_and_names(ls: Supervisor) -> None:
+    with ls.client() as c:
+        r = c.post("/v1/chat/completions", json={**CHAT, "model": "q"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == "quick"
+        assert body["usage"]["completion_tokens"] == 6 and body["usage"]["prompt_tokens"] > 1
+        with c.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as s:
+            assert s.status_code == 200
+            events = [ln[6:] for ln in s.iter_lines() if ln.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        assert all(json.loads(e)["choices"] for e in events[:-1])  # usage not asked: not sent
+        opts = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+        with c.stream("POST", "/v1/chat/completions", json=opts) as s:
+            events = [ln[6:] for ln in s.iter_lines() if ln.startswith("data: ")]
+        assert json.loads(events[-2])["usage"]["completion_tokens"] == 6
+        r = c.post("/v1/completions", json={"model": "quick", "prompt": "abc", "max_tokens": 3})
+        assert r.status_code == 200 and r.json()["choices"][0]["text"]
+    m = ls.model("quick")
+    assert m["state"] == "ready" and m["requests_served"] == 4
+    cmd = psutil.Process(m["pid"]).cmdline()
+    assert Path(cmd[0]).name == "llama-server"
+    r = CliRunner().invoke(app, ["usage", "--json"])
+    rows = {row["model"]: row for row in json.loads(r.stdout)}
+    assert rows["quick"]["tokens_in"] > 0 and rows["quick"]["tokens_out"] == 6 * 3 + 3
+
+
+def test_parallel_requests_are_decoded_together(ls: Supervisor) -> None:
+    """parallel: 4 lets four requests into the runner at once (continuous batching); they
+    do not wait for each other's cores, and a fifth queues."""
+    with ls.client() as c:
+        assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
+    long = {**CHAT, "max_tokens": 300, "stream": True}
+    seen_in_flight = []
+
+    def stream_one(_: int) -> int:
+        with (
+            httpx.Client(base_url=ls.url, headers={"Authorization": f"Bearer {ls.token}"}) as c,
+            c.stream("POST", "/v1/chat/completions", json=long, timeout=120) as s,
+        ):
+            return sum(1 for ln in s.iter_lines() if '"content"' in ln)
+
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        futures = [pool.submit(stream_one, i) for i in range(5)]
+
+        def four_running() -> bool:
+            m = ls.model("quick")
+            seen_in_flight.append((m["in_flight"], m["queued"]))
+            return m["in_flight"] == 4
+
+        wait_for(four_running, 60, "four requests in flight at once")
+        counts = [f.result(120) for f in futures]
+    assert all(n > 0 for n in counts)
+    assert ls.status()["cpu"]["busy"] == 0  # every request gave its share back
+
+
+def test_security_defaults_of_a_runner(ls: Supervisor) -> None:
+    with ls.client() as c:
+        assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
+    m = ls.model("quick")
+    proc = psutil.Process(m["pid"])
+    conns = [c for c in proc.net_connections() if c.status == psutil.CONN_LISTEN]
+    assert conns and all(c.laddr.ip == "127.0.0.1" for c in conns)
+    port = m["port"]
+    # without the key the runner refuses; the key is in no command line and in no log
+    r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT)
+    assert r.status_code == 401
+    log = (ls.home.state / "logs" / "runner-quick.log").read_text(errors="replace")
+    assert "LLAMA_API_KEY" not in " ".join(proc.cmdline())
+    key = proc.environ()["LLAMA_API_KEY"]
+    assert len(key) >= 32 and key not in log and key not in " ".join(proc.cmdline())
+    assert httpx.get(f"http://127.0.0.1:{port}/").status_code in (401, 404)  # no web UI
+
+
+def test_crash_restart_eviction_and_ttl(home: Home, model_dir: Path) -> None:
+    extra = "memory:\n  max_loaded: 1\n"
+    (Path(home.env["SMACKCTL_PROFILE_DIR"]) / "ls.yaml").write_text(
+        ls_profile(model_dir, extra).replace(
+            "    threads: 1\n    aliases: [q]\n", "    threads: 1\n    aliases: [q]\n    ttl: 2\n"
+        )
+    )
+    sup = launch(home, profile="ls")
+    try:
+        with sup.client() as c:
+            assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
+            pid = sup.model("quick")["pid"]
+            os.kill(pid, signal.SIGKILL)
+            r = c.post("/v1/chat/completions", json=CHAT)  # waits for the restart
+            assert r.status_code == 200, r.text
+            m = sup.model("quick")
+            assert m["pid"] != pid and m["crashes"] == 1
+            assert m["last_crash"].startswith("was killed by SIGKILL")
+            # another model: max_loaded 1 evicts the first; its process is gone
+            assert (
+                c.post("/v1/chat/completions", json={**CHAT, "model": "other"}).status_code == 200
+            )
+            assert sup.model("quick")["state"] == "stopped"
+            assert not psutil.pid_exists(m["pid"]) or psutil.Process(m["pid"]).status() == "zombie"
+            # and both backends in one profile: a llama-cpp-python model evicts this one
+            r = c.post("/v1/chat/completions", json={**CHAT, "model": "python"})
+            assert r.status_code == 200
+            assert sup.model("other")["state"] == "stopped"
+            assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
+        wait_for(lambda: sup.model("quick")["state"] == "stopped", 20, "quick unloaded by its ttl")
+        assert "idle for more than 2s" in sup.log()
+    finally:
+        shutdown(sup)
+    assert not runner_pids(home.root)
+
+
+def test_the_openai_client_bench_and_metrics(ls: Supervisor) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=ls.url + "/v1", api_key=ls.token)
+    out = client.chat.completions.create(
+        model="quick", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
+    assert out.model == "quick" and out.choices[0].message.content
+    chunks = list(
+        client.chat.completions.create(
+            model="quick", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
+        )
+    )
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    r = CliRunner().invoke(
+        app,
+        [
+            "models",
+            "bench",
+            "quick",
+            "--runs",
+            "1",
+            "--prompt-tokens",
+            "16",
+            "--gen-tokens",
+            "8",
+            "--json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    run = (result[0] if isinstance(result, list) else result)["runs"][0]
+    assert run["prompt_tokens"] <= 16 and run["gen_tokens"] == 8 and run["peak_rss"] > 0
+    with ls.client() as c:
+        metrics = c.get("/metrics").text
+    assert 'model="quick"' in metrics
+
+
+def test_a_missing_binary_is_a_clear_error(home: Home, model_dir: Path) -> None:
+    text = ls_profile(model_dir).replace(
+        "backend: llama-server\n", "backend: llama-server\nllama_server: /nowhere/llama-server\n"
+    )
+    (Path(home.env["SMACKCTL_PROFILE_DIR"]) / "ls.yaml").write_text(text)
+    sup = launch(home, profile="ls")
+    try:
+        with sup.client() as c:
+            r = c.post("/v1/chat/completions", json=CHAT)
+        assert r.status_code == 500
+        msg = r.json()["error"]["message"]
+        assert "no llama-server binary (/nowhere/llama-server)" in msg
+        assert "make install" in msg and "llama_server: PATH" in msg
+        assert sup.proc.poll() is None
+    finally:
+        shutdown(sup)
