@@ -41,6 +41,10 @@ from ._harness import (
 CLIENTS, EACH = 16, 4
 SWAPS = 6  # each way
 COLD_RUNS = 3
+#: a new connection for each request: llama-server (cpp-httplib) closes a kept-alive
+#: connection after 5 requests, and its router mode when it changes models; a client that
+#: reuses one then gets no answer. The same for every side measured.
+FRESH = httpx.Limits(max_keepalive_connections=0)
 CHAT = {"messages": [{"role": "user", "content": "Why is the sky blue?"}], "max_tokens": 16}
 
 
@@ -72,8 +76,9 @@ def _wait_health(url: str, proc: Any, timeout: float = 120.0) -> None:
 
 
 async def _throughput(url: str, headers: dict[str, str], model_name: str) -> float:
-    """Requests per second of CLIENTS clients sending EACH streamed requests one after another."""
-    limits = httpx.Limits(max_connections=CLIENTS * 2, max_keepalive_connections=CLIENTS * 2)
+    """Requests per second of CLIENTS clients sending EACH streamed requests one after another,
+    each on a new connection (FRESH)."""
+    limits = httpx.Limits(max_connections=CLIENTS * 2, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600, limits=limits) as c:
 
         async def client(i: int) -> None:
@@ -176,7 +181,7 @@ def run(cache: Path) -> tuple[list[str], bool]:
                 },
                 memory={"max_loaded": 1},
             )
-            with supervisor(profile) as sup, sup.client() as c:
+            with supervisor(profile) as sup, sup.client(limits=FRESH) as c:
                 swaps[backend] = _swap_times(c, ("smollm2", "gemma"))
         preset = Path(tmp) / "models.ini"
         preset.write_text(
@@ -191,7 +196,8 @@ def run(cache: Path) -> tuple[list[str], bool]:
         )  # fmt: skip
         try:
             _wait_health(f"http://127.0.0.1:{port}", router)
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as c:
+            url = f"http://127.0.0.1:{port}"
+            with httpx.Client(base_url=url, timeout=300, limits=FRESH) as c:
                 swaps["router"] = _swap_times(c, ("smollm2", "gemma"))
         finally:
             stop_raw(router)

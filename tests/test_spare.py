@@ -133,7 +133,9 @@ def test_a_load_short_of_memory_stops_the_spare_before_evicting_a_model(home: Ho
             return sum(m.memory()[0] for m in sched.models.values() if m.loaded)
 
         def fake_probe() -> tuple[int, int]:
-            spare = SPARE_RAM if sched.spare is not None or sched._spare_starting else 0
+            spare = (
+                SPARE_RAM if sched.loader.spare is not None or sched.loader.spare_starting else 0
+            )
             return total - held() - spare, 0
 
         sched = Scheduler(paths, Store(paths.db_path), profile, profile_path)
@@ -142,20 +144,20 @@ def test_a_load_short_of_memory_stops_the_spare_before_evicting_a_model(home: Ho
             await sched.ensure_ready("tiny-a")
             a = sched.models["tiny-a"]
             await wait_until(lambda: a.measured_ram is not None, "tiny-a measured")
-            sched.refill_spare()
-            await wait_until(lambda: sched.spare is not None, "a spare")
-            assert sched.spare is not None and sched.spare.proc is not None
-            spare_pid = sched.spare.proc.pid
+            sched.loader.refill_spare()
+            await wait_until(lambda: sched.loader.spare is not None, "a spare")
+            assert sched.loader.spare is not None and sched.loader.spare.proc is not None
+            spare_pid = sched.loader.spare.proc.pid
             b = sched.models["tiny-b"]
-            need_b = sched.estimate(b, sched.model_file(b)).ram
+            need_b = sched.loader.estimate(b, sched.registry.model_file(b)).ram
             total = reserve + held() + need_b + SPARE_RAM // 2
             await sched.ensure_ready("tiny-b")
             assert {m.name for m in sched.models.values() if m.loaded} == {"tiny-a", "tiny-b"}
-            assert sched.spare is None
+            assert sched.loader.spare is None
             assert not os.path.exists(f"/proc/{spare_pid}") or _zombie(spare_pid)
             # and no new spare while the machine has no room for one
-            sched.refill_spare()
-            assert sched.spare is None and not sched._spare_starting
+            sched.loader.refill_spare()
+            assert sched.loader.spare is None and not sched.loader.spare_starting
         finally:
             await sched.shutdown()
 

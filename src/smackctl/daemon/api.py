@@ -160,7 +160,7 @@ def _stream_task(
     following it, not the task itself."""
 
     async def events() -> AsyncIterator[bytes]:
-        async with scheduler.subscribe() as q:
+        async with scheduler.events.subscribe() as q:
             task = start()
             while True:
                 getter = asyncio.ensure_future(q.get())
@@ -338,7 +338,7 @@ def create_app(
         m = scheduler.resolve(request.path_params["name"])
         return _stream_task(
             scheduler,
-            lambda: asyncio.ensure_future(scheduler.pull(m.name)),
+            lambda: asyncio.ensure_future(scheduler.loader.pull(m.name)),
             lambda ev: ev.get("model") == m.name and ev["event"] == "progress",
             lambda path: {"event": "pulled", "model": m.name, "path": str(path)},
             model=m.name,
@@ -363,13 +363,15 @@ def create_app(
         except ValueError:
             raise UsageError(f"limit must be a whole number, not {q['limit']!r}") from None
         if name is not None:
-            name = scheduler.resolve(name).name if name in scheduler.known_names() else name
+            name = (
+                scheduler.resolve(name).name if name in scheduler.registry.known_names() else name
+            )
         return JSONResponse(scheduler.store.bench_history(name, limit))
 
     async def model_show(request: Request) -> Response:
         m = scheduler.resolve(request.path_params["name"])
         view = scheduler.model_view(m)
-        path = scheduler.model_file(m)
+        path = scheduler.registry.model_file(m)
         if path.is_file():
             from smackctl.gguf import read_info
 
@@ -384,7 +386,7 @@ def create_app(
                 "`path` and `name` are required strings", "smackctl models add PATH --name NAME"
             )
         n_ctx = body.get("n_ctx")
-        m = scheduler.add_model(name, Path(path), n_ctx if isinstance(n_ctx, int) else None)
+        m = scheduler.registry.add(name, Path(path), n_ctx if isinstance(n_ctx, int) else None)
         return JSONResponse(scheduler.model_view(m), status_code=201)
 
     async def model_remove(request: Request) -> Response:
@@ -397,13 +399,13 @@ def create_app(
         m = scheduler.resolve(name)
         force = bool(body.get("force"))
         if body.get("estimate_only"):
-            path = scheduler.model_file(m)
+            path = scheduler.registry.model_file(m)
             if not path.is_file():
                 raise UsageError(
                     f"{m.name} is not on disk yet",
                     f"pull it first: `smackctl models pull {m.name}`",
                 )
-            est = await asyncio.to_thread(scheduler.estimate, m, path)
+            est = await asyncio.to_thread(scheduler.loader.estimate, m, path)
             plan = scheduler.plan_for(m, est)
             return JSONResponse(
                 {
@@ -457,7 +459,7 @@ def create_app(
     async def profile_switch(request: Request) -> Response:
         from smackctl.config import load_profile
 
-        from .switch import run_switch
+        from .switch import plan_for, run_switch
 
         body = await _json_body(request)
         if not isinstance(body.get("path"), str):
@@ -467,7 +469,7 @@ def create_app(
         path = Path(body["path"])
         target = await asyncio.to_thread(load_profile, path)
         if body.get("dry_run"):
-            return JSONResponse(scheduler.plan_switch(target, path).as_dict())
+            return JSONResponse(plan_for(scheduler, target, path).as_dict())
 
         def start() -> asyncio.Future[Any]:
             return scheduler.spawn(run_switch(scheduler, target, path), f"switch-{target.name}")

@@ -120,12 +120,12 @@ class Bench:
             return await self._run(m, params)
 
     def _note(self, m: Managed, phase: str, **kw: Any) -> None:
-        self.sched.publish({"event": "bench", "model": m.name, "phase": phase, **kw})
+        self.sched.events.publish({"event": "bench", "model": m.name, "phase": phase, **kw})
 
     async def _run(self, m: Managed, p: BenchParams) -> dict[str, Any]:
-        path = self.sched.model_file(m)
+        path = self.sched.registry.model_file(m)
         if not path.is_file():
-            path = await self.sched.pull(m.name)
+            path = await self.sched.loader.pull(m.name)
         info = m.info if m.info is not None else await asyncio.to_thread(read_info, path)
         was_loaded = m.state == "ready"
         if p.cold and was_loaded:

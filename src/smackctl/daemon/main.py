@@ -158,7 +158,7 @@ async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) ->
     profile, profile_path = _profile(store, args.profile)
     scheduler = Scheduler(paths, store, profile, profile_path)
     scheduler.plan_restore()
-    reaped = scheduler.reap_stale_runners()
+    reaped = scheduler.loader.reap_stale_runners()
     if reaped:
         log.warning("killed %d runner(s) left by an earlier supervisor: %s", len(reaped), reaped)
     token = None if args.no_auth else read_or_create_token(paths)

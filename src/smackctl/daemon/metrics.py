@@ -88,7 +88,7 @@ class Metrics:
             "smackctl_runner_crashes", "Runners that exited unexpectedly", ["model"], registry=r
         )
         r.register(_Live(scheduler, time.time()))
-        scheduler.listeners.append(self.on_event)
+        scheduler.events.listeners.append(self.on_event)
 
     def on_event(self, ev: dict[str, Any]) -> None:
         model = ev.get("model")

@@ -78,7 +78,7 @@ class Proxy:
                 "n_ctx × vocabulary × 4 bytes of memory)",
             )
         if path == "/v1/chat/completions" and m.spec.chat_format is None:
-            info = await self.scheduler.gguf_info(m)
+            info = await self.scheduler.loader.gguf_info(m)
             if info is not None and not info.has_chat_template:
                 raise UsageError(
                     f"{m.name} has no chat template in its GGUF file (a base model), so it "

@@ -1,4 +1,5 @@
-"""Switching the active profile: a pure plan, then a state machine with one owner.
+"""Switching the active profile: a pure plan (``switch_plan.py``), then a state machine with
+one owner.
 
     planning ──▶ draining ──▶ unloading ──▶ loading ──▶ active
         │            │             │            │
@@ -11,15 +12,15 @@ served afterwards; requests for kept models are served throughout.
 
 from __future__ import annotations
 
-import enum
 import logging
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smackctl.config import ModelSpec, Profile
 from smackctl.errors import InsufficientMemory, SmackError
+
+from .registry import Managed
+from .switch_plan import Action, ModelStep, SwitchPhase, SwitchPlan, plan_switch
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -30,6 +31,7 @@ __all__ = [
     "SwitchFailed",
     "SwitchPhase",
     "SwitchPlan",
+    "plan_for",
     "plan_switch",
     "run_switch",
 ]
@@ -37,144 +39,22 @@ __all__ = [
 log = logging.getLogger("smackctl.switch")
 
 
-class SwitchPhase(enum.StrEnum):
-    PLANNING = "planning"
-    DRAINING = "draining"
-    UNLOADING = "unloading"
-    LOADING = "loading"
-    ACTIVE = "active"
-    ROLLED_BACK = "rolled back"
+def plan_for(sched: Scheduler, target: Profile, target_path: Path) -> SwitchPlan:
+    """The plan of a switch to ``target`` from what ``sched`` holds now."""
+    loaded = {m.name: m.memory()[0] for m in sched.models.values() if m.loaded}
 
+    def need(name: str, spec: ModelSpec) -> int | None:
+        probe = Managed(name=name, spec=spec, origin="profile", base_dir=target_path.parent)
+        path = sched.registry.model_file(probe)
+        if not path.is_file():
+            return None
+        try:
+            return sched.loader.estimate(probe, path).ram
+        except SmackError:
+            return None
 
-class Action(enum.StrEnum):
-    KEEP = "keep"  # loaded, same parameters: untouched, served throughout
-    LOAD = "load"  # preload/pinned in the target, not loaded now
-    UNLOAD = "unload"  # loaded now, not in the target
-    RELOAD = "reload"  # loaded now, parameters changed
-    ADD = "add"  # in the target, loaded on demand later
-    REMOVE = "remove"  # known now, not loaded, not in the target
-    UPDATE = "update"  # not loaded, parameters changed: nothing to do now
-
-
-@dataclass(frozen=True)
-class ModelStep:
-    model: str
-    action: Action
-    reason: str = ""
-    ram: int = 0  # what the model will take after the switch (0 if not loaded then)
-
-
-@dataclass(frozen=True)
-class SwitchPlan:
-    source: str
-    target: str
-    steps: tuple[ModelStep, ...]
-    ram_before: int
-    ram_after: int
-    budget_ram: int
-    fits: bool
-    problems: tuple[str, ...] = field(default=())
-
-    def of(self, *actions: Action) -> list[str]:
-        return [s.model for s in self.steps if s.action in actions]
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["steps"] = [{**asdict(s), "action": str(s.action)} for s in self.steps]
-        return d
-
-
-_FIELDS = (
-    "source",
-    "path",
-    "n_ctx",
-    "n_gpu_layers",
-    "threads",
-    "parallel",
-    "chat_format",
-    "backend",
-    "args",
-)
-
-
-def _changes(old: ModelSpec, new: ModelSpec) -> str:
-    out = []
-    for f in _FIELDS:
-        a, b = getattr(old, f), getattr(new, f)
-        if a != b:
-            out.append(f"{f} {a} → {b}")
-    return ", ".join(out)
-
-
-def plan_switch(
-    current: Profile,
-    loaded: dict[str, int],
-    target: Profile,
-    estimate: Callable[[str, ModelSpec], int | None],
-    budget_ram: int,
-) -> SwitchPlan:
-    """``loaded``: model → RAM it holds now. ``estimate``: RAM a target model would need
-    (None when its file is not on disk yet: it will be pulled)."""
-    steps: list[ModelStep] = []
-    problems: list[str] = []
-    after = 0
-    for name in sorted(set(current.models) | set(target.models) | set(loaded)):
-        old, new = current.models.get(name), target.models.get(name)
-        is_loaded = name in loaded
-        wanted = new is not None and (new.preload or new.pinned)
-        if new is None:
-            steps.append(
-                ModelStep(
-                    name, Action.UNLOAD if is_loaded else Action.REMOVE, f"not in {target.name}"
-                )
-            )
-            continue
-        changed = old is not None and old.load_key() != new.load_key()
-        why = _changes(old, new) if (old is not None and changed) else ""
-        if is_loaded and changed:
-            need = estimate(name, new)
-            after += need or 0
-            steps.append(ModelStep(name, Action.RELOAD, why, need or 0))
-        elif is_loaded:
-            after += loaded[name]
-            steps.append(ModelStep(name, Action.KEEP, "", loaded[name]))
-        elif wanted:
-            need = estimate(name, new)
-            if need is None:
-                problems.append(f"{name}: file not on disk yet; it is pulled during the switch")
-            after += need or 0
-            steps.append(
-                ModelStep(name, Action.LOAD, "preload" if new.preload else "pinned", need or 0)
-            )
-        elif old is None:
-            steps.append(ModelStep(name, Action.ADD, "loaded on first use"))
-        else:
-            steps.append(ModelStep(name, Action.UPDATE if changed else Action.KEEP, why))
-    fits = after <= budget_ram
-    if target.memory.max_loaded is not None:
-        count = sum(
-            1 for s in steps if s.action in (Action.KEEP, Action.LOAD, Action.RELOAD) and s.ram
-        )
-        if count > target.memory.max_loaded:
-            fits = False
-            problems.append(
-                f"{count} models would be loaded, max_loaded is {target.memory.max_loaded}"
-            )
-    if after > budget_ram:
-        problems.append(
-            f"the loaded models would need {after / 2**20:,.0f} MiB, the budget is "
-            f"{budget_ram / 2**20:,.0f} MiB"
-        )
-    return SwitchPlan(
-        source=current.name,
-        target=target.name,
-        steps=tuple(steps),
-        ram_before=sum(loaded.values()),
-        ram_after=after,
-        budget_ram=budget_ram,
-        fits=fits,
-        problems=tuple(problems),
-    )
+    b = sched.budget(target.memory)
+    return plan_switch(sched.profile, loaded, target, need, b.ram)
 
 
 class SwitchFailed(SmackError):
@@ -193,10 +73,10 @@ async def run_switch(sched: Scheduler, target: Profile, path: Path) -> SwitchPla
 
     def phase(p: SwitchPhase, **kw: Any) -> None:
         sched.switch_phase = p
-        sched.publish({"event": "switch", "phase": str(p), "profile": target.name, **kw})
+        sched.events.publish({"event": "switch", "phase": str(p), "profile": target.name, **kw})
 
     phase(SwitchPhase.PLANNING)
-    plan = sched.plan_switch(target, path)
+    plan = plan_for(sched, target, path)
     if not plan.fits:
         sched.switch_phase = None
         raise InsufficientMemory(
@@ -213,10 +93,10 @@ async def run_switch(sched: Scheduler, target: Profile, path: Path) -> SwitchPla
         await sched.drain_models(replaced)
         phase(SwitchPhase.UNLOADING, models=replaced)
         for name in replaced:
-            sched.publish({"event": "progress", "model": name, "phase": "unloading"})
+            sched.events.publish({"event": "progress", "model": name, "phase": "unloading"})
             if await sched.unload(name):
                 unloaded.append(name)
-            sched.publish({"event": "progress", "model": name, "phase": "unloaded"})
+            sched.events.publish({"event": "progress", "model": name, "phase": "unloaded"})
         sched.set_profile(target, path)
         phase(SwitchPhase.LOADING, models=to_load)
         for name in to_load:

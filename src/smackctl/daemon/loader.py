@@ -1,0 +1,388 @@
+"""Starting, watching and measuring runners: the scheduler's hands.
+
+The scheduler decides (which model, when, what to evict: ``make_room``, given to the
+loader); the loader does: fetch the file, estimate, start the runner (in a spare or an
+evicted runner's process when it can), wait for it, measure it, and restart it with backoff
+when it exits by itself. Everything runs on the event loop's thread, as the scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from smackctl import catalog
+from smackctl.config import ModelSpec, Profile
+from smackctl.errors import ModelLoadError, SmackError
+from smackctl.estimate import Estimate, estimate_for
+from smackctl.gguf import GGUFInfo, check_magic, read_info
+from smackctl.hardware import process_tree_vram, tree_rss
+from smackctl.paths import Paths
+from smackctl.selftest import signal_name
+
+from .backends import Backend, backend_for
+from .events import Events
+from .memory import load_key
+from .registry import Managed, Registry
+from .runner import Runner, RunnerState, Spare, Vacated, signal_group
+from .store import Store
+
+__all__ = ["BACKOFF_CAP", "MAX_QUICK_FAILURES", "SPARE_RAM", "Loader", "MakeRoom"]
+
+log = logging.getLogger("smackctl.scheduler")
+
+#: restart delays: 1 s, 2 s, 4 s … capped here
+BACKOFF_CAP = 30.0
+#: a runner that crashes this many times in a row without staying up is marked failed
+MAX_QUICK_FAILURES = 5
+#: a runner that stayed ready this long before crashing resets the failure count
+STABLE_AFTER = 60.0
+#: after a request, re-measure a runner's memory if the last measure is older than this
+MEASURE_EVERY = 5.0
+#: how long a swapped-in runner's process may keep the old model when no request comes
+FREE_OLD_AFTER = 2.0
+#: what a waiting spare runner may hold: ~70-80 MB RSS measured, with headroom
+SPARE_RAM = 128 * 2**20
+
+#: the scheduler's rule for a load: evict what the plan says (keeping one evicted runner's
+#: process for the load when ``keep_process``), wait, or refuse
+MakeRoom = Callable[[Managed, Estimate, bool, bool], Awaitable[Vacated | None]]
+
+
+class Loader:
+    def __init__(
+        self,
+        paths: Paths,
+        store: Store,
+        registry: Registry,
+        events: Events,
+        spawn: Callable[[Any, str], asyncio.Task[Any]],
+        budget_probe: Callable[[], tuple[int, int]],
+        accepting: Callable[[], bool],
+        *,
+        ready_timeout: float,
+    ) -> None:
+        self.paths = paths
+        self.store = store
+        self.registry = registry
+        self.events = events
+        self.spawn = spawn
+        self.budget_probe = budget_probe
+        self.accepting = accepting
+        self.ready_timeout = ready_timeout
+        #: set by the scheduler: its eviction rule
+        self.make_room: MakeRoom | None = None
+        #: a runner process with the imports done, for the next load
+        self.spare: Spare | None = None
+        self.spare_starting = False
+
+    @property
+    def profile(self) -> Profile:
+        return self.registry.profile
+
+    def publish(self, event: dict[str, Any]) -> None:
+        self.events.publish(event)
+
+    def model_file(self, m: Managed) -> Path:
+        return self.registry.model_file(m)
+
+    def resolve(self, name: str | None) -> Managed:
+        return self.registry.resolve(name)
+
+    async def load(
+        self, m: Managed, *, restart: bool, force: bool = False, fresh: bool = False
+    ) -> None:
+        fut = m.loading
+        assert fut is not None
+        try:
+            runner = await self._start_runner(m, restart=restart, force=force, fresh=fresh)
+        except BaseException as exc:
+            m.loading = None
+            m.phase = None
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # a load nobody waits for must not warn "never retrieved"
+            if isinstance(exc, SmackError):
+                m.last_error = exc.message
+            self.publish({"event": "error", "model": m.name, "message": str(exc)})
+            if not isinstance(exc, Exception):
+                raise
+            return
+        m.loading = None
+        m.phase = None
+        m.failed = False
+        m.last_error = None
+        if not fut.done():
+            fut.set_result(runner)
+        self.publish({"event": "ready", "model": m.name, "pid": runner.pid})
+
+    # -- the spare runner ----------------------------------------------------------------------
+
+    def take_spare(self) -> Spare | None:
+        spare, self.spare = self.spare, None
+        return spare if spare is not None and spare.alive else None
+
+    def refill_spare(self) -> None:
+        """Start a spare when there is none, once nothing loads and no request runs: its
+        imports take a core for a second, which a model should not have to share. The reaper
+        calls this every second."""
+        if self.spare is not None and not self.spare.alive:
+            self.spare = None  # it died while it waited (the OOM killer): start another
+        if (
+            not self.profile.memory.spare_runner
+            or not self.accepting()
+            or self.spare_starting
+            or self.spare is not None
+            # only llama_cpp.server runners start from a spare: none to serve, none to wait
+            or not any(m.spec.backend == "llama-cpp-python" for m in self.registry.models.values())
+            or any(m.loading is not None or m.in_flight for m in self.registry.models.values())
+            or not self._room_for_spare()
+        ):
+            return
+        self.spare_starting = True
+        self.spawn(self._start_spare(), "spare")
+
+    def _room_for_spare(self) -> bool:
+        """A spare is a convenience: it never takes memory a model could use. Start one only
+        when the machine has twice its size free beyond the profile's reserve."""
+        avail_ram, _ = self.budget_probe()
+        return avail_ram - self.profile.memory.reserve >= 2 * SPARE_RAM
+
+    async def _start_spare(self) -> None:
+        spare = Spare(self.paths.runner_log("spare"))
+        try:
+            await spare.start()
+        finally:
+            self.spare_starting = False
+        if (
+            self.spare is None
+            and self.accepting()
+            and self.profile.memory.spare_runner
+            and self._room_for_spare()  # a load may have taken the room while it started
+        ):
+            self.spare = spare
+        else:
+            await spare.stop()
+
+    async def drop_spare(self) -> None:
+        spare, self.spare = self.spare, None
+        if spare is not None:
+            await spare.stop()
+
+    def progress(self, m: Managed, phase: str, done: int = 0, total: int | None = None) -> None:
+        m.phase = phase
+        self.publish(
+            {"event": "progress", "model": m.name, "phase": phase, "done": done, "total": total}
+        )
+
+    async def fetch(self, m: Managed) -> Path:
+        path = self.model_file(m)
+        if path.is_file() or m.spec.source is None:
+            if not path.is_file():
+                raise ModelLoadError(
+                    f"model file for {m.name} not found: {path}",
+                    "fix the path in the profile, or `smackctl models add` the right file",
+                )
+            return path
+        self.progress(m, "pulling")  # only when the file is not on disk yet
+        loop = asyncio.get_running_loop()
+        source = catalog.parse_source(m.spec.source)
+
+        def report(phase: str, done: int, total: int | None) -> None:
+            loop.call_soon_threadsafe(self.progress, m, phase, done, total)
+
+        return await asyncio.to_thread(
+            catalog.pull, source, self.paths.models_dir, m.spec.sha256, report, name=m.name
+        )
+
+    async def pull(self, name: str) -> Path:
+        m = self.resolve(name)
+        path = await self.fetch(m)
+        await asyncio.to_thread(check_magic, path)
+        return path
+
+    async def gguf_info(self, m: Managed) -> GGUFInfo | None:
+        """The model file's metadata (read once, off the loop); None when it is not on disk
+        yet or cannot be read (the load then says why)."""
+        path = self.model_file(m)
+        if m.info is None or m.info.path != str(path):
+            if not path.is_file():
+                return None
+            try:
+                m.info = await asyncio.to_thread(read_info, path)
+            except SmackError:
+                return None
+        return m.info
+
+    def estimate(self, m: Managed, path: Path) -> Estimate:
+        """What the planner counts for loading ``m``: the last measurement when there is one."""
+        if m.info is None or m.info.path != str(path):
+            m.info = read_info(path)
+        est = estimate_for(m.info, m.spec)
+        m.estimate = est
+        saved = self.store.measurement(m.name, load_key(m.spec))
+        if saved is not None and saved[0] is not None:
+            return replace(est, ram=saved[0], vram=saved[1] or 0, measured=True)
+        return est
+
+    async def _start_runner(
+        self, m: Managed, *, restart: bool, force: bool = False, fresh: bool = False
+    ) -> Runner:
+        while True:
+            if restart:
+                delay = min(BACKOFF_CAP, 2.0 ** max(0, m.failures - 1))
+                self.progress(m, f"restarting in {delay:.0f}s")
+                await asyncio.sleep(delay)
+            path = await self.fetch(m)
+            check_magic(path)
+            est = await asyncio.to_thread(self.estimate, m, path)
+            assert self.make_room is not None
+            reuse = await self.make_room(m, est, force, not fresh)
+            self.progress(m, "starting")
+            spec = m.spec
+            backend = backend_for(spec, self.profile.llama_server)
+
+            def argv(
+                port: int,
+                key: str,
+                spec: ModelSpec = spec,
+                path: Path = path,
+                backend: Backend = backend,
+            ) -> list[str]:
+                return backend.argv(spec, path, port, key, m.name)
+
+            runner = Runner(
+                m.name,
+                argv,
+                self.paths.runner_log(m.name),
+                parallel=m.spec.parallel,
+                max_queue=m.spec.max_queue,
+                ready_timeout=self.ready_timeout,
+                on_state=self._on_state_and_record,
+                take_spare=self.take_spare,
+                reuse=reuse,
+                ready_path=backend.ready_path,
+                key_env=backend.key_env,
+            )
+            m.runner = runner
+            try:
+                await runner.start()
+            except ModelLoadError:
+                await runner.stop(grace=0.5)
+                if not restart:
+                    m.failed = True
+                    raise
+                m.failures += 1
+                if m.failures >= MAX_QUICK_FAILURES:
+                    m.failed = True
+                    raise
+                continue
+            except BaseException:
+                await runner.stop(grace=0.5)
+                raise
+            if runner.holds_old:
+                self.spawn(self._free_old(m, runner), f"free-old-{m.name}")
+            else:
+                self.spawn(self.measure(m, runner), f"measure-{m.name}")
+            self.spawn(self._supervise(m, runner), f"supervise-{m.name}")
+            return runner
+
+    def _on_state_and_record(self, runner: Runner, state: RunnerState) -> None:
+        if runner.pid is not None:
+            if state == RunnerState.STARTING or state == RunnerState.READY:
+                with contextlib.suppress(psutil.Error):
+                    p = psutil.Process(runner.pid)
+                    self.store.record_runner(
+                        runner.pid, runner.model, p.create_time(), " ".join(p.cmdline())
+                    )
+            elif state == RunnerState.STOPPED:
+                self.store.forget_runner(runner.pid)
+        self.publish(
+            {"event": "state", "model": runner.model, "state": str(state), "pid": runner.pid}
+        )
+
+    async def _free_old(self, m: Managed, runner: Runner) -> None:
+        """The runner's process still holds the model it had before (a swap, see
+        ``_make_room``): free it once the request that asked for the swap is answered (or
+        after FREE_OLD_AFTER for a load no request waits for), then measure."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(runner.used.wait(), FREE_OLD_AFTER)
+        await runner.free_old()
+        await self.measure(m, runner)
+
+    async def measure(self, m: Managed, runner: Runner) -> None:
+        """Measure the runner's tree; keep the peak (weights are mmap'd and become resident
+        as they are used, buffers as the context fills), and store it for the next plan."""
+        if runner.pid is None or runner.holds_old:  # it would count the old model too
+            return
+        m.measured_at = time.monotonic()
+        ram = await asyncio.to_thread(tree_rss, runner.pid)
+        vram = await asyncio.to_thread(process_tree_vram, runner.pid)
+        if ram is None or runner.state != RunnerState.READY or m.runner is not runner:
+            return
+        m.measured_ram = max(ram, m.measured_ram or 0)
+        if vram is not None:
+            m.measured_vram = max(vram, m.measured_vram or 0)
+        if runner.reused:
+            # what the process holds (the budget counts it), but not this model's need: glibc
+            # keeps the heap the previous model freed (SmolLM2 after Gemma 3: +30-60%), so the
+            # next plan keeps the need measured in a process of its own, or the estimate
+            return
+        self.store.save_measurement(m.name, load_key(m.spec), m.measured_ram, m.measured_vram)
+
+    async def _supervise(self, m: Managed, runner: Runner) -> None:
+        """Restart a runner that exits without being asked to, with backoff."""
+        await runner.exited.wait()
+        if not runner.unexpected_exit or m.runner is not runner:
+            return
+        lived = time.time() - (runner.ready_at or time.time())
+        m.failures = 1 if lived >= STABLE_AFTER else m.failures + 1
+        what = " ".join(filter(None, [runner.exit_description(), runner.activity()]))
+        m.crashes += 1
+        m.last_crash, m.last_crash_at = what, time.time()
+        m.last_error = f"the runner {what}"
+        log.warning("runner %s (pid %s) %s; restart #%d", m.name, runner.pid, what, m.failures)
+        self.publish(
+            {
+                "event": "crash",
+                "model": m.name,
+                "exit_code": runner.exit_code,
+                "signal": signal_name(runner.exit_code),
+                "what": what,
+            }
+        )
+        with contextlib.suppress(Exception):  # a full disk must not stop the restart
+            self.store.record_crash(m.name, what)
+        if runner.pid is not None:
+            self.store.forget_runner(runner.pid)
+        runner.mark(RunnerState.BACKOFF)
+        if m.failures >= MAX_QUICK_FAILURES:
+            runner.mark(RunnerState.FAILED)
+            m.failed = True
+            m.last_error = f"crashed {m.failures} times in a row; the last time the runner {what}"
+            log.error("runner %s marked failed: %s", m.name, m.last_error)
+            return
+        if m.loading is None and self.accepting():
+            m.loading = asyncio.get_running_loop().create_future()
+            self.spawn(self.load(m, restart=True), f"restart-{m.name}")
+
+    def reap_stale_runners(self) -> list[int]:
+        """Kill runners an earlier supervisor left behind (it crashed): pid + start + cmdline."""
+        killed = []
+        for pid, _model, create_time, cmdline in self.store.runners():
+            with contextlib.suppress(psutil.Error):
+                p = psutil.Process(pid)
+                if abs(p.create_time() - create_time) < 1.0 and " ".join(p.cmdline()) == cmdline:
+                    signal_group(pid, signal.SIGKILL)
+                    killed.append(pid)
+            self.store.forget_runner(pid)
+        return killed

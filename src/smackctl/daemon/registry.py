@@ -1,0 +1,169 @@
+"""The known models: the active profile's and the ones added with `smackctl models add`,
+each a ``Managed`` entry with everything the scheduler tracks about it."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smackctl import catalog
+from smackctl.config import ModelSpec, Profile, profiles_defining, validate_model_name
+from smackctl.errors import ModelNotFound, SmackError
+from smackctl.estimate import Estimate
+from smackctl.gguf import GGUFInfo, check_magic
+from smackctl.paths import Paths
+
+from .runner import Runner, RunnerState
+from .store import Store
+
+__all__ = ["Managed", "Registry", "forget_runner"]
+
+
+@dataclass
+class Managed:
+    """A known model and everything the scheduler tracks about it."""
+
+    name: str
+    spec: ModelSpec
+    origin: str  # "profile" | "added"
+    base_dir: Path
+    runner: Runner | None = None
+    loading: asyncio.Future[Runner] | None = None
+    in_flight: int = 0
+    last_used: float = 0.0
+    use_count: int = 0
+    requests_served: int = 0
+    tokens_out: int = 0
+    failures: int = 0
+    failed: bool = False
+    last_error: str | None = None
+    #: crashes since the supervisor started, and the last one in words with its time
+    crashes: int = 0
+    last_crash: str | None = None
+    last_crash_at: float | None = None
+    phase: str | None = None
+    estimate: Estimate | None = None
+    measured_ram: int | None = None
+    measured_vram: int | None = None
+    measured_at: float = 0.0
+    info: GGUFInfo | None = field(default=None, repr=False)
+
+    @property
+    def state(self) -> str:
+        if self.runner is not None and self.runner.state != RunnerState.STOPPED:
+            return str(self.runner.state)
+        if self.loading is not None:
+            return str(RunnerState.STARTING)
+        return str(RunnerState.FAILED) if self.failed else str(RunnerState.STOPPED)
+
+    @property
+    def loaded(self) -> bool:
+        return self.runner is not None and self.runner.state in (
+            RunnerState.STARTING,
+            RunnerState.READY,
+            RunnerState.BACKOFF,
+        )
+
+    def memory(self) -> tuple[int, int]:
+        """What the planner counts for this model: measured if known, else estimated; nothing
+        while it waits to restart (its process is gone, and so is its memory)."""
+        if self.runner is not None and self.runner.state in (
+            RunnerState.BACKOFF,
+            RunnerState.FAILED,
+        ):
+            return 0, 0
+        if self.measured_ram is not None:
+            return self.measured_ram, self.measured_vram or 0
+        if self.estimate is not None:
+            return self.estimate.ram, self.estimate.vram
+        return 0, 0
+
+
+def forget_runner(m: Managed) -> None:
+    m.runner = None
+    m.measured_ram = m.measured_vram = None
+    m.measured_at = 0.0
+    m.failed = False
+
+
+class Registry:
+    """Models by name, rebuilt from the active profile and the store; it resolves a
+    request's name (a model, an alias, or none: the profile's default) to one of them."""
+
+    def __init__(self, paths: Paths, store: Store, profile: Profile, path: Path | None) -> None:
+        self.paths = paths
+        self.store = store
+        self.models: dict[str, Managed] = {}
+        self.profile = profile
+        self.profile_path = path
+        self.rebuild(profile, path)
+
+    def rebuild(self, profile: Profile, path: Path | None) -> None:
+        """The active profile is now ``profile``: add, update and drop entries (a loaded
+        model that left the profile stays until it is unloaded)."""
+        self.profile, self.profile_path = profile, path
+        base = path.parent if path else Path.cwd()
+        wanted: dict[str, tuple[ModelSpec, str, Path]] = {
+            name: (spec, "profile", base) for name, spec in profile.models.items()
+        }
+        for name, raw in self.store.added_models().items():
+            wanted.setdefault(name, (ModelSpec.model_validate(raw), "added", Path("/")))
+        for name in list(self.models):
+            if name not in wanted and not self.models[name].loaded:
+                del self.models[name]
+        for name, (spec, origin, b) in wanted.items():
+            m = self.models.get(name)
+            if m is None:
+                self.models[name] = Managed(name=name, spec=spec, origin=origin, base_dir=b)
+            else:
+                m.spec, m.origin, m.base_dir = spec, origin, b
+
+    def known_names(self) -> list[str]:
+        names = set(self.models)
+        for m in self.models.values():
+            names.update(m.spec.aliases)
+        names.update(self.profile.routing.aliases)
+        return sorted(names)
+
+    def resolve(self, name: str | None) -> Managed:
+        if not name:
+            name = self.profile.routing.default_model
+            if not name:
+                raise ModelNotFound("(none given)", self.known_names())
+        target = self.profile.resolve(name)
+        if target is None:
+            for m in self.models.values():
+                if name == m.name or name in m.spec.aliases:
+                    target = m.name
+                    break
+        if target is None or target not in self.models:
+            raise ModelNotFound(
+                name, self.known_names(), profiles_defining(name, skip=self.profile.name)
+            )
+        return self.models[target]
+
+    def add(self, name: str, path: Path, n_ctx: int | None = None) -> Managed:
+        validate_model_name(name)
+        path = path.expanduser().resolve()
+        check_magic(path)
+        if name in self.profile.models:
+            raise SmackError(
+                f"model {name!r} is defined by the active profile",
+                "pick another name with `--name`",
+            )
+        raw: dict[str, Any] = {"path": str(path)}
+        if n_ctx:
+            raw["n_ctx"] = n_ctx
+        spec = ModelSpec.model_validate(raw)
+        self.store.add_model(name, spec.model_dump(exclude_defaults=True))
+        self.rebuild(self.profile, self.profile_path)
+        return self.models[name]
+
+    def model_file(self, m: Managed) -> Path:
+        if m.spec.path is not None:
+            p = Path(m.spec.path).expanduser()
+            return p if p.is_absolute() else (m.base_dir / p).resolve()
+        assert m.spec.source is not None
+        return self.paths.models_dir / catalog.parse_source(m.spec.source).filename
