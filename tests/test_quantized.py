@@ -209,3 +209,29 @@ def test_rotate_log_keeps_one_older_copy_while_the_writer_goes_on(tmp_path: Path
     assert path.with_name("runner-x.log.1").read_bytes() == b"a" * 2000
     assert not rotate_log(path, cap=1000)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_the_build_flags_turn_amx_off_even_for_a_cpu_that_has_it(tmp_path: Path) -> None:
+    """What the compiler makes of scripts/build-llama.sh's flags on a Sapphire Rapids CPU (the
+    AMX kind; this machine may have no AMX, so -march=native is replaced by that CPU): no AMX
+    macro, so ggml compiles no AMX kernel; AVX-512 stays. And without our -mno-amx-* the
+    same target would have them: the check can tell the two apart."""
+    import subprocess
+
+    script = (Path(__file__).parents[1] / "scripts" / "build-llama.sh").read_text()
+    flags = re.search(r'flags="(-march=native[^"]*)"', script)
+    assert flags is not None
+    ours = flags.group(1).replace("-march=native", "-march=sapphirerapids").split()
+
+    def macros(args: list[str]) -> str:
+        out = subprocess.run(
+            ["cc", *args, "-dM", "-E", "-"], input="", capture_output=True, text=True, check=True
+        )
+        return out.stdout
+
+    assert "__AMX_INT8__" in macros(["-march=sapphirerapids"])
+    built = macros(ours)
+    assert "__AMX_INT8__" not in built and "__AMX_TILE__" not in built
+    assert "__AVX512F__" in built
+    # ggml's own -march=native is off: it would come after ours and turn AMX back on
+    assert "-DGGML_NATIVE=OFF" in script

@@ -280,17 +280,25 @@ def _llama_server_binary() -> str | None:
 
 
 def _llama_server_version(binary: str) -> str:
+    """Its version and compiler, and the devices it can offload to (none: the CPU only).
+    Its CPU features are the library's above: `make install` builds both with one key."""
     import subprocess
 
-    try:
+    def lines(*args: str) -> list[str]:
         out = subprocess.run(
-            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+            [binary, *args], capture_output=True, text=True, timeout=10, check=False
         )
+        return [ln.strip() for ln in (out.stdout + out.stderr).splitlines() if ln.strip()]
+
+    try:
+        info, devices = lines("--version"), lines("--list-devices")
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"does not run: {exc}"
-    lines = [ln.strip() for ln in (out.stdout + out.stderr).splitlines() if ln.strip()]
-    version = next((ln for ln in lines if ln.startswith("version:")), None)
-    return version.removeprefix("version:").strip() if version else "version unknown"
+    version = next((ln for ln in info if ln.startswith("version:")), "version: unknown")
+    built = next((ln for ln in info if ln.startswith("built with")), "")
+    found = [ln for ln in devices if ln != "Available devices:" and ln != "(none)"]
+    where = ", ".join(found) if found else "no GPU device (CPU only)"
+    return f"{version.removeprefix('version:').strip()}, {built}; {where}".replace(", ;", ";")
 
 
 def _read_db(db: Any, query: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
