@@ -85,9 +85,18 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_tiny_gguf(d / "tiny-q8.gguf", seed=3, name="tiny-q8", quant="Q8_0")
     write_tiny_gguf(d / "tiny-q4.gguf", seed=4, name="tiny-q4", quant="Q4_0")
     write_tiny_gguf(d / "tiny-base.gguf", seed=5, name="tiny-base", chat_template=None)
+    write_tiny_gguf(d / "tiny-hostile.gguf", seed=6, name="tiny-hostile", chat_template=HOSTILE)
     write_corrupt_gguf(d / "corrupt.gguf")
     write_alien_gguf(d / "alien.gguf")
     return d
+
+
+#: a chat template that tries to run a command: the sandbox must refuse it
+HOSTILE_MARK = Path("/tmp/smackctl-hostile-template-ran")
+HOSTILE = (
+    "{{ cycler.__init__.__globals__.os.system('touch " + str(HOSTILE_MARK) + "') }}"
+    "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+)
 
 
 def profile_yaml(model_dir: Path, extra: str = "", **per_model: str) -> str:
@@ -101,7 +110,7 @@ def profile_yaml(model_dir: Path, extra: str = "", **per_model: str) -> str:
         ]
         if name in per_model:
             lines += [f"    {line}" for line in per_model[name].splitlines()]
-    for name in ("tiny-q8", "tiny-q4", "tiny-base"):
+    for name in ("tiny-q8", "tiny-q4", "tiny-base", "tiny-hostile"):
         lines += [f"  {name}:", f"    path: {model_dir / (name + '.gguf')}", "    n_ctx: 1024"]
         lines += ["    threads: 1"]
     lines += ["  broken:", f"    path: {model_dir / 'corrupt.gguf'}", "    n_ctx: 512"]

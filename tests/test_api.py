@@ -39,6 +39,7 @@ def test_openai_client_chat_stream_models_and_unknown(supervisor: Supervisor) ->
         "tiny-q8",
         "tiny-q4",
         "tiny-base",
+        "tiny-hostile",
         "broken",
         "alien",
     }

@@ -17,7 +17,7 @@ from conftest import Home
 ROOT = Path(__file__).resolve().parents[1]
 STALE = "stale: regenerate with `make docs` and commit the result"
 #: the tiny models of the test profile whose names start with "tiny-", in completion order
-ALL_TINY = ["tiny-a", "tiny-b", "tiny-base", "tiny-c", "tiny-q4", "tiny-q8"]
+ALL_TINY = ["tiny-a", "tiny-b", "tiny-base", "tiny-c", "tiny-hostile", "tiny-q4", "tiny-q8"]
 
 
 @pytest.mark.parametrize("shell", sorted(COMPLETION_FILES))

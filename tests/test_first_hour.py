@@ -251,3 +251,33 @@ def test_config_show_without_a_supervisor_names_the_next_profile(home: Home) -> 
     shown = json.loads(r.stdout)
     assert shown["profile"] == "test"
     assert shown["profile_from"] == "the last active one (used by the next start)"
+
+
+def test_a_hostile_chat_template_is_refused_streamed_or_not(cli: CliRunner, home: Home) -> None:
+    """The template sandbox's refusal is a 400 that names the model and the fix, streamed or
+    not; a stream never answers 200 with an empty body. Nothing the template tried ran."""
+    from smackctl.client import Client, default_url
+
+    from conftest import HOSTILE_MARK
+
+    HOSTILE_MARK.unlink(missing_ok=True)
+    body = {"model": "tiny-hostile", "messages": [{"role": "user", "content": "hi"}]}
+    assert cli.invoke(app, ["start"]).exit_code == 0
+    import httpx
+
+    token = (home.state / "token").read_text().strip()
+    with httpx.Client(base_url=default_url(), headers={"Authorization": f"Bearer {token}"}) as c:
+        for stream in (False, True):
+            r = c.post("/v1/chat/completions", json={**body, "stream": stream})
+            assert r.status_code == 400, (stream, r.text)
+            assert r.headers["content-type"].startswith("application/json")
+            err = r.json()["error"]
+            assert err["code"] == "unsafe_chat_template"
+            assert "the chat template of tiny-hostile" in err["message"]
+            assert "chat_format:" in err["message"]
+    r = cli.invoke(app, ["chat", "-m", "tiny-hostile", "hi"])
+    assert r.exit_code == 2 and "the chat template of tiny-hostile" in r.stderr
+    assert not HOSTILE_MARK.exists()
+    with Client(default_url()) as c:  # the supervisor and the model's runner go on
+        out = c.post("/v1/completions", {"model": "tiny-hostile", "prompt": "x", "max_tokens": 2})
+    assert out["choices"][0]["text"]

@@ -61,6 +61,7 @@ def test_the_binary_is_there_and_runs_with_safe_flags(model_dir: Path) -> None:
         "--ctx-size 3072",  # n_ctx for each of the slots
         "--threads 2",
         "--cache-ram 0",
+        "--fit off",
         "--jinja",
         "--metrics",
         "--alias quick",
@@ -242,5 +243,67 @@ def test_a_missing_binary_is_a_clear_error(home: Home, model_dir: Path) -> None:
         assert "no llama-server binary (/nowhere/llama-server)" in msg
         assert "make install" in msg and "llama_server: PATH" in msg
         assert sup.proc.poll() is None
+    finally:
+        shutdown(sup)
+
+
+def test_a_profile_switch_under_load_loses_no_request(
+    ls: Supervisor, home: Home, model_dir: Path
+) -> None:
+    """Switch to a profile where `quick` is reloaded with another n_ctx and `other` kept:
+    requests to both run throughout, and every one is answered."""
+    import threading
+
+    (Path(home.env["SMACKCTL_PROFILE_DIR"]) / "ls2.yaml").write_text(
+        ls_profile(model_dir)
+        .replace("name: ls\n", "name: ls2\n")
+        .replace("n_ctx: 2048\n    parallel: 4", "n_ctx: 1024\n    parallel: 2")
+    )
+    with ls.client() as c:
+        for m in ("quick", "other"):
+            assert c.post("/v1/chat/completions", json={**CHAT, "model": m}).status_code == 200
+    old = ls.model("quick")["pid"]
+    stop = threading.Event()
+    codes: dict[str, list[int]] = {"quick": [], "other": []}
+
+    def hammer(model: str) -> None:
+        with ls.client() as c:
+            while not stop.is_set():
+                r = c.post("/v1/chat/completions", json={**CHAT, "model": model})
+                codes[model].append(r.status_code)
+
+    threads = [threading.Thread(target=hammer, args=(m,)) for m in codes]
+    for t in threads:
+        t.start()
+    wait_for(lambda: all(len(v) >= 3 for v in codes.values()), 30, "traffic before the switch")
+    r = CliRunner().invoke(app, ["profile", "switch", "ls2"])
+    at_end = {k: len(v) for k, v in codes.items()}
+    wait_for(lambda: all(len(codes[k]) > at_end[k] + 2 for k in codes), 30, "traffic after")
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert r.exit_code == 0, r.output
+    assert set(codes["quick"]) == {200} and set(codes["other"]) == {200}, codes
+    m = ls.model("quick")
+    assert m["n_ctx"] == 1024 and m["parallel"] == 2 and m["pid"] != old
+    assert "--ctx-size 2048" in " ".join(psutil.Process(m["pid"]).cmdline())  # 1024 × 2 slots
+
+
+def test_embeddings_from_a_model_served_for_them(home: Home, model_dir: Path) -> None:
+    """`args: {embeddings: true}` runs llama-server for embeddings (its --embeddings)."""
+    (Path(home.env["SMACKCTL_PROFILE_DIR"]) / "ls.yaml").write_text(
+        ls_profile(model_dir).replace(
+            "    threads: 1\n    aliases: [q]\n",
+            "    threads: 1\n    aliases: [q]\n    args: {embeddings: true, pooling: mean}\n",
+        )
+    )
+    sup = launch(home, profile="ls")
+    try:
+        with sup.client() as c:
+            r = c.post("/v1/embeddings", json={"model": "quick", "input": ["one", "two words"]})
+        assert r.status_code == 200, r.text
+        data = r.json()["data"]
+        assert len(data) == 2 and len(data[0]["embedding"]) == 64  # the tiny model's width
+        assert data[0]["embedding"] != data[1]["embedding"]
     finally:
         shutdown(sup)

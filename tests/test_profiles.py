@@ -34,6 +34,7 @@ def test_list_show_and_active_mark(supervisor: Supervisor, home: Home, model_dir
         "tiny-b",
         "tiny-base",
         "tiny-c",
+        "tiny-hostile",
         "tiny-q4",
         "tiny-q8",
     ]

@@ -17,6 +17,12 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from smackctl.config import ModelSpec
+from smackctl.gguf import GGUFInfo
+from smackctl.hardware import probe_gpus
+
+from .backends import runner_threads
+
 __all__ = ["Cores"]
 
 
@@ -32,6 +38,7 @@ class Cores:
         self._waiters: deque[tuple[int, object, asyncio.Future[None]]] = deque()
         #: requests holding each key's cores
         self._held: dict[object, int] = {}
+        self._gpu_present: bool | None = None
 
     @property
     def waiting(self) -> int:
@@ -40,6 +47,17 @@ class Cores:
     def units(self, threads: int) -> int:
         """What a runner with ``threads`` threads holds: all the cores at most."""
         return max(0, min(threads, self.capacity))
+
+    def units_for(self, spec: ModelSpec, info: GGUFInfo | None) -> int:
+        """How many cores a request to a model holds: its runner's threads, or none when
+        every layer is on a GPU (llama.cpp then computes there)."""
+        layers = info.layers if info is not None else None
+        if spec.n_gpu_layers < 0 or (layers is not None and spec.n_gpu_layers > layers):
+            if self._gpu_present is None:
+                self._gpu_present = bool(probe_gpus())
+            if self._gpu_present:
+                return 0
+        return self.units(runner_threads(spec))
 
     async def acquire(self, n: int, key: object = None) -> None:
         """Hold ``n`` cores for ``key`` (a runner; None: this request alone). A key that holds

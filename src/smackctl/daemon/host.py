@@ -102,6 +102,14 @@ def _quiet_llama_log() -> None:
 USAGE: dict[str, int] = {}
 
 
+def error_event(exc: Exception) -> dict[str, Any]:
+    """The event a stream ends with when the answer failed: llama_cpp.server's own streams
+    just stop (200, an empty body). ``type`` is the exception's class (SecurityError: the
+    chat template's sandbox refused it), for the supervisor to map."""
+    print(f"smackctl.daemon.host: the answer failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return {"error": {"message": str(exc), "type": type(exc).__name__, "code": "runner_error"}}
+
+
 def _stream_usage() -> None:
     """End every stream with a usage event, as OpenAI does for ``stream_options:
     {include_usage: true}`` (``choices: []`` and ``usage``), which llama_cpp.server never
@@ -114,9 +122,13 @@ def _stream_usage() -> None:
 
     def with_usage(chunks: Any) -> Any:
         last = None
-        for chunk in chunks:
-            last = chunk
-            yield chunk
+        try:
+            for chunk in chunks:
+                last = chunk
+                yield chunk
+        except Exception as exc:  # an error answer, not a stream that just stops
+            yield error_event(exc)
+            return
         if last is not None and USAGE:
             p, c = USAGE["prompt_tokens"], USAGE["completion_tokens"]
             yield {
@@ -130,7 +142,11 @@ def _stream_usage() -> None:
         llama_call = kwargs["llama_call"]
 
         def call(llama: Any, **kw: Any) -> Any:
-            return with_usage(llama_call(llama, **kw))
+            try:
+                chunks = llama_call(llama, **kw)  # renders the chat template, may refuse
+            except Exception as exc:
+                return iter([error_event(exc)])
+            return with_usage(chunks)
 
         await publish(*args, **{**kwargs, "llama_call": call})
 

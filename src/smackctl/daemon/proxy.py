@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -118,6 +119,13 @@ class Proxy:
                 chunks = upstream.chunks()
                 first = await anext(chunks, b"")
                 ttft = time.perf_counter() - started
+                if (failed := _error_event(first)) is not None:
+                    # before any token: the client gets the error's status and JSON, never
+                    # a 200 stream that just ends
+                    async for _ in chunks:
+                        pass
+                    await stack.aclose()
+                    return self._finish(m, path, 500, failed, started, request_id)
             except TransportError as exc:
                 await stack.aclose()
                 died = await _died(runner)
@@ -258,11 +266,15 @@ class _Relay:
     ) -> AsyncIterator[bytes]:
         status = 200
         events = first.count(b"data:")
+        failed = False  # an error event ended the answer: no [DONE] after it
         try:
             if first := self._usage_of(first, wants_usage):
                 yield first
             async for chunk in chunks:
                 events += chunk.count(b"data:")
+                if failed and b"[DONE]" in chunk:
+                    continue
+                failed = failed or _error_event(chunk) is not None
                 if chunk := self._usage_of(chunk, wants_usage):
                     yield chunk
         except TransportError as exc:
@@ -339,13 +351,30 @@ def _with_defaults(body: dict[str, Any], defaults: dict[str, Any]) -> dict[str, 
     return out
 
 
+#: jinja2's sandbox refusing a chat template: its class, or its words (llama_cpp.server's
+#: answer quotes only the message: "access to attribute '__init__' of 'type' object is unsafe")
+_UNSAFE = re.compile(r"SecurityError|access to attribute .* is unsafe|is not safely callable")
+
+
+def _error_event(chunk: bytes) -> bytes | None:
+    """The error object of a stream's first event, when the runner's answer failed before
+    any token (host.py's error event); None for a token."""
+    if b'"error"' not in chunk:
+        return None
+    try:
+        data = json.loads(chunk.split(b"data:", 1)[1].split(b"\n\n", 1)[0])
+    except (ValueError, IndexError):
+        return None
+    return json.dumps(data).encode() if isinstance(data, dict) and "error" in data else None
+
+
 def _map_error(model: str, status: int, content: bytes) -> tuple[bytes, int]:
     try:
         data = json.loads(content)
     except ValueError:
         data = None
     text = content.decode(errors="replace")
-    if status >= 500 and "SecurityError" in text:
+    if status >= 500 and _UNSAFE.search(text):
         return error_body(
             f"the chat template of {model} tried an operation the template sandbox forbids; "
             "the request was refused and nothing ran. Fix: use a trusted GGUF, or set "

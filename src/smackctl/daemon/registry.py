@@ -161,6 +161,15 @@ class Registry:
         self.rebuild(self.profile, self.profile_path)
         return self.models[name]
 
+    def to_restore(self) -> dict[str, str]:
+        """The models to load at start, and why: loaded when the last supervisor stopped
+        ("loaded"), or "pinned" / "preload" in the profile."""
+        wanted = dict(self.store.restore())
+        for m in self.models.values():
+            if m.spec.pinned or m.spec.preload:
+                wanted.setdefault(m.name, "pinned" if m.spec.pinned else "preload")
+        return {name: why for name, why in wanted.items() if name in self.models}
+
     def model_file(self, m: Managed) -> Path:
         if m.spec.path is not None:
             p = Path(m.spec.path).expanduser()

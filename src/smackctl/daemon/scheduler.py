@@ -23,10 +23,9 @@ from typing import Any
 from smackctl.config import MemoryBudget, Profile
 from smackctl.errors import InsufficientMemory, SmackError
 from smackctl.estimate import Estimate
-from smackctl.hardware import physical_cores, probe_gpus
+from smackctl.hardware import physical_cores
 from smackctl.paths import Paths
 
-from .backends import runner_threads
 from .cores import Cores
 from .events import Events
 from .loader import MEASURE_EVERY, SPARE_RAM, Loader
@@ -88,7 +87,6 @@ class Scheduler:
         self.switch_phase: SwitchPhase | None = None
         #: the CPU cores that requests of CPU-computing runners hold while they run
         self.cores = Cores(_cpu_cores(profile))
-        self._gpu_present: bool | None = None
         #: models loaded again at start, and why: "loaded" (at the last stop), "pinned", "preload"
         self.restoring: dict[str, str] = {}
 
@@ -272,7 +270,7 @@ class Scheduler:
         m.use_count += 1
         m.last_used = time.time()
         self._idle.clear()
-        cores = self.cpu_units(m)
+        cores = self.cores.units_for(m.spec, m.info)
         try:
             await self.cores.acquire(cores, runner)
         except BaseException:
@@ -294,20 +292,6 @@ class Scheduler:
             self.spawn(self.loader.measure(m, runner), f"measure-{m.name}")
         if m.in_flight == 0:
             self._idle.set()
-
-    def cpu_units(self, m: Managed) -> int:
-        """How many cores a request to ``m`` holds: its threads, or none when every layer is
-        on a GPU (llama.cpp then computes there)."""
-        layers = m.info.layers if m.info is not None else None
-        all_on_gpu = m.spec.n_gpu_layers < 0 or (
-            layers is not None and m.spec.n_gpu_layers > layers
-        )
-        if all_on_gpu:
-            if self._gpu_present is None:
-                self._gpu_present = bool(probe_gpus())
-            if self._gpu_present:
-                return 0
-        return self.cores.units(runner_threads(m.spec))
 
     # -- unloading -----------------------------------------------------------------------------
 
@@ -398,11 +382,7 @@ class Scheduler:
     def plan_restore(self) -> dict[str, str]:
         """What ``restore`` will load, and why: set before the API answers, so that the
         `smackctl start` that waits for it can say so (``status.restoring``)."""
-        wanted = dict(self.store.restore())
-        for m in self.models.values():
-            if m.spec.pinned or m.spec.preload:
-                wanted.setdefault(m.name, "pinned" if m.spec.pinned else "preload")
-        self.restoring = {name: why for name, why in wanted.items() if name in self.models}
+        self.restoring = self.registry.to_restore()
         return self.restoring
 
     async def restore(self) -> None:
