@@ -62,6 +62,7 @@ def test_the_binary_is_there_and_runs_with_safe_flags(model_dir: Path) -> None:
         "--threads 2",
         "--cache-ram 0",
         "--fit off",
+        "--no-warmup",
         "--jinja",
         "--metrics",
         "--alias quick",
@@ -305,5 +306,36 @@ def test_embeddings_from_a_model_served_for_them(home: Home, model_dir: Path) ->
         data = r.json()["data"]
         assert len(data) == 2 and len(data[0]["embedding"]) == 64  # the tiny model's width
         assert data[0]["embedding"] != data[1]["embedding"]
+    finally:
+        shutdown(sup)
+
+
+def test_eviction_by_memory_counts_the_slots(home: Home, model_dir: Path) -> None:
+    """A RAM budget with room for `quick` (4 slots) and nothing beside it: loading `other`
+    evicts it. The need is the llama-server estimate (KV cache × slots, no Python); once
+    loaded, `quick` counts what its process holds (any llama-server: more than 4 MiB)."""
+    from smackctl.estimate import estimate_for
+    from smackctl.gguf import read_info
+
+    base = ls_profile(model_dir)
+    quick = ModelSpec(path="x", n_ctx=2048, parallel=4, backend="llama-server")
+    other = ModelSpec(path="x", n_ctx=512, backend="llama-server")
+    need_quick = estimate_for(read_info(model_dir / "tiny-q4.gguf"), quick).ram
+    need_other = estimate_for(read_info(model_dir / "tiny-q8.gguf"), other).ram
+    assert need_quick > need_other  # the slots' KV cache is counted
+    budget = need_quick + 2**20
+    (Path(home.env["SMACKCTL_PROFILE_DIR"]) / "ls.yaml").write_text(
+        base + f"memory:\n  ram: {budget}\n  spare_runner: false\n"
+    )
+    sup = launch(home, profile="ls")
+    try:
+        with sup.client() as c:
+            assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
+            assert (
+                c.post("/v1/chat/completions", json={**CHAT, "model": "other"}).status_code == 200
+            )
+            assert sup.model("quick")["state"] == "stopped"
+            assert sup.model("other")["state"] == "ready"
+            assert "evicting quick to make room for other" in sup.log()
     finally:
         shutdown(sup)
