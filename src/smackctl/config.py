@@ -119,6 +119,9 @@ class ModelSpec(_Strict):
     parallel: int = Field(1, gt=0)
     max_queue: int = Field(32, ge=0)
     ttl: int = Field(600, ge=0)  # seconds idle before unload; 0 = never
+    #: seconds a runner may be silent while a request waits on it before it must answer a
+    #: liveness probe; one that does not is killed and restarted (a hang, not a slow answer)
+    hang_timeout: float = Field(30.0, gt=0)
     pinned: bool = False
     preload: bool = False
     aliases: tuple[str, ...] = ()
@@ -128,7 +131,7 @@ class ModelSpec(_Strict):
     backend: Backend = "llama-cpp-python"
     args: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
-    @field_validator("ttl", mode="before")
+    @field_validator("ttl", "hang_timeout", mode="before")
     @classmethod
     def _ttl(cls, v: Any) -> Any:
         return parse_duration(v) if isinstance(v, str) else v

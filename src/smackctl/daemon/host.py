@@ -253,6 +253,7 @@ def serve(args: list[str]) -> None:
     load, free = _routes(parser, server)
     app.add_route("/smackctl/load", load, methods=["POST"])
     app.add_route("/smackctl/free", free, methods=["POST"])
+    app.add_route("/smackctl/alive", alive, methods=["GET"])
     uvicorn.run(
         app,
         host=server.host,
@@ -260,6 +261,15 @@ def serve(args: list[str]) -> None:
         ssl_keyfile=server.ssl_keyfile,
         ssl_certfile=server.ssl_certfile,
     )
+
+
+async def alive(request: Any) -> Any:
+    """The liveness probe: answered from the event loop without llama_cpp.server's locks, so
+    it answers while a request is being computed (its /v1/models waits for that request);
+    no answer means the process is stopped or its loop is stuck."""
+    from starlette.responses import PlainTextResponse
+
+    return PlainTextResponse("alive")
 
 
 def _routes(parser: argparse.ArgumentParser, server: Any) -> tuple[Any, Any]:

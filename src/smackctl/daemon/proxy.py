@@ -14,12 +14,13 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
+from smackctl.config import ModelSpec
 from smackctl.errors import SmackError, UsageError
 from smackctl.selftest import signal_name
 
@@ -29,7 +30,9 @@ from .runner import Runner
 from .scheduler import Managed, Scheduler
 from .upstream import Answer, TransportError, Upstream
 
-__all__ = ["Proxy", "UpstreamError"]
+__all__ = ["Proxy", "RunnerHung", "UpstreamError"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("smackctl.requests")
 
@@ -37,6 +40,11 @@ log = logging.getLogger("smackctl.requests")
 class UpstreamError(SmackError):
     status = 502
     error_type = "runner_error"
+
+
+class RunnerHung(TransportError):
+    """The runner was silent for its model's ``hang_timeout`` and failed a liveness probe: it
+    was killed, and is restarted as after a crash."""
 
 
 def error_body(message: str, error_type: str, code: str | None = None) -> bytes:
@@ -111,13 +119,14 @@ class Proxy:
                 "X-Request-Id": request_id,
             }
             try:
-                upstream = await self.http.post(*runner.address, path, payload, headers)
+                post = self.http.post(*runner.address, path, payload, headers)
+                upstream = await self.watch(m, runner, post)
                 if upstream.status >= 400 or not stream:
-                    content = await upstream.read()
+                    content = await self.watch(m, runner, upstream.read())
                     await stack.aclose()
                     return self._finish(m, path, upstream.status, content, started, request_id)
                 chunks = upstream.chunks()
-                first = await anext(chunks, b"")
+                first = await self.watch(m, runner, anext(chunks, b""))
                 ttft = time.perf_counter() - started
                 if (failed := _error_event(first)) is not None:
                     # before any token: the client gets the error's status and JSON, never
@@ -153,6 +162,31 @@ class Proxy:
                 },
             )
         raise AssertionError("unreachable")
+
+    async def watch(self, m: Managed, runner: Runner, step: Awaitable[T]) -> T:
+        """Await one step of an answer (its head, its body, its next chunk) under the hang
+        rule: after ``hang_timeout`` seconds of silence the runner must answer a liveness
+        probe on another connection. One that answers is slow, and is waited for; one that
+        does not is killed (restarted as after a crash) and RunnerHung is raised."""
+        task = asyncio.ensure_future(step)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=m.spec.hang_timeout)
+                if done:
+                    return task.result()
+                if runner.exited.is_set():
+                    continue  # it died: the step fails by itself in a moment
+                log.info("no answer from %s for %gs: probing it", m.name, m.spec.hang_timeout)
+                if await _answers_probe(runner, backend_for(m.spec).alive_path, m.spec):
+                    continue
+                log.warning("%s stopped answering (no answer to the probe): killing it", m.name)
+                runner.kill_hung()
+                raise RunnerHung(f"the runner for {m.name} stopped answering")
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
 
     def _finish(
         self,
@@ -270,7 +304,7 @@ class _Relay:
         try:
             if first := self._usage_of(first, wants_usage):
                 yield first
-            async for chunk in chunks:
+            while (chunk := await self.proxy.watch(self.m, self.runner, anext(chunks, b""))) != b"":
                 events += chunk.count(b"data:")
                 if failed and b"[DONE]" in chunk:
                     continue
@@ -334,6 +368,20 @@ def _lost(model: str, runner: Runner, exc: TransportError, died: bool, retried: 
 def new_request_id() -> str:
     # a UUID4: the runner (starlette-context) answers an empty 400 to any other X-Request-Id
     return str(uuid.uuid4())
+
+
+async def _answers_probe(runner: Runner, path: str, spec: ModelSpec) -> bool:
+    """Does the runner answer GET ``path`` within a few seconds, on a connection of its own?"""
+    http = Upstream(connect_timeout=2.0, read_timeout=min(5.0, spec.hang_timeout))
+    headers = {"Authorization": f"Bearer {runner.api_key}"}
+    try:
+        answer = await http.request("GET", *runner.address, path, b"", headers)
+        await answer.read()
+        return answer.status < 500
+    except TransportError:
+        return False
+    finally:
+        await http.aclose()
 
 
 async def _died(runner: Any) -> bool:

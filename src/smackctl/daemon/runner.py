@@ -314,6 +314,8 @@ class Runner:
         self.exit_code: int | None = None
         self._on_state = on_state
         self._expected_exit = False
+        #: killed because it stopped answering (``kill_hung``): a crash, restarted as one
+        self.hung = False
         self.exited = asyncio.Event()
 
     # -- state ---------------------------------------------------------------------------------
@@ -503,6 +505,8 @@ class Runner:
 
     def exit_description(self) -> str:
         """How the process ended, in words: ``was killed by SIGSEGV``, ``exited with code 1``."""
+        if self.hung:
+            return "stopped answering (it failed a liveness probe) and was killed"
         name = signal_name(self.exit_code)
         if name is not None:
             return f"was killed by {name}"
@@ -565,6 +569,13 @@ class Runner:
                     await asyncio.wait_for(self.exited.wait(), 0.01)
         finally:
             await http.aclose()
+
+    def kill_hung(self) -> None:
+        """SIGKILL the process group of a runner that stopped answering. Not an expected
+        exit: the scheduler restarts it with backoff, as after a crash."""
+        if self.proc is not None and not self.exited.is_set() and not self._expected_exit:
+            self.hung = True
+            signal_group(self.proc.pid, signal.SIGKILL)
 
     def kill(self) -> None:
         """SIGKILL the process group now, as an expected exit; ``stop`` then waits for it."""

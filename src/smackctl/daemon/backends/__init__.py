@@ -34,6 +34,8 @@ class Backend(Protocol):
     name: str
     #: the route that answers 200 once the model is loaded
     ready_path: str
+    #: the route that answers while the runner computes a request (the liveness probe)
+    alive_path: str
     #: the environment variable the runner reads its API key from (None: it is a flag)
     key_env: str | None
     #: the runner can load another model in its process (``POST /smackctl/load``)

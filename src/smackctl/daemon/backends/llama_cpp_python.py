@@ -59,6 +59,7 @@ def llama_cpp_server_argv(spec: ModelSpec, model_path: Path, port: int, api_key:
 class LlamaCppPython:
     name = "llama-cpp-python"
     ready_path = "/v1/models"  # llama_cpp.server has no /health
+    alive_path = "/smackctl/alive"  # host.py's: /v1/models waits for the request in flight
     key_env: str | None = None
     swaps = True
     logprobs = False

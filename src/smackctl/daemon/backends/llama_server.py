@@ -51,6 +51,7 @@ def find_llama_server(configured: str | None = None) -> str | None:
 class LlamaServer:
     name = "llama-server"
     ready_path = "/health"
+    alive_path = "/health"  # its HTTP threads answer while the slots compute
     key_env: str | None = "LLAMA_API_KEY"
     swaps = False
     logprobs = True

@@ -1,0 +1,99 @@
+"""A runner that stops answering is noticed while requests wait on it: real runner processes
+stopped for real (SIGSTOP, what a deadlock or a hung GPU looks like from outside)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import Home, Supervisor, launch, profile_yaml, shutdown, wait_for
+
+LONG = {
+    "model": "tiny-a",
+    "messages": [{"role": "user", "content": "hello"}],
+    "max_tokens": 3500,
+    "temperature": 0,
+}
+
+
+@pytest.fixture
+def quick_to_hang(home: Home, model_dir: Path) -> Iterator[Supervisor]:
+    """tiny-a must answer a probe after 2 s of silence; tiny-b after half a second."""
+    text = profile_yaml(model_dir, **{"tiny-a": "hang_timeout: 2", "tiny-b": "hang_timeout: 0.5"})
+    (Path(home.env["SMACKCTL_PROFILE_DIR"]) / "test.yaml").write_text(text)
+    sup = launch(home)
+    yield sup
+    shutdown(sup)
+
+
+def _generations(sup: Supervisor, model: str) -> int:
+    log = sup.home.state / "logs" / f"runner-{model}.log"
+    return log.read_text(errors="replace").count("generating after") if log.exists() else 0
+
+
+def test_a_stopped_runner_is_killed_and_the_waiting_request_retried(
+    quick_to_hang: Supervisor,
+) -> None:
+    sup = quick_to_hang
+    with sup.client() as c:
+        assert c.post("/v1/chat/completions", json={**LONG, "max_tokens": 2}).status_code == 200
+    pid = sup.model("tiny-a")["pid"]
+    result: dict[str, httpx.Response] = {}
+
+    def ask() -> None:
+        with sup.client(timeout=120) as c:  # far longer than the hang rule takes
+            result["r"] = c.post("/v1/chat/completions", json=LONG)
+
+    t = threading.Thread(target=ask)
+    t.start()
+    wait_for(lambda: _generations(sup, "tiny-a") >= 2, 30, "the long answer to start")
+    os.kill(pid, signal.SIGSTOP)
+    t.join(120)
+    r = result["r"]
+    assert r.status_code == 200, r.text  # no byte had gone back: retried on the new runner
+    assert r.json()["usage"]["completion_tokens"] > 0
+    m = sup.model("tiny-a")
+    assert m["pid"] != pid and m["crashes"] == 1
+    assert m["last_crash"].startswith("stopped answering (it failed a liveness probe)")
+    assert "tiny-a stopped answering (no answer to the probe): killing it" in sup.log()
+
+
+def test_a_stream_whose_runner_stops_ends_with_an_error_event(quick_to_hang: Supervisor) -> None:
+    sup = quick_to_hang
+    with sup.client(timeout=120) as c:
+        assert c.post("/v1/chat/completions", json={**LONG, "max_tokens": 2}).status_code == 200
+        pid = sup.model("tiny-a")["pid"]
+        with c.stream("POST", "/v1/chat/completions", json={**LONG, "stream": True}) as s:
+            it = s.iter_lines()
+            for line in it:
+                if '"content"' in line:
+                    break
+            os.kill(pid, signal.SIGSTOP)
+            rest = [ln for ln in it if ln.startswith("data: ")]
+    assert rest[-1] != "data: [DONE]"
+    err = json.loads(rest[-1][6:])["error"]
+    assert "the runner for tiny-a stopped answering (it failed a liveness probe)" in err["message"]
+    assert "tokens of the answer" in err["message"]
+    wait_for(lambda: sup.model("tiny-a")["state"] == "ready", 30, "the restart")
+    assert sup.model("tiny-a")["pid"] != pid
+
+
+def test_a_slow_runner_answers_the_probe_and_is_left_alone(quick_to_hang: Supervisor) -> None:
+    """tiny-b's answer (not streamed: no byte until it is done) takes far longer than its
+    half-second rule; the probe answers while it computes, so it is not killed."""
+    sup = quick_to_hang
+    with sup.client(timeout=120) as c:
+        assert c.post("/v1/chat/completions", json={**LONG, "model": "tiny-b", "max_tokens": 2})
+        pid = sup.model("tiny-b")["pid"]
+        r = c.post("/v1/chat/completions", json={**LONG, "model": "tiny-b"})
+    assert r.status_code == 200, r.text
+    assert "no answer from tiny-b for 0.5s: probing it" in sup.log()
+    m = sup.model("tiny-b")
+    assert m["pid"] == pid and m["crashes"] == 0
