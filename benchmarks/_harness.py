@@ -128,18 +128,22 @@ class Sup:
             time.sleep(0.05)
 
     def runner(self, name: str) -> tuple[str, dict[str, str], int]:
-        """The runner of a loaded model: its URL, auth header and pid, read from the command
-        line its log records (the supervisor never hands its runners' keys out; a runner that
-        started in the spare process has the spare's command line)."""
-        pid = next(m["pid"] for m in self.status()["models"] if m["name"] == name)
-        log = (self.home / "state" / "logs" / f"runner-{name}.log").read_text()
-        line = log.rsplit("\n=== ", 1)[-1].splitlines()[0]
-        args = dict(a[2:].split("=", 1) for a in line.split() if a.startswith("--") and "=" in a)
-        return (
-            f"http://127.0.0.1:{args['port']}",
-            {"Authorization": f"Bearer {args['api_key']}"},
-            pid,
-        )
+        """The runner of a loaded model: its URL, auth header and pid. The supervisor never
+        hands its runners' keys out, and its logs hide them: the key is read from the
+        runner's command line (llama_cpp.server) or environment (llama-server), which a
+        benchmark run by the same user may read."""
+        import psutil
+
+        m = next(m for m in self.status()["models"] if m["name"] == name)
+        proc = psutil.Process(m["pid"])
+        flags = dict(a[2:].split("=", 1) for a in proc.cmdline() if a.startswith("--") and "=" in a)
+        key = flags.get("api_key") or proc.environ().get("LLAMA_API_KEY")
+        if key is None:
+            raise RuntimeError(
+                f"the runner of {name} started in the spare process: its key is on no command "
+                "line; load it before a spare exists (preload) or set memory.spare_runner false"
+            )
+        return f"http://127.0.0.1:{m['port']}", {"Authorization": f"Bearer {key}"}, m["pid"]
 
 
 @contextlib.contextmanager

@@ -38,10 +38,24 @@ def test_withheld_usage_is_unknown_not_zero() -> None:
     assert parse_nvml_processes(withheld, {4242}) is None
 
 
-def test_no_gpu_is_normal_here() -> None:
-    assert probe_gpus() == []  # this machine has no NVIDIA driver: no error, no invented GPU
+def _gpus_the_driver_lists() -> list[str]:
+    """What nvidia-smi lists (the driver's own tool), none where there is no driver."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return []
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
+    return [ln for ln in out.stdout.splitlines() if ln.startswith("GPU ")]
+
+
+def test_the_gpus_probed_are_the_drivers() -> None:
+    """No GPU without a driver: no error and no invented one; with one, the same count."""
+    listed = _gpus_the_driver_lists()
+    assert len(probe_gpus()) == len(listed)
     m = probe_machine()
-    assert m.cores_logical >= 1 and m.ram_total > m.ram_available > 0 and m.gpus == []
+    assert m.cores_logical >= 1 and m.ram_total > m.ram_available > 0
+    assert len(m.gpus) == len(listed)
 
 
 def test_tree_rss_of_this_process() -> None:

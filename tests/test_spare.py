@@ -90,19 +90,27 @@ def test_a_spare_that_dies_while_idle_is_replaced_without_a_load(
 
 
 def test_spare_runner_false_keeps_none(home: Home, model_dir: Path) -> None:
-    profile = profile_yaml(model_dir, "memory:\n  spare_runner: false\n")
+    """With spare_runner on, a spare starts within a reaper tick or two of the supervisor
+    going idle. Here tiny-a's ttl of 1 s lets the reaper run while nothing else happens (it
+    unloads tiny-a), and for three seconds after that no spare appears."""
+    import time
+
+    profile = profile_yaml(model_dir, "memory:\n  spare_runner: false\n", **{"tiny-a": "ttl: 1"})
     (home.root / "profiles" / "test.yaml").write_text(profile)
     sup = launch(home)
     try:
         with sup.client() as c:
             r = c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"})
             assert r.status_code == 200
-        # the spare would start as soon as the load ended; a request later it still is not there
+        wait_for(lambda: sup.model("tiny-a")["state"] == "stopped", 20, "tiny-a's ttl unload")
+        deadline = time.monotonic() + 3  # a bounded look for what must not appear
+        while time.monotonic() < deadline:
+            assert spare_pids(home.root) == []
+            time.sleep(0.05)
         with sup.client() as c:
             assert (
                 c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-b"}).status_code == 200
             )
-        assert spare_pids(home.root) == []
         assert "in the spare process" not in (home.state / "logs" / "runner-tiny-b.log").read_text()
     finally:
         shutdown(sup)

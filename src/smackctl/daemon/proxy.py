@@ -14,13 +14,12 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
-from smackctl.config import ModelSpec
 from smackctl.errors import SmackError, UsageError
 from smackctl.selftest import signal_name
 
@@ -30,9 +29,7 @@ from .runner import Runner
 from .scheduler import Managed, Scheduler
 from .upstream import Answer, TransportError, Upstream
 
-__all__ = ["Proxy", "RunnerHung", "UpstreamError"]
-
-T = TypeVar("T")
+__all__ = ["Proxy", "UpstreamError", "Watchdog"]
 
 log = logging.getLogger("smackctl.requests")
 
@@ -42,9 +39,37 @@ class UpstreamError(SmackError):
     error_type = "runner_error"
 
 
-class RunnerHung(TransportError):
-    """The runner was silent for its model's ``hang_timeout`` and failed a liveness probe: it
-    was killed, and is restarted as after a crash."""
+class Watchdog:
+    """The hang rule for one request: while it waits on a runner (the answer's head, its
+    body, its next chunk), a silence of the model's ``hang_timeout`` seconds means a liveness
+    probe on another connection. A runner that answers it is slow and is waited for; one
+    that does not is SIGKILLed as a crash (``Runner.kill_hung``: restarted with backoff),
+    and the request's read fails at once, as after any crash. One timer task a request; a
+    chunk that arrives costs only the assignment of ``last``."""
+
+    def __init__(self, m: Managed, runner: Runner) -> None:
+        self.m, self.runner = m, runner
+        self.loop = asyncio.get_running_loop()
+        self.last = self.loop.time()
+        self._task = self.loop.create_task(self._run(), name=f"watchdog-{m.name}")
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+    async def _run(self) -> None:
+        limit = self.m.spec.hang_timeout
+        while not self.runner.exited.is_set():
+            wait = self.last + limit - self.loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            log.info("no answer from %s for %gs: probing it", self.m.name, limit)
+            if await _answers_probe(self.runner, backend_for(self.m.spec).alive_path, limit):
+                self.last = self.loop.time()
+                continue
+            log.warning("%s stopped answering (no answer to the probe): killing it", self.m.name)
+            self.runner.kill_hung()
+            return
 
 
 def error_body(message: str, error_type: str, code: str | None = None) -> bytes:
@@ -113,20 +138,21 @@ class Proxy:
         for attempt in (1, 2):
             stack = contextlib.AsyncExitStack()
             _, runner = await stack.enter_async_context(sched.slot(m.name))
+            dog = Watchdog(m, runner)  # until the answer is over (the stack closes)
+            stack.callback(dog.stop)
             headers = {
                 "Authorization": f"Bearer {runner.api_key}",
                 "Content-Type": "application/json",
                 "X-Request-Id": request_id,
             }
             try:
-                post = self.http.post(*runner.address, path, payload, headers)
-                upstream = await self.watch(m, runner, post)
+                upstream = await self.http.post(*runner.address, path, payload, headers)
                 if upstream.status >= 400 or not stream:
-                    content = await self.watch(m, runner, upstream.read())
+                    content = await upstream.read()
                     await stack.aclose()
                     return self._finish(m, path, upstream.status, content, started, request_id)
                 chunks = upstream.chunks()
-                first = await self.watch(m, runner, anext(chunks, b""))
+                first = await anext(chunks, b"")
                 ttft = time.perf_counter() - started
                 if (failed := _error_event(first)) is not None:
                     # before any token: the client gets the error's status and JSON, never
@@ -150,7 +176,7 @@ class Proxy:
             except BaseException:
                 await stack.aclose()
                 raise
-            relay = _Relay(self, m, runner, upstream, stack, started, request_id, path, ttft)
+            relay = _Relay(self, m, runner, upstream, stack, started, request_id, path, ttft, dog)
             return StreamingResponse(
                 relay.body(chunks, first, wants_usage),
                 status_code=upstream.status,
@@ -162,31 +188,6 @@ class Proxy:
                 },
             )
         raise AssertionError("unreachable")
-
-    async def watch(self, m: Managed, runner: Runner, step: Awaitable[T]) -> T:
-        """Await one step of an answer (its head, its body, its next chunk) under the hang
-        rule: after ``hang_timeout`` seconds of silence the runner must answer a liveness
-        probe on another connection. One that answers is slow, and is waited for; one that
-        does not is killed (restarted as after a crash) and RunnerHung is raised."""
-        task = asyncio.ensure_future(step)
-        try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=m.spec.hang_timeout)
-                if done:
-                    return task.result()
-                if runner.exited.is_set():
-                    continue  # it died: the step fails by itself in a moment
-                log.info("no answer from %s for %gs: probing it", m.name, m.spec.hang_timeout)
-                if await _answers_probe(runner, backend_for(m.spec).alive_path, m.spec):
-                    continue
-                log.warning("%s stopped answering (no answer to the probe): killing it", m.name)
-                runner.kill_hung()
-                raise RunnerHung(f"the runner for {m.name} stopped answering")
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
 
     def _finish(
         self,
@@ -267,6 +268,7 @@ class _Relay:
         request_id: str,
         path: str,
         ttft: float,
+        dog: Watchdog,
     ) -> None:
         self.proxy, self.m, self.runner, self.upstream, self.stack = (
             proxy,
@@ -276,6 +278,7 @@ class _Relay:
             stack,
         )
         self.started, self.request_id, self.path, self.ttft = started, request_id, path, ttft
+        self.dog = dog
         self.tokens_in: int | None = None
         self.tokens_out: int | None = None
 
@@ -304,7 +307,8 @@ class _Relay:
         try:
             if first := self._usage_of(first, wants_usage):
                 yield first
-            while (chunk := await self.proxy.watch(self.m, self.runner, anext(chunks, b""))) != b"":
+            async for chunk in chunks:
+                self.dog.last = self.dog.loop.time()  # a sign of life: the hang rule restarts
                 events += chunk.count(b"data:")
                 if failed and b"[DONE]" in chunk:
                     continue
@@ -370,9 +374,9 @@ def new_request_id() -> str:
     return str(uuid.uuid4())
 
 
-async def _answers_probe(runner: Runner, path: str, spec: ModelSpec) -> bool:
+async def _answers_probe(runner: Runner, path: str, limit: float) -> bool:
     """Does the runner answer GET ``path`` within a few seconds, on a connection of its own?"""
-    http = Upstream(connect_timeout=2.0, read_timeout=min(5.0, spec.hang_timeout))
+    http = Upstream(connect_timeout=2.0, read_timeout=min(5.0, limit))
     headers = {"Authorization": f"Bearer {runner.api_key}"}
     try:
         answer = await http.request("GET", *runner.address, path, b"", headers)
