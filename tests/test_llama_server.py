@@ -339,3 +339,39 @@ def test_eviction_by_memory_counts_the_slots(home: Home, model_dir: Path) -> Non
             assert "evicting quick to make room for other" in sup.log()
     finally:
         shutdown(sup)
+
+
+def test_a_runner_stopped_mid_stream_is_found_out_and_restarted(
+    home: Home, model_dir: Path
+) -> None:
+    """SIGSTOP (a hang, from outside) of a llama-server runner while it streams: its /health
+    fails the probe after the model's hang_timeout, the stream ends with an error event that
+    says so, and the runner is restarted."""
+    (Path(home.env["SMACKCTL_PROFILE_DIR"]) / "ls.yaml").write_text(
+        ls_profile(model_dir).replace(
+            "    threads: 1\n    aliases: [q]\n",
+            "    threads: 1\n    aliases: [q]\n    hang_timeout: 1\n",
+        )
+    )
+    sup = launch(home, profile="ls")
+    try:
+        with sup.client(timeout=120) as c:
+            assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
+            pid = sup.model("quick")["pid"]
+            long = {**CHAT, "max_tokens": 1500, "stream": True}
+            with c.stream("POST", "/v1/chat/completions", json=long) as s:
+                it = s.iter_lines()
+                for line in it:
+                    if '"content"' in line:
+                        break
+                os.kill(pid, signal.SIGSTOP)
+                rest = [ln for ln in it if ln.startswith("data: ")]
+        err = json.loads(rest[-1][6:])["error"]
+        assert (
+            "the runner for quick stopped answering (it failed a liveness probe)" in err["message"]
+        )
+        wait_for(lambda: sup.model("quick")["state"] == "ready", 30, "the restart")
+        m = sup.model("quick")
+        assert m["pid"] != pid and m["crashes"] == 1
+    finally:
+        shutdown(sup)
