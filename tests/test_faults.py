@@ -112,6 +112,50 @@ def test_stop_while_two_requests_in_flight_lets_both_finish(supervisor: Supervis
         assert json.loads(lines[-2][5:])["choices"][0]["finish_reason"] in ("length", "stop")
     assert supervisor.proc.wait(10) == 0
     assert not runner_pids(supervisor.home.root)
+    assert "drain: 1 request(s) running and 1 queued at the stop; all answered" in r.stderr
+
+
+def test_a_drain_that_runs_out_of_time_ends_every_answer_cleanly(supervisor: Supervisor) -> None:
+    """`stop --timeout 1` with a stream in flight and one queued behind it (tiny-a has one
+    slot): the stream gets an error event and the clean end of its body, the queued one a
+    503 with Retry-After; no connection is torn, and stop says what it cut."""
+    with supervisor.client() as c:
+        assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
+    long = {**LONG, "max_tokens": 3500}
+    got: dict[int, tuple[int, list[str], dict[str, str]]] = {}
+
+    def stream(i: int) -> None:
+        with (
+            supervisor.client() as c,
+            c.stream("POST", "/v1/chat/completions", json=long) as r,
+        ):  # a torn body would raise here (httpx.RemoteProtocolError)
+            got[i] = (r.status_code, list(r.iter_lines()), dict(r.headers))
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(stream, 0)
+        wait_for(lambda: supervisor.model("tiny-a")["in_flight"] == 1, 10, "the first stream")
+        second = pool.submit(stream, 1)
+        wait_for(lambda: supervisor.model("tiny-a")["queued"] == 1, 10, "the second to queue")
+        r = smackctl(supervisor.home, "stop", "--timeout", "1", timeout=60)
+        first.result(30)
+        second.result(30)
+    assert r.returncode == 0, r.stderr
+    assert (
+        "drain: 1 request(s) running and 1 queued at the stop; after 1s 1 answer(s) were cut"
+        in r.stderr
+    )
+    assert "and 1 queued request(s) refused" in r.stderr
+    status, lines, _ = got[0]
+    assert status == 200
+    events = [ln for ln in lines if ln.startswith("data: ")]
+    assert events[-1] != "data: [DONE]"
+    err = json.loads(events[-1][6:])["error"]
+    assert err["code"] == "drain_timeout" and "was cut before it was complete" in err["message"]
+    status, lines, headers = got[1]
+    assert status == 503 and headers["retry-after"] == "1"
+    assert "its drain ran out of time before this request's turn came" in "".join(lines)
+    assert supervisor.proc.wait(20) == 0
+    assert not runner_pids(supervisor.home.root)
 
 
 def test_corrupt_gguf_fails_clearly_and_others_keep_serving(supervisor: Supervisor) -> None:

@@ -149,12 +149,29 @@ def stop(
     from ._lifecycle import stop_supervisor
 
     url = globals_of(ctx).url or default_url()
+    asked = time.strftime("%Y-%m-%d %H:%M:%S")
     with output.spinner("stopping the supervisor (draining requests)…"):
         pid = stop_supervisor(url, timeout, force)
     if pid is None:
         output.info("smackctl is not running")
     else:
+        if (drain := _drain_line(asked)) is not None:
+            output.info(drain)  # what the stop waited for, and what it cut
         output.info(f"smackctl stopped (pid {pid})")
+
+
+def _drain_line(since: str) -> str | None:
+    """The supervisor log's account of this stop's drain (``drain: …``), if it wrote one."""
+    from smackctl.paths import get_paths
+
+    try:
+        lines = get_paths().supervisor_log.read_text(errors="replace").splitlines()[-200:]
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if "drain: " in line and line[:19] >= since:
+            return "drain: " + line.split("drain: ", 1)[1]
+    return None
 
 
 def restart(

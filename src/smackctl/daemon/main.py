@@ -171,9 +171,26 @@ async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) ->
                 scheduler.accepting = False
                 scheduler.stop_grace = 0.5
             else:
+                running, queued = scheduler.busy()
                 drained = await scheduler.drain(timeout)
-                if not drained:
-                    log.warning("drain timed out after %.0fs; stopping anyway", timeout)
+                if drained:
+                    log.info(
+                        "drain: %d request(s) running and %d queued at the stop; all answered",
+                        running,
+                        queued,
+                    )
+                else:
+                    cut, refused = scheduler.cut_now()
+                    await scheduler.drain_models(None, 5.0)  # their error answers go out
+                    log.warning(
+                        "drain: %d request(s) running and %d queued at the stop; after %gs "
+                        "%d answer(s) were cut and %d queued request(s) refused",
+                        running,
+                        queued,
+                        timeout,
+                        cut,
+                        refused,
+                    )
             assert server is not None
             server.should_exit = True
 

@@ -26,7 +26,7 @@ from smackctl.selftest import signal_name
 from .backends import backend_for
 from .metrics import Metrics
 from .runner import Runner
-from .scheduler import Managed, Scheduler
+from .scheduler import Managed, Scheduler, ShuttingDown
 from .upstream import Answer, TransportError, Upstream
 
 __all__ = ["Proxy", "UpstreamError", "Watchdog"]
@@ -163,6 +163,8 @@ class Proxy:
                     return self._finish(m, path, 500, failed, started, request_id)
             except TransportError as exc:
                 await stack.aclose()
+                if sched.cut.is_set():
+                    raise _cut(m.name) from exc
                 died = await _died(runner)
                 if attempt == 1 and died:
                     log.warning(
@@ -318,6 +320,11 @@ class _Relay:
         except TransportError as exc:
             status = 502
             log.warning("%s: stream from %s cut: %s", self.request_id, self.m.name, exc)
+            if self.proxy.scheduler.cut.is_set():
+                cut = _cut(self.m.name)
+                msg = f"{cut.message}. Fix: {cut.hint}"
+                yield b"data: " + error_body(msg, cut.error_type, "drain_timeout") + b"\n\n"
+                return
             died = await _died(self.runner)
             got = max(0, events - 1)
             where = f"after {got} token{'s' if got != 1 else ''} of the answer"
@@ -341,6 +348,15 @@ class _Relay:
                 self.request_id,
                 self.ttft,
             )
+
+
+def _cut(model: str) -> SmackError:
+    return ShuttingDown(
+        f"the supervisor is stopping and its drain ran out of time: the answer of {model} "
+        "was cut before it was complete",
+        "send it again once the supervisor is back (`smackctl start`), or give `smackctl stop` "
+        "a longer --timeout",
+    )
 
 
 def _crash_fix(model: str, runner: Runner) -> str:

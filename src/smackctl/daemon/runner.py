@@ -193,6 +193,17 @@ class Slots:
     def release(self) -> None:
         self._release_one()
 
+    def fail_waiters(self, exc: BaseException) -> int:
+        """Every request still waiting for a slot gets ``exc`` instead (a stop whose drain ran
+        out of time); returns how many there were."""
+        failed = 0
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(exc)
+                failed += 1
+        return failed
+
     def _release_one(self) -> None:
         while self._waiters:
             fut = self._waiters.popleft()

@@ -89,6 +89,8 @@ class Scheduler:
         self.cores = Cores(_cpu_cores(profile))
         #: models loaded again at start, and why: "loaded" (at the last stop), "pinned", "preload"
         self.restoring: dict[str, str] = {}
+        #: set when a stop's drain ran out of time and what still ran was cut (``cut_now``)
+        self.cut = asyncio.Event()
 
     # -- what others read (the registry, events and loader are attributes of their own) --------
 
@@ -403,6 +405,32 @@ class Scheduler:
         """Stop admitting; wait until no request is in flight or queued. True if drained."""
         self.accepting = False
         return await self.drain_models(None, timeout)
+
+    def busy(self) -> tuple[int, int]:
+        """(requests in flight, requests queued for a slot)."""
+        running = sum(m.in_flight for m in self.models.values())
+        queued = sum(m.runner.slots.queued for m in self.models.values() if m.runner)
+        return running, queued
+
+    def cut_now(self) -> tuple[int, int]:
+        """The drain ran out of time: queued requests get ShuttingDown, and the runners are
+        killed, so that every answer still being read ends at once; the proxy then sends
+        each client an error (a stream: an error event and the end of its body), never a
+        torn connection. Returns (answers cut, queued requests refused)."""
+        self.cut.set()
+        running, _ = self.busy()
+        refused = 0
+        for m in self.models.values():
+            if m.runner is not None:
+                stopping = ShuttingDown(
+                    "the supervisor is stopping and its drain ran out of time before this "
+                    "request's turn came",
+                    "send it again once the supervisor is back (`smackctl start`)",
+                )
+                refused += m.runner.slots.fail_waiters(stopping)
+                if m.in_flight:
+                    m.runner.kill()
+        return running, refused
 
     async def shutdown(self) -> None:
         self.accepting = False
