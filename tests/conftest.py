@@ -288,6 +288,18 @@ def cli(home: Home) -> Iterator[Any]:
 CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "temperature": 0}
 
 
+def signal_mid_stream(c: httpx.Client, body: dict[str, Any], pid: int, sig: int) -> list[str]:
+    """Stream ``body``, send ``sig`` to ``pid`` once the first token came, and return the
+    ``data:`` lines that followed it."""
+    with c.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as s:
+        it = s.iter_lines()
+        for line in it:
+            if '"content"' in line:
+                break
+        os.kill(pid, sig)
+        return [ln for ln in it if ln.startswith("data: ")]
+
+
 def ask(sup: Supervisor, model: str, **kw: object) -> httpx.Response:
     with sup.client() as c:
         return c.post("/v1/chat/completions", json={**CHAT, "model": model, **kw})

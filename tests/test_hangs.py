@@ -13,7 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Home, Supervisor, launch, profile_yaml, shutdown, wait_for
+from conftest import (
+    Home,
+    Supervisor,
+    launch,
+    profile_yaml,
+    shutdown,
+    signal_mid_stream,
+    wait_for,
+)
 
 LONG = {
     "model": "tiny-a",
@@ -70,13 +78,7 @@ def test_a_stream_whose_runner_stops_ends_with_an_error_event(quick_to_hang: Sup
     with sup.client(timeout=120) as c:
         assert c.post("/v1/chat/completions", json={**LONG, "max_tokens": 2}).status_code == 200
         pid = sup.model("tiny-a")["pid"]
-        with c.stream("POST", "/v1/chat/completions", json={**LONG, "stream": True}) as s:
-            it = s.iter_lines()
-            for line in it:
-                if '"content"' in line:
-                    break
-            os.kill(pid, signal.SIGSTOP)
-            rest = [ln for ln in it if ln.startswith("data: ")]
+        rest = signal_mid_stream(c, LONG, pid, signal.SIGSTOP)
     assert rest[-1] != "data: [DONE]"
     err = json.loads(rest[-1][6:])["error"]
     assert "the runner for tiny-a stopped answering (it failed a liveness probe)" in err["message"]

@@ -19,19 +19,22 @@ from smackctl.cli.app import app
 from smackctl.config import ModelSpec
 from smackctl.daemon.backends import backend_for, find_llama_server
 
-from conftest import Home, Supervisor, launch, runner_pids, shutdown, wait_for
+from conftest import Home, Supervisor, launch, runner_pids, shutdown, signal_mid_stream, wait_for
 
 CHAT = {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 6}
 
 
-def ls_profile(model_dir: Path, extra: str = "") -> str:
+def ls_profile(model_dir: Path, extra: str = "", quick: str = "") -> str:
+    """Profile "ls": ``quick`` (4 slots, with the ``quick`` lines added), ``other`` and
+    ``python`` (llama-cpp-python); ``extra``: top-level lines."""
     return (
         "name: ls\n"
         "backend: llama-server\n"
         "models:\n"
         f"  quick:\n    path: {model_dir / 'tiny-q4.gguf'}\n    n_ctx: 2048\n    parallel: 4\n"
         "    threads: 1\n    aliases: [q]\n"
-        f"  other:\n    path: {model_dir / 'tiny-q8.gguf'}\n    n_ctx: 512\n    threads: 1\n"
+        + "".join(f"    {ln}\n" for ln in quick.splitlines())
+        + f"  other:\n    path: {model_dir / 'tiny-q8.gguf'}\n    n_ctx: 512\n    threads: 1\n"
         f"  python:\n    path: {model_dir / 'tiny-a.gguf'}\n    n_ctx: 512\n    threads: 1\n"
         "    backend: llama-cpp-python\n"
         "routing:\n  default_model: quick\n" + extra
@@ -159,9 +162,7 @@ def test_security_defaults_of_a_runner(ls: Supervisor) -> None:
 def test_crash_restart_eviction_and_ttl(home: Home, model_dir: Path) -> None:
     extra = "memory:\n  max_loaded: 1\n"
     (Path(home.env["SMACKCTL_PROFILE_DIR"]) / "ls.yaml").write_text(
-        ls_profile(model_dir, extra).replace(
-            "    threads: 1\n    aliases: [q]\n", "    threads: 1\n    aliases: [q]\n    ttl: 2\n"
-        )
+        ls_profile(model_dir, extra, quick="ttl: 2")
     )
     sup = launch(home, profile="ls")
     try:
@@ -293,10 +294,7 @@ def test_a_profile_switch_under_load_loses_no_request(
 def test_embeddings_from_a_model_served_for_them(home: Home, model_dir: Path) -> None:
     """`args: {embeddings: true}` runs llama-server for embeddings (its --embeddings)."""
     (Path(home.env["SMACKCTL_PROFILE_DIR"]) / "ls.yaml").write_text(
-        ls_profile(model_dir).replace(
-            "    threads: 1\n    aliases: [q]\n",
-            "    threads: 1\n    aliases: [q]\n    args: {embeddings: true, pooling: mean}\n",
-        )
+        ls_profile(model_dir, quick="args: {embeddings: true, pooling: mean}")
     )
     sup = launch(home, profile="ls")
     try:
@@ -348,24 +346,14 @@ def test_a_runner_stopped_mid_stream_is_found_out_and_restarted(
     fails the probe after the model's hang_timeout, the stream ends with an error event that
     says so, and the runner is restarted."""
     (Path(home.env["SMACKCTL_PROFILE_DIR"]) / "ls.yaml").write_text(
-        ls_profile(model_dir).replace(
-            "    threads: 1\n    aliases: [q]\n",
-            "    threads: 1\n    aliases: [q]\n    hang_timeout: 1\n",
-        )
+        ls_profile(model_dir, quick="hang_timeout: 1")
     )
     sup = launch(home, profile="ls")
     try:
         with sup.client(timeout=120) as c:
             assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
             pid = sup.model("quick")["pid"]
-            long = {**CHAT, "max_tokens": 1500, "stream": True}
-            with c.stream("POST", "/v1/chat/completions", json=long) as s:
-                it = s.iter_lines()
-                for line in it:
-                    if '"content"' in line:
-                        break
-                os.kill(pid, signal.SIGSTOP)
-                rest = [ln for ln in it if ln.startswith("data: ")]
+            rest = signal_mid_stream(c, {**CHAT, "max_tokens": 1500}, pid, signal.SIGSTOP)
         err = json.loads(rest[-1][6:])["error"]
         assert (
             "the runner for quick stopped answering (it failed a liveness probe)" in err["message"]
