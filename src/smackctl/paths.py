@@ -12,6 +12,7 @@ from pathlib import Path
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
+    "find_llama_server",
     "Paths",
     "get_paths",
     "list_profile_files",
@@ -135,3 +136,18 @@ def list_profile_files(extra: Iterable[Path] = ()) -> dict[str, Path]:
             for f in sorted(d.glob("*.y*ml")):
                 found.setdefault(f.stem, f)
     return found
+
+
+def find_llama_server(configured: str | None = None) -> str | None:
+    """The binary: the profile's ``llama_server``, else the one `make install` put beside
+    this Python, else one on PATH."""
+    import shutil
+    import sys
+
+    if configured:
+        path = Path(os.path.expandvars(configured)).expanduser()
+        return str(path) if path.is_file() and os.access(path, os.X_OK) else None
+    beside = Path(sys.executable).parent / "llama-server"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("llama-server")

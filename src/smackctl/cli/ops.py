@@ -263,20 +263,13 @@ def _check_llama(add: Any) -> None:
         )
     else:
         add("fail", "decode", f"the test decode failed: {t.error}", "run `make install`")
-    server = _llama_server_binary()
+    from smackctl.paths import find_llama_server
+
+    server = find_llama_server()
     if server is None:
         add("warn", "llama-server", "not found", "`make install` builds it into the venv")
     else:
         add("ok", "llama-server", f"{server} ({_llama_server_version(server)})")
-
-
-def _llama_server_binary() -> str | None:
-    import shutil
-
-    beside = Path(sys.executable).parent / "llama-server"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    return shutil.which("llama-server")
 
 
 def _llama_server_version(binary: str) -> str:

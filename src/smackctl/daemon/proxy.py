@@ -64,7 +64,8 @@ class Watchdog:
                 await asyncio.sleep(wait)
                 continue
             log.info("no answer from %s for %gs: probing it", self.m.name, limit)
-            if await _answers_probe(self.runner, backend_for(self.m.spec).alive_path, limit):
+            path = backend_for(self.m.spec).alive_path
+            if await self.runner.answers(path, min(5.0, limit)):
                 self.last = self.loop.time()
                 continue
             log.warning("%s stopped answering (no answer to the probe): killing it", self.m.name)
@@ -388,20 +389,6 @@ def _lost(model: str, runner: Runner, exc: TransportError, died: bool, retried: 
 def new_request_id() -> str:
     # a UUID4: the runner (starlette-context) answers an empty 400 to any other X-Request-Id
     return str(uuid.uuid4())
-
-
-async def _answers_probe(runner: Runner, path: str, limit: float) -> bool:
-    """Does the runner answer GET ``path`` within a few seconds, on a connection of its own?"""
-    http = Upstream(connect_timeout=2.0, read_timeout=min(5.0, limit))
-    headers = {"Authorization": f"Bearer {runner.api_key}"}
-    try:
-        answer = await http.request("GET", *runner.address, path, b"", headers)
-        await answer.read()
-        return answer.status < 500
-    except TransportError:
-        return False
-    finally:
-        await http.aclose()
 
 
 async def _died(runner: Any) -> bool:

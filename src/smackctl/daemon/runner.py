@@ -457,13 +457,27 @@ class Runner:
 
     async def _post_own(self, path: str, body: bytes, read_timeout: float) -> tuple[int, bytes]:
         """POST to one of RUNNER_PROGRAM's own routes (host.py): (status, body)."""
+        return await self._ask("POST", path, body, read_timeout)
+
+    async def _ask(
+        self, method: str, path: str, body: bytes, read_timeout: float
+    ) -> tuple[int, bytes]:
+        """A request of the supervisor's own on a connection of its own: (status, body)."""
         headers = {"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"}
         http = Upstream(connect_timeout=2.0, read_timeout=read_timeout)
         try:
-            answer = await http.post(*self.address, path, body, headers)
+            answer = await http.request(method, *self.address, path, body, headers)
             return answer.status, await answer.read()
         finally:
             await http.aclose()
+
+    async def answers(self, path: str, timeout: float) -> bool:
+        """The liveness probe: does the process answer ``GET path`` within ``timeout``?"""
+        try:
+            status, _ = await self._ask("GET", path, b"", timeout)
+        except TransportError:
+            return False
+        return status < 500
 
     def _load_fix(self) -> str:
         return (

@@ -21,9 +21,6 @@ Ready means ``GET /health`` answers 200 (503 while the model loads).
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,20 +29,9 @@ from smackctl.errors import ModelLoadError
 from smackctl.estimate import Estimate, estimate_for
 from smackctl.gguf import GGUFInfo
 from smackctl.hardware import physical_cores
+from smackctl.paths import find_llama_server
 
-__all__ = ["LlamaServer", "find_llama_server"]
-
-
-def find_llama_server(configured: str | None = None) -> str | None:
-    """The binary: the profile's ``llama_server``, else the one `make install` put beside
-    this Python, else one on PATH."""
-    if configured:
-        path = Path(os.path.expandvars(configured)).expanduser()
-        return str(path) if path.is_file() and os.access(path, os.X_OK) else None
-    beside = Path(sys.executable).parent / "llama-server"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    return shutil.which("llama-server")
+__all__ = ["LlamaServer", "find_llama_server"]  # the latter lives in paths.py (for doctor)
 
 
 class LlamaServer:
