@@ -119,9 +119,12 @@ def _say_restored(url: str) -> None:
 
     try:
         with Client(url, timeout=5.0) as c:
-            restoring = c.get("/api/status").get("restoring") or {}
+            st = c.get("/api/status")
     except SmackError:
         return
+    for w in st.get("warnings") or []:
+        output.warn(w)  # what the start found wrong and did about it
+    restoring = st.get("restoring") or {}
     why = {
         "loaded": "loaded when the supervisor last stopped",
         "pinned": "pinned",
@@ -211,6 +214,8 @@ def status(
     if json_:
         output.print_json(st)
         return
+    for w in st.get("warnings") or []:
+        output.warn(w)
     mem = st["memory"]
     print(f"smackctl {st['version']}  running  pid {st['pid']}  {st['url']}")
     print(

@@ -317,6 +317,7 @@ def create_app(
                 },
                 "cpu": scheduler.cores.view(),
                 "restoring": scheduler.restoring,
+                "warnings": scheduler.warnings(),
                 "models": models,
             }
         )

@@ -17,6 +17,7 @@ import logging
 import logging.handlers
 import os
 import secrets
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -44,15 +45,40 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def read_or_create_token(paths: Paths) -> str:
+def read_or_create_token(paths: Paths) -> tuple[str, str | None]:
+    """The supervisor's token, and a notice when it had to be replaced.
+
+    A token file that others could read (a mode other than 0600, another owner) is replaced,
+    not trusted: whoever read it could use it. An empty one is replaced too.
+    """
     p = paths.token_path
+    notice = None
     if p.is_file():
-        return p.read_text().strip()
+        st = p.stat()
+        token = p.read_text().strip()
+        if st.st_mode & 0o077 == 0 and st.st_uid == os.getuid() and token:
+            return token, None
+        why = (
+            "was empty"
+            if not token
+            else f"had mode {st.st_mode & 0o777:o}, so other users could read it"
+            if st.st_mode & 0o077
+            else f"belonged to uid {st.st_uid}"
+        )
+        notice = (
+            f"the token file {p} {why}: a new token was made in a file only you can read "
+            "(clients that saved the old one need the new one: `smackctl env`)"
+        )
+        log.warning("%s", notice)
+    elif p.exists():
+        raise SmackError(f"{p} is not a file", f"remove it (`rm -r {p}`), then start again")
     token = "smk-" + secrets.token_urlsafe(32)
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
-    return token
+    os.replace(tmp, p)
+    return token, notice
 
 
 def _lock(paths: Paths) -> IO[str]:
@@ -138,30 +164,43 @@ def _setup_logging(paths: Paths, foreground: bool, json_logs: bool = False) -> N
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request is ours
 
 
-def _profile(store: Store, requested: str | None) -> tuple[Profile, Path | None]:
+def _profile(store: Store, requested: str | None) -> tuple[Profile, Path | None, str | None]:
+    """The profile to start with, and a notice when the active one's file is gone."""
     name = requested or store.get("active_profile_path") or "default"
+    notice = None
     try:
         path = find_profile(name)
     except UsageError:
         if requested:
             raise
         path = find_profile("default")
+        notice = (
+            f"the active profile's file {name} no longer exists: started with profile "
+            "default (`smackctl profile switch NAME` to choose another)"
+        )
+        log.warning("%s", notice)
     profile = load_profile(path)
     store.set("active_profile_path", str(path))
-    return profile, path
+    return profile, path, notice
 
 
 async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) -> None:
     import uvicorn
 
     store = Store(paths.db_path)
-    profile, profile_path = _profile(store, args.profile)
+    profile, profile_path, notice = _profile(store, args.profile)
     scheduler = Scheduler(paths, store, profile, profile_path)
+    if notice:
+        scheduler.notices.append(notice)
     scheduler.plan_restore()
     reaped = scheduler.loader.reap_stale_runners()
     if reaped:
         log.warning("killed %d runner(s) left by an earlier supervisor: %s", len(reaped), reaped)
-    token = None if args.no_auth else read_or_create_token(paths)
+    token = None
+    if not args.no_auth:
+        token, notice = read_or_create_token(paths)
+        if notice:
+            scheduler.notices.append(notice)
     extra = set() if is_loopback(args.host) else {args.host}
     server: uvicorn.Server | None = None
 
@@ -246,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-timeout", type=float, default=30.0)
     parser.add_argument("--json-logs", action="store_true")
     args = parser.parse_args(argv)
+    # a file-size limit (or a filesystem that answers EFBIG) fails the write, as a full disk
+    # does, instead of killing the supervisor; the state store keeps what it could not write
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     paths = get_paths().ensure()
     _setup_logging(paths, args.foreground, args.json_logs)
     try:

@@ -10,7 +10,7 @@ from typing import Any
 
 from smackctl import catalog
 from smackctl.config import ModelSpec, Profile, profiles_defining, validate_model_name
-from smackctl.errors import ModelNotFound, SmackError
+from smackctl.errors import ModelLoadError, ModelNotFound, SmackError, UsageError
 from smackctl.estimate import Estimate
 from smackctl.gguf import GGUFInfo, check_magic
 from smackctl.paths import Paths
@@ -147,7 +147,10 @@ class Registry:
     def add(self, name: str, path: Path, n_ctx: int | None = None) -> Managed:
         validate_model_name(name)
         path = path.expanduser().resolve()
-        check_magic(path)
+        try:
+            check_magic(path)
+        except ModelLoadError as exc:  # the path the user gave: their input, a 400
+            raise UsageError(exc.message, exc.hint) from None
         if name in self.profile.models:
             raise SmackError(
                 f"model {name!r} is defined by the active profile",

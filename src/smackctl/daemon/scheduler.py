@@ -91,6 +91,23 @@ class Scheduler:
         self.restoring: dict[str, str] = {}
         #: set when a stop's drain ran out of time and what still ran was cut (``cut_now``)
         self.cut = asyncio.Event()
+        #: what the supervisor found wrong at start and did about it (a state.db set aside, a
+        #: token replaced, a deleted profile): `smackctl start` and `status` say these
+        self.notices: list[str] = [store.recovered] if store.recovered else []
+
+    def warnings(self) -> list[str]:
+        """The start's notices and what is wrong now, each a sentence with its fix."""
+        out = list(self.notices)
+        if trouble := self.store.trouble():
+            out.append(trouble)
+        path = self.profile_path
+        if path is not None and not path.exists():
+            out.append(
+                f"the active profile's file {path} was deleted: profile {self.profile.name} "
+                "keeps running from memory, and the next start uses profile default "
+                "(restore the file, or `smackctl profile switch NAME`)"
+            )
+        return out
 
     # -- what others read (the registry, events and loader are attributes of their own) --------
 
@@ -374,6 +391,8 @@ class Scheduler:
             try:
                 await self.reap_idle()
                 self.loader.refill_spare()
+                if ticks % 2 == 0:
+                    self.store.flush()  # writes kept while state.db refused them
                 if ticks % 30 == 0:
                     self.rotate_logs()
             except Exception:  # the reaper must survive anything one model does

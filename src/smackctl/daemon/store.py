@@ -1,17 +1,39 @@
 """The supervisor's state in SQLite (WAL): what must survive a restart.
 
-Only the supervisor writes here. Queries are tiny and run on the event-loop thread.
+Only the supervisor writes here. Queries are tiny and run on the event-loop thread, so a
+write never waits long for a lock: the supervisor keeps serving whatever the file does.
+
+- A file that is not a database, or a damaged one, is moved aside (``state.db.corrupt-…``,
+  never deleted) and a new one is started; ``recovered`` says so, and the supervisor says it
+  aloud (its log, ``smackctl status``).
+- A write that cannot be made now (another program holds the lock, the disk is full, an I/O
+  error) is kept in memory, in order, and written when the file takes writes again; the
+  supervisor's reaper calls ``flush``. ``trouble`` says what is kept and why. Writes a user
+  waits for (``models add``, a bench result) fail at once with the reason and the fix.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Store"]
+from smackctl.errors import SmackError
+
+__all__ = ["Store", "StateUnwritable"]
+
+log = logging.getLogger("smackctl.state")
+
+#: writes kept in memory while the file refuses them; past this the oldest request-log rows go
+#: (they are counted, and said)
+PENDING_CAP = 100_000
+#: how long a write on the event loop may wait for another program's lock
+WRITE_WAIT_MS = 100
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,17 +57,189 @@ CREATE TABLE IF NOT EXISTS crashes (at REAL NOT NULL, model TEXT NOT NULL, what 
 """
 
 
+class StateUnwritable(SmackError):
+    status = 503
+    error_type = "server_error"
+
+
+def _locked(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in str(exc) or "busy" in str(exc)
+    )
+
+
+def _holders(path: Path) -> list[int]:
+    """Pids of other processes with the database file open (best effort)."""
+    import psutil
+
+    found = []
+    names = {str(path), f"{path}-wal", f"{path}-shm"}
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == os.getpid():
+            continue
+        try:
+            if any(f.path in names for f in proc.open_files()):
+                found.append(proc.pid)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, open_wait: float = 5.0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=5000")
-        self.db.executescript(_SCHEMA)
+        self.path = path
+        #: what was wrong with the file at open and what was done about it (said aloud)
+        self.recovered: str | None = None
+        self._pending: deque[tuple[str, tuple[Any, ...]]] = deque()
+        self._dropped = 0
+        self._why: str | None = None
+        try:
+            self.db = self._open(open_wait)
+        except sqlite3.DatabaseError as exc:
+            if _locked(exc):
+                pids = _holders(path)
+                who = f" (pid {', '.join(map(str, pids))})" if pids else ""
+                raise SmackError(
+                    f"{path} is locked by another program{who}",
+                    "close the program that holds it (an sqlite3 shell?), then start again",
+                ) from None
+            self.recovered = self._set_aside(exc)
+            self.db = self._open(open_wait)
+
+    def _open(self, wait: float) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=wait)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {check}")
+            db.execute(f"PRAGMA busy_timeout={WRITE_WAIT_MS}")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _set_aside(self, exc: sqlite3.Error) -> str:
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                os.replace(src, f"{aside}{suffix}")
+        msg = (
+            f"{self.path} could not be read ({exc}); it was kept as {aside} and a new one "
+            "started: models added with `smackctl models add`, usage and measurements start "
+            "afresh"
+        )
+        log.warning("%s", msg)
+        return msg
 
     def close(self) -> None:
+        if not self.flush(wait_ms=2000):
+            log.error(
+                "%s cannot be written (%s): %d write(s) kept in memory are lost at this exit",
+                self.path,
+                self._why,
+                len(self._pending),
+            )
         self.db.close()
+
+    # -- writes that may wait ------------------------------------------------------------------
+
+    def _write(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+        """Write now, or keep the write in order until the file takes writes again."""
+        if self._pending:
+            self._keep(sql, params)
+            return
+        try:
+            self.db.execute(sql, params)
+        except sqlite3.DatabaseError as exc:
+            self._refused(exc)
+            self._keep(sql, params)
+
+    def _keep(self, sql: str, params: tuple[Any, ...]) -> None:
+        self._pending.append((sql, params))
+        while len(self._pending) > PENDING_CAP:
+            # the request log is what may go; state rows (runners, measurements) are kept
+            for i, (old, _) in enumerate(self._pending):
+                if old.startswith("INSERT INTO requests"):
+                    del self._pending[i]
+                    self._dropped += 1
+                    break
+            else:
+                break
+
+    def _refused(self, exc: sqlite3.Error) -> None:
+        why = "another program holds its lock" if _locked(exc) else str(exc)
+        if self._why is None:
+            log.warning(
+                "%s cannot be written (%s); keeping its writes in memory until it can",
+                self.path,
+                why,
+            )
+        self._why = why
+
+    def flush(self, wait_ms: int = 0) -> bool:
+        """Write what was kept, in one transaction; True when nothing is left (the reaper
+        calls this)."""
+        if not self._pending:
+            return True
+        done = 0
+        try:
+            self.db.execute(f"PRAGMA busy_timeout={wait_ms}")
+            self.db.execute("BEGIN IMMEDIATE")
+            for sql, params in self._pending:
+                self.db.execute(sql, params)
+            self.db.execute("COMMIT")
+            done = len(self._pending)
+        except sqlite3.DatabaseError as exc:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            self._refused(exc)
+            return False
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout={WRITE_WAIT_MS}")
+        self._pending.clear()
+        if self._why is not None:
+            log.warning(
+                "%s takes writes again: wrote the %d kept in memory%s",
+                self.path,
+                done,
+                f" ({self._dropped} request-log rows over the cap were lost)"
+                if self._dropped
+                else "",
+            )
+        self._why = None
+        return True
+
+    def trouble(self) -> str | None:
+        """A sentence on the writes kept in memory, or None when the file is fine."""
+        if not self._pending:
+            return None
+        lost = f"; {self._dropped} request-log rows over the cap lost" if self._dropped else ""
+        return (
+            f"{self.path} cannot be written ({self._why}): {len(self._pending)} write(s) kept "
+            f"in memory until it can{lost}"
+        )
+
+    def _write_now(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:
+        """A write the user waits for: made now, or a clear error."""
+        if not self.flush():
+            raise StateUnwritable(
+                f"{self.path} cannot be written ({self._why})",
+                "free disk space, or close the program that holds the file; "
+                "`smackctl status` says when it is writable again",
+            )
+        try:
+            return self.db.execute(sql, params)
+        except sqlite3.DatabaseError as exc:
+            self._refused(exc)
+            raise StateUnwritable(
+                f"{self.path} cannot be written ({self._why})",
+                "free disk space, or close the program that holds the file",
+            ) from None
 
     # -- key/value ----------------------------------------------------------------------------
 
@@ -55,9 +249,9 @@ class Store:
 
     def set(self, key: str, value: str | None) -> None:
         if value is None:
-            self.db.execute("DELETE FROM kv WHERE key=?", (key,))
+            self._write("DELETE FROM kv WHERE key=?", (key,))
         else:
-            self.db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, value))
+            self._write("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, value))
 
     # -- models added with `smackctl models add` ---------------------------------------------
 
@@ -66,21 +260,22 @@ class Store:
         return {name: json.loads(spec) for name, spec in rows}
 
     def add_model(self, name: str, spec: dict[str, Any]) -> None:
-        self.db.execute(
+        self._write_now(
             "INSERT OR REPLACE INTO added_models VALUES (?, ?, ?)",
             (name, json.dumps(spec), time.time()),
         )
 
     def remove_model(self, name: str) -> bool:
-        return self.db.execute("DELETE FROM added_models WHERE name=?", (name,)).rowcount > 0
+        return self._write_now("DELETE FROM added_models WHERE name=?", (name,)).rowcount > 0
 
     # -- what to load again after a restart ----------------------------------------------------
 
     def set_restore(self, names: dict[str, str]) -> None:
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.execute("DELETE FROM restore_models")
-            self.db.executemany("INSERT INTO restore_models VALUES (?, ?)", names.items())
+        # kept and flushed together: one transaction, or kept whole until the file takes it
+        self._keep("DELETE FROM restore_models", ())
+        for name, reason in names.items():
+            self._keep("INSERT INTO restore_models VALUES (?, ?)", (name, reason))
+        self.flush()
 
     def restore(self) -> dict[str, str]:
         return dict(self.db.execute("SELECT name, reason FROM restore_models ORDER BY name"))
@@ -88,12 +283,12 @@ class Store:
     # -- runner processes, so a later supervisor can reap ones an earlier one left --------------
 
     def record_runner(self, pid: int, model: str, create_time: float, cmdline: str) -> None:
-        self.db.execute(
+        self._write(
             "INSERT OR REPLACE INTO runners VALUES (?, ?, ?, ?)", (pid, model, create_time, cmdline)
         )
 
     def forget_runner(self, pid: int) -> None:
-        self.db.execute("DELETE FROM runners WHERE pid=?", (pid,))
+        self._write("DELETE FROM runners WHERE pid=?", (pid,))
 
     def runners(self) -> list[tuple[int, str, float, str]]:
         return list(self.db.execute("SELECT pid, model, create_time, cmdline FROM runners"))
@@ -103,7 +298,7 @@ class Store:
     def save_measurement(
         self, model: str, load_key: str, ram: int | None, vram: int | None
     ) -> None:
-        self.db.execute(
+        self._write(
             "INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?, ?)",
             (model, load_key, ram, vram, time.time()),
         )
@@ -126,7 +321,7 @@ class Store:
         latency_ms: float,
         request_id: str,
     ) -> None:
-        self.db.execute(
+        self._write(
             "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (time.time(), model, route, status, tokens_in, tokens_out, latency_ms, request_id),
         )
@@ -146,13 +341,13 @@ class Store:
     # -- runner crashes (`smackctl doctor` reads them from the file) -----------------------------
 
     def record_crash(self, model: str, what: str) -> None:
-        self.db.execute("INSERT INTO crashes VALUES (?, ?, ?)", (time.time(), model, what))
-        self.db.execute("DELETE FROM crashes WHERE at < ?", (time.time() - 30 * 86400,))
+        self._write("INSERT INTO crashes VALUES (?, ?, ?)", (time.time(), model, what))
+        self._write("DELETE FROM crashes WHERE at < ?", (time.time() - 30 * 86400,))
 
     # -- `smackctl models bench` results -------------------------------------------------------
 
     def save_bench(self, model: str, result: dict[str, Any]) -> int:
-        cur = self.db.execute(
+        cur = self._write_now(
             "INSERT INTO bench (at, model, result) VALUES (?, ?, ?)",
             (result["at"], model, json.dumps(result)),
         )
