@@ -1,6 +1,6 @@
 """``python -m benchmarks [NAME…]``: run smackctl's benchmarks and write BENCHMARKS.md.
 
-Names: estimate, switch, overhead, cold_swap, cli, rss, concurrency, backends (all by
+Names: estimate, switch, overhead, cold_swap, cli, rss, concurrency, backends, soak (all by
 default). A suite
 not run keeps its section of BENCHMARKS.md as it was. Exit 1 when a figure misses its goal.
 """
@@ -23,6 +23,7 @@ from . import (
     concurrency,
     estimate_accuracy,
     overhead,
+    soak,
     supervisor_rss,
     switch_time,
 )
@@ -37,6 +38,7 @@ SUITES = {
     "rss": ("Supervisor memory (issue 6)", supervisor_rss.run),
     "concurrency": ("32 concurrent clients over two models (issue 6)", concurrency.run),
     "backends": ("The llama-server backend against llama-server by hand (issue 17)", backends.run),
+    "soak": ("A 10-minute soak with faults (issue 16)", soak.run),
 }
 
 

@@ -6,6 +6,7 @@ real ``llama_cpp.server`` processes on tiny random-weight models.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -286,6 +287,44 @@ def cli(home: Home) -> Iterator[Any]:
 
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "temperature": 0}
+
+
+@contextlib.contextmanager
+def paused(pid: int) -> Iterator[None]:
+    """A runner held still (SIGSTOP) while the block runs, then let go (SIGCONT): a request
+    in it stays in flight as long as the test needs, on a fast CPU or a slow one, instead of
+    a long generation that a faster machine finishes before the test looks."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def held_mid_stream(sup: Supervisor, body: dict[str, Any]) -> Iterator[list[str]]:
+    """Stream ``body`` to its (loaded) model, and once the first token came hold the model's
+    runner still (SIGSTOP) for the block: the request is in flight, mid-answer, for as long
+    as the test needs, on any CPU. Then let it go and read the rest; the list yielded holds
+    every non-empty line of the stream once the block is over.
+
+    The answer must be long (``max_tokens`` ≥ 1000): a tiny model makes 40 tokens in a few
+    milliseconds, all sent before the client has read the first, and the runner would be
+    held with nothing left to answer."""
+    assert body.get("max_tokens", 0) >= 1000, "a short answer is over before it is held"
+    pid = sup.model(body["model"])["pid"]
+    path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+    lines: list[str] = []
+    with sup.client() as c, c.stream("POST", path, json={**body, "stream": True}) as r:
+        it = r.iter_lines()
+        for line in it:
+            if line:
+                lines.append(line)
+            if line.startswith("data: {"):
+                break
+        with paused(pid):
+            yield lines
+        lines.extend(line for line in it if line)
 
 
 def signal_mid_stream(c: httpx.Client, body: dict[str, Any], pid: int, sig: int) -> list[str]:

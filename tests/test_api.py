@@ -115,6 +115,13 @@ def test_auth_host_cors_and_health(supervisor: Supervisor) -> None:
         (json.dumps({**CHAT, "api_base": "http://evil"}).encode(), 400, "`api_base`"),
         (json.dumps({**CHAT, "model_path": "/etc/passwd"}).encode(), 400, "`model_path`"),
         (json.dumps({**CHAT, "model": "../../etc"}).encode(), 404, "unknown model"),
+        # what the fuzzer (test_fuzz.py) found the runners answered with a 500 and a dump of
+        # pydantic's errors, or a crash
+        (json.dumps({**CHAT, "messages": [{"role": "tool"}]}).encode(), 400, "`messages.0.tool"),
+        (json.dumps({**CHAT, "logit_bias": {"": 1}}).encode(), 400, "`logit_bias"),
+        (json.dumps({**CHAT, "mirostat_tau": -1}).encode(), 400, "`mirostat_tau`"),
+        (json.dumps({**CHAT, "response_format": {"x": 1}}).encode(), 400, "`response_format`"),
+        (json.dumps({**CHAT, "tool_choice": "sometimes"}).encode(), 400, "`tool_choice"),
     ],
 )
 def test_bad_requests_get_clear_errors(
@@ -264,3 +271,79 @@ def test_accepted_connections_have_nagle_off() -> None:
             server.close()
 
     assert asyncio.run(check()) != 0
+
+
+def test_a_grammar_llama_cpp_cannot_parse_is_a_400_not_a_crash(supervisor: Supervisor) -> None:
+    """llama-cpp-python adds the NULL sampler of an unparsable grammar to its chain and dies
+    with SIGSEGV at the next token (found by the fuzzer); host.py refuses it instead."""
+    with supervisor.client() as c:
+        assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-q8"}).status_code == 200
+        pid = supervisor.model("tiny-q8")["pid"]
+        for stream in (False, True):
+            bad = {**CHAT, "model": "tiny-q8", "grammar": "M\u0005", "stream": stream}
+            r = c.post("/v1/chat/completions", json=bad)
+            assert r.status_code == 400, r.text
+            err = r.json()["error"]
+            assert (
+                err["code"] == "invalid_grammar" and "grammar could not be parsed" in err["message"]
+            )
+        good = {**CHAT, "model": "tiny-q8", "grammar": 'root ::= "yes" | "no"'}
+        r = c.post("/v1/chat/completions", json=good)
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] in (
+            "yes",
+            "no",
+        )
+    m = supervisor.model("tiny-q8")
+    assert m["pid"] == pid and not m.get("crashes")  # the same runner, never restarted
+
+
+def test_what_clients_send_that_llama_cpp_python_would_refuse_is_translated(
+    supervisor: Supervisor,
+) -> None:
+    """A `developer` message, text parts in a system message, `tool_calls: null`, a function
+    without `parameters`, OpenAI's `json_schema` response format: all valid OpenAI requests
+    that llama_cpp.server refuses as they are (a 500), answered here."""
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    body = {
+        **CHAT,
+        "max_tokens": 40,
+        "messages": [
+            {"role": "developer", "content": [{"type": "text", "text": "Answer in JSON."}]},
+            {"role": "user", "content": [{"type": "text", "text": "ok?"}], "name": None},
+            {"role": "assistant", "content": None, "tool_calls": None},
+            {"role": "user", "content": "ok?"},
+        ],
+        "tools": [{"type": "function", "function": {"name": "noop"}}],
+        "tool_choice": "none",
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": schema, "strict": True},
+        },
+    }
+    with supervisor.client() as c:
+        r = c.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    answer = json.loads(r.json()["choices"][0]["message"]["content"])  # the schema held
+    assert isinstance(answer["ok"], bool)
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("/api/usage?since=false", "`since`"),
+        ("/api/logs?lines=-2.1e-22", "`lines`"),
+        ("/api/bench?limit=27184316269535466356736", "`limit`"),
+    ],
+)
+def test_bad_query_parameters_are_400s(supervisor: Supervisor, url: str, needle: str) -> None:
+    with supervisor.client() as c:
+        r = c.get(url)
+    assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
+
+
+def test_embeddings_from_a_model_not_loaded_for_them_is_a_400(supervisor: Supervisor) -> None:
+    with supervisor.client() as c:
+        r = c.post("/v1/embeddings", json={"model": "tiny-a", "input": "x"})
+    assert r.status_code == 400
+    assert "args: {embedding: true}" in r.json()["error"]["message"]
+    assert supervisor.model("tiny-a")["state"] == "stopped"  # refused before any load

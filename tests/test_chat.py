@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from smackctl.cli.app import app
 
-from conftest import Home, smackctl, wait_for
+from conftest import Home, paused, smackctl, wait_for
 
 GREEDY = ["-m", "tiny-a", "--temperature", "0", "--max-tokens", "6"]
 
@@ -98,17 +98,29 @@ def test_repl_in_a_real_terminal_ctrl_c_cancels_the_reply(home: Home, tmp_path: 
         tmux("send-keys", "-t", session, "hello", "Enter")
         wait_for(lambda: screen().count("\n") > 3 and "hello" in screen(), 60, "the reply")
         wait_for(lambda: len(screen().split("hello", 1)[1].strip()) > 20, 60, "tokens streaming")
-        tmux("send-keys", "-t", session, "C-c")
-        wait_for(lambda: "(cancelled)" in screen(), 20, "the reply to be cancelled")
-        # the generation stopped at the runner too: its slot is free long before 3500 tokens
         token = (home.state / "token").read_text().strip()
         url = f"http://127.0.0.1:{home.env['SMACKCTL_PORT']}/api/status"
 
-        def idle() -> bool:
+        def tiny_a() -> dict[str, object]:
             st = httpx.get(url, headers={"Authorization": f"Bearer {token}"}).json()
-            return next(m for m in st["models"] if m["name"] == "tiny-a")["in_flight"] == 0
+            return next(m for m in st["models"] if m["name"] == "tiny-a")  # type: ignore[no-any-return]
 
-        wait_for(idle, 5, "the cancelled request to leave the runner")
+        # the runner held mid-answer, so the Ctrl-C lands in the stream on any CPU (a fast
+        # one could finish 3500 tokens before the key reached the terminal)
+        pid = tiny_a()["pid"]
+        assert isinstance(pid, int)
+        with paused(pid):
+            tmux("send-keys", "-t", session, "C-c")
+            wait_for(lambda: "(cancelled)" in screen(), 20, "the reply to be cancelled")
+        # the generation stopped at the runner too, long before its 3500 tokens
+        wait_for(lambda: tiny_a()["in_flight"] == 0, 30, "the cancelled request to leave")
+        log = home.state / "logs" / "runner-tiny-a.log"
+        answered = wait_for(
+            lambda: [ln for ln in log.read_text().splitlines() if "host: answered after" in ln],
+            30,
+            "the runner to end the answer",
+        )
+        assert int(answered[-1].split("after ")[1].split()[0]) < 3500
         wait_for(lambda: screen().rstrip().endswith(">>>"), 20, "the prompt to come back")
         tmux("send-keys", "-t", session, "/exit", "Enter")
         wait_for(lambda: not _has(session), 20, "the REPL to exit on /exit")

@@ -185,7 +185,7 @@ def test_not_a_gguf_is_refused_before_a_runner_starts(supervisor: Supervisor, tm
     junk.write_bytes(b"<html>not a model</html>")
     with supervisor.client() as c:
         r = c.post("/api/models", json={"path": str(junk), "name": "junk"})
-        assert r.status_code == 500
+        assert r.status_code == 400  # the path the user gave
         assert "is not a GGUF file" in r.json()["error"]["message"]
 
 

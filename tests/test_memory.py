@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 from typer.testing import CliRunner
 
 from smackctl.cli.app import app
@@ -18,6 +19,7 @@ from conftest import (
     Home,
     Supervisor,
     ask,
+    held_mid_stream,
     launch,
     planner_needs,
     profile_yaml,
@@ -73,28 +75,10 @@ def test_busy_model_is_never_evicted(home: Home, model_dir: Path) -> None:
     try:
         assert ask(sup, "tiny-a").status_code == 200
         assert ask(sup, "tiny-b").status_code == 200
-        done = threading.Event()
-        result: dict[str, list[str]] = {}
-
-        def long_stream() -> None:
-            with (
-                sup.client() as c,
-                c.stream(
-                    "POST",
-                    "/v1/chat/completions",
-                    json={**CHAT, "model": "tiny-a", "max_tokens": 2500, "stream": True},
-                ) as r,
-            ):
-                result["lines"] = [ln for ln in r.iter_lines() if ln.startswith("data:")]
-            done.set()
-
-        t = threading.Thread(target=long_stream)
-        t.start()
-        wait_for(lambda: sup.model("tiny-a")["in_flight"] == 1, 10, "tiny-a busy")
-        assert ask(sup, "tiny-c").status_code == 200  # a is least recent but busy: b goes
-        assert not done.is_set() or "tiny-a" in loaded(sup)
-        t.join(60)
-        assert result["lines"][-1] == "data: [DONE]"
+        with held_mid_stream(sup, {**CHAT, "model": "tiny-a", "max_tokens": 1000}) as lines:
+            assert ask(sup, "tiny-c").status_code == 200  # a is least recent but busy: b goes
+            assert "tiny-a" in loaded(sup)
+        assert lines[-1] == "data: [DONE]"
         assert "evicting tiny-b to make room for tiny-c" in sup.log()
         assert "evicting tiny-a" not in sup.log()
     finally:
@@ -162,18 +146,21 @@ def test_queue_overflow_gets_503_and_queued_requests_finish_in_order(
                 order.append(i)
             return r.status_code
 
-        with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            first = pool.submit(stream, 0, 2000)
-            wait_for(lambda: sup.model("tiny-a")["in_flight"] == 1, 10, "first running")
-            queued = [pool.submit(stream, 1, 20)]
-            wait_for(lambda: sup.model("tiny-a")["queued"] == 1, 10, "one queued")
-            queued.append(pool.submit(stream, 2, 20))
-            wait_for(lambda: sup.model("tiny-a")["queued"] == 2, 10, "two queued")
-            r = ask(sup, "tiny-a")
-            assert r.status_code == 503
-            assert r.headers["retry-after"] == "1"
-            assert "the queue is full (2 waiting, 1 running)" in r.json()["error"]["message"]
-            assert [f.result() for f in (first, *queued)] == [200, 200, 200]
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            body = {**CHAT, "model": "tiny-a", "max_tokens": 1000}
+            with held_mid_stream(sup, body) as lines:  # the first runs until this block ends
+                order.append(0)
+                queued = [pool.submit(stream, 1, 20)]
+                wait_for(lambda: sup.model("tiny-a")["queued"] == 1, 10, "one queued")
+                queued.append(pool.submit(stream, 2, 20))
+                wait_for(lambda: sup.model("tiny-a")["queued"] == 2, 10, "two queued")
+                r = ask(sup, "tiny-a")
+                assert r.status_code == 503
+                assert r.headers["retry-after"] == "1"
+                assert "the queue is full (2 waiting, 1 running)" in r.json()["error"]["message"]
+                assert not any(f.done() for f in queued)
+            assert lines[-1] == "data: [DONE]"
+            assert [f.result() for f in queued] == [200, 200]
         assert order == [0, 1, 2]
         m = sup.model("tiny-a")
         assert m["queued"] == 0 and m["in_flight"] == 0
@@ -183,30 +170,13 @@ def test_queue_overflow_gets_503_and_queued_requests_finish_in_order(
 
 def test_client_that_disconnects_while_queued_leaves_no_leaked_slot(supervisor: Supervisor) -> None:
     assert ask(supervisor, "tiny-a").status_code == 200
-    release = threading.Event()
-
-    def long_stream() -> None:
+    with held_mid_stream(supervisor, {**CHAT, "model": "tiny-a", "max_tokens": 1000}) as lines:
         with (
-            supervisor.client() as c,
-            c.stream(
-                "POST",
-                "/v1/chat/completions",
-                json={**CHAT, "model": "tiny-a", "max_tokens": 1500, "stream": True},
-            ) as r,
+            pytest.raises(httpx.ReadTimeout),  # we hang up while queued
+            supervisor.client(timeout=httpx.Timeout(10, read=0.5)) as c,
         ):
-            for _ in r.iter_lines():
-                pass
-        release.set()
-
-    t = threading.Thread(target=long_stream)
-    t.start()
-    wait_for(lambda: supervisor.model("tiny-a")["in_flight"] == 1, 10, "first running")
-    try:
-        with supervisor.client(timeout=httpx.Timeout(10, read=0.5)) as c:
             c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"})
-    except httpx.ReadTimeout:
-        pass  # we hung up while queued
-    t.join(60)
+    assert lines[-1] == "data: [DONE]"
     wait_for(lambda: supervisor.model("tiny-a")["queued"] == 0, 10, "the queue to empty")
     assert supervisor.model("tiny-a")["in_flight"] == 0
     assert ask(supervisor, "tiny-a").status_code == 200  # the slot is free again

@@ -218,6 +218,33 @@ def _errors(fn: Handler) -> Handler:
     return wrapper
 
 
+def _number(request: Request, name: str, default: float, low: float, high: float) -> float:
+    """A query parameter that must be a number within [low, high]: else a 400 naming it."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:  # NaN fails too
+        raise UsageError(
+            f"query parameter `{name}` must be a number from {low:g} to {high:g}, not {raw[:40]}"
+        )
+    return value
+
+
+def _whole(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.strip().isdigit() or not low <= int(raw) <= high:
+        raise UsageError(
+            f"query parameter `{name}` must be a whole number from {low} to {high}, not {raw[:40]}"
+        )
+    return int(raw)
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     if not raw.strip():
@@ -276,6 +303,15 @@ def create_app(
                 "invalid_" + (str(e["loc"][0]) if e["loc"] else "body"),
             )
         return await proxy.forward(request.url.path, body, new_request_id())
+
+    spec: dict[str, Any] = {}
+
+    async def openapi_route(request: Request) -> Response:
+        if not spec:
+            from .openapi import openapi
+
+            spec.update(openapi(__version__))
+        return JSONResponse(spec)
 
     async def list_models(request: Request) -> Response:
         data = []
@@ -357,12 +393,8 @@ def create_app(
         )
 
     async def bench_history(request: Request) -> Response:
-        q = request.query_params
-        name = q.get("model")
-        try:
-            limit = int(q.get("limit", "50"))
-        except ValueError:
-            raise UsageError(f"limit must be a whole number, not {q['limit']!r}") from None
+        name = request.query_params.get("model")
+        limit = _whole(request, "limit", 50, 1, 10_000)
         if name is not None:
             name = (
                 scheduler.resolve(name).name if name in scheduler.registry.known_names() else name
@@ -488,7 +520,7 @@ def create_app(
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def usage(request: Request) -> Response:
-        since = float(request.query_params.get("since", "0"))
+        since = _number(request, "since", 0.0, 0.0, 1e11)
         return JSONResponse(scheduler.store.usage(since))
 
     async def shutdown(request: Request) -> Response:
@@ -501,7 +533,7 @@ def create_app(
 
     async def logs(request: Request) -> Response:
         model = request.query_params.get("model")
-        lines = int(request.query_params.get("lines", "200"))
+        lines = _whole(request, "lines", 200, 1, 100_000)
         if model:
             path = scheduler.paths.runner_log(scheduler.resolve(model).name)
         else:
@@ -529,6 +561,7 @@ def create_app(
 
     routes = [
         Route("/health", health, methods=["GET"]),
+        Route("/openapi.json", _errors(openapi_route), methods=["GET"]),
         Route("/v1/models", _errors(list_models), methods=["GET"]),
         Route("/v1/chat/completions", _errors(openai), methods=["POST"]),
         Route("/v1/completions", _errors(openai), methods=["POST"]),

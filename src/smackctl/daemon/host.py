@@ -129,6 +129,8 @@ def _stream_usage() -> None:
         except Exception as exc:  # an error answer, not a stream that just stops
             yield error_event(exc)
             return
+        finally:
+            chunks.close()  # a client gone mid-answer: llama.cpp's generator ends now
         if last is not None and USAGE:
             p, c = USAGE["prompt_tokens"], USAGE["completion_tokens"]
             yield {
@@ -140,18 +142,60 @@ def _stream_usage() -> None:
     async def get_event_publisher(*args: Any, **kwargs: Any) -> None:
         USAGE.clear()
         llama_call = kwargs["llama_call"]
+        made: list[Any] = []
 
         def call(llama: Any, **kw: Any) -> Any:
             try:
                 chunks = llama_call(llama, **kw)  # renders the chat template, may refuse
             except Exception as exc:
                 return iter([error_event(exc)])
-            return with_usage(chunks)
+            made.append(with_usage(chunks))
+            return made[-1]
 
-        await publish(*args, **{**kwargs, "llama_call": call})
+        try:
+            await publish(*args, **{**kwargs, "llama_call": call})
+        finally:
+            # llama_cpp.server stops asking for tokens when the client goes away but never
+            # closes the generator; closed here, it ends at once and says so in the log
+            # (HOST_ANSWERED, with the tokens it made)
+            for it in made:
+                with contextlib.suppress(ValueError):  # still running in its thread
+                    it.close()
 
     get_event_publisher._smackctl = True  # type: ignore[attr-defined]
     llama_app.get_event_publisher = get_event_publisher
+
+
+#: the words a refused grammar's error starts with; the supervisor answers it with a 400
+BAD_GRAMMAR = "the request's grammar could not be parsed"
+
+
+def _refuse_bad_grammars() -> None:
+    """A grammar llama.cpp cannot parse is an error, not a crash. ``llama_sampler_init_grammar``
+    returns NULL for it (its log says why) and llama-cpp-python's ``LlamaSampler.add_grammar``
+    adds that NULL to the sampler chain: the next token's sampling dies with SIGSEGV (seen:
+    ``"grammar": "M\\u0005"``, found by the fuzzer). The same method serves `response_format`
+    schemas turned into grammars. Its three lines again, with the check."""
+    from llama_cpp import _internals
+    from llama_cpp import llama_cpp as lib
+
+    sampler_cls: Any = _internals.LlamaSampler
+    if getattr(sampler_cls, "_smackctl", False):
+        return
+
+    def add_grammar(self: Any, model: Any, grammar: Any) -> None:
+        sampler = lib.llama_sampler_init_grammar(
+            model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
+        )
+        if not sampler:
+            raise ValueError(
+                f"{BAD_GRAMMAR}; llama.cpp's reason is in the runner's log (`smackctl logs "
+                "MODEL`): check the GBNF, or send a JSON schema in `response_format` instead"
+            )
+        lib.llama_sampler_chain_add(self.sampler, sampler)
+
+    sampler_cls.add_grammar = add_grammar
+    sampler_cls._smackctl = True
 
 
 def _report_progress() -> None:
@@ -199,7 +243,7 @@ def _report_progress() -> None:
         finally:
             it.close()
             state["phase"] = "answer"
-            say(HOST_ANSWERED)
+            say(f"{HOST_ANSWERED} after {USAGE.get('completion_tokens', 0)} tokens")
 
     eval._smackctl = True  # type: ignore[attr-defined]
     Llama.eval = eval  # type: ignore[method-assign]
@@ -242,6 +286,7 @@ def serve(args: list[str]) -> None:
     _quiet_llama_log()
     _report_progress()
     _stream_usage()
+    _refuse_bad_grammars()
     parser = _parser()
     try:
         server, model = _settings(parser, args)

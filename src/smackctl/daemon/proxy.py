@@ -24,9 +24,11 @@ from smackctl.errors import SmackError, UsageError
 from smackctl.selftest import signal_name
 
 from .backends import backend_for
+from .host import BAD_GRAMMAR
 from .metrics import Metrics
 from .runner import Runner
 from .scheduler import Managed, Scheduler, ShuttingDown
+from .schemas import for_runner, tools_for_runner
 from .upstream import Answer, TransportError, Upstream
 
 __all__ = ["Proxy", "UpstreamError", "Watchdog"]
@@ -112,6 +114,13 @@ class Proxy:
                 f"set `args: {{logits_all: true}}` for {m.name} in the profile (it costs "
                 "n_ctx × vocabulary × 4 bytes of memory)",
             )
+        arg = backend_for(m.spec).embeddings_arg
+        if path == "/v1/embeddings" and not m.spec.args.get(arg):
+            raise UsageError(
+                f"{m.name} is not loaded to serve embeddings",
+                f"set `args: {{{arg}: true}}` for {m.name} in the profile, or send the request "
+                "to a model that has it",
+            )
         if path == "/v1/chat/completions" and m.spec.chat_format is None:
             info = await self.scheduler.loader.gguf_info(m)
             if info is not None and not info.has_chat_template:
@@ -133,6 +142,9 @@ class Proxy:
         # `model` is then that name, not the runner's file path. Streams always end with the
         # usage event (llama-server sends it when asked; host.py always), for the usage log
         body = {**body, "model": m.name}
+        if "messages" in body:
+            body["messages"] = for_runner(body["messages"])
+            body = tools_for_runner(body, backend_for(m.spec).json_schema_format)
         if stream:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         payload = json.dumps(_with_defaults(body, sched.profile.defaults.model_dump())).encode()
@@ -423,6 +435,14 @@ def _error_event(chunk: bytes) -> bytes | None:
     return json.dumps(data).encode() if isinstance(data, dict) and "error" in data else None
 
 
+#: one error of pydantic's list as llama_cpp.server quotes it: its location and message
+_VALIDATION = re.compile(r"'loc': \(([^)]*)\), 'msg': [\"']([^\"']*)")
+
+
+def _has_error(data: Any) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("error"), dict)
+
+
 def _map_error(model: str, status: int, content: bytes) -> tuple[bytes, int]:
     try:
         data = json.loads(content)
@@ -437,7 +457,17 @@ def _map_error(model: str, status: int, content: bytes) -> tuple[bytes, int]:
             "invalid_request_error",
             "unsafe_chat_template",
         ), 400
-    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+    if BAD_GRAMMAR in text:
+        message = data["error"]["message"] if _has_error(data) else BAD_GRAMMAR
+        return error_body(message, "invalid_request_error", "invalid_grammar"), 400
+    if status >= 500 and (fields := _VALIDATION.findall(text)):
+        # a request the runner's own validation refused (what schemas.py missed): a 400
+        # naming the fields, never a 500 with a dump of pydantic's errors
+        where = "; ".join(f"{loc.replace(chr(39), '')}: {msg}" for loc, msg in fields[:3])
+        return error_body(
+            f"{model}'s runner refused the request: {where}", "invalid_request_error"
+        ), 400
+    if _has_error(data):
         return content, status
     detail = data.get("detail") if isinstance(data, dict) else None
     msg = f"the runner for {model} answered {status}: {detail or text[:500]}"

@@ -10,7 +10,7 @@ from typing import Any
 
 from smackctl import catalog
 from smackctl.config import ModelSpec, Profile, profiles_defining, validate_model_name
-from smackctl.errors import ModelLoadError, ModelNotFound, SmackError, UsageError
+from smackctl.errors import ModelLoadError, ModelNotFound, UsageError
 from smackctl.estimate import Estimate
 from smackctl.gguf import GGUFInfo, check_magic
 from smackctl.paths import Paths
@@ -152,8 +152,8 @@ class Registry:
         except ModelLoadError as exc:  # the path the user gave: their input, a 400
             raise UsageError(exc.message, exc.hint) from None
         if name in self.profile.models:
-            raise SmackError(
-                f"model {name!r} is defined by the active profile",
+            raise UsageError(
+                f"model {name} is defined by the active profile",
                 "pick another name with `--name`",
             )
         raw: dict[str, Any] = {"path": str(path)}

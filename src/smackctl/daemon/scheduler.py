@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from smackctl.config import MemoryBudget, Profile
-from smackctl.errors import InsufficientMemory, SmackError
+from smackctl.errors import InsufficientMemory, SmackError, UsageError
 from smackctl.estimate import Estimate
 from smackctl.hardware import physical_cores
 from smackctl.paths import Paths
@@ -129,8 +129,8 @@ class Scheduler:
     async def remove_model(self, name: str) -> None:
         m = self.resolve(name)
         if m.origin != "added":
-            raise SmackError(
-                f"model {m.name!r} comes from the profile, not `models add`",
+            raise UsageError(
+                f"model {m.name} comes from the profile, not `models add`",
                 "remove it from the profile file instead",
             )
         await self.unload(m.name)

@@ -7,9 +7,9 @@ be one that steers a backend (an upstream URL, a file path), and a typo should b
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 __all__ = ["ChatRequest", "CompletionRequest", "EmbeddingRequest", "REQUEST_SCHEMAS"]
 
@@ -32,35 +32,215 @@ class _Req(BaseModel):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     repeat_penalty: float | None = Field(None, ge=0)
-    logit_bias: dict[str, float] | None = None
-    logprobs: bool | int | None = None
+    logit_bias: (
+        dict[
+            Annotated[str, StringConstraints(pattern=r"^[0-9]{1,9}$")],
+            Annotated[float, Field(ge=-100, le=100)],
+        ]
+        | None
+    ) = None  # token id → bias, as OpenAI
     top_logprobs: int | None = Field(None, ge=0, le=20)
     user: str | None = None
     grammar: str | None = None
     mirostat_mode: int | None = Field(None, ge=0, le=2)
-    mirostat_tau: float | None = None
-    mirostat_eta: float | None = None
+    mirostat_tau: float | None = Field(None, ge=0, le=100)
+    mirostat_eta: float | None = Field(None, ge=0, le=1)
 
 
-class _Message(BaseModel):
+# -- chat messages: each role's fields, as the runners need them ---------------------------------
+# (llama-cpp-python's server answers a 500 with a dump of pydantic errors for a message it
+# cannot take, and llama-server a 500 too: refused here first, a 400 naming the field)
+
+
+class _Part(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
+
+class _Text(_Part):
+    type: Literal["text"]
+    text: str
+
+
+class _ImageUrl(_Part):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class _Image(_Part):
+    type: Literal["image_url"]
+    image_url: str | _ImageUrl
+
+
+class _Function(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    arguments: str
+
+
+class _ToolCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    type: Literal["function"]
+    function: _Function
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="allow")
     name: str | None = None
+
+
+class _SystemMessage(_Msg):
+    role: Literal["system", "developer"]
+    content: str | list[_Text]
+
+
+class _UserMessage(_Msg):
+    role: Literal["user"]
+    content: str | list[Annotated[_Text | _Image, Field(discriminator="type")]]
+
+
+class _AssistantMessage(_Msg):
+    role: Literal["assistant"]
+    content: str | list[_Text] | None = None
+    tool_calls: list[_ToolCall] | None = None
+    function_call: _Function | None = None
+    refusal: str | None = None
+
+
+class _ToolMessage(_Msg):
+    role: Literal["tool"]
+    content: str | list[_Text]
+    tool_call_id: str
+
+
+class _FunctionMessage(_Msg):
+    role: Literal["function"]
+    content: str | None
+    name: str
+
+
+_Message = Annotated[
+    _SystemMessage | _UserMessage | _AssistantMessage | _ToolMessage | _FunctionMessage,
+    Field(discriminator="role"),
+]
+
+
+def _no_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _no_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_no_nulls(v) for v in value]
+    return value
+
+
+def for_runner(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages as both runners take them: a `developer` message is a `system` one; text
+    parts outside a user message are joined into one string; an assistant message without
+    content has none (llama-cpp-python refuses `content: null` there)."""
+    out = []
+    for msg in messages:
+        # a field sent as null is a field not sent (llama-cpp-python refuses `tool_calls: null`)
+        msg = {k: _no_nulls(v) for k, v in msg.items() if v is not None or k == "content"}
+        if msg.get("role") == "developer":
+            msg["role"] = "system"
+        content = msg.get("content")
+        if isinstance(content, list) and msg.get("role") != "user":
+            msg["content"] = "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if msg.get("role") == "assistant" and msg.get("content") is None:
+            msg.pop("content", None)
+        out.append(msg)
+    return out
+
+
+# -- tools and structured output --------------------------------------------------------------
+
+
+class _FunctionDef(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1, max_length=256)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class _ToolDef(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["function"]
+    function: _FunctionDef
+
+
+class _Named(BaseModel):
+    name: str
+
+
+class _NamedTool(BaseModel):
+    type: Literal["function"]
+    function: _Named
+
+
+class _TextFormat(BaseModel):
+    type: Literal["text"]
+
+
+class _JsonObjectFormat(BaseModel):
+    type: Literal["json_object"]
+    schema_: dict[str, Any] | None = Field(None, alias="schema")  # llama-cpp-python's own
+
+
+class _JsonSchema(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class _JsonSchemaFormat(BaseModel):
+    type: Literal["json_schema"]
+    json_schema: _JsonSchema
+
+
+_ResponseFormat = Annotated[
+    _TextFormat | _JsonObjectFormat | _JsonSchemaFormat, Field(discriminator="type")
+]
+
+
+def tools_for_runner(body: dict[str, Any], native_json_schema: bool) -> dict[str, Any]:
+    """Tools, functions and the response format as the runner takes them: a function with no
+    `parameters` gets an empty object schema (llama-cpp-python requires one), and for a
+    runner that does not know OpenAI's `json_schema` format it becomes `json_object` with
+    the schema (the same grammar-constrained output)."""
+    body = dict(body)
+    empty = {"type": "object", "properties": {}}
+
+    def function(f: dict[str, Any]) -> dict[str, Any]:
+        return {"parameters": empty, **{k: v for k, v in f.items() if v is not None}}
+
+    if body.get("tools"):
+        body["tools"] = [{**t, "function": function(t["function"])} for t in body["tools"]]
+    if body.get("functions"):
+        body["functions"] = [function(f) for f in body["functions"]]
+    fmt = body.get("response_format")
+    if not native_json_schema and isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = fmt["json_schema"].get("schema")
+        body["response_format"] = {"type": "json_object", **({"schema": schema} if schema else {})}
+    return body
 
 
 class ChatRequest(_Req):
     messages: list[_Message] = Field(min_length=1)
-    response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    functions: list[dict[str, Any]] | None = None
-    function_call: str | dict[str, Any] | None = None
+    logprobs: bool | None = None
+    response_format: _ResponseFormat | None = None
+    tools: list[_ToolDef] | None = None
+    tool_choice: Literal["none", "auto", "required"] | _NamedTool | None = None
+    functions: list[_FunctionDef] | None = None
+    function_call: Literal["none", "auto"] | _Named | None = None
+    parallel_tool_calls: bool | None = None
     max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
 
 
 class CompletionRequest(_Req):
+    logprobs: int | None = Field(None, ge=0, le=20)  # here a count, as in OpenAI's legacy API
     prompt: str | list[str] = ""
     suffix: str | None = None
     echo: bool | None = None

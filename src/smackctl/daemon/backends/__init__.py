@@ -42,6 +42,10 @@ class Backend(Protocol):
     swaps: bool
     #: its answers to logprobs need no setting (llama_cpp.server needs logits_all)
     logprobs: bool
+    #: the `args:` key that makes its runner serve /v1/embeddings
+    embeddings_arg: str
+    #: it takes OpenAI's `response_format: {type: json_schema}` as it is
+    json_schema_format: bool
 
     def argv(
         self, spec: ModelSpec, model_path: Path, port: int, api_key: str, name: str

@@ -63,6 +63,8 @@ class LlamaCppPython:
     key_env: str | None = None
     swaps = True
     logprobs = False
+    embeddings_arg = "embedding"
+    json_schema_format = False
 
     def argv(
         self, spec: ModelSpec, model_path: Path, port: int, api_key: str, name: str

@@ -41,6 +41,8 @@ class LlamaServer:
     key_env: str | None = "LLAMA_API_KEY"
     swaps = False
     logprobs = True
+    embeddings_arg = "embeddings"
+    json_schema_format = True
 
     def __init__(self, binary: str | None = None) -> None:
         self.configured = binary

@@ -1,0 +1,223 @@
+"""The supervisor's routes as an OpenAPI 3.1 description, served at ``GET /openapi.json``.
+
+The OpenAI request bodies come from the same pydantic models that validate them
+(``schemas.py``), so the description cannot drift from what the supervisor accepts; the
+control routes' bodies are written here, next to the list of routes. ``tests/test_fuzz.py``
+drives a real supervisor from this description with schemathesis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .schemas import REQUEST_SCHEMAS
+
+__all__ = ["openapi"]
+
+_REF = "#/components/schemas/{model}"
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "code": {"type": ["string", "null"]},
+                "hint": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "description": "A model's name or alias.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+}
+
+
+def _json(schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"application/json": {"schema": schema or {"type": "object"}}}
+
+
+def _op(
+    summary: str,
+    *,
+    body: dict[str, Any] | None = None,
+    ok: dict[str, Any] | None = None,
+    status: str = "200",
+    params: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {
+            status: {"description": "success", "content": ok or _json()},
+            "default": {"description": "an error, OpenAI-shaped", "content": _json(_ERROR)},
+        },
+    }
+    if body is not None:
+        op["requestBody"] = {"required": False, "content": _json(body)}
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _obj(**props: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": props, "additionalProperties": False}
+
+
+def _query(name: str, schema: dict[str, Any], what: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": what, "schema": schema}
+
+
+_NDJSON = {"application/x-ndjson": {"schema": {"type": "string"}}}
+
+
+def openapi(version: str) -> dict[str, Any]:
+    schemas: dict[str, Any] = {"Error": _ERROR}
+    openai_ops: dict[str, Any] = {}
+    for path, model in REQUEST_SCHEMAS.items():
+        js = model.model_json_schema(ref_template=_REF)
+        schemas.update(js.pop("$defs", {}))
+        schemas[model.__name__] = js
+        ok = {
+            **_json(),
+            "text/event-stream": {"schema": {"type": "string"}},  # with "stream": true
+        }
+        op = _op(f"OpenAI {path.removeprefix('/v1/')}", ok=ok)
+        op["requestBody"] = {
+            "required": True,
+            "content": _json({"$ref": _REF.format(model=model.__name__)}),
+        }
+        openai_ops[path] = {"post": op}
+
+    bench = _obj(
+        prompt_tokens={"type": "integer", "minimum": 8, "maximum": 1_000_000},
+        gen_tokens={"type": "integer", "minimum": 2, "maximum": 1_000_000},
+        runs={"type": "integer", "minimum": 1, "maximum": 100},
+        cold={"type": "boolean"},
+    )
+    paths: dict[str, Any] = {
+        "/health": {"get": _op("Liveness; needs no token")},
+        "/openapi.json": {"get": _op("This description")},
+        "/v1/models": {"get": _op("OpenAI model list")},
+        **openai_ops,
+        "/api/status": {"get": _op("The supervisor, its budget, models and warnings")},
+        "/api/models": {
+            "get": _op(
+                "Every known model",
+                params=[_query("details", {"type": "string"}, "any value: add GGUF facts")],
+            ),
+            "post": _op(
+                "Add a model file (`smackctl models add`)",
+                body={
+                    "type": "object",
+                    "required": ["name", "path"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "path": {"type": "string"},
+                        "n_ctx": {"type": "integer", "minimum": 1},
+                    },
+                },
+                status="201",
+            ),
+        },
+        "/api/models/{name}": {
+            "get": _op("One model, with its GGUF facts", params=[_NAME]),
+            "delete": _op("Remove an added model", params=[_NAME]),
+        },
+        "/api/models/{name}/load": {
+            "post": _op(
+                "Load a model; NDJSON progress, then `ready` or `error`",
+                body=_obj(force={"type": "boolean"}, estimate_only={"type": "boolean"}),
+                ok={**_NDJSON, **_json()},
+                params=[_NAME],
+            )
+        },
+        "/api/models/{name}/unload": {"post": _op("Unload a model", params=[_NAME])},
+        "/api/models/{name}/pull": {
+            "post": _op("Download a model's file; NDJSON progress", ok=_NDJSON, params=[_NAME])
+        },
+        "/api/models/{name}/bench": {
+            "post": _op("Benchmark a model; NDJSON", body=bench, ok=_NDJSON, params=[_NAME])
+        },
+        "/api/bench": {
+            "get": _op(
+                "Stored bench results, newest first",
+                params=[
+                    _query("model", {"type": "string"}, "one model's results"),
+                    _query(
+                        "limit", {"type": "integer", "minimum": 1, "maximum": 10_000}, "how many"
+                    ),
+                ],
+            )
+        },
+        "/api/profiles": {"get": _op("The active profile")},
+        "/api/profiles/switch": {
+            "post": _op(
+                "Switch to a profile file; NDJSON, or the plan with dry_run",
+                body={
+                    "type": "object",
+                    "required": ["path"],
+                    "properties": {"path": {"type": "string"}, "dry_run": {"type": "boolean"}},
+                },
+                ok={**_NDJSON, **_json()},
+            )
+        },
+        "/api/usage": {
+            "get": _op(
+                "Requests and tokens per model per day",
+                params=[
+                    _query(
+                        "since", {"type": "number", "minimum": 0, "maximum": 1e11}, "a unix time"
+                    )
+                ],
+            )
+        },
+        "/api/logs": {
+            "get": _op(
+                "The tail of the supervisor's or a model's log",
+                ok={"text/plain": {"schema": {"type": "string"}}},
+                params=[
+                    _query("model", {"type": "string"}, "a model's runner log"),
+                    _query(
+                        "lines",
+                        {"type": "integer", "minimum": 1, "maximum": 100_000},
+                        "how many lines",
+                    ),
+                ],
+            )
+        },
+        "/metrics": {
+            "get": _op("Prometheus metrics", ok={"text/plain": {"schema": {"type": "string"}}})
+        },
+        "/api/shutdown": {
+            "post": _op(
+                "Stop the supervisor (drain first unless force)",
+                body=_obj(timeout={"type": "number", "minimum": 0}, force={"type": "boolean"}),
+                status="202",
+            )
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "smackctl supervisor",
+            "version": version,
+            "description": "OpenAI-compatible routes and smackctl's control routes. Every "
+            "route but /health needs `Authorization: Bearer TOKEN` (the state dir's token).",
+        },
+        "servers": [{"url": "/"}],
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"token": []}],
+        "paths": paths,
+    }
