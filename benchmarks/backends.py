@@ -215,6 +215,29 @@ def run(cache: Path) -> tuple[list[str], bool]:
                     swaps[label] = _swap_times(c, ("smollm2", "gemma"))
             finally:
                 stop_raw(router)
+        # the floor both sides share: a bare llama-server per model, started by hand with the
+        # argv smackctl gives it, the old one killed first (what `max_loaded: 1` does)
+        specs = {
+            name: (ModelSpec(path=str(p), n_ctx=2048, backend="llama-server"), p)
+            for name, p in (("smollm2", smol), ("gemma", gemma))
+        }
+        bare: list[float] = []
+        proc = None
+        for i in range(2 * SWAPS + 1):
+            name = ("smollm2", "gemma")[i % 2]
+            t = time.perf_counter()
+            if proc is not None:
+                stop_raw(proc)
+            proc, url, headers = _by_hand(*specs[name], Path(tmp) / "bare.log")
+            _wait_health(url, proc)
+            with httpx.Client(timeout=300) as c:
+                body = {"prompt": "The sky is", "max_tokens": 4}
+                first_token(c, url + "/v1/completions", body, headers)
+            if i:
+                bare.append(time.perf_counter() - t)
+        if proc is not None:
+            stop_raw(proc)
+        swaps["bare"] = bare
         ours_swap, theirs = median(swaps["llama-server"]), median(swaps["router"])
         ratio = ours_swap / theirs
         ok &= ratio <= 0.5
@@ -232,9 +255,13 @@ def run(cache: Path) -> tuple[list[str], bool]:
             f"| smackctl, backend llama-cpp-python (in-process swap) "
             f"| {median(swaps['llama-cpp-python']):.3f} s "
             f"| {median(swaps['llama-cpp-python']) / theirs:.2f} | (for the table) |",
+            f"| the floor: llama-server by hand, the old one killed, the new one started "
+            f"| {median(bare):.3f} s | {median(bare) / theirs:.2f} | (for the table) |",
+            "",
+            f"smackctl's llama-server swap ÷ the floor: {ours_swap / median(bare):.2f}",
             "",
         ]
-        print("\n".join(rows[-8:]), flush=True)
+        print("\n".join(rows[-11:]), flush=True)
 
         # 5: cold first token
         spec1 = ModelSpec(path=str(smol), n_ctx=2048, backend="llama-server")

@@ -362,3 +362,20 @@ def planner_needs(home: Home, model_dir: Path) -> dict[str, int]:
     finally:
         shutdown(sup)
     return needs
+
+
+def ls_profile(model_dir: Path, extra: str = "", quick: str = "") -> str:
+    """Profile "ls": ``quick`` (4 slots, with the ``quick`` lines added), ``other`` and
+    ``python`` (llama-cpp-python); ``extra``: top-level lines."""
+    return (
+        "name: ls\n"
+        "backend: llama-server\n"
+        "models:\n"
+        f"  quick:\n    path: {model_dir / 'tiny-q4.gguf'}\n    n_ctx: 2048\n    parallel: 4\n"
+        "    threads: 1\n    aliases: [q]\n"
+        + "".join(f"    {ln}\n" for ln in quick.splitlines())
+        + f"  other:\n    path: {model_dir / 'tiny-q8.gguf'}\n    n_ctx: 512\n    threads: 1\n"
+        f"  python:\n    path: {model_dir / 'tiny-a.gguf'}\n    n_ctx: 512\n    threads: 1\n"
+        "    backend: llama-cpp-python\n"
+        "routing:\n  default_model: quick\n" + extra
+    )

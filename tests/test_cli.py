@@ -56,6 +56,7 @@ def test_start_twice_status_env_stop(cli: CliRunner, home: Home) -> None:
     assert r.exit_code == 0
     assert r.stdout == (
         f"export OPENAI_BASE_URL=http://127.0.0.1:{port}/v1\nexport OPENAI_API_KEY={token}\n"
+        f"export ANTHROPIC_BASE_URL=http://127.0.0.1:{port}\nexport ANTHROPIC_API_KEY={token}\n"
     )
 
     r = cli.invoke(app, ["stop"])

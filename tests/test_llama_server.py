@@ -19,26 +19,18 @@ from smackctl.cli.app import app
 from smackctl.config import ModelSpec
 from smackctl.daemon.backends import backend_for, find_llama_server
 
-from conftest import Home, Supervisor, launch, runner_pids, shutdown, signal_mid_stream, wait_for
+from conftest import (
+    Home,
+    Supervisor,
+    launch,
+    ls_profile,
+    runner_pids,
+    shutdown,
+    signal_mid_stream,
+    wait_for,
+)
 
 CHAT = {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 6}
-
-
-def ls_profile(model_dir: Path, extra: str = "", quick: str = "") -> str:
-    """Profile "ls": ``quick`` (4 slots, with the ``quick`` lines added), ``other`` and
-    ``python`` (llama-cpp-python); ``extra``: top-level lines."""
-    return (
-        "name: ls\n"
-        "backend: llama-server\n"
-        "models:\n"
-        f"  quick:\n    path: {model_dir / 'tiny-q4.gguf'}\n    n_ctx: 2048\n    parallel: 4\n"
-        "    threads: 1\n    aliases: [q]\n"
-        + "".join(f"    {ln}\n" for ln in quick.splitlines())
-        + f"  other:\n    path: {model_dir / 'tiny-q8.gguf'}\n    n_ctx: 512\n    threads: 1\n"
-        f"  python:\n    path: {model_dir / 'tiny-a.gguf'}\n    n_ctx: 512\n    threads: 1\n"
-        "    backend: llama-cpp-python\n"
-        "routing:\n  default_model: quick\n" + extra
-    )
 
 
 @pytest.fixture

@@ -338,11 +338,13 @@ def _follow(path: Path) -> None:
 
 
 def env(ctx: typer.Context) -> None:
-    """Print `export OPENAI_BASE_URL=… OPENAI_API_KEY=…` for any OpenAI client."""
+    """Print the `export` lines an OpenAI or Anthropic client reads (base URL and key)."""
     with client(ctx) as c:
         url, token = c.url, c.token
     print(f"export OPENAI_BASE_URL={url}/v1")
     print(f"export OPENAI_API_KEY={token or 'none'}")
+    print(f"export ANTHROPIC_BASE_URL={url}")
+    print(f"export ANTHROPIC_API_KEY={token or 'none'}")
 
 
 def register(app: typer.Typer) -> None:

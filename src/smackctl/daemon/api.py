@@ -31,6 +31,7 @@ from .bench import Bench, BenchParams
 from .proxy import Proxy, error_body, new_request_id
 from .scheduler import Scheduler
 from .schemas import REQUEST_SCHEMAS
+from .translate import MESSAGES, error_for
 
 __all__ = ["create_app", "Guard"]
 
@@ -90,12 +91,13 @@ class Guard:
             return
         if self.token is not None and scope["path"] != "/health":
             auth = headers.get(b"authorization", b"")
-            given = auth[7:] if auth[:7].lower() == b"bearer " else b""
+            # Anthropic's clients send the key as `x-api-key`
+            given = auth[7:] if auth[:7].lower() == b"bearer " else headers.get(b"x-api-key", b"")
             if not hmac.compare_digest(given, self.token):
                 await _err(
                     401,
-                    "missing or wrong API token: send `Authorization: Bearer TOKEN`;"
-                    " `smackctl env` prints it",
+                    "missing or wrong API token: send `Authorization: Bearer TOKEN` (or "
+                    "`x-api-key: TOKEN`); `smackctl env` prints it",
                     "authentication_error",
                     "invalid_api_key",
                     {"WWW-Authenticate": "Bearer"},
@@ -286,6 +288,24 @@ def create_app(
         )
 
     async def openai(request: Request) -> Response:
+        if request.url.path != MESSAGES:
+            return await openai_shaped(request)
+        # Anthropic clients read errors in Anthropic's shape
+        try:
+            answer = await openai_shaped(request)
+        except SmackError as exc:
+            answer = _smack_error(exc)
+        if answer.status_code < 400 or isinstance(answer, StreamingResponse):
+            return answer
+        return Response(
+            error_for(MESSAGES, answer.status_code, bytes(answer.body)),
+            status_code=answer.status_code,
+            media_type="application/json",
+            headers={k: v for k, v in answer.headers.items() if k.lower() == "retry-after"},
+            background=answer.background,
+        )
+
+    async def openai_shaped(request: Request) -> Response:
         body = await _json_body(request)
         schema = REQUEST_SCHEMAS[request.url.path]
         try:
@@ -566,6 +586,8 @@ def create_app(
         Route("/v1/chat/completions", _errors(openai), methods=["POST"]),
         Route("/v1/completions", _errors(openai), methods=["POST"]),
         Route("/v1/embeddings", _errors(openai), methods=["POST"]),
+        Route("/v1/messages", _errors(openai), methods=["POST"]),
+        Route("/v1/responses", _errors(openai), methods=["POST"]),
         Route("/api/status", _errors(status), methods=["GET"]),
         Route("/api/models", _errors(models_index), methods=["GET"]),
         Route("/api/models", _errors(model_add), methods=["POST"]),

@@ -15,7 +15,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
@@ -28,10 +28,13 @@ from .host import BAD_GRAMMAR
 from .metrics import Metrics
 from .runner import Runner
 from .scheduler import Managed, Scheduler, ShuttingDown
-from .schemas import for_runner, tools_for_runner
+from .schemas import chat_for_runner, for_runner, tools_for_runner, unusable
+from .translate import MESSAGES, RESPONSES, error_for, from_chat, stream_from_chat, to_chat
 from .upstream import Answer, TransportError, Upstream
 
 __all__ = ["Proxy", "UpstreamError", "Watchdog"]
+
+CHAT = "/v1/chat/completions"
 
 log = logging.getLogger("smackctl.requests")
 
@@ -96,10 +99,52 @@ class Proxy:
         started = time.perf_counter()
         try:
             await self._refuse_what_it_cannot_serve(m, path, body)
+            if path in (MESSAGES, RESPONSES) and path not in backend_for(m.spec).native_apis:
+                return await self._translated(m, path, body, request_id, started)
             return await self._forward(m, path, body, request_id, started)
         except SmackError as exc:  # the usage log counts failed requests too
             self._log(m, path, exc.status, None, None, started, request_id)
             raise
+
+    async def _translated(
+        self, m: Managed, path: str, body: dict[str, Any], request_id: str, started: float
+    ) -> Response:
+        """An Anthropic or Responses request to a runner that speaks only chat: asked as
+        a chat request, answered in the API's own shape (translate.py)."""
+        try:
+            chat = to_chat(path, body)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # what the schema let through and the translation cannot read: the request's fault
+            raise UsageError(
+                f"the request cannot be read as a conversation ({type(exc).__name__}: {exc})",
+                "check its messages against the API reference",
+            ) from None
+        answer = await self._forward(m, CHAT, chat, request_id, started, path)
+        if isinstance(answer, StreamingResponse):
+            return StreamingResponse(
+                stream_from_chat(
+                    path,
+                    cast(AsyncIterator[bytes], answer.body_iterator),  # the relay yields bytes
+                    {**body, "model": m.name},
+                ),
+                status_code=answer.status_code,
+                media_type="text/event-stream",
+                headers={k: v for k, v in answer.headers.items() if k.startswith("x-")},
+            )
+        if answer.status_code >= 400:
+            return Response(
+                error_for(path, answer.status_code, bytes(answer.body)),
+                status_code=answer.status_code,
+                media_type="application/json",
+                background=answer.background,
+            )
+        data = json.loads(bytes(answer.body))
+        return Response(
+            json.dumps(from_chat(path, data, {**body, "model": m.name})).encode(),
+            media_type="application/json",
+            headers={"X-Request-Id": request_id},
+            background=answer.background,
+        )
 
     async def _refuse_what_it_cannot_serve(
         self, m: Managed, path: str, body: dict[str, Any]
@@ -114,6 +159,13 @@ class Proxy:
                 f"set `args: {{logits_all: true}}` for {m.name} in the profile (it costs "
                 "n_ctx × vocabulary × 4 bytes of memory)",
             )
+        if path == "/v1/chat/completions" and (
+            why := unusable(body, multimodal=bool(m.spec.args.get("mmproj")))
+        ):
+            raise UsageError(
+                f"{m.name} cannot honour {why}",
+                "drop it from the request, or send it to a model that can",
+            )
         arg = backend_for(m.spec).embeddings_arg
         if path == "/v1/embeddings" and not m.spec.args.get(arg):
             raise UsageError(
@@ -121,7 +173,7 @@ class Proxy:
                 f"set `args: {{{arg}: true}}` for {m.name} in the profile, or send the request "
                 "to a model that has it",
             )
-        if path == "/v1/chat/completions" and m.spec.chat_format is None:
+        if path in (CHAT, MESSAGES, RESPONSES) and m.spec.chat_format is None:
             info = await self.scheduler.loader.gguf_info(m)
             if info is not None and not info.has_chat_template:
                 raise UsageError(
@@ -133,8 +185,16 @@ class Proxy:
                 )
 
     async def _forward(
-        self, m: Managed, path: str, body: dict[str, Any], request_id: str, started: float
+        self,
+        m: Managed,
+        path: str,
+        body: dict[str, Any],
+        request_id: str,
+        started: float,
+        route: str | None = None,
     ) -> Response:
+        """``route``: the one the client asked, for the request log (a translated request
+        goes to the runner as a chat request)."""
         sched = self.scheduler
         stream = bool(body.get("stream"))
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -142,10 +202,11 @@ class Proxy:
         # `model` is then that name, not the runner's file path. Streams always end with the
         # usage event (llama-server sends it when asked; host.py always), for the usage log
         body = {**body, "model": m.name}
-        if "messages" in body:
-            body["messages"] = for_runner(body["messages"])
+        if path == CHAT:
+            body = chat_for_runner(body)
+            body["messages"] = for_runner(body["messages"], backend_for(m.spec).content_parts)
             body = tools_for_runner(body, backend_for(m.spec).json_schema_format)
-        if stream:
+        if stream and path in (CHAT, "/v1/completions"):
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         payload = json.dumps(_with_defaults(body, sched.profile.defaults.model_dump())).encode()
         for attempt in (1, 2):
@@ -163,7 +224,9 @@ class Proxy:
                 if upstream.status >= 400 or not stream:
                     content = await upstream.read()
                     await stack.aclose()
-                    return self._finish(m, path, upstream.status, content, started, request_id)
+                    return self._finish(
+                        m, route or path, upstream.status, content, started, request_id
+                    )
                 chunks = upstream.chunks()
                 first = await anext(chunks, b"")
                 ttft = time.perf_counter() - started
@@ -173,7 +236,7 @@ class Proxy:
                     async for _ in chunks:
                         pass
                     await stack.aclose()
-                    return self._finish(m, path, 500, failed, started, request_id)
+                    return self._finish(m, route or path, 500, failed, started, request_id)
             except TransportError as exc:
                 await stack.aclose()
                 if sched.cut.is_set():
@@ -192,6 +255,7 @@ class Proxy:
                 await stack.aclose()
                 raise
             relay = _Relay(self, m, runner, upstream, stack, started, request_id, path, ttft, dog)
+            relay.route = route or path
             return StreamingResponse(
                 relay.body(chunks, first, wants_usage),
                 status_code=upstream.status,
@@ -218,8 +282,7 @@ class Proxy:
             content, status = _map_error(m.name, status, content)
         else:
             with contextlib.suppress(ValueError, AttributeError, TypeError):
-                usage = json.loads(content).get("usage") or {}
-                tokens_in, tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
+                tokens_in, tokens_out = _counts(json.loads(content))
 
         # the log line, metrics and the SQLite row are written after the response is sent:
         # they cost ~0.3 ms that the client need not wait for. An async task, so Starlette
@@ -293,6 +356,7 @@ class _Relay:
             stack,
         )
         self.started, self.request_id, self.path, self.ttft = started, request_id, path, ttft
+        self.route = path  # what the request log says: the client's route
         self.dog = dog
         self.tokens_in: int | None = None
         self.tokens_out: int | None = None
@@ -300,6 +364,14 @@ class _Relay:
     def _usage_of(self, chunk: bytes, wants_usage: bool) -> bytes:
         """``chunk`` without the usage event unless the client asked for it; its counts kept."""
         if b'"usage"' not in chunk:
+            return chunk
+        if self.path != CHAT and self.path != "/v1/completions":
+            # Anthropic's and the Responses API's own events (llama-server's): kept whole
+            for event in chunk.split(b"\n\n"):
+                with contextlib.suppress(ValueError, AttributeError, TypeError, IndexError):
+                    got_in, got_out = _counts(json.loads(event.split(b"data:", 1)[1]))
+                    self.tokens_in = got_in if got_in is not None else self.tokens_in
+                    self.tokens_out = got_out if got_out is not None else self.tokens_out
             return chunk
         kept = []
         for event in chunk.split(b"\n\n"):
@@ -353,7 +425,7 @@ class _Relay:
             out = self.tokens_out if self.tokens_out is not None else max(0, events - 2)
             self.proxy._log(
                 self.m,
-                self.path,
+                self.route,
                 status,
                 self.tokens_in,
                 out,
@@ -433,6 +505,20 @@ def _error_event(chunk: bytes) -> bytes | None:
     except (ValueError, IndexError):
         return None
     return json.dumps(data).encode() if isinstance(data, dict) and "error" in data else None
+
+
+def _counts(data: Any) -> tuple[int | None, int | None]:
+    """Tokens in and out of an answer or event: OpenAI's `usage` (prompt/completion tokens),
+    or Anthropic's and the Responses API's (input/output tokens, maybe under `message` or
+    `response`)."""
+    for holder in (data, data.get("message"), data.get("response")):
+        usage = holder.get("usage") if isinstance(holder, dict) else None
+        if isinstance(usage, dict):
+            return (
+                usage.get("prompt_tokens", usage.get("input_tokens")),
+                usage.get("completion_tokens", usage.get("output_tokens")),
+            )
+    return None, None
 
 
 #: one error of pydantic's list as llama_cpp.server quotes it: its location and message

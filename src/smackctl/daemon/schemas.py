@@ -11,7 +11,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-__all__ = ["ChatRequest", "CompletionRequest", "EmbeddingRequest", "REQUEST_SCHEMAS"]
+__all__ = [
+    "AnthropicRequest",
+    "ChatRequest",
+    "CompletionRequest",
+    "EmbeddingRequest",
+    "REQUEST_SCHEMAS",
+    "ResponsesRequest",
+]
 
 
 class _Req(BaseModel):
@@ -133,10 +140,11 @@ def _no_nulls(value: Any) -> Any:
     return value
 
 
-def for_runner(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def for_runner(messages: list[dict[str, Any]], parts: bool = True) -> list[dict[str, Any]]:
     """Messages as both runners take them: a `developer` message is a `system` one; text
-    parts outside a user message are joined into one string; an assistant message without
-    content has none (llama-cpp-python refuses `content: null` there)."""
+    parts outside a user message are joined into one string (in a user message too when the
+    runner does not take ``parts``: chat templates that add strings fail on a list); an
+    assistant message without content has none (llama-cpp-python refuses `content: null`)."""
     out = []
     for msg in messages:
         # a field sent as null is a field not sent (llama-cpp-python refuses `tool_calls: null`)
@@ -144,7 +152,7 @@ def for_runner(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if msg.get("role") == "developer":
             msg["role"] = "system"
         content = msg.get("content")
-        if isinstance(content, list) and msg.get("role") != "user":
+        if isinstance(content, list) and (msg.get("role") != "user" or not parts):
             msg["content"] = "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
         if msg.get("role") == "assistant" and msg.get("content") is None:
             msg.pop("content", None)
@@ -237,6 +245,52 @@ class ChatRequest(_Req):
     function_call: Literal["none", "auto"] | _Named | None = None
     parallel_tool_calls: bool | None = None
     max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    # in OpenAI's reference, and nothing a local model can use: accepted, not passed on
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    prediction: dict[str, Any] | None = None
+    # refused with the reason when they ask for what a text model cannot give (proxy.py)
+    modalities: list[Literal["text", "audio"]] | None = None
+    audio: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+
+
+#: fields the API lets a server ignore; not sent to a runner
+IGNORED = (
+    "store", "metadata", "service_tier", "prompt_cache_key", "safety_identifier",
+    "reasoning_effort", "verbosity", "prediction", "user",
+)  # fmt: skip
+
+
+def unusable(body: dict[str, Any], multimodal: bool) -> str | None:
+    """What in a chat request a text model cannot honour, said as the reason; None if all
+    of it can be."""
+    if body.get("audio") or "audio" in (body.get("modalities") or []):
+        return "`audio` / `modalities: [audio]`: the model answers in text only"
+    if body.get("web_search_options") is not None:
+        return "`web_search_options`: a local model cannot search the web"
+    if not multimodal:
+        for i, msg in enumerate(body.get("messages") or []):
+            content = msg.get("content")
+            if isinstance(content, list) and any(
+                isinstance(p, dict) and p.get("type") == "image_url" for p in content
+            ):
+                return f"`messages.{i}.content`: an image part, and the model reads text only"
+    return None
+
+
+def chat_for_runner(body: dict[str, Any]) -> dict[str, Any]:
+    """A chat request as a runner takes it: the fields it may ignore dropped, and
+    `max_completion_tokens` (OpenAI's new name) as `max_tokens`, which both runners read."""
+    body = {k: v for k, v in body.items() if k not in IGNORED}
+    if (n := body.pop("max_completion_tokens", None)) is not None:
+        body.setdefault("max_tokens", n)
+    return body
 
 
 class CompletionRequest(_Req):
@@ -257,8 +311,126 @@ class EmbeddingRequest(BaseModel):
     dimensions: int | None = Field(None, ge=1)
 
 
+# -- the Anthropic Messages API and OpenAI's Responses API (translate.py) -------------------
+
+
+class _BlockBase(BaseModel):
+    model_config = ConfigDict(extra="allow")  # cache_control, citations: accepted, unused
+
+
+class _TextBlock(_BlockBase):
+    type: Literal["text"]
+    text: str
+
+
+class _ToolUseBlock(_BlockBase):
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+class _ToolResultBlock(_BlockBase):
+    type: Literal["tool_result"]
+    tool_use_id: str
+    content: str | list[_TextBlock] | None = None
+    is_error: bool | None = None
+
+
+_Block = Annotated[_TextBlock | _ToolUseBlock | _ToolResultBlock, Field(discriminator="type")]
+
+
+class _AnthropicMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["user", "assistant"]
+    content: str | list[_Block]
+
+
+class _AnthropicTool(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1, max_length=256)
+    description: str | None = None
+    input_schema: dict[str, Any] | None = None
+
+
+class AnthropicRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, max_length=256)
+    max_tokens: int = Field(ge=1, le=1_000_000)
+    messages: list[_AnthropicMessage] = Field(min_length=1)
+    system: str | list[_TextBlock] | None = None
+    stop_sequences: list[str] | None = None
+    stream: bool = False
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    tools: list[_AnthropicTool] | None = None
+    tool_choice: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    service_tier: str | None = None
+    thinking: dict[str, Any] | None = None
+
+
+class _InputText(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["input_text", "output_text", "text"]
+    text: str
+
+
+class _MessageItem(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[_InputText]
+
+
+class _FunctionCallItem(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["function_call"]
+    call_id: str
+    name: str
+    arguments: str
+
+
+class _FunctionOutputItem(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["function_call_output"]
+    call_id: str
+    output: str
+
+
+_InputItem = _FunctionCallItem | _FunctionOutputItem | _MessageItem
+
+
+class ResponsesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, max_length=256)
+    input: str | list[_InputItem]
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    stream: bool = False
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    text: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    previous_response_id: str | None = None
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    user: str | None = None
+    reasoning: dict[str, Any] | None = None
+    truncation: str | None = None
+    service_tier: str | None = None
+    include: list[str] | None = None
+
+
 REQUEST_SCHEMAS: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": ChatRequest,
     "/v1/completions": CompletionRequest,
     "/v1/embeddings": EmbeddingRequest,
+    "/v1/messages": AnthropicRequest,
+    "/v1/responses": ResponsesRequest,
 }

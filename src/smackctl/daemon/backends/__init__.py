@@ -46,6 +46,11 @@ class Backend(Protocol):
     embeddings_arg: str
     #: it takes OpenAI's `response_format: {type: json_schema}` as it is
     json_schema_format: bool
+    #: it passes a user message's content parts to the chat template as they are
+    content_parts: bool
+    #: the routes besides the OpenAI ones it serves itself (/v1/messages, /v1/responses);
+    #: the proxy translates the others to chat requests
+    native_apis: frozenset[str]
 
     def argv(
         self, spec: ModelSpec, model_path: Path, port: int, api_key: str, name: str

@@ -65,6 +65,8 @@ class LlamaCppPython:
     logprobs = False
     embeddings_arg = "embedding"
     json_schema_format = False
+    content_parts = False
+    native_apis: frozenset[str] = frozenset()
 
     def argv(
         self, spec: ModelSpec, model_path: Path, port: int, api_key: str, name: str

@@ -43,6 +43,10 @@ class LlamaServer:
     logprobs = True
     embeddings_arg = "embeddings"
     json_schema_format = True
+    content_parts = True
+    # its /v1/responses stream lacks `content_index` in text deltas (the official client's
+    # stream helper fails on it): translated like llama-cpp-python's
+    native_apis: frozenset[str] = frozenset({"/v1/messages"})
 
     def __init__(self, binary: str | None = None) -> None:
         self.configured = binary

@@ -1,0 +1,196 @@
+"""The official clients as they are, against real runners of each local backend, on the real
+SmolLM2 (an instruct model with a chat template; its output differs between builds, so each
+answer is checked for its shape, its usage and its schema, never a word of it).
+
+``smol-ls`` runs on llama-server (which serves /v1/messages itself: the proxy passes it on)
+and ``smol-py`` on llama-cpp-python (which speaks chat only: the proxy translates,
+translate.py). /v1/responses is translated for both: llama-server's own Responses stream has
+no `content_index` in its text deltas, and the official client's stream helper fails on it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import anthropic
+import httpx
+import openai
+import pytest
+from pydantic import BaseModel
+
+from conftest import Home, Supervisor, free_port, launch, shutdown
+
+BACKENDS = ["smol-ls", "smol-py"]  # llama-server, llama-cpp-python
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path) -> Iterator[Supervisor]:
+    root = tmp_path_factory.mktemp("clients") / "home"
+    profiles = root / "profiles"
+    profiles.mkdir(parents=True)
+    (profiles / "ls.yaml").write_text(
+        "name: ls\nmodels:\n"
+        f"  smol-ls:\n    path: {smollm2_file}\n    n_ctx: 2048\n    backend: llama-server\n"
+        f"  smol-py:\n    path: {smollm2_file}\n    n_ctx: 2048\n"
+        "    backend: llama-cpp-python\n"
+    )
+    env = {
+        "SMACKCTL_HOME": str(root),
+        "SMACKCTL_PROFILE_DIR": str(profiles),
+        "SMACKCTL_PORT": str(free_port()),
+    }
+    sup = launch(Home(root, {**os.environ, **env}), profile="ls")
+    yield sup
+    shutdown(sup)
+
+
+def _oai(sup: Supervisor) -> openai.OpenAI:
+    return openai.OpenAI(base_url=sup.url + "/v1", api_key=sup.token, max_retries=0)
+
+
+def _claude(sup: Supervisor) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=sup.url, api_key=sup.token, max_retries=0)
+
+
+@pytest.mark.parametrize("model", BACKENDS)
+def test_openai_responses_create_and_stream(both: Supervisor, model: str) -> None:
+    client = _oai(both)
+    r = client.responses.create(
+        model=model, input="Say hi.", instructions="Be brief.", max_output_tokens=8
+    )
+    assert r.object == "response" and r.model == model
+    assert isinstance(r.output_text, str) and r.output[0].type == "message"
+    assert r.usage is not None and 1 <= r.usage.output_tokens <= 8 and r.usage.input_tokens > 0
+    # message input, streamed
+    types, text = [], []
+    with client.responses.stream(
+        model=model,
+        input=[{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        max_output_tokens=8,
+    ) as stream:
+        for event in stream:
+            types.append(event.type)
+            if event.type == "response.output_text.delta":
+                text.append(event.delta)
+        final = stream.get_final_response()
+    assert types[0] == "response.created" and "response.output_text.delta" in types
+    assert types[-1] in ("response.completed", "response.incomplete")
+    assert final.output_text == "".join(text)
+    assert final.usage is not None and final.usage.output_tokens >= 1
+
+
+@pytest.mark.parametrize("model", BACKENDS)
+def test_anthropic_messages_create_and_stream(both: Supervisor, model: str) -> None:
+    client = _claude(both)
+    m = client.messages.create(
+        model=model,
+        max_tokens=8,
+        system="Be brief.",
+        messages=[{"role": "user", "content": [{"type": "text", "text": "Say hi."}]}],
+    )
+    assert m.type == "message" and m.role == "assistant"
+    assert m.content and m.content[0].type == "text"
+    assert m.stop_reason in ("end_turn", "max_tokens")
+    assert 1 <= m.usage.output_tokens <= 8
+    with client.messages.stream(
+        model=model, max_tokens=8, messages=[{"role": "user", "content": "Hi"}]
+    ) as stream:
+        streamed = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert final.content[0].type == "text" and final.content[0].text == streamed
+    assert final.usage.output_tokens >= 1
+
+
+@pytest.mark.parametrize("model", BACKENDS)
+def test_anthropic_errors_come_in_anthropic_shape(both: Supervisor, model: str) -> None:
+    client = _claude(both)
+    with pytest.raises(anthropic.NotFoundError) as err:
+        client.messages.create(
+            model="nope", max_tokens=8, messages=[{"role": "user", "content": "x"}]
+        )
+    assert "unknown model" in str(err.value)
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.create(
+            model=model, max_tokens=0, messages=[{"role": "user", "content": "x"}]
+        )
+
+
+class Answer(BaseModel):
+    ok: bool
+    count: int
+
+
+@pytest.mark.parametrize("model", BACKENDS)
+def test_structured_output_parses_with_the_sdk(both: Supervisor, model: str) -> None:
+    done = _oai(both).chat.completions.parse(
+        model=model,
+        messages=[{"role": "user", "content": "Answer in JSON."}],
+        response_format=Answer,
+        max_tokens=60,
+        temperature=0,
+    )
+    parsed = done.choices[0].message.parsed
+    assert isinstance(parsed, Answer)  # the schema held (grammar-constrained)
+
+
+@pytest.mark.parametrize("model", BACKENDS)
+def test_every_field_of_the_table_answers_200_or_a_4xx_that_names_it(
+    both: Supervisor, model: str
+) -> None:
+    base = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    ok_rows = [
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "object"}},
+            }
+        },
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]},
+        {
+            "messages": [
+                {"role": "developer", "content": "Be brief."},
+                {"role": "user", "content": "hi"},
+            ]
+        },
+        {
+            "parallel_tool_calls": False,
+            "store": False,
+            "metadata": {"a": "b"},
+            "reasoning_effort": "low",
+        },
+        {
+            "seed": 1,
+            "n": 1,
+            "user": "me",
+            "stream_options": {"include_usage": True},
+            "stream": True,
+        },
+        {"response_format": {"type": "json_object"}},
+    ]
+    with httpx.Client(
+        base_url=both.url, headers={"Authorization": f"Bearer {both.token}"}, timeout=60
+    ) as c:
+        for extra in ok_rows:
+            r = c.post("/v1/chat/completions", json={**base, **extra})
+            assert r.status_code == 200, (extra, r.text)
+        # max_completion_tokens is honoured (llama-cpp-python reads only max_tokens)
+        body = {**base, "max_tokens": None, "max_completion_tokens": 3}
+        r = c.post("/v1/chat/completions", json={k: v for k, v in body.items() if v is not None})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 3
+        image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+        r = c.post(
+            "/v1/chat/completions",
+            json={**base, "messages": [{"role": "user", "content": [image]}]},
+        )
+        assert r.status_code == 400 and "reads text only" in r.json()["error"]["message"]
+        r = c.post("/v1/chat/completions", json={**base, "modalities": ["text", "audio"]})
+        assert r.status_code == 400 and "text only" in r.json()["error"]["message"]
+        r = c.post("/v1/chat/completions", json={**base, "api_base": "http://evil"})
+        assert r.status_code == 400  # outside the API: still refused
+        # an Anthropic request's usage lands in the request log like any other's
+        msg = {"model": model, "max_tokens": 4, "messages": [{"role": "user", "content": "x"}]}
+        assert c.post("/v1/messages", json=msg).status_code == 200
+    lines = [ln for ln in both.log().splitlines() if f"model={model} route=/v1/messages" in ln]
+    assert lines and "tokens_out=None" not in lines[-1] and "tokens_out=0 " not in lines[-1]
