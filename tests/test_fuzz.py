@@ -6,10 +6,10 @@ must hold: no 5xx, no request that hangs (a 30 s limit per call), answers in the
 types the description says, and afterwards a healthy supervisor that still serves a chat.
 
 Bounded for CI: ``FUZZ_EXAMPLES`` (6) examples an operation and mode (24 operations, ~290
-requests, ~2.5 minutes here), derandomized so a run is repeatable. The copy of the description the fuzzer reads is narrowed in three
-places so that each example is quick (the published one is not changed): model names are
-drawn from this profile's (and one unknown), generation stops at 8 tokens, and a bench is
-small.
+requests, ~2.5 minutes here), derandomized so a run is repeatable. The copy of the
+description the fuzzer reads is narrowed so that each example is quick (the published one is
+not changed): model names are drawn from this profile's (and one unknown), generation stops
+at 8 tokens, and a bench is small.
 """
 
 from __future__ import annotations
