@@ -234,6 +234,16 @@ def raw_server(path: Path, n_ctx: int, log: Path) -> Iterator[tuple[str, dict[st
         stop_raw(proc)
 
 
+def question(client: int, n: int, model: str) -> dict[str, Any]:
+    """The streamed 16-token completion that load benchmarks' clients send, one after another."""
+    return {
+        "model": model,
+        "prompt": f"Client {client} asks question {n}: why is the sky blue?",
+        "max_tokens": 16,
+        "stream": True,
+    }
+
+
 def first_token(
     c: httpx.Client, url: str, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> float:

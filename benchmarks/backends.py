@@ -15,6 +15,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -63,9 +66,13 @@ def _by_hand(spec: ModelSpec, path: Path, log: Path) -> tuple[Any, str, dict[str
     return proc, f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
 
 
-def _wait_health(url: str, proc: Any, timeout: float = 120.0) -> None:
+def _wait_health(
+    url: str, proc: Any, timeout: float = 120.0, client: httpx.Client | None = None
+) -> None:
+    """Poll /health every 10 ms until 200 (on ``client``, else a client of its own)."""
     deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=2) as c:
+    with contextlib.ExitStack() as stack:
+        c = client or stack.enter_context(httpx.Client(timeout=2))
         while time.monotonic() < deadline and proc.poll() is None:
             try:
                 if c.get(url + "/health").status_code == 200:
@@ -216,27 +223,32 @@ def run(cache: Path) -> tuple[list[str], bool]:
             finally:
                 stop_raw(router)
         # the floor both sides share: a bare llama-server per model, started by hand with the
-        # argv smackctl gives it, the old one killed first (what `max_loaded: 1` does)
+        # argv smackctl gives it, as fast as a script can: the old one SIGKILLed and not
+        # waited for (smackctl does not wait either), one HTTP client for the polls and the
+        # request (no new connection pool or SSL context a swap)
         specs = {
             name: (ModelSpec(path=str(p), n_ctx=2048, backend="llama-server"), p)
             for name, p in (("smollm2", smol), ("gemma", gemma))
         }
         bare: list[float] = []
+        gone: list[Any] = []
         proc = None
-        for i in range(2 * SWAPS + 1):
-            name = ("smollm2", "gemma")[i % 2]
-            t = time.perf_counter()
-            if proc is not None:
-                stop_raw(proc)
-            proc, url, headers = _by_hand(*specs[name], Path(tmp) / "bare.log")
-            _wait_health(url, proc)
-            with httpx.Client(timeout=300) as c:
+        with httpx.Client(timeout=300, limits=FRESH) as c:
+            for i in range(2 * SWAPS + 1):
+                name = ("smollm2", "gemma")[i % 2]
+                t = time.perf_counter()
+                if proc is not None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    gone.append(proc)
+                proc, url, headers = _by_hand(*specs[name], Path(tmp) / "bare.log")
+                _wait_health(url, proc, client=c)
                 body = {"prompt": "The sky is", "max_tokens": 4}
                 first_token(c, url + "/v1/completions", body, headers)
-            if i:
-                bare.append(time.perf_counter() - t)
-        if proc is not None:
-            stop_raw(proc)
+                if i:
+                    bare.append(time.perf_counter() - t)
+        for p in [*gone, proc]:
+            if p is not None:
+                stop_raw(p)
         swaps["bare"] = bare
         ours_swap, theirs = median(swaps["llama-server"]), median(swaps["router"])
         ratio = ours_swap / theirs
@@ -256,6 +268,7 @@ def run(cache: Path) -> tuple[list[str], bool]:
             f"| {median(swaps['llama-cpp-python']):.3f} s "
             f"| {median(swaps['llama-cpp-python']) / theirs:.2f} | (for the table) |",
             f"| the floor: llama-server by hand, the old one killed, the new one started "
+            f"(as fast as a script can) "
             f"| {median(bare):.3f} s | {median(bare) / theirs:.2f} | (for the table) |",
             "",
             f"smackctl's llama-server swap ÷ the floor: {ours_swap / median(bare):.2f}",

@@ -20,7 +20,16 @@ import httpx
 
 from smackctl.hardware import physical_cores
 
-from ._harness import Sup, model, model_file, percentile, profile_text, supervisor, verdict
+from ._harness import (
+    Sup,
+    model,
+    model_file,
+    percentile,
+    profile_text,
+    question,
+    supervisor,
+    verdict,
+)
 
 CLIENTS = 32
 SECONDS = 30.0
@@ -73,12 +82,7 @@ async def _load(sup: Sup) -> tuple[dict[str, int], list[float], float]:
         n = 0
         while time.perf_counter() < stop_at:
             n += 1
-            body = {
-                "model": model,
-                "prompt": f"Client {i} asks question {n}: why is the sky blue?",
-                "max_tokens": 16,
-                "stream": True,
-            }
+            body = question(i, n, model)
             t = time.perf_counter()
             try:
                 async with c.stream("POST", "/v1/completions", json=body) as r:

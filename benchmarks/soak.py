@@ -34,7 +34,16 @@ from typing import Any
 import httpx
 import psutil
 
-from ._harness import Sup, model, model_file, percentile, profile_text, supervisor, verdict
+from ._harness import (
+    Sup,
+    model,
+    model_file,
+    percentile,
+    profile_text,
+    question,
+    supervisor,
+    verdict,
+)
 
 CLIENTS = 32
 SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
@@ -124,12 +133,7 @@ async def _soak(
         n = 0
         while time.perf_counter() < stop_at:
             n += 1
-            body = {
-                "model": name,
-                "prompt": f"Client {i} asks question {n}: why is the sky blue?",
-                "max_tokens": 16,
-                "stream": True,
-            }
+            body = question(i, n, name)
             t = time.perf_counter()
             try:
                 async with c.stream("POST", "/v1/completions", json=body) as r:
