@@ -10,6 +10,7 @@ no `content_index` in its text deltas, and the official client's stream helper f
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,8 @@ def both(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path) -> Iterat
         f"  smol-ls:\n    path: {smollm2_file}\n    n_ctx: 2048\n    backend: llama-server\n"
         f"  smol-py:\n    path: {smollm2_file}\n    n_ctx: 2048\n"
         "    backend: llama-cpp-python\n"
+        f"  smol-fc:\n    path: {smollm2_file}\n    n_ctx: 2048\n"
+        "    backend: llama-cpp-python\n    chat_format: chatml-function-calling\n"
     )
     env = {
         "SMACKCTL_HOME": str(root),
@@ -194,3 +197,74 @@ def test_every_field_of_the_table_answers_200_or_a_4xx_that_names_it(
         assert c.post("/v1/messages", json=msg).status_code == 200
     lines = [ln for ln in both.log().splitlines() if f"model={model} route=/v1/messages" in ln]
     assert lines and "tokens_out=None" not in lines[-1] and "tokens_out=0 " not in lines[-1]
+
+
+WEATHER = {
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+ASK = "What is the weather in Paris?"
+
+
+def test_tools_end_to_end_in_all_three_apis(both: Supervisor) -> None:
+    """SmolLM2 is a ChatML model: llama-cpp-python's `chatml-function-calling` format offers
+    it the tools and parses its call. The call comes back in each API's own shape, and the
+    tool's result is taken in the next turn."""
+    oai = _oai(both)
+    tool = {"type": "function", "function": WEATHER}
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    first = oai.chat.completions.create(
+        model="smol-fc", messages=[{"role": "user", "content": ASK}], tools=[tool],
+        tool_choice=named, max_tokens=64,
+    )  # fmt: skip
+    call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert call.function.name == "get_weather"  # type: ignore[union-attr]
+    assert isinstance(json.loads(call.function.arguments), dict)  # type: ignore[union-attr]
+    follow = oai.chat.completions.create(
+        model="smol-fc",
+        messages=[
+            {"role": "user", "content": ASK},
+            first.choices[0].message.model_dump(exclude_none=True),  # type: ignore[list-item]
+            {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 °C"},
+        ],
+        tools=[tool],
+        max_tokens=16,
+    )
+    assert follow.choices[0].message.content is not None or follow.choices[0].message.tool_calls
+
+    m = _claude(both).messages.create(
+        model="smol-fc", max_tokens=64, messages=[{"role": "user", "content": ASK}],
+        tools=[{"name": "get_weather", "description": WEATHER["description"],
+                "input_schema": WEATHER["parameters"]}],
+        tool_choice={"type": "tool", "name": "get_weather"},
+    )  # fmt: skip
+    use = next(b for b in m.content if b.type == "tool_use")
+    assert use.name == "get_weather" and isinstance(use.input, dict)
+    assert m.stop_reason == "tool_use"
+
+    r = oai.responses.create(
+        model="smol-fc", input=ASK, max_output_tokens=64,
+        tools=[{"type": "function", **WEATHER}],
+        tool_choice={"type": "function", "name": "get_weather"},
+    )  # fmt: skip
+    fc = next(o for o in r.output if o.type == "function_call")
+    assert fc.name == "get_weather" and isinstance(json.loads(fc.arguments), dict)
+
+
+@pytest.mark.parametrize("model", BACKENDS)
+def test_tools_to_a_template_without_them_is_a_400_that_names_the_fix(
+    both: Supervisor, model: str
+) -> None:
+    """SmolLM2's own template never reads `tools`: llama-server would drop them and answer in
+    text (measured), llama-cpp-python the same."""
+    with pytest.raises(openai.BadRequestError) as err:
+        _oai(both).chat.completions.create(
+            model=model, messages=[{"role": "user", "content": ASK}],
+            tools=[{"type": "function", "function": WEATHER}], max_tokens=8,
+        )  # fmt: skip
+    assert "cannot call tools" in str(err.value) and "chatml-function-calling" in str(err.value)

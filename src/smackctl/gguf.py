@@ -58,6 +58,8 @@ class GGUFInfo:
     end_token_ids: tuple[int, ...] = ()  # eos, eot, eom: where generation stops
     #: tokens a sliding-window attention layer sees (Gemma 2 and 3), None: every layer global
     sliding_window: int | None = None
+    #: the chat template reads `tools` (llama-server then offers them to the model)
+    template_tools: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -198,6 +200,7 @@ def read_info(path: Path) -> GGUFInfo:
         value_length=a("attention.value_length") or key_len,
         vocab_size=tokens.length if isinstance(tokens, ArrayInfo) else None,
         has_chat_template="tokenizer.chat_template" in meta,
+        template_tools="tools" in str(meta.get("tokenizer.chat_template") or ""),
         sliding_window=a("attention.sliding_window"),
         end_token_ids=tuple(
             sorted(

@@ -134,6 +134,7 @@ def show(ctx: typer.Context, name: ModelArg, json_: JsonOpt = False) -> None:
             ("embedding", g.get("embedding_length")),
             ("vocab", g.get("vocab_size")),
             ("chat template", "yes" if g.get("has_chat_template") else "no"),
+            ("tools in the template", "yes" if g.get("template_tools") else "no"),
         ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:

@@ -173,6 +173,16 @@ class Proxy:
                 f"set `args: {{{arg}: true}}` for {m.name} in the profile, or send the request "
                 "to a model that has it",
             )
+        if path in (CHAT, MESSAGES, RESPONSES) and _wants_tools(body):
+            info = await self.scheduler.loader.gguf_info(m)
+            if not backend_for(m.spec).handles_tools(m.spec, info):
+                raise UsageError(
+                    f"{m.name} cannot call tools: its chat template does not handle `tools`, "
+                    "so the model would never see them and answer in text",
+                    "send the request to a model whose template handles tools, or for "
+                    "llama-cpp-python set `chat_format: chatml-function-calling` for "
+                    f"{m.name} in the profile (ChatML models such as SmolLM2)",
+                )
         if path in (CHAT, MESSAGES, RESPONSES) and m.spec.chat_format is None:
             info = await self.scheduler.loader.gguf_info(m)
             if info is not None and not info.has_chat_template:
@@ -507,6 +517,17 @@ def _error_event(chunk: bytes) -> bytes | None:
     return json.dumps(data).encode() if isinstance(data, dict) and "error" in data else None
 
 
+def _wants_tools(body: dict[str, Any]) -> bool:
+    """Tools offered and not turned off (`tool_choice: none`), in any of the three APIs."""
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
+    tools = [t for t in tools if t.get("type", "function") in ("function", "custom")] or (
+        body.get("functions") or []
+    )
+    choice = body.get("tool_choice") or body.get("function_call")
+    off = choice == "none" or (isinstance(choice, dict) and choice.get("type") == "none")
+    return bool(tools) and not off
+
+
 def _counts(data: Any) -> tuple[int | None, int | None]:
     """Tokens in and out of an answer or event: OpenAI's `usage` (prompt/completion tokens),
     or Anthropic's and the Responses API's (input/output tokens, maybe under `message` or
@@ -520,6 +541,9 @@ def _counts(data: Any) -> tuple[int | None, int | None]:
             )
     return None, None
 
+
+#: jinja2 failing to render a chat template for the messages given
+_TEMPLATE = re.compile(r"UndefinedError|TemplateSyntaxError|'\w+ object' has no attribute")
 
 #: one error of pydantic's list as llama_cpp.server quotes it: its location and message
 _VALIDATION = re.compile(r"'loc': \(([^)]*)\), 'msg': [\"']([^\"']*)")
@@ -546,6 +570,15 @@ def _map_error(model: str, status: int, content: bytes) -> tuple[bytes, int]:
     if BAD_GRAMMAR in text:
         message = data["error"]["message"] if _has_error(data) else BAD_GRAMMAR
         return error_body(message, "invalid_request_error", "invalid_grammar"), 400
+    if status >= 500 and _TEMPLATE.search(text):
+        message = data["error"]["message"] if _has_error(data) else text[:300]
+        return error_body(
+            f"the chat template of {model} failed on this request's messages ({message}); "
+            "nothing was generated. Fix: check the messages' roles and fields, or set "
+            f"`chat_format:` for {model} in the profile",
+            "invalid_request_error",
+            "chat_template_error",
+        ), 400
     if status >= 500 and (fields := _VALIDATION.findall(text)):
         # a request the runner's own validation refused (what schemas.py missed): a 400
         # naming the fields, never a 500 with a dump of pydantic's errors

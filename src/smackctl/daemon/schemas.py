@@ -144,7 +144,8 @@ def for_runner(messages: list[dict[str, Any]], parts: bool = True) -> list[dict[
     """Messages as both runners take them: a `developer` message is a `system` one; text
     parts outside a user message are joined into one string (in a user message too when the
     runner does not take ``parts``: chat templates that add strings fail on a list); an
-    assistant message without content has none (llama-cpp-python refuses `content: null`)."""
+    assistant message without content has "" (llama-cpp-python refuses `content: null`, and
+    templates such as chatml-function-calling's read `content` beside the tool calls)."""
     out = []
     for msg in messages:
         # a field sent as null is a field not sent (llama-cpp-python refuses `tool_calls: null`)
@@ -155,7 +156,7 @@ def for_runner(messages: list[dict[str, Any]], parts: bool = True) -> list[dict[
         if isinstance(content, list) and (msg.get("role") != "user" or not parts):
             msg["content"] = "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
         if msg.get("role") == "assistant" and msg.get("content") is None:
-            msg.pop("content", None)
+            msg["content"] = ""  # templates read it even beside tool calls
         out.append(msg)
     return out
 

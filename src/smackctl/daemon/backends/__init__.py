@@ -58,6 +58,10 @@ class Backend(Protocol):
 
     def estimate(self, info: GGUFInfo, spec: ModelSpec) -> Estimate: ...
 
+    def handles_tools(self, spec: ModelSpec, info: GGUFInfo | None) -> bool:
+        """Its runner offers `tools` to the model and returns the calls as `tool_calls`."""
+        ...
+
     def count_request(self, text: str) -> tuple[str, dict[str, Any]]:
         """(path, body) of the runner's request that counts ``text``'s tokens."""
         ...

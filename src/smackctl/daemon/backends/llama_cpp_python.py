@@ -56,6 +56,12 @@ def llama_cpp_server_argv(spec: ModelSpec, model_path: Path, port: int, api_key:
     return [*RUNNER_PROGRAM, *(f"--{k}={v}" for k, v in flags.items())]
 
 
+#: llama-cpp-python's chat formats that take `tools` and answer `tool_calls`
+TOOL_FORMATS = frozenset(
+    {"chatml-function-calling", "functionary", "functionary-v1", "functionary-v2"}
+)
+
+
 class LlamaCppPython:
     name = "llama-cpp-python"
     ready_path = "/v1/models"  # llama_cpp.server has no /health
@@ -73,6 +79,11 @@ class LlamaCppPython:
     ) -> list[str]:
         del name  # the proxy puts the model's name in every request, which answers echo
         return llama_cpp_server_argv(spec, model_path, port, api_key)
+
+    def handles_tools(self, spec: ModelSpec, info: GGUFInfo | None) -> bool:
+        # its Jinja formatter renders the GGUF's template without `tools` and never parses a
+        # call: only its function-calling chat formats do both
+        return spec.chat_format in TOOL_FORMATS
 
     def estimate(self, info: GGUFInfo, spec: ModelSpec) -> Estimate:
         return estimate_for(info, spec)

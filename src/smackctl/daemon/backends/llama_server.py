@@ -51,6 +51,13 @@ class LlamaServer:
     def __init__(self, binary: str | None = None) -> None:
         self.configured = binary
 
+    def handles_tools(self, spec: ModelSpec, info: GGUFInfo | None) -> bool:
+        # with --jinja it renders `tools` through the template, when the template reads them
+        # (a template that does not: the tools never reach the model, measured with SmolLM2)
+        if spec.chat_format:
+            return True  # a template the user chose: theirs to know
+        return info is None or info.template_tools
+
     def binary(self) -> str:
         found = find_llama_server(self.configured)
         if found is None:
