@@ -268,3 +268,42 @@ def test_tools_to_a_template_without_them_is_a_400_that_names_the_fix(
             tools=[{"type": "function", "function": WEATHER}], max_tokens=8,
         )  # fmt: skip
     assert "cannot call tools" in str(err.value) and "chatml-function-calling" in str(err.value)
+
+
+def test_tool_calls_streamed_in_all_three_apis(both: Supervisor) -> None:
+    """The same call, streamed: chat's tool_call deltas, Anthropic's tool_use block (its input
+    as input_json_delta), the Responses API's function_call item and its argument events."""
+    oai = _oai(both)
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    stream = oai.chat.completions.create(
+        model="smol-fc", messages=[{"role": "user", "content": ASK}], stream=True,
+        tools=[{"type": "function", "function": WEATHER}], tool_choice=named, max_tokens=64,
+    )  # fmt: skip
+    names, args = set(), ""
+    for chunk in stream:
+        for tc in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            names |= {tc.function.name} if tc.function and tc.function.name else set()
+            args += (tc.function.arguments or "") if tc.function else ""
+    assert names == {"get_weather"} and isinstance(json.loads(args), dict)
+
+    with _claude(both).messages.stream(
+        model="smol-fc", max_tokens=64, messages=[{"role": "user", "content": ASK}],
+        tools=[{"name": "get_weather", "description": WEATHER["description"],
+                "input_schema": WEATHER["parameters"]}],
+        tool_choice={"type": "tool", "name": "get_weather"},
+    ) as s:  # fmt: skip
+        final = s.get_final_message()
+    use = next(b for b in final.content if b.type == "tool_use")
+    assert use.name == "get_weather" and isinstance(use.input, dict)
+    assert final.stop_reason == "tool_use"
+
+    with oai.responses.stream(
+        model="smol-fc", input=ASK, max_output_tokens=64,
+        tools=[{"type": "function", **WEATHER}],
+        tool_choice={"type": "function", "name": "get_weather"},
+    ) as rs:  # fmt: skip
+        types = [e.type for e in rs]
+        done = rs.get_final_response()
+    assert "response.function_call_arguments.delta" in types
+    fc = next(o for o in done.output if o.type == "function_call")
+    assert fc.name == "get_weather" and isinstance(json.loads(fc.arguments), dict)

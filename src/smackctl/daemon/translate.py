@@ -331,6 +331,7 @@ async def stream_from_chat(
     text: list[str] = []
     finish: str | None = None
     usage: dict[str, int] = {}
+    calls: dict[int, dict[str, str]] = {}  # the tool calls' deltas, gathered by index
     seq = 0
     rid, item = "resp_" + uuid.uuid4().hex, "msg_" + uuid.uuid4().hex
 
@@ -420,10 +421,34 @@ async def stream_from_chat(
                         delta=delta,
                         logprobs=[],
                     )
+            for tc in (choice.get("delta") or {}).get("tool_calls") or []:
+                call = calls.setdefault(tc.get("index", 0), {"id": "", "name": "", "args": ""})
+                fn = tc.get("function") or {}
+                call["id"] = tc.get("id") or call["id"]
+                call["name"] = fn.get("name") or call["name"]
+                call["args"] += fn.get("arguments") or ""
             finish = choice.get("finish_reason") or finish
     tokens_in, tokens_out = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+    # a tool call is sent whole once the stream ends (its arguments in one delta): the
+    # events the APIs define, in the order they define them
     if path == MESSAGES:
         yield _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+        for i, call in enumerate(calls.values(), start=1):
+            block = {
+                "type": "tool_use",
+                "id": call["id"] or f"toolu_{uuid.uuid4().hex}",
+                "name": call["name"],
+                "input": {},
+            }
+            yield _sse(
+                "content_block_start",
+                {"type": "content_block_start", "index": i, "content_block": block},
+            )
+            delta = {"type": "input_json_delta", "partial_json": call["args"] or "{}"}
+            yield _sse(
+                "content_block_delta", {"type": "content_block_delta", "index": i, "delta": delta}
+            )
+            yield _sse("content_block_stop", {"type": "content_block_stop", "index": i})
         yield _sse(
             "message_delta",
             {
@@ -452,7 +477,33 @@ async def stream_from_chat(
     )
     done_item = _message_item(item, full)
     yield r_event("response.output_item.done", output_index=0, item=done_item)
-    final = _response(model, body, [done_item], tokens_in, tokens_out, finish, rid)
+    output = [done_item]
+    for i, call in enumerate(calls.values(), start=1):
+        fc = {
+            "type": "function_call",
+            "id": f"fc_{uuid.uuid4().hex}",
+            "call_id": call["id"] or f"call_{uuid.uuid4().hex}",
+            "name": call["name"],
+            "arguments": "",
+            "status": "in_progress",
+        }
+        yield r_event("response.output_item.added", output_index=i, item=fc)
+        yield r_event(
+            "response.function_call_arguments.delta",
+            item_id=fc["id"],
+            output_index=i,
+            delta=call["args"],
+        )
+        yield r_event(
+            "response.function_call_arguments.done",
+            item_id=fc["id"],
+            output_index=i,
+            arguments=call["args"],
+        )
+        fc = {**fc, "arguments": call["args"], "status": "completed"}
+        yield r_event("response.output_item.done", output_index=i, item=fc)
+        output.append(fc)
+    final = _response(model, body, output, tokens_in, tokens_out, finish, rid)
     # `response.completed` also when the token limit cut it (its status says "incomplete"):
     # the official client's stream helper ends only on that event
     yield r_event("response.completed", response=final)
