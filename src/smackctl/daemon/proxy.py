@@ -11,9 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -21,27 +19,34 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
 from smackctl.errors import SmackError, UsageError
-from smackctl.selftest import signal_name
 
+from .answers import (
+    UpstreamError,
+    crash_fix,
+    cut_error,
+    error_body,
+    error_event_of,
+    lost_error,
+    map_error,
+    new_request_id,
+    runner_died,
+    token_counts,
+    wants_tools,
+    with_defaults,
+)
 from .backends import backend_for
-from .host import BAD_GRAMMAR
 from .metrics import Metrics
 from .runner import Runner
-from .scheduler import Managed, Scheduler, ShuttingDown
+from .scheduler import Managed, Scheduler
 from .schemas import chat_for_runner, for_runner, tools_for_runner, unusable
 from .translate import MESSAGES, RESPONSES, error_for, from_chat, stream_from_chat, to_chat
 from .upstream import Answer, TransportError, Upstream
 
-__all__ = ["Proxy", "UpstreamError", "Watchdog"]
+__all__ = ["Proxy", "UpstreamError", "Watchdog", "error_body", "new_request_id"]
 
 CHAT = "/v1/chat/completions"
 
 log = logging.getLogger("smackctl.requests")
-
-
-class UpstreamError(SmackError):
-    status = 502
-    error_type = "runner_error"
 
 
 class Watchdog:
@@ -76,10 +81,6 @@ class Watchdog:
             log.warning("%s stopped answering (no answer to the probe): killing it", self.m.name)
             self.runner.kill_hung()
             return
-
-
-def error_body(message: str, error_type: str, code: str | None = None) -> bytes:
-    return json.dumps({"error": {"message": message, "type": error_type, "code": code}}).encode()
 
 
 class Proxy:
@@ -173,7 +174,7 @@ class Proxy:
                 f"set `args: {{{arg}: true}}` for {m.name} in the profile, or send the request "
                 "to a model that has it",
             )
-        if path in (CHAT, MESSAGES, RESPONSES) and _wants_tools(body):
+        if path in (CHAT, MESSAGES, RESPONSES) and wants_tools(body):
             info = await self.scheduler.loader.gguf_info(m)
             if not backend_for(m.spec).handles_tools(m.spec, info):
                 raise UsageError(
@@ -218,7 +219,7 @@ class Proxy:
             body = tools_for_runner(body, backend_for(m.spec).json_schema_format)
         if stream and path in (CHAT, "/v1/completions"):
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        payload = json.dumps(_with_defaults(body, sched.profile.defaults.model_dump())).encode()
+        payload = json.dumps(with_defaults(body, sched.profile.defaults.model_dump())).encode()
         for attempt in (1, 2):
             stack = contextlib.AsyncExitStack()
             _, runner = await stack.enter_async_context(sched.slot(m.name))
@@ -240,7 +241,7 @@ class Proxy:
                 chunks = upstream.chunks()
                 first = await anext(chunks, b"")
                 ttft = time.perf_counter() - started
-                if (failed := _error_event(first)) is not None:
+                if (failed := error_event_of(first)) is not None:
                     # before any token: the client gets the error's status and JSON, never
                     # a 200 stream that just ends
                     async for _ in chunks:
@@ -250,8 +251,8 @@ class Proxy:
             except TransportError as exc:
                 await stack.aclose()
                 if sched.cut.is_set():
-                    raise _cut(m.name) from exc
-                died = await _died(runner)
+                    raise cut_error(m.name) from exc
+                died = await runner_died(runner)
                 if attempt == 1 and died:
                     log.warning(
                         "%s: the runner for %s %s before answering; retrying once",
@@ -260,7 +261,7 @@ class Proxy:
                         runner.exit_description(),
                     )
                     continue
-                raise _lost(m.name, runner, exc, died, retried=attempt == 2) from exc
+                raise lost_error(m.name, runner, exc, died, retried=attempt == 2) from exc
             except BaseException:
                 await stack.aclose()
                 raise
@@ -289,10 +290,10 @@ class Proxy:
     ) -> Response:
         tokens_in = tokens_out = None
         if status >= 400:
-            content, status = _map_error(m.name, status, content)
+            content, status = map_error(m.name, status, content)
         else:
             with contextlib.suppress(ValueError, AttributeError, TypeError):
-                tokens_in, tokens_out = _counts(json.loads(content))
+                tokens_in, tokens_out = token_counts(json.loads(content))
 
         # the log line, metrics and the SQLite row are written after the response is sent:
         # they cost ~0.3 ms that the client need not wait for. An async task, so Starlette
@@ -379,7 +380,7 @@ class _Relay:
             # Anthropic's and the Responses API's own events (llama-server's): kept whole
             for event in chunk.split(b"\n\n"):
                 with contextlib.suppress(ValueError, AttributeError, TypeError, IndexError):
-                    got_in, got_out = _counts(json.loads(event.split(b"data:", 1)[1]))
+                    got_in, got_out = token_counts(json.loads(event.split(b"data:", 1)[1]))
                     self.tokens_in = got_in if got_in is not None else self.tokens_in
                     self.tokens_out = got_out if got_out is not None else self.tokens_out
             return chunk
@@ -409,25 +410,25 @@ class _Relay:
                 events += chunk.count(b"data:")
                 if failed and b"[DONE]" in chunk:
                     continue
-                failed = failed or _error_event(chunk) is not None
+                failed = failed or error_event_of(chunk) is not None
                 if chunk := self._usage_of(chunk, wants_usage):
                     yield chunk
         except TransportError as exc:
             status = 502
             log.warning("%s: stream from %s cut: %s", self.request_id, self.m.name, exc)
             if self.proxy.scheduler.cut.is_set():
-                cut = _cut(self.m.name)
+                cut = cut_error(self.m.name)
                 msg = f"{cut.message}. Fix: {cut.hint}"
                 yield b"data: " + error_body(msg, cut.error_type, "drain_timeout") + b"\n\n"
                 return
-            died = await _died(self.runner)
+            died = await runner_died(self.runner)
             got = max(0, events - 1)
             where = f"after {got} token{'s' if got != 1 else ''} of the answer"
             if died:
                 what = f"the runner for {self.m.name} {self.runner.exit_description()} {where}"
             else:
                 what = f"the connection to the runner for {self.m.name} broke {where} ({exc})"
-            msg = f"{what}; the answer is incomplete. Fix: {_crash_fix(self.m.name, self.runner)}"
+            msg = f"{what}; the answer is incomplete. Fix: {crash_fix(self.m.name, self.runner)}"
             yield b"data: " + error_body(msg, "runner_crashed", "stream_cut") + b"\n\n"
         finally:
             self.upstream.release()
@@ -443,152 +444,3 @@ class _Relay:
                 self.request_id,
                 self.ttft,
             )
-
-
-def _cut(model: str) -> SmackError:
-    return ShuttingDown(
-        f"the supervisor is stopping and its drain ran out of time: the answer of {model} "
-        "was cut before it was complete",
-        "send it again once the supervisor is back (`smackctl start`), or give `smackctl stop` "
-        "a longer --timeout",
-    )
-
-
-def _crash_fix(model: str, runner: Runner) -> str:
-    signal = signal_name(runner.exit_code) if runner.exited.is_set() else None
-    if signal in ("SIGSEGV", "SIGILL", "SIGBUS", "SIGFPE", "SIGABRT"):
-        return (
-            "run `smackctl doctor`: it checks whether this machine's llama.cpp build crashes "
-            "on quantized models (a build with Intel AMX kernels does) and names the rebuild; "
-            f"`smackctl logs {model}` has the runner's log"
-        )
-    return f"see `smackctl logs {model}`"
-
-
-def _lost(model: str, runner: Runner, exc: TransportError, died: bool, retried: bool) -> SmackError:
-    """The error for a request whose runner failed before sending a byte back."""
-    if died:
-        doing = runner.activity() or "before answering"
-        again = (
-            "; it was restarted and the request sent once more, and it failed again"
-            if retried
-            else ""
-        )
-        msg = f"the runner for {model} {runner.exit_description()} {doing}{again}"
-    else:
-        msg = f"the runner for {model} did not answer: {exc}"
-    return UpstreamError(msg, _crash_fix(model, runner))
-
-
-def new_request_id() -> str:
-    # a UUID4: the runner (starlette-context) answers an empty 400 to any other X-Request-Id
-    return str(uuid.uuid4())
-
-
-async def _died(runner: Any) -> bool:
-    """Did the runner's process exit (give the kernel a moment to tell us)?"""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(runner.exited.wait(), 2.0)
-    return bool(runner.exited.is_set())
-
-
-def _with_defaults(body: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in body.items() if v is not None}
-    for key, value in defaults.items():
-        if value is not None and key not in out:
-            out[key] = value
-    return out
-
-
-#: jinja2's sandbox refusing a chat template: its class, or its words (llama_cpp.server's
-#: answer quotes only the message: "access to attribute '__init__' of 'type' object is unsafe")
-_UNSAFE = re.compile(r"SecurityError|access to attribute .* is unsafe|is not safely callable")
-
-
-def _error_event(chunk: bytes) -> bytes | None:
-    """The error object of a stream's first event, when the runner's answer failed before
-    any token (host.py's error event); None for a token."""
-    if b'"error"' not in chunk:
-        return None
-    try:
-        data = json.loads(chunk.split(b"data:", 1)[1].split(b"\n\n", 1)[0])
-    except (ValueError, IndexError):
-        return None
-    return json.dumps(data).encode() if isinstance(data, dict) and "error" in data else None
-
-
-def _wants_tools(body: dict[str, Any]) -> bool:
-    """Tools offered and not turned off (`tool_choice: none`), in any of the three APIs."""
-    tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
-    tools = [t for t in tools if t.get("type", "function") in ("function", "custom")] or (
-        body.get("functions") or []
-    )
-    choice = body.get("tool_choice") or body.get("function_call")
-    off = choice == "none" or (isinstance(choice, dict) and choice.get("type") == "none")
-    return bool(tools) and not off
-
-
-def _counts(data: Any) -> tuple[int | None, int | None]:
-    """Tokens in and out of an answer or event: OpenAI's `usage` (prompt/completion tokens),
-    or Anthropic's and the Responses API's (input/output tokens, maybe under `message` or
-    `response`)."""
-    for holder in (data, data.get("message"), data.get("response")):
-        usage = holder.get("usage") if isinstance(holder, dict) else None
-        if isinstance(usage, dict):
-            return (
-                usage.get("prompt_tokens", usage.get("input_tokens")),
-                usage.get("completion_tokens", usage.get("output_tokens")),
-            )
-    return None, None
-
-
-#: jinja2 failing to render a chat template for the messages given
-_TEMPLATE = re.compile(r"UndefinedError|TemplateSyntaxError|'\w+ object' has no attribute")
-
-#: one error of pydantic's list as llama_cpp.server quotes it: its location and message
-_VALIDATION = re.compile(r"'loc': \(([^)]*)\), 'msg': [\"']([^\"']*)")
-
-
-def _has_error(data: Any) -> bool:
-    return isinstance(data, dict) and isinstance(data.get("error"), dict)
-
-
-def _map_error(model: str, status: int, content: bytes) -> tuple[bytes, int]:
-    try:
-        data = json.loads(content)
-    except ValueError:
-        data = None
-    text = content.decode(errors="replace")
-    if status >= 500 and _UNSAFE.search(text):
-        return error_body(
-            f"the chat template of {model} tried an operation the template sandbox forbids; "
-            "the request was refused and nothing ran. Fix: use a trusted GGUF, or set "
-            f"`chat_format:` for {model} in the profile",
-            "invalid_request_error",
-            "unsafe_chat_template",
-        ), 400
-    if BAD_GRAMMAR in text:
-        message = data["error"]["message"] if _has_error(data) else BAD_GRAMMAR
-        return error_body(message, "invalid_request_error", "invalid_grammar"), 400
-    if status >= 500 and _TEMPLATE.search(text):
-        message = data["error"]["message"] if _has_error(data) else text[:300]
-        return error_body(
-            f"the chat template of {model} failed on this request's messages ({message}); "
-            "nothing was generated. Fix: check the messages' roles and fields, or set "
-            f"`chat_format:` for {model} in the profile",
-            "invalid_request_error",
-            "chat_template_error",
-        ), 400
-    if status >= 500 and (fields := _VALIDATION.findall(text)):
-        # a request the runner's own validation refused (what schemas.py missed): a 400
-        # naming the fields, never a 500 with a dump of pydantic's errors
-        where = "; ".join(f"{loc.replace(chr(39), '')}: {msg}" for loc, msg in fields[:3])
-        return error_body(
-            f"{model}'s runner refused the request: {where}", "invalid_request_error"
-        ), 400
-    if _has_error(data):
-        return content, status
-    detail = data.get("detail") if isinstance(data, dict) else None
-    msg = f"the runner for {model} answered {status}: {detail or text[:500]}"
-    kind = "invalid_request_error" if status < 500 else "runner_error"
-    return error_body(msg, kind), (status if status < 500 else 502)

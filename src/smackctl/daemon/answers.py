@@ -1,0 +1,197 @@
+"""What runners answer, read and mapped for clients: error bodies, the errors of a runner that
+died or hung, a streamed error event, token counts in each API's usage, and the mapping of a
+runner's error answer (a refused template, a bad grammar, pydantic's dump) to a 4xx that says
+what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import uuid
+from typing import Any
+
+from smackctl.errors import SmackError
+from smackctl.selftest import signal_name
+
+from .host import BAD_GRAMMAR
+from .runner import Runner
+from .scheduler import ShuttingDown
+from .upstream import TransportError
+
+__all__ = [
+    "UpstreamError",
+    "crash_fix",
+    "cut_error",
+    "error_body",
+    "error_event_of",
+    "lost_error",
+    "map_error",
+    "new_request_id",
+    "runner_died",
+    "token_counts",
+    "wants_tools",
+    "with_defaults",
+]
+
+
+class UpstreamError(SmackError):
+    status = 502
+    error_type = "runner_error"
+
+
+def error_body(message: str, error_type: str, code: str | None = None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": error_type, "code": code}}).encode()
+
+
+def cut_error(model: str) -> SmackError:
+    return ShuttingDown(
+        f"the supervisor is stopping and its drain ran out of time: the answer of {model} "
+        "was cut before it was complete",
+        "send it again once the supervisor is back (`smackctl start`), or give `smackctl stop` "
+        "a longer --timeout",
+    )
+
+
+def crash_fix(model: str, runner: Runner) -> str:
+    signal = signal_name(runner.exit_code) if runner.exited.is_set() else None
+    if signal in ("SIGSEGV", "SIGILL", "SIGBUS", "SIGFPE", "SIGABRT"):
+        return (
+            "run `smackctl doctor`: it checks whether this machine's llama.cpp build crashes "
+            "on quantized models (a build with Intel AMX kernels does) and names the rebuild; "
+            f"`smackctl logs {model}` has the runner's log"
+        )
+    return f"see `smackctl logs {model}`"
+
+
+def lost_error(
+    model: str, runner: Runner, exc: TransportError, died: bool, retried: bool
+) -> SmackError:
+    """The error for a request whose runner failed before sending a byte back."""
+    if died:
+        doing = runner.activity() or "before answering"
+        again = (
+            "; it was restarted and the request sent once more, and it failed again"
+            if retried
+            else ""
+        )
+        msg = f"the runner for {model} {runner.exit_description()} {doing}{again}"
+    else:
+        msg = f"the runner for {model} did not answer: {exc}"
+    return UpstreamError(msg, crash_fix(model, runner))
+
+
+def new_request_id() -> str:
+    # a UUID4: the runner (starlette-context) answers an empty 400 to any other X-Request-Id
+    return str(uuid.uuid4())
+
+
+async def runner_died(runner: Any) -> bool:
+    """Did the runner's process exit (give the kernel a moment to tell us)?"""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(runner.exited.wait(), 2.0)
+    return bool(runner.exited.is_set())
+
+
+def with_defaults(body: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in body.items() if v is not None}
+    for key, value in defaults.items():
+        if value is not None and key not in out:
+            out[key] = value
+    return out
+
+
+#: jinja2's sandbox refusing a chat template: its class, or its words (llama_cpp.server's
+#: answer quotes only the message: "access to attribute '__init__' of 'type' object is unsafe")
+_UNSAFE = re.compile(r"SecurityError|access to attribute .* is unsafe|is not safely callable")
+
+
+def error_event_of(chunk: bytes) -> bytes | None:
+    """The error object of a stream's first event, when the runner's answer failed before
+    any token (host.py's error event); None for a token."""
+    if b'"error"' not in chunk:
+        return None
+    try:
+        data = json.loads(chunk.split(b"data:", 1)[1].split(b"\n\n", 1)[0])
+    except (ValueError, IndexError):
+        return None
+    return json.dumps(data).encode() if isinstance(data, dict) and "error" in data else None
+
+
+def wants_tools(body: dict[str, Any]) -> bool:
+    """Tools offered and not turned off (`tool_choice: none`), in any of the three APIs."""
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
+    tools = [t for t in tools if t.get("type", "function") in ("function", "custom")] or (
+        body.get("functions") or []
+    )
+    choice = body.get("tool_choice") or body.get("function_call")
+    off = choice == "none" or (isinstance(choice, dict) and choice.get("type") == "none")
+    return bool(tools) and not off
+
+
+def token_counts(data: Any) -> tuple[int | None, int | None]:
+    """Tokens in and out of an answer or event: OpenAI's `usage` (prompt/completion tokens),
+    or Anthropic's and the Responses API's (input/output tokens, maybe under `message` or
+    `response`)."""
+    for holder in (data, data.get("message"), data.get("response")):
+        usage = holder.get("usage") if isinstance(holder, dict) else None
+        if isinstance(usage, dict):
+            return (
+                usage.get("prompt_tokens", usage.get("input_tokens")),
+                usage.get("completion_tokens", usage.get("output_tokens")),
+            )
+    return None, None
+
+
+#: jinja2 failing to render a chat template for the messages given
+_TEMPLATE = re.compile(r"UndefinedError|TemplateSyntaxError|'\w+ object' has no attribute")
+
+#: one error of pydantic's list as llama_cpp.server quotes it: its location and message
+_VALIDATION = re.compile(r"'loc': \(([^)]*)\), 'msg': [\"']([^\"']*)")
+
+
+def has_error(data: Any) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("error"), dict)
+
+
+def map_error(model: str, status: int, content: bytes) -> tuple[bytes, int]:
+    try:
+        data = json.loads(content)
+    except ValueError:
+        data = None
+    text = content.decode(errors="replace")
+    if status >= 500 and _UNSAFE.search(text):
+        return error_body(
+            f"the chat template of {model} tried an operation the template sandbox forbids; "
+            "the request was refused and nothing ran. Fix: use a trusted GGUF, or set "
+            f"`chat_format:` for {model} in the profile",
+            "invalid_request_error",
+            "unsafe_chat_template",
+        ), 400
+    if BAD_GRAMMAR in text:
+        message = data["error"]["message"] if has_error(data) else BAD_GRAMMAR
+        return error_body(message, "invalid_request_error", "invalid_grammar"), 400
+    if status >= 500 and _TEMPLATE.search(text):
+        message = data["error"]["message"] if has_error(data) else text[:300]
+        return error_body(
+            f"the chat template of {model} failed on this request's messages ({message}); "
+            "nothing was generated. Fix: check the messages' roles and fields, or set "
+            f"`chat_format:` for {model} in the profile",
+            "invalid_request_error",
+            "chat_template_error",
+        ), 400
+    if status >= 500 and (fields := _VALIDATION.findall(text)):
+        # a request the runner's own validation refused (what schemas.py missed): a 400
+        # naming the fields, never a 500 with a dump of pydantic's errors
+        where = "; ".join(f"{loc.replace(chr(39), '')}: {msg}" for loc, msg in fields[:3])
+        return error_body(
+            f"{model}'s runner refused the request: {where}", "invalid_request_error"
+        ), 400
+    if has_error(data):
+        return content, status
+    detail = data.get("detail") if isinstance(data, dict) else None
+    msg = f"the runner for {model} answered {status}: {detail or text[:500]}"
+    kind = "invalid_request_error" if status < 500 else "runner_error"
+    return error_body(msg, kind), (status if status < 500 else 502)
