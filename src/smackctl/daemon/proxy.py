@@ -38,8 +38,8 @@ from .backends import backend_for
 from .metrics import Metrics
 from .runner import Runner
 from .scheduler import Managed, Scheduler
-from .schemas import chat_for_runner, for_runner, tools_for_runner, unusable
-from .translate import MESSAGES, RESPONSES, error_for, from_chat, stream_from_chat, to_chat
+from .schemas import chat_for_runner, unusable
+from .translate import MESSAGES, RESPONSES, from_chat, stream_from_chat, to_chat
 from .upstream import Answer, TransportError, Upstream
 
 __all__ = ["Proxy", "UpstreamError", "Watchdog", "error_body", "new_request_id"]
@@ -133,12 +133,7 @@ class Proxy:
                 headers={k: v for k, v in answer.headers.items() if k.startswith("x-")},
             )
         if answer.status_code >= 400:
-            return Response(
-                error_for(path, answer.status_code, bytes(answer.body)),
-                status_code=answer.status_code,
-                media_type="application/json",
-                background=answer.background,
-            )
+            return answer  # api.py puts an Anthropic request's error in Anthropic's shape
         data = json.loads(bytes(answer.body))
         return Response(
             json.dumps(from_chat(path, data, {**body, "model": m.name})).encode(),
@@ -160,40 +155,41 @@ class Proxy:
                 f"set `args: {{logits_all: true}}` for {m.name} in the profile (it costs "
                 "n_ctx × vocabulary × 4 bytes of memory)",
             )
-        if path == "/v1/chat/completions" and (
-            why := unusable(body, multimodal=bool(m.spec.args.get("mmproj")))
-        ):
+        backend = backend_for(m.spec)
+        if path == CHAT and (why := unusable(body, multimodal=bool(m.spec.args.get("mmproj")))):
             raise UsageError(
                 f"{m.name} cannot honour {why}",
                 "drop it from the request, or send it to a model that can",
             )
-        arg = backend_for(m.spec).embeddings_arg
+        arg = backend.embeddings_arg
         if path == "/v1/embeddings" and not m.spec.args.get(arg):
             raise UsageError(
                 f"{m.name} is not loaded to serve embeddings",
                 f"set `args: {{{arg}: true}}` for {m.name} in the profile, or send the request "
                 "to a model that has it",
             )
-        if path in (CHAT, MESSAGES, RESPONSES) and wants_tools(body):
-            info = await self.scheduler.loader.gguf_info(m)
-            if not backend_for(m.spec).handles_tools(m.spec, info):
-                raise UsageError(
-                    f"{m.name} cannot call tools: its chat template does not handle `tools`, "
-                    "so the model would never see them and answer in text",
-                    "send the request to a model whose template handles tools, or for "
-                    "llama-cpp-python set `chat_format: chatml-function-calling` for "
-                    f"{m.name} in the profile (ChatML models such as SmolLM2)",
-                )
-        if path in (CHAT, MESSAGES, RESPONSES) and m.spec.chat_format is None:
-            info = await self.scheduler.loader.gguf_info(m)
-            if info is not None and not info.has_chat_template:
-                raise UsageError(
-                    f"{m.name} has no chat template in its GGUF file (a base model), so it "
-                    "cannot answer chat messages; it would answer nothing",
-                    f"send it a text completion instead (`POST /v1/completions` with a "
-                    f"`prompt`), or set `chat_format:` for {m.name} in the profile (for "
-                    "example `chatml`) if it was trained for chat",
-                )
+        if path not in (CHAT, MESSAGES, RESPONSES):
+            return
+        tools = wants_tools(body)
+        if not tools and m.spec.chat_format is not None:
+            return  # nothing below to check: no tools, and a chat format the user chose
+        info = await self.scheduler.loader.gguf_info(m)  # read once per model file
+        if tools and not backend.handles_tools(m.spec, info):
+            raise UsageError(
+                f"{m.name} cannot call tools: its chat template does not handle `tools`, "
+                "so the model would never see them and answer in text",
+                "send the request to a model whose template handles tools, or for "
+                "llama-cpp-python set `chat_format: chatml-function-calling` for "
+                f"{m.name} in the profile (ChatML models such as SmolLM2)",
+            )
+        if m.spec.chat_format is None and info is not None and not info.has_chat_template:
+            raise UsageError(
+                f"{m.name} has no chat template in its GGUF file (a base model), so it "
+                "cannot answer chat messages; it would answer nothing",
+                f"send it a text completion instead (`POST /v1/completions` with a "
+                f"`prompt`), or set `chat_format:` for {m.name} in the profile (for "
+                "example `chatml`) if it was trained for chat",
+            )
 
     async def _forward(
         self,
@@ -214,9 +210,8 @@ class Proxy:
         # usage event (llama-server sends it when asked; host.py always), for the usage log
         body = {**body, "model": m.name}
         if path == CHAT:
-            body = chat_for_runner(body)
-            body["messages"] = for_runner(body["messages"], backend_for(m.spec).content_parts)
-            body = tools_for_runner(body, backend_for(m.spec).json_schema_format)
+            backend = backend_for(m.spec)
+            body = chat_for_runner(body, backend.content_parts, backend.json_schema_format)
         if stream and path in (CHAT, "/v1/completions"):
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         payload = json.dumps(with_defaults(body, sched.profile.defaults.model_dump())).encode()

@@ -285,13 +285,15 @@ def unusable(body: dict[str, Any], multimodal: bool) -> str | None:
     return None
 
 
-def chat_for_runner(body: dict[str, Any]) -> dict[str, Any]:
-    """A chat request as a runner takes it: the fields it may ignore dropped, and
-    `max_completion_tokens` (OpenAI's new name) as `max_tokens`, which both runners read."""
+def chat_for_runner(body: dict[str, Any], parts: bool, native_json_schema: bool) -> dict[str, Any]:
+    """A chat request as a runner takes it: the fields it may ignore dropped,
+    `max_completion_tokens` (OpenAI's new name) as `max_tokens`, which both runners read, the
+    messages as ``for_runner`` makes them and the tools as ``tools_for_runner`` does."""
     body = {k: v for k, v in body.items() if k not in IGNORED}
     if (n := body.pop("max_completion_tokens", None)) is not None:
         body.setdefault("max_tokens", n)
-    return body
+    body["messages"] = for_runner(body["messages"], parts)
+    return tools_for_runner(body, native_json_schema)
 
 
 class CompletionRequest(_Req):
