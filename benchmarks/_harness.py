@@ -244,6 +244,54 @@ def question(client: int, n: int, model: str) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Outcome:
+    """How one streamed request ended: ``served`` (``[DONE]`` after a ``finish_reason``),
+    ``error_event`` (an error event, then the body's clean end), ``503`` (with Retry-After:
+    ``detail`` is its seconds), ``5xx``, ``other`` (a 4xx: ``detail`` is its status and text) or
+    ``lost`` (a dropped connection or a torn stream: ``detail`` says which)."""
+
+    kind: str
+    seconds: float
+    detail: str = ""
+
+
+async def streamed_completion(c: httpx.AsyncClient, body: dict[str, Any]) -> Outcome:
+    t = time.perf_counter()
+    try:
+        async with c.stream("POST", "/v1/completions", json=body) as r:
+            if r.status_code == 503 and r.headers.get("retry-after"):
+                await r.aread()
+                return Outcome("503", time.perf_counter() - t, r.headers["retry-after"])
+            if r.status_code >= 500:
+                await r.aread()
+                return Outcome("5xx", time.perf_counter() - t)
+            if r.status_code != 200:
+                text = (await r.aread()).decode(errors="replace")[:200]
+                return Outcome("other", time.perf_counter() - t, f"{r.status_code}: {text}")
+            finished = done = errored = False
+            seen: list[str] = []
+            async for line in r.aiter_lines():
+                if line:
+                    seen.append(line[:200])
+                if line == "data: [DONE]":
+                    done = True
+                elif line.startswith("data: "):
+                    ev = json.loads(line[6:])
+                    if "error" in ev:
+                        errored = True
+                    elif ev.get("choices"):
+                        finished |= bool(ev["choices"][0].get("finish_reason"))
+            took = time.perf_counter() - t
+            if errored:
+                return Outcome("error_event", took)
+            if done and finished:
+                return Outcome("served", took)
+            return Outcome("lost", took, f"no [DONE]; last: {seen[-2:]}")
+    except httpx.HTTPError as exc:
+        return Outcome("lost", time.perf_counter() - t, type(exc).__name__)
+
+
 def first_token(
     c: httpx.Client, url: str, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> float:

@@ -12,7 +12,6 @@ cores) and with one thread per model (side by side on 2 cores).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from ._harness import (
     percentile,
     profile_text,
     question,
+    streamed_completion,
     supervisor,
     verdict,
 )
@@ -82,34 +82,12 @@ async def _load(sup: Sup) -> tuple[dict[str, int], list[float], float]:
         n = 0
         while time.perf_counter() < stop_at:
             n += 1
-            body = question(i, n, model)
-            t = time.perf_counter()
-            try:
-                async with c.stream("POST", "/v1/completions", json=body) as r:
-                    if r.status_code >= 500:
-                        counts["5xx"] += 1
-                        await r.aread()
-                        continue
-                    if r.status_code != 200:
-                        counts["other"] += 1
-                        await r.aread()
-                        continue
-                    finished = done = False
-                    async for line in r.aiter_lines():
-                        if line == "data: [DONE]":
-                            done = True
-                        elif line.startswith("data: "):
-                            ev = json.loads(line[6:])
-                            if "error" in ev:
-                                break
-                            finished |= bool(ev["choices"][0].get("finish_reason"))
-                    if done and finished:
-                        counts["served"] += 1
-                        latency.append(time.perf_counter() - t)
-                    else:
-                        counts["lost"] += 1
-            except httpx.HTTPError:
-                counts["lost"] += 1
+            got = await streamed_completion(c, question(i, n, model))
+            # here an error event is a lost answer, and any 5xx counts (no fault is injected)
+            kind = {"error_event": "lost", "503": "5xx"}.get(got.kind, got.kind)
+            counts[kind] += 1
+            if kind == "served":
+                latency.append(got.seconds)
 
     async with httpx.AsyncClient(
         base_url=sup.url, headers=sup.headers, timeout=300, limits=limits

@@ -41,6 +41,7 @@ from ._harness import (
     percentile,
     profile_text,
     question,
+    streamed_completion,
     supervisor,
     verdict,
 )
@@ -133,51 +134,19 @@ async def _soak(
         n = 0
         while time.perf_counter() < stop_at:
             n += 1
-            body = question(i, n, name)
-            t = time.perf_counter()
-            try:
-                async with c.stream("POST", "/v1/completions", json=body) as r:
-                    if r.status_code == 503 and r.headers.get("retry-after"):
-                        counts["503"] += 1
-                        await r.aread()
-                        await asyncio.sleep(float(r.headers["retry-after"]))
-                        continue
-                    if r.status_code >= 500:
-                        counts["5xx"] += 1
-                        await r.aread()
-                        continue
-                    if r.status_code != 200:
-                        text = (await r.aread()).decode(errors="replace")[:200]
-                        key = f"{r.status_code}: {text}"
-                        counts["other"][key] = counts["other"].get(key, 0) + 1
-                        continue
-                    finished = done = errored = False
-                    seen: list[str] = []
-                    async for line in r.aiter_lines():
-                        if line:
-                            seen.append(line[:200])
-                        if line == "data: [DONE]":
-                            done = True
-                        elif line.startswith("data: "):
-                            ev = json.loads(line[6:])
-                            if "error" in ev:
-                                errored = True
-                            elif ev.get("choices"):
-                                finished |= bool(ev["choices"][0].get("finish_reason"))
-                    if errored:  # an error event, then the body's clean end
-                        counts["error_event"] += 1
-                    elif done and finished:
-                        counts["served"] += 1
-                        latency.append(time.perf_counter() - t)
-                        slow.append((latency[-1], name, t - start))
-                    else:
-                        counts["lost"] += 1
-                        counts["lost_why"].append(
-                            f"{name} at {t - start:.0f} s: no [DONE]; last: {seen[-2:]}"
-                        )
-            except httpx.HTTPError as exc:
-                counts["lost"] += 1
-                counts["lost_why"].append(f"{name} at {t - start:.0f} s: {type(exc).__name__}")
+            at = time.perf_counter() - start
+            got = await streamed_completion(c, question(i, n, name))
+            if got.kind == "other":
+                counts["other"][got.detail] = counts["other"].get(got.detail, 0) + 1
+                continue
+            counts[got.kind] += 1
+            if got.kind == "503":  # documented: wait as long as it says, then ask again
+                await asyncio.sleep(float(got.detail))
+            elif got.kind == "served":
+                latency.append(got.seconds)
+                slow.append((got.seconds, name, at))
+            elif got.kind == "lost":
+                counts["lost_why"].append(f"{name} at {at:.0f} s: {got.detail}")
 
     async def chaos(c: httpx.AsyncClient) -> None:
         await asyncio.sleep(WARMUP)
