@@ -30,7 +30,7 @@ from smackctl.errors import SmackError, UsageError
 from .bench import Bench, BenchParams
 from .proxy import Proxy, error_body, new_request_id
 from .scheduler import Scheduler
-from .schemas import REQUEST_SCHEMAS
+from .schemas import QUERY_BOUNDS, REQUEST_SCHEMAS
 from .translate import MESSAGES, error_for
 
 __all__ = ["create_app", "Guard"]
@@ -220,8 +220,9 @@ def _errors(fn: Handler) -> Handler:
     return wrapper
 
 
-def _number(request: Request, name: str, default: float, low: float, high: float) -> float:
-    """A query parameter that must be a number within [low, high]: else a 400 naming it."""
+def _number(request: Request, name: str, default: float) -> float:
+    """A query parameter that must be a number within its QUERY_BOUNDS: else a 400 naming it."""
+    low, high = QUERY_BOUNDS[name]
     raw = request.query_params.get(name)
     if raw is None:
         return default
@@ -236,7 +237,8 @@ def _number(request: Request, name: str, default: float, low: float, high: float
     return value
 
 
-def _whole(request: Request, name: str, default: int, low: int, high: int) -> int:
+def _whole(request: Request, name: str, default: int) -> int:
+    low, high = (int(b) for b in QUERY_BOUNDS[name])
     raw = request.query_params.get(name)
     if raw is None:
         return default
@@ -414,7 +416,7 @@ def create_app(
 
     async def bench_history(request: Request) -> Response:
         name = request.query_params.get("model")
-        limit = _whole(request, "limit", 50, 1, 10_000)
+        limit = _whole(request, "limit", 50)
         if name is not None:
             name = (
                 scheduler.resolve(name).name if name in scheduler.registry.known_names() else name
@@ -540,7 +542,7 @@ def create_app(
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def usage(request: Request) -> Response:
-        since = _number(request, "since", 0.0, 0.0, 1e11)
+        since = _number(request, "since", 0.0)
         return JSONResponse(scheduler.store.usage(since))
 
     async def shutdown(request: Request) -> Response:
@@ -553,7 +555,7 @@ def create_app(
 
     async def logs(request: Request) -> Response:
         model = request.query_params.get("model")
-        lines = _whole(request, "lines", 200, 1, 100_000)
+        lines = _whole(request, "lines", 200)
         if model:
             path = scheduler.paths.runner_log(scheduler.resolve(model).name)
         else:

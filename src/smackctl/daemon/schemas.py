@@ -430,6 +430,14 @@ class ResponsesRequest(BaseModel):
     include: list[str] | None = None
 
 
+#: the control routes' query parameters: (lowest, highest), as api.py checks them and
+#: openapi.py describes them
+QUERY_BOUNDS: dict[str, tuple[float, float]] = {
+    "limit": (1, 10_000),  # GET /api/bench
+    "lines": (1, 100_000),  # GET /api/logs
+    "since": (0, 1e11),  # GET /api/usage, a unix time
+}
+
 REQUEST_SCHEMAS: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": ChatRequest,
     "/v1/completions": CompletionRequest,
