@@ -40,18 +40,28 @@ def write_tiny_gguf(
     name: str = "tiny-llama",
     chat_template: str | None = CHAT_TEMPLATE,
     quant: str = "F32",
+    fim: bool = False,
+    rerank: bool = False,
 ) -> Path:
     """``quant``: F32, or Q8_0 / Q4_0 for the attention and feed-forward matrices (quantized
     with the gguf library's own helpers). A quantized model runs llama.cpp's quantized matmul
     kernels, the ones a build for the wrong CPU features crashes in (Intel AMX); an F32 model
-    never reaches them."""
+    never reaches them.
+
+    ``fim``: the vocabulary has StarCoder's fill-in-the-middle tokens (``<fim_prefix>``,
+    ``<fim_suffix>``, ``<fim_middle>``), as code models do. ``rerank``: a reranker, the shape
+    of Qwen3-Reranker (the qwen3 architecture, rank pooling, a two-label ``cls.output``
+    head) that llama-server's ``--reranking`` serves."""
     rng = np.random.default_rng(seed)
     head_dim = dim // heads
     kv_dim = head_dim * heads_kv
     tokens = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{i:02X}>".encode() for i in range(256)]
+    extra = [b"<fim_prefix>", b"<fim_suffix>", b"<fim_middle>"] if fim else []
+    tokens += extra
     vocab = len(tokens)
+    arch = "qwen3" if rerank else "llama"
 
-    w = gguf.GGUFWriter(str(path), "llama")
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_name(name)
     w.add_context_length(context)
     w.add_embedding_length(dim)
@@ -79,12 +89,16 @@ def write_tiny_gguf(
     w.add_token_types(
         [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
         + [gguf.TokenType.BYTE] * 256
+        + [gguf.TokenType.CONTROL] * len(extra)
     )
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_unk_token_id(0)
     if chat_template is not None:
         w.add_chat_template(chat_template)
+    if rerank:
+        w.add_pooling_type(gguf.PoolingType.RANK)
+        w.add_array(f"{arch}.classifier.output_labels", ["yes", "no"])
 
     def t(tensor_name: str, *shape: int, quantize: bool = True) -> None:
         data = (rng.standard_normal(shape) * 0.02).astype(np.float32)
@@ -103,12 +117,17 @@ def write_tiny_gguf(
     printable = range(3 + 0x20, 3 + 0x7F)
     out[list(printable)] = rng.standard_normal((len(printable), dim)).astype(np.float32)
     w.add_tensor("output.weight", out)
+    if rerank:
+        t("cls.output.weight", 2, dim, quantize=False)
     for i in range(layers):
         w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(dim, dtype=np.float32))
         t(f"blk.{i}.attn_q.weight", dim, dim)
         t(f"blk.{i}.attn_k.weight", kv_dim, dim)
         t(f"blk.{i}.attn_v.weight", kv_dim, dim)
         t(f"blk.{i}.attn_output.weight", dim, dim)
+        if rerank:  # qwen3 normalises each head's queries and keys
+            w.add_tensor(f"blk.{i}.attn_q_norm.weight", np.ones(head_dim, dtype=np.float32))
+            w.add_tensor(f"blk.{i}.attn_k_norm.weight", np.ones(head_dim, dtype=np.float32))
         w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(dim, dtype=np.float32))
         t(f"blk.{i}.ffn_gate.weight", ff, dim)
         t(f"blk.{i}.ffn_up.weight", ff, dim)

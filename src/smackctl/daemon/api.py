@@ -28,6 +28,7 @@ from smackctl import __version__
 from smackctl.errors import SmackError, UsageError
 
 from .bench import Bench, BenchParams
+from .extras import COUNT
 from .proxy import Proxy, error_body, new_request_id
 from .scheduler import Scheduler
 from .schemas import QUERY_BOUNDS, REQUEST_SCHEMAS
@@ -290,7 +291,7 @@ def create_app(
         )
 
     async def openai(request: Request) -> Response:
-        if request.url.path != MESSAGES:
+        if request.url.path not in (MESSAGES, COUNT):
             return await openai_shaped(request)
         # Anthropic clients read errors in Anthropic's shape
         try:
@@ -590,6 +591,10 @@ def create_app(
         Route("/v1/embeddings", _errors(openai), methods=["POST"]),
         Route("/v1/messages", _errors(openai), methods=["POST"]),
         Route("/v1/responses", _errors(openai), methods=["POST"]),
+        Route("/v1/messages/count_tokens", _errors(openai), methods=["POST"]),
+        Route("/v1/rerank", _errors(openai), methods=["POST"]),
+        Route("/infill", _errors(openai), methods=["POST"]),
+        Route("/tokenize", _errors(openai), methods=["POST"]),
         Route("/api/status", _errors(status), methods=["GET"]),
         Route("/api/models", _errors(models_index), methods=["GET"]),
         Route("/api/models", _errors(model_add), methods=["POST"]),

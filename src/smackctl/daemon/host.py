@@ -299,6 +299,7 @@ def serve(args: list[str]) -> None:
     app.add_route("/smackctl/load", load, methods=["POST"])
     app.add_route("/smackctl/free", free, methods=["POST"])
     app.add_route("/smackctl/alive", alive, methods=["GET"])
+    app.add_route("/smackctl/count", _count_route(server), methods=["POST"])
     uvicorn.run(
         app,
         host=server.host,
@@ -315,6 +316,58 @@ async def alive(request: Any) -> Any:
     from starlette.responses import PlainTextResponse
 
     return PlainTextResponse("alive")
+
+
+def count_chat(llama: Any, body: dict[str, Any]) -> int:
+    """The tokens of a chat request's prompt as the model sees it: its messages (and tools)
+    rendered by the chat template the runner answers with, then tokenized.
+
+    The GGUF's own template (the default) and a named formatter (``chat_format: chatml``…)
+    are rendered exactly; a handler without a formatter (``chatml-function-calling``,
+    functionary) is counted as ChatML, which its prompt is built on."""
+    from llama_cpp import llama_chat_format as formats
+
+    messages, tools = body.get("messages") or [], body.get("tools")
+    template = llama.metadata.get("tokenizer.chat_template")
+    if llama.chat_format == "chat_template.default" and template:
+        vocab = llama._model
+
+        def text(token: int) -> str:
+            return vocab.token_get_text(token) if token >= 0 else ""
+
+        formatter: Any = formats.Jinja2ChatFormatter(
+            template=template,
+            eos_token=text(llama.token_eos()),
+            bos_token=text(llama.token_bos()),
+        )
+    else:
+        name = str(llama.chat_format or "chatml").replace("-", "_")
+        formatter = getattr(formats, f"format_{name}", formats.format_chatml)
+    prompt = formatter(messages=messages, tools=tools).prompt
+    return len(llama.tokenize(prompt.encode(), add_bos=False, special=True))
+
+
+def _count_route(server: Any) -> Any:
+    """``POST /smackctl/count`` (the runner's key), a chat request's body: ``{"input_tokens":
+    N}``, what Anthropic's ``/v1/messages/count_tokens`` answers (llama-server has it)."""
+    from llama_cpp.server import app as llama_app
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+
+    async def count(request: Request) -> JSONResponse:
+        if request.headers.get("authorization") != f"Bearer {server.api_key}":
+            return JSONResponse({"message": "bad or missing bearer key"}, status_code=401)
+        try:
+            body = json.loads(await request.body())
+            async with contextlib.asynccontextmanager(llama_app.get_llama_proxy)() as proxy:
+                n = await run_in_threadpool(count_chat, proxy(None), body)
+        except Exception as exc:  # a template that fails on these messages: theirs to fix
+            error = {"message": f"cannot count: {exc}", "type": "invalid_request_error"}
+            return JSONResponse({"error": error}, status_code=400)
+        return JSONResponse({"input_tokens": n})
+
+    return count
 
 
 def _routes(parser: argparse.ArgumentParser, server: Any) -> tuple[Any, Any]:

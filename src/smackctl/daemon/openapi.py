@@ -81,6 +81,15 @@ def _query(name: str, schema: dict[str, Any], what: str) -> dict[str, Any]:
 _NDJSON = {"application/x-ndjson": {"schema": {"type": "string"}}}
 
 
+_SUMMARIES = {
+    "/v1/messages": "Anthropic Messages",
+    "/v1/messages/count_tokens": "Anthropic token counting",
+    "/v1/rerank": "Rerank documents against a query (llama-server, Jina, Cohere shape)",
+    "/infill": "Fill in the middle (llama-server's, for editors)",
+    "/tokenize": "A model's token ids for a text (llama-server's)",
+}
+
+
 def openapi(version: str) -> dict[str, Any]:
     schemas: dict[str, Any] = {"Error": _ERROR}
     openai_ops: dict[str, Any] = {}
@@ -92,7 +101,7 @@ def openapi(version: str) -> dict[str, Any]:
             **_json(),
             "text/event-stream": {"schema": {"type": "string"}},  # with "stream": true
         }
-        op = _op(f"OpenAI {path.removeprefix('/v1/')}", ok=ok)
+        op = _op(_SUMMARIES.get(path, f"OpenAI {path.removeprefix('/v1/')}"), ok=ok)
         op["requestBody"] = {
             "required": True,
             "content": _json({"$ref": _REF.format(model=model.__name__)}),

@@ -35,6 +35,7 @@ from .answers import (
     with_defaults,
 )
 from .backends import backend_for
+from .extras import COUNT, for_runner, is_extra
 from .metrics import Metrics
 from .runner import Runner
 from .scheduler import Managed, Scheduler
@@ -100,6 +101,11 @@ class Proxy:
         started = time.perf_counter()
         try:
             await self._refuse_what_it_cannot_serve(m, path, body)
+            if is_extra(path, body):
+                info = await sched.loader.gguf_info(m)
+                backend = backend_for(m.spec)
+                to, asked = for_runner(m.name, m.spec.args, backend, info, path, body)
+                return await self._forward(m, to, asked, request_id, started, path)
             if path in (MESSAGES, RESPONSES) and path not in backend_for(m.spec).native_apis:
                 return await self._translated(m, path, body, request_id, started)
             return await self._forward(m, path, body, request_id, started)
@@ -168,7 +174,7 @@ class Proxy:
                 f"set `args: {{{arg}: true}}` for {m.name} in the profile, or send the request "
                 "to a model that has it",
             )
-        if path not in (CHAT, MESSAGES, RESPONSES):
+        if path not in (CHAT, MESSAGES, RESPONSES, COUNT):
             return
         tools = wants_tools(body)
         if not tools and m.spec.chat_format is not None:

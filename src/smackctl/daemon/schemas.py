@@ -18,6 +18,10 @@ __all__ = [
     "EmbeddingRequest",
     "REQUEST_SCHEMAS",
     "ResponsesRequest",
+    "CountTokensRequest",
+    "RerankRequest",
+    "InfillRequest",
+    "TokenizeRequest",
 ]
 
 
@@ -438,10 +442,83 @@ QUERY_BOUNDS: dict[str, tuple[float, float]] = {
     "since": (0, 1e11),  # GET /api/usage, a unix time
 }
 
+
+class CountTokensRequest(BaseModel):
+    """Anthropic's ``/v1/messages/count_tokens``: a Messages request without the answer's
+    settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, max_length=256)
+    messages: list[_AnthropicMessage] = Field(min_length=1)
+    system: str | list[_TextBlock] | None = None
+    tools: list[_AnthropicTool] | None = None
+    tool_choice: dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = None
+
+
+class RerankRequest(BaseModel):
+    """``/v1/rerank``, as llama-server, Jina and Cohere take it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, max_length=256)
+    query: str
+    documents: list[str] = Field(min_length=1, max_length=10_000)
+    top_n: int | None = Field(None, ge=1)
+    return_documents: bool | None = None
+
+
+class _ExtraFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    filename: str = ""
+    text: str
+
+
+class InfillRequest(BaseModel):
+    """llama-server's ``/infill``, what editors' completion plugins send (llama.vim,
+    llama.vscode): the text before and after the cursor, other files as context."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, max_length=256)
+    input_prefix: str
+    input_suffix: str
+    input_extra: list[_ExtraFile] | None = None
+    prompt: str | None = None  # the current line's text before the cursor
+    stream: bool = False
+    n_predict: int | None = Field(None, ge=-1, le=1_000_000)
+    n_indent: int | None = Field(None, ge=0)
+    temperature: float | None = Field(None, ge=0, le=5)
+    top_k: int | None = Field(None, ge=0)
+    top_p: float | None = Field(None, ge=0, le=1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    seed: int | None = None
+    stop: list[str] | None = None
+    samplers: list[str] | None = None
+    cache_prompt: bool | None = None
+    t_max_prompt_ms: int | None = None
+    t_max_predict_ms: int | None = None
+    response_fields: list[str] | None = None
+
+
+class TokenizeRequest(BaseModel):
+    """``/tokenize``, llama-server's shape: a model's token ids for ``content``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, max_length=256)
+    content: str
+
+
 REQUEST_SCHEMAS: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": ChatRequest,
     "/v1/completions": CompletionRequest,
     "/v1/embeddings": EmbeddingRequest,
     "/v1/messages": AnthropicRequest,
     "/v1/responses": ResponsesRequest,
+    "/v1/messages/count_tokens": CountTokensRequest,
+    "/v1/rerank": RerankRequest,
+    "/infill": InfillRequest,
+    "/tokenize": TokenizeRequest,
 }

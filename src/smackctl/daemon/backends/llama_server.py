@@ -46,7 +46,9 @@ class LlamaServer:
     content_parts = True
     # its /v1/responses stream lacks `content_index` in text deltas (the official client's
     # stream helper fails on it): translated like llama-cpp-python's
-    native_apis: frozenset[str] = frozenset({"/v1/messages"})
+    native_apis: frozenset[str] = frozenset(
+        {"/v1/messages", "/v1/messages/count_tokens", "/v1/rerank", "/infill", "/tokenize"}
+    )
 
     def __init__(self, binary: str | None = None) -> None:
         self.configured = binary
