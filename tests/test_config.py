@@ -110,3 +110,34 @@ def test_model_names_never_become_paths(bad: str) -> None:
 )
 def test_parse_size(text: str | int, size: int) -> None:
     assert parse_size(text) == size
+
+
+def test_remote_models_and_groups_are_checked_with_their_key(tmp_path: Path) -> None:
+    remote = "    backend: openai\n    url: http://gpu-box:8000/v1\n"
+    ok = write(
+        tmp_path,
+        f"models:\n  big:\n{remote}    api_key_env: GPU_KEY\n  small:\n    path: {__file__}\n"
+        "groups:\n  chat:\n    deployments: [big, small]\n    policy: least-busy\n"
+        "    fallbacks: [small]\n",
+    )
+    profile = load_profile(ok)
+    assert profile.models["big"].remote and profile.groups["chat"].policy == "least-busy"
+    assert profile.models["big"].verify_tls  # TLS checked unless the profile says otherwise
+    bad_url = write(tmp_path, "models:\n  big:\n    backend: openai\n    url: ftp://x\n", "b.yaml")
+    assert any(i.startswith(f"{bad_url}:4 models.big.url:") for i in issues(bad_url))
+    no_url = write(tmp_path, "models:\n  big:\n    backend: openai\n", "c.yaml")
+    assert any("`backend: openai` takes a `url`" in i for i in issues(no_url))
+    key_in_file = write(tmp_path, f"models:\n  big:\n{remote}    api_key: sk-123\n", "d.yaml")
+    assert any("models.big.api_key: unknown key" in i for i in issues(key_in_file))
+    group = write(
+        tmp_path,
+        f"models:\n  big:\n{remote}groups:\n  chat:\n    deployments: [big, nope]\n"
+        "    policy: random\n",
+        "e.yaml",
+    )
+    found = issues(group)
+    assert any("groups.chat.policy" in i and "'priority'" in i for i in found), found
+    group = write(tmp_path, f"models:\n  big:\n{remote}    fallbacks: [gone]\n", "f.yaml")
+    assert any(
+        "models.big.fallbacks: 'gone' is neither a model nor a group" in i for i in issues(group)
+    )

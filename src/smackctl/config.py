@@ -23,7 +23,9 @@ from smackctl.paths import DEFAULT_HOST, DEFAULT_PORT, list_profile_files, profi
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
+    "LOCAL_BACKENDS",
     "Cpu",
+    "Group",
     "Defaults",
     "MemoryBudget",
     "ModelSpec",
@@ -100,7 +102,9 @@ def parse_duration(value: int | str) -> int:
 Size = Annotated[int, Field(ge=0)]
 
 
-Backend = Literal["llama-cpp-python", "llama-server"]
+Backend = Literal["llama-cpp-python", "llama-server", "openai"]
+#: the backends whose runners the supervisor starts (``openai``: a server elsewhere)
+LOCAL_BACKENDS = ("llama-cpp-python", "llama-server")
 
 
 class _Strict(BaseModel):
@@ -130,6 +134,28 @@ class ModelSpec(_Strict):
     #: own llama-server (continuous batching over ``parallel`` slots, less memory)
     backend: Backend = "llama-cpp-python"
     args: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    # -- `backend: openai`: an OpenAI-compatible server elsewhere (gateway.py) --------------
+    #: its base URL, with the /v1 (vLLM, Ollama's /v1, llama-server, LM Studio, a smackctl)
+    url: str | None = Field(None, pattern=r"^https?://[^\s]+$")
+    #: the model's name there (default: this entry's name)
+    upstream_model: str | None = None
+    #: the environment variable holding its API key (the key itself is never in a profile)
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    #: seconds to connect, and for the answer's head or its next chunk
+    connect_timeout: float = Field(5.0, gt=0)
+    timeout: float = Field(600.0, gt=0)
+    verify_tls: bool = True
+    #: the route probed every ``health_interval`` seconds (relative to ``url``)
+    health_path: str = "/models"
+    health_interval: float = Field(10.0, gt=0)
+    #: retries on the same server for a connection error, a timeout, a 5xx or a 429
+    retries: int = Field(2, ge=0, le=10)
+    #: its context in tokens, when known: a longer prompt goes to a fallback that fits
+    context_length: int | None = Field(None, gt=0)
+    #: tried in order when this model fails before its answer's first byte
+    fallbacks: tuple[str, ...] = ()
+    #: circuit breaker: seconds open before one probe request decides
+    breaker_open_for: float = Field(30.0, gt=0)
 
     @field_validator("ttl", "hang_timeout", mode="before")
     @classmethod
@@ -152,9 +178,19 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
+        if self.backend == "openai":
+            if self.url is None or self.source is not None or self.path is not None:
+                raise ValueError("`backend: openai` takes a `url` (and no `source` or `path`)")
+            return self
+        if self.url is not None:
+            raise ValueError("`url` is for `backend: openai` (a server elsewhere)")
         if (self.source is None) == (self.path is None):
             raise ValueError("give exactly one of `source` or `path`")
         return self
+
+    @property
+    def remote(self) -> bool:
+        return self.backend == "openai"
 
     def load_key(self) -> tuple[Any, ...]:
         """Parameters whose change needs a reload of the runner."""
@@ -198,6 +234,20 @@ class Routing(_Strict):
     aliases: dict[str, str] = Field(default_factory=dict)
 
 
+Policy = Literal["priority", "round-robin", "least-busy", "latency"]
+
+
+class Group(_Strict):
+    """One public model name in front of several deployments (models of the profile, local
+    or ``backend: openai``)."""
+
+    deployments: tuple[str, ...] = Field(min_length=1)
+    policy: Policy = "priority"
+    #: models or groups tried in order when every deployment failed before the first byte
+    fallbacks: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+
+
 class Cpu(_Strict):
     #: the cores that runners computing on the CPU share (default: the physical cores)
     cores: int | None = Field(None, gt=0)
@@ -211,6 +261,7 @@ class Profile(_Strict):
     #: the llama-server binary (a CUDA build, say); default: the one `make install` built
     llama_server: str | None = None
     models: dict[str, ModelSpec] = Field(default_factory=dict)
+    groups: dict[str, Group] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -250,6 +301,21 @@ class Profile(_Strict):
                 raise ValueError(f"routing.aliases.{alias} points at unknown model {target!r}")
             if alias in seen and seen[alias] != target:
                 raise ValueError(f"alias {alias!r} is used by both {seen[alias]!r} and {target!r}")
+        for gname, group in self.groups.items():
+            validate_model_name(gname)
+            for alias in (gname, *group.aliases):
+                if alias in seen:
+                    raise ValueError(f"group {gname!r}: the name {alias!r} is a model's already")
+                seen[alias] = gname
+            for d in group.deployments:
+                if d not in self.models:
+                    raise ValueError(f"groups.{gname}.deployments: {d!r} is not a model")
+        for name, where in [
+            *((n, f"models.{m}.fallbacks") for m, s in self.models.items() for n in s.fallbacks),
+            *((n, f"groups.{g}.fallbacks") for g, x in self.groups.items() for n in x.fallbacks),
+        ]:
+            if name not in self.models and name not in self.groups:
+                raise ValueError(f"{where}: {name!r} is neither a model nor a group")
         dm = self.routing.default_model
         if dm is not None and dm not in seen and dm not in self.routing.aliases:
             raise ValueError(f"routing.default_model {dm!r} is not a model of this profile")

@@ -30,6 +30,7 @@ __all__ = [
     "ModelError",
     "ModelLoadError",
     "ModelNotFound",
+    "NoDeployment",
     "PortInUse",
     "PullError",
     "SmackError",
@@ -165,3 +166,10 @@ class ChecksumMismatch(PullError):
             f"pull it again with `smackctl models pull {name}`; if it fails again, "
             "the source changed: check the sha256 in the profile",
         )
+
+
+class NoDeployment(SmackError):
+    """Every deployment of a chain failed before its answer began, or was skipped."""
+
+    status = 503
+    error_type = "no_deployment"

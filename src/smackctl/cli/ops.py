@@ -1,4 +1,4 @@
-"""`smackctl top | usage | doctor | config`: for the person who runs the machine."""
+"""`smackctl top | usage | backends | doctor | config`: for the person who runs the machine."""
 
 from __future__ import annotations
 
@@ -55,6 +55,38 @@ def usage(
             for r in rows
         ],
     )
+
+
+def backends(ctx: typer.Context, json_: JsonOpt = False) -> None:
+    """Deployments (local models and servers elsewhere): circuit breakers, health, groups."""
+    with client(ctx, autostart=False) as c:
+        view = c.get("/api/backends")
+    if json_:
+        output.print_json(view)
+        return
+    rows = []
+    for d in view["deployments"]:
+        b = d["breaker"]
+        breaker = b["state"] if b["state"] == "closed" else f"{b['state']}: {b['why']}"
+        rows.append(
+            [
+                d["name"],
+                d["url"] or d["backend"],
+                breaker,
+                "yes" if d["healthy"] else f"no: {d['health_error']}",
+                d["in_flight"],
+                "-" if d["ttfb_ms"] is None else f"{d['ttfb_ms']:.0f}",
+                d["served"],
+                d["failed"],
+            ]
+        )
+    output.table(
+        ["DEPLOYMENT", "WHERE", "BREAKER", "HEALTHY", "IN FLIGHT", "TTFB MS", "SERVED", "FAILED"],
+        rows,
+    )
+    for name, g in view["groups"].items():
+        fallbacks = f", then {', '.join(g['fallbacks'])}" if g["fallbacks"] else ""
+        print(f"group {name} ({g['policy']}): {', '.join(g['deployments'])}{fallbacks}")
 
 
 def _frame(st: dict[str, Any], rates: dict[str, float]) -> Any:
@@ -440,6 +472,6 @@ def _profile_in_force(ctx: typer.Context, db: Path) -> tuple[str, str]:
 
 
 def register(app: typer.Typer) -> None:
-    for fn in (top, usage, doctor):
+    for fn in (top, usage, backends, doctor):
         app.command()(fn)
     app.add_typer(config_app, name="config")

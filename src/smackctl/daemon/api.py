@@ -349,7 +349,22 @@ def create_app(
                     "state": m.state,
                 }
             )
+        gw = proxy.gateway.view()
+        for d in gw["deployments"]:
+            if d["kind"] == "remote":
+                data.append(
+                    {"id": d["name"], "object": "model", "created": int(started),
+                     "owned_by": d["url"], "aliases": [], "state": d["breaker"]["state"]}
+                )  # fmt: skip
+        for name, g in gw["groups"].items():
+            data.append(
+                {"id": name, "object": "model", "created": int(started),
+                 "owned_by": "smackctl", "aliases": g["aliases"], "state": "group"}
+            )  # fmt: skip
         return JSONResponse({"object": "list", "data": data})
+
+    async def backends(request: Request) -> Response:
+        return JSONResponse(proxy.gateway.view())
 
     async def status(request: Request) -> Response:
         b = scheduler.budget()
@@ -376,7 +391,7 @@ def create_app(
                 },
                 "cpu": scheduler.cores.view(),
                 "restoring": scheduler.restoring,
-                "warnings": scheduler.warnings(),
+                "warnings": scheduler.warnings() + proxy.gateway.warnings(),
                 "models": models,
             }
         )
@@ -609,6 +624,7 @@ def create_app(
         Route("/api/profiles/switch", _errors(profile_switch), methods=["POST"]),
         Route("/api/shutdown", _errors(shutdown), methods=["POST"]),
         Route("/api/usage", _errors(usage), methods=["GET"]),
+        Route("/api/backends", _errors(backends), methods=["GET"]),
         Route("/metrics", _errors(metrics_route), methods=["GET"]),
         Route("/api/logs", _errors(logs), methods=["GET"]),
     ]

@@ -22,9 +22,10 @@ _LATENCY = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class _Live(Collector):
-    def __init__(self, scheduler: Scheduler, started: float) -> None:
+    def __init__(self, scheduler: Scheduler, started: float, breakers: dict[str, str]) -> None:
         self.s = scheduler
         self.started = started
+        self.breakers = breakers
 
     def collect(self) -> Iterator[Any]:
         up = GaugeMetricFamily("smackctl_uptime_seconds", "Seconds since the supervisor started")
@@ -51,6 +52,14 @@ class _Live(Collector):
                 ram.add_metric([m.name, "ram"], r)
                 ram.add_metric([m.name, "vram"], v)
         yield from (queue, flight, ram, loaded)
+        breaker = GaugeMetricFamily(
+            "smackctl_breaker_state",
+            "A deployment's circuit breaker: 0 closed, 1 half-open, 2 open",
+            labels=["deployment"],
+        )
+        for name, state in self.breakers.items():
+            breaker.add_metric([name], {"closed": 0, "half-open": 1, "open": 2}[state])
+        yield breaker
 
 
 class Metrics:
@@ -87,10 +96,31 @@ class Metrics:
         self.crashes = Counter(
             "smackctl_runner_crashes", "Runners that exited unexpectedly", ["model"], registry=r
         )
-        r.register(_Live(scheduler, time.time()))
+        self.breaker_changes = Counter(
+            "smackctl_breaker_changes",
+            "Circuit breaker changes of state",
+            ["deployment", "state"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "smackctl_fallbacks",
+            "Requests answered by a deployment after another one failed",
+            ["deployment"],
+            registry=r,
+        )
+        #: deployment → its breaker's state, as the events said (absent: closed)
+        self.breakers: dict[str, str] = {}
+        r.register(_Live(scheduler, time.time(), self.breakers))
         scheduler.events.listeners.append(self.on_event)
 
     def on_event(self, ev: dict[str, Any]) -> None:
+        if ev.get("event") == "breaker":
+            self.breakers[ev["deployment"]] = ev["to"]
+            self.breaker_changes.labels(ev["deployment"], ev["to"]).inc()
+            return
+        if ev.get("event") == "fallback":
+            self.fallbacks.labels(ev["deployment"]).inc()
+            return
         model = ev.get("model")
         if model is None:
             return

@@ -179,6 +179,9 @@ def openapi(version: str) -> dict[str, Any]:
                 ok={**_NDJSON, **_json()},
             )
         },
+        "/api/backends": {
+            "get": _op("Deployments (local and remote), their circuit breakers, health, groups")
+        },
         "/api/usage": {
             "get": _op(
                 "Requests and tokens per model per day",

@@ -36,6 +36,7 @@ from .answers import (
 )
 from .backends import backend_for
 from .extras import COUNT, for_runner, is_extra
+from .gateway import Gateway
 from .metrics import Metrics
 from .runner import Runner
 from .scheduler import Managed, Scheduler
@@ -91,13 +92,31 @@ class Proxy:
         self.scheduler = scheduler
         self.metrics = metrics
         self.http = Upstream(connect_timeout=5.0, read_timeout=request_timeout)
+        self.gateway = Gateway(scheduler, self._forward_named)
 
     async def aclose(self) -> None:
+        await self.gateway.aclose()
         await self.http.aclose()
 
     async def forward(self, path: str, body: dict[str, Any], request_id: str) -> Response:
+        chain = self.gateway.chain(body.get("model"))
+        if chain is not None:  # a group, a server elsewhere, a model with fallbacks
+            asked = body.get("model") or str(self.scheduler.profile.routing.default_model)
+            return await self.gateway.forward(asked, chain, path, body, request_id)
+        return await self.forward_local(
+            self.scheduler.resolve(body.get("model")), path, body, request_id
+        )
+
+    async def _forward_named(
+        self, name: str, path: str, body: dict[str, Any], request_id: str
+    ) -> Response:
+        return await self.forward_local(self.scheduler.resolve(name), path, body, request_id)
+
+    async def forward_local(
+        self, m: Managed, path: str, body: dict[str, Any], request_id: str
+    ) -> Response:
+        """A request to a model whose runner the supervisor runs."""
         sched = self.scheduler
-        m = sched.resolve(body.get("model"))
         started = time.perf_counter()
         try:
             await self._refuse_what_it_cannot_serve(m, path, body)

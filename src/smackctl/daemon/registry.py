@@ -106,7 +106,9 @@ class Registry:
         self.profile, self.profile_path = profile, path
         base = path.parent if path else Path.cwd()
         wanted: dict[str, tuple[ModelSpec, str, Path]] = {
-            name: (spec, "profile", base) for name, spec in profile.models.items()
+            name: (spec, "profile", base)
+            for name, spec in profile.models.items()
+            if not spec.remote  # a server elsewhere: the gateway's, no runner (gateway.py)
         }
         for name, raw in self.store.added_models().items():
             wanted.setdefault(name, (ModelSpec.model_validate(raw), "added", Path("/")))

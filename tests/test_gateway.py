@@ -1,0 +1,386 @@
+"""Past one machine: ``backend: openai`` deployments, groups, fallbacks, retries and circuit
+breakers, against real servers on loopback standing in for remote hosts.
+
+- two real ``llama-server`` processes (a tiny model, an API key) are the replicas of a group;
+- a small real HTTP server answers what a test queues on purpose: a 429 with Retry-After,
+  a 500, a stall, a stream cut after its first event, or a good answer.
+
+The breaker's own rules are checked on a stepped clock (no waiting); the supervisor's on real
+failures, with ``breaker_open_for: 1`` and a health check every 0.2 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from smackctl.daemon.breaker import Breaker, backoff
+from smackctl.daemon.remote import retry_after
+
+from conftest import Home, Supervisor, free_port, launch, shutdown, smackctl, wait_for
+
+KEY = "remote-secret-4f1c9a"
+CHAT = "/v1/chat/completions"
+ASK = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
+
+
+# -- the breaker on a stepped clock ----------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_breaker_opens_after_three_connection_failures_and_one_probe_decides() -> None:
+    clock, changes = Clock(), []
+    b = Breaker("r", open_for=30, now=clock, on_change=lambda b, old, why: changes.append(b.state))
+    b.failure("refused", connection=True)
+    b.failure("refused", connection=True)
+    assert b.state == "closed" and b.allows()
+    b.failure("refused", connection=True)
+    assert b.state == "open" and "3 connection failures in a row" in b.why
+    assert not b.allows()
+    clock.t += 29.9
+    assert not b.allows() and b.retry_in() == pytest.approx(0.1)
+    clock.t += 0.1
+    assert b.allows() and b.state == "half-open"  # the one probe
+    assert not b.allows()  # no second request while it decides
+    b.failure("refused", connection=True)
+    assert b.state == "open" and b.why.startswith("the probe failed")
+    clock.t += 30
+    assert b.allows()
+    b.success()
+    assert b.state == "closed" and b.allows()
+    assert changes == ["open", "half-open", "open", "half-open", "closed"]
+
+
+def test_breaker_judges_failures_over_the_last_minute_only() -> None:
+    clock = Clock()
+    b = Breaker("r", now=clock)
+    for ok in (True, False, True, True, False):  # 5xx answers, not connection failures
+        b.success() if ok else b.failure("answered 500", connection=False)
+    assert b.state == "closed"  # 2 of 5: not more than half
+    clock.t += 61  # the window forgets what is older than 60 s
+    b.failure("answered 500", connection=False)
+    b.failure("answered 500", connection=False)
+    assert b.state == "closed"  # 2 of 2 failed, but 5 requests are needed to judge
+
+
+def test_breaker_counts_three_of_five_as_more_than_half() -> None:
+    b = Breaker("r", now=Clock())
+    for ok in (False, True, False, True):
+        b.success() if ok else b.failure("answered 503", connection=False)
+    b.failure("answered 503", connection=False)
+    assert b.state == "open" and "3 of the last 5 requests failed" in b.why
+
+
+def test_backoff_is_full_jitter_capped_and_retry_after_reads_both_forms() -> None:
+    assert [backoff(a, lambda: 1.0) for a in range(6)] == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
+    assert backoff(3, lambda: 0.25) == 1.0
+    assert retry_after("2") == 2.0 and retry_after(None) is None and retry_after("soon") is None
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=lambda: 1445412470.0) == 10.0
+
+
+# -- real servers ------------------------------------------------------------------------------
+
+
+@dataclass
+class Faulty:
+    """A real HTTP server that answers what is queued: "ok", "429:N" (Retry-After N), "500",
+    "stall" (answers nothing for 5 s), "cut" (a stream cut after its first event)."""
+
+    port: int
+    queue: list[str] = field(default_factory=list)
+    seen: list[tuple[float, dict[str, Any], dict[str, str]]] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+
+def _faulty() -> Faulty:
+    f = Faulty(free_port())
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # chunked bodies, kept-alive connections
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _json(self, status: int, body: dict[str, Any], **headers: str) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # the health check
+            self._json(200, {"object": "list", "data": []})
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            f.seen.append((time.monotonic(), body, dict(self.headers)))
+            what = f.queue.pop(0) if f.queue else "ok"
+            if what.startswith("429"):
+                self._json(429, {"error": {"message": "slow down"}}, **{"Retry-After": what[4:]})
+            elif what == "500":
+                self._json(500, {"error": {"message": "on purpose"}})
+            elif what == "stall":
+                time.sleep(5)
+            elif what == "cut":  # one chunk of a chunked body, then the socket closes
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                event = {"choices": [{"index": 0, "delta": {"content": "Hel"}}]}
+                data = b"data: " + json.dumps(event).encode() + b"\n\n"
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+                self.close_connection = True
+            else:
+                self._json(
+                    200,
+                    {
+                        "id": "x", "object": "chat.completion", "model": body["model"],
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": "fine"}}],
+                        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+                    },
+                )  # fmt: skip
+
+    f.server = ThreadingHTTPServer(("127.0.0.1", f.port), Handler)
+    threading.Thread(target=f.server.serve_forever, daemon=True).start()
+    return f
+
+
+def _llama_server(model: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    from smackctl.paths import find_llama_server
+
+    binary = find_llama_server(None)
+    assert binary is not None
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [binary, "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-np", "4",
+             "-c", "2048", "--no-webui", "--api-key", KEY, "--threads", "1"],
+            stdout=out, stderr=out, start_new_session=True,
+        )  # fmt: skip
+
+    def up() -> bool:
+        assert proc.poll() is None, log.read_text()[-2000:]
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, 30, f"llama-server on {port}")
+    return proc
+
+
+@dataclass
+class World:
+    sup: Supervisor
+    faulty: Faulty
+    model: Path
+    ports: list[int]
+    replicas: list[subprocess.Popen[bytes]]
+    root: Path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("gateway")
+    model = model_dir / "tiny-a.gguf"
+    ports = [free_port(), free_port()]
+    replicas = [_llama_server(model, p, root / f"replica-{i}.log") for i, p in enumerate(ports)]
+    faulty = _faulty()
+    remote = (
+        "    backend: openai\n    api_key_env: REMOTE_KEY\n    upstream_model: tiny\n"
+        "    breaker_open_for: 1\n    health_interval: 0.2\n    connect_timeout: 1\n"
+    )
+    home = root / "home"
+    profiles = home / "profiles"
+    profiles.mkdir(parents=True)
+    (profiles / "gw.yaml").write_text(
+        "name: gw\nmodels:\n"
+        f"  r1:\n    url: http://127.0.0.1:{ports[0]}/v1\n{remote}    retries: 0\n"
+        f"  r2:\n    url: http://127.0.0.1:{ports[1]}/v1\n{remote}    retries: 0\n"
+        f"  flaky:\n    url: http://127.0.0.1:{faulty.port}/v1\n{remote}"
+        "    timeout: 2\n    fallbacks: [r2]\n"
+        f"  local:\n    path: {model}\n    n_ctx: 512\n    fallbacks: [r2]\n"
+        f"  broken:\n    path: {model_dir / 'corrupt.gguf'}\n    fallbacks: [r2]\n"
+        "groups:\n  pair:\n    deployments: [r1, r2]\n    policy: round-robin\n"
+        "    aliases: [replicas]\n"
+    )
+    env = {
+        "SMACKCTL_HOME": str(home),
+        "SMACKCTL_PROFILE_DIR": str(profiles),
+        "SMACKCTL_PORT": str(free_port()),
+        "REMOTE_KEY": KEY,
+    }
+    sup = launch(Home(home, {**os.environ, **env}), profile="gw")
+    yield World(sup, faulty, model, ports, replicas, root)
+    shutdown(sup)
+    for p in replicas:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(5)
+    assert faulty.server is not None
+    faulty.server.shutdown()
+    faulty.server.server_close()
+
+
+def _post(sup: Supervisor, model: str, **extra: Any) -> httpx.Response:
+    with sup.client(timeout=60) as c:
+        return c.post(CHAT, json={**ASK, "model": model, **extra})
+
+
+def _backend(sup: Supervisor, name: str) -> dict[str, Any]:
+    with sup.client() as c:
+        view = c.get("/api/backends").json()
+    return next(d for d in view["deployments"] if d["name"] == name)  # type: ignore[no-any-return]
+
+
+def _closed(world: World, name: str) -> None:
+    wait_for(
+        lambda: _backend(world.sup, name)["breaker"]["state"] == "closed", 15, f"{name} closed"
+    )
+
+
+def test_a_group_spreads_requests_and_answers_in_openai_shape(world: World) -> None:
+    who = []
+    for _ in range(4):
+        r = _post(world.sup, "replicas")  # the group's alias
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] is not None
+        who.append(r.headers["X-Smackctl-Deployment"])
+    assert sorted(who) == ["r1", "r1", "r2", "r2"]  # round-robin
+    with world.sup.client() as c:
+        ids = {m["id"] for m in c.get("/v1/models").json()["data"]}
+    assert {"r1", "r2", "flaky", "local", "pair"} <= ids
+
+
+def test_a_replica_killed_under_load_fails_no_request_and_its_breaker_recovers(
+    world: World,
+) -> None:
+    def one(_: int) -> tuple[int, str]:
+        r = _post(world.sup, "pair")
+        return r.status_code, r.headers.get("X-Smackctl-Deployment", "")
+
+    with ThreadPoolExecutor(8) as pool:
+        first = list(pool.map(one, range(16)))
+        os.killpg(world.replicas[0].pid, signal.SIGKILL)  # r1's host goes away under load
+        world.replicas[0].wait(5)
+        after = list(pool.map(one, range(32)))
+    assert all(status == 200 for status, _ in first + after), first + after
+    assert {who for _, who in after[-8:]} == {"r2"}
+    wait_for(lambda: _backend(world.sup, "r1")["breaker"]["state"] != "closed", 10, "r1 open")
+    r1 = _backend(world.sup, "r1")
+    assert "connection" in r1["breaker"]["why"] or "health check" in r1["breaker"]["why"]
+    status = world.sup.status()
+    assert any("deployment r1: circuit breaker" in w for w in status["warnings"])
+    # back on the same port: the half-open probe closes the breaker, r1 serves again
+    world.replicas[0] = _llama_server(world.model, world.ports[0], world.root / "replica-0b.log")
+    wait_for(lambda: _backend(world.sup, "r1")["breaker"]["state"] == "closed", 15, "r1 closed")
+    served = {_post(world.sup, "pair").headers["X-Smackctl-Deployment"] for _ in range(4)}
+    assert served == {"r1", "r2"}
+    with world.sup.client() as c:
+        metrics = c.get("/metrics").text
+    assert 'smackctl_breaker_changes_total{deployment="r1",state="open"}' in metrics
+    assert 'smackctl_breaker_state{deployment="r1"} 0.0' in metrics
+
+
+def test_retry_after_is_honoured(world: World) -> None:
+    world.faulty.seen.clear()
+    world.faulty.queue[:] = ["429:1", "ok"]
+    r = _post(world.sup, "flaky")
+    assert r.status_code == 200 and r.headers["X-Smackctl-Deployment"] == "flaky"
+    (t1, body, headers), (t2, _, _) = world.faulty.seen
+    assert t2 - t1 >= 1.0  # it waited what the server asked
+    assert body["model"] == "tiny" and headers["Authorization"] == f"Bearer {KEY}"
+
+
+def test_5xx_and_stalls_are_retried_then_fall_back_before_the_first_byte(world: World) -> None:
+    world.faulty.seen.clear()
+    world.faulty.queue[:] = ["stall", "500", "ok"]
+    r = _post(world.sup, "flaky")
+    assert r.status_code == 200 and r.headers["X-Smackctl-Deployment"] == "flaky"
+    assert len(world.faulty.seen) == 3  # two retries on the same server
+    world.faulty.queue[:] = ["500", "500", "500"]
+    r = _post(world.sup, "flaky")
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Smackctl-Deployment"] == "r2"
+    assert r.headers["X-Smackctl-Fallback-From"] == "flaky"
+    # 429, ok, stall, 500, ok, 500: more than half of the last 6 failed, so the breaker
+    # opened at once and the retries stopped; the health check's probe closes it again
+    breaker = _backend(world.sup, "flaky")["breaker"]
+    assert breaker["state"] == "open" and "4 of the last 6 requests failed" in breaker["why"]
+    assert len(world.faulty.seen) == 4
+    world.faulty.queue.clear()
+    _closed(world, "flaky")
+    with world.sup.client() as c:
+        usage = c.get("/api/usage", params={"since": "0"}).json()
+    rows = {(u["model"], u["errors"] > 0) for u in usage}
+    assert ("flaky", True) in rows and ("r2", False) in rows
+
+
+def test_a_stream_cut_after_its_first_byte_ends_with_an_error_event(world: World) -> None:
+    _closed(world, "flaky")
+    world.faulty.seen.clear()
+    world.faulty.queue[:] = ["cut"]
+    with world.sup.client(timeout=30) as c:
+        with c.stream("POST", CHAT, json={**ASK, "model": "flaky", "stream": True}) as r:
+            assert r.status_code == 200 and r.headers["X-Smackctl-Deployment"] == "flaky"
+            events = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert '"Hel"' in events[0]
+    error = json.loads(events[-1].removeprefix("data: "))["error"]
+    assert error["code"] == "stream_cut" and "the answer is incomplete" in error["message"]
+    assert len(world.faulty.seen) == 1  # never silently switched to the fallback
+
+
+def test_a_local_model_falls_back_when_it_cannot_load(world: World) -> None:
+    r = _post(world.sup, "local")
+    assert r.status_code == 200 and r.headers["X-Smackctl-Deployment"] == "local"
+    r = _post(world.sup, "broken")  # a corrupt file: the load fails (500), r2 answers
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Smackctl-Deployment"] == "r2"
+    assert r.headers["X-Smackctl-Fallback-From"] == "broken"
+
+
+def test_a_request_cannot_choose_an_upstream_and_the_key_is_never_shown(world: World) -> None:
+    r = _post(world.sup, "flaky", api_base="http://evil.example/v1")
+    assert r.status_code == 400 and "api_base" in r.json()["error"]["message"]
+    world.faulty.queue[:] = ["500", "500", "500"]
+    _post(world.sup, "flaky")
+    with world.sup.client() as c:
+        shown = c.get("/api/backends").text + c.get("/api/status").text + c.get("/metrics").text
+    assert KEY not in shown and KEY not in world.sup.log()
+    cli = smackctl(world.sup.home, "backends")
+    assert cli.returncode == 0 and "r1" in cli.stdout and "group pair (round-robin)" in cli.stdout
+
+
+def test_when_every_deployment_fails_the_error_says_each_reason(world: World) -> None:
+    os.killpg(world.replicas[1].pid, signal.SIGKILL)
+    world.replicas[1].wait(5)
+    world.faulty.queue[:] = ["500", "500", "500"]
+    r = _post(world.sup, "flaky")
+    assert r.status_code == 503
+    msg = r.json()["error"]["message"]
+    assert "no deployment of flaky could answer" in msg and "flaky: answered 500" in msg
+    assert "r2:" in msg and "smackctl backends" in msg
