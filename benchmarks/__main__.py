@@ -1,7 +1,7 @@
 """``python -m benchmarks [NAME…]``: run smackctl's benchmarks and write BENCHMARKS.md.
 
-Names: estimate, switch, overhead, cold_swap, cli, rss, concurrency, backends, soak (all by
-default). A suite
+Names: estimate, switch, overhead, cold_swap, cli, rss, concurrency, backends, soak, gateway
+(all by default). A suite
 not run keeps its section of BENCHMARKS.md as it was. Exit 1 when a figure misses its goal.
 """
 
@@ -22,6 +22,7 @@ from . import (
     cold_swap,
     concurrency,
     estimate_accuracy,
+    gateway,
     overhead,
     soak,
     supervisor_rss,
@@ -39,6 +40,7 @@ SUITES = {
     "concurrency": ("32 concurrent clients over two models (issue 6)", concurrency.run),
     "backends": ("The llama-server backend against llama-server by hand (issue 17)", backends.run),
     "soak": ("A 10-minute soak with faults (issue 16)", soak.run),
+    "gateway": ("In front of a server elsewhere: added latency, fallback (issue 18)", gateway.run),
 }
 
 

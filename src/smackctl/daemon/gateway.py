@@ -23,6 +23,7 @@ profile names and appear in no log, view or error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -36,7 +37,9 @@ from starlette.responses import Response, StreamingResponse
 from smackctl.config import ModelSpec, Profile
 from smackctl.errors import NoDeployment, SmackError
 
+from .answers import token_counts
 from .breaker import Breaker, State, backoff
+from .metrics import Metrics
 from .remote import Failed, Remote
 from .scheduler import Scheduler
 
@@ -106,12 +109,13 @@ class Gateway:
         self,
         scheduler: Scheduler,
         local: LocalForward,
+        metrics: Metrics | None = None,
         *,
         now: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
     ) -> None:
-        self.scheduler, self.local = scheduler, local
+        self.scheduler, self.local, self.metrics = scheduler, local, metrics
         self.now, self.sleep, self.rand = now, sleep, rand
         self.deployments: dict[str, Deployment] = {}
         self._profile: Profile | None = None
@@ -236,10 +240,17 @@ class Gateway:
             k = turn % len(names)
             return names[k:] + names[:k]
         if policy == "least-busy":
-            return [d.name for d in sorted(deps, key=lambda d: d.in_flight)]
+            return [d.name for d in sorted(deps, key=self._busy)]
         if policy == "latency":
             return [d.name for d in sorted(deps, key=lambda d: d.ttfb or 0.0)]
         return names
+
+    def _busy(self, d: Deployment) -> int:
+        """Requests in flight (streams until their end) and queued, for ``least-busy``."""
+        m = self.scheduler.models.get(d.name) if d.remote is None else None
+        if m is not None:
+            return m.in_flight + (m.runner.slots.queued if m.runner is not None else 0)
+        return d.in_flight
 
     # -- forwarding -----------------------------------------------------------------------
 
@@ -293,7 +304,8 @@ class Gateway:
     async def _one(
         self, d: Deployment, path: str, body: dict[str, Any], request_id: str
     ) -> Response:
-        """One deployment's answer, or Failed before its first byte (the breaker told)."""
+        """One deployment's answer, or Failed before its first byte (the breaker told).
+        ``in_flight`` counts a remote stream until its end (``_ended``)."""
         d.in_flight += 1
         started = self.now()
         try:
@@ -301,10 +313,14 @@ class Gateway:
                 answer = await self._local(d, path, body, request_id)
             else:
                 answer = await self._remote(d, path, body, request_id)
-        except Failed:
-            d.failed += 1
+        except BaseException as exc:
+            d.in_flight -= 1
+            if isinstance(exc, Failed):
+                d.failed += 1
+            else:
+                d.breaker.forgo()  # a half-open probe that decided nothing gives its turn back
             raise
-        finally:
+        if d.remote is None or not isinstance(answer, StreamingResponse):
             d.in_flight -= 1
         d.observe_ttfb(self.now() - started)
         d.served += 1
@@ -333,11 +349,14 @@ class Gateway:
     ) -> Response:
         assert d.remote is not None
         for attempt in range(d.spec.retries + 1):
+            started = self.now()
             try:
-                answer = await d.remote.send(path, body, request_id, self._ended(d))
+                answer = await d.remote.send(
+                    path, body, request_id, self._ended(d, path, request_id, started)
+                )
             except Failed as exc:
                 d.breaker.failure(exc.why, exc.connection)
-                self._usage(d, path, exc.status, request_id)
+                self._usage(d, path, exc.status, request_id, started)
                 if attempt == d.spec.retries or d.breaker.state != "closed":
                     raise
                 wait = exc.retry_after
@@ -355,39 +374,47 @@ class Gateway:
                 continue
             if not isinstance(answer, StreamingResponse):
                 d.breaker.success()
-                self._usage(d, path, answer.status_code, request_id, answer)
+                self._usage(d, path, answer.status_code, request_id, started, answer)
             return answer
         raise AssertionError("unreachable")
 
-    def _ended(self, d: Deployment) -> Callable[[int, str | None], None]:
+    def _ended(
+        self, d: Deployment, path: str, request_id: str, started: float
+    ) -> Callable[[int, str | None], None]:
         """What a streamed answer calls at its end: its status, and why it was cut."""
 
         def ended(status: int, cut: str | None) -> None:
+            d.in_flight -= 1
             if cut is None:
                 d.breaker.success()
             else:
                 d.breaker.failure(cut, connection=True)
-            self._usage(d, "stream", status, "")
+            self._usage(d, path, status, request_id, started)
 
         return ended
 
     def _usage(
-        self, d: Deployment, path: str, status: int, request_id: str, answer: Response | None = None
+        self,
+        d: Deployment,
+        path: str,
+        status: int,
+        request_id: str,
+        started: float,
+        answer: Response | None = None,
     ) -> None:
+        """A remote request in the usage log and the metrics (a local one is the proxy's)."""
         tokens_in = tokens_out = None
         if answer is not None and status < 400:
-            try:
-                usage = json.loads(bytes(answer.body)).get("usage") or {}
-                tokens_in = usage.get("prompt_tokens", usage.get("input_tokens"))
-                tokens_out = usage.get("completion_tokens", usage.get("output_tokens"))
-            except (ValueError, AttributeError):
-                pass
-        try:
+            with contextlib.suppress(ValueError, AttributeError, TypeError):
+                tokens_in, tokens_out = token_counts(json.loads(bytes(answer.body)))
+        status = status or 502  # no answer at all: a bad gateway, as the client sees it
+        seconds = self.now() - started
+        if self.metrics is not None:
+            self.metrics.request(d.name, path, status, tokens_in, tokens_out, seconds, None)
+        with contextlib.suppress(Exception):  # the usage log must never fail a request
             self.scheduler.store.log_request(
-                d.name, path, status or 502, tokens_in, tokens_out, 0.0, request_id
+                d.name, path, status, tokens_in, tokens_out, seconds * 1000, request_id
             )
-        except Exception:  # the usage log must never fail a request
-            log.exception("usage log")
 
     def warnings(self) -> list[str]:
         """A line for each deployment whose breaker is not closed (``smackctl status``)."""

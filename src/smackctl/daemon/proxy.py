@@ -92,7 +92,7 @@ class Proxy:
         self.scheduler = scheduler
         self.metrics = metrics
         self.http = Upstream(connect_timeout=5.0, read_timeout=request_timeout)
-        self.gateway = Gateway(scheduler, self._forward_named)
+        self.gateway = Gateway(scheduler, self._forward_named, metrics)
 
     async def aclose(self) -> None:
         await self.gateway.aclose()
