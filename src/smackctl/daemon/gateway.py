@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
 from smackctl.config import ModelSpec, Profile
@@ -356,7 +357,9 @@ class Gateway:
                 )
             except Failed as exc:
                 d.breaker.failure(exc.why, exc.connection)
-                self._usage(d, path, exc.status, request_id, started)
+                asyncio.get_running_loop().call_soon(
+                    self._usage, d, path, exc.status, request_id, started
+                )
                 if attempt == d.spec.retries or d.breaker.state != "closed":
                     raise
                 wait = exc.retry_after
@@ -374,7 +377,11 @@ class Gateway:
                 continue
             if not isinstance(answer, StreamingResponse):
                 d.breaker.success()
-                self._usage(d, path, answer.status_code, request_id, started, answer)
+                # after the answer is sent: the SQLite write costs ~4 ms the client need not
+                # wait for (measured: benchmarks/gateway.py)
+                answer.background = BackgroundTask(
+                    self._usage, d, path, answer.status_code, request_id, started, answer
+                )
             return answer
         raise AssertionError("unreachable")
 

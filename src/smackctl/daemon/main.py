@@ -255,6 +255,9 @@ async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) ->
         while not server.started:
             await asyncio.sleep(0.01)
         paths.endpoint_path.write_text(url + "\n")
+        # the remote deployments' clients and health checks now, not on the first request
+        # (an httpx client's TLS context takes ~0.3 s to build here)
+        app.app.state.proxy.gateway.sync()  # type: ignore[attr-defined]
         log.info("supervisor %d ready at %s (profile %s)", os.getpid(), url, profile.name)
         await scheduler.restore()
 
