@@ -472,6 +472,8 @@ def _profile_in_force(ctx: typer.Context, db: Path) -> tuple[str, str]:
 
 
 def register(app: typer.Typer) -> None:
-    for fn in (top, usage, backends, doctor):
+    from .events import events
+
+    for fn in (top, usage, backends, events, doctor):
         app.command()(fn)
     app.add_typer(config_app, name="config")

@@ -252,3 +252,27 @@ def switch(
         output.print_json(last)
     else:
         print(f"profile {last['profile']} active")
+
+
+@app.command()
+def reload(ctx: typer.Context, json_: JsonOpt = False) -> None:
+    """Read the active profile's file again and apply it, as a switch to it.
+
+    The supervisor also does this by itself when the file changes. An invalid file is
+    reported with its file:line key and the running configuration stays (exit 1)."""
+    with client(ctx, autostart=False, timeout=None) as c:  # type: ignore[arg-type]
+        result = c.post("/api/profiles/reload")
+    if json_:
+        output.print_json(result)
+    elif not result["ok"]:
+        problems = result.get("issues") or [result.get("error", "")]
+        print("the profile was not reloaded; the running configuration stays:")
+        for p in problems:
+            print(f"  {p}")
+    elif not result["changed"]:
+        print(f"profile {result['profile']}: the file is as the supervisor runs it")
+    else:
+        _print_plan(result["plan"])
+        print(f"profile {result['profile']} reloaded")
+    if not result["ok"]:
+        raise typer.Exit(1)

@@ -28,8 +28,10 @@ from smackctl import __version__
 from smackctl.errors import SmackError, UsageError
 
 from .bench import Bench, BenchParams
+from .events import CLOSED, Events
 from .extras import COUNT
 from .proxy import Proxy, error_body, new_request_id
+from .reload import Reloader
 from .scheduler import Scheduler
 from .schemas import QUERY_BOUNDS, REQUEST_SCHEMAS
 from .translate import MESSAGES, error_for
@@ -186,6 +188,46 @@ def _stream_task(
     return StreamingResponse(events(), media_type="application/x-ndjson")
 
 
+#: a comment line this often keeps an idle event stream's connection (and proxies) open
+KEEPALIVE = 15.0
+
+
+def _sse_event(ev: dict[str, Any]) -> bytes:
+    return f"id: {ev['id']}\nevent: {ev['event']}\ndata: {json.dumps(ev)}\n\n".encode()
+
+
+async def _sse(
+    events: Events, after: int, since: float, types: set[str], follow: bool
+) -> AsyncIterator[bytes]:
+    def wanted(ev: dict[str, Any]) -> bool:
+        return not types or ev["event"] in types
+
+    async with events.subscribe() as q:  # first: nothing published meanwhile is missed
+        last = after
+        for ev in events.since(after, since):
+            if wanted(ev):
+                yield _sse_event(ev)
+            last = ev["id"]
+        if events.closed or not follow:
+            return
+        dropped = 0
+        while True:
+            try:
+                ev = await asyncio.wait_for(q.get(), KEEPALIVE)
+            except TimeoutError:
+                yield b": keepalive\n\n"
+                continue
+            if ev is CLOSED:
+                return
+            if q.dropped > dropped:  # this reader was too slow: say how much it lost
+                lost = {"event": "dropped", "count": q.dropped - dropped, "id": ev["id"] - 1}
+                yield f"event: dropped\ndata: {json.dumps(lost)}\n\n".encode()
+                dropped = q.dropped
+            if ev["id"] > last and ev["at"] >= since and wanted(ev):
+                yield _sse_event(ev)
+                last = ev["id"]
+
+
 def _smack_error(exc: SmackError) -> Response:
     # OpenAI clients show `message` only, so the fix goes in it too; `hint` is for smackctl
     message = exc.message + (f" (fix: {exc.hint})" if exc.hint else "")
@@ -278,6 +320,7 @@ def create_app(
     metrics = Metrics(scheduler)
     proxy = Proxy(scheduler, metrics)
     bench = Bench(scheduler)
+    reloader = Reloader(scheduler)
     started = time.time()
 
     async def health(request: Request) -> Response:
@@ -363,6 +406,21 @@ def create_app(
             )  # fmt: skip
         return JSONResponse({"object": "list", "data": data})
 
+    async def events_route(request: Request) -> Response:
+        """``GET /api/events`` (SSE): the kept events after ``after`` (an event id, or the
+        ``Last-Event-ID`` a reconnecting client sends) and since ``since`` (a unix time),
+        then each new one as it happens (``follow=0``: only the kept ones); ``types``: only
+        these (comma-separated)."""
+        after = _whole(request, "after", int(request.headers.get("last-event-id") or 0))
+        since = _number(request, "since", 0.0)
+        types = {t for t in request.query_params.get("types", "").split(",") if t}
+        follow = bool(_whole(request, "follow", 1))
+        return StreamingResponse(
+            _sse(scheduler.events, after, since, types, follow),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
     async def backends(request: Request) -> Response:
         return JSONResponse(proxy.gateway.view())
 
@@ -391,7 +449,7 @@ def create_app(
                 },
                 "cpu": scheduler.cores.view(),
                 "restoring": scheduler.restoring,
-                "warnings": scheduler.warnings() + proxy.gateway.warnings(),
+                "warnings": scheduler.warnings() + proxy.gateway.warnings() + reloader.warnings(),
                 "models": models,
             }
         )
@@ -552,6 +610,9 @@ def create_app(
             lambda plan: {"event": "done", "profile": target.name, "plan": plan.as_dict()},
         )
 
+    async def profile_reload(request: Request) -> Response:
+        return JSONResponse(await reloader.reload("asked: `smackctl profile reload`"))
+
     async def metrics_route(request: Request) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -622,14 +683,17 @@ def create_app(
         Route("/api/models/{name}/unload", _errors(model_unload), methods=["POST"]),
         Route("/api/profiles", _errors(profiles), methods=["GET"]),
         Route("/api/profiles/switch", _errors(profile_switch), methods=["POST"]),
+        Route("/api/profiles/reload", _errors(profile_reload), methods=["POST"]),
         Route("/api/shutdown", _errors(shutdown), methods=["POST"]),
         Route("/api/usage", _errors(usage), methods=["GET"]),
         Route("/api/backends", _errors(backends), methods=["GET"]),
+        Route("/api/events", _errors(events_route), methods=["GET"]),
         Route("/metrics", _errors(metrics_route), methods=["GET"]),
         Route("/api/logs", _errors(logs), methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: bad_method})
     app.state.proxy = proxy
+    app.state.reloader = reloader
     return Guard(app, token, extra_hosts or set())
 
 

@@ -231,6 +231,7 @@ async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) ->
                         refused,
                     )
             assert server is not None
+            scheduler.events.close()  # event streams end: none may hold the stop open
             server.should_exit = True
 
         asyncio.get_running_loop().create_task(go())
@@ -258,6 +259,7 @@ async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) ->
         # the remote deployments' clients and health checks now, not on the first request
         # (an httpx client's TLS context takes ~0.3 s to build here)
         app.app.state.proxy.gateway.sync()  # type: ignore[attr-defined]
+        app.app.state.reloader.start()  # type: ignore[attr-defined]
         log.info("supervisor %d ready at %s (profile %s)", os.getpid(), url, profile.name)
         await scheduler.restore()
 
@@ -269,6 +271,7 @@ async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) ->
         reaper.cancel()
         log.info("stopping: unloading every model")
         await scheduler.shutdown()
+        await app.app.state.reloader.stop()  # type: ignore[attr-defined]
         await app.app.state.proxy.aclose()  # type: ignore[attr-defined]
         store.close()
         with contextlib.suppress(FileNotFoundError):

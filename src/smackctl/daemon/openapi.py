@@ -168,6 +168,9 @@ def openapi(version: str) -> dict[str, Any]:
             )
         },
         "/api/profiles": {"get": _op("The active profile")},
+        "/api/profiles/reload": {
+            "post": _op("Read the active profile's file again and apply it (as a switch)")
+        },
         "/api/profiles/switch": {
             "post": _op(
                 "Switch to a profile file; NDJSON, or the plan with dry_run",
@@ -177,6 +180,22 @@ def openapi(version: str) -> dict[str, Any]:
                     "properties": {"path": {"type": "string"}, "dry_run": {"type": "boolean"}},
                 },
                 ok={**_NDJSON, **_json()},
+            )
+        },
+        "/api/events": {
+            "get": _op(
+                "Events as they happen (SSE), after the kept ones asked for",
+                params=[
+                    _query("after", {"type": "integer", "minimum": 0}, "an event id"),
+                    _query("since", {"type": "number"}, "a unix time"),
+                    _query("types", {"type": "string"}, "event types, comma-separated"),
+                    _query(
+                        "follow",
+                        {"type": "integer", "minimum": 0, "maximum": 1},
+                        "0: the kept events only, then the stream ends",
+                    ),
+                ],
+                ok={"text/event-stream": {"schema": {"type": "string"}}},
             )
         },
         "/api/backends": {

@@ -439,7 +439,9 @@ class ResponsesRequest(BaseModel):
 QUERY_BOUNDS: dict[str, tuple[float, float]] = {
     "limit": (1, 10_000),  # GET /api/bench
     "lines": (1, 100_000),  # GET /api/logs
-    "since": (0, 1e11),  # GET /api/usage, a unix time
+    "since": (0, 1e11),  # GET /api/usage and /api/events, a unix time
+    "after": (0, 2**62),  # GET /api/events, an event id
+    "follow": (0, 1),  # GET /api/events: 0, the kept events only
 }
 
 

@@ -1,0 +1,140 @@
+"""Profiles that reload themselves: the active profile's file is watched (inotify, through
+watchfiles; no polling), and a change is applied as a profile switch to the same file.
+
+A valid change: the plan is logged first (what a ``--dry-run`` would print), then it is
+carried out with the switch's rules (requests for kept models are served throughout, those for
+models being reloaded wait and are served after; a failure rolls back). An invalid one
+(bad YAML, an unknown key, a missing file…) is reported with ``file:line key.path`` in the log,
+as a ``reload`` event and in ``status``, and the running configuration stays. ``smackctl
+profile reload`` does the same on demand (``POST /api/profiles/reload``).
+
+The directory is watched, not the file: editors save by writing a new file and renaming it
+over the old one. After a switch to a profile elsewhere the watch follows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from smackctl.config import validate_profile_file
+from smackctl.errors import SmackError
+
+from .switch import SwitchPhase, plan_for, run_switch
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
+
+__all__ = ["Reloader"]
+
+log = logging.getLogger("smackctl.reload")
+
+#: changes closer together than this are one change (an editor's write, rename and chmod)
+DEBOUNCE_MS = 300
+
+
+class Reloader:
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.sched = scheduler
+        #: the problems of the file as it is now, when it is invalid (``status`` shows them)
+        self.issues: list[str] = []
+        self._retarget = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        scheduler.events.listeners.append(self._on_event)
+
+    def _on_event(self, ev: dict[str, Any]) -> None:
+        if ev.get("event") == "switch" and ev.get("phase") == str(SwitchPhase.ACTIVE):
+            self._retarget.set()  # the active file may be another one now
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._watch(), name="profile-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def warnings(self) -> list[str]:
+        if not self.issues:
+            return []
+        return [
+            f"the profile file changed but is invalid, so the running configuration stays "
+            f"({len(self.issues)} problem(s)): " + "; ".join(self.issues)
+        ]
+
+    async def _watch(self) -> None:
+        from watchfiles import Change, awatch
+
+        while True:
+            path = self.sched.profile_path
+            self._retarget.clear()
+            if path is None:  # the built-in default profile: no file to watch
+                await self._retarget.wait()
+                continue
+            path = path.resolve()
+
+            def ours(change: Change, changed: str, path: Path = path) -> bool:
+                return Path(changed) == path and change != Change.deleted
+
+            log.info("watching %s for changes", path)
+            try:
+                async for _ in awatch(
+                    path.parent,
+                    watch_filter=ours,
+                    stop_event=self._retarget,
+                    debounce=DEBOUNCE_MS,
+                    recursive=False,
+                ):
+                    await self.reload("the file changed")
+            except (OSError, RuntimeError) as exc:  # the folder went away, say
+                log.warning("cannot watch %s (%s): reload it with `smackctl profile reload`",
+                            path, exc)  # fmt: skip
+                await self._retarget.wait()
+
+    async def reload(self, why: str) -> dict[str, Any]:
+        """Read the active profile's file again and apply it; what happened, as a dict."""
+        async with self._lock:
+            return await self._reload(why)
+
+    async def _reload(self, why: str) -> dict[str, Any]:
+        sched = self.sched
+        path = sched.profile_path
+        if path is None:
+            return {"ok": False, "issues": ["the active profile is the built-in one: no file"]}
+        profile, problems = await asyncio.to_thread(validate_profile_file, path)
+        if profile is None:
+            self.issues = [str(p) for p in problems]
+            log.error(
+                "profile reload (%s): %s is invalid, the running configuration stays:\n  %s",
+                why, path, "\n  ".join(self.issues),
+            )  # fmt: skip
+            sched.events.publish(
+                {"event": "reload", "ok": False, "profile": sched.profile.name,
+                 "issues": self.issues}
+            )  # fmt: skip
+            return {"ok": False, "issues": self.issues}
+        self.issues = []
+        if profile == sched.profile:
+            return {"ok": True, "changed": False, "profile": profile.name}
+        plan = plan_for(sched, profile, path)
+        steps = [f"{s.model}: {s.action}" + (f" ({s.reason})" if s.reason else "")
+                 for s in plan.steps]  # fmt: skip
+        log.info("profile reload (%s): plan for %s: %s", why, path, "; ".join(steps) or "none")
+        sched.events.publish(
+            {"event": "reload", "phase": "planned", "profile": profile.name, "steps": steps}
+        )
+        try:
+            await run_switch(sched, profile, path)
+        except SmackError as exc:
+            log.error("profile reload (%s) failed: %s", why, exc.message)
+            sched.events.publish(
+                {"event": "reload", "ok": False, "profile": profile.name, "error": exc.message}
+            )
+            return {"ok": False, "error": exc.message, "plan": plan.as_dict()}
+        sched.events.publish({"event": "reload", "ok": True, "profile": profile.name})
+        return {"ok": True, "changed": True, "profile": profile.name, "plan": plan.as_dict()}
