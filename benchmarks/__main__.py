@@ -1,7 +1,7 @@
 """``python -m benchmarks [NAME…]``: run smackctl's benchmarks and write BENCHMARKS.md.
 
-Names: estimate, switch, overhead, cold_swap, cli, rss, concurrency, backends, soak, gateway
-(all by default). A suite
+Names: estimate, switch, overhead, cold_swap, cli, rss, concurrency, backends, soak, gateway,
+plugins (all by default). A suite
 not run keeps its section of BENCHMARKS.md as it was. Exit 1 when a figure misses its goal.
 """
 
@@ -24,6 +24,7 @@ from . import (
     estimate_accuracy,
     gateway,
     overhead,
+    plugins,
     soak,
     supervisor_rss,
     switch_time,
@@ -41,6 +42,7 @@ SUITES = {
     "backends": ("The llama-server backend against llama-server by hand (issue 17)", backends.run),
     "soak": ("A 10-minute soak with faults (issue 16)", soak.run),
     "gateway": ("In front of a server elsewhere: added latency, fallback (issue 18)", gateway.run),
+    "plugins": ("What the plugin layer costs (issue 20)", plugins.run),
 }
 
 

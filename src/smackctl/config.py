@@ -262,6 +262,9 @@ class Profile(_Strict):
     llama_server: str | None = None
     models: dict[str, ModelSpec] = Field(default_factory=dict)
     groups: dict[str, Group] = Field(default_factory=dict)
+    #: the plugins (slash commands) this profile enables, each with its settings; none by
+    #: default: a plugin runs code, so the operator chooses (smackctl.plugins)
+    plugins: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod

@@ -46,6 +46,7 @@ HELP = """\
 /load FILE            load a conversation saved with /save
 /stats                tokens, time to first token and tokens/s of the last reply
 /exit                 leave (Ctrl-D too)
+Other /commands run the supervisor's plugins (`smackctl plugins list`; Tab completes them).
 Multi-line input: a line with only \"\"\" starts and ends it."""
 
 
@@ -141,7 +142,15 @@ def _one_shot(c: Client, s: Session, text: str, *, stream: bool, json_: bool, md
     output.info(s.last.line())
 
 
-def _setup_readline(history: Path, models: list[str]) -> Any:
+def completions(line: str, text: str, models: list[str], plugins: list[str]) -> list[str]:
+    """What Tab offers: model names after ``/model ``, else the REPL's own commands and the
+    slash commands of the plugins the supervisor's profile enables."""
+    if line.startswith("/model "):
+        return [m for m in models if m.startswith(text)]
+    return [cmd for cmd in [*COMMANDS, *(f"/{p}" for p in plugins)] if cmd.startswith(text)]
+
+
+def _setup_readline(history: Path, models: list[str], plugins: list[str]) -> Any:
     try:
         import readline
     except ImportError:  # pragma: no cover - not on Linux
@@ -153,11 +162,7 @@ def _setup_readline(history: Path, models: list[str]) -> Any:
         pass
 
     def complete(text: str, state: int) -> str | None:
-        line = readline.get_line_buffer()
-        if line.startswith("/model "):
-            options = [m for m in models if m.startswith(text)]
-        else:
-            options = [cmd for cmd in COMMANDS if cmd.startswith(text)]
+        options = completions(readline.get_line_buffer(), text, models, plugins)
         return options[state] if state < len(options) else None
 
     readline.set_completer(complete)
@@ -239,11 +244,23 @@ def _command(c: Client, s: Session, line: str) -> bool:
     return True
 
 
+def _plugin_commands(c: Client) -> list[str]:
+    """The slash commands of the plugins the supervisor's profile enables, less those the
+    REPL has itself (its /models wins): they go to the supervisor as messages."""
+    own = {cmd.lstrip("/") for cmd in COMMANDS}
+    try:
+        listed = c.get("/api/plugins")
+    except SmackError:
+        return []
+    return [p["name"] for p in listed if p["enabled"] and not p["error"] and p["name"] not in own]
+
+
 def _repl(c: Client, s: Session, store: Any, *, stream: bool, md: bool) -> None:
     from smackctl.paths import get_paths
 
+    plugins = _plugin_commands(c)
     rl = (
-        _setup_readline(get_paths().history_path, local_model_names())
+        _setup_readline(get_paths().history_path, local_model_names(), plugins)
         if sys.stdin.isatty()
         else None
     )
@@ -261,7 +278,7 @@ def _repl(c: Client, s: Session, store: Any, *, stream: bool, md: bool) -> None:
             if not line.strip():
                 continue
             try:
-                if line.startswith("/"):
+                if line.startswith("/") and line.split()[0].lstrip("/") not in plugins:
                     if not _command(c, s, line.strip()):
                         return
                     continue

@@ -472,8 +472,9 @@ def _profile_in_force(ctx: typer.Context, db: Path) -> tuple[str, str]:
 
 
 def register(app: typer.Typer) -> None:
-    from .events import events
+    from .events import events, plugins_app
 
     for fn in (top, usage, backends, events, doctor):
         app.command()(fn)
+    app.add_typer(plugins_app, name="plugins")
     app.add_typer(config_app, name="config")

@@ -30,7 +30,8 @@ from smackctl.errors import SmackError, UsageError
 from .bench import Bench, BenchParams
 from .events import CLOSED, Events
 from .extras import COUNT
-from .proxy import Proxy, error_body, new_request_id
+from .plugins import Plugins
+from .proxy import CHAT, Proxy, error_body, new_request_id
 from .reload import Reloader
 from .scheduler import Scheduler
 from .schemas import QUERY_BOUNDS, REQUEST_SCHEMAS
@@ -368,6 +369,11 @@ def create_app(
                 "invalid_request_error",
                 "invalid_" + (str(e["loc"][0]) if e["loc"] else "body"),
             )
+        if request.url.path == CHAT:
+            applied = await plugins.apply(body)
+            if isinstance(applied, Response):
+                return applied  # a plugin answered
+            body = applied
         return await proxy.forward(request.url.path, body, new_request_id())
 
     spec: dict[str, Any] = {}
@@ -425,34 +431,43 @@ def create_app(
         return JSONResponse(proxy.gateway.view())
 
     async def status(request: Request) -> Response:
+        return JSONResponse(status_of(str(request.base_url).rstrip("/")))
+
+    def status_of(url: str) -> dict[str, Any]:
         b = scheduler.budget()
         models = [scheduler.model_view(m) for m in scheduler.models.values()]
         used = sum(m.memory()[0] for m in scheduler.models.values() if m.loaded)
-        return JSONResponse(
-            {
-                "pid": os.getpid(),
-                "version": __version__,
-                "url": str(request.base_url).rstrip("/"),
-                "started_at": started,
-                "uptime": time.time() - started,
-                "rss": _self_rss(),
-                "profile": scheduler.profile.name,
-                "switch_phase": scheduler.switch_phase,
-                "profile_path": str(scheduler.profile_path) if scheduler.profile_path else None,
-                "accepting": scheduler.accepting,
-                "memory": {
-                    "budget_ram": b.ram,
-                    "budget_vram": b.vram,
-                    "used_ram": used,
-                    "free_ram": b.ram - used,
-                    "max_loaded": b.max_loaded,
-                },
-                "cpu": scheduler.cores.view(),
-                "restoring": scheduler.restoring,
-                "warnings": scheduler.warnings() + proxy.gateway.warnings() + reloader.warnings(),
-                "models": models,
-            }
-        )
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "url": url,
+            "started_at": started,
+            "uptime": time.time() - started,
+            "rss": _self_rss(),
+            "profile": scheduler.profile.name,
+            "switch_phase": scheduler.switch_phase,
+            "profile_path": str(scheduler.profile_path) if scheduler.profile_path else None,
+            "accepting": scheduler.accepting,
+            "memory": {
+                "budget_ram": b.ram,
+                "budget_vram": b.vram,
+                "used_ram": used,
+                "free_ram": b.ram - used,
+                "max_loaded": b.max_loaded,
+            },
+            "cpu": scheduler.cores.view(),
+            "restoring": scheduler.restoring,
+            "warnings": scheduler.warnings() + proxy.gateway.warnings() + reloader.warnings(),
+            "models": models,
+        }
+
+    plugins = Plugins(
+        lambda: {k: v or {} for k, v in scheduler.profile.plugins.items()},
+        lambda: status_of(""),
+    )
+
+    async def plugins_route(request: Request) -> Response:
+        return JSONResponse(plugins.view())
 
     async def models_index(request: Request) -> Response:
         views = [scheduler.model_view(m) for m in scheduler.models.values()]
@@ -688,6 +703,7 @@ def create_app(
         Route("/api/usage", _errors(usage), methods=["GET"]),
         Route("/api/backends", _errors(backends), methods=["GET"]),
         Route("/api/events", _errors(events_route), methods=["GET"]),
+        Route("/api/plugins", _errors(plugins_route), methods=["GET"]),
         Route("/metrics", _errors(metrics_route), methods=["GET"]),
         Route("/api/logs", _errors(logs), methods=["GET"]),
     ]

@@ -103,6 +103,7 @@ class Loader:
     ) -> None:
         fut = m.loading
         assert fut is not None
+        began = time.monotonic()
         try:
             runner = await self._start_runner(m, restart=restart, force=force, fresh=fresh)
         except BaseException as exc:
@@ -123,7 +124,10 @@ class Loader:
         m.last_error = None
         if not fut.done():
             fut.set_result(runner)
-        self.publish({"event": "ready", "model": m.name, "pid": runner.pid})
+        self.publish(
+            {"event": "ready", "model": m.name, "pid": runner.pid,
+             "seconds": round(time.monotonic() - began, 3), "restart": restart}
+        )  # fmt: skip
 
     # -- the spare runner ----------------------------------------------------------------------
 

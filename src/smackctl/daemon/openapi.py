@@ -198,6 +198,7 @@ def openapi(version: str) -> dict[str, Any]:
                 ok={"text/event-stream": {"schema": {"type": "string"}}},
             )
         },
+        "/api/plugins": {"get": _op("The plugins installed, and which the active profile enables")},
         "/api/backends": {
             "get": _op("Deployments (local and remote), their circuit breakers, health, groups")
         },

@@ -44,7 +44,7 @@ from .schemas import chat_for_runner, unusable
 from .translate import MESSAGES, RESPONSES, from_chat, stream_from_chat, to_chat
 from .upstream import Answer, TransportError, Upstream
 
-__all__ = ["Proxy", "UpstreamError", "Watchdog", "error_body", "new_request_id"]
+__all__ = ["CHAT", "Proxy", "UpstreamError", "Watchdog", "error_body", "new_request_id"]
 
 CHAT = "/v1/chat/completions"
 

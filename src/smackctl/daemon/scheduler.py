@@ -217,7 +217,10 @@ class Scheduler:
                 reuse: Vacated | None = None
                 for name in plan.evict:
                     log.info("evicting %s to make room for %s", name, m.name)
-                    self.events.publish({"event": "evict", "model": name, "for": m.name})
+                    why = "max_loaded" if for_count else "memory"
+                    self.events.publish(
+                        {"event": "evict", "model": name, "for": m.name, "reason": why}
+                    )
                     if (
                         keep_process
                         and reuse is None

@@ -1,0 +1,24 @@
+"""Plugins that fail on purpose, for tests/test_plugins.py: one hangs past its timeout,
+one raises, and ``broken`` names a class that does not exist (it cannot be loaded)."""
+
+from __future__ import annotations
+
+import time
+
+from smackctl.plugins import Context, Reply
+
+
+class Hang:
+    summary = "never answers in time"
+    timeout = 0.5
+
+    def run(self, args: str, ctx: Context) -> Reply:
+        time.sleep(3)
+        return Reply("too late")
+
+
+class Boom:
+    summary = "raises"
+
+    def run(self, args: str, ctx: Context) -> Reply:
+        raise RuntimeError("on purpose")
