@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,13 @@ from smackctl import __version__
 from smackctl.errors import SmackError, UsageError
 
 from .bench import Bench, BenchParams
-from .events import CLOSED, Events
 from .extras import COUNT
 from .plugins import Plugins
 from .proxy import CHAT, Proxy, error_body, new_request_id
 from .reload import Reloader
 from .scheduler import Scheduler
 from .schemas import QUERY_BOUNDS, REQUEST_SCHEMAS
+from .streams import sse, stream_task
 from .translate import MESSAGES, error_for
 
 __all__ = ["create_app", "Guard"]
@@ -136,97 +136,6 @@ def _capped(receive: Receive, limit: int) -> Receive:
         return msg
 
     return wrapped
-
-
-def _ndjson(event: dict[str, Any]) -> bytes:
-    return json.dumps(event, default=str).encode() + b"\n"
-
-
-def _error_event(exc: BaseException, **extra: Any) -> dict[str, Any]:
-    err = exc if isinstance(exc, SmackError) else SmackError(str(exc))
-    return {
-        "event": "error",
-        "status": err.status,
-        "message": err.message,
-        "hint": err.hint,
-        **extra,
-    }
-
-
-def _stream_task(
-    scheduler: Scheduler,
-    start: Callable[[], asyncio.Future[Any]],
-    wanted: Callable[[dict[str, Any]], bool],
-    final: Callable[[Any], dict[str, Any]],
-    **extra: Any,
-) -> StreamingResponse:
-    """Run a task and stream the scheduler events it causes as NDJSON, then its outcome.
-
-    The task does not belong to the HTTP request: a client that goes away (Ctrl-C) stops
-    following it, not the task itself."""
-
-    async def events() -> AsyncIterator[bytes]:
-        async with scheduler.events.subscribe() as q:
-            task = start()
-            while True:
-                getter = asyncio.ensure_future(q.get())
-                done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    ev = getter.result()
-                    if wanted(ev):
-                        yield _ndjson(ev)
-                else:
-                    getter.cancel()
-                if task in done:
-                    break
-            while not q.empty():  # events published as the task finished
-                ev = q.get_nowait()
-                if wanted(ev):
-                    yield _ndjson(ev)
-            exc = task.exception()
-            yield _ndjson(final(task.result()) if exc is None else _error_event(exc, **extra))
-
-    return StreamingResponse(events(), media_type="application/x-ndjson")
-
-
-#: a comment line this often keeps an idle event stream's connection (and proxies) open
-KEEPALIVE = 15.0
-
-
-def _sse_event(ev: dict[str, Any]) -> bytes:
-    return f"id: {ev['id']}\nevent: {ev['event']}\ndata: {json.dumps(ev)}\n\n".encode()
-
-
-async def _sse(
-    events: Events, after: int, since: float, types: set[str], follow: bool
-) -> AsyncIterator[bytes]:
-    def wanted(ev: dict[str, Any]) -> bool:
-        return not types or ev["event"] in types
-
-    async with events.subscribe() as q:  # first: nothing published meanwhile is missed
-        last = after
-        for ev in events.since(after, since):
-            if wanted(ev):
-                yield _sse_event(ev)
-            last = ev["id"]
-        if events.closed or not follow:
-            return
-        dropped = 0
-        while True:
-            try:
-                ev = await asyncio.wait_for(q.get(), KEEPALIVE)
-            except TimeoutError:
-                yield b": keepalive\n\n"
-                continue
-            if ev is CLOSED:
-                return
-            if q.dropped > dropped:  # this reader was too slow: say how much it lost
-                lost = {"event": "dropped", "count": q.dropped - dropped, "id": ev["id"] - 1}
-                yield f"event: dropped\ndata: {json.dumps(lost)}\n\n".encode()
-                dropped = q.dropped
-            if ev["id"] > last and ev["at"] >= since and wanted(ev):
-                yield _sse_event(ev)
-                last = ev["id"]
 
 
 def _smack_error(exc: SmackError) -> Response:
@@ -422,7 +331,7 @@ def create_app(
         types = {t for t in request.query_params.get("types", "").split(",") if t}
         follow = bool(_whole(request, "follow", 1))
         return StreamingResponse(
-            _sse(scheduler.events, after, since, types, follow),
+            sse(scheduler.events, after, since, types, follow),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -484,7 +393,7 @@ def create_app(
 
     async def model_pull(request: Request) -> Response:
         m = scheduler.resolve(request.path_params["name"])
-        return _stream_task(
+        return stream_task(
             scheduler,
             lambda: asyncio.ensure_future(scheduler.loader.pull(m.name)),
             lambda ev: ev.get("model") == m.name and ev["event"] == "progress",
@@ -495,7 +404,7 @@ def create_app(
     async def model_bench(request: Request) -> Response:
         params = BenchParams.from_body(await _json_body(request))
         m = bench.check(request.path_params["name"], params)
-        return _stream_task(
+        return stream_task(
             scheduler,
             lambda: asyncio.ensure_future(bench.run(m.name, params)),
             lambda ev: ev.get("model") == m.name and ev["event"] in ("bench", "progress"),
@@ -575,7 +484,7 @@ def create_app(
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
             return task
 
-        return _stream_task(
+        return stream_task(
             scheduler,
             start,
             lambda ev: ev.get("model") == m.name and ev["event"] in ("progress", "state"),
@@ -618,7 +527,7 @@ def create_app(
         def start() -> asyncio.Future[Any]:
             return scheduler.spawn(run_switch(scheduler, target, path), f"switch-{target.name}")
 
-        return _stream_task(
+        return stream_task(
             scheduler,
             start,
             lambda ev: ev["event"] in ("switch", "progress", "ready", "unloaded", "error"),
