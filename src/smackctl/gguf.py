@@ -62,6 +62,9 @@ class GGUFInfo:
     template_tools: bool = False
     #: the fill-in-the-middle tokens (prefix, suffix, middle) of a code model's vocabulary
     fim: tuple[str, str, str] | None = None
+    #: llama.cpp's pooling type, set by embedding and reranker models (1 mean, 2 cls,
+    #: 3 last, 4 rank); None: a generative model
+    pooling_type: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -235,6 +238,7 @@ def read_info(path: Path) -> GGUFInfo:
         template_tools="tools" in str(meta.get("tokenizer.chat_template") or ""),
         sliding_window=a("attention.sliding_window"),
         fim=fim,
+        pooling_type=a("pooling_type"),
         end_token_ids=tuple(
             sorted(
                 {

@@ -42,6 +42,7 @@ def write_tiny_gguf(
     quant: str = "F32",
     fim: bool = False,
     rerank: bool = False,
+    embedding: bool = False,
 ) -> Path:
     """``quant``: F32, or Q8_0 / Q4_0 for the attention and feed-forward matrices (quantized
     with the gguf library's own helpers). A quantized model runs llama.cpp's quantized matmul
@@ -51,7 +52,8 @@ def write_tiny_gguf(
     ``fim``: the vocabulary has StarCoder's fill-in-the-middle tokens (``<fim_prefix>``,
     ``<fim_suffix>``, ``<fim_middle>``), as code models do. ``rerank``: a reranker, the shape
     of Qwen3-Reranker (the qwen3 architecture, rank pooling, a two-label ``cls.output``
-    head) that llama-server's ``--reranking`` serves."""
+    head) that llama-server's ``--reranking`` serves. ``embedding``: trained for embeddings,
+    as far as its metadata says (mean pooling)."""
     rng = np.random.default_rng(seed)
     head_dim = dim // heads
     kv_dim = head_dim * heads_kv
@@ -96,6 +98,8 @@ def write_tiny_gguf(
     w.add_unk_token_id(0)
     if chat_template is not None:
         w.add_chat_template(chat_template)
+    if embedding:
+        w.add_pooling_type(gguf.PoolingType.MEAN)
     if rerank:
         w.add_pooling_type(gguf.PoolingType.RANK)
         w.add_array(f"{arch}.classifier.output_labels", ["yes", "no"])

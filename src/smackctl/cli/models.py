@@ -57,11 +57,32 @@ def list_(ctx: typer.Context, json_: JsonOpt = False) -> None:
                 m["n_ctx"],
                 "yes" if m["on_disk"] else "no",
                 m["state"],
+                can(m.get("capabilities") or {}),
             ]
         )
     output.table(
-        ["NAME", "SIZE", "QUANT", "ARCH", "TRAINED CTX", "N_CTX", "ON DISK", "STATE"], rows
+        ["NAME", "SIZE", "QUANT", "ARCH", "TRAINED CTX", "N_CTX", "ON DISK", "STATE", "CAN"],
+        rows,
     )
+
+
+#: the capabilities `models list` names, in this order, as `models show` does
+_CAN = (
+    ("chat", "chat"),
+    ("tools", "tools"),
+    ("embeddings", "embeddings"),
+    ("rerank", "rerank"),
+    ("fill_in_the_middle", "fim"),
+    ("vision", "vision"),
+)
+
+
+def can(caps: dict[str, Any]) -> str:
+    """What a model can serve, in words: "chat, tools", or "completion" for a base model."""
+    said = [word for key, word in _CAN if caps.get(key)]
+    if caps and not caps.get("chat"):
+        said.insert(0, "completion")
+    return ", ".join(said) or "-"
 
 
 @app.command()
@@ -136,6 +157,13 @@ def show(ctx: typer.Context, name: ModelArg, json_: JsonOpt = False) -> None:
             ("chat template", "yes" if g.get("has_chat_template") else "no"),
             ("tools in the template", "yes" if g.get("template_tools") else "no"),
         ]
+    caps = m.get("capabilities") or {}
+    if caps:
+        rows += [
+            ("can serve", can(caps)),
+            ("trained for embeddings", f"yes ({caps['pooling']} pooling)" if caps["pooling"]
+             else "no"),
+        ]  # fmt: skip
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k.ljust(width)}  {'-' if v is None else v}")

@@ -28,6 +28,7 @@ from smackctl import __version__
 from smackctl.errors import SmackError, UsageError
 
 from .bench import Bench, BenchParams
+from .capabilities import capabilities
 from .extras import COUNT
 from .plugins import Plugins
 from .proxy import CHAT, Proxy, error_body, new_request_id
@@ -384,11 +385,14 @@ def create_app(
             from smackctl.gguf import read_info
 
             for v in views:
+                info = None
                 if v["on_disk"]:
                     try:
-                        v["gguf"] = (await asyncio.to_thread(read_info, Path(v["file"]))).as_dict()
+                        info = await asyncio.to_thread(read_info, Path(v["file"]))
+                        v["gguf"] = info.as_dict()
                     except SmackError as exc:
                         v["gguf_error"] = exc.message
+                v["capabilities"] = capabilities(scheduler.models[v["name"]].spec, info)
         return JSONResponse(views)
 
     async def model_pull(request: Request) -> Response:
@@ -425,10 +429,13 @@ def create_app(
         m = scheduler.resolve(request.path_params["name"])
         view = scheduler.model_view(m)
         path = scheduler.registry.model_file(m)
+        info = None
         if path.is_file():
             from smackctl.gguf import read_info
 
-            view["gguf"] = (await asyncio.to_thread(read_info, path)).as_dict()
+            info = await asyncio.to_thread(read_info, path)
+            view["gguf"] = info.as_dict()
+        view["capabilities"] = capabilities(m.spec, info)
         return JSONResponse(view)
 
     async def model_add(request: Request) -> Response:

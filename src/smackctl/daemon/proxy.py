@@ -35,6 +35,7 @@ from .answers import (
     with_defaults,
 )
 from .backends import backend_for
+from .capabilities import capabilities
 from .extras import COUNT, for_runner, is_extra
 from .gateway import Gateway
 from .metrics import Metrics
@@ -191,7 +192,7 @@ class Proxy:
             raise UsageError(
                 f"{m.name} is not loaded to serve embeddings",
                 f"set `args: {{{arg}: true}}` for {m.name} in the profile, or send the request "
-                "to a model that has it",
+                f"to a model that has it{await self._able('embeddings', m.name)}",
             )
         if path not in (CHAT, MESSAGES, RESPONSES, COUNT):
             return
@@ -203,7 +204,8 @@ class Proxy:
             raise UsageError(
                 f"{m.name} cannot call tools: its chat template does not handle `tools`, "
                 "so the model would never see them and answer in text",
-                "send the request to a model whose template handles tools, or for "
+                "send the request to a model whose template handles tools"
+                f"{await self._able('tools', m.name)}, or for "
                 "llama-cpp-python set `chat_format: chatml-function-calling` for "
                 f"{m.name} in the profile (ChatML models such as SmolLM2)",
             )
@@ -212,9 +214,21 @@ class Proxy:
                 f"{m.name} has no chat template in its GGUF file (a base model), so it "
                 "cannot answer chat messages; it would answer nothing",
                 f"send it a text completion instead (`POST /v1/completions` with a "
-                f"`prompt`), or set `chat_format:` for {m.name} in the profile (for "
-                "example `chatml`) if it was trained for chat",
+                f"`prompt`), send the chat to a chat model{await self._able('chat', m.name)}, "
+                f"or set `chat_format:` for {m.name} in the profile (for example `chatml`) "
+                "if it was trained for chat",
             )
+
+    async def _able(self, capability: str, besides: str) -> str:
+        """ " (these can: a, b)" for the models of the profile that have ``capability`` (their
+        files read once each; only on a refusal's path), or "" when none has."""
+        able = []
+        for other in self.scheduler.models.values():
+            if other.name != besides:
+                info = await self.scheduler.loader.gguf_info(other)
+                if info is not None and capabilities(other.spec, info)[capability]:
+                    able.append(other.name)
+        return f" ({', '.join(sorted(able)[:5])} can)" if able else ""
 
     async def _forward(
         self,
