@@ -1,7 +1,7 @@
 """``python -m benchmarks [NAME…]``: run smackctl's benchmarks and write BENCHMARKS.md.
 
 Names: estimate, switch, overhead, cold_swap, cli, rss, concurrency, backends, soak, gateway,
-plugins (all by default). A suite
+plugins, cache (all by default). A suite
 not run keeps its section of BENCHMARKS.md as it was. Exit 1 when a figure misses its goal.
 """
 
@@ -18,6 +18,7 @@ from smackctl.hardware import probe_machine
 
 from . import (
     backends,
+    cache,
     cli_latency,
     cold_swap,
     concurrency,
@@ -43,6 +44,7 @@ SUITES = {
     "soak": ("A 10-minute soak with faults (issue 16)", soak.run),
     "gateway": ("In front of a server elsewhere: added latency, fallback (issue 18)", gateway.run),
     "plugins": ("What the plugin layer costs (issue 20)", plugins.run),
+    "cache": ("A response cache hit (issue 19)", cache.run),
 }
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "LOCAL_BACKENDS",
+    "CacheSettings",
     "Cpu",
     "Group",
     "Defaults",
@@ -156,6 +157,9 @@ class ModelSpec(_Strict):
     fallbacks: tuple[str, ...] = ()
     #: circuit breaker: seconds open before one probe request decides
     breaker_open_for: float = Field(30.0, gt=0)
+    #: the response cache for this model: true (the profile's settings, or the defaults),
+    #: false (never, even when the profile caches), unset (as the profile says)
+    cache: bool | None = None
 
     @field_validator("ttl", "hang_timeout", mode="before")
     @classmethod
@@ -234,6 +238,23 @@ class Routing(_Strict):
     aliases: dict[str, str] = Field(default_factory=dict)
 
 
+class CacheSettings(_Strict):
+    """The response cache (daemon/cache.py): answers of deterministic requests replayed."""
+
+    ttl: int = 3600
+    max_size: Size = 256 * 1024**2
+
+    @field_validator("ttl", mode="before")
+    @classmethod
+    def _ttl(cls, v: Any) -> Any:
+        return parse_duration(v) if isinstance(v, str) else v
+
+    @field_validator("max_size", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        return parse_size(v) if isinstance(v, str) else v
+
+
 Policy = Literal["priority", "round-robin", "least-busy", "latency"]
 
 
@@ -265,6 +286,8 @@ class Profile(_Strict):
     #: the plugins (slash commands) this profile enables, each with its settings; none by
     #: default: a plugin runs code, so the operator chooses (smackctl.plugins)
     plugins: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
+    #: the response cache, off unless set here or per model (``cache: true``)
+    cache: CacheSettings | None = None
 
     @model_validator(mode="before")
     @classmethod

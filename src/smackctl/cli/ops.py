@@ -477,4 +477,7 @@ def register(app: typer.Typer) -> None:
     for fn in (top, usage, backends, events, doctor):
         app.command()(fn)
     app.add_typer(plugins_app, name="plugins")
+    from .cache import cache_app
+
+    app.add_typer(cache_app, name="cache")
     app.add_typer(config_app, name="config")

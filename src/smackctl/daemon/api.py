@@ -284,7 +284,8 @@ def create_app(
             if isinstance(applied, Response):
                 return applied  # a plugin answered
             body = applied
-        return await proxy.forward(request.url.path, body, new_request_id())
+        no_cache = "no-cache" in request.headers.get("cache-control", "").lower()
+        return await proxy.forward(request.url.path, body, new_request_id(), no_cache)
 
     spec: dict[str, Any] = {}
 
@@ -336,6 +337,18 @@ def create_app(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+    async def cache_stats(request: Request) -> Response:
+        if proxy.cache is None and not scheduler.store.path.with_name("cache.db").is_file():
+            return JSONResponse({"hits": 0, "misses": 0, "entries": 0, "bytes": 0, "models": [],
+                                 "path": None})  # fmt: skip
+        return JSONResponse(proxy._open_cache().stats())
+
+    async def cache_clear(request: Request) -> Response:
+        model = request.query_params.get("model") or None
+        if model is not None:
+            model = scheduler.resolve(model).name
+        return JSONResponse({"cleared": proxy._open_cache().clear(model)})
 
     async def backends(request: Request) -> Response:
         return JSONResponse(proxy.gateway.view())
@@ -618,6 +631,8 @@ def create_app(
         Route("/api/shutdown", _errors(shutdown), methods=["POST"]),
         Route("/api/usage", _errors(usage), methods=["GET"]),
         Route("/api/backends", _errors(backends), methods=["GET"]),
+        Route("/api/cache", _errors(cache_stats), methods=["GET"]),
+        Route("/api/cache", _errors(cache_clear), methods=["DELETE"]),
         Route("/api/events", _errors(events_route), methods=["GET"]),
         Route("/api/plugins", _errors(plugins_route), methods=["GET"]),
         Route("/metrics", _errors(metrics_route), methods=["GET"]),

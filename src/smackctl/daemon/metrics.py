@@ -108,6 +108,7 @@ class Metrics:
             ["deployment"],
             registry=r,
         )
+        self.cache = Counter("smackctl_cache", "Response cache lookups", ["result"], registry=r)
         #: deployment → its breaker's state, as the events said (absent: closed)
         self.breakers: dict[str, str] = {}
         r.register(_Live(scheduler, time.time(), self.breakers))

@@ -199,6 +199,13 @@ def openapi(version: str) -> dict[str, Any]:
             )
         },
         "/api/plugins": {"get": _op("The plugins installed, and which the active profile enables")},
+        "/api/cache": {
+            "get": _op("The response cache: hits, misses, entries and bytes per model"),
+            "delete": _op(
+                "Empty the response cache, or one model's entries",
+                params=[_query("model", {"type": "string"}, "a model name")],
+            ),
+        },
         "/api/backends": {
             "get": _op("Deployments (local and remote), their circuit breakers, health, groups")
         },

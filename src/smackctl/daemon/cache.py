@@ -1,0 +1,147 @@
+"""The response cache: answers of deterministic requests, replayed (off by default).
+
+On per profile (``cache: {ttl: 1h, max_size: 256MiB}``) or per model (``cache: true``, with
+the profile's settings or the defaults; ``cache: false`` keeps one model out). Only a request
+whose answer is the same every time is kept: temperature 0 (in the request or the profile's
+defaults) or a fixed ``seed``, one choice. The key is a SHA-256 of the canonical request (its
+route, messages, system prompt, sampling options, tools: the whole body but ``stream`` and
+fields that do not change the answer) and of the model's identity (its file's sha256 and its
+load parameters), so another file or another ``n_ctx`` never hits.
+
+A streamed answer is kept as the bytes of its stream and replayed as they were; a plain one
+as its JSON. Entries live in ``cache.db`` in the state dir (SQLite), expire after ``ttl``, and
+the oldest go when the total passes ``max_size``. ``Cache-Control: no-cache`` on a request:
+neither read nor written. ``X-Smackctl-Cache: hit | miss`` says which it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from smackctl.catalog import sha256_file
+from smackctl.config import CacheSettings, ModelSpec
+
+__all__ = ["Cache", "deterministic", "settings_for"]
+
+log = logging.getLogger("smackctl.cache")
+
+#: request fields that change nothing in the answer's content
+_NOT_IN_KEY = frozenset({"stream", "stream_options", "user", "metadata", "store",
+                         "service_tier", "prompt_cache_key", "safety_identifier"})  # fmt: skip
+
+
+def settings_for(profile_cache: CacheSettings | None, spec: ModelSpec) -> CacheSettings | None:
+    """The cache's settings when ``spec``'s answers are cached, else None."""
+    if spec.cache is False or spec.remote:
+        return None
+    if profile_cache is None and spec.cache is not True:
+        return None
+    return profile_cache or CacheSettings()
+
+
+def deterministic(body: dict[str, Any], defaults: dict[str, Any]) -> bool:
+    if (body.get("n") or 1) != 1:
+        return False
+    temperature = body.get("temperature", defaults.get("temperature"))
+    seed = body.get("seed", defaults.get("seed"))
+    return temperature == 0 or seed is not None
+
+
+class Cache:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, model TEXT, "
+            "created REAL, expires REAL, size INTEGER, media_type TEXT, content BLOB)"
+        )
+        self.hits = self.misses = 0
+        self._identity: dict[tuple[str, int, int], str] = {}
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- the key --------------------------------------------------------------------------
+
+    async def identity(self, spec: ModelSpec, file: Path) -> str:
+        """The model's identity: its file's sha256 (hashed once per file, size and mtime;
+        the profile's ``sha256`` when it gives one) and its load parameters."""
+        st = file.stat()
+        at = (str(file), st.st_size, st.st_mtime_ns)
+        digest = spec.sha256 or self._identity.get(at)
+        if digest is None:
+            digest = await asyncio.to_thread(sha256_file, file)
+            self._identity[at] = digest
+        return hashlib.sha256(json.dumps([digest, repr(spec.load_key())]).encode()).hexdigest()
+
+    @staticmethod
+    def key(route: str, body: dict[str, Any], identity: str) -> str:
+        asked = {k: v for k, v in body.items() if k not in _NOT_IN_KEY and k != "model"}
+        canonical = json.dumps(
+            [route, bool(body.get("stream")), asked, identity],
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    # -- entries --------------------------------------------------------------------------
+
+    def get(self, key: str) -> tuple[bytes, str] | None:
+        row = self.db.execute(
+            "SELECT content, media_type, expires FROM entries WHERE key = ?", (key,)
+        ).fetchone()
+        if row is None or row[2] < time.time():
+            self.misses += 1
+            return None
+        self.hits += 1
+        return bytes(row[0]), str(row[1])
+
+    def put(
+        self, key: str, model: str, content: bytes, media_type: str, ttl: int, max_size: int
+    ) -> None:
+        now = time.time()
+        try:
+            self.db.execute(
+                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key, model, now, now + ttl, len(content), media_type, content),
+            )
+            self.db.execute("DELETE FROM entries WHERE expires < ?", (now,))
+            total = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0]
+            while total > max_size:
+                oldest = self.db.execute(
+                    "SELECT key, size FROM entries ORDER BY created LIMIT 1"
+                ).fetchone()
+                if oldest is None:
+                    break
+                self.db.execute("DELETE FROM entries WHERE key = ?", (oldest[0],))
+                total -= oldest[1]
+        except sqlite3.Error as exc:  # a cache that cannot write is a cache that misses
+            log.warning("the response cache (%s) cannot be written: %s", self.path, exc)
+
+    def stats(self) -> dict[str, Any]:
+        rows = self.db.execute(
+            "SELECT model, COUNT(*), COALESCE(SUM(size), 0) FROM entries "
+            "WHERE expires >= ? GROUP BY model ORDER BY model",
+            (time.time(),),
+        ).fetchall()
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "entries": sum(r[1] for r in rows),
+            "bytes": sum(r[2] for r in rows),
+            "models": [{"model": r[0], "entries": r[1], "bytes": r[2]} for r in rows],
+            "path": str(self.path),
+        }
+
+    def clear(self, model: str | None = None) -> int:
+        if model is None:
+            return self.db.execute("DELETE FROM entries").rowcount
+        return self.db.execute("DELETE FROM entries WHERE model = ?", (model,)).rowcount
