@@ -26,6 +26,7 @@ ARGUMENTS: dict[tuple[str, ...], tuple[str, int | None]] = {
     ("models", "rm"): ("model", 1),
     ("models", "bench"): ("model", None),  # any number of names
     ("logs",): ("model", 1),
+    ("cache", "clear"): ("model", 1),
     ("profile", "show"): ("profile", 1),
     ("profile", "switch"): ("profile", 1),
 }
