@@ -1,7 +1,7 @@
 """``python -m benchmarks [NAME…]``: run smackctl's benchmarks and write BENCHMARKS.md.
 
 Names: estimate, switch, overhead, cold_swap, cli, rss, concurrency, backends, soak, gateway,
-plugins, cache (all by default). A suite
+plugins, cache, route (all by default). A suite
 not run keeps its section of BENCHMARKS.md as it was. Exit 1 when a figure misses its goal.
 """
 
@@ -26,6 +26,7 @@ from . import (
     gateway,
     overhead,
     plugins,
+    route,
     soak,
     supervisor_rss,
     switch_time,
@@ -45,6 +46,7 @@ SUITES = {
     "gateway": ("In front of a server elsewhere: added latency, fallback (issue 18)", gateway.run),
     "plugins": ("What the plugin layer costs (issue 20)", plugins.run),
     "cache": ("A response cache hit (issue 19)", cache.run),
+    "route": ("`model: auto` on a labelled set of prompts (issue 19)", route.run),
 }
 
 

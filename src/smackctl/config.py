@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "LOCAL_BACKENDS",
+    "Auto",
     "CacheSettings",
     "Cpu",
     "Group",
@@ -233,9 +234,26 @@ class Defaults(_Strict):
     seed: int | None = None
 
 
+class Auto(_Strict):
+    """``model: auto``: which model answers which kind of request (daemon/route.py)."""
+
+    #: requests about programming: code fences, stack traces, file names, keywords
+    code: str | None = None
+    #: everything else
+    general: str
+    #: a prompt too long for the chosen model's context goes here (when it fits)
+    long: str | None = None
+    #: requests that need tools / embeddings
+    tools: str | None = None
+    embeddings: str | None = None
+    #: a small model asked "is this about programming?" when the rules cannot tell
+    classifier: str | None = None
+
+
 class Routing(_Strict):
     default_model: str | None = None
     aliases: dict[str, str] = Field(default_factory=dict)
+    auto: Auto | None = None
 
 
 class CacheSettings(_Strict):
@@ -342,7 +360,21 @@ class Profile(_Strict):
         ]:
             if name not in self.models and name not in self.groups:
                 raise ValueError(f"{where}: {name!r} is neither a model nor a group")
+        if (auto := self.routing.auto) is not None:
+            for key in ("code", "general", "long", "tools", "embeddings", "classifier"):
+                target = getattr(auto, key)
+                if target is not None and target not in self.models and target not in self.groups:
+                    raise ValueError(
+                        f"routing.auto.{key}: {target!r} is not a model of this profile"
+                    )
+            if auto.classifier and not self.models[auto.classifier].pinned:
+                raise ValueError(
+                    f"routing.auto.classifier: set `pinned: true` for {auto.classifier}, so "
+                    "that asking it never evicts the models it routes to"
+                )
         dm = self.routing.default_model
+        if dm == "auto" and self.routing.auto is not None:
+            return self
         if dm is not None and dm not in seen and dm not in self.routing.aliases:
             raise ValueError(f"routing.default_model {dm!r} is not a model of this profile")
         return self

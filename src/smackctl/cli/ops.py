@@ -473,8 +473,9 @@ def _profile_in_force(ctx: typer.Context, db: Path) -> tuple[str, str]:
 
 def register(app: typer.Typer) -> None:
     from .events import events, plugins_app
+    from .route import route
 
-    for fn in (top, usage, backends, events, doctor):
+    for fn in (top, usage, backends, events, route, doctor):
         app.command()(fn)
     app.add_typer(plugins_app, name="plugins")
     from .cache import cache_app

@@ -309,6 +309,11 @@ def create_app(
                     "state": m.state,
                 }
             )
+        if scheduler.profile.routing.auto is not None:
+            data.append(
+                {"id": "auto", "object": "model", "created": int(started),
+                 "owned_by": "smackctl", "aliases": [], "state": "routing"}
+            )  # fmt: skip
         gw = proxy.gateway.view()
         for d in gw["deployments"]:
             if d["kind"] == "remote":
@@ -349,6 +354,19 @@ def create_app(
         if model is not None:
             model = scheduler.resolve(model).name
         return JSONResponse({"cleared": proxy._open_cache().clear(model)})
+
+    async def route(request: Request) -> Response:
+        """``POST /api/route``: which model a ``model: auto`` request would go to, and why,
+        without running it (``{"prompt": TEXT}`` or a chat request's body)."""
+        body = await _json_body(request)
+        if isinstance(body.get("prompt"), str) and "messages" not in body:
+            body = {"messages": [{"role": "user", "content": body["prompt"]}]}
+        t = time.perf_counter()
+        decision = await proxy.route(CHAT, body)
+        took = (time.perf_counter() - t) * 1e6
+        return JSONResponse(
+            {"model": decision.model, "reason": decision.reason, "microseconds": round(took, 1)}
+        )
 
     async def backends(request: Request) -> Response:
         return JSONResponse(proxy.gateway.view())
@@ -631,6 +649,7 @@ def create_app(
         Route("/api/shutdown", _errors(shutdown), methods=["POST"]),
         Route("/api/usage", _errors(usage), methods=["GET"]),
         Route("/api/backends", _errors(backends), methods=["GET"]),
+        Route("/api/route", _errors(route), methods=["POST"]),
         Route("/api/cache", _errors(cache_stats), methods=["GET"]),
         Route("/api/cache", _errors(cache_clear), methods=["DELETE"]),
         Route("/api/events", _errors(events_route), methods=["GET"]),

@@ -206,6 +206,12 @@ def openapi(version: str) -> dict[str, Any]:
                 params=[_query("model", {"type": "string"}, "a model name")],
             ),
         },
+        "/api/route": {
+            "post": _op(
+                "Which model `model: auto` would pick for a prompt, and why (runs nothing)",
+                body={"type": "object", "properties": {"prompt": {"type": "string"}}},
+            )
+        },
         "/api/backends": {
             "get": _op("Deployments (local and remote), their circuit breakers, health, groups")
         },

@@ -40,6 +40,7 @@ from .capabilities import capabilities
 from .extras import COUNT, for_runner, is_extra
 from .gateway import Gateway
 from .metrics import Metrics
+from .route import Decision, decide
 from .runner import Runner
 from .scheduler import Managed, Scheduler
 from .schemas import chat_for_runner, unusable
@@ -105,9 +106,52 @@ class Proxy:
         if self.cache is not None:
             self.cache.close()
 
+    async def route(self, path: str, body: dict[str, Any]) -> Decision:
+        """The model a ``model: auto`` request goes to, and why (route.py)."""
+        auto = self.scheduler.profile.routing.auto
+        if auto is None:
+            raise UsageError(
+                "`model: auto` needs rules: this profile has no `routing.auto`",
+                "add `routing: {auto: {code: MODEL, general: MODEL}}` to the profile, or "
+                "name a model",
+            )
+        return await decide(auto, path, body, self._context_of, self._classify)
+
+    def _context_of(self, name: str) -> int | None:
+        spec = self.scheduler.profile.models.get(name)
+        if spec is None:
+            return None
+        return spec.context_length if spec.remote else spec.n_ctx
+
+    async def _classify(self, model: str, text: str) -> bool | None:
+        ask = {
+            "model": model, "max_tokens": 2, "temperature": 0,
+            "messages": [
+                {"role": "system", "content": "Say whether the request is about programming "
+                 "or software. Answer with one word: yes or no."},
+                {"role": "user", "content": text[:2000]},
+            ],
+        }  # fmt: skip
+        try:
+            answer = await self.forward(CHAT, ask, new_request_id())
+            said = json.loads(bytes(answer.body))["choices"][0]["message"]["content"] or ""
+        except (SmackError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+            return None
+        word = said.strip().lower()
+        return True if word.startswith("yes") else False if word.startswith("no") else None
+
     async def forward(
         self, path: str, body: dict[str, Any], request_id: str, no_cache: bool = False
     ) -> Response:
+        name = body.get("model") or self.scheduler.profile.routing.default_model
+        if name == "auto":
+            decision = await self.route(path, body)
+            log.info("%s: model auto -> %s (%s)", request_id, decision.model, decision.reason)
+            answer = await self.forward(
+                path, {**body, "model": decision.model}, request_id, no_cache
+            )
+            answer.headers["X-Smackctl-Route"] = decision.header()
+            return answer
         chain = self.gateway.chain(body.get("model"))
         if chain is not None:  # a group, a server elsewhere, a model with fallbacks
             asked = body.get("model") or str(self.scheduler.profile.routing.default_model)

@@ -1,0 +1,179 @@
+"""``model: auto``: the profile's ``routing.auto`` picks the model from what a request holds.
+
+Rules first, in this order, each decided in microseconds:
+
+1. a required capability: ``tools`` in the request → ``auto.tools``; an embeddings request
+   → ``auto.embeddings``;
+2. code or not: signs of code in the user's words, each with a weight —
+   a code fence (3), a stack trace (3), a line that reads as code (2 each, at most 4),
+   inline code in backticks (1), a file name with a source extension (1 each, at most 2),
+   a language or tool named (1 each, at most 2), programming words (1 each, at most 2).
+   ``CODE_AT`` (2) or more is code; 0 is not; 1 is unclear: the ``classifier`` model is
+   asked (when the profile names one), else it is not code;
+3. length: a prompt (estimated at 4 characters a token) that does not fit the chosen model's
+   context goes to ``auto.long`` when that one fits it.
+
+The decision and its reason go into ``X-Smackctl-Route`` and the supervisor's log;
+``smackctl route PROMPT`` prints them without running a model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from smackctl.config import Auto
+
+__all__ = ["CODE_AT", "Decision", "code_signs", "decide", "text_of"]
+
+#: the weight of signs from which a request is code (below it but above 0: unclear)
+CODE_AT = 2
+
+_FENCE = re.compile(r"```|~~~")
+_TRACE = re.compile(
+    r"Traceback \(most recent call last\)|^\s+at [\w$.<>]+\(.*:\d+\)|Exception in thread|"
+    r"^\s*File \".+\", line \d+|panicked at|segmentation fault|"
+    r"\b\w+(?:Error|Exception): \S",
+    re.M,
+)
+_CODE_LINE = re.compile(
+    r"^\s*(?:def \w+\(|class \w+[:(]|import [\w.]+|from [\w.]+ import|#include\s*<|"
+    r"(?:public|private|static) [\w<>\[\]]+ \w+\(|fn \w+\(|func \w+\(|function \w*\(|"
+    r"(?:const|let|var) \w+ ?=|return\b.*;|SELECT .+ FROM|"
+    r"(?:if|for|while) ?\(.*\) ?\{|.*\) ?=> ?\{?|\w+\(.*\);\s*$|[{}]\s*$|"
+    r"\$ \w+|>>> \w+)",
+    re.M | re.I,
+)
+_FILE = re.compile(
+    r"\b[\w./-]+\.(?:py|js|ts|tsx|jsx|rs|go|java|kt|c|cc|cpp|h|hpp|cs|rb|php|sh|sql|"
+    r"swift|scala|lua|toml|yaml|yml|ipynb|gradle|dockerfile|makefile)\b",
+    re.I,
+)
+_LANGUAGE = re.compile(
+    r"\b(?:python|javascript|typescript|rust|golang|go|java|jvm|kotlin|c\+\+|c#|ruby|php|"
+    r"bash|shell|sql|postgres(?:ql)?|mysql|sqlite|regex|regexp|numpy|pandas|react|vue|"
+    r"django|flask|fastapi|node\.?js|npm|pip|docker(?:file)?|kubernetes|k8s|git|css|html|"
+    r"json|yaml|api|rest|graphql|cli|compiler|pytest|httpx|asyncio|makefile|linux|"
+    r"unix|windows registry|c)\b",
+    re.I,
+)
+_WORDS = re.compile(
+    r"\b(?:functions?|methods?|variables?|bugs?|debug(?:ging)?|compiles?|compiled|"
+    r"compiling|refactor|unit tests?|tests?|stack trace|exceptions?|recursion|recursive|"
+    r"algorithms?|arrays?|lists?|tuples?|dictionar(?:y|ies)|linked list|hash ?maps?|"
+    r"pointers?|threads?|processes|async|await|deadlock|race condition|mutex(?:es)?|"
+    r"endpoints?|query|queries|scripts?|library|libraries|dependenc(?:y|ies)|segfault|"
+    r"null pointer|syntax|loops?|big-o|complexity|implement|code|commit|rebase|merge|"
+    r"branch|repository|repo|pod|container|closures?|classes|class|interface|abstract|"
+    r"garbage collection|goroutines?|pagination|paginate|schema|regexp?|component|"
+    r"re-renders?|state|fixtures?|mock|profil(?:e|ing)|optimi[sz]ations?|keyword|"
+    r"yield|imports?|modules?|circular|borrow checker|palindrome|fibonacci|memoi[sz]ation|"
+    r"graph|cycle|sort|flatten|nested|parse[sr]?|parsing|form|div|rule|salary|"
+    r"divs?|html form|permission denied|install(?:ation)?|environment variable|"
+    r"cpu-bound|errors?|handle errors|dependency injection|junior developer|"
+    r"developer|programm(?:er|ing)|software|optional field|http|request)\b",
+    re.I,
+)
+_INLINE = re.compile(r"`[^`\n]+`")
+
+
+@dataclass(frozen=True)
+class Decision:
+    model: str
+    reason: str
+
+    def header(self) -> str:
+        return f"{self.model}; {self.reason}"
+
+
+def text_of(body: dict[str, Any]) -> str:
+    """The user's words of a chat, completion or embeddings request."""
+    parts: list[str] = []
+    for m in body.get("messages") or []:
+        if isinstance(m, dict) and m.get("role") in ("user", None):
+            content = m.get("content")
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, list):
+                parts += [str(p.get("text", "")) for p in content if isinstance(p, dict)]
+    for key in ("prompt", "input"):
+        value = body.get(key)
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, list):
+            parts += [v for v in value if isinstance(v, str)]
+    return "\n".join(parts)
+
+
+def code_signs(text: str) -> tuple[int, list[str]]:
+    """The weight of the signs of code in ``text``, and what they were."""
+    score, seen = 0, []
+    if _FENCE.search(text):
+        score += 3
+        seen.append("a code fence")
+    if _TRACE.search(text):
+        score += 3
+        seen.append("a stack trace")
+    lines = len(_CODE_LINE.findall(text))
+    if lines:
+        score += min(4, 2 * lines)
+        seen.append(f"{lines} line(s) of code")
+    if _INLINE.search(text):
+        score += 1
+        seen.append("inline code")
+    for what, pattern, most in (
+        ("file name", _FILE, 2),
+        ("language or tool", _LANGUAGE, 2),
+        ("programming word", _WORDS, 2),
+    ):
+        found = {m.group(0).lower() for m in pattern.finditer(text)}
+        if found:
+            score += min(most, len(found))
+            seen.append(f"{what} {', '.join(sorted(found)[:3])}")
+    return score, seen
+
+
+async def decide(
+    auto: Auto,
+    path: str,
+    body: dict[str, Any],
+    context_of: Callable[[str], int | None],
+    classify: Callable[[str, str], Awaitable[bool | None]] | None = None,
+) -> Decision:
+    """The model for a ``model: auto`` request, and why. ``context_of``: a model's context
+    in tokens; ``classify(model, text)``: the classifier's yes (True), no (False) or neither."""
+    if path == "/v1/embeddings" and auto.embeddings:
+        return Decision(auto.embeddings, "an embeddings request")
+    if body.get("tools") and auto.tools:
+        return Decision(auto.tools, "the request has tools")
+    text = text_of(body)
+    score, seen = code_signs(text)
+    if score >= CODE_AT and auto.code:
+        chosen, reason = auto.code, f"code ({'; '.join(seen)})"
+    elif score == 0 or not auto.code:
+        chosen, reason = auto.general, "no sign of code"
+    elif auto.classifier and classify is not None:
+        said = await classify(auto.classifier, text)
+        if said is None:
+            chosen, reason = (
+                auto.general,
+                f"unclear ({'; '.join(seen)}); the classifier did not say",
+            )
+        else:
+            chosen = auto.code if said else auto.general
+            reason = f"unclear ({'; '.join(seen)}); the classifier {auto.classifier} said " + (
+                "code" if said else "not code"
+            )
+    else:
+        chosen, reason = auto.general, f"too few signs of code ({'; '.join(seen)})"
+    tokens = len(text) // 4
+    context = context_of(chosen)
+    if auto.long and context is not None and tokens > context:
+        long_context = context_of(auto.long)
+        if long_context is None or tokens <= long_context:
+            return Decision(
+                auto.long, f"{reason}, but ~{tokens} tokens do not fit {chosen}'s {context}"
+            )
+    return Decision(chosen, reason)
