@@ -300,6 +300,9 @@ class Profile(_Strict):
     #: the llama-server binary (a CUDA build, say); default: the one `make install` built
     llama_server: str | None = None
     models: dict[str, ModelSpec] = Field(default_factory=dict)
+    #: every GGUF file under this folder is a model too, named from its file (discover.py);
+    #: a model of `models:` with the same name or file wins
+    models_dir: str | None = None
     groups: dict[str, Group] = Field(default_factory=dict)
     #: the plugins (slash commands) this profile enables, each with its settings; none by
     #: default: a plugin runs code, so the operator chooses (smackctl.plugins)

@@ -283,3 +283,30 @@ def rm(ctx: typer.Context, name: ModelArg) -> None:
     with client(ctx) as c:
         c.request("DELETE", f"/api/models/{name}")
     output.info(f"removed {name}")
+
+
+@app.command()
+def discover(
+    ctx: typer.Context,
+    folder: Annotated[Path, typer.Argument(help="The folder the GGUF files are in.")],
+    json_: JsonOpt = False,
+) -> None:
+    """Make every GGUF model under a folder a known model, named from its file (split files
+    are one model, projectors go with their folder's models, duplicates are left out)."""
+    with client(ctx) as c:
+        got = c.post("/api/models/discover", {"dir": str(folder.expanduser().resolve())})
+    if json_:
+        output.print_json(got)
+        return
+    for m in got["added"]:
+        extra = f", {m['parts']} parts" if m["parts"] > 1 else ""
+        extra += f", projector {Path(m['projector']).name}" if m["projector"] else ""
+        print(f"added {m['name']}  ({_gib(m['size'])}{extra})")
+    for name in got["known"]:
+        print(f"known already: {name}")
+    for d in got["duplicates"]:
+        print(f"left out {d['file']}: the same content as {d['same_as']}")
+    for note in got["notes"]:
+        output.warn(note)
+    if not (got["added"] or got["known"]):
+        output.info(f"no GGUF model under {folder}")

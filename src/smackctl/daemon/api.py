@@ -480,6 +480,37 @@ def create_app(
         m = scheduler.registry.add(name, Path(path), n_ctx if isinstance(n_ctx, int) else None)
         return JSONResponse(scheduler.model_view(m), status_code=201)
 
+    async def models_discover(request: Request) -> Response:
+        """``POST /api/models/discover {"dir": PATH}``: every GGUF model under the folder
+        becomes a known model (as `models add` would), unless its name or file is known."""
+        from smackctl.discover import scan
+
+        body = await _json_body(request)
+        if not isinstance(body.get("dir"), str):
+            raise UsageError("`dir`, the folder to look in, is required",
+                             "smackctl models discover DIR")  # fmt: skip
+        folder = Path(body["dir"]).expanduser().resolve()
+        if not folder.is_dir():
+            raise UsageError(f"{folder} is not a folder", "give the folder the GGUF files are in")
+        found = await asyncio.to_thread(scan, folder, frozenset(scheduler.models))
+        files = {str(scheduler.registry.model_file(m)): m.name for m in scheduler.models.values()}
+        added, known = [], []
+        for f in found.found:
+            if str(f.path) in files:
+                known.append(files[str(f.path)])  # by the name it has
+                continue
+            scheduler.registry.add(f.name, f.path)
+            added.append({"name": f.name, "file": str(f.path), "size": f.size, "parts": f.parts,
+                          "projector": str(f.projector) if f.projector else None})  # fmt: skip
+        return JSONResponse(
+            {
+                "added": added,
+                "known": known,
+                "duplicates": [{"file": str(p), "same_as": n} for p, n in found.duplicates],
+                "notes": found.notes,
+            }
+        )
+
     async def model_remove(request: Request) -> Response:
         await scheduler.remove_model(request.path_params["name"])
         return JSONResponse({"removed": request.path_params["name"]})
@@ -636,6 +667,7 @@ def create_app(
         Route("/api/status", _errors(status), methods=["GET"]),
         Route("/api/models", _errors(models_index), methods=["GET"]),
         Route("/api/models", _errors(model_add), methods=["POST"]),
+        Route("/api/models/discover", _errors(models_discover), methods=["POST"]),
         Route("/api/models/{name}", _errors(model_show), methods=["GET"]),
         Route("/api/models/{name}", _errors(model_remove), methods=["DELETE"]),
         Route("/api/models/{name}/load", _errors(model_load), methods=["POST"]),

@@ -139,6 +139,16 @@ def openapi(version: str) -> dict[str, Any]:
                 status="201",
             ),
         },
+        "/api/models/discover": {
+            "post": _op(
+                "Make every GGUF model under a folder a known model",
+                body={
+                    "type": "object",
+                    "required": ["dir"],
+                    "properties": {"dir": {"type": "string"}},
+                },
+            )
+        },
         "/api/models/{name}": {
             "get": _op("One model, with its GGUF facts", params=[_NAME]),
             "delete": _op("Remove an added model", params=[_NAME]),

@@ -4,12 +4,14 @@ each a ``Managed`` entry with everything the scheduler tracks about it."""
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from smackctl import catalog
 from smackctl.config import ModelSpec, Profile, profiles_defining, validate_model_name
+from smackctl.discover import scan
 from smackctl.errors import ModelLoadError, ModelNotFound, UsageError
 from smackctl.estimate import Estimate
 from smackctl.gguf import GGUFInfo, check_magic
@@ -98,6 +100,8 @@ class Registry:
         self.models: dict[str, Managed] = {}
         self.profile = profile
         self.profile_path = path
+        #: what the last scan of the profile's models_dir noticed (duplicates, missing parts)
+        self.scan_notes: list[str] = []
         self.rebuild(profile, path)
 
     def rebuild(self, profile: Profile, path: Path | None) -> None:
@@ -112,6 +116,8 @@ class Registry:
         }
         for name, raw in self.store.added_models().items():
             wanted.setdefault(name, (ModelSpec.model_validate(raw), "added", Path("/")))
+        for name, spec in self.discovered(profile, path, set(wanted)).items():
+            wanted[name] = (spec, "discovered", Path("/"))
         for name in list(self.models):
             if name not in wanted and not self.models[name].loaded:
                 del self.models[name]
@@ -121,6 +127,39 @@ class Registry:
                 self.models[name] = Managed(name=name, spec=spec, origin=origin, base_dir=b)
             else:
                 m.spec, m.origin, m.base_dir = spec, origin, b
+
+    def models_dir(self, profile: Profile, path: Path | None) -> Path | None:
+        if profile.models_dir is None:
+            return None
+        d = Path(os.path.expandvars(profile.models_dir)).expanduser()
+        return d if d.is_absolute() else ((path.parent if path else Path.cwd()) / d).resolve()
+
+    def discovered(
+        self, profile: Profile, path: Path | None, taken: set[str]
+    ) -> dict[str, ModelSpec]:
+        """The models of the profile's ``models_dir`` not already known by name or file."""
+        folder = self.models_dir(profile, path)
+        if folder is None:
+            return {}
+        files = set()
+        for spec in profile.models.values():
+            p = profile.resolve_spec_path(spec, path.parent if path else Path.cwd())
+            if p is not None:
+                files.add(p.resolve())
+        found = scan(folder, frozenset(taken))
+        self.scan_notes = [*found.notes] + [
+            f"{dup} has the same content as {first}: left out" for dup, first in found.duplicates
+        ]
+        out: dict[str, ModelSpec] = {}
+        backend = profile.backend or "llama-cpp-python"
+        for f in found.found:
+            if f.path.resolve() in files:
+                continue
+            args: dict[str, str | int | float | bool] = {}
+            if f.projector is not None and backend == "llama-server":
+                args["mmproj"] = str(f.projector)
+            out[f.name] = ModelSpec(path=str(f.path), backend=backend, args=args)
+        return out
 
     def known_names(self) -> list[str]:
         names = set(self.models)

@@ -42,6 +42,8 @@ class Reloader:
         #: the problems of the file as it is now, when it is invalid (``status`` shows them)
         self.issues: list[str] = []
         self._retarget = asyncio.Event()
+        self._dir_retarget = asyncio.Event()
+        self._dir_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         scheduler.events.listeners.append(self._on_event)
@@ -49,15 +51,58 @@ class Reloader:
     def _on_event(self, ev: dict[str, Any]) -> None:
         if ev.get("event") == "switch" and ev.get("phase") == str(SwitchPhase.ACTIVE):
             self._retarget.set()  # the active file may be another one now
+            self._dir_retarget.set()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._watch(), name="profile-watch")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._watch(), name="profile-watch")
+        self._dir_task = loop.create_task(self._watch_models_dir(), name="models-dir-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._dir_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _watch_models_dir(self) -> None:
+        """The profile's ``models_dir``: a GGUF file added or removed there is a model added
+        or removed, with no restart (a loaded one stays until it is unloaded)."""
+        from watchfiles import awatch
+
+        while True:
+            self._dir_retarget.clear()
+            folder = self.sched.registry.models_dir(self.sched.profile, self.sched.profile_path)
+            if folder is None or not folder.is_dir():
+                await self._dir_retarget.wait()
+                continue
+            log.info("watching %s for models", folder)
+            try:
+                async for _ in awatch(
+                    folder,
+                    # a new folder too: a file written into it at once can come before
+                    # its watch does, and the rescan walks the whole tree
+                    watch_filter=lambda _c, p: p.lower().endswith(".gguf") or Path(p).is_dir(),
+                    stop_event=self._dir_retarget,
+                    debounce=DEBOUNCE_MS,
+                ):
+                    self.rescan()
+            except (OSError, RuntimeError) as exc:
+                log.warning("cannot watch %s (%s)", folder, exc)
+                await self._dir_retarget.wait()
+
+    def rescan(self) -> dict[str, list[str]]:
+        """Read the models_dir again: the models it added and removed."""
+        sched = self.sched
+        before = {n for n, m in sched.models.items() if m.origin == "discovered"}
+        sched.registry.rebuild(sched.profile, sched.profile_path)
+        after = {n for n, m in sched.models.items() if m.origin == "discovered"}
+        change = {"added": sorted(after - before), "removed": sorted(before - after)}
+        if change["added"] or change["removed"]:
+            log.info("models_dir: added %s, removed %s", change["added"] or "none",
+                     change["removed"] or "none")  # fmt: skip
+            sched.events.publish({"event": "discovered", **change})
+        return change
 
     def warnings(self) -> list[str]:
         if not self.issues:
