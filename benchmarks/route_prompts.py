@@ -156,3 +156,29 @@ HELD_OUT_GENERAL = [
     "How much water should I drink a day?",
     "Explain how a mortgage works.",
 ]
+
+#: written after the second round of tuning (which saw HELD_OUT_* above), never used for it
+FRESH_CODE = [
+    "How do I check which process is listening on port 8080?",
+    "What does 'undefined is not a function' mean in my browser console?",
+    "Can you explain how a B-tree index speeds up lookups?",
+    "Write a Haskell function that sums the squares of a list.",
+    "How do I migrate a Django model without losing data?",
+    "Why is my Python script using 100% CPU?",
+    "What is the best way to store passwords in a database?",
+    "How do I parse command-line arguments in Rust?",
+    "My CI pipeline fails only on Windows runners; how do I find out why?",
+    "Explain the actor model used by Erlang.",
+]
+FRESH_GENERAL = [
+    "What strings should I buy for an acoustic guitar?",
+    "How do I build a raised garden bed?",
+    "What type of wine goes with salmon?",
+    "Which server at a restaurant should I tip, the waiter or the busser?",
+    "How does the process of making cheese work?",
+    "What is the plot of The Matrix?",
+    "How do I become a better public speaker?",
+    "What are good stretches for lower back pain?",
+    "Tell me about the history of the Roman Empire.",
+    "How do I clean a cast iron pan?",
+]

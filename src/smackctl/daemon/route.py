@@ -51,12 +51,20 @@ _FILE = re.compile(
     r"swift|scala|lua|toml|yaml|yml|ipynb|gradle|dockerfile|makefile)\b",
     re.I,
 )
+#: languages, runtimes, frameworks and tools: the TIOBE top 50 languages and the frameworks,
+#: databases and tools most asked about (Stack Overflow's survey), not fitted to any prompt
 _LANGUAGE = re.compile(
     r"\b(?:python|javascript|typescript|rust|golang|go|java|jvm|kotlin|c\+\+|c#|ruby|php|"
-    r"bash|shell|sql|postgres(?:ql)?|mysql|sqlite|regex|regexp|numpy|pandas|react|vue|"
-    r"django|flask|fastapi|node\.?js|npm|pip|docker(?:file)?|kubernetes|k8s|git|css|html|"
-    r"json|yaml|api|rest|graphql|cli|compiler|pytest|httpx|asyncio|makefile|linux|"
-    r"unix|windows registry|c)\b",
+    r"swift|objective-c|scala|perl|haskell|elixir|erlang|clojure|lua|dart|flutter|julia|"
+    r"matlab|fortran|cobol|assembly|wasm|webassembly|zig|nim|ocaml|f#|groovy|powershell|"
+    r"bash|zsh|shell|sql|postgres(?:ql)?|mysql|sqlite|mongodb|redis|elasticsearch|kafka|"
+    r"regex|regexp|numpy|pandas|pytorch|tensorflow|jupyter|react|vue|angular|svelte|"
+    r"next\.?js|django|flask|fastapi|spring(?: boot)?|rails|laravel|\.net|asp\.net|"
+    r"node(?:\.?js)?|deno|npm|yarn|pip|conda|cargo|maven|gradle|cmake|"
+    r"docker(?:file)?|kubernetes|k8s|terraform|ansible|nginx|git|github|gitlab|"
+    r"css|html|json|xml|yaml|toml|api|rest|graphql|grpc|orm|cli|compiler|pytest|junit|"
+    r"httpx|asyncio|makefile|linux|unix|ubuntu|bash script|vim|emacs|vs ?code|ide|"
+    r"tcp|udp|sockets?|websockets?|oauth|jwt|ssh|ssl|tls|c)\b",
     re.I,
 )
 _WORDS = re.compile(
@@ -73,7 +81,12 @@ _WORDS = re.compile(
     r"graph|cycle|sort|flatten|nested|parse[sr]?|parsing|form|div|rule|salary|"
     r"divs?|html form|permission denied|install(?:ation)?|environment variable|"
     r"cpu-bound|errors?|handle errors|dependency injection|junior developer|"
-    r"developer|programm(?:er|ing)|software|optional field|http|request)\b",
+    r"developer|programm(?:er|ing)|software|optional field|http|request|crash(?:es)?|"
+    r"one-liner|command line|terminal|build|deploy(?:ment)?|server|client|database|"
+    r"framework|runtime|binary search|data structure|object-oriented|types?|"
+    r"stdout|stderr|buffer|memory leak|cache|latency|concurrency|parallel|process|"
+    r"integer|string|boolean|float|byte|unwrap|optional|null|undefined|callback|"
+    r"promise|lambda|iterator|generator|decorator|inheritance|polymorphism|matrix)\b",
     re.I,
 )
 _INLINE = re.compile(r"`[^`\n]+`")
