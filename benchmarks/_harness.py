@@ -92,6 +92,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[k]
 
 
+def tails(ms: dict[str, list[float]]) -> dict[str, float]:
+    """p50 and p99 of the "sup" and "direct" timings, as ``sup50``, ``dir99``…"""
+    return {
+        f"{short}{q}": percentile(ms[key], q)
+        for key, short in (("direct", "dir"), ("sup", "sup"))
+        for q in (50, 99)
+    }
+
+
 def verdict(ok: bool) -> str:
     return "pass" if ok else "FAIL"
 

@@ -33,6 +33,7 @@ from ._harness import (
     spawn_raw,
     stop_raw,
     supervisor,
+    tails,
     tiny_model,
     verdict,
 )
@@ -134,12 +135,7 @@ def _latency(via: httpx.Client, direct: httpx.Client, remote: str) -> dict[str, 
         r.raise_for_status()
         if i >= 2 * WARM:
             ms[which].append(took)
-    return {
-        "dir50": percentile(ms["direct"], 50),
-        "dir99": percentile(ms["direct"], 99),
-        "sup50": percentile(ms["sup"], 50),
-        "sup99": percentile(ms["sup"], 99),
-    }
+    return tails(ms)
 
 
 def _async_direct(remote: str) -> float:

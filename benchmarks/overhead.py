@@ -24,10 +24,10 @@ from ._harness import (
     median,
     model,
     model_file,
-    percentile,
     profile_text,
     stream_tokens,
     supervisor,
+    tails,
     tiny_model,
     verdict,
 )
@@ -112,9 +112,4 @@ def _latency(sup: Sup) -> dict[str, float]:
             r.raise_for_status()
             if i >= 80:
                 ms[which].append(took)
-    return {
-        "dir50": percentile(ms["direct"], 50),
-        "dir99": percentile(ms["direct"], 99),
-        "sup50": percentile(ms["sup"], 50),
-        "sup99": percentile(ms["sup"], 99),
-    }
+    return tails(ms)

@@ -228,6 +228,21 @@ def launch(home: Home, *extra: str, profile: str = "test") -> Supervisor:
     return Supervisor(proc, url, token, home)
 
 
+def launch_on(root: Path, profile: str, yaml_text: str, **env: str) -> Supervisor:
+    """A supervisor in a home of its own under ``root`` (a module's fixture), on one profile
+    written from ``yaml_text``; ``env``: more of its environment (PYTHONPATH, a key…)."""
+    home = root / "home"
+    profiles = home / "profiles"
+    profiles.mkdir(parents=True)
+    (profiles / f"{profile}.yaml").write_text(yaml_text)
+    base = {
+        "SMACKCTL_HOME": str(home),
+        "SMACKCTL_PROFILE_DIR": str(profiles),
+        "SMACKCTL_PORT": str(free_port()),
+    }
+    return launch(Home(home, {**os.environ, **base, **env}), profile=profile)
+
+
 def shutdown(sup: Supervisor) -> None:
     if sup.proc.poll() is None:
         try:

@@ -11,7 +11,6 @@ no `content_index` in its text deltas, and the official client's stream helper f
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,30 +20,23 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from conftest import Home, Supervisor, free_port, launch, shutdown
+from conftest import Supervisor, launch_on, shutdown
 
 BACKENDS = ["smol-ls", "smol-py"]  # llama-server, llama-cpp-python
 
 
 @pytest.fixture(scope="module")
 def both(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path) -> Iterator[Supervisor]:
-    root = tmp_path_factory.mktemp("clients") / "home"
-    profiles = root / "profiles"
-    profiles.mkdir(parents=True)
-    (profiles / "ls.yaml").write_text(
+    sup = launch_on(
+        tmp_path_factory.mktemp("clients"),
+        "ls",
         "name: ls\nmodels:\n"
         f"  smol-ls:\n    path: {smollm2_file}\n    n_ctx: 2048\n    backend: llama-server\n"
         f"  smol-py:\n    path: {smollm2_file}\n    n_ctx: 2048\n"
         "    backend: llama-cpp-python\n"
         f"  smol-fc:\n    path: {smollm2_file}\n    n_ctx: 2048\n"
-        "    backend: llama-cpp-python\n    chat_format: chatml-function-calling\n"
+        "    backend: llama-cpp-python\n    chat_format: chatml-function-calling\n",
     )
-    env = {
-        "SMACKCTL_HOME": str(root),
-        "SMACKCTL_PROFILE_DIR": str(profiles),
-        "SMACKCTL_PORT": str(free_port()),
-    }
-    sup = launch(Home(root, {**os.environ, **env}), profile="ls")
     yield sup
     shutdown(sup)
 

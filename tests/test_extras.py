@@ -11,7 +11,6 @@ gibberish the same for the same prompt tokens on both backends (one llama.cpp).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import anthropic
 import httpx
 import pytest
 
-from conftest import Home, Supervisor, free_port, launch, shutdown
+from conftest import Supervisor, launch_on, shutdown
 from tinygguf import write_tiny_gguf
 
 TOOLS_TEMPLATE = (
@@ -37,11 +36,10 @@ def sup(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path) -> Iterato
     rr = write_tiny_gguf(d / "tiny-rr.gguf", name="tiny-rr", rerank=True, chat_template=None)
     plain = write_tiny_gguf(d / "tiny-plain.gguf", name="tiny-plain", seed=12)
     tools = write_tiny_gguf(d / "tiny-tools.gguf", name="tiny-tools", chat_template=TOOLS_TEMPLATE)
-    root = d / "home"
-    profiles = root / "profiles"
-    profiles.mkdir(parents=True)
     ls, py = "    backend: llama-server\n", "    backend: llama-cpp-python\n"
-    (profiles / "x.yaml").write_text(
+    s = launch_on(
+        d,
+        "x",
         "name: x\nmodels:\n"
         f"  smol-ls:\n    path: {smollm2_file}\n    n_ctx: 2048\n{ls}"
         f"  smol-py:\n    path: {smollm2_file}\n    n_ctx: 2048\n{py}"
@@ -51,14 +49,8 @@ def sup(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path) -> Iterato
         f"  rr-ls:\n    path: {rr}\n    n_ctx: 512\n{ls}    args: {{reranking: true}}\n"
         f"  rr-py:\n    path: {rr}\n    n_ctx: 512\n{py}"
         f"  tools-ls:\n    path: {tools}\n    n_ctx: 1024\n{ls}"
-        f"  plain-ls:\n    path: {plain}\n    n_ctx: 512\n{ls}"
+        f"  plain-ls:\n    path: {plain}\n    n_ctx: 512\n{ls}",
     )
-    env = {
-        "SMACKCTL_HOME": str(root),
-        "SMACKCTL_PROFILE_DIR": str(profiles),
-        "SMACKCTL_PORT": str(free_port()),
-    }
-    s = launch(Home(root, {**os.environ, **env}), profile="x")
     yield s
     shutdown(s)
 

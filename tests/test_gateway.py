@@ -30,7 +30,7 @@ import pytest
 from smackctl.daemon.breaker import Breaker, backoff
 from smackctl.daemon.remote import retry_after
 
-from conftest import Home, Supervisor, free_port, launch, shutdown, smackctl, wait_for
+from conftest import Supervisor, free_port, launch_on, shutdown, smackctl, wait_for
 
 KEY = "remote-secret-4f1c9a"
 CHAT = "/v1/chat/completions"
@@ -214,10 +214,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator
         "    backend: openai\n    api_key_env: REMOTE_KEY\n    upstream_model: tiny\n"
         "    breaker_open_for: 1\n    health_interval: 0.2\n    connect_timeout: 1\n"
     )
-    home = root / "home"
-    profiles = home / "profiles"
-    profiles.mkdir(parents=True)
-    (profiles / "gw.yaml").write_text(
+    sup = launch_on(
+        root,
+        "gw",
         "name: gw\nmodels:\n"
         f"  r1:\n    url: http://127.0.0.1:{ports[0]}/v1\n{remote}    retries: 0\n"
         f"  r2:\n    url: http://127.0.0.1:{ports[1]}/v1\n{remote}    retries: 0\n"
@@ -226,15 +225,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator
         f"  local:\n    path: {model}\n    n_ctx: 512\n    fallbacks: [r2]\n"
         f"  broken:\n    path: {model_dir / 'corrupt.gguf'}\n    fallbacks: [r2]\n"
         "groups:\n  pair:\n    deployments: [r1, r2]\n    policy: round-robin\n"
-        "    aliases: [replicas]\n"
+        "    aliases: [replicas]\n",
+        REMOTE_KEY=KEY,
     )
-    env = {
-        "SMACKCTL_HOME": str(home),
-        "SMACKCTL_PROFILE_DIR": str(profiles),
-        "SMACKCTL_PORT": str(free_port()),
-        "REMOTE_KEY": KEY,
-    }
-    sup = launch(Home(home, {**os.environ, **env}), profile="gw")
     yield World(sup, faulty, model, ports, replicas, root)
     shutdown(sup)
     for p in replicas:

@@ -22,7 +22,7 @@ import pytest
 from smackctl.cli.chat import completions
 from smackctl.daemon.plugins import Installed, Plugins, slash_command
 
-from conftest import ROOT, Home, Supervisor, free_port, launch, shutdown, smackctl
+from conftest import ROOT, Supervisor, launch_on, shutdown, smackctl
 
 PATH = "/v1/chat/completions"
 
@@ -50,22 +50,15 @@ def sup(
     (notes / "big.txt").write_text("x" * 5000)
     (root / "secret.txt").write_text("the password")
     (notes / "link.txt").symlink_to(root / "secret.txt")
-    home = root / "home"
-    profiles = home / "profiles"
-    profiles.mkdir(parents=True)
-    (profiles / "p.yaml").write_text(
+    s = launch_on(
+        root,
+        "p",
         "name: p\nmodels:\n"
         f"  tiny:\n    path: {model_dir / 'tiny-a.gguf'}\n    n_ctx: 4096\n    threads: 1\n"
         f"plugins:\n  file:\n    dirs: [{notes}]\n    max_bytes: 4096\n  models:\n"
-        "  shout: {}\n  noop: {}\n  hang: {}\n  boom: {}\n  broken: {}\n"
+        "  shout: {}\n  noop: {}\n  hang: {}\n  boom: {}\n  broken: {}\n",
+        PYTHONPATH=os.pathsep.join([str(plugin_path), os.environ.get("PYTHONPATH", "")]),
     )
-    env = {
-        "SMACKCTL_HOME": str(home),
-        "SMACKCTL_PROFILE_DIR": str(profiles),
-        "SMACKCTL_PORT": str(free_port()),
-        "PYTHONPATH": os.pathsep.join([str(plugin_path), os.environ.get("PYTHONPATH", "")]),
-    }
-    s = launch(Home(home, {**os.environ, **env}), profile="p")
     yield s
     shutdown(s)
 

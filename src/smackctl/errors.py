@@ -31,6 +31,8 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFound",
     "NoDeployment",
+    "PluginFailed",
+    "PluginTimedOut",
     "PortInUse",
     "PullError",
     "SmackError",
@@ -173,3 +175,15 @@ class NoDeployment(SmackError):
 
     status = 503
     error_type = "no_deployment"
+
+
+class PluginFailed(SmackError):
+    """A plugin raised, returned what is not an answer, or could not be loaded."""
+
+    status = 500
+    error_type = "plugin_error"
+
+
+class PluginTimedOut(SmackError):
+    status = 504
+    error_type = "plugin_timeout"

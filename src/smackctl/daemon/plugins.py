@@ -25,7 +25,7 @@ from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
-from smackctl.errors import SmackError, UsageError
+from smackctl.errors import PluginFailed, PluginTimedOut, UsageError
 from smackctl.plugins import Context, PluginError, Reply, Rewrite
 
 __all__ = ["GROUP", "Installed", "Plugins", "discover", "slash_command"]
@@ -34,16 +34,6 @@ GROUP = "smackctl.plugins"
 _COMMAND = re.compile(r"/([a-z][a-z0-9_-]{0,31})(?:\s+|$)")
 
 log = logging.getLogger("smackctl.plugins")
-
-
-class PluginFailed(SmackError):
-    status = 500
-    error_type = "plugin_error"
-
-
-class PluginTimedOut(SmackError):
-    status = 504
-    error_type = "plugin_timeout"
 
 
 @dataclass
