@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
         all_ok &= ok
         sections[title] = ["", *rows, ""]
     for title, body in sections.items():
-        out += [f"## {title}", *body]
+        out += [f"## {title}", *body, *([""] if body and body[-1] else [])]
     path.write_text("\n".join(out).rstrip() + "\n")
     print(f"wrote {path}")
     return 0 if all_ok else 1

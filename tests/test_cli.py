@@ -91,8 +91,12 @@ def test_models_list_show_load_ps_unload(cli: CliRunner, home: Home) -> None:
         "ON",
         "DISK",
         "STATE",
+        "CAN",
     ]
     assert any(row.split()[0] == "tiny-a" and "F32" in row for row in rows)
+    assert any(
+        row.split()[0] == "tiny-base" and row.rstrip().endswith("completion") for row in rows
+    )
 
     r = cli.invoke(app, ["models", "show", "a", "--json"])  # an alias
     assert r.exit_code == 0

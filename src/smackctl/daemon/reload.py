@@ -44,13 +44,21 @@ class Reloader:
         self._retarget = asyncio.Event()
         self._dir_retarget = asyncio.Event()
         self._dir_task: asyncio.Task[None] | None = None
+        self._watched: Path | None = None  # the file and folder watched now
+        self._watched_dir: Path | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         scheduler.events.listeners.append(self._on_event)
 
     def _on_event(self, ev: dict[str, Any]) -> None:
-        if ev.get("event") == "switch" and ev.get("phase") == str(SwitchPhase.ACTIVE):
-            self._retarget.set()  # the active file may be another one now
+        if ev.get("event") != "switch" or ev.get("phase") != str(SwitchPhase.ACTIVE):
+            return
+        # another file or folder to watch: only then is the watch begun anew (a watch that
+        # stays keeps every change made meanwhile, one begun anew would miss them)
+        path = self.sched.profile_path
+        if (path.resolve() if path else None) != self._watched:
+            self._retarget.set()
+        if self.sched.registry.models_dir(self.sched.profile, path) != self._watched_dir:
             self._dir_retarget.set()
 
     def start(self) -> None:
@@ -73,6 +81,7 @@ class Reloader:
         while True:
             self._dir_retarget.clear()
             folder = self.sched.registry.models_dir(self.sched.profile, self.sched.profile_path)
+            self._watched_dir = folder
             if folder is None or not folder.is_dir():
                 await self._dir_retarget.wait()
                 continue
@@ -118,6 +127,7 @@ class Reloader:
         while True:
             path = self.sched.profile_path
             self._retarget.clear()
+            self._watched = path.resolve() if path else None
             if path is None:  # the built-in default profile: no file to watch
                 await self._retarget.wait()
                 continue
