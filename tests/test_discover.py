@@ -44,6 +44,11 @@ def test_the_scan_names_splits_projectors_and_duplicates(tmp_path: Path) -> None
     assert any("half-00003-of-00003.gguf missing" in n for n in found.notes)
     assert model_name("..x/..") == "x" and model_name("***") == "model"
     assert scan(tmp_path, frozenset({"a"})).found[0].name != "a"  # a taken name is not reused
+    # a copy of a file that is a model already: the copy is the duplicate, whatever its name
+    shutil.copy(tmp_path / "a.gguf", tmp_path / "0-first-in-order.gguf")
+    again = scan(tmp_path, frozenset(), frozenset({tmp_path / "a.gguf"}))
+    assert "a" in {f.name for f in again.found}
+    assert (tmp_path / "0-first-in-order.gguf", "a") in again.duplicates
 
 
 def test_a_watched_models_dir_and_models_discover(home: Home, tmp_path: Path) -> None:
@@ -73,6 +78,16 @@ def test_a_watched_models_dir_and_models_discover(home: Home, tmp_path: Path) ->
                      "second to be gone")  # fmt: skip
         elsewhere = tmp_path / "elsewhere"
         _tiny(elsewhere / "third.gguf", seed=6)
+        shutil.copy(shelf / "first.gguf", shelf / "copy-of-first.gguf")  # the same content
+        wait_for(
+            lambda: any(
+                "copy-of-first.gguf has the same content as first" in w
+                for w in sup.status()["warnings"]
+            ),
+            20,
+            "the duplicate's warning",
+        )
+        assert all(m["name"] != "copy-of-first" for m in sup.status()["models"])
         shutil.copy(shelf / "first.gguf", elsewhere / "first-again.gguf")
         out = smackctl(home, "models", "discover", str(elsewhere))
         assert out.returncode == 0, out.stderr

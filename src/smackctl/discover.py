@@ -13,6 +13,7 @@ folder see them: a profile's ``models_dir`` and ``smackctl models discover DIR``
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,13 +61,34 @@ def model_name(stem: str) -> str:
     return name or "model"
 
 
-def scan(folder: Path, taken: frozenset[str] | set[str] = frozenset()) -> Scan:
-    """The models under ``folder`` (recursively). ``taken``: names already in use."""
+#: at most this many folders are walked (a models_dir of `/` must not walk the machine)
+MAX_FOLDERS = 2000
+
+
+def _gguf_files(folder: Path, out: Scan) -> list[Path]:
+    """The .gguf files under ``folder``, hidden folders left out, at most MAX_FOLDERS walked."""
+    found: list[Path] = []
+    for n, (where, dirs, names) in enumerate(os.walk(folder)):
+        if n >= MAX_FOLDERS:
+            out.notes.append(f"more than {MAX_FOLDERS} folders under {folder}: the rest not read")
+            break
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(where) / f for f in names if f.lower().endswith(".gguf")]
+    return [p for p in found if p.is_file()]
+
+
+def scan(
+    folder: Path,
+    taken: frozenset[str] | set[str] = frozenset(),
+    known: frozenset[Path] = frozenset(),
+) -> Scan:
+    """The models under ``folder`` (recursively). ``taken``: names already in use;
+    ``known``: files that are models already, kept when a copy of one appears."""
     out = Scan()
     if not folder.is_dir():
         out.notes.append(f"{folder} is not a folder")
         return out
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() == ".gguf")
+    files = sorted(_gguf_files(folder, out))
     projectors = [p for p in files if "mmproj" in p.name.lower()]
     models: list[tuple[Path, str, int, int]] = []  # path, stem, size, parts
     for p in files:
@@ -95,6 +117,7 @@ def scan(folder: Path, taken: frozenset[str] | set[str] = frozenset()) -> Scan:
     for group in by_size.values():
         if len(group) > 1:
             seen: dict[str, int] = {}
+            group.sort(key=lambda i: models[i][0] not in known)  # a known file first
             for i in group:
                 digest = _digest(models[i][0])
                 if digest in seen:

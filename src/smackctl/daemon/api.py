@@ -398,7 +398,12 @@ def create_app(
             },
             "cpu": scheduler.cores.view(),
             "restoring": scheduler.restoring,
-            "warnings": scheduler.warnings() + proxy.gateway.warnings() + reloader.warnings(),
+            "warnings": [
+                *scheduler.warnings(),
+                *proxy.gateway.warnings(),
+                *reloader.warnings(),
+                *scheduler.registry.scan_notes,  # the models_dir's duplicates, missing parts
+            ],
             "models": models,
         }
 

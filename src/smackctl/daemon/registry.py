@@ -146,7 +146,12 @@ class Registry:
             p = profile.resolve_spec_path(spec, path.parent if path else Path.cwd())
             if p is not None:
                 files.add(p.resolve())
-        found = scan(folder, frozenset(taken))
+        known = frozenset(
+            Path(m.spec.path)
+            for m in self.models.values()
+            if m.origin == "discovered" and m.spec.path
+        )
+        found = scan(folder, frozenset(taken), known)
         self.scan_notes = [*found.notes] + [
             f"{dup} has the same content as {first}: left out" for dup, first in found.duplicates
         ]
