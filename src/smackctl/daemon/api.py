@@ -344,16 +344,16 @@ def create_app(
         )
 
     async def cache_stats(request: Request) -> Response:
-        if proxy.cache is None and not scheduler.store.path.with_name("cache.db").is_file():
+        if proxy.cached.cache is None and not scheduler.store.path.with_name("cache.db").is_file():
             return JSONResponse({"hits": 0, "misses": 0, "entries": 0, "bytes": 0, "models": [],
                                  "path": None})  # fmt: skip
-        return JSONResponse(proxy._open_cache().stats())
+        return JSONResponse(proxy.cached.open().stats())
 
     async def cache_clear(request: Request) -> Response:
         model = request.query_params.get("model") or None
         if model is not None:
             model = scheduler.resolve(model).name
-        return JSONResponse({"cleared": proxy._open_cache().clear(model)})
+        return JSONResponse({"cleared": proxy.cached.open().clear(model)})
 
     async def route(request: Request) -> Response:
         """``POST /api/route``: which model a ``model: auto`` request would go to, and why,
@@ -362,7 +362,7 @@ def create_app(
         if isinstance(body.get("prompt"), str) and "messages" not in body:
             body = {"messages": [{"role": "user", "content": body["prompt"]}]}
         t = time.perf_counter()
-        decision = await proxy.route(CHAT, body)
+        decision = await proxy.router.decide(CHAT, body)
         took = (time.perf_counter() - t) * 1e6
         return JSONResponse(
             {"model": decision.model, "reason": decision.reason, "microseconds": round(took, 1)}

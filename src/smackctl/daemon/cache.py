@@ -22,13 +22,26 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from starlette.responses import Response, StreamingResponse
 
 from smackctl.catalog import sha256_file
 from smackctl.config import CacheSettings, ModelSpec
 
-__all__ = ["Cache", "deterministic", "settings_for"]
+from .metrics import Metrics
+from .registry import Managed
+from .scheduler import Scheduler
+
+__all__ = ["CACHED_ROUTES", "Cache", "Cached", "deterministic", "settings_for"]
+
+#: the routes whose answers the response cache keeps
+CACHED_ROUTES = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses",
+     "/v1/embeddings"}
+)  # fmt: skip
 
 log = logging.getLogger("smackctl.cache")
 
@@ -145,3 +158,75 @@ class Cache:
         if model is None:
             return self.db.execute("DELETE FROM entries").rowcount
         return self.db.execute("DELETE FROM entries WHERE model = ?", (model,)).rowcount
+
+
+class Cached:
+    """The cache in front of the proxy's local path: the key of a request (None: not
+    cached), a hit as a response, a miss kept once it is over."""
+
+    def __init__(self, scheduler: Scheduler, metrics: Metrics | None) -> None:
+        self.scheduler, self.metrics = scheduler, metrics
+        self.cache: Cache | None = None  # opened on the first cached request
+
+    def open(self) -> Cache:
+        if self.cache is None:
+            self.cache = Cache(self.scheduler.store.path.with_name("cache.db"))
+        return self.cache
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+
+    async def key(self, m: Managed, path: str, body: dict[str, Any]) -> str | None:
+        """The cache's key for this request, or None when it is not cached."""
+        settings = settings_for(self.scheduler.profile.cache, m.spec)
+        if settings is None or path not in CACHED_ROUTES:
+            return None
+        if not deterministic(body, self.scheduler.profile.defaults.model_dump()):
+            return None
+        file = self.scheduler.registry.model_file(m)
+        if not file.is_file():
+            return None  # pulled on its first load: cached from the next request on
+        identity = await self.open().identity(m.spec, file)
+        return Cache.key(path, body, identity)
+
+    def hit(self, key: str, request_id: str) -> Response | None:
+        found = self.open().get(key)
+        if self.metrics is not None:
+            self.metrics.cache.labels("hit" if found else "miss").inc()
+        if found is None:
+            return None
+        content, media_type = found
+        return Response(
+            content,
+            media_type=media_type,
+            headers={"X-Smackctl-Cache": "hit", "X-Request-Id": request_id},
+        )
+
+    def keep(self, answer: Response, key: str, m: Managed) -> None:
+        """Store a 200 ``answer``: a plain one now (a miss pays the SQLite write, ~0.5 ms, so
+        that the same request sent right after it hits); a stream as its bytes once it
+        ended without an error event."""
+        if answer.status_code != 200:
+            return
+        answer.headers["X-Smackctl-Cache"] = "miss"
+        settings = settings_for(self.scheduler.profile.cache, m.spec)
+        assert settings is not None
+        cache, ttl, size = self.open(), settings.ttl, settings.max_size
+        if not isinstance(answer, StreamingResponse):
+            media = answer.media_type or "application/json"
+            cache.put(key, m.name, bytes(answer.body), media, ttl, size)
+            return
+        chunks = cast(AsyncIterator[bytes], answer.body_iterator)
+
+        async def kept() -> AsyncIterator[bytes]:
+            got: list[bytes] = []
+            clean = True
+            async for chunk in chunks:
+                clean = clean and b'"error"' not in chunk
+                got.append(chunk)
+                yield chunk
+            if clean:
+                cache.put(key, m.name, b"".join(got), "text/event-stream", ttl, size)
+
+        answer.body_iterator = kept()

@@ -35,12 +35,12 @@ from .answers import (
     with_defaults,
 )
 from .backends import backend_for
-from .cache import Cache, deterministic, settings_for
+from .cache import Cached
 from .capabilities import capabilities
 from .extras import COUNT, for_runner, is_extra
 from .gateway import Gateway
 from .metrics import Metrics
-from .route import Decision, decide
+from .route import Router
 from .runner import Runner
 from .scheduler import Managed, Scheduler
 from .schemas import chat_for_runner, unusable
@@ -50,8 +50,6 @@ from .upstream import Answer, TransportError, Upstream
 __all__ = ["CHAT", "Proxy", "UpstreamError", "Watchdog", "error_body", "new_request_id"]
 
 CHAT = "/v1/chat/completions"
-#: the routes whose answers the response cache keeps
-CACHED_ROUTES = frozenset({CHAT, "/v1/completions", MESSAGES, RESPONSES, "/v1/embeddings"})
 
 log = logging.getLogger("smackctl.requests")
 
@@ -98,54 +96,20 @@ class Proxy:
         self.metrics = metrics
         self.http = Upstream(connect_timeout=5.0, read_timeout=request_timeout)
         self.gateway = Gateway(scheduler, self._forward_named, metrics)
-        self.cache: Cache | None = None  # opened on the first cached request
+        self.cached = Cached(scheduler, metrics)
+        self.router = Router(scheduler, self.forward)
 
     async def aclose(self) -> None:
         await self.gateway.aclose()
         await self.http.aclose()
-        if self.cache is not None:
-            self.cache.close()
-
-    async def route(self, path: str, body: dict[str, Any]) -> Decision:
-        """The model a ``model: auto`` request goes to, and why (route.py)."""
-        auto = self.scheduler.profile.routing.auto
-        if auto is None:
-            raise UsageError(
-                "`model: auto` needs rules: this profile has no `routing.auto`",
-                "add `routing: {auto: {code: MODEL, general: MODEL}}` to the profile, or "
-                "name a model",
-            )
-        return await decide(auto, path, body, self._context_of, self._classify)
-
-    def _context_of(self, name: str) -> int | None:
-        spec = self.scheduler.profile.models.get(name)
-        if spec is None:
-            return None
-        return spec.context_length if spec.remote else spec.n_ctx
-
-    async def _classify(self, model: str, text: str) -> bool | None:
-        ask = {
-            "model": model, "max_tokens": 2, "temperature": 0,
-            "messages": [
-                {"role": "system", "content": "Say whether the request is about programming "
-                 "or software. Answer with one word: yes or no."},
-                {"role": "user", "content": text[:2000]},
-            ],
-        }  # fmt: skip
-        try:
-            answer = await self.forward(CHAT, ask, new_request_id())
-            said = json.loads(bytes(answer.body))["choices"][0]["message"]["content"] or ""
-        except (SmackError, ValueError, KeyError, IndexError, TypeError, AttributeError):
-            return None
-        word = said.strip().lower()
-        return True if word.startswith("yes") else False if word.startswith("no") else None
+        self.cached.close()
 
     async def forward(
         self, path: str, body: dict[str, Any], request_id: str, no_cache: bool = False
     ) -> Response:
         name = body.get("model") or self.scheduler.profile.routing.default_model
         if name == "auto":
-            decision = await self.route(path, body)
+            decision = await self.router.decide(path, body)
             log.info("%s: model auto -> %s (%s)", request_id, decision.model, decision.reason)
             answer = await self.forward(
                 path, {**body, "model": decision.model}, request_id, no_cache
@@ -157,69 +121,16 @@ class Proxy:
             asked = body.get("model") or str(self.scheduler.profile.routing.default_model)
             return await self.gateway.forward(asked, chain, path, body, request_id)
         m = self.scheduler.resolve(body.get("model"))
-        key = None if no_cache else await self._cache_key(m, path, body)
+        key = None if no_cache else await self.cached.key(m, path, body)
         if key is None:
             return await self.forward_local(m, path, body, request_id)
-        cache = self._open_cache()
-        hit = cache.get(key)
-        if self.metrics is not None:
-            self.metrics.cache.labels("hit" if hit else "miss").inc()
+        hit = self.cached.hit(key, request_id)
         if hit is not None:
-            content, media_type = hit
             self._log(m, path, 200, None, None, time.perf_counter(), request_id)
-            return Response(
-                content,
-                media_type=media_type,
-                headers={"X-Smackctl-Cache": "hit", "X-Request-Id": request_id},
-            )
+            return hit
         answer = await self.forward_local(m, path, body, request_id)
-        if answer.status_code == 200:
-            answer.headers["X-Smackctl-Cache"] = "miss"
-            self._keep(answer, cache, key, m.name)
+        self.cached.keep(answer, key, m)
         return answer
-
-    async def _cache_key(self, m: Managed, path: str, body: dict[str, Any]) -> str | None:
-        """The cache's key for this request, or None when it is not cached."""
-        settings = settings_for(self.scheduler.profile.cache, m.spec)
-        if settings is None or path not in CACHED_ROUTES:
-            return None
-        if not deterministic(body, self.scheduler.profile.defaults.model_dump()):
-            return None
-        file = self.scheduler.registry.model_file(m)
-        if not file.is_file():
-            return None  # pulled on its first load: cached from the next request on
-        identity = await self._open_cache().identity(m.spec, file)
-        return Cache.key(path, body, identity)
-
-    def _open_cache(self) -> Cache:
-        if self.cache is None:
-            self.cache = Cache(self.scheduler.store.path.with_name("cache.db"))
-        return self.cache
-
-    def _keep(self, answer: Response, cache: Cache, key: str, model: str) -> None:
-        """Store ``answer``: a plain one now (a miss pays the SQLite write, ~0.5 ms, so that
-        the same request sent right after it hits); a stream as its bytes once it ended
-        without an error event."""
-        settings = settings_for(self.scheduler.profile.cache, self.scheduler.models[model].spec)
-        assert settings is not None
-        ttl, size = settings.ttl, settings.max_size
-        if not isinstance(answer, StreamingResponse):
-            media = answer.media_type or "application/json"
-            cache.put(key, model, bytes(answer.body), media, ttl, size)
-            return
-        chunks = cast(AsyncIterator[bytes], answer.body_iterator)
-
-        async def kept() -> AsyncIterator[bytes]:
-            got: list[bytes] = []
-            clean = True
-            async for chunk in chunks:
-                clean = clean and b'"error"' not in chunk
-                got.append(chunk)
-                yield chunk
-            if clean:
-                cache.put(key, model, b"".join(got), "text/event-stream", ttl, size)
-
-        answer.body_iterator = kept()
 
     async def _forward_named(
         self, name: str, path: str, body: dict[str, Any], request_id: str

@@ -19,14 +19,19 @@ The decision and its reason go into ``X-Smackctl-Route`` and the supervisor's lo
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from smackctl.config import Auto
+from smackctl.errors import SmackError, UsageError
 
-__all__ = ["CODE_AT", "Decision", "code_signs", "decide", "text_of"]
+from .answers import new_request_id
+from .scheduler import Scheduler
+
+__all__ = ["CODE_AT", "Decision", "Router", "code_signs", "decide", "text_of"]
 
 #: the weight of signs from which a request is code (below it but above 0: unclear)
 CODE_AT = 2
@@ -190,3 +195,46 @@ async def decide(
                 auto.long, f"{reason}, but ~{tokens} tokens do not fit {chosen}'s {context}"
             )
     return Decision(chosen, reason)
+
+
+class Router:
+    """``decide`` with the supervisor's profile: its contexts, and its classifier asked
+    through the proxy (``forward``: a chat request's answer)."""
+
+    def __init__(
+        self, scheduler: Scheduler, forward: Callable[[str, dict[str, Any], str], Awaitable[Any]]
+    ) -> None:
+        self.scheduler, self.forward = scheduler, forward
+
+    async def decide(self, path: str, body: dict[str, Any]) -> Decision:
+        auto = self.scheduler.profile.routing.auto
+        if auto is None:
+            raise UsageError(
+                "`model: auto` needs rules: this profile has no `routing.auto`",
+                "add `routing: {auto: {code: MODEL, general: MODEL}}` to the profile, or "
+                "name a model",
+            )
+        return await decide(auto, path, body, self._context_of, self._classify)
+
+    def _context_of(self, name: str) -> int | None:
+        spec = self.scheduler.profile.models.get(name)
+        if spec is None:
+            return None
+        return spec.context_length if spec.remote else spec.n_ctx
+
+    async def _classify(self, model: str, text: str) -> bool | None:
+        ask = {
+            "model": model, "max_tokens": 2, "temperature": 0,
+            "messages": [
+                {"role": "system", "content": "Say whether the request is about programming "
+                 "or software. Answer with one word: yes or no."},
+                {"role": "user", "content": text[:2000]},
+            ],
+        }  # fmt: skip
+        try:
+            answer = await self.forward("/v1/chat/completions", ask, new_request_id())
+            said = json.loads(bytes(answer.body))["choices"][0]["message"]["content"] or ""
+        except (SmackError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+            return None
+        word = said.strip().lower()
+        return True if word.startswith("yes") else False if word.startswith("no") else None
