@@ -224,6 +224,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator
         "    timeout: 2\n    fallbacks: [r2]\n"
         f"  local:\n    path: {model}\n    n_ctx: 512\n    fallbacks: [r2]\n"
         f"  broken:\n    path: {model_dir / 'corrupt.gguf'}\n    fallbacks: [r2]\n"
+        f"  plain:\n    path: {model}\n    n_ctx: 512\n"
         "groups:\n  pair:\n    deployments: [r1, r2]\n    policy: round-robin\n"
         "    aliases: [replicas]\n",
         REMOTE_KEY=KEY,
@@ -350,6 +351,11 @@ def test_a_stream_cut_after_its_first_byte_ends_with_an_error_event(world: World
 def test_a_local_model_falls_back_when_it_cannot_load(world: World) -> None:
     r = _post(world.sup, "local")
     assert r.status_code == 200 and r.headers["X-Smackctl-Deployment"] == "local"
+    with world.sup.client(timeout=60) as c:  # a plain local model says who answered too
+        r = c.post(CHAT, json={**ASK, "model": "plain"})
+        assert r.headers["X-Smackctl-Deployment"] == "plain"
+        with c.stream("POST", CHAT, json={**ASK, "model": "plain", "stream": True}) as s:
+            assert s.headers["X-Smackctl-Deployment"] == "plain"
     r = _post(world.sup, "broken")  # a corrupt file: the load fails (500), r2 answers
     assert r.status_code == 200, r.text
     assert r.headers["X-Smackctl-Deployment"] == "r2"

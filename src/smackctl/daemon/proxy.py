@@ -188,7 +188,7 @@ class Proxy:
         return Response(
             json.dumps(from_chat(path, data, {**body, "model": m.name})).encode(),
             media_type="application/json",
-            headers={"X-Request-Id": request_id},
+            headers={"X-Request-Id": request_id, "X-Smackctl-Deployment": m.name},
             background=answer.background,
         )
 
@@ -331,6 +331,7 @@ class Proxy:
                 media_type=upstream.content_type or "text/event-stream",
                 headers={
                     "X-Request-Id": request_id,
+                    "X-Smackctl-Deployment": m.name,  # who answered, as the gateway says too
                     "Cache-Control": "no-cache",
                     "X-Accel-Buffering": "no",
                 },
@@ -362,7 +363,7 @@ class Proxy:
         return Response(
             content,
             status_code=status,
-            headers={"X-Request-Id": request_id},
+            headers={"X-Request-Id": request_id, "X-Smackctl-Deployment": m.name},
             media_type="application/json",
             background=BackgroundTask(log_after),
         )
