@@ -166,6 +166,10 @@ def _faulty() -> Faulty:
                 )  # fmt: skip
 
     f.server = ThreadingHTTPServer(("127.0.0.1", f.port), Handler)
+    # server_close() waits for the handlers (a stalled one too), so none leaves its socket
+    # open past the test
+    f.server.daemon_threads = False
+    f.server.block_on_close = True
     threading.Thread(target=f.server.serve_forever, daemon=True).start()
     return f
 
