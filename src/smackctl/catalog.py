@@ -30,7 +30,15 @@ from urllib.parse import unquote, urlparse
 
 from smackctl.errors import ChecksumMismatch, PullError, UsageError
 
-__all__ = ["Progress", "Source", "parse_source", "pull", "sha256_file"]
+__all__ = [
+    "Progress",
+    "Source",
+    "hashed_sha256",
+    "known_sha256",
+    "parse_source",
+    "pull",
+    "sha256_file",
+]
 
 #: progress(phase, done_bytes, total_bytes_or_None)
 Progress = Callable[[str, int, int | None], None]
@@ -93,6 +101,29 @@ def sha256_file(path: Path, progress: Progress = _no_progress) -> str:
             done += len(chunk)
             progress("verifying", done, total)
     return h.hexdigest()
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _digest_key(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return str(path), st.st_size, st.st_mtime_ns
+
+
+def known_sha256(path: Path) -> str:
+    """``sha256_file``, hashed once per path, size and mtime: discovery's duplicate check and
+    the response cache's model identity ask again and again for the same files."""
+    key = _digest_key(path)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(path)
+    return _DIGESTS[key]
+
+
+def hashed_sha256(path: Path) -> str | None:
+    """The sha256 ``known_sha256`` already hashed for the file as it is now, else None (a
+    stat, no read: for a hot path that hashes on a thread only the first time)."""
+    return _DIGESTS.get(_digest_key(path))
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from smackctl.catalog import sha256_file
+from smackctl.catalog import known_sha256
 
 __all__ = ["Found", "Scan", "model_name", "scan"]
 
@@ -41,18 +41,6 @@ class Scan:
     #: (the file left out, the model whose file has the same content)
     duplicates: list[tuple[Path, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def _digest(path: Path) -> str:
-    """A file's sha256, hashed once per path, size and mtime (a rescan costs nothing)."""
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = sha256_file(path)
-    return _DIGESTS[key]
 
 
 def model_name(stem: str) -> str:
@@ -119,7 +107,7 @@ def scan(
             seen: dict[str, int] = {}
             group.sort(key=lambda i: models[i][0] not in known)  # a known file first
             for i in group:
-                digest = _digest(models[i][0])
+                digest = known_sha256(models[i][0])  # a rescan hashes nothing again
                 if digest in seen:
                     same[i] = seen[digest]
                 else:

@@ -28,7 +28,7 @@ from typing import Any, cast
 
 from starlette.responses import Response, StreamingResponse
 
-from smackctl.catalog import sha256_file
+from smackctl.catalog import hashed_sha256, known_sha256
 from smackctl.config import CacheSettings, ModelSpec
 
 from .metrics import Metrics
@@ -77,7 +77,6 @@ class Cache:
             "created REAL, expires REAL, size INTEGER, media_type TEXT, content BLOB)"
         )
         self.hits = self.misses = 0
-        self._identity: dict[tuple[str, int, int], str] = {}
 
     def close(self) -> None:
         self.db.close()
@@ -87,12 +86,7 @@ class Cache:
     async def identity(self, spec: ModelSpec, file: Path) -> str:
         """The model's identity: its file's sha256 (hashed once per file, size and mtime;
         the profile's ``sha256`` when it gives one) and its load parameters."""
-        st = file.stat()
-        at = (str(file), st.st_size, st.st_mtime_ns)
-        digest = spec.sha256 or self._identity.get(at)
-        if digest is None:
-            digest = await asyncio.to_thread(sha256_file, file)
-            self._identity[at] = digest
+        digest = spec.sha256 or hashed_sha256(file) or await asyncio.to_thread(known_sha256, file)
         return hashlib.sha256(json.dumps([digest, repr(spec.load_key())]).encode()).hexdigest()
 
     @staticmethod
