@@ -29,7 +29,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.background import BackgroundTask
@@ -88,12 +88,6 @@ class Deployment:
             "fallbacks_to": self.fallbacks_to,
             "breaker": self.breaker.view(),
         }
-
-
-@dataclass
-class _Attempt:
-    tried: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
 
 
 def _estimated_tokens(body: dict[str, Any]) -> int:
@@ -258,31 +252,30 @@ class Gateway:
     async def forward(
         self, asked: str, chain: list[str], path: str, body: dict[str, Any], request_id: str
     ) -> Response:
-        attempt = _Attempt()
+        errors: list[str] = []  # "NAME: why" of each deployment skipped or failed so far
         tokens = _estimated_tokens(body)
         for name in chain:
             d = self.deployments[name]
             if (skip := self._skip(d, path, tokens)) is not None:
-                attempt.errors.append(f"{name}: {skip}")
+                errors.append(f"{name}: {skip}")
                 continue
-            attempt.tried.append(name)
             try:
                 answer = await self._one(d, path, body, request_id)
             except Failed as exc:
-                attempt.errors.append(f"{name}: {exc.why}")
+                errors.append(f"{name}: {exc.why}")
                 log.warning("%s: %s failed before its answer began (%s)", request_id, name, exc.why)
                 continue
-            if len(attempt.tried) > 1 or attempt.errors:
+            if errors:  # another deployment was skipped or failed first
                 d.fallbacks_to += 1
                 self.scheduler.events.publish({"event": "fallback", "deployment": name})
-                log.info("%s: answered by %s after %s", request_id, name, "; ".join(attempt.errors))
+                log.info("%s: answered by %s after %s", request_id, name, "; ".join(errors))
                 answer.headers["X-Smackctl-Fallback-From"] = ",".join(
-                    e.split(":", 1)[0] for e in attempt.errors
+                    e.split(":", 1)[0] for e in errors
                 )
             answer.headers["X-Smackctl-Deployment"] = name
             return answer
         raise NoDeployment(
-            f"no deployment of {asked} could answer: " + "; ".join(attempt.errors),
+            f"no deployment of {asked} could answer: " + "; ".join(errors),
             "see `smackctl backends` for each deployment's state; none answered, so the "
             "request is safe to send again",
         )
