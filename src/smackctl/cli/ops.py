@@ -472,7 +472,8 @@ def _profile_in_force(ctx: typer.Context, db: Path) -> tuple[str, str]:
 
 
 def register(app: typer.Typer) -> None:
-    from .events import events, plugins_app
+    from .events import events
+    from .plugins import plugins_app
     from .route import route
 
     for fn in (top, usage, backends, events, route, doctor):
