@@ -106,7 +106,15 @@ class Plugins:
         installed: dict[str, Installed] | None = None,
     ) -> None:
         self.enabled, self.status = enabled, status
-        self.installed = discover() if installed is None else installed
+        self._installed = installed
+
+    @property
+    def installed(self) -> dict[str, Installed]:
+        """What is installed, read on the first slash command or listing (loading the
+        entry points, ~10 ms here, is not the supervisor's start's to pay)."""
+        if self._installed is None:
+            self._installed = discover()
+        return self._installed
 
     def view(self) -> list[dict[str, Any]]:
         on = self.enabled()
