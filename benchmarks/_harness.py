@@ -139,18 +139,18 @@ class Sup:
     def runner(self, name: str) -> tuple[str, dict[str, str], int]:
         """The runner of a loaded model: its URL, auth header and pid. The supervisor never
         hands its runners' keys out, and its logs hide them: the key is read from the
-        runner's command line (llama_cpp.server) or environment (llama-server), which a
-        benchmark run by the same user may read."""
+        runner's environment, which a benchmark run by the same user may read."""
         import psutil
 
         m = next(m for m in self.status()["models"] if m["name"] == name)
         proc = psutil.Process(m["pid"])
-        flags = dict(a[2:].split("=", 1) for a in proc.cmdline() if a.startswith("--") and "=" in a)
-        key = flags.get("api_key") or proc.environ().get("LLAMA_API_KEY")
+        env = proc.environ()
+        key = env.get("SMACKCTL_RUNNER_KEY") or env.get("LLAMA_API_KEY")
         if key is None:
             raise RuntimeError(
-                f"the runner of {name} started in the spare process: its key is on no command "
-                "line; load it before a spare exists (preload) or set memory.spare_runner false"
+                f"the runner of {name} started in the spare process: its key is in no "
+                "environment; load it before a spare exists (preload) or set "
+                "memory.spare_runner false"
             )
         return f"http://127.0.0.1:{m['port']}", {"Authorization": f"Bearer {key}"}, m["pid"]
 

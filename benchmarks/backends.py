@@ -57,7 +57,7 @@ def _by_hand(spec: ModelSpec, path: Path, log: Path) -> tuple[Any, str, dict[str
     import os
 
     port, key = free_port(), "bench-key"
-    argv = backend_for(spec).argv(spec, path, port, key, "smollm2")
+    argv = backend_for(spec).argv(spec, path, port, "smollm2")
     os.environ["LLAMA_API_KEY"] = key
     try:
         proc = spawn_raw(argv, log)

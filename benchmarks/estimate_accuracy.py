@@ -33,7 +33,7 @@ async def measure(spec: ModelSpec, path: Path, log: Path) -> int:
     backend = backend_for(spec)
     r = Runner(
         "bench",
-        lambda port, key: backend.argv(spec, path, port, key, "bench"),
+        lambda port: backend.argv(spec, path, port, "bench"),
         log,
         ready_path=backend.ready_path,
         key_env=backend.key_env,

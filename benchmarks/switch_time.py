@@ -26,7 +26,7 @@ RUNS = 3
 
 async def raw_load(path: Path, n_ctx: int, log: Path) -> float:
     spec = ModelSpec(path=str(path), n_ctx=n_ctx)
-    r = Runner("raw", lambda port, key: llama_cpp_server_argv(spec, path, port, key), log)
+    r = Runner("raw", lambda port: llama_cpp_server_argv(spec, path, port), log)
     t = time.perf_counter()
     await r.start()
     took = time.perf_counter() - t

@@ -224,7 +224,8 @@ def launch(home: Home, *extra: str, profile: str = "test") -> Supervisor:
             return False
 
     wait_for(healthy, 30, "the supervisor to answer /health")
-    token = (home.state / "token").read_text().strip()
+    token_file = home.state / "token"
+    token = token_file.read_text().strip() if "--no-auth" not in extra else ""
     return Supervisor(proc, url, token, home)
 
 

@@ -158,7 +158,7 @@ def test_a_model_waiting_to_restart_holds_no_memory(home: Home) -> None:
 
     m = Managed(name="x", spec=ModelSpec(path="/x.gguf"), origin="profile", base_dir=Path("/"))
     m.measured_ram = 300
-    m.runner = Runner("x", lambda port, key: [], Path("/dev/null"))
+    m.runner = Runner("x", lambda port: [], Path("/dev/null"))
     m.runner.state = RunnerState.READY
     assert m.memory() == (300, 0)
     m.runner.state = RunnerState.BACKOFF  # the process is gone, and so is its memory

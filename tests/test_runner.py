@@ -22,7 +22,7 @@ def test_api_key_starting_with_dash_still_starts(model_dir: Path, tmp_path: Path
     async def scenario() -> None:
         r = Runner(
             "tiny-a",
-            lambda port, key: llama_cpp_server_argv(spec, Path(spec.path or ""), port, key),
+            lambda port: llama_cpp_server_argv(spec, Path(spec.path or ""), port),
             tmp_path / "r.log",
         )
         r.api_key = "-" + r.api_key
@@ -51,7 +51,7 @@ def test_stop_kills_the_whole_group_even_if_sigterm_is_ignored(tmp_path: Path) -
     async def scenario() -> list[int]:
         r = Runner(
             "stub",
-            lambda port, key: [sys.executable, "-c", script, str(port)],
+            lambda port: [sys.executable, "-c", script, str(port)],
             tmp_path / "stub.log",
         )
         await r.start()
@@ -78,7 +78,7 @@ def test_a_runner_that_exits_while_loading_raises_with_its_log(tmp_path: Path) -
     async def scenario() -> None:
         r = Runner(
             "x",
-            lambda port, key: [
+            lambda port: [
                 sys.executable,
                 "-c",
                 "import sys; print('error: no such tensor'); sys.exit(3)",
@@ -94,6 +94,6 @@ def test_a_runner_that_exits_while_loading_raises_with_its_log(tmp_path: Path) -
 
 
 def test_illegal_transitions_are_refused(tmp_path: Path) -> None:
-    r = Runner("x", lambda port, key: [], tmp_path / "x.log")
+    r = Runner("x", lambda port: [], tmp_path / "x.log")
     with pytest.raises(RuntimeError, match="illegal transition stopped → ready"):
         r.mark(RunnerState.READY)

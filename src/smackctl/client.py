@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from smackctl.errors import ApiError, SupervisorNotRunning
-from smackctl.paths import DEFAULT_HOST, DEFAULT_PORT, Paths, get_paths
+from smackctl import procnet
+from smackctl.errors import ApiError, NotTheSupervisor, SupervisorNotRunning
+from smackctl.paths import DEFAULT_HOST, DEFAULT_PORT, Paths, get_paths, pid_status
 
 __all__ = ["Client", "Reply", "default_url", "get_health", "read_token"]
 
@@ -105,7 +106,19 @@ _LOST = (TimeoutError, *_BROKEN)
 
 
 class Client:
-    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30.0):
+    """``explicit``: the user chose the URL (``--url``, ``SMACKCTL_URL``), so whatever answers
+    there is theirs to trust; otherwise the token goes only to the supervisor of this state
+    dir: the process that holds the pid lock, under our user, holding the listening socket
+    (``_verify``)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = 30.0,
+        *,
+        explicit: bool = False,
+    ):
         self.paths = get_paths()
         self.url = (url or default_url(self.paths)).rstrip("/")
         self.token = token or read_token(self.paths)
@@ -113,9 +126,24 @@ class Client:
         parts = urlsplit(self.url)
         self._tls = parts.scheme == "https"
         self._netloc = parts.netloc
+        self._port = parts.port or (443 if self._tls else 80)
         self._prefix = parts.path.rstrip("/")
         self._headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self._conn: http.client.HTTPConnection | None = None
+        self._verified = explicit or bool(os.environ.get("SMACKCTL_URL")) or not procnet.LINUX
+
+    def _verify(self) -> None:
+        """Send nothing secret to a port a local program took while the supervisor was down
+        (or before it bound it): the listener must be the pid-lock holder's own socket."""
+        if self._verified:
+            return
+        pid, held = pid_status(self.paths)
+        owner = procnet.holds_listener(pid, self._port) if held and pid else None
+        if owner is None and not procnet.listening_inodes(self._port):
+            raise SupervisorNotRunning(self.url)
+        if not owner:
+            raise NotTheSupervisor(self.url, pid if held else None)
+        self._verified = True
 
     def close(self) -> None:
         if self._conn is not None:
@@ -150,7 +178,11 @@ class Client:
     ) -> http.client.HTTPResponse:
         """Send a request and read the answer's head; connection errors become ours."""
         target = self._prefix + path + (f"?{urlencode(params)}" if params else "")
-        headers = dict(self._headers)
+        if path == "/health":
+            headers = {}  # asked before anything is verified: it needs no token
+        else:
+            self._verify()
+            headers = dict(self._headers)
         payload = None
         if body is not None:
             payload = json.dumps(body).encode()

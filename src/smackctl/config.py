@@ -123,11 +123,13 @@ class ModelSpec(_Strict):
     n_gpu_layers: int = Field(0, ge=-1)
     threads: int | None = Field(None, gt=0)
     parallel: int = Field(1, gt=0)
-    max_queue: int = Field(32, ge=0)
+    #: requests that may wait for a slot; unset: as many as ``memory.queue`` holds
+    max_queue: int | None = Field(None, ge=0)
     ttl: int = Field(600, ge=0)  # seconds idle before unload; 0 = never
-    #: seconds a runner may be silent while a request waits on it before it must answer a
-    #: liveness probe; one that does not is killed and restarted (a hang, not a slow answer)
-    hang_timeout: float = Field(30.0, gt=0)
+    #: seconds a runner may make no progress while a request waits on it (no token, no
+    #: prompt batch, no step of one); one that makes none is killed and restarted (a hang:
+    #: a stuck compute thread, a hung GPU kernel; a slow runner moves and is never killed)
+    hang_timeout: float = Field(60.0, gt=0)
     pinned: bool = False
     preload: bool = False
     aliases: tuple[str, ...] = ()
@@ -220,8 +222,11 @@ class MemoryBudget(_Strict):
     #: keep one runner process with llama_cpp.server imported, ready for the next load
     #: (~0.85 s faster loads, ~80 MB of RAM)
     spare_runner: bool = True
+    #: the memory requests waiting for a slot may hold, all models together: their bodies
+    #: and 64 KiB each (4,096 small requests in the default)
+    queue: Size = Field(256 * 1024**2, gt=0)
 
-    @field_validator("ram", "vram", "reserve", mode="before")
+    @field_validator("ram", "vram", "reserve", "queue", mode="before")
     @classmethod
     def _size(cls, v: Any) -> Any:
         return parse_size(v) if isinstance(v, str) else v

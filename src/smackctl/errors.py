@@ -5,6 +5,7 @@
     ├── ConfigError                 a settings or profile file is invalid (file:line key.path: ...)
     ├── SupervisorError
     │   ├── SupervisorNotRunning    exit 3; nothing answers on the supervisor's URL
+    │   ├── NotTheSupervisor        another program listens on the supervisor's port
     │   ├── SupervisorStartError    `smackctl start` could not bring the supervisor up
     │   │   └── PortInUse           the port is taken by another program
     │   └── ApiError                the supervisor answered with an error (status, type, code)
@@ -31,6 +32,7 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFound",
     "NoDeployment",
+    "NotTheSupervisor",
     "PluginFailed",
     "PluginTimedOut",
     "PortInUse",
@@ -51,6 +53,8 @@ class SmackError(Exception):
     status = 500
     #: OpenAI-style error type.
     error_type = "server_error"
+    #: seconds a client should wait before it asks again (``Retry-After``), when known
+    retry_after: float | None = None
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -85,6 +89,22 @@ class SupervisorNotRunning(SupervisorError):
         super().__init__(
             f"the supervisor is not running at {url}",
             hint or "start it with `smackctl start`",
+        )
+        self.url = url
+
+
+class NotTheSupervisor(SupervisorError):
+    """The port of the supervisor's URL is held by a process that is not the supervisor of
+    this state dir (another program, another user's): the token is not sent to it."""
+
+    exit_code = 3
+
+    def __init__(self, url: str, pid: int | None) -> None:
+        which = f"not the supervisor (pid {pid}) of this state dir" if pid else "not the supervisor"
+        super().__init__(
+            f"another program listens at {url}, {which}: the token and the request were not "
+            "sent to it",
+            "stop that program, or start smackctl on another port: `smackctl start --port N`",
         )
         self.url = url
 

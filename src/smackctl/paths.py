@@ -5,6 +5,7 @@ Only the standard library and platformdirs are imported here: shell completion u
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,6 +16,7 @@ __all__ = [
     "find_llama_server",
     "Paths",
     "get_paths",
+    "pid_status",
     "list_profile_files",
     "profile_dirs",
 ]
@@ -92,6 +94,23 @@ class Paths:
         for d in (self.config_dir, self.data_dir, self.state_dir, self.models_dir, self.logs_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
         return self
+
+
+def pid_status(paths: Paths) -> tuple[int | None, bool]:
+    """(pid in the pid file, whether a live supervisor holds its lock)."""
+    try:
+        f = open(paths.pid_path)  # noqa: SIM115
+    except FileNotFoundError:
+        return None, False
+    with f:
+        text = f.read().strip()
+        pid = int(text) if text.isdigit() else None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return pid, True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return pid, False
 
 
 def get_paths() -> Paths:

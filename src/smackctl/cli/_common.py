@@ -48,7 +48,7 @@ def client(ctx: typer.Context, *, autostart: bool | None = None, timeout: float 
     start = g.autostart if autostart is None else autostart
     if ensure_running(url, start, g.profile):
         output.info(f"started the supervisor at {url}")
-    return Client(url, timeout=timeout)
+    return Client(url, timeout=timeout, explicit=g.url is not None)
 
 
 def follow_events(events: Iterable[dict[str, Any]], quiet: bool = False) -> dict[str, Any]:

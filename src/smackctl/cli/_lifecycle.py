@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import signal
 import socket
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smackctl.errors import PortInUse, SupervisorNotRunning, SupervisorStartError
-from smackctl.paths import Paths, get_paths
+from smackctl.paths import Paths, get_paths, pid_status
 
 __all__ = ["Started", "ensure_running", "pid_status", "start_supervisor", "stop_supervisor"]
 
@@ -24,23 +23,6 @@ class Started:
     url: str
     pid: int
     already: bool
-
-
-def pid_status(paths: Paths) -> tuple[int | None, bool]:
-    """(pid in the pid file, whether a live supervisor holds its lock)."""
-    try:
-        f = open(paths.pid_path)  # noqa: SIM115
-    except FileNotFoundError:
-        return None, False
-    with f:
-        text = f.read().strip()
-        pid = int(text) if text.isdigit() else None
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return pid, True
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return pid, False
 
 
 def clean_stale_pid(paths: Paths) -> int | None:
@@ -200,8 +182,9 @@ def ensure_running(url: str, autostart: bool, profile: str | None = None) -> boo
     return True
 
 
-def stop_supervisor(url: str, timeout: float, force: bool) -> int | None:
-    """Ask the supervisor to drain and exit; wait for the process to go. Returns its pid."""
+def stop_supervisor(url: str, timeout: float, force: bool, explicit: bool = False) -> int | None:
+    """Ask the supervisor to drain and exit; wait for the process to go. Returns its pid.
+    ``explicit``: the user named the URL (see ``Client``)."""
     from smackctl.client import Client
 
     paths = get_paths()
@@ -210,7 +193,7 @@ def stop_supervisor(url: str, timeout: float, force: bool) -> int | None:
         clean_stale_pid(paths)
         return None
     try:
-        with Client(url, timeout=5.0) as c:
+        with Client(url, timeout=5.0, explicit=explicit) as c:
             c.post("/api/shutdown", {"timeout": timeout, "force": force})
     except SupervisorNotRunning:
         pass  # it holds the lock but does not answer: signal it below

@@ -151,10 +151,11 @@ def stop(
 
     from ._lifecycle import stop_supervisor
 
-    url = globals_of(ctx).url or default_url()
+    given = globals_of(ctx).url
+    url = given or default_url()
     asked = time.strftime("%Y-%m-%d %H:%M:%S")
     with output.spinner("stopping the supervisor (draining requests)…"):
-        pid = stop_supervisor(url, timeout, force)
+        pid = stop_supervisor(url, timeout, force, explicit=given is not None)
     if pid is None:
         output.info("smackctl is not running")
     else:

@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -62,7 +63,13 @@ def _err(
 
 
 class Guard:
-    """ASGI middleware: Host check, bearer token, body size cap. Cheap on the hot path."""
+    """ASGI middleware: Host check, bearer token, body size cap. Cheap on the hot path.
+
+    Without a token (``--no-auth``) a web page could still make a browser send "simple"
+    requests (a POST of ``text/plain``, no preflight) to the supervisor: such a request that
+    says it comes from another origin (``Origin``, ``Sec-Fetch-Site: cross-site``) is
+    refused, and a POST must be ``application/json``, which no page can send without a
+    preflight, and preflights are refused."""
 
     def __init__(
         self, app: ASGIApp, token: str | None, extra_hosts: set[str], max_body: int = MAX_BODY
@@ -94,6 +101,9 @@ class Guard:
                 scope, receive, send
             )
             return
+        if self.token is None and (refusal := self._cross_site(scope["method"], headers, host)):
+            await refusal(scope, receive, send)
+            return
         if self.token is not None and scope["path"] != "/health":
             auth = headers.get(b"authorization", b"")
             # Anthropic's clients send the key as `x-api-key`
@@ -119,6 +129,40 @@ class Guard:
             return
         await self.app(scope, _capped(receive, self.max_body), send)
 
+    def _cross_site(self, method: str, headers: dict[bytes, bytes], host: str) -> Response | None:
+        """The refusal of a request a web page of another origin made a browser send."""
+        origin = headers.get(b"origin", b"").decode("latin-1")
+        site = headers.get(b"sec-fetch-site", b"").lower()
+        if site == b"cross-site" or (origin and not self._same_origin(origin, host)):
+            return _err(
+                403,
+                f"a request from another origin ({origin or 'a cross-site page'}) is not "
+                "allowed: without a token the supervisor answers its own clients only",
+                "forbidden",
+                "cross_origin",
+            )
+        kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if method == "POST" and kind != b"application/json":
+            return _err(
+                415,
+                "a POST to the supervisor must be sent as `Content-Type: application/json`",
+                "invalid_request_error",
+                "unsupported_media_type",
+            )
+        return None
+
+    def _same_origin(self, origin: str, host: str) -> bool:
+        """``Origin`` names this supervisor: an allowed host name and the port asked."""
+        from urllib.parse import urlsplit
+
+        try:
+            o = urlsplit(origin)
+            port = o.port
+        except ValueError:
+            return False
+        asked = host.rsplit(":", 1)[1] if ":" in host and not host.endswith("]") else None
+        return (o.hostname or "").lower() in self.hosts and str(port) == str(asked)
+
 
 class BodyTooLarge(Exception):
     pass
@@ -142,7 +186,8 @@ def _capped(receive: Receive, limit: int) -> Receive:
 def _smack_error(exc: SmackError) -> Response:
     # OpenAI clients show `message` only, so the fix goes in it too; `hint` is for smackctl
     message = exc.message + (f" (fix: {exc.hint})" if exc.hint else "")
-    headers = {"Retry-After": "1"} if exc.status == 503 else None
+    wait = exc.retry_after if exc.retry_after is not None else 1 if exc.status == 503 else None
+    headers = {"Retry-After": str(max(1, math.ceil(wait)))} if wait is not None else None
     body = {
         "error": {
             "message": message,

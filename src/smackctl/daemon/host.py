@@ -6,18 +6,23 @@ the process can take another model when the supervisor unloads the one it holds:
 then happens in a warm process, as llama_cpp.server's ``--config_file`` swaps do, instead of
 paying a new process's start (measured in BENCHMARKS.md, line 4).
 
+Its bearer key comes from the environment (``SMACKCTL_RUNNER_KEY``, removed from it once
+read) or from the spare's order, never from the command line, which any local user can read
+in ``ps``; it is compared in constant time, on llama_cpp.server's routes too. Its log folder
+is fixed at start (``SMACKCTL_RUNNER_LOGS``): an order names a file in it, never a path.
+
 ``--spare``: import everything (~0.85 s here: FastAPI, pydantic settings, numpy, the llama.cpp
 library), print ``spare: ready`` and wait on stdin for one order, a JSON line
-``{"args": [FLAG…], "log": "/…/runner-NAME.log"}``; then serve as above. End of stdin
+``{"args": [FLAG…], "log": "runner-NAME.log", "key": KEY}``; then serve as above. End of stdin
 without an order: exit quietly (the supervisor let it go).
 
 ``POST /smackctl/load`` (the runner's own bearer key), body
-``{"args": [FLAG…], "log": PATH, "keep_old": BOOL}``: with every request of the app held off
-(llama_cpp.server's own locks), free the model and load the one ``args`` names, on the event
-loop's thread as llama_cpp.server loads; 200 once it answers, 400 for flags it cannot read,
-409 when they change a server setting (a fresh process is needed), 500 with llama.cpp's
+``{"args": [FLAG…], "log": "runner-NAME.log", "keep_old": BOOL}``: with every request of the
+app held off (llama_cpp.server's own locks), free the model and load the one ``args`` names,
+on the event loop's thread as llama_cpp.server loads; 200 once it answers, 400 for flags it
+cannot read, 409 when they change a server setting (a fresh process is needed), 500 with llama.cpp's
 error when the load fails (the process then holds no model and the supervisor ends it).
-``log``: the output goes to that file from then on.
+``log``: the output goes to that file of the log folder from then on.
 
 ``keep_old`` (only when memory has room for both models, which the supervisor decides):
 load first and free the old model later, on ``POST /smackctl/free``, which the supervisor
@@ -31,9 +36,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hmac
 import importlib
 import json
 import os
+import re
 import sys
 import threading
 from typing import Any
@@ -52,6 +59,26 @@ LATE_IMPORTS = (
 
 #: server settings that a load may not change: the process keeps its address and key
 _KEPT = ("host", "port", "api_key")
+
+#: where the runner's key and its log folder come from (set by the supervisor at spawn)
+KEY_ENV = "SMACKCTL_RUNNER_KEY"
+LOGS_ENV = "SMACKCTL_RUNNER_LOGS"
+#: the only log names an order may give: a file of the log folder, never a path
+_LOG_NAME = re.compile(r"runner-[A-Za-z0-9][A-Za-z0-9._-]{0,80}\.log")
+
+
+def log_path(name: object) -> str:
+    """The file of the log folder an order names; ValueError for anything else (a path, a
+    name with '..')."""
+    if not isinstance(name, str) or not _LOG_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"not a runner log's name: {str(name)[:80]!r}")
+    return os.path.join(os.environ.get(LOGS_ENV) or os.getcwd(), name)
+
+
+def same_key(given: str | None, key: str) -> bool:
+    """A bearer header's key against ours, in constant time; no key of ours: never."""
+    return bool(key) and hmac.compare_digest((given or "").encode(), f"Bearer {key}".encode())
+
 
 #: the lines written to the log as a request goes, so that the supervisor can say what the
 #: process was doing if it dies (``Runner.activity``): one as a prompt's decode begins, one
@@ -100,6 +127,11 @@ def _quiet_llama_log() -> None:
 
 #: the token counts of the request being answered (llama_cpp.server answers one at a time)
 USAGE: dict[str, int] = {}
+
+#: how far the process's work has gone: one step a decode, and one a graph node while a
+#: prompt's batch is decoded (``_count_progress``). Read by ``/smackctl/alive``: a counter
+#: that stops while a request is in flight means a stuck compute thread (the hang rule).
+PROGRESS = [0]
 
 
 def error_event(exc: Exception) -> dict[str, Any]:
@@ -250,6 +282,46 @@ def _report_progress() -> None:
     Llama.generate = generate_  # type: ignore[method-assign]
 
 
+def _count_progress() -> None:
+    """Count steps in ``PROGRESS`` as llama.cpp decodes: each ``decode`` (one token while an
+    answer is generated), and, during a prompt's batch (a decode of many tokens, which can
+    take minutes for a big model on a slow CPU), each graph node: llama.cpp calls its abort
+    callback from compute thread 0 after every node (``ggml_graph_compute_thread``). A
+    thread that stops stalls the others at the next barrier, and the counter with them.
+    Set for prompt batches only: per node on one-token decodes, the callback's GIL round
+    trip would cost a tenth of each token here."""
+    from llama_cpp import _internals
+    from llama_cpp import llama_cpp as lib
+
+    context_cls: Any = _internals.LlamaContext
+    if getattr(context_cls, "_smackctl", False):
+        return
+
+    @lib.ggml_abort_callback  # type: ignore[untyped-decorator]
+    def tick(_data: Any) -> bool:
+        PROGRESS[0] += 1
+        return False  # never abort
+
+    none = lib.ggml_abort_callback()  # a NULL callback: no call per node
+    decode = context_cls.decode
+
+    def counted(self: Any, batch: Any) -> Any:
+        PROGRESS[0] += 1
+        many = batch.batch.n_tokens > 1
+        if many:
+            lib.llama_set_abort_callback(self.ctx, tick, None)
+        try:
+            return decode(self, batch)
+        finally:
+            if many:
+                lib.llama_set_abort_callback(self.ctx, none, None)
+            PROGRESS[0] += 1
+
+    _count_progress.tick = tick  # type: ignore[attr-defined]  # kept alive: C holds it
+    context_cls.decode = counted
+    context_cls._smackctl = True
+
+
 def _parser() -> argparse.ArgumentParser:
     from llama_cpp.server.cli import add_args_from_model
     from llama_cpp.server.settings import Settings
@@ -279,12 +351,31 @@ def _redirect_output(path: str) -> None:
     os.close(fd)
 
 
-def serve(args: list[str]) -> None:
+def _constant_time_auth(key: str) -> Any:
+    """llama_cpp.server's own key check compares with ``==``: this one, in constant time,
+    replaces it on every route that depends on it."""
+    from fastapi import Depends, HTTPException
+    from llama_cpp.server import app as llama_app
+
+    bearer = Depends(llama_app.bearer_scheme)
+
+    async def authenticate(authorization: Any = bearer) -> bool:
+        given = f"Bearer {authorization.credentials}" if authorization else None
+        if not same_key(given, key):
+            raise HTTPException(status_code=401, detail="Invalid API key")
+        return True
+
+    return authenticate
+
+
+def serve(args: list[str], key: str | None = None) -> None:
     import uvicorn
+    from llama_cpp.server import app as llama_app
     from llama_cpp.server.app import create_app
 
     _quiet_llama_log()
     _report_progress()
+    _count_progress()
     _stream_usage()
     _refuse_bad_grammars()
     parser = _parser()
@@ -294,7 +385,12 @@ def serve(args: list[str]) -> None:
         print(exc, file=sys.stderr)
         parser.print_help()
         sys.exit(1)
+    key = key or os.environ.pop(KEY_ENV, None) or server.api_key
+    if key:
+        server.api_key = key
     app = create_app(server_settings=server, model_settings=[model])
+    if key:
+        app.dependency_overrides[llama_app.authenticate] = _constant_time_auth(key)
     load, free = _routes(parser, server)
     app.add_route("/smackctl/load", load, methods=["POST"])
     app.add_route("/smackctl/free", free, methods=["POST"])
@@ -310,12 +406,12 @@ def serve(args: list[str]) -> None:
 
 
 async def alive(request: Any) -> Any:
-    """The liveness probe: answered from the event loop without llama_cpp.server's locks, so
+    """``{"progress": N}``: answered from the event loop without llama_cpp.server's locks, so
     it answers while a request is being computed (its /v1/models waits for that request);
-    no answer means the process is stopped or its loop is stuck."""
-    from starlette.responses import PlainTextResponse
+    the supervisor reads it while a request is in flight (the hang rule)."""
+    from starlette.responses import JSONResponse
 
-    return PlainTextResponse("alive")
+    return JSONResponse({"progress": PROGRESS[0]})
 
 
 def count_chat(llama: Any, body: dict[str, Any]) -> int:
@@ -356,7 +452,7 @@ def _count_route(server: Any) -> Any:
     from starlette.responses import JSONResponse
 
     async def count(request: Request) -> JSONResponse:
-        if request.headers.get("authorization") != f"Bearer {server.api_key}":
+        if not same_key(request.headers.get("authorization"), server.api_key or ""):
             return JSONResponse({"message": "bad or missing bearer key"}, status_code=401)
         try:
             body = json.loads(await request.body())
@@ -384,7 +480,7 @@ def _routes(parser: argparse.ArgumentParser, server: Any) -> tuple[Any, Any]:
         return JSONResponse({"status": status, "message": message}, status_code=status)
 
     def refused(request: Request) -> JSONResponse | None:
-        if request.headers.get("authorization") != f"Bearer {server.api_key}":
+        if not same_key(request.headers.get("authorization"), server.api_key or ""):
             return answer(401, "bad or missing bearer key")
         return None
 
@@ -416,6 +512,7 @@ def _routes(parser: argparse.ArgumentParser, server: Any) -> tuple[Any, Any]:
         try:
             order = json.loads(await request.body())
             key = tuple(order["args"])
+            log = log_path(order["log"]) if order.get("log") else None
             if key not in parsed:
                 parsed[key] = _settings(parser, list(key))
             new_server, model = parsed[key]
@@ -429,8 +526,8 @@ def _routes(parser: argparse.ArgumentParser, server: Any) -> tuple[Any, Any]:
         if changed:
             return answer(409, f"server settings differ: {', '.join(changed)}")
         async with contextlib.asynccontextmanager(llama_app.get_llama_proxy)() as old:
-            if order.get("log"):
-                _redirect_output(order["log"])
+            if log is not None:
+                _redirect_output(log)
             print(f"smackctl.daemon.host: loading {model.model}", file=sys.stderr, flush=True)
             try:
                 # on the event loop's thread, as llama_cpp.server swaps: the load allocates
@@ -466,11 +563,11 @@ def spare() -> None:
     if not line:
         return
     order = json.loads(line)
-    _redirect_output(order["log"])
+    _redirect_output(log_path(order["log"]))
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # as a runner started the usual way: stdin is /dev/null
     os.close(devnull)
-    serve(list(order["args"]))
+    serve(list(order["args"]), order.get("key"))
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from .events import Events
 from .memory import load_key
 from .registry import Managed, Registry
 from .runner import Runner, RunnerState, Spare, Vacated, signal_group
+from .slots import QueueBudget
 from .store import Store
 
 __all__ = ["BACKOFF_CAP", "MAX_QUICK_FAILURES", "SPARE_RAM", "Loader", "MakeRoom"]
@@ -84,6 +85,8 @@ class Loader:
         #: a runner process with the imports done, for the next load
         self.spare: Spare | None = None
         self.spare_starting = False
+        #: the memory every runner's waiting requests may hold together
+        self.queue_budget = QueueBudget(lambda: self.profile.memory.queue)
 
     @property
     def profile(self) -> Profile:
@@ -256,13 +259,9 @@ class Loader:
             backend = backend_for(spec, self.profile.llama_server)
 
             def argv(
-                port: int,
-                key: str,
-                spec: ModelSpec = spec,
-                path: Path = path,
-                backend: Backend = backend,
+                port: int, spec: ModelSpec = spec, path: Path = path, backend: Backend = backend
             ) -> list[str]:
-                return backend.argv(spec, path, port, key, m.name)
+                return backend.argv(spec, path, port, m.name)
 
             runner = Runner(
                 m.name,
@@ -270,6 +269,7 @@ class Loader:
                 self.paths.runner_log(m.name),
                 parallel=m.spec.parallel,
                 max_queue=m.spec.max_queue,
+                queue_budget=self.queue_budget,
                 ready_timeout=self.ready_timeout,
                 on_state=self._on_state_and_record,
                 take_spare=self.take_spare,

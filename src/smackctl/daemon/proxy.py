@@ -55,17 +55,26 @@ log = logging.getLogger("smackctl.requests")
 
 
 class Watchdog:
-    """The hang rule for one request: while it waits on a runner (the answer's head, its
-    body, its next chunk), a silence of the model's ``hang_timeout`` seconds means a liveness
-    probe on another connection. A runner that answers it is slow and is waited for; one
-    that does not is SIGKILLed as a crash (``Runner.kill_hung``: restarted with backoff),
-    and the request's read fails at once, as after any crash. One timer task a request; a
-    chunk that arrives costs only the assignment of ``last``."""
+    """The hang rule for one request: the runner must make progress while the request waits
+    on it. A chunk of the answer is progress; after ``POLL`` seconds without one, the runner's
+    own progress counter is read on another connection (the backend's ``progress_path``:
+    decodes and prompt-batch steps on llama-cpp-python, tokens per slot on llama-server), and
+    a counter that moved is progress too. No progress for the model's ``hang_timeout`` means
+    hung, even when its HTTP side still answers (a stuck compute thread, a hung GPU kernel):
+    the process is SIGKILLed as a crash (``Runner.kill_hung``: restarted with backoff), and
+    the request's read fails at once, as after any crash. A slow runner that moves is never
+    killed. One timer task a request; a chunk that arrives costs only the assignment of
+    ``last``."""
+
+    #: seconds of silence before the counter is read, and between two reads
+    POLL = 5.0
 
     def __init__(self, m: Managed, runner: Runner) -> None:
         self.m, self.runner = m, runner
         self.loop = asyncio.get_running_loop()
         self.last = self.loop.time()
+        #: the runner was seen making progress without answering (said once in the log)
+        self.moving = False
         self._task = self.loop.create_task(self._run(), name=f"watchdog-{m.name}")
 
     def stop(self) -> None:
@@ -73,19 +82,40 @@ class Watchdog:
 
     async def _run(self) -> None:
         limit = self.m.spec.hang_timeout
+        every = min(self.POLL, limit / 4)
+        backend = backend_for(self.m.spec)
+        seen: int | None = None
+        polled = self.loop.time()
         while not self.runner.exited.is_set():
-            wait = self.last + limit - self.loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            now = self.loop.time()
+            if now - self.last >= limit:
+                why = f"no progress for {limit:g}s while answering a request"
+                log.warning("%s made %s: killing it", self.m.name, why)
+                self.runner.kill_hung(why)
+                return
+            wake = min(self.last + limit, max(self.last, polled) + every)
+            if now < wake:
+                await asyncio.sleep(wake - now)
                 continue
-            log.info("no answer from %s for %gs: probing it", self.m.name, limit)
-            path = backend_for(self.m.spec).alive_path
-            if await self.runner.answers(path, min(5.0, limit)):
-                self.last = self.loop.time()
-                continue
-            log.warning("%s stopped answering (no answer to the probe): killing it", self.m.name)
-            self.runner.kill_hung()
-            return
+            try:
+                value = await self.runner.progress(
+                    backend.progress_path, backend.progress_of, min(every, limit)
+                )
+            except Exception:  # the rule must outlive any surprise: no reading, no progress
+                log.exception("%s: reading the runner's progress failed", self.m.name)
+                value = None
+            polled = self.loop.time()
+            if value is not None:
+                if seen is not None and value != seen:
+                    self.last = polled
+                    if not self.moving:
+                        self.moving = True
+                        log.info(
+                            "%s: no answer for %gs, but it makes progress: waiting",
+                            self.m.name,
+                            every,
+                        )
+                seen = value
 
 
 class Proxy:
@@ -280,7 +310,7 @@ class Proxy:
         payload = json.dumps(with_defaults(body, sched.profile.defaults.model_dump())).encode()
         for attempt in (1, 2):
             stack = contextlib.AsyncExitStack()
-            _, runner = await stack.enter_async_context(sched.slot(m.name))
+            _, runner = await stack.enter_async_context(sched.slot(m.name, len(payload)))
             dog = Watchdog(m, runner)  # until the answer is over (the stack closes)
             stack.callback(dog.stop)
             headers = {

@@ -24,30 +24,30 @@ import secrets
 import signal
 import socket
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from smackctl.errors import ModelLoadError, SmackError
+from smackctl import procnet
+from smackctl.errors import ModelLoadError
 from smackctl.selftest import signal_name
 
 from .backends import RUNNER_PROGRAM
-from .host import HOST_ANSWERED, HOST_GENERATING, HOST_PROMPT
+from .host import HOST_ANSWERED, HOST_GENERATING, HOST_PROMPT, LOGS_ENV
+from .slots import QueueBudget, Slots
 from .upstream import TransportError, Upstream
 
 __all__ = [
-    "QueueFull",
     "Runner",
     "RunnerState",
-    "Slots",
     "Spare",
     "Vacated",
     "LOG_CAP",
     "free_port",
     "open_log",
     "rotate_log",
+    "runner_env",
     "shown",
     "signal_group",
 ]
@@ -71,11 +71,6 @@ TRANSITIONS: dict[RunnerState, frozenset[RunnerState]] = {
     S.BACKOFF: frozenset({S.STARTING, S.STOPPED, S.FAILED}),
     S.FAILED: frozenset({S.STARTING, S.STOPPED}),
 }
-
-
-class QueueFull(SmackError):
-    status = 503
-    error_type = "queue_full"
 
 
 #: a runner's log is rotated past this size (one older copy, ``runner-NAME.log.1``, is kept)
@@ -138,11 +133,36 @@ def _child_setup() -> None:
         os._exit(1)
 
 
+#: what a runner needs of the supervisor's environment; nothing else passes (the API keys of
+#: remote deployments, SMACKCTL_TOKEN, whatever the user's shell holds). SMACKCTL_HOME stays
+#: as a mark of whose runner a process is (``ps e``, the tests' orphan checks).
+_RUNNER_ENV = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH",
+     "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "SMACKCTL_HOME", "SMACKCTL_RUNNER_DEBUG"}
+)  # fmt: skip
+#: and what the compute libraries read: threads (OpenMP, BLAS), devices (CUDA, ROCm, Vulkan),
+#: llama.cpp's own GGML_ settings, the locale
+_RUNNER_ENV_PREFIXES = (
+    "LC_", "CUDA_", "NVIDIA_", "HIP_", "ROCR_", "HSA_", "GGML_", "OMP_", "KMP_", "GOMP_",
+    "OPENBLAS_", "MKL_", "VK_",
+)  # fmt: skip
+
+
+def runner_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a runner process starts with: the allowed part of ours, and ``extra``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k in _RUNNER_ENV or k.startswith(_RUNNER_ENV_PREFIXES)
+    }
+    return {**env, **(extra or {})}
+
+
 async def _start_child(
-    argv: Sequence[str], log: BinaryIO, *, stdin: int, env: dict[str, str] | None = None
+    argv: Sequence[str], log: BinaryIO, *, stdin: int, env: dict[str, str]
 ) -> asyncio.subprocess.Process:
     """A runner's (or a spare's) process: output to its log, its own session (process group),
-    and ``PR_SET_PDEATHSIG`` so that it dies with the supervisor. ``env``: added to ours."""
+    ``PR_SET_PDEATHSIG`` so that it dies with the supervisor, and ``env`` alone."""
     return await asyncio.create_subprocess_exec(
         *argv,
         stdin=stdin,
@@ -150,67 +170,8 @@ async def _start_child(
         stderr=log,
         start_new_session=True,
         preexec_fn=_child_setup,
-        env={**os.environ, **env} if env else None,
+        env=env,
     )
-
-
-class Slots:
-    """``parallel`` slots with a bounded FIFO queue in front of them.
-
-    A waiter that is cancelled (its client went away) leaves the queue and never holds a slot.
-    """
-
-    def __init__(self, parallel: int, max_queue: int) -> None:
-        self.parallel = parallel
-        self.max_queue = max_queue
-        self.busy = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    @property
-    def queued(self) -> int:
-        return len(self._waiters)
-
-    async def acquire(self) -> None:
-        if self.busy < self.parallel and not self._waiters:
-            self.busy += 1
-            return
-        if len(self._waiters) >= self.max_queue:
-            raise QueueFull(
-                f"the queue is full ({self.max_queue} waiting, {self.busy} running)",
-                "retry after a moment, or raise `max_queue`/`parallel` for this model",
-            )
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut in self._waiters:
-                self._waiters.remove(fut)
-            elif fut.done() and not fut.cancelled():
-                self._release_one()  # the slot was handed to us as we were cancelled
-            raise
-
-    def release(self) -> None:
-        self._release_one()
-
-    def fail_waiters(self, exc: BaseException) -> int:
-        """Every request still waiting for a slot gets ``exc`` instead (a stop whose drain ran
-        out of time); returns how many there were."""
-        failed = 0
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_exception(exc)
-                failed += 1
-        return failed
-
-    def _release_one(self) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)  # the slot passes straight to the next waiter
-                return
-        self.busy -= 1
 
 
 class Spare:
@@ -228,19 +189,26 @@ class Spare:
             log.write(f"\n=== {time.strftime('%F %T')} spare starting\n".encode())
             log.flush()
             argv = [*RUNNER_PROGRAM, "--spare"]
-            self.proc = await _start_child(argv, log, stdin=asyncio.subprocess.PIPE)
+            env = runner_env({LOGS_ENV: str(self.log_path.parent)})
+            self.proc = await _start_child(argv, log, stdin=asyncio.subprocess.PIPE, env=env)
 
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
-    def hand(self, args: Sequence[str], log_path: Path) -> asyncio.subprocess.Process | None:
-        """Make it the runner started with ``args``, logging to ``log_path``; None if it died."""
+    def hand(
+        self, args: Sequence[str], log_path: Path, key: str
+    ) -> asyncio.subprocess.Process | None:
+        """Make it the runner started with ``args`` and ``key``, logging to ``log_path`` (a
+        file of the spare's log folder); None if it died."""
         proc, self.proc = self.proc, None
         if proc is None or proc.returncode is not None or proc.stdin is None:
             return None
+        if log_path.parent != self.log_path.parent:
+            raise RuntimeError(f"{log_path} is not in the spare's log folder")
+        order = {"args": list(args), "log": log_path.name, "key": key}
         try:
-            proc.stdin.write(json.dumps({"args": list(args), "log": str(log_path)}).encode())
+            proc.stdin.write(json.dumps(order).encode())
             proc.stdin.write(b"\n")
             proc.stdin.close()
         except (BrokenPipeError, ConnectionResetError):
@@ -255,7 +223,7 @@ class Spare:
             proc.stdin.close()  # no order: it exits by itself
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), 2.0)
-        signal_group(proc.pid, signal.SIGKILL)
+        signal_group(proc.pid, signal.SIGKILL, leader_gone=proc.returncode is not None)
         await proc.wait()
 
 
@@ -273,7 +241,7 @@ class Vacated:
     keep_old: bool
 
     async def discard(self) -> None:
-        signal_group(self.proc.pid, signal.SIGKILL)
+        signal_group(self.proc.pid, signal.SIGKILL, leader_gone=self.proc.returncode is not None)
         await self.proc.wait()
 
 
@@ -284,20 +252,22 @@ class Runner:
     def __init__(
         self,
         model: str,
-        argv_for: Callable[[int, str], Sequence[str]],
+        argv_for: Callable[[int], Sequence[str]],
         log_path: Path,
         *,
         parallel: int = 1,
-        max_queue: int = 32,
+        max_queue: int | None = None,
+        queue_budget: QueueBudget | None = None,
         ready_timeout: float = 300.0,
         on_state: Callable[[Runner, RunnerState], None] | None = None,
         take_spare: Callable[[], Spare | None] | None = None,
         reuse: Vacated | None = None,
         ready_path: str = "/v1/models",
-        key_env: str | None = None,
+        key_env: str = "SMACKCTL_RUNNER_KEY",
     ) -> None:
-        """``ready_path``: the route that answers 200 once the model is loaded; ``key_env``:
-        the variable the process reads its API key from (else ``argv_for`` puts it in a flag)."""
+        """``argv_for(port)``: the command line; ``ready_path``: the route that answers 200
+        once the model is loaded; ``key_env``: the variable the process reads its API key
+        from (never a flag: any local user reads command lines in ``ps``)."""
         self.model = model
         self.ready_path = ready_path
         self.key_env = key_env
@@ -315,7 +285,7 @@ class Runner:
         self.log_path = log_path
         self.ready_timeout = ready_timeout
         self.state = RunnerState.STOPPED
-        self.slots = Slots(parallel, max_queue)
+        self.slots = Slots(parallel, max_queue, queue_budget)
         # hex: a urlsafe token can start with '-', which argparse reads as another flag
         self.api_key = secrets.token_hex(24)
         self.port: int | None = None
@@ -325,9 +295,11 @@ class Runner:
         self.exit_code: int | None = None
         self._on_state = on_state
         self._expected_exit = False
-        #: killed because it stopped answering (``kill_hung``): a crash, restarted as one
-        self.hung = False
+        #: why it was killed as hung (``kill_hung``): a crash, restarted as one
+        self.hung: str | None = None
         self.exited = asyncio.Event()
+        #: the listener on ``port`` was seen to be this runner's process (``_ours``)
+        self._port_checked = False
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -392,7 +364,8 @@ class Runner:
 
     async def _spawn(self) -> None:
         self.port = free_port()
-        argv = list(self._argv_for(self.port, self.api_key))
+        self._port_checked = False
+        argv = list(self._argv_for(self.port))
         n = len(RUNNER_PROGRAM)
         self.hosted = argv[:n] == RUNNER_PROGRAM
         spare = self._take_spare() if self._take_spare and self.hosted else None
@@ -401,9 +374,11 @@ class Runner:
             line = f"\n=== {time.strftime('%F %T')} starting: {shown(argv, self.api_key)}{via}\n"
             log.write(line.encode())
             log.flush()
-            self.proc = spare.hand(argv[n:], self.log_path) if spare is not None else None
+            self.proc = (
+                spare.hand(argv[n:], self.log_path, self.api_key) if spare is not None else None
+            )
             if self.proc is None:
-                env = {self.key_env: self.api_key} if self.key_env else None
+                env = runner_env({self.key_env: self.api_key, LOGS_ENV: str(self.log_path.parent)})
                 try:
                     self.proc = await _start_child(
                         argv, log, stdin=asyncio.subprocess.DEVNULL, env=env
@@ -419,20 +394,20 @@ class Runner:
         """Load this runner's model in a vacated process: True once it answers; False when
         the process cannot take it (another program, other server settings: it is ended and
         a fresh one starts); ModelLoadError when the load itself fails."""
-        argv = list(self._argv_for(v.port, v.api_key))
+        argv = list(self._argv_for(v.port))
         n = len(RUNNER_PROGRAM)
         if argv[:n] != RUNNER_PROGRAM or v.proc.returncode is not None:
             await v.discard()
             return False
         self.port, self.api_key, self.proc, self.hosted = v.port, v.api_key, v.proc, True
-        self.reused = True
+        self.reused = self._port_checked = True  # its predecessor checked the listener
         with open_log(self.log_path) as log:
             log.write(
                 f"\n=== {time.strftime('%F %T')} loading in the process of {v.model} "
                 f"(pid {v.proc.pid}): {shown(argv, self.api_key)}\n".encode()
             )
         self._watch_process()
-        order = {"args": argv[n:], "log": str(self.log_path), "keep_old": v.keep_old}
+        order = {"args": argv[n:], "log": self.log_path.name, "keep_old": v.keep_old}
         try:
             status, body = await self._post_own(
                 "/smackctl/load", json.dumps(order).encode(), self.ready_timeout
@@ -463,6 +438,8 @@ class Runner:
         self, method: str, path: str, body: bytes, read_timeout: float
     ) -> tuple[int, bytes]:
         """A request of the supervisor's own on a connection of its own: (status, body)."""
+        if not self._ours():
+            raise TransportError(f"nothing of the runner's listens on port {self.port} yet")
         headers = {"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"}
         http = Upstream(connect_timeout=2.0, read_timeout=read_timeout)
         try:
@@ -471,13 +448,14 @@ class Runner:
         finally:
             await http.aclose()
 
-    async def answers(self, path: str, timeout: float) -> bool:
-        """The liveness probe: does the process answer ``GET path`` within ``timeout``?"""
+    async def progress(self, path: str, read: Callable[[Any], int], timeout: float) -> int | None:
+        """How far the runner's work has gone: ``read`` of its JSON answer to ``GET path``
+        (the backend's ``progress_path``), or None when it gives none within ``timeout``."""
         try:
-            status, _ = await self._ask("GET", path, b"", timeout)
-        except TransportError:
-            return False
-        return status < 500
+            status, body = await self._ask("GET", path, b"", timeout)
+            return read(json.loads(body)) if status == 200 else None
+        except (TransportError, ValueError, KeyError, TypeError, AttributeError):
+            return None
 
     def _load_fix(self) -> str:
         return (
@@ -531,7 +509,7 @@ class Runner:
     def exit_description(self) -> str:
         """How the process ended, in words: ``was killed by SIGSEGV``, ``exited with code 1``."""
         if self.hung:
-            return "stopped answering (it failed a liveness probe) and was killed"
+            return f"hung ({self.hung}) and was killed"
         name = signal_name(self.exit_code)
         if name is not None:
             return f"was killed by {name}"
@@ -577,10 +555,13 @@ class Runner:
                         self._load_fix(),
                     )
                 try:
-                    answer = await http.request("GET", *self.address, self.ready_path, b"", headers)
-                    await answer.read()
-                    if answer.status == 200:
-                        return
+                    if self._ours():
+                        answer = await http.request(
+                            "GET", *self.address, self.ready_path, b"", headers
+                        )
+                        await answer.read()
+                        if answer.status == 200:
+                            return
                 except TransportError:
                     pass
                 if time.monotonic() > deadline:
@@ -595,12 +576,37 @@ class Runner:
         finally:
             await http.aclose()
 
-    def kill_hung(self) -> None:
-        """SIGKILL the process group of a runner that stopped answering. Not an expected
-        exit: the scheduler restarts it with backoff, as after a crash."""
+    def _ours(self) -> bool:
+        """Whether this runner's own process listens on its port, checked before the key is
+        first sent there: True once seen, False while nothing listens yet. Any local user can
+        bind a free port in the moment before the runner does (llama_cpp.server binds only
+        once its model is loaded): another process there gets ModelLoadError, not the key."""
+        if self._port_checked or not procnet.LINUX:
+            return True
+        if self.proc is None or self.port is None:
+            return False
+        held = procnet.holds_listener(self.proc.pid, self.port)
+        if held is None:
+            return False
+        if not held:
+            raise ModelLoadError(
+                f"another process took 127.0.0.1:{self.port}, the port chosen for the runner "
+                f"of {self.model}, before the runner could listen there; its key was not sent "
+                "to it",
+                f"find that process with `ss -ltnp 'sport = :{self.port}'` and stop it, then "
+                f"load {self.model} again",
+            )
+        self._port_checked = True
+        return True
+
+    def kill_hung(self, why: str) -> None:
+        """SIGKILL the process group of a runner that made no progress (``why``). Not an
+        expected exit: the scheduler restarts it with backoff, as after a crash."""
         if self.proc is not None and not self.exited.is_set() and not self._expected_exit:
-            self.hung = True
-            signal_group(self.proc.pid, signal.SIGKILL)
+            self.hung = why
+            signal_group(
+                self.proc.pid, signal.SIGKILL, leader_gone=self.proc.returncode is not None
+            )
 
     def kill(self) -> None:
         """SIGKILL the process group now, as an expected exit; ``stop`` then waits for it."""
@@ -608,7 +614,7 @@ class Runner:
             return
         self._expected_exit = True
         self._set(RunnerState.STOPPING)
-        signal_group(self.proc.pid, signal.SIGKILL)
+        signal_group(self.proc.pid, signal.SIGKILL, leader_gone=self.proc.returncode is not None)
 
     async def stop(self, grace: float = 5.0) -> None:
         """SIGTERM the process group, wait ``grace``, then SIGKILL it. Idempotent; after
@@ -624,14 +630,15 @@ class Runner:
         if self.state in (RunnerState.STARTING, RunnerState.READY):
             self._set(RunnerState.STOPPING)
         if self.proc is not None:
+            pid = self.proc.pid
             if not self.exited.is_set():
-                signal_group(self.proc.pid, signal.SIGTERM)
+                signal_group(pid, signal.SIGTERM, leader_gone=self.proc.returncode is not None)
                 try:
                     await asyncio.wait_for(self.exited.wait(), grace)
                 except TimeoutError:
-                    signal_group(self.proc.pid, signal.SIGKILL)
+                    signal_group(pid, signal.SIGKILL, leader_gone=self.proc.returncode is not None)
                     await self.exited.wait()
-            signal_group(self.proc.pid, signal.SIGKILL)  # children that outlived the leader
+            signal_group(pid, signal.SIGKILL, leader_gone=True)  # members that outlived it
         self._stopped()
 
     def _stopped(self) -> None:
@@ -650,8 +657,15 @@ class Runner:
         return "\n".join(f"  | {ln.strip()}" for ln in picked) or "  (empty log)"
 
 
-def signal_group(pgid: int, sig: signal.Signals) -> None:
-    """Signal a whole process group; one that is already gone is fine."""
+def signal_group(pgid: int, sig: signal.Signals, *, leader_gone: bool = False) -> None:
+    """Signal a whole process group; one that is already gone is fine.
+
+    ``leader_gone``: the group's leader was reaped, so its pid, the group's id, is free for a
+    new process once no member of the group is left (members that outlived the leader keep
+    the id from reuse). A process with that pid then means the id was reused, and the
+    group, if any, is someone else's: it is left alone."""
+    if leader_gone and os.path.exists(f"/proc/{pgid}"):
+        return
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):

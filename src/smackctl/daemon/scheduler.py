@@ -277,13 +277,13 @@ class Scheduler:
     # -- requests ------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def slot(self, name: str | None) -> AsyncIterator[tuple[Managed, Runner]]:
+    async def slot(self, name: str | None, size: int = 0) -> AsyncIterator[tuple[Managed, Runner]]:
         """A ready runner, one of its slots and its share of the CPU cores, held for the
-        duration of a request."""
+        duration of a request; ``size``: the bytes of the request's body (the queue's memory)."""
         m = self.resolve(name)
         while True:
             runner = await self.ensure_ready(m.name)
-            await runner.slots.acquire()
+            await runner.slots.acquire(size)
             if runner.state == RunnerState.READY and not runner.exited.is_set():
                 break
             runner.slots.release()  # it died while we queued: go round again
@@ -298,9 +298,11 @@ class Scheduler:
         except BaseException:
             self._end_request(m, runner, served=False)
             raise
+        began = time.monotonic()
         try:
             yield m, runner
         finally:
+            runner.slots.served(time.monotonic() - began)
             self.cores.release(cores, runner)
             self._end_request(m, runner, served=True)
 

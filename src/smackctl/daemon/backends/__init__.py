@@ -34,10 +34,12 @@ class Backend(Protocol):
     name: str
     #: the route that answers 200 once the model is loaded
     ready_path: str
-    #: the route that answers while the runner computes a request (the liveness probe)
-    alive_path: str
-    #: the environment variable the runner reads its API key from (None: it is a flag)
-    key_env: str | None
+    #: the route that says how far the runner's work has gone, answered while it computes
+    #: (the hang rule: ``progress_of`` its answer must move while a request is in flight)
+    progress_path: str
+    #: the environment variable the runner reads its API key from: never a flag, which any
+    #: local user reads in ``ps``
+    key_env: str
     #: the runner can load another model in its process (``POST /smackctl/load``)
     swaps: bool
     #: its answers to logprobs need no setting (llama_cpp.server needs logits_all)
@@ -52,9 +54,7 @@ class Backend(Protocol):
     #: the proxy translates the others to chat requests
     native_apis: frozenset[str]
 
-    def argv(
-        self, spec: ModelSpec, model_path: Path, port: int, api_key: str, name: str
-    ) -> list[str]: ...
+    def argv(self, spec: ModelSpec, model_path: Path, port: int, name: str) -> list[str]: ...
 
     def estimate(self, info: GGUFInfo, spec: ModelSpec) -> Estimate: ...
 
@@ -67,6 +67,11 @@ class Backend(Protocol):
         ...
 
     def count_of(self, answer: dict[str, Any]) -> int: ...
+
+    def progress_of(self, answer: Any) -> int:
+        """A number that changes whenever the runner gets further with its work, from the
+        JSON answer of ``progress_path``."""
+        ...
 
 
 def runner_threads(spec: ModelSpec) -> int:

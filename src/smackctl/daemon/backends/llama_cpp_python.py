@@ -22,13 +22,17 @@ def _flag(value: str | int | float | bool) -> str:
     return str(value) if not isinstance(value, bool) else ("True" if value else "False")
 
 
-def llama_cpp_server_argv(spec: ModelSpec, model_path: Path, port: int, api_key: str) -> list[str]:
+def llama_cpp_server_argv(
+    spec: ModelSpec, model_path: Path, port: int, api_key: str | None = None
+) -> list[str]:
     """llama_cpp.server's flags with safe defaults, for ``RUNNER_PROGRAM``.
 
     - ``--interrupt_requests False``: its default lets a second request silently truncate
       the first stream; the supervisor queues instead.
-    - a per-runner random ``--api_key`` and 127.0.0.1: with no key it accepts any Host and
-      reflects any Origin, so any web page could drive it.
+    - 127.0.0.1, and a per-runner random key in the environment (``host.KEY_ENV``): with no
+      key it accepts any Host and reflects any Origin, so any web page could drive it; on
+      the command line any local user would read it in ``ps``. ``api_key``: a key flag for
+      llama_cpp.server started by hand (the benchmarks' baseline), never the supervisor's.
     - ``--n_threads`` defaults to the physical cores (its own default is 1).
     - ``--logits_all False``: its default keeps a float32 logits row for every context
       position (n_ctx × vocab × 4 bytes: 1.5 GiB for SmolLM2 at n_ctx 8192, 8 GiB for a
@@ -40,7 +44,7 @@ def llama_cpp_server_argv(spec: ModelSpec, model_path: Path, port: int, api_key:
         "model": str(model_path),
         "host": "127.0.0.1",
         "port": str(port),
-        "api_key": api_key,
+        **({"api_key": api_key} if api_key is not None else {}),
         "interrupt_requests": "False",
         "n_ctx": str(spec.n_ctx),
         "n_threads": str(threads),
@@ -65,8 +69,9 @@ TOOL_FORMATS = frozenset(
 class LlamaCppPython:
     name = "llama-cpp-python"
     ready_path = "/v1/models"  # llama_cpp.server has no /health
-    alive_path = "/smackctl/alive"  # host.py's: /v1/models waits for the request in flight
-    key_env: str | None = None
+    # host.py's: answered on the event loop, while the request computes in its thread
+    progress_path = "/smackctl/alive"
+    key_env = "SMACKCTL_RUNNER_KEY"  # host.KEY_ENV
     swaps = True
     logprobs = False
     embeddings_arg = "embedding"
@@ -74,11 +79,9 @@ class LlamaCppPython:
     content_parts = False
     native_apis: frozenset[str] = frozenset()
 
-    def argv(
-        self, spec: ModelSpec, model_path: Path, port: int, api_key: str, name: str
-    ) -> list[str]:
+    def argv(self, spec: ModelSpec, model_path: Path, port: int, name: str) -> list[str]:
         del name  # the proxy puts the model's name in every request, which answers echo
-        return llama_cpp_server_argv(spec, model_path, port, api_key)
+        return llama_cpp_server_argv(spec, model_path, port)
 
     def handles_tools(self, spec: ModelSpec, info: GGUFInfo | None) -> bool:
         # its Jinja formatter renders the GGUF's template without `tools` and never parses a
@@ -93,3 +96,7 @@ class LlamaCppPython:
 
     def count_of(self, answer: dict[str, Any]) -> int:
         return int(answer["count"])
+
+    def progress_of(self, answer: Any) -> int:
+        # bumped by every decode, and by every graph node of a prompt's batch (host.py)
+        return int(answer["progress"])

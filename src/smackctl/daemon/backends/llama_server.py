@@ -14,6 +14,9 @@ Flags, each for a reason:
   load nearly doubled Gemma 3's start here (1.5 s against 0.8 s);
 - ``--no-warmup``: readiness is ``/health``, and the first request does the warm-up's work
   anyway; a start to the first token was ~0.05 s sooner without it (Gemma 3, SmolLM2);
+- ``--batch-size 512`` (its default 2048): a prompt is decoded in batches of this many
+  tokens, and its progress (``/slots``) moves once per batch: the hang rule sees a long
+  prompt move 4 times as often (512 is the micro-batch, the unit of work on a CPU anyway);
 - ``--jinja``: the model's own chat template, tools included; ``--metrics`` for ``/metrics``;
 - ``--alias NAME``: answers name the model, not its file.
 Ready means ``GET /health`` answers 200 (503 while the model loads).
@@ -37,8 +40,10 @@ __all__ = ["LlamaServer", "find_llama_server"]  # the latter lives in paths.py (
 class LlamaServer:
     name = "llama-server"
     ready_path = "/health"
-    alive_path = "/health"  # its HTTP threads answer while the slots compute
-    key_env: str | None = "LLAMA_API_KEY"
+    # answered during a decode too (its task queue's worker reads the slots while the main
+    # thread computes); the counts move once per batch (``--batch-size``)
+    progress_path = "/slots"
+    key_env = "LLAMA_API_KEY"
     swaps = False
     logprobs = True
     embeddings_arg = "embeddings"
@@ -71,10 +76,7 @@ class LlamaServer:
             )
         return found
 
-    def argv(
-        self, spec: ModelSpec, model_path: Path, port: int, api_key: str, name: str
-    ) -> list[str]:
-        del api_key  # in the environment: LLAMA_API_KEY
+    def argv(self, spec: ModelSpec, model_path: Path, port: int, name: str) -> list[str]:
         threads = str(spec.threads or physical_cores())
         layers = spec.n_gpu_layers if spec.n_gpu_layers >= 0 else 999  # -1: every layer
         argv = [
@@ -89,6 +91,7 @@ class LlamaServer:
             "--threads-batch", threads,
             "--n-gpu-layers", str(layers),
             "--cache-ram", "0",
+            "--batch-size", "512",
             "--fit", "off",
             "--no-warmup",
             "--jinja",
@@ -112,3 +115,12 @@ class LlamaServer:
 
     def count_of(self, answer: dict[str, Any]) -> int:
         return len(answer["tokens"])
+
+    def progress_of(self, answer: Any) -> int:
+        """The prompt tokens decoded and the tokens generated, over every slot, plus the
+        tasks' ids (a new task is progress too)."""
+        total = 0
+        for slot in answer:
+            total += int(slot.get("n_prompt_tokens_processed") or 0) + int(slot.get("id_task") or 0)
+            total += sum(int(t.get("n_decoded") or 0) for t in slot.get("next_token") or [])
+        return total
