@@ -146,6 +146,12 @@ class ModelSpec(_Strict):
     #: seconds to connect, and for the answer's head or its next chunk
     connect_timeout: float = Field(5.0, gt=0)
     timeout: float = Field(600.0, gt=0)
+    #: seconds one attempt may take in all, head to last byte: a server that drips a byte
+    #: just under ``timeout`` is cut here (504, or an error event once a stream began)
+    deadline: float = Field(1800.0, gt=0)
+    #: the most a whole (not streamed) answer may hold once decoded: a compressed answer
+    #: that inflates to gigabytes is refused here (502)
+    max_answer_size: int = Field(64 * 1024**2, gt=0)
     verify_tls: bool = True
     #: the route probed every ``health_interval`` seconds (relative to ``url``)
     health_path: str = "/models"
@@ -162,10 +168,15 @@ class ModelSpec(_Strict):
     #: false (never, even when the profile caches), unset (as the profile says)
     cache: bool | None = None
 
-    @field_validator("ttl", "hang_timeout", mode="before")
+    @field_validator("ttl", "hang_timeout", "deadline", mode="before")
     @classmethod
     def _ttl(cls, v: Any) -> Any:
         return parse_duration(v) if isinstance(v, str) else v
+
+    @field_validator("max_answer_size", mode="before")
+    @classmethod
+    def _answer_size(cls, v: Any) -> Any:
+        return parse_size(v) if isinstance(v, str) else v
 
     @field_validator("sha256")
     @classmethod
