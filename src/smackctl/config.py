@@ -272,13 +272,16 @@ class CacheSettings(_Strict):
 
     ttl: int = 3600
     max_size: Size = 256 * 1024**2
+    #: the largest answer kept (a longer one is served, not kept): one long stream must
+    #: not push out hundreds of short answers, nor be held in memory whole to be kept
+    max_entry: Size = 8 * 1024**2
 
     @field_validator("ttl", mode="before")
     @classmethod
     def _ttl(cls, v: Any) -> Any:
         return parse_duration(v) if isinstance(v, str) else v
 
-    @field_validator("max_size", mode="before")
+    @field_validator("max_size", "max_entry", mode="before")
     @classmethod
     def _size(cls, v: Any) -> Any:
         return parse_size(v) if isinstance(v, str) else v
