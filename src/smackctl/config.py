@@ -34,6 +34,7 @@ __all__ = [
     "Profile",
     "ProfileIssue",
     "Routing",
+    "UsageLog",
     "find_profile",
     "list_profile_files",
     "load_profile",
@@ -287,6 +288,18 @@ class CacheSettings(_Strict):
         return parse_size(v) if isinstance(v, str) else v
 
 
+class UsageLog(_Strict):
+    """The request log in state.db (daemon/store.py): each request's row for ``keep_raw``,
+    then per-day totals for good (what `smackctl usage` reads past that)."""
+
+    keep_raw: int = Field(30 * 86400, ge=86400)
+
+    @field_validator("keep_raw", mode="before")
+    @classmethod
+    def _keep(cls, v: Any) -> Any:
+        return parse_duration(v) if isinstance(v, str) else v
+
+
 Policy = Literal["priority", "round-robin", "least-busy", "latency"]
 
 
@@ -323,6 +336,8 @@ class Profile(_Strict):
     plugins: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
     #: the response cache, off unless set here or per model (``cache: true``)
     cache: CacheSettings | None = None
+    #: how long each request's own row is kept (`usage: {keep_raw: 30d}`)
+    usage: UsageLog = UsageLog()
 
     @model_validator(mode="before")
     @classmethod
