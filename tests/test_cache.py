@@ -154,19 +154,22 @@ def test_an_entry_past_its_cap_is_not_kept(tmp_path: Path) -> None:
 
 
 def test_the_file_is_the_users_alone_whatever_the_umask(tmp_path: Path) -> None:
+    def mode(f: Path) -> int:
+        return stat.S_IMODE(f.stat().st_mode)
+
     old = os.umask(0o022)
     try:
         cache = Cache(tmp_path / "cache.db")
         cache.put("k", "m", b"x", "application/json", CacheSettings())
+        assert mode(tmp_path / "cache.db") == 0o600
+        assert mode(tmp_path / "cache.db-wal") == 0o600  # SQLite gives it the file's mode
         cache.close()
         loose = tmp_path / "loose.db"  # one an older smackctl made, 0644
         loose.touch(0o644)
         Cache(loose).close()
+        assert mode(loose) == 0o600
     finally:
         os.umask(old)
-    for f in (tmp_path / "cache.db", tmp_path / "cache.db-wal", loose):
-        if f.exists():
-            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
 
 
 def test_a_damaged_file_is_set_aside_and_the_cache_keeps_working(tmp_path: Path) -> None:
