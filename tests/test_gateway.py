@@ -3,7 +3,9 @@ breakers, against real servers on loopback standing in for remote hosts.
 
 - two real ``llama-server`` processes (a tiny model, an API key) are the replicas of a group;
 - a small real HTTP server answers what a test queues on purpose: a 429 with Retry-After,
-  a 500, a stall, a stream cut after its first event, or a good answer.
+  a 500, a stall, a stream cut after its first event, or a good answer; and what a hostile
+  or broken server sends: a gzip bomb, a body dripped a byte at a time, a gzip-compressed
+  stream, token counts that are not counts.
 
 The breaker's own rules are checked on a stepped clock (no waiting); the supervisor's on real
 failures, with ``breaker_open_for: 1`` and a health check every 0.2 s.
@@ -11,12 +13,15 @@ failures, with ``breaker_open_for: 1`` and a health check every 0.2 s.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
+import struct
 import subprocess
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -101,10 +106,36 @@ def test_backoff_is_full_jitter_capped_and_retry_after_reads_both_forms() -> Non
 # -- real servers ------------------------------------------------------------------------------
 
 
+MIB = 1024**2
+
+
+def _gzip_bomb(mib: int) -> bytes:
+    """A valid gzip body of ~1 KB per MiB that inflates to ``mib`` MiB of zeros: one deflate
+    block of a MiB, made independent of the ones before by a full flush, said ``mib`` times."""
+    z = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = z.compress(bytes(MIB)) + z.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    for _ in range(mib):
+        crc = zlib.crc32(bytes(MIB), crc)
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+    return header + block * mib + z.flush() + struct.pack("<II", crc, (mib * MIB) & 0xFFFFFFFF)
+
+
+def _event(model: str, content: str | None, finish: str | None = None) -> bytes:
+    chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": model,
+             "choices": [{"index": 0, "delta": {} if content is None else {"content": content},
+                          "finish_reason": finish}]}  # fmt: skip
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
 @dataclass
 class Faulty:
     """A real HTTP server that answers what is queued: "ok", "429:N" (Retry-After N), "500",
-    "stall" (answers nothing for 5 s), "cut" (a stream cut after its first event)."""
+    "stall" (answers nothing for 5 s), "cut" (a stream cut after its first event); and as a
+    hostile or broken server would: "bomb" (a 10 KB gzip body that inflates to 512 MiB),
+    "drip" (a body of 100 bytes, one every 0.2 s), "dripstream" (a stream's first event,
+    then an SSE comment every 0.2 s), "gzipstream" (a stream compressed with gzip whatever
+    was asked, flushed event by event), "badusage" (token counts of -5 and "7")."""
 
     port: int
     queue: list[str] = field(default_factory=list)
@@ -134,11 +165,71 @@ def _faulty() -> Faulty:
         def do_GET(self) -> None:  # the health check
             self._json(200, {"object": "list", "data": []})
 
+        def _chunk(self, data: bytes) -> None:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+        def _drip(self, stream: bool) -> None:
+            """Never quiet for the per-read timeout, never done: until the reader goes."""
+            self.send_response(200)
+            if stream:
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+            else:
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.close_connection = True
+            try:
+                if stream:
+                    self._chunk(_event("tiny", "Hel"))
+                for _ in range(100):
+                    if stream:
+                        self._chunk(b": still here\n\n")
+                    else:
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                    time.sleep(0.2)  # the server's pace, not the test's synchronisation
+            except OSError:
+                pass  # the supervisor hung up: what the test wants
+
+        def _gzip_stream(self, model: str) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            z = zlib.compressobj(6, zlib.DEFLATED, 31)
+            events = [_event(model, piece) for piece in ("Hel", "lo, ", "world")]
+            events += [_event(model, None, "stop"), b"data: [DONE]\n\n"]
+            for event in events:  # each flushed, as a proxy that compresses a stream does
+                self._chunk(z.compress(event) + z.flush(zlib.Z_SYNC_FLUSH))
+            self._chunk(z.flush())
+            self.wfile.write(b"0\r\n\r\n")
+
+        def _bomb(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(_bomb_body())))
+            self.end_headers()
+            self.close_connection = True
+            try:
+                self.wfile.write(_bomb_body())
+            except OSError:
+                pass  # refused at its cap, the rest unread
+
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             f.seen.append((time.monotonic(), body, dict(self.headers)))
             what = f.queue.pop(0) if f.queue else "ok"
-            if what.startswith("429"):
+            if what in ("drip", "dripstream"):
+                self._drip(stream=what == "dripstream")
+            elif what == "gzipstream":
+                self._gzip_stream(body["model"])
+            elif what == "bomb":
+                self._bomb()
+            elif what.startswith("429"):
                 self._json(429, {"error": {"message": "slow down"}}, **{"Retry-After": what[4:]})
             elif what == "500":
                 self._json(500, {"error": {"message": "on purpose"}})
@@ -155,13 +246,16 @@ def _faulty() -> Faulty:
                 self.wfile.flush()
                 self.close_connection = True
             else:
+                usage: dict[str, Any] = {"prompt_tokens": 3, "completion_tokens": 1}
+                if what == "badusage":
+                    usage = {"prompt_tokens": -5, "completion_tokens": "7"}
                 self._json(
                     200,
                     {
                         "id": "x", "object": "chat.completion", "model": body["model"],
                         "choices": [{"index": 0, "finish_reason": "stop",
                                      "message": {"role": "assistant", "content": "fine"}}],
-                        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+                        "usage": {**usage, "total_tokens": 4},
                     },
                 )  # fmt: skip
 
@@ -172,6 +266,11 @@ def _faulty() -> Faulty:
     f.server.block_on_close = True
     threading.Thread(target=f.server.serve_forever, daemon=True).start()
     return f
+
+
+@functools.cache
+def _bomb_body() -> bytes:
+    return _gzip_bomb(512)
 
 
 def _llama_server(model: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -387,3 +486,125 @@ def test_when_every_deployment_fails_the_error_says_each_reason(world: World) ->
     msg = r.json()["error"]["message"]
     assert "no deployment of flaky could answer" in msg and "flaky: answered 500" in msg
     assert "r2:" in msg and "smackctl backends" in msg
+
+
+# -- a hostile or broken server elsewhere ------------------------------------------------------
+
+
+@dataclass
+class Hostile:
+    sup: Supervisor
+    faulty: Faulty
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
+    """A supervisor whose deployments all lead to the faulty server: one each, so that one's
+    breaker never decides another's test; no retries, no fallbacks, a 2 s deadline and an
+    8 MiB cap on a whole answer."""
+    faulty = _faulty()
+    root = tmp_path_factory.mktemp("hostile")
+    one = (
+        f"    url: http://127.0.0.1:{faulty.port}/v1\n    backend: openai\n"
+        "    upstream_model: tiny\n    retries: 0\n    timeout: 5\n    deadline: 2\n"
+        "    max_answer_size: 8MiB\n    breaker_open_for: 1\n    health_interval: 0.2\n"
+    )
+    names = ("bomb", "drip", "gz", "counts")
+    sup = launch_on(
+        root,
+        "hostile",
+        "name: hostile\nmemory:\n  spare_runner: false\nmodels:\n"
+        + "".join(f"  {name}:\n{one}" for name in names),
+    )
+    yield Hostile(sup, faulty)
+    shutdown(sup)
+    assert faulty.server is not None
+    faulty.server.shutdown()
+    faulty.server.server_close()
+
+
+def _peak_rss_reset(pid: int) -> None:
+    """The kernel's peak RSS of ``pid`` (VmHWM) set back to its RSS now."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def _kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def test_a_gzip_bomb_is_refused_at_the_cap_with_memory_bounded(hostile: Hostile) -> None:
+    hostile.faulty.queue[:] = ["bomb"]
+    _peak_rss_reset(hostile.sup.pid)
+    before = _kib(hostile.sup.pid, "VmRSS")
+    r = _post(hostile.sup, "bomb")
+    assert r.status_code == 502, r.text
+    msg = r.json()["error"]["message"]
+    assert "bomb: its answer is larger than 8 MiB once decoded" in msg
+    assert "raise `max_answer_size` for bomb in the profile" in r.text
+    # 512 MiB inflated whole would raise the peak by as much, twice over; read up to the
+    # cap, 64 KiB at a time, it rises by about the cap
+    grew_mib = (_kib(hostile.sup.pid, "VmHWM") - before) / 1024
+    assert grew_mib < 64, f"the supervisor's peak RSS grew {grew_mib:.0f} MiB"
+    assert httpx.get(hostile.sup.url + "/health").status_code == 200
+
+
+def test_a_server_that_drips_is_cut_at_the_deadline(hostile: Hostile) -> None:
+    hostile.faulty.queue[:] = ["drip"]  # a byte every 0.2 s: under the per-read timeout
+    r = _post(hostile.sup, "drip")
+    assert r.status_code == 504, r.text
+    msg = r.json()["error"]["message"]
+    assert "drip: took longer than its deadline of 2s" in msg
+    assert "raise `deadline` for drip in the profile" in msg
+    _closed_on(hostile.sup, "drip")
+    hostile.faulty.queue[:] = ["dripstream"]  # a stream that began, then only keeps alive
+    with hostile.sup.client(timeout=30) as c:
+        with c.stream("POST", CHAT, json={**ASK, "model": "drip", "stream": True}) as s:
+            assert s.status_code == 200
+            events = [line for line in s.iter_lines() if line.startswith("data: ")]
+    assert '"Hel"' in events[0]
+    error = json.loads(events[-1].removeprefix("data: "))["error"]
+    assert error["code"] == "stream_cut" and "longer than its deadline of 2s" in error["message"]
+
+
+def test_a_gzip_stream_reaches_an_openai_client_decoded(hostile: Hostile) -> None:
+    from openai import OpenAI
+
+    hostile.faulty.queue[:] = ["gzipstream"]
+    client = OpenAI(base_url=hostile.sup.url + "/v1", api_key=hostile.sup.token, max_retries=0)
+    stream = client.chat.completions.create(
+        model="gz", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "Hello, world"
+    asked = hostile.faulty.seen[-1][2]
+    assert asked["Accept-Encoding"] == "identity"  # it asked for a plain stream, and got gzip
+    hostile.faulty.queue[:] = ["gzipstream"]
+    with hostile.sup.client() as c:
+        with c.stream("POST", CHAT, json={**ASK, "model": "gz", "stream": True}) as s:
+            assert "content-encoding" not in s.headers  # none stale: the bytes are decoded
+            raw = b"".join(s.iter_raw())
+    assert raw.startswith(b"data: {") and raw.endswith(b"data: [DONE]\n\n")
+
+
+def test_token_counts_that_are_not_counts_still_log_the_request(hostile: Hostile) -> None:
+    def counted() -> list[dict[str, Any]]:
+        with hostile.sup.client() as c:
+            rows = c.get("/api/usage", params={"since": "0"}).json()
+        return [u for u in rows if u["model"] == "counts"]
+
+    hostile.faulty.queue[:] = ["badusage"]  # prompt_tokens -5, completion_tokens "7"
+    r = _post(hostile.sup, "counts")
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "fine"
+    (row,) = wait_for(counted, 10, "the request's usage row")
+    assert row["requests"] == 1 and row["errors"] == 0
+    assert row["tokens_in"] == 0 and row["tokens_out"] == 0  # unknown, not -5 or "7"
+    with hostile.sup.client() as c:
+        metrics = c.get("/metrics").text.splitlines()
+    assert not [m for m in metrics if m.startswith("smackctl_tokens_total") and "counts" in m]
+
+
+def _closed_on(sup: Supervisor, name: str) -> None:
+    wait_for(lambda: _backend(sup, name)["breaker"]["state"] == "closed", 15, f"{name} closed")

@@ -34,6 +34,7 @@ __all__ = [
     "Profile",
     "ProfileIssue",
     "Routing",
+    "UsageLog",
     "find_profile",
     "list_profile_files",
     "load_profile",
@@ -148,6 +149,12 @@ class ModelSpec(_Strict):
     #: seconds to connect, and for the answer's head or its next chunk
     connect_timeout: float = Field(5.0, gt=0)
     timeout: float = Field(600.0, gt=0)
+    #: seconds one attempt may take in all, head to last byte: a server that drips a byte
+    #: just under ``timeout`` is cut here (504, or an error event once a stream began)
+    deadline: float = Field(1800.0, gt=0)
+    #: the most a whole (not streamed) answer may hold once decoded: a compressed answer
+    #: that inflates to gigabytes is refused here (502)
+    max_answer_size: int = Field(64 * 1024**2, gt=0)
     verify_tls: bool = True
     #: the route probed every ``health_interval`` seconds (relative to ``url``)
     health_path: str = "/models"
@@ -164,10 +171,15 @@ class ModelSpec(_Strict):
     #: false (never, even when the profile caches), unset (as the profile says)
     cache: bool | None = None
 
-    @field_validator("ttl", "hang_timeout", mode="before")
+    @field_validator("ttl", "hang_timeout", "deadline", mode="before")
     @classmethod
     def _ttl(cls, v: Any) -> Any:
         return parse_duration(v) if isinstance(v, str) else v
+
+    @field_validator("max_answer_size", mode="before")
+    @classmethod
+    def _answer_size(cls, v: Any) -> Any:
+        return parse_size(v) if isinstance(v, str) else v
 
     @field_validator("sha256")
     @classmethod
@@ -266,16 +278,31 @@ class CacheSettings(_Strict):
 
     ttl: int = 3600
     max_size: Size = 256 * 1024**2
+    #: the largest answer kept (a longer one is served, not kept): one long stream must
+    #: not push out hundreds of short answers, nor be held in memory whole to be kept
+    max_entry: Size = 8 * 1024**2
 
     @field_validator("ttl", mode="before")
     @classmethod
     def _ttl(cls, v: Any) -> Any:
         return parse_duration(v) if isinstance(v, str) else v
 
-    @field_validator("max_size", mode="before")
+    @field_validator("max_size", "max_entry", mode="before")
     @classmethod
     def _size(cls, v: Any) -> Any:
         return parse_size(v) if isinstance(v, str) else v
+
+
+class UsageLog(_Strict):
+    """The request log in state.db (daemon/store.py): each request's row for ``keep_raw``,
+    then per-day totals for good (what `smackctl usage` reads past that)."""
+
+    keep_raw: int = Field(30 * 86400, ge=86400)
+
+    @field_validator("keep_raw", mode="before")
+    @classmethod
+    def _keep(cls, v: Any) -> Any:
+        return parse_duration(v) if isinstance(v, str) else v
 
 
 Policy = Literal["priority", "round-robin", "least-busy", "latency"]
@@ -314,6 +341,8 @@ class Profile(_Strict):
     plugins: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
     #: the response cache, off unless set here or per model (``cache: true``)
     cache: CacheSettings | None = None
+    #: how long each request's own row is kept (`usage: {keep_raw: 30d}`)
+    usage: UsageLog = UsageLog()
 
     @model_validator(mode="before")
     @classmethod

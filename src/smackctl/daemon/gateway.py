@@ -38,10 +38,9 @@ from starlette.responses import Response, StreamingResponse
 from smackctl.config import ModelSpec, Profile
 from smackctl.errors import NoDeployment, SmackError
 
-from .answers import token_counts
 from .breaker import Breaker, State, backoff
 from .metrics import Metrics
-from .remote import Failed, Remote
+from .remote import Failed, Remote, usage_of
 from .scheduler import Scheduler
 
 __all__ = ["MAX_HOPS", "Deployment", "Gateway"]
@@ -97,6 +96,15 @@ def _estimated_tokens(body: dict[str, Any]) -> int:
         [body.get(k) for k in ("messages", "prompt", "input", "system", "tools", "instructions")]
     )
     return len(text) // 4
+
+
+def final_status(statuses: list[int]) -> int:
+    """The status of a request no deployment answered: 502 when every one tried answered
+    what cannot be passed on (too large, undecodable), 504 when every one ran past its
+    deadline; else 503 (down, refusing, skipped: try again later)."""
+    if statuses and len(set(statuses)) == 1 and statuses[0] in (502, 504):
+        return statuses[0]
+    return 503
 
 
 class Gateway:
@@ -253,6 +261,7 @@ class Gateway:
         self, asked: str, chain: list[str], path: str, body: dict[str, Any], request_id: str
     ) -> Response:
         errors: list[str] = []  # "NAME: why" of each deployment skipped or failed so far
+        statuses: list[int] = []  # of each deployment that failed
         tokens = _estimated_tokens(body)
         for name in chain:
             d = self.deployments[name]
@@ -263,6 +272,7 @@ class Gateway:
                 answer = await self._one(d, path, body, request_id)
             except Failed as exc:
                 errors.append(f"{name}: {exc.why}")
+                statuses.append(exc.status)
                 log.warning("%s: %s failed before its answer began (%s)", request_id, name, exc.why)
                 continue
             if errors:  # another deployment was skipped or failed first
@@ -274,11 +284,13 @@ class Gateway:
                 )
             answer.headers["X-Smackctl-Deployment"] = name
             return answer
-        raise NoDeployment(
+        failed = NoDeployment(
             f"no deployment of {asked} could answer: " + "; ".join(errors),
             "see `smackctl backends` for each deployment's state; none answered, so the "
             "request is safe to send again",
         )
+        failed.status = final_status(statuses)
+        raise failed
 
     def _skip(self, d: Deployment, path: str, tokens: int) -> str | None:
         if d.remote is not None and not path.startswith("/v1/"):
@@ -405,16 +417,16 @@ class Gateway:
         """A remote request in the usage log and the metrics (a local one is the proxy's)."""
         tokens_in = tokens_out = None
         if answer is not None and status < 400:
-            with contextlib.suppress(ValueError, AttributeError, TypeError):
-                tokens_in, tokens_out = token_counts(json.loads(bytes(answer.body)))
+            # counts that are not counts (negative, strings) are unknown: the row is written
+            tokens_in, tokens_out = usage_of(bytes(answer.body))
         status = status or 502  # no answer at all: a bad gateway, as the client sees it
         seconds = self.now() - started
-        if self.metrics is not None:
-            self.metrics.request(d.name, path, status, tokens_in, tokens_out, seconds, None)
         with contextlib.suppress(Exception):  # the usage log must never fail a request
             self.scheduler.store.log_request(
                 d.name, path, status, tokens_in, tokens_out, seconds * 1000, request_id
             )
+        if self.metrics is not None:
+            self.metrics.request(d.name, path, status, tokens_in, tokens_out, seconds, None)
 
     def warnings(self) -> list[str]:
         """A line for each deployment whose breaker is not closed (``smackctl status``)."""

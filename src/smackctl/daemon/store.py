@@ -10,6 +10,12 @@ write never waits long for a lock: the supervisor keeps serving whatever the fil
   error) is kept in memory, in order, and written when the file takes writes again; the
   supervisor's reaper calls ``flush``. ``trouble`` says what is kept and why. Writes a user
   waits for (``models add``, a bench result) fail at once with the reason and the fix.
+- The request log keeps each request's row for ``keep_raw`` (the profile's
+  ``usage.keep_raw``, 30 days), then per-day totals for good (``usage_daily``): older rows are
+  rolled up at open and, from the reaper's ``flush``, each day after UTC midnight, a bounded
+  batch at a time. ``usage`` reads both, so usage over months still adds up.
+- The schema has a version (``PRAGMA user_version``); ``_MIGRATIONS`` take an older file to
+  this one at open, each in one transaction, history kept.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from typing import Any
 
 from smackctl.errors import SmackError
 
+from .usage_log import KEEP_RAW, MIGRATIONS, ROLL_BATCH, next_roll, roll_up, usage
+
 __all__ = ["Store", "StateUnwritable"]
 
 log = logging.getLogger("smackctl.state")
@@ -34,6 +42,10 @@ log = logging.getLogger("smackctl.state")
 PENDING_CAP = 100_000
 #: how long a write on the event loop may wait for another program's lock
 WRITE_WAIT_MS = 100
+#: at open, roll-up steps are taken for at most this long; the reaper takes the rest
+ROLL_AT_OPEN_S = 2.0
+#: a roll-up that could not be made (the file refused writes) is tried again this much later
+ROLL_RETRY_S = 60.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -86,9 +98,12 @@ def _holders(path: Path) -> list[int]:
 
 
 class Store:
-    def __init__(self, path: Path, open_wait: float = 5.0) -> None:
+    def __init__(self, path: Path, open_wait: float = 5.0, keep_raw: float = KEEP_RAW) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        #: seconds a request's own row is kept before it is rolled into per-day totals
+        self.keep_raw = keep_raw
+        self._roll_at = 0.0
         #: what was wrong with the file at open and what was done about it (said aloud)
         self.recovered: str | None = None
         self._pending: deque[tuple[str, tuple[Any, ...]]] = deque()
@@ -106,6 +121,9 @@ class Store:
                 ) from None
             self.recovered = self._set_aside(exc)
             self.db = self._open(open_wait)
+        started = time.monotonic()
+        while self._roll_due() and time.monotonic() - started < ROLL_AT_OPEN_S:
+            pass
 
     def _open(self, wait: float) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=wait)
@@ -113,6 +131,7 @@ class Store:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            self._migrate(db)
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {check}")
@@ -121,6 +140,24 @@ class Store:
             db.close()
             raise
         return db
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            log.warning(
+                "%s has schema %d, newer than this smackctl's %d (a newer smackctl wrote it): "
+                "opened as it is",
+                self.path,
+                version,
+                len(MIGRATIONS),
+            )
+        for n in range(version, len(MIGRATIONS)):
+            # one transaction per step: a step that fails leaves the file as it was (the
+            # connection is closed, which rolls it back)
+            db.executescript(
+                f"BEGIN IMMEDIATE; {MIGRATIONS[n]}; PRAGMA user_version = {n + 1}; COMMIT;"
+            )
+            log.info("%s: schema %d -> %d", self.path, n, n + 1)
 
     def _set_aside(self, exc: sqlite3.Error) -> str:
         aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -183,7 +220,8 @@ class Store:
 
     def flush(self, wait_ms: int = 0) -> bool:
         """Write what was kept, in one transaction; True when nothing is left (the reaper
-        calls this)."""
+        calls this every 2 s: it also takes a roll-up step when one is due)."""
+        self._roll_due()
         if not self._pending:
             return True
         done = 0
@@ -327,16 +365,33 @@ class Store:
         )
 
     def usage(self, since: float) -> list[dict[str, Any]]:
-        """Requests, tokens and errors per model per day (UTC) since a unix time."""
-        rows = self.db.execute(
-            "SELECT date(at, 'unixepoch') AS day, model, COUNT(*), "
-            "COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0), "
-            "SUM(status >= 400), ROUND(AVG(latency_ms), 1) "
-            "FROM requests WHERE at >= ? GROUP BY day, model ORDER BY day, model",
-            (since,),
-        )
-        keys = ("day", "model", "requests", "tokens_in", "tokens_out", "errors", "avg_ms")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+        """Requests, tokens and errors per model per day (UTC) since a unix time: the raw
+        rows since then, and the whole days rolled up from that day on."""
+        return usage(self.db, since)
+
+    def roll_up(self, now: float | None = None, batch: int = ROLL_BATCH) -> int | None:
+        """Roll up to ``batch`` raw rows older than ``keep_raw`` into per-day totals; the
+        rows rolled, or None when the file refuses writes now."""
+        if self._pending:
+            return None  # the reaper's flush writes what is kept first
+        try:
+            return roll_up(self.db, time.time() if now is None else now, self.keep_raw, batch)
+        except sqlite3.DatabaseError as exc:
+            log.info("%s: the request log's roll-up waits (%s)", self.path, exc)
+            return None
+
+    def _roll_due(self) -> bool:
+        """A roll-up step when one is due; True when more rows wait for the next step."""
+        now = time.time()
+        if now < self._roll_at:
+            return False
+        rolled = self.roll_up(now)
+        if rolled is None:
+            self._roll_at = now + ROLL_RETRY_S
+            return False
+        more = rolled == ROLL_BATCH
+        self._roll_at = now if more else next_roll(now)
+        return more
 
     # -- runner crashes (`smackctl doctor` reads them from the file) -----------------------------
 

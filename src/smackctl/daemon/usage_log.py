@@ -1,0 +1,100 @@
+"""The request log's SQL: each request's row (``requests``, in store.py's schema) for
+``keep_raw``, then per-day totals for good (``usage_daily``), and the usage read from both.
+
+Rows are rolled up oldest first, a bounded batch in one transaction, whole UTC days at a time
+(so a roll-up is due once a day); a batch may end inside a day, so the totals are added to,
+and ``usage`` sums a day's rolled-up totals with its raw rows still there.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+__all__ = ["KEEP_RAW", "MIGRATIONS", "ROLL_BATCH", "next_roll", "roll_cutoff", "roll_up", "usage"]
+
+DAY = 86400
+#: raw request rows older than this are rolled into per-day totals (``usage.keep_raw``)
+KEEP_RAW = 30 * DAY
+#: rows rolled up in one step: ~15 ms of the event loop (2 shared cores; 5,000 took ~55 ms)
+ROLL_BATCH = 1000
+
+#: ``MIGRATIONS[n]`` takes a state.db of schema ``n`` (``PRAGMA user_version``) to ``n + 1``;
+#: store.py's ``_SCHEMA`` is schema 0, what every file before them had
+MIGRATIONS = (
+    # 1: per-day totals of the request log, kept for good once the raw rows go
+    """
+    CREATE TABLE IF NOT EXISTS usage_daily (
+        day TEXT NOT NULL, model TEXT NOT NULL, route TEXT NOT NULL,
+        requests INTEGER NOT NULL, errors INTEGER NOT NULL,
+        tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL,
+        latency_ms_sum REAL NOT NULL, latency_n INTEGER NOT NULL,
+        PRIMARY KEY (day, model, route));
+    """,
+)
+
+#: the oldest raw rows before a cutoff, in a stable order (the ``at`` index holds it)
+_PICKED = "SELECT rowid FROM requests WHERE at < ?1 ORDER BY at, rowid LIMIT ?2"
+_ROLL = f"""
+INSERT INTO usage_daily AS d
+SELECT date(at, 'unixepoch'), model, route, COUNT(*), SUM(status >= 400),
+       COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0),
+       COALESCE(SUM(latency_ms), 0), COUNT(latency_ms)
+FROM requests WHERE rowid IN ({_PICKED}) GROUP BY 1, 2, 3
+ON CONFLICT (day, model, route) DO UPDATE SET
+    requests = d.requests + excluded.requests, errors = d.errors + excluded.errors,
+    tokens_in = d.tokens_in + excluded.tokens_in, tokens_out = d.tokens_out + excluded.tokens_out,
+    latency_ms_sum = d.latency_ms_sum + excluded.latency_ms_sum,
+    latency_n = d.latency_n + excluded.latency_n
+"""
+#: per day and model: the raw rows since ``?1`` and the totals of the days rolled up
+_USAGE = """
+SELECT day, model, SUM(n), SUM(t_in), SUM(t_out), SUM(errors),
+       ROUND(SUM(latency) / NULLIF(SUM(latency_n), 0), 1)
+FROM (
+    SELECT date(at, 'unixepoch') AS day, model, COUNT(*) AS n,
+           COALESCE(SUM(tokens_in), 0) AS t_in, COALESCE(SUM(tokens_out), 0) AS t_out,
+           SUM(status >= 400) AS errors, COALESCE(SUM(latency_ms), 0) AS latency,
+           COUNT(latency_ms) AS latency_n
+    FROM requests WHERE at >= ?1 GROUP BY day, model
+    UNION ALL
+    SELECT day, model, SUM(requests), SUM(tokens_in), SUM(tokens_out), SUM(errors),
+           SUM(latency_ms_sum), SUM(latency_n)
+    FROM usage_daily WHERE day >= date(?1, 'unixepoch') GROUP BY day, model
+) GROUP BY day, model ORDER BY day, model
+"""
+
+
+def roll_cutoff(now: float, keep_raw: float) -> float:
+    """Raw rows before this are rolled up: whole UTC days only, so the cutoff moves (and a
+    roll-up is due) once a day."""
+    return (now - keep_raw) // DAY * DAY
+
+
+def next_roll(now: float) -> float:
+    """When the next day's rows pass the cutoff: the next UTC midnight."""
+    return (now // DAY + 1) * DAY
+
+
+def roll_up(db: sqlite3.Connection, now: float, keep_raw: float, batch: int = ROLL_BATCH) -> int:
+    """Roll up to ``batch`` raw rows older than ``keep_raw`` into per-day totals, in one
+    transaction; the rows rolled. Raises what SQLite raised (the transaction rolled back)."""
+    cutoff = roll_cutoff(now, keep_raw)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(_ROLL, (cutoff, batch))
+        rolled: int = db.execute(
+            f"DELETE FROM requests WHERE rowid IN ({_PICKED})", (cutoff, batch)
+        ).rowcount
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return rolled
+
+
+def usage(db: sqlite3.Connection, since: float) -> list[dict[str, Any]]:
+    """Requests, tokens and errors per model per day (UTC) since a unix time."""
+    keys = ("day", "model", "requests", "tokens_in", "tokens_out", "errors", "avg_ms")
+    return [dict(zip(keys, r, strict=True)) for r in db.execute(_USAGE, (since,))]
