@@ -108,6 +108,7 @@ class Registry:
         """The active profile is now ``profile``: add, update and drop entries (a loaded
         model that left the profile stays until it is unloaded)."""
         self.profile, self.profile_path = profile, path
+        self.store.keep_raw = profile.usage.keep_raw  # how long raw request rows are kept
         base = path.parent if path else Path.cwd()
         wanted: dict[str, tuple[ModelSpec, str, Path]] = {
             name: (spec, "profile", base)
