@@ -44,6 +44,9 @@ __all__ = ["create_app", "Guard"]
 log = logging.getLogger("smackctl.api")
 
 MAX_BODY = 16 * 1024 * 1024
+#: seconds a request's whole body may take to arrive (a client that sends a byte now and then
+#: would hold the request, its memory and its connection for good)
+BODY_TIMEOUT = 60.0
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
 
@@ -72,12 +75,18 @@ class Guard:
     preflight, and preflights are refused."""
 
     def __init__(
-        self, app: ASGIApp, token: str | None, extra_hosts: set[str], max_body: int = MAX_BODY
+        self,
+        app: ASGIApp,
+        token: str | None,
+        extra_hosts: set[str],
+        max_body: int = MAX_BODY,
+        body_timeout: float = BODY_TIMEOUT,
     ) -> None:
         self.app = app
         self.token = token.encode() if token else None
         self.hosts = _LOOPBACK_HOSTS | extra_hosts
         self.max_body = max_body
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -127,7 +136,7 @@ class Guard:
                 "body_too_large",
             )(scope, receive, send)
             return
-        await self.app(scope, _capped(receive, self.max_body), send)
+        await self.app(scope, _capped(receive, self.max_body, self.body_timeout), send)
 
     def _cross_site(self, method: str, headers: dict[bytes, bytes], host: str) -> Response | None:
         """The refusal of a request a web page of another origin made a browser send."""
@@ -168,16 +177,34 @@ class BodyTooLarge(Exception):
     pass
 
 
-def _capped(receive: Receive, limit: int) -> Receive:
+class BodyTooSlow(Exception):
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout)
+        self.timeout = timeout
+
+
+def _capped(receive: Receive, limit: int, timeout: float = BODY_TIMEOUT) -> Receive:
     seen = 0
+    deadline: float | None = None
+    done = False
 
     async def wrapped() -> Any:
-        nonlocal seen
-        msg = await receive()
+        nonlocal seen, deadline, done
+        if done:  # the body is in; a stream's wait for the client's disconnect has no limit
+            return await receive()
+        loop = asyncio.get_running_loop()
+        deadline = deadline or loop.time() + timeout
+        try:
+            msg = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            raise BodyTooSlow(timeout) from None
         if msg["type"] == "http.request":
             seen += len(msg.get("body", b""))
             if seen > limit:
                 raise BodyTooLarge()
+            done = not msg.get("more_body", False)
+        else:
+            done = True
         return msg
 
     return wrapped
@@ -214,6 +241,13 @@ def _errors(fn: Handler) -> Handler:
                 f"request body is over the limit of {MAX_BODY} bytes",
                 "invalid_request_error",
                 "body_too_large",
+            )
+        except BodyTooSlow as exc:
+            return _err(
+                408,
+                f"the request's body did not arrive within {exc.timeout:g}s",
+                "invalid_request_error",
+                "body_timeout",
             )
 
     return wrapper
@@ -270,6 +304,7 @@ def create_app(
     token: str | None,
     extra_hosts: set[str] | None = None,
     on_shutdown_request: Callable[[float, bool], None] | None = None,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> ASGIApp:
     from .metrics import Metrics
 
@@ -742,7 +777,7 @@ def create_app(
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: bad_method})
     app.state.proxy = proxy
     app.state.reloader = reloader
-    return Guard(app, token, extra_hosts or set())
+    return Guard(app, token, extra_hosts or set(), body_timeout=body_timeout)
 
 
 def _self_rss() -> int:

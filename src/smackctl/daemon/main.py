@@ -28,6 +28,7 @@ from smackctl.errors import PortInUse, SmackError, UsageError
 from smackctl.paths import Paths, get_paths
 
 from .api import create_app
+from .connections import GuardedHttp, connection_limit, raise_fd_limit
 from .scheduler import Scheduler
 from .store import Store
 
@@ -237,10 +238,20 @@ async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) ->
         asyncio.get_running_loop().create_task(go())
 
     app = create_app(
-        scheduler, token=token, extra_hosts=extra, on_shutdown_request=request_shutdown
+        scheduler,
+        token=token,
+        extra_hosts=extra,
+        on_shutdown_request=request_shutdown,
+        body_timeout=float(os.environ.get("SMACKCTL_BODY_TIMEOUT") or 60.0),
+    )
+    fds = raise_fd_limit()
+    http = GuardedHttp.configure(
+        float(os.environ.get("SMACKCTL_HEAD_TIMEOUT") or 15.0),
+        int(os.environ.get("SMACKCTL_MAX_CONNECTIONS") or connection_limit(fds)),
     )
     config = uvicorn.Config(
         app,
+        http=http,
         log_level="warning",
         access_log=False,
         lifespan="off",
