@@ -1,8 +1,8 @@
 """``python -m benchmarks [NAME…]``: run smackctl's benchmarks and write BENCHMARKS.md.
 
-Names: estimate, switch, overhead, cold_swap, cli, rss, concurrency, backends, soak, gateway,
-plugins, cache, route (all by default). A suite
-not run keeps its section of BENCHMARKS.md as it was. Exit 1 when a figure misses its goal.
+Names: estimate, switch, overhead, cold_swap, cli, rss, concurrency, hundred, backends, soak,
+gateway, plugins, cache, route (all by default). A suite not run keeps its section of
+BENCHMARKS.md as it was. Exit 1 when a figure misses its goal.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from . import (
     concurrency,
     estimate_accuracy,
     gateway,
+    hundred,
     overhead,
     plugins,
     route,
@@ -41,6 +42,7 @@ SUITES = {
     "cli": ("Command-line latency (issue 6)", cli_latency.run),
     "rss": ("Supervisor memory (issue 6)", supervisor_rss.run),
     "concurrency": ("32 concurrent clients over two models (issue 6)", concurrency.run),
+    "hundred": ("A hundred users at once on the shipped settings (issue 26)", hundred.run),
     "backends": ("The llama-server backend against llama-server by hand (issue 17)", backends.run),
     "soak": ("A 10-minute soak with faults (issue 16)", soak.run),
     "gateway": ("In front of a server elsewhere: added latency, fallback (issue 18)", gateway.run),

@@ -346,9 +346,7 @@ def test_a_runner_stopped_mid_stream_is_found_out_and_restarted(
             pid = sup.model("quick")["pid"]
             rest = signal_mid_stream(c, {**CHAT, "max_tokens": 1500}, pid, signal.SIGSTOP)
         err = json.loads(rest[-1][6:])["error"]
-        assert (
-            "the runner for quick hung (no progress for 1s" in err["message"]
-        )
+        assert "the runner for quick hung (no progress for 1s" in err["message"]
         wait_for(lambda: sup.model("quick")["state"] == "ready", 30, "the restart")
         m = sup.model("quick")
         assert m["pid"] != pid and m["crashes"] == 1
