@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -189,32 +190,90 @@ def write_answer(text: str, markdown: bool) -> None:
 
 
 def stream_answer(deltas: Iterator[str], markdown: bool) -> str:
-    """Print text pieces as they arrive; on a terminal re-render them as markdown."""
+    """Print text pieces as they arrive. On a terminal (``markdown``: not piped, not
+    ``--plain``) each word goes out as it completes, wrapped at the terminal's width at word
+    boundaries; the text only ever scrolls, nothing is redrawn (a redraw of a block taller
+    than the screen loses what scrolled off). Code between fences is not wrapped. The whole
+    answer is rendered as Markdown only when it comes at once (``--no-stream``)."""
     parts: list[str] = []
-    if markdown:
-        from rich.live import Live
-        from rich.markdown import Markdown
-
-        with Live(
-            Markdown(""),
-            console=_console(False),
-            refresh_per_second=12,
-            vertical_overflow="visible",
-        ) as live:
-            for piece in deltas:
-                parts.append(piece)
-                live.update(Markdown("".join(parts)))
-        return "".join(parts)
+    wrap = _WordWrap(sys.stdout) if markdown else None
     try:
         for piece in deltas:
             parts.append(piece)
-            sys.stdout.write(piece)
+            if wrap is not None:
+                wrap.write(piece)
+            else:
+                sys.stdout.write(piece)
             sys.stdout.flush()
     finally:
-        if parts and not parts[-1].endswith("\n"):
+        if wrap is not None:
+            wrap.close()
+        elif parts and not parts[-1].endswith("\n"):
             sys.stdout.write("\n")
-            sys.stdout.flush()
+        sys.stdout.flush()
     return "".join(parts)
+
+
+class _WordWrap:
+    """Streamed text to a terminal, wrapped at word boundaries: a word is held until the
+    space or newline after it, then goes on this line if it fits, else on the next. The
+    width is read again at each line, so a resize applies from the next line on."""
+
+    def __init__(self, out: Any) -> None:
+        from rich.cells import cell_len
+
+        self.out, self.cells = out, cell_len
+        self.col = 0
+        self.word = ""
+        self.line = ""  # the current line's text so far, for fences
+        self.fenced = False
+        self.width = self._width()
+
+    def _width(self) -> int:
+        try:
+            return max(10, os.get_terminal_size(self.out.fileno()).columns)
+        except (OSError, ValueError, AttributeError):
+            return 80
+
+    def write(self, text: str) -> None:
+        for ch in text:
+            if self.fenced and ch != "\n":
+                self.line += ch
+                self.out.write(ch)  # code keeps its lines: the terminal wraps them
+                self.col += 1
+            elif ch == "\n":
+                self._word()
+                self.out.write("\n")
+                if self.line.lstrip().startswith(("```", "~~~")):
+                    self.fenced = not self.fenced
+                self.line, self.col, self.width = "", 0, self._width()
+            elif ch == " " or ch == "\t":
+                self._word()
+                self.line += ch
+                if self.col < self.width:
+                    self.out.write(ch)
+                    self.col += 1
+            else:
+                self.word += ch
+                self.line += ch
+                if self.cells(self.word) >= self.width:  # longer than a line: it must break
+                    self._word()
+
+    def _word(self) -> None:
+        if not self.word:
+            return
+        n = self.cells(self.word)
+        if self.col and self.col + n > self.width:
+            self.out.write("\n")
+            self.col = 0
+        self.out.write(self.word)
+        self.col += n
+        self.word = ""
+
+    def close(self) -> None:
+        self._word()
+        if self.col or self.line:
+            self.out.write("\n")
 
 
 def render(renderable: Any) -> None:

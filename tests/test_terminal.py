@@ -1,0 +1,94 @@
+"""`smackctl chat` as a person sees it: a real terminal (tmux), the default (non-plain) path,
+SmolLM2's seeded 150-token answer at 40, 80 and 200 columns and through a resize. Every
+word of the stored answer must be on the screen or in its scrollback, in order, and no line
+of the answer may be longer than the terminal is wide (words are not cut)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Supervisor, launch_on, shutdown, wait_for
+
+QUESTION = "Explain in a long paragraph why the sky is blue."
+
+
+@pytest.fixture(scope="module")
+def smol(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path) -> Iterator[Supervisor]:
+    yaml = (
+        "name: term\nmodels:\n  smollm2:\n"
+        f"    path: {smollm2_file}\n    n_ctx: 2048\n    threads: 2\n"
+        "routing:\n  default_model: smollm2\n"
+    )
+    sup = launch_on(tmp_path_factory.mktemp("term"), "term", yaml)
+    yield sup
+    shutdown(sup)
+
+
+def _tmux(*args: str) -> str:
+    return subprocess.run(["tmux", *args], capture_output=True, text=True, check=True).stdout
+
+
+def _stored_answer(sup: Supervisor) -> str:
+    db = sqlite3.connect(sup.home.state / "chats.db")
+    try:
+        row = db.execute("SELECT messages FROM conversations ORDER BY id DESC LIMIT 1").fetchone()
+    finally:
+        db.close()
+    return str(json.loads(row[0])[-1]["content"])
+
+
+def _in_order(words: list[str], screen: list[str]) -> bool:
+    """``words`` appear in ``screen`` one after the other (other words may come between only
+    before the first and after the last: the answer is printed as one run)."""
+    n = len(words)
+    return any(screen[i : i + n] == words for i in range(len(screen) - n + 1))
+
+
+def _chat_in_terminal(sup: Supervisor, width: int, resize_to: int | None = None) -> list[str]:
+    env = " ".join(
+        f"{k}={shlex.quote(v)}" for k, v in sup.home.env.items() if k.startswith("SMACKCTL")
+    )
+    cmd = (
+        f"env {env} TERM=xterm-256color {sys.executable} -m smackctl chat --seed 7 "
+        f"--temperature 0 --max-tokens 150 {shlex.quote(QUESTION)}; sleep 600"
+    )
+    session = f"smk-term-{width}-{resize_to}"
+    _tmux("new-session", "-d", "-s", session, "-x", str(width), "-y", "20", cmd)
+    try:
+
+        def everything() -> str:
+            return _tmux("capture-pane", "-p", "-J", "-S", "-", "-E", "-", "-t", session)
+
+        if resize_to is not None:
+            wait_for(lambda: len(everything().split()) > 20, 120, "the answer to stream")
+            _tmux("resize-window", "-t", session, "-x", str(resize_to), "-y", "20")
+        wait_for(lambda: "tokens/s" in everything(), 180, "the answer and its stats line")
+        joined = everything()
+        lines = _tmux("capture-pane", "-p", "-S", "-", "-E", "-", "-t", session).splitlines()
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    answer = _stored_answer(sup)
+    assert len(answer.split()) > 40  # a long answer: it takes several screens at 40 columns
+    assert _in_order(answer.split(), joined.split()), (answer, joined)
+    if resize_to is None:  # words wrapped by smackctl, never cut by the terminal
+        assert all(len(line) <= width for line in lines)
+    return lines
+
+
+@pytest.mark.parametrize("width", [40, 80, 200])
+def test_every_word_of_a_streamed_answer_is_on_the_screen(smol: Supervisor, width: int) -> None:
+    lines = _chat_in_terminal(smol, width)
+    if width == 40:
+        assert len(lines) > 20  # longer than the screen: it scrolled, nothing was redrawn
+
+
+def test_resizing_the_terminal_mid_answer_loses_nothing(smol: Supervisor) -> None:
+    _chat_in_terminal(smol, 100, resize_to=40)
