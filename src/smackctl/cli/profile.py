@@ -168,9 +168,10 @@ def _budget_issues(profile: Any, path: Path) -> list[Any]:
     for name, spec in profile.models.items():
         file = profile.resolve_spec_path(spec, path.parent)
         if file is None:
-            from smackctl.catalog import parse_source
+            from smackctl.catalog import parse_source, stored_path
 
-            file = get_paths().models_dir / parse_source(spec.source).filename
+            source = parse_source(spec.source)
+            file = stored_path(source, get_paths().models_dir, spec.sha256)
         if not file.is_file():
             continue
         try:
