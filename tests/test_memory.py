@@ -76,8 +76,12 @@ def test_busy_model_is_never_evicted(home: Home, model_dir: Path) -> None:
         assert ask(sup, "tiny-a").status_code == 200
         assert ask(sup, "tiny-b").status_code == 200
         with held_mid_stream(sup, {**CHAT, "model": "tiny-a", "max_tokens": 1000}) as lines:
-            assert ask(sup, "tiny-c").status_code == 200  # a is least recent but busy: b goes
-            assert "tiny-a" in loaded(sup)
+            # b, used twice after a's stream began, ranks above a (more recent and as
+            # frequent): a is the least recently used, and only its stream keeps it
+            assert ask(sup, "tiny-b").status_code == 200
+            assert ask(sup, "tiny-b").status_code == 200
+            assert ask(sup, "tiny-c").status_code == 200
+            assert loaded(sup) == {"tiny-a", "tiny-c"}
         assert lines[-1] == "data: [DONE]"
         assert "evicting tiny-b to make room for tiny-c" in sup.log()
         assert "evicting tiny-a" not in sup.log()

@@ -7,9 +7,11 @@ plugin puts into the prompt shows in ``prompt_tokens``, a token a byte."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +20,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from starlette.responses import Response
 
 from smackctl.cli.chat import completions
 from smackctl.daemon.plugins import Installed, Plugins, slash_command
+from smackctl.plugins.builtin import ModelsPlugin
 
 from conftest import ROOT, Supervisor, launch_on, shutdown, smackctl
 
@@ -50,13 +54,15 @@ def sup(
     (notes / "big.txt").write_text("x" * 5000)
     (root / "secret.txt").write_text("the password")
     (notes / "link.txt").symlink_to(root / "secret.txt")
+    os.mkfifo(notes / "pipe")  # no writer ever opens it: opening it to read would wait for good
     s = launch_on(
         root,
         "p",
         "name: p\nmodels:\n"
         f"  tiny:\n    path: {model_dir / 'tiny-a.gguf'}\n    n_ctx: 4096\n    threads: 1\n"
-        f"plugins:\n  file:\n    dirs: [{notes}]\n    max_bytes: 4096\n  models:\n"
-        "  shout: {}\n  noop: {}\n  hang: {}\n  boom: {}\n  broken: {}\n",
+        # /proc/self: the supervisor's own, whose files say 0 bytes and hold more
+        f"plugins:\n  file:\n    dirs: [{notes}, /proc/self]\n    max_bytes: 4096\n  models:\n"
+        "  shout: {}\n  noop: {}\n  hang: {}\n  ahang: {}\n  boom: {}\n  broken: {}\n",
         PYTHONPATH=os.pathsep.join([str(plugin_path), os.environ.get("PYTHONPATH", "")]),
     )
     yield s
@@ -125,6 +131,49 @@ def test_file_puts_a_file_into_the_prompt_and_never_one_outside_its_dirs(
     assert "the password" not in _ask(sup, "/file link.txt").text
 
 
+def test_file_refuses_a_fifo_at_once_and_never_holds_it_open(sup: Supervisor) -> None:
+    fifo = sup.home.root.parent / "notes" / "pipe"
+    r = _ask(sup, "/file pipe")
+    assert r.status_code == 400, r.text  # not a 504 at the plugin's timeout
+    assert "pipe is not a regular file" in r.json()["error"]["message"]
+    # nothing holds it open to read (a thread stuck in open() would): a writer finds no reader
+    with pytest.raises(OSError) as exc:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert exc.value.errno == errno.ENXIO
+    assert _prompt_tokens(_ask(sup, "/file todo.txt")) > 0
+
+
+def test_file_refuses_a_file_longer_than_the_cap_whatever_its_size_said(
+    sup: Supervisor,
+) -> None:
+    # a /proc file's stat size is 0 while it reads as kilobytes: what a file that grows
+    # between the size check and the read looks like, with no race to win
+    maps = f"/proc/{sup.pid}/maps"
+    assert os.stat(maps).st_size == 0 and len(Path(maps).read_bytes()) > 4096
+    r = _ask(sup, "/file /proc/self/maps")
+    assert r.status_code == 400, r.text
+    assert "more than the 4,096 bytes" in r.json()["error"]["message"]
+
+
+def test_models_reads_the_status_on_the_event_loop_not_on_its_thread() -> None:
+    seen: list[bool] = []
+
+    def status() -> dict[str, Any]:  # what api.status_of reads: the loop's state
+        seen.append(threading.current_thread() is threading.main_thread())
+        return {"profile": "p", "models": [{"name": "m", "state": "ready", "rss": 2**20}],
+                "memory": {"used_ram": 2**20, "budget_ram": 2**30}}  # fmt: skip
+
+    plugins = Plugins(
+        lambda: {"models": {}},
+        status,
+        installed={"models": Installed("models", "smackctl", "", ModelsPlugin())},
+    )
+    body = {"model": "m", "messages": [{"role": "user", "content": "/models"}]}
+    answer = asyncio.run(plugins.apply(body))  # the loop runs on the main thread
+    assert isinstance(answer, Response) and b"- m: ready, 1 MiB" in answer.body
+    assert seen == [True]
+
+
 def test_the_example_package_rewrites_the_request(sup: Supervisor) -> None:
     plain = _prompt_tokens(_ask(sup, "hello"))
     assert _prompt_tokens(_ask(sup, "/noop hello")) == plain  # the command is not the prompt
@@ -141,6 +190,8 @@ def test_a_plugin_that_hangs_raises_or_cannot_load_is_an_error_naming_it(
     r = _ask(sup, "/hang")
     assert r.status_code == 504 and "plugin hang did not answer within its 0.5 s" in r.text
     assert time.monotonic() - t < 2.5  # cut off at its timeout, not when it woke up
+    r = _ask(sup, "/ahang")  # an async one is cut off at its timeout too
+    assert r.status_code == 504 and "plugin ahang did not answer within its 0.5 s" in r.text
     r = _ask(sup, "/boom")
     assert r.status_code == 500
     assert "plugin boom failed: RuntimeError: on purpose" in r.json()["error"]["message"]

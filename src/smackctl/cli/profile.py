@@ -40,8 +40,8 @@ def _active() -> Path | None:
 
 @app.command("list")
 def list_(json_: JsonOpt = False, profile_dir: DirOpt = None) -> None:
-    """Profiles found in --profile-dir, $SMACKCTL_PROFILE_DIR, ./profiles, the config dir and
-    the shipped ones; the active one is marked."""
+    """Profiles found in --profile-dir, $SMACKCTL_PROFILE_DIR, the config dir and the shipped
+    ones (never ./profiles unless given); the active one is marked."""
     import yaml
 
     from smackctl.paths import list_profile_files
@@ -132,7 +132,10 @@ def validate(
 
     paths = list(files or list_profile_files(profile_dir or []).values())
     if not paths:
-        raise UsageError("no profile to validate", "give a file, or add one to ./profiles")
+        raise UsageError(
+            "no profile to validate",
+            "give a file, or add one to a profile dir that `smackctl config path` lists",
+        )
     bad = 0
     for path in paths:
         profile, issues = validate_profile_file(path)
@@ -165,9 +168,10 @@ def _budget_issues(profile: Any, path: Path) -> list[Any]:
     for name, spec in profile.models.items():
         file = profile.resolve_spec_path(spec, path.parent)
         if file is None:
-            from smackctl.catalog import parse_source
+            from smackctl.catalog import parse_source, stored_path
 
-            file = get_paths().models_dir / parse_source(spec.source).filename
+            source = parse_source(spec.source)
+            file = stored_path(source, get_paths().models_dir, spec.sha256)
         if not file.is_file():
             continue
         try:

@@ -413,7 +413,16 @@ def create_app(
         ``Last-Event-ID`` a reconnecting client sends) and since ``since`` (a unix time),
         then each new one as it happens (``follow=0``: only the kept ones); ``types``: only
         these (comma-separated)."""
-        after = _whole(request, "after", int(request.headers.get("last-event-id") or 0))
+        last = request.headers.get("last-event-id", "").strip()
+        top = QUERY_BOUNDS["after"][1]
+        if last and not (last.isascii() and last.isdigit() and int(last) <= top):
+            # int() of it was a 500: a client's header is input like any other
+            raise UsageError(
+                "header `Last-Event-ID` must be an event id (a whole number), "
+                f"not {json.dumps(last[:40])}",
+                "send the `id:` of the last event received, or no Last-Event-ID header",
+            )
+        after = _whole(request, "after", int(last or 0))
         since = _number(request, "since", 0.0)
         types = {t for t in request.query_params.get("types", "").split(",") if t}
         follow = bool(_whole(request, "follow", 1))
@@ -702,10 +711,25 @@ def create_app(
 
     async def shutdown(request: Request) -> Response:
         body = await _json_body(request)
-        timeout = float(body.get("timeout", 30.0))
-        force = bool(body.get("force", False))
+        timeout, force = body.get("timeout", 30.0), body.get("force", False)
+        # float() of "abc" or a list was a 500, and NaN or -1 reached the drain: refuse them
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 <= timeout <= 86_400  # NaN fails too
+        ):
+            raise UsageError(
+                "`timeout` must be a number of seconds from 0 to 86400, "
+                f"not {json.dumps(timeout)[:40]}",
+                'send e.g. {"timeout": 30}, or `smackctl stop --timeout 30`',
+            )
+        if not isinstance(force, bool):
+            raise UsageError(
+                f"`force` must be true or false, not {json.dumps(force)[:40]}",
+                'send {"force": true} or `smackctl stop --force`',
+            )
         if on_shutdown_request is not None:
-            on_shutdown_request(timeout, force)
+            on_shutdown_request(float(timeout), force)
         return JSONResponse({"stopping": True, "pid": os.getpid()}, status_code=202)
 
     async def logs(request: Request) -> Response:

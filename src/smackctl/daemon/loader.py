@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -192,28 +193,54 @@ class Loader:
         )
 
     async def fetch(self, m: Managed) -> Path:
+        """The model's file, pulled when not on disk yet; one there is checked against the
+        profile's sha256 first (once per file as it is: ``catalog.verified_sha256``)."""
         path = self.model_file(m)
-        if path.is_file() or m.spec.source is None:
+        if m.spec.source is None:
             if not path.is_file():
                 raise ModelLoadError(
                     f"model file for {m.name} not found: {path}",
                     "fix the path in the profile, or `smackctl models add` the right file",
                 )
             return path
-        self.progress(m, "pulling")  # only when the file is not on disk yet
+        if not path.is_file():
+            return await self._pull(m)
+        expected = m.spec.sha256
+        if expected is not None and catalog.hashed_sha256(path) != expected:
+            self.progress(m, "verifying")
+            actual = await asyncio.to_thread(catalog.verified_sha256, path, self._reporter(m))
+            if actual != expected:
+                # not fetched again here: a load should not start a download of gigabytes
+                # unasked, and a file that changed under the store is worth knowing about
+                raise ModelLoadError(
+                    f"the file of {m.name} on disk ({path}) is not the one the profile names: "
+                    f"sha256 {actual}, expected {expected}",
+                    f"fetch it again with `smackctl models pull {m.name}`",
+                )
+        return path
+
+    def _reporter(self, m: Managed) -> catalog.Progress:
+        """A pull's or a hash's progress, reported from its thread to the loop's events."""
         loop = asyncio.get_running_loop()
-        source = catalog.parse_source(m.spec.source)
 
         def report(phase: str, done: int, total: int | None) -> None:
             loop.call_soon_threadsafe(self.progress, m, phase, done, total)
 
-        return await asyncio.to_thread(
-            catalog.pull, source, self.paths.models_dir, m.spec.sha256, report, name=m.name
-        )
+        return report
+
+    async def _pull(self, m: Managed) -> Path:
+        assert m.spec.source is not None
+        self.progress(m, "pulling")
+        source = catalog.parse_source(m.spec.source)
+        pull = functools.partial(catalog.pull, name=m.name)
+        dest = self.paths.models_dir
+        return await asyncio.to_thread(pull, source, dest, m.spec.sha256, self._reporter(m))
 
     async def pull(self, name: str) -> Path:
+        """``smackctl models pull``: fetch the file, or fetch it again when the one on disk
+        fails its sha256 (``catalog.pull`` checks it)."""
         m = self.resolve(name)
-        path = await self.fetch(m)
+        path = await (self.fetch(m) if m.spec.source is None else self._pull(m))
         await asyncio.to_thread(check_magic, path)
         return path
 

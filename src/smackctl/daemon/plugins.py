@@ -12,6 +12,7 @@ plugin is installed but not enabled is a 400 that says how to enable it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import json
 import logging
@@ -151,14 +152,15 @@ class Plugins:
                 f"plugin {name} cannot be loaded: {plugin.error}",
                 f"reinstall {plugin.source}, or remove {name} from the profile's `plugins`",
             )
+        timeout = float(getattr(plugin.obj, "timeout", 5.0))
         ctx = Context(
             model=body.get("model"),
             messages=[dict(m) for m in body["messages"]],
             settings=dict(settings or {}),
-            status=self.status,
+            status=_on_loop(self.status, asyncio.get_running_loop(), timeout),
         )
         ctx.messages[-1]["content"] = args  # the command's own words are not the prompt
-        result = await self._run(name, plugin.obj, args, ctx)
+        result = await self._run(name, plugin.obj, args, ctx, timeout)
         if isinstance(result, Rewrite):
             log.info("plugin %s rewrote the request (%d messages)", name, len(result.messages))
             return {**body, "messages": result.messages}
@@ -170,8 +172,7 @@ class Plugins:
             f"fix the plugin ({plugin.source})",
         )
 
-    async def _run(self, name: str, obj: Any, args: str, ctx: Context) -> Any:
-        timeout = float(getattr(obj, "timeout", 5.0))
+    async def _run(self, name: str, obj: Any, args: str, ctx: Context, timeout: float) -> Any:
         try:
             if inspect.iscoroutinefunction(obj.run):
                 return await asyncio.wait_for(obj.run(args, ctx), timeout)
@@ -191,6 +192,35 @@ class Plugins:
                 f"plugin {name} failed: {type(exc).__name__}: {exc}",
                 "the supervisor log has its traceback; ask whoever maintains the plugin",
             ) from None
+
+
+def _on_loop(
+    read: Callable[[], dict[str, Any]], loop: asyncio.AbstractEventLoop, timeout: float
+) -> Callable[[], dict[str, Any]]:
+    """``read`` as a plain plugin may call it from its worker thread: run on the loop's own
+    thread, which owns the supervisor's state (the status reads the scheduler's models and
+    the gateway's deployments, and the gateway's ``sync()`` changes them: from another thread
+    that is a race with every request)."""
+
+    def call() -> dict[str, Any]:
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:  # an async plugin: already where the state lives
+            return read()
+        answer: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                answer.set_result(read())
+            except BaseException as exc:  # the plugin's thread gets it, as if called there
+                answer.set_exception(exc)
+
+        loop.call_soon_threadsafe(run)
+        return answer.result(timeout)  # bounded: a stopped loop never answers
+
+    return call
 
 
 def _answer(body: dict[str, Any], name: str, text: str) -> Response:

@@ -225,4 +225,5 @@ class Registry:
             p = Path(m.spec.path).expanduser()
             return p if p.is_absolute() else (m.base_dir / p).resolve()
         assert m.spec.source is not None
-        return self.paths.models_dir / catalog.parse_source(m.spec.source).filename
+        source = catalog.parse_source(m.spec.source)
+        return catalog.stored_path(source, self.paths.models_dir, m.spec.sha256)

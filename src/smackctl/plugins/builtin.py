@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -43,26 +44,49 @@ class FilePlugin:
             )
         limit = int(ctx.settings.get("max_bytes", MAX_BYTES))
         try:
-            size = path.stat().st_size
-            if size > limit:
-                raise PluginError(
-                    f"{name} is {size:,} bytes, more than the {limit:,} the plugin puts in a "
-                    "prompt",
-                    "ask about a smaller file, or raise `plugins.file.max_bytes`",
-                )
-            text = path.read_bytes().decode("utf-8")
+            data = _read_capped(path, limit)
         except FileNotFoundError:
             raise PluginError(f"no file {name} under {dirs[0]}") from None
         except IsADirectoryError:
             raise PluginError(f"{name} is a directory, not a file") from None
-        except UnicodeDecodeError:
-            raise PluginError(f"{name} is not UTF-8 text") from None
         except OSError as exc:
             raise PluginError(f"cannot read {name}: {exc.strerror}") from None
+        if data is None:
+            raise PluginError(
+                f"{name} is not a regular file (a pipe, a device or a socket), which the "
+                "plugin does not read: it may never end",
+                "ask about a regular text file",
+            )
+        if len(data) > limit:
+            raise PluginError(
+                f"{name} is more than the {limit:,} bytes the plugin puts in a prompt",
+                "ask about a smaller file, or raise `plugins.file.max_bytes`",
+            )
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PluginError(f"{name} is not UTF-8 text") from None
         prompt = f"The file {name}:\n\n```\n{text}\n```\n\n" + (
             question.strip() or "Summarise this file."
         )
         return Rewrite([*ctx.messages[:-1], {"role": "user", "content": prompt}])
+
+
+def _read_capped(path: Path, limit: int) -> bytes | None:
+    """At most ``limit + 1`` bytes of the regular file at ``path`` (more than ``limit``: the
+    file is too big, whatever its size said a moment before, as a growing file or a /proc
+    file's 0 does), or None when it is not a regular file: opening a FIFO waits for a writer
+    and reading a device may never end, holding the plugin's thread for good."""
+    if not stat.S_ISREG(path.stat().st_mode):
+        if path.is_dir():
+            raise IsADirectoryError(path)
+        return None
+    # O_NONBLOCK: a FIFO put in the file's place since the stat cannot block the open
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return f.read(limit + 1)
 
 
 class ModelsPlugin:
