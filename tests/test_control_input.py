@@ -15,6 +15,9 @@ def test_a_bad_last_event_id_is_a_400_naming_the_header(supervisor: Supervisor) 
             msg = r.json()["error"]["message"]
             assert "header `Last-Event-ID` must be an event id" in msg, msg
             assert "or no Last-Event-ID header" in msg  # the fix
+        for bad in ["²", "abc"]:  # a query number, as every whole-number query parameter
+            r = c.get("/api/events", params={"follow": 0, "after": bad})
+            assert r.status_code == 400 and "`after` must be a whole number" in r.text, r.text
         ok = c.get("/api/events", params={"follow": 0}, headers={"Last-Event-ID": "0"})
         assert ok.status_code == 200 and ok.headers["content-type"].startswith("text/event-stream")
 

@@ -275,7 +275,7 @@ def _whole(request: Request, name: str, default: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.strip().isdigit() or not low <= int(raw) <= high:
+    if not (raw.strip().isascii() and raw.strip().isdigit()) or not low <= int(raw) <= high:
         raise UsageError(
             f"query parameter `{name}` must be a whole number from {low} to {high}, not {raw[:40]}"
         )
