@@ -118,6 +118,7 @@ class Client:
         timeout: float = 30.0,
         *,
         explicit: bool = False,
+        cafile: str | None = None,
     ):
         self.paths = get_paths()
         self.url = (url or default_url(self.paths)).rstrip("/")
@@ -131,6 +132,8 @@ class Client:
         self._headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self._conn: http.client.HTTPConnection | None = None
         self._verified = explicit or bool(os.environ.get("SMACKCTL_URL")) or not procnet.LINUX
+        #: an HTTPS supervisor's own certificate, trusted for its URL (``endpoint-cert``)
+        self._cafile = cafile or (None if explicit else _endpoint_cert(self.paths, self.url))
 
     def _verify(self) -> None:
         """Send nothing secret to a port a local program took while the supervisor was down
@@ -161,8 +164,13 @@ class Client:
         if conn is not None and conn.sock is not None and _readable(conn.sock):
             conn.close()  # an idle connection the supervisor closed (keep-alive timeout)
         if conn is None:
-            cls = http.client.HTTPSConnection if self._tls else http.client.HTTPConnection
-            conn = self._conn = cls(self._netloc, timeout=timeout)
+            if self._tls:
+                conn = http.client.HTTPSConnection(
+                    self._netloc, timeout=timeout, context=_tls_context(self._cafile)
+                )
+            else:
+                conn = http.client.HTTPConnection(self._netloc, timeout=timeout)
+            self._conn = conn
         conn.timeout = timeout
         if conn.sock is not None:
             conn.sock.settimeout(timeout)
@@ -314,10 +322,34 @@ class Client:
             yield chunk
 
 
-def get_health(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
-    """The ``/health`` answer at ``url``, or None when nothing healthy answers there."""
-    with Client(url, timeout=timeout) as c:
+def get_health(url: str, timeout: float = 2.0, cafile: str | None = None) -> dict[str, Any] | None:
+    """The ``/health`` answer at ``url``, or None when nothing healthy answers there;
+    ``cafile``: the certificate an HTTPS supervisor presents."""
+    with Client(url, timeout=timeout, cafile=cafile) as c:
         return c.health(timeout)
+
+
+def _endpoint_cert(paths: Paths, url: str) -> str | None:
+    """The certificate of the running supervisor, when ``url`` is the one it wrote."""
+    try:
+        if paths.endpoint_path.read_text().strip().rstrip("/") != url:
+            return None
+        return paths.endpoint_cert_path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _tls_context(cafile: str | None) -> Any:
+    """A client context: the system's CAs, or one certificate pinned (the supervisor's own,
+    often self-signed and named for a LAN address: its host name is not checked then)."""
+    import ssl
+
+    if cafile is None:
+        return ssl.create_default_context()
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.check_hostname = False
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # a CA-issued one is trusted by itself
+    return ctx
 
 
 def _readable(sock: Any) -> bool:

@@ -343,6 +343,9 @@ class Profile(_Strict):
     cache: CacheSettings | None = None
     #: how long each request's own row is kept (`usage: {keep_raw: 30d}`)
     usage: UsageLog = UsageLog()
+    #: more names clients may reach the supervisor by (the Host header: a reverse proxy's,
+    #: a DNS name of the machine); on a LAN bind its own addresses and names are admitted
+    allowed_hosts: tuple[str, ...] = ()
 
     @model_validator(mode="before")
     @classmethod

@@ -80,6 +80,12 @@ class Paths:
         return self.state_dir / "endpoint"
 
     @property
+    def endpoint_cert_path(self) -> Path:
+        """The certificate a supervisor serving HTTPS presents (its path), written with the
+        endpoint: the CLI trusts it for that URL."""
+        return self.state_dir / "endpoint-cert"
+
+    @property
     def supervisor_log(self) -> Path:
         return self.logs_dir / "supervisor.log"
 

@@ -15,7 +15,14 @@ from pathlib import Path
 from smackctl.errors import PortInUse, SupervisorNotRunning, SupervisorStartError
 from smackctl.paths import Paths, get_paths, pid_status
 
-__all__ = ["Started", "ensure_running", "pid_status", "start_supervisor", "stop_supervisor"]
+__all__ = [
+    "Serving",
+    "Started",
+    "ensure_running",
+    "pid_status",
+    "start_supervisor",
+    "stop_supervisor",
+]
 
 
 @dataclass
@@ -46,10 +53,17 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _health(url: str) -> dict[str, object] | None:
+def _health(url: str, cert: str | None = None) -> dict[str, object] | None:
     from smackctl.client import get_health
 
-    return get_health(url, timeout=1.0)
+    return get_health(url, timeout=1.0, cafile=cert)
+
+
+def _running_cert(paths: Paths) -> str | None:
+    try:
+        return paths.endpoint_cert_path.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _tail(path: Path, n: int = 15) -> str:
@@ -60,13 +74,48 @@ def _tail(path: Path, n: int = 15) -> str:
     return "\n".join(f"  | {line}" for line in lines[-n:])
 
 
+@dataclass
+class Serving:
+    """How the supervisor serves: what ``smackctl start`` was told (flags or variables)."""
+
+    host: str
+    port: int
+    profile: str | None = None
+    no_auth: bool = False
+    json_logs: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
+
+    @property
+    def url(self) -> str:
+        bracket = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls_cert else 'http'}://{bracket}:{self.port}"
+
+    def argv(self, foreground: bool = False) -> list[str]:
+        """The supervisor's command line (``python -m smackctl.daemon …``): the one place
+        it is built. Nothing secret: the token is read from the state dir."""
+        argv = [sys.executable, "-m", "smackctl.daemon", "--host", self.host]
+        argv += ["--port", str(self.port)]
+        if self.profile:
+            argv += ["--profile", self.profile]
+        if foreground:
+            argv.append("--foreground")
+        if self.no_auth:
+            argv.append("--no-auth")
+        if self.json_logs:
+            argv.append("--json-logs")
+        if self.tls_cert and self.tls_key:
+            argv += ["--tls-cert", str(Path(self.tls_cert).resolve())]
+            argv += ["--tls-key", str(Path(self.tls_key).resolve())]
+        for name in self.allowed_hosts:
+            argv += ["--allowed-host", name]
+        return argv
+
+
 def start_supervisor(
-    host: str,
-    port: int,
-    profile: str | None = None,
+    serving: Serving,
     *,
-    no_auth: bool = False,
-    json_logs: bool = False,
     timeout: float = 60.0,
     on_stale: object = None,
     address_given: bool = False,
@@ -74,8 +123,8 @@ def start_supervisor(
     """``address_given``: the host or port was asked for (a flag or its variable), so a
     supervisor already running elsewhere is an error, not the answer."""
     paths = get_paths().ensure()
-    bracket = f"[{host}]" if ":" in host else host
-    url = f"http://{bracket}:{port}"
+    host, port = serving.host, serving.port
+    url = serving.url
     pid, held = pid_status(paths)
     if held:
         try:
@@ -89,7 +138,7 @@ def start_supervisor(
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:  # it may be starting right now
-            h = _health(running_url)
+            h = _health(running_url, _running_cert(paths))
             if h is not None:
                 return Started(running_url, int(h.get("pid") or pid or 0), already=True)  # type: ignore[call-overload]
             time.sleep(0.1)
@@ -102,15 +151,8 @@ def start_supervisor(
         on_stale(stale)
     if not _port_free(host, port):
         raise PortInUse(host, port)
-    argv = [sys.executable, "-m", "smackctl.daemon", "--host", host, "--port", str(port)]
-    if profile:
-        argv += ["--profile", profile]
-    if no_auth:
-        argv.append("--no-auth")
-    if json_logs:
-        argv.append("--json-logs")
     out_path = paths.logs_dir / "supervisor.out"
-    pid = _spawn_detached(argv, out_path)
+    pid = _spawn_detached(serving.argv(), out_path)
     deadline = time.monotonic() + timeout
     while True:
         code = _exit_code(pid)
@@ -122,7 +164,7 @@ def start_supervisor(
                 f"the supervisor exited with code {code} while starting:\n{detail}",
                 f"see {paths.supervisor_log} and {out_path}",
             )
-        h = _health(url)
+        h = _health(url, serving.tls_cert)
         if h is not None and h.get("pid") == pid:
             return Started(url, pid, already=False)
         if time.monotonic() > deadline:
@@ -171,14 +213,14 @@ def _exit_code(pid: int) -> int | None:
 
 def ensure_running(url: str, autostart: bool, profile: str | None = None) -> bool:
     """True if it had to be started. Raises SupervisorNotRunning when autostart is off."""
-    if _health(url) is not None:
+    if _health(url, _running_cert(get_paths())) is not None:
         return False
     if not autostart:
         raise SupervisorNotRunning(url)
     from urllib.parse import urlparse
 
     u = urlparse(url)
-    start_supervisor(u.hostname or "127.0.0.1", u.port or 80, profile)
+    start_supervisor(Serving(u.hostname or "127.0.0.1", u.port or 80, profile))
     return True
 
 

@@ -439,11 +439,23 @@ def config_show(ctx: typer.Context, json_: JsonOpt = False) -> None:
     env = {
         k: v for k, v in os.environ.items() if k.startswith("SMACKCTL_") and k != "SMACKCTL_TOKEN"
     }
-    profile, source = _profile_in_force(ctx, get_paths().db_path)
+    from urllib.parse import urlsplit
+
+    from smackctl.netaddr import display_url
+    from smackctl.paths import pid_status
+
+    paths = get_paths()
+    profile, source = _profile_in_force(ctx, paths.db_path)
+    url = default_url()
+    running = pid_status(paths)[1] and paths.endpoint_path.is_file()
+    where = urlsplit(url)
     data = {
-        "url": default_url(),
-        "host": os.environ.get("SMACKCTL_HOST", DEFAULT_HOST),
-        "port": int(os.environ.get("SMACKCTL_PORT", DEFAULT_PORT)),
+        "url": url,
+        "url_elsewhere": display_url(url),  # a wildcard bind's URL from another machine
+        # a running supervisor's own address, else what the next start takes
+        "host": where.hostname if running else os.environ.get("SMACKCTL_HOST", DEFAULT_HOST),
+        "port": where.port if running else int(os.environ.get("SMACKCTL_PORT", DEFAULT_PORT)),
+        "address_from": "the running supervisor" if running else "the next start",
         "profile": profile,
         "profile_from": source,
         "environment": env,

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from smackctl.errors import ModelNotFound, SupervisorNotRunning
+from smackctl.errors import ModelNotFound, SupervisorNotRunning, UsageError
 from smackctl.paths import DEFAULT_HOST, DEFAULT_PORT
 
 from . import output
@@ -62,29 +62,50 @@ def start(
     json_logs: Annotated[
         bool, typer.Option("--json-logs", help="Write the supervisor log as JSON lines.")
     ] = False,
+    tls_cert: Annotated[
+        str | None,
+        typer.Option(
+            "--tls-cert",
+            envvar="SMACKCTL_TLS_CERT",
+            help="Serve HTTPS with this PEM certificate (with --tls-key).",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        str | None,
+        typer.Option(
+            "--tls-key", envvar="SMACKCTL_TLS_KEY", help="The private key of --tls-cert (PEM)."
+        ),
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="Another Host name clients may use (repeatable; also SMACKCTL_ALLOWED_HOSTS "
+            "and the profile's allowed_hosts).",
+        ),
+    ] = None,
 ) -> None:
     """Start the supervisor in the background and wait until it answers."""
-    from ._lifecycle import start_supervisor
+    from ._lifecycle import Serving, start_supervisor
 
-    profile = profile or globals_of(ctx).profile
+    if bool(tls_cert) != bool(tls_key):
+        raise UsageError(
+            "HTTPS needs both a certificate and its key",
+            "give both `--tls-cert FILE` and `--tls-key FILE`",
+        )
+    serving = Serving(
+        host,
+        port,
+        profile or globals_of(ctx).profile,
+        no_auth=no_auth,
+        json_logs=json_logs,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        allowed_hosts=tuple(allowed_host or ()),
+    )
     if foreground:
-        argv = [
-            sys.executable,
-            "-m",
-            "smackctl.daemon",
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--foreground",
-        ]
-        if profile:
-            argv += ["--profile", profile]
-        if no_auth:
-            argv.append("--no-auth")
-        if json_logs:
-            argv.append("--json-logs")
-        os.execv(sys.executable, argv)
+        argv = serving.argv(foreground=True)
+        os.execv(argv[0], argv)
 
     def stale(pid: int) -> None:
         output.info(f"removed a stale pid file (supervisor pid {pid} is not running)")
@@ -94,15 +115,7 @@ def start(
         for p in ("host", "port")
     )
     with output.spinner("starting the supervisor…"):
-        s = start_supervisor(
-            host,
-            port,
-            profile,
-            no_auth=no_auth,
-            timeout=timeout,
-            on_stale=stale,
-            address_given=given,
-        )
+        s = start_supervisor(serving, timeout=timeout, on_stale=stale, address_given=given)
     if s.already:
         output.info(f"smackctl is already running (pid {s.pid})")
     else:
@@ -339,9 +352,12 @@ def _follow(path: Path) -> None:
 
 
 def env(ctx: typer.Context) -> None:
-    """Print the `export` lines an OpenAI or Anthropic client reads (base URL and key)."""
+    """Print the `export` lines an OpenAI or Anthropic client reads (base URL and key); on a
+    supervisor that serves every address, the URL has this machine's LAN address."""
+    from smackctl.netaddr import display_url
+
     with client(ctx) as c:
-        url, token = c.url, c.token
+        url, token = display_url(c.url), c.token
     print(f"export OPENAI_BASE_URL={url}/v1")
     print(f"export OPENAI_API_KEY={token or 'none'}")
     print(f"export ANTHROPIC_BASE_URL={url}")

@@ -81,12 +81,25 @@ class Guard:
         extra_hosts: set[str],
         max_body: int = MAX_BODY,
         body_timeout: float = BODY_TIMEOUT,
+        profile_hosts: Callable[[], tuple[str, ...]] = tuple,
     ) -> None:
+        """``extra_hosts``: Host names admitted besides loopback ones (a LAN bind's own, the
+        ``--allowed-host`` ones); ``profile_hosts``: the active profile's ``allowed_hosts``."""
         self.app = app
         self.token = token.encode() if token else None
-        self.hosts = _LOOPBACK_HOSTS | extra_hosts
+        self.hosts = _LOOPBACK_HOSTS | {h.lower() for h in extra_hosts}
         self.max_body = max_body
         self.body_timeout = body_timeout
+        self._profile_hosts = profile_hosts
+        self._from_profile: tuple[tuple[str, ...], frozenset[str]] = ((), frozenset())
+
+    def _allowed(self, hostname: str) -> bool:
+        if hostname in self.hosts:
+            return True
+        names = self._profile_hosts()
+        if names is not self._from_profile[0]:  # a new profile: its names, once
+            self._from_profile = (names, frozenset(n.lower() for n in names))
+        return hostname in self._from_profile[1]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -95,11 +108,12 @@ class Guard:
         headers = dict(scope["headers"])
         host = headers.get(b"host", b"").decode("latin-1")
         hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        if hostname.lower() not in self.hosts:
+        if not self._allowed(hostname.lower()):
             resp = _err(
                 403,
-                f"Host {host!r} is not allowed: the supervisor answers loopback "
-                "names only (DNS rebinding guard)",
+                f"Host '{host}' is not a name this supervisor answers to (DNS rebinding "
+                "guard); to allow it: `smackctl start --allowed-host NAME`, "
+                "SMACKCTL_ALLOWED_HOSTS, or `allowed_hosts:` in the profile",
                 "forbidden",
                 "bad_host",
             )
@@ -801,7 +815,13 @@ def create_app(
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: bad_method})
     app.state.proxy = proxy
     app.state.reloader = reloader
-    return Guard(app, token, extra_hosts or set(), body_timeout=body_timeout)
+    return Guard(
+        app,
+        token,
+        extra_hosts or set(),
+        body_timeout=body_timeout,
+        profile_hosts=lambda: scheduler.profile.allowed_hosts,
+    )
 
 
 def _self_rss() -> int:

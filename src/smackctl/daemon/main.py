@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import errno
 import fcntl
-import ipaddress
 import logging
 import logging.handlers
 import os
@@ -25,6 +24,7 @@ from typing import IO
 
 from smackctl.config import DEFAULT_HOST, DEFAULT_PORT, Profile, find_profile, load_profile
 from smackctl.errors import PortInUse, SmackError, UsageError
+from smackctl.netaddr import display_url, is_loopback, own_names
 from smackctl.paths import Paths, get_paths
 
 from .api import create_app
@@ -32,18 +32,9 @@ from .connections import GuardedHttp, connection_limit, raise_fd_limit
 from .scheduler import Scheduler
 from .store import Store
 
-__all__ = ["main", "is_loopback", "read_or_create_token"]
+__all__ = ["main", "read_or_create_token"]
 
 log = logging.getLogger("smackctl.supervisor")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def read_or_create_token(paths: Paths) -> tuple[str, str | None]:
@@ -121,6 +112,37 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.listen(512)
     sock.set_inheritable(False)
     return sock
+
+
+def allowed_hosts(args: argparse.Namespace) -> list[str]:
+    """The Host names admitted besides loopback ones: ``--allowed-host`` and
+    SMACKCTL_ALLOWED_HOSTS (comma-separated)."""
+    env = os.environ.get("SMACKCTL_ALLOWED_HOSTS", "")
+    return [h.strip() for h in [*args.allowed_host, *env.split(",")] if h.strip()]
+
+
+def _check_tls(cert: str | None, key: str | None) -> None:
+    """Both or neither, each a file we can read: a clear error before anything starts."""
+    if bool(cert) != bool(key):
+        raise UsageError(
+            "HTTPS needs both a certificate and its key",
+            "give both `--tls-cert FILE` and `--tls-key FILE`",
+        )
+    for what, path in (("certificate", cert), ("key", key)):
+        if path and not os.access(path, os.R_OK):
+            raise UsageError(
+                f"cannot read the TLS {what} {path}", f"check the path given to --tls-{what[:4]}"
+            )
+    if cert and key:
+        import ssl
+
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+        except (ssl.SSLError, OSError) as exc:
+            raise UsageError(
+                f"the TLS certificate {cert} and key {key} cannot be used: {exc}",
+                "give a PEM certificate and the private key that goes with it",
+            ) from exc
 
 
 class _JsonFormatter(logging.Formatter):
@@ -202,7 +224,17 @@ async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) ->
         token, notice = read_or_create_token(paths)
         if notice:
             scheduler.notices.append(notice)
-    extra = set() if is_loopback(args.host) else {args.host}
+    extra = set(allowed_hosts(args))
+    if not is_loopback(args.host):
+        extra |= own_names(args.host)  # a LAN bind: the names other machines reach it by
+        if not args.tls_cert:
+            notice = (
+                f"serving {args.host}:{args.port} to other machines over plain HTTP: the "
+                "token and every prompt cross the network unencrypted (`smackctl start "
+                "--tls-cert FILE --tls-key FILE` serves HTTPS)"
+            )
+            log.warning("%s", notice)
+            scheduler.notices.append(notice)
     server: uvicorn.Server | None = None
 
     def request_shutdown(timeout: float, force: bool) -> None:
@@ -252,6 +284,8 @@ async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) ->
     config = uvicorn.Config(
         app,
         http=http,
+        ssl_certfile=args.tls_cert,
+        ssl_keyfile=args.tls_key,
         log_level="warning",
         access_log=False,
         lifespan="off",
@@ -261,17 +295,23 @@ async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) ->
     server = uvicorn.Server(config)
     reaper = asyncio.get_running_loop().create_task(scheduler.reaper())
     host = f"[{args.host}]" if ":" in args.host else args.host
-    url = f"http://{host}:{args.port}"
+    url = f"{'https' if args.tls_cert else 'http'}://{host}:{args.port}"
 
     async def announce() -> None:
         while not server.started:
             await asyncio.sleep(0.01)
+        if args.tls_cert:  # the certificate the CLI trusts for this URL
+            paths.endpoint_cert_path.write_text(str(Path(args.tls_cert).resolve()) + "\n")
+        else:
+            paths.endpoint_cert_path.unlink(missing_ok=True)
         paths.endpoint_path.write_text(url + "\n")
         # the remote deployments' clients and health checks now, not on the first request
         # (an httpx client's TLS context takes ~0.3 s to build here)
         app.app.state.proxy.gateway.sync()  # type: ignore[attr-defined]
         app.app.state.reloader.start()  # type: ignore[attr-defined]
-        log.info("supervisor %d ready at %s (profile %s)", os.getpid(), url, profile.name)
+        seen_as = display_url(url)
+        also = f" (from elsewhere: {seen_as})" if seen_as != url else ""
+        log.info("supervisor %d ready at %s%s (profile %s)", os.getpid(), url, also, profile.name)
         await scheduler.restore()
 
     announcer = asyncio.get_running_loop().create_task(announce())
@@ -287,6 +327,7 @@ async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) ->
         store.close()
         with contextlib.suppress(FileNotFoundError):
             paths.endpoint_path.unlink()
+        paths.endpoint_cert_path.unlink(missing_ok=True)
         log.info("supervisor %d stopped", os.getpid())
 
 
@@ -301,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-auth", action="store_true")
     parser.add_argument("--drain-timeout", type=float, default=30.0)
     parser.add_argument("--json-logs", action="store_true")
+    parser.add_argument("--tls-cert", default=os.environ.get("SMACKCTL_TLS_CERT") or None)
+    parser.add_argument("--tls-key", default=os.environ.get("SMACKCTL_TLS_KEY") or None)
+    parser.add_argument("--allowed-host", action="append", default=[])
     args = parser.parse_args(argv)
     # a file-size limit (or a filesystem that answers EFBIG) fails the write, as a full disk
     # does, instead of killing the supervisor; the state store keeps what it could not write
@@ -313,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"refusing to listen on {args.host} without a token",
                 "drop --no-auth, or bind 127.0.0.1",
             )
+        _check_tls(args.tls_cert, args.tls_key)
         lock = _lock(paths)
         sock = _bind(args.host, args.port)
     except SmackError as exc:
