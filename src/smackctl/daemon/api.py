@@ -8,6 +8,7 @@ cannot read answers from the supervisor even if it guesses the port.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -42,6 +43,7 @@ from .translate import MESSAGES, error_for
 __all__ = ["create_app", "Guard"]
 
 log = logging.getLogger("smackctl.api")
+requests_log = logging.getLogger("smackctl.requests")
 
 MAX_BODY = 16 * 1024 * 1024
 #: seconds a request's whole body may take to arrive (a client that sends a byte now and then
@@ -82,6 +84,7 @@ class Guard:
         max_body: int = MAX_BODY,
         body_timeout: float = BODY_TIMEOUT,
         profile_hosts: Callable[[], tuple[str, ...]] = tuple,
+        on_reject: Rejections | None = None,
     ) -> None:
         """``extra_hosts``: Host names admitted besides loopback ones (a LAN bind's own, the
         ``--allowed-host`` ones); ``profile_hosts``: the active profile's ``allowed_hosts``."""
@@ -91,6 +94,7 @@ class Guard:
         self.max_body = max_body
         self.body_timeout = body_timeout
         self._profile_hosts = profile_hosts
+        self._reject = on_reject
         self._from_profile: tuple[tuple[str, ...], frozenset[str]] = ((), frozenset())
 
     def _allowed(self, hostname: str) -> bool:
@@ -106,10 +110,21 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
+        refusal = self._refusal(scope, headers)
+        if refusal is None:
+            await self.app(scope, _capped(receive, self.max_body, self.body_timeout), send)
+            return
+        if self._reject is not None:
+            message = json.loads(bytes(refusal.body))["error"]["message"]
+            self._reject(scope["path"], refusal.status_code, message)
+        await refusal(scope, receive, send)
+
+    def _refusal(self, scope: Scope, headers: dict[bytes, bytes]) -> Response | None:
+        """The answer to a request refused at the door, or None to let it in."""
         host = headers.get(b"host", b"").decode("latin-1")
         hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         if not self._allowed(hostname.lower()):
-            resp = _err(
+            return _err(
                 403,
                 f"Host '{host}' is not a name this supervisor answers to (DNS rebinding "
                 "guard); to allow it: `smackctl start --allowed-host NAME`, "
@@ -117,40 +132,33 @@ class Guard:
                 "forbidden",
                 "bad_host",
             )
-            await resp(scope, receive, send)
-            return
         if scope["method"] == "OPTIONS":  # CORS preflight: never allow a foreign origin
-            await _err(403, "cross-origin requests are not allowed", "forbidden", "cors")(
-                scope, receive, send
-            )
-            return
-        if self.token is None and (refusal := self._cross_site(scope["method"], headers, host)):
-            await refusal(scope, receive, send)
-            return
-        if self.token is not None and scope["path"] != "/health":
+            return _err(403, "cross-origin requests are not allowed", "forbidden", "cors")
+        if self.token is None:
+            if (cross := self._cross_site(scope["method"], headers, host)) is not None:
+                return cross
+        elif scope["path"] != "/health":
             auth = headers.get(b"authorization", b"")
             # Anthropic's clients send the key as `x-api-key`
             given = auth[7:] if auth[:7].lower() == b"bearer " else headers.get(b"x-api-key", b"")
             if not hmac.compare_digest(given, self.token):
-                await _err(
+                return _err(
                     401,
                     "missing or wrong API token: send `Authorization: Bearer TOKEN` (or "
                     "`x-api-key: TOKEN`); `smackctl env` prints it",
                     "authentication_error",
                     "invalid_api_key",
                     {"WWW-Authenticate": "Bearer"},
-                )(scope, receive, send)
-                return
+                )
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
-            await _err(
+            return _err(
                 413,
                 f"request body of {int(length)} bytes is over the limit of {self.max_body} bytes",
                 "invalid_request_error",
                 "body_too_large",
-            )(scope, receive, send)
-            return
-        await self.app(scope, _capped(receive, self.max_body, self.body_timeout), send)
+            )
+        return None
 
     def _cross_site(self, method: str, headers: dict[bytes, bytes], host: str) -> Response | None:
         """The refusal of a request a web page of another origin made a browser send."""
@@ -242,12 +250,59 @@ def _smack_error(exc: SmackError) -> Response:
 
 Handler = Callable[[Request], Awaitable[Response]]
 
+#: the routes whose requests are counted in the usage log (inference), refused ones too
+_COUNTED = ("/v1/", "/infill", "/tokenize")
 
-def _errors(fn: Handler) -> Handler:
+
+class Rejections:
+    """Every refused request in the log, one line: status, route, model, the reason (the
+    error's message: never a body or a secret); an inference route's refusal is also a row
+    of the usage log, so `smackctl usage` counts it as an error."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def __call__(
+        self, route: str, status: int, reason: str, model: str | None = None
+    ) -> None:
+        request_id = new_request_id()
+        reason = " ".join(reason.split())[:300]
+        requests_log.info(
+            "refused id=%s model=%s route=%s status=%d reason=%s",
+            request_id,
+            model or "-",
+            route,
+            status,
+            reason,
+        )
+        if route.startswith(_COUNTED):
+            with contextlib.suppress(Exception):
+                self.store.log_request(model or "-", route, status, None, None, 0.0, request_id)
+
+    def answer(self, request: Request, answer: Response) -> None:
+        reason = ""
+        with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+            reason = json.loads(bytes(answer.body))["error"]["message"]
+        model = getattr(request.state, "model", None) or request.path_params.get("name")
+        self(request.url.path, answer.status_code, reason or "(no reason)", model)
+
+
+def _errors(fn: Handler, reject: Rejections | None = None) -> Handler:
+    """SmackError and body faults as error answers; ``reject``: every refusal not logged on the
+    way (by the proxy) is logged and counted."""
+
     async def wrapper(request: Request) -> Response:
+        answer = await _answer(request)
+        if reject is not None and answer.status_code >= 400 and not request.state.logged:
+            reject.answer(request, answer)
+        return answer
+
+    async def _answer(request: Request) -> Response:
+        request.state.logged = False
         try:
             return await fn(request)
         except SmackError as exc:
+            request.state.logged = getattr(exc, "logged", False)
             return _smack_error(exc)
         except BodyTooLarge:
             return _err(
@@ -345,6 +400,7 @@ def create_app(
         try:
             answer = await openai_shaped(request)
         except SmackError as exc:
+            request.state.logged = getattr(exc, "logged", False)
             answer = _smack_error(exc)
         if answer.status_code < 400 or isinstance(answer, StreamingResponse):
             return answer
@@ -358,6 +414,8 @@ def create_app(
 
     async def openai_shaped(request: Request) -> Response:
         body = await _json_body(request)
+        if isinstance(body.get("model"), str):
+            request.state.model = body["model"][:100]  # named in a refusal's log line
         schema = REQUEST_SCHEMAS[request.url.path]
         try:
             schema.model_validate(body)
@@ -774,43 +832,48 @@ def create_app(
             "method_not_allowed",
         )
 
+    rejections = Rejections(scheduler.store)
+
+    def E(fn: Handler) -> Handler:  # noqa: N802 - a short name for the table below
+        return _errors(fn, rejections)
+
     routes = [
         Route("/health", health, methods=["GET"]),
-        Route("/openapi.json", _errors(openapi_route), methods=["GET"]),
-        Route("/v1/models", _errors(list_models), methods=["GET"]),
-        Route("/v1/chat/completions", _errors(openai), methods=["POST"]),
-        Route("/v1/completions", _errors(openai), methods=["POST"]),
-        Route("/v1/embeddings", _errors(openai), methods=["POST"]),
-        Route("/v1/messages", _errors(openai), methods=["POST"]),
-        Route("/v1/responses", _errors(openai), methods=["POST"]),
-        Route("/v1/messages/count_tokens", _errors(openai), methods=["POST"]),
-        Route("/v1/rerank", _errors(openai), methods=["POST"]),
-        Route("/infill", _errors(openai), methods=["POST"]),
-        Route("/tokenize", _errors(openai), methods=["POST"]),
-        Route("/api/status", _errors(status), methods=["GET"]),
-        Route("/api/models", _errors(models_index), methods=["GET"]),
-        Route("/api/models", _errors(model_add), methods=["POST"]),
-        Route("/api/models/discover", _errors(models_discover), methods=["POST"]),
-        Route("/api/models/{name}", _errors(model_show), methods=["GET"]),
-        Route("/api/models/{name}", _errors(model_remove), methods=["DELETE"]),
-        Route("/api/models/{name}/load", _errors(model_load), methods=["POST"]),
-        Route("/api/models/{name}/pull", _errors(model_pull), methods=["POST"]),
-        Route("/api/models/{name}/bench", _errors(model_bench), methods=["POST"]),
-        Route("/api/bench", _errors(bench_history), methods=["GET"]),
-        Route("/api/models/{name}/unload", _errors(model_unload), methods=["POST"]),
-        Route("/api/profiles", _errors(profiles), methods=["GET"]),
-        Route("/api/profiles/switch", _errors(profile_switch), methods=["POST"]),
-        Route("/api/profiles/reload", _errors(profile_reload), methods=["POST"]),
-        Route("/api/shutdown", _errors(shutdown), methods=["POST"]),
-        Route("/api/usage", _errors(usage), methods=["GET"]),
-        Route("/api/backends", _errors(backends), methods=["GET"]),
-        Route("/api/route", _errors(route), methods=["POST"]),
-        Route("/api/cache", _errors(cache_stats), methods=["GET"]),
-        Route("/api/cache", _errors(cache_clear), methods=["DELETE"]),
-        Route("/api/events", _errors(events_route), methods=["GET"]),
-        Route("/api/plugins", _errors(plugins_route), methods=["GET"]),
-        Route("/metrics", _errors(metrics_route), methods=["GET"]),
-        Route("/api/logs", _errors(logs), methods=["GET"]),
+        Route("/openapi.json", E(openapi_route), methods=["GET"]),
+        Route("/v1/models", E(list_models), methods=["GET"]),
+        Route("/v1/chat/completions", E(openai), methods=["POST"]),
+        Route("/v1/completions", E(openai), methods=["POST"]),
+        Route("/v1/embeddings", E(openai), methods=["POST"]),
+        Route("/v1/messages", E(openai), methods=["POST"]),
+        Route("/v1/responses", E(openai), methods=["POST"]),
+        Route("/v1/messages/count_tokens", E(openai), methods=["POST"]),
+        Route("/v1/rerank", E(openai), methods=["POST"]),
+        Route("/infill", E(openai), methods=["POST"]),
+        Route("/tokenize", E(openai), methods=["POST"]),
+        Route("/api/status", E(status), methods=["GET"]),
+        Route("/api/models", E(models_index), methods=["GET"]),
+        Route("/api/models", E(model_add), methods=["POST"]),
+        Route("/api/models/discover", E(models_discover), methods=["POST"]),
+        Route("/api/models/{name}", E(model_show), methods=["GET"]),
+        Route("/api/models/{name}", E(model_remove), methods=["DELETE"]),
+        Route("/api/models/{name}/load", E(model_load), methods=["POST"]),
+        Route("/api/models/{name}/pull", E(model_pull), methods=["POST"]),
+        Route("/api/models/{name}/bench", E(model_bench), methods=["POST"]),
+        Route("/api/bench", E(bench_history), methods=["GET"]),
+        Route("/api/models/{name}/unload", E(model_unload), methods=["POST"]),
+        Route("/api/profiles", E(profiles), methods=["GET"]),
+        Route("/api/profiles/switch", E(profile_switch), methods=["POST"]),
+        Route("/api/profiles/reload", E(profile_reload), methods=["POST"]),
+        Route("/api/shutdown", E(shutdown), methods=["POST"]),
+        Route("/api/usage", E(usage), methods=["GET"]),
+        Route("/api/backends", E(backends), methods=["GET"]),
+        Route("/api/route", E(route), methods=["POST"]),
+        Route("/api/cache", E(cache_stats), methods=["GET"]),
+        Route("/api/cache", E(cache_clear), methods=["DELETE"]),
+        Route("/api/events", E(events_route), methods=["GET"]),
+        Route("/api/plugins", E(plugins_route), methods=["GET"]),
+        Route("/metrics", E(metrics_route), methods=["GET"]),
+        Route("/api/logs", E(logs), methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: bad_method})
     app.state.proxy = proxy
@@ -821,6 +884,7 @@ def create_app(
         extra_hosts or set(),
         body_timeout=body_timeout,
         profile_hosts=lambda: scheduler.profile.allowed_hosts,
+        on_reject=rejections,
     )
 
 

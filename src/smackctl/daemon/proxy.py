@@ -184,7 +184,8 @@ class Proxy:
                 return await self._translated(m, path, body, request_id, started)
             return await self._forward(m, path, body, request_id, started)
         except SmackError as exc:  # the usage log counts failed requests too
-            self._log(m, path, exc.status, None, None, started, request_id)
+            self._log(m, path, exc.status, None, None, started, request_id, reason=exc.message)
+            exc.logged = True  # type: ignore[attr-defined]  # api.py: not again as a refusal
             raise
 
     async def _translated(
@@ -378,8 +379,11 @@ class Proxy:
         request_id: str,
     ) -> Response:
         tokens_in = tokens_out = None
+        reason = None
         if status >= 400:
             content, status = map_error(m.name, status, content)
+            with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+                reason = json.loads(content)["error"]["message"]
         else:
             with contextlib.suppress(ValueError, AttributeError, TypeError):
                 tokens_in, tokens_out = token_counts(json.loads(content))
@@ -388,7 +392,7 @@ class Proxy:
         # they cost ~0.3 ms that the client need not wait for. An async task, so Starlette
         # runs it on the loop: a sync one would cost a hop to its thread pool per request.
         async def log_after() -> None:
-            self._log(m, path, status, tokens_in, tokens_out, started, request_id)
+            self._log(m, path, status, tokens_in, tokens_out, started, request_id, reason=reason)
 
         return Response(
             content,
@@ -408,10 +412,12 @@ class Proxy:
         started: float,
         request_id: str,
         ttft: float | None = None,
+        reason: str | None = None,
     ) -> None:
+        """``reason``: a failed request's error message, for its log line."""
         seconds = time.perf_counter() - started
         log.info(
-            "request id=%s model=%s route=%s status=%d tokens_in=%s tokens_out=%s ms=%.1f",
+            "request id=%s model=%s route=%s status=%d tokens_in=%s tokens_out=%s ms=%.1f%s",
             request_id,
             m.name,
             path,
@@ -419,6 +425,7 @@ class Proxy:
             tokens_in,
             tokens_out,
             seconds * 1000,
+            f" reason={' '.join(reason.split())[:300]}" if reason else "",
         )
         m.tokens_out += tokens_out or 0
         if self.metrics is not None:
