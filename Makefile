@@ -14,8 +14,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml scripts/build-llama.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	@echo "Installing smackctl. The first install compiles llama.cpp twice, the Python library and"
-	@echo "llama-server (about 10-15 minutes on 2 cores); later installs reuse them and take seconds."
+	@echo "Installing smackctl (llama.cpp is compiled only when no build of it is cached)."
 	bash scripts/build-llama.sh $(VENV)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)

@@ -64,7 +64,8 @@ fetch_source() {
 wheel=$(ls "$out"/llama_cpp_python-*.whl 2>/dev/null | head -1 || true)
 if [ -z "$wheel" ]; then
   fetch_source
-  echo "build-llama.sh: building llama-cpp-python $version (${cmake_args[*]}); minutes on 2 cores"
+  echo "build-llama.sh: building llama-cpp-python $version (${cmake_args[*]}); the first build"\
+       "takes about 10-15 minutes on 2 cores, and is cached"
   # scikit-build-core splits CMAKE_ARGS as a shell would: quote each argument
   CMAKE_ARGS=$(printf '%q ' "${cmake_args[@]}") CMAKE_BUILD_PARALLEL_LEVEL=$jobs \
     "$py" -m pip wheel --quiet --no-deps --no-cache-dir -w "$out.wheel" "$src"

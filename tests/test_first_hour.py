@@ -21,7 +21,10 @@ GREEDY = ["--temperature", "0", "--max-tokens", "4"]
 def test_a_chat_to_a_base_model_is_refused_and_points_to_completions(cli: CliRunner) -> None:
     r = cli.invoke(app, ["chat", "-m", "tiny-base", *GREEDY, "What is the capital of France?"])
     assert r.exit_code == 2, r.output  # an error, never an empty answer and exit 0
-    assert "tiny-base has no chat template in its GGUF file (a base model)" in r.stderr
+    assert (
+        "tiny-base cannot answer chat messages: it has no chat template in its GGUF file"
+        in r.stderr
+    )
     assert "POST /v1/completions" in r.stderr and "chat_format:" in r.stderr
     r = cli.invoke(app, ["chat", "-m", "tiny-base", "--json", *GREEDY, "hi"])
     assert r.exit_code == 2 and r.stdout == ""

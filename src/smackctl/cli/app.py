@@ -19,6 +19,7 @@ from smackctl.errors import SmackError
 from . import models, ops, profile, supervisor
 from ._common import Globals
 from ._group import Group
+from .asking import complete
 from .chat import chat
 
 __all__ = ["app", "command_tree", "main"]
@@ -208,6 +209,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(profile.app, name="profile")
 ops.register(app)
 app.command()(chat)
+app.command()(complete)
 _defer(app)
 
 

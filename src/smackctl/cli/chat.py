@@ -15,6 +15,7 @@ from smackctl.errors import SmackError, UsageError
 
 from . import output
 from ._common import client
+from .asking import check_answer, prepare
 from .completion import complete_model, local_model_names
 
 if TYPE_CHECKING:
@@ -76,6 +77,8 @@ class Session:
     last: Stats = field(default_factory=Stats)
     #: the model that answered last (its name, as the supervisor's answer gives it)
     answered_by: str | None = None
+    #: the local model the chat goes to, as ``asking.prepare`` found it (None: elsewhere)
+    resolved: str | None = None
 
     @property
     def stored_model(self) -> str | None:
@@ -105,13 +108,18 @@ def _reply(c: Client, s: Session, *, stream: bool, render_md: bool) -> str:
         stats.tokens = (resp.get("usage") or {}).get("completion_tokens") or 0
         stats.seconds = time.perf_counter() - started
         s.last = stats
+        check_answer(text, resp["choices"][0].get("finish_reason"), s.answered_by)
         output.write_answer(text, render_md)
         return text
+
+    finish: list[str] = []
 
     def deltas() -> Any:
         for chunk in c.chat_stream(s.request()):
             s.answered_by = chunk.get("model") or s.answered_by
             for choice in chunk.get("choices", []):
+                if choice.get("finish_reason"):
+                    finish.append(choice["finish_reason"])
                 delta = (choice.get("delta") or {}).get("content")
                 if delta:
                     if stats.ttft is None:
@@ -124,6 +132,7 @@ def _reply(c: Client, s: Session, *, stream: bool, render_md: bool) -> str:
     finally:
         stats.seconds = time.perf_counter() - started
         s.last = stats
+    check_answer(text, finish[-1] if finish else None, s.answered_by)
     return text
 
 
@@ -190,15 +199,19 @@ def _command(c: Client, s: Session, line: str) -> bool:
     if cmd == "/help":
         print(HELP)
     elif cmd == "/models":
+        current = s.resolved or s.model
         for m in c.get("/api/models"):
-            print(f"{m['name']}  {m['state']}" + ("  *" if m["name"] == s.model else ""))
+            state = m["state"] if m["on_disk"] or m["state"] != "stopped" else "not pulled"
+            print(f"{m['name']}  {state}" + ("  *" if m["name"] == current else ""))
     elif cmd == "/model":
         if not arg:
-            print(f"model: {s.model or '(profile default)'}")
+            name = s.model or s.answered_by or s.resolved
+            print(f"model: {name}" + ("" if s.model else " (the profile's default)"))
         else:
             c.get(f"/api/models/{arg}")  # unknown → a clear error, the session goes on
+            s.resolved = prepare(c, arg, s.options)  # a base model: said here, too
             s.model = arg
-            print(f"model: {arg}")
+            print(f"model: {s.resolved or arg}")
     elif cmd == "/system":
         s.system = arg or None
         print("system prompt set" if arg else "system prompt cleared")
@@ -378,6 +391,8 @@ def chat(
             text = f"{piped.rstrip()}\n\n{text}" if text else piped
         md = output.is_tty() and not plain
         with client(ctx, timeout=600.0) as c:
+            if text.strip() or interactive or sys.stdin.isatty():
+                s.resolved = prepare(c, s.model, s.options)  # pulled first, with progress
             if text.strip():
                 _one_shot(c, s, text, stream=not no_stream and not json_, json_=json_, md=md)
                 store.save(s.conv_id, s.stored_model, s.messages)

@@ -34,6 +34,8 @@ ARGUMENTS: dict[tuple[str, ...], tuple[str, int | None]] = {
 OPTIONS: dict[tuple[tuple[str, ...], str], str] = {
     (("chat",), "--model"): "model",
     (("chat",), "-m"): "model",
+    (("complete",), "--model"): "model",
+    (("complete",), "-m"): "model",
 }
 
 

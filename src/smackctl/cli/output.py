@@ -107,24 +107,54 @@ def spinner(text: str) -> Iterator[None]:
 
 
 class _Bars:
-    """One bar per task, driven by (key, description, done, total) updates."""
+    """One bar per task, driven by (key, description, done, total) updates. Not on a
+    terminal: a line when the phase changes, and one every few seconds while bytes move
+    (how many, how fast, how long left)."""
+
+    #: seconds between two byte lines when not on a terminal
+    EVERY = 3.0
 
     def __init__(self) -> None:
         self._progress: Any = None
         self._tasks: dict[str, Any] = {}
         self._last: dict[str, str] = {}
+        self._said: dict[str, tuple[float, int]] = {}  # key: (when, bytes) of its last line
+        self._began: dict[str, tuple[float, int]] = {}  # key: (when, bytes) its phase began
 
     def update(self, key: str, description: str, done: int = 0, total: int | None = None) -> None:
         if self._progress is None:
-            if self._last.get(key) != description:  # plain lines when not a terminal
-                sys.stderr.write(f"{key}: {description}\n")
-                self._last[key] = description
+            self._plain(key, description, done, total)
             return
         if key not in self._tasks:
             self._tasks[key] = self._progress.add_task(description, total=total)
         self._progress.update(
             self._tasks[key], description=f"{key}: {description}", completed=done, total=total
         )
+
+    def _plain(self, key: str, description: str, done: int, total: int | None) -> None:
+        import time
+
+        now = time.monotonic()
+        if self._last.get(key) != description:
+            sys.stderr.write(f"{key}: {description}\n")
+            self._last[key] = description
+            self._said[key] = self._began[key] = (now, done)
+            return
+        when, _ = self._said.get(key, (now, done))
+        if not done or now - when < self.EVERY:
+            return
+        self._said[key] = (now, done)
+        sys.stderr.write(f"{key}: {description} {_transfer(done, total, now, self._began[key])}\n")
+
+
+def _transfer(done: int, total: int | None, now: float, began: tuple[float, int]) -> str:
+    """``120.0 MiB of 241.0 MiB, 30.1 MiB/s, 4s left``."""
+    rate = (done - began[1]) / max(1e-6, now - began[0])
+    text = human_bytes(done) + (f" of {human_bytes(total)}" if total else "")
+    text += f", {human_bytes(rate)}/s"
+    if total and rate > 0:
+        text += f", {human_duration(max(0.0, (total - done) / rate))} left"
+    return text
 
 
 @contextlib.contextmanager
@@ -140,6 +170,8 @@ def progress_bars() -> Iterator[_Bars]:
         SpinnerColumn,
         TextColumn,
         TimeElapsedColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
     )
 
     with Progress(
@@ -147,6 +179,8 @@ def progress_bars() -> Iterator[_Bars]:
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
         TimeElapsedColumn(),
         console=_console(True),
         transient=False,

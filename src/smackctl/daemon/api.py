@@ -262,9 +262,7 @@ class Rejections:
     def __init__(self, store: Any) -> None:
         self.store = store
 
-    def __call__(
-        self, route: str, status: int, reason: str, model: str | None = None
-    ) -> None:
+    def __call__(self, route: str, status: int, reason: str, model: str | None = None) -> None:
         request_id = new_request_id()
         reason = " ".join(reason.split())[:300]
         requests_log.info(
@@ -741,6 +739,9 @@ def create_app(
                 "active": scheduler.profile.name,
                 "path": str(scheduler.profile_path) if scheduler.profile_path else None,
                 "switch_phase": scheduler.switch_phase,
+                # what a request that names no model gets, and the sampling it is given
+                "default_model": scheduler.profile.routing.default_model,
+                "defaults": scheduler.profile.defaults.model_dump(exclude_none=True),
             }
         )
 

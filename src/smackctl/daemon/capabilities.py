@@ -20,7 +20,9 @@ POOLING = {0: None, 1: "mean", 2: "cls", 3: "last", 4: "rank"}
 def capabilities(spec: ModelSpec, info: GGUFInfo | None) -> dict[str, Any]:
     """``info`` None: the file is not on disk yet (what the profile says is all we know)."""
     backend = backend_for(spec)
-    template = spec.chat_format is not None or (info is not None and info.has_chat_template)
+    template = spec.chat is not False and (
+        spec.chat_format is not None or (info is not None and info.has_chat_template)
+    )
     pooling = POOLING.get(info.pooling_type or 0) if info is not None else None
     embeds = bool(spec.args.get(backend.embeddings_arg)) or bool(spec.args.get("embeddings"))
     return {

@@ -251,10 +251,17 @@ class Proxy:
             )
         if path not in (CHAT, MESSAGES, RESPONSES, COUNT):
             return
+        if m.spec.chat is False:  # the profile says: a base model (before any pull)
+            raise self._base_model(m, "its profile entry says `chat: false` (a base model)")
         tools = wants_tools(body)
         if not tools and m.spec.chat_format is not None:
             return  # nothing below to check: no tools, and a chat format the user chose
         info = await self.scheduler.loader.gguf_info(m)  # read once per model file
+        if info is None and not self.scheduler.registry.model_file(m).is_file():
+            # not pulled yet: the file decides, so pull (and load) it first; before, a base
+            # model's first chat got an empty answer and a 200
+            await self.scheduler.ensure_ready(m.name)
+            info = await self.scheduler.loader.gguf_info(m)
         if tools and not backend.handles_tools(m.spec, info):
             raise UsageError(
                 f"{m.name} cannot call tools: its chat template does not handle `tools`, "
@@ -265,14 +272,21 @@ class Proxy:
                 f"{m.name} in the profile (ChatML models such as SmolLM2)",
             )
         if m.spec.chat_format is None and info is not None and not info.has_chat_template:
-            raise UsageError(
-                f"{m.name} has no chat template in its GGUF file (a base model), so it "
-                "cannot answer chat messages; it would answer nothing",
-                f"send it a text completion instead (`POST /v1/completions` with a "
-                f"`prompt`), send the chat to a chat model{await self._able('chat', m.name)}, "
-                f"or set `chat_format:` for {m.name} in the profile (for example `chatml`) "
-                "if it was trained for chat",
+            raise self._base_model(
+                m,
+                "it has no chat template in its GGUF file (a base model)",
+                await self._able("chat", m.name),
             )
+
+    @staticmethod
+    def _base_model(m: Managed, why: str, able: str = "") -> UsageError:
+        return UsageError(
+            f"{m.name} cannot answer chat messages: {why}; it would answer nothing",
+            f"send it a text completion instead (`smackctl complete -m {m.name} TEXT`, or "
+            f"`POST /v1/completions` with a `prompt`), send the chat to a chat model{able}, "
+            f"or set `chat_format:` for {m.name} in the profile (for example `chatml`) if it "
+            "was trained for chat",
+        )
 
     async def _able(self, capability: str, besides: str) -> str:
         """ " (these can: a, b)" for the models of the profile that have ``capability`` (their

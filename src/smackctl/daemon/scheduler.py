@@ -85,6 +85,8 @@ class Scheduler:
         self._held: set[str] = set()
         self._hold_released = asyncio.Event()
         self.switch_phase: SwitchPhase | None = None
+        #: held by a profile switch (switch.run_switch): switches take turns, never overlap
+        self.switches = asyncio.Lock()
         #: the CPU cores that requests of CPU-computing runners hold while they run
         self.cores = Cores(_cpu_cores(profile))
         #: models loaded again at start, and why: "loaded" (at the last stop), "pinned", "preload"

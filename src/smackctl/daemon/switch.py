@@ -63,12 +63,14 @@ class SwitchFailed(SmackError):
 
 
 async def run_switch(sched: Scheduler, target: Profile, path: Path) -> SwitchPlan:
-    """Carry out a switch; on failure roll back to the previous profile and raise."""
-    if sched.switch_phase is not None and sched.switch_phase not in _DONE:
-        raise SwitchFailed(
-            f"a switch to another profile is already {sched.switch_phase}",
-            "wait for it: `smackctl status`",
-        )
+    """Carry out a switch; on failure roll back to the previous profile and raise. Switches
+    take turns: one asked while another runs (a hot reload of the file just saved, say)
+    waits for it, then plans from what it left."""
+    async with sched.switches:
+        return await _switch(sched, target, path)
+
+
+async def _switch(sched: Scheduler, target: Profile, path: Path) -> SwitchPlan:
     old_profile, old_path = sched.profile, sched.profile_path
 
     def phase(p: SwitchPhase, **kw: Any) -> None:

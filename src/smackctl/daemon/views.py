@@ -34,6 +34,7 @@ def model_view(m: Managed, path: Path) -> dict[str, Any]:
         "port": r.port if r is not None else None,
         "file": str(path),
         "on_disk": path.is_file(),
+        "chat": m.spec.chat,  # the profile's word (false: a base model), None when silent
         "n_ctx": m.spec.n_ctx,
         "n_gpu_layers": m.spec.n_gpu_layers,
         "parallel": m.spec.parallel,
