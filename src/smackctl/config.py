@@ -7,6 +7,7 @@ errors are reported at once. Unknown keys are rejected (a typo must not be silen
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable
@@ -100,6 +101,27 @@ def parse_duration(value: int | str) -> int:
     if not m:
         raise ValueError(f"not a duration: {value!r} (write e.g. 300, 5m, 1h)")
     return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
+
+
+def parse_keep_alive(value: object) -> float | None:
+    """How long a model stays loaded once idle, as Ollama's clients send ``keep_alive``:
+    seconds (a number or a string), a duration (``5m``, ``1h``), ``-1`` (any negative: never
+    unload, returned as None) or ``0`` (unload once the answer is done). ValueError else."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"not a keep_alive: {json.dumps(value)[:40]} (write e.g. 300, 5m, -1, 0)")
+    text = str(value).strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            seconds = float(parse_duration(text))
+        except ValueError:
+            raise ValueError(
+                f"not a keep_alive: {text[:40]} (write e.g. 300, 5m, -1 to keep it, 0 to unload)"
+            ) from None
+    if seconds != seconds or seconds == float("inf"):
+        raise ValueError(f"not a keep_alive: {text[:40]}")
+    return None if seconds < 0 else seconds
 
 
 Size = Annotated[int, Field(ge=0)]

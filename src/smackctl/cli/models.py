@@ -107,7 +107,7 @@ def ps(ctx: typer.Context, json_: JsonOpt = False) -> None:
                     _gib(m["estimated_ram"]),
                     _gib(m["rss"]),
                     _gib(m["measured_vram"]) if m["measured_vram"] else "-",
-                    "pinned" if m["pinned"] else output.human_duration(m["ttl_left"]),
+                    _ttl_left(m),
                     m["in_flight"],
                     m["queued"],
                 ]
@@ -175,6 +175,21 @@ def _follow_progress(events: Any, name: str) -> dict[str, Any]:
     return last
 
 
+def _ttl_left(m: dict[str, Any]) -> str:
+    """What `models ps` says of a loaded model's idle time left: pinned, kept (a load's or a
+    request's keep_alive of -1), after the answer (0), or how long (marked when set by a load
+    or a request rather than the profile's ttl)."""
+    if m["pinned"]:
+        return "pinned"
+    keep = m.get("keep_alive")
+    if keep is not None and keep < 0:
+        return "kept (keep_alive)"
+    if m["ttl_left"] is None:
+        return "never"
+    left = output.human_duration(m["ttl_left"])
+    return f"{left} (keep_alive)" if keep is not None else left
+
+
 @app.command()
 def load(
     ctx: typer.Context,
@@ -188,6 +203,12 @@ def load(
             "--estimate-only", help="Print what the load would need and evict; change nothing."
         ),
     ] = False,
+    ttl: Annotated[
+        str | None,
+        typer.Option(
+            "--ttl", help="Idle time before this load is unloaded: 300, 10m, -1 (never), 0."
+        ),
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Load a model (pulling it first if needed) and wait until it is ready."""
@@ -221,7 +242,7 @@ def load(
             output.warn(f"loading {name} even if the memory estimate says it will not fit")
         started = time.monotonic()
         last = _follow_progress(
-            c.ndjson("POST", f"/api/models/{name}/load", {"force": force}), name
+            c.ndjson("POST", f"/api/models/{name}/load", {"force": force, "ttl": ttl}), name
         )
     took = time.monotonic() - started
     if json_:
@@ -264,14 +285,29 @@ def add(
     ],
     name: Annotated[str | None, typer.Option("--name", help="Name (default: file stem).")] = None,
     n_ctx: Annotated[int | None, typer.Option("--n-ctx", min=1, help="Context length.")] = None,
+    ttl: Annotated[
+        str | None, typer.Option("--ttl", help="Idle time before it is unloaded: 300, 10m, 0.")
+    ] = None,
+    alias: Annotated[
+        list[str] | None, typer.Option("--alias", help="Another name for it (repeatable).")
+    ] = None,
+    chat_format: Annotated[
+        str | None,
+        typer.Option("--chat-format", help="A chat format instead of the file's template."),
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option("--backend", help="llama-cpp-python or llama-server.")
+    ] = None,
 ) -> None:
-    """Register a local GGUF file as a model."""
+    """Register a local GGUF file as a model (kept by the supervisor, beside the profile's)."""
     from smackctl.config import validate_model_name
 
     model = validate_model_name(name or path.stem.replace(" ", "-"))
+    entry = {"path": str(path), "name": model, "n_ctx": n_ctx, "ttl": ttl,
+             "aliases": alias or None, "chat_format": chat_format, "backend": backend}  # fmt: skip
     with client(ctx) as c:
         try:
-            c.post("/api/models", {"path": str(path), "name": model, "n_ctx": n_ctx})
+            c.post("/api/models", entry)
         except ApiError as exc:
             raise UsageError(exc.message, exc.hint) from exc
     print(model)

@@ -27,6 +27,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from smackctl import __version__
+from smackctl.config import parse_keep_alive
 from smackctl.errors import SmackError, UsageError
 
 from .bench import Bench, BenchParams
@@ -34,6 +35,7 @@ from .capabilities import capabilities
 from .extras import COUNT
 from .plugins import Plugins
 from .proxy import CHAT, Proxy, error_body, new_request_id
+from .registry import NEVER
 from .reload import Reloader
 from .scheduler import Scheduler
 from .schemas import QUERY_BOUNDS, REQUEST_SCHEMAS
@@ -320,6 +322,27 @@ def _errors(fn: Handler, reject: Rejections | None = None) -> Handler:
     return wrapper
 
 
+#: what `models add` may set besides the path (the rest of an entry is the profile's to say)
+_ADDABLE = ("n_ctx", "ttl", "aliases", "chat_format", "backend", "threads", "parallel")
+
+#: ``keep_alive`` not given (None means "keep it loaded")
+KEEP = object()
+
+
+def _keep_alive(value: object, request: Request) -> object:
+    """A request's ``keep_alive`` (Ollama's clients send it in the body) or its header
+    ``X-Smackctl-Keep-Alive``: seconds idle before the model is unloaded (None: never), or
+    ``KEEP`` when neither says."""
+    if value is None:
+        value = request.headers.get("x-smackctl-keep-alive")
+    if value is None:
+        return KEEP
+    try:
+        return parse_keep_alive(value)
+    except ValueError as exc:
+        raise UsageError(str(exc), "send keep_alive as seconds, 5m, -1 or 0") from None
+
+
 def _number(request: Request, name: str, default: float) -> float:
     """A query parameter that must be a number within its QUERY_BOUNDS: else a 400 naming it."""
     low, high = QUERY_BOUNDS[name]
@@ -412,6 +435,7 @@ def create_app(
 
     async def openai_shaped(request: Request) -> Response:
         body = await _json_body(request)
+        keep_alive = _keep_alive(body.pop("keep_alive", None), request)
         if isinstance(body.get("model"), str):
             request.state.model = body["model"][:100]  # named in a refusal's log line
         schema = REQUEST_SCHEMAS[request.url.path]
@@ -435,7 +459,7 @@ def create_app(
                 return applied  # a plugin answered
             body = applied
         no_cache = "no-cache" in request.headers.get("cache-control", "").lower()
-        return await proxy.forward(request.url.path, body, new_request_id(), no_cache)
+        return await proxy.forward(request.url.path, body, new_request_id(), no_cache, keep_alive)
 
     spec: dict[str, Any] = {}
 
@@ -640,8 +664,8 @@ def create_app(
             raise UsageError(
                 "`path` and `name` are required strings", "smackctl models add PATH --name NAME"
             )
-        n_ctx = body.get("n_ctx")
-        m = scheduler.registry.add(name, Path(path), n_ctx if isinstance(n_ctx, int) else None)
+        settings = {k: body[k] for k in _ADDABLE if body.get(k) is not None}
+        m = scheduler.registry.add(name, Path(path), settings)
         return JSONResponse(scheduler.model_view(m), status_code=201)
 
     async def models_discover(request: Request) -> Response:
@@ -684,6 +708,9 @@ def create_app(
         body = await _json_body(request)
         m = scheduler.resolve(name)
         force = bool(body.get("force"))
+        if body.get("ttl") is not None:  # `models load --ttl`: this load's own idle time
+            keep = _keep_alive(body["ttl"], request)
+            m.keep_alive = NEVER if keep is None else float(keep)  # type: ignore[arg-type]
         if body.get("estimate_only"):
             path = scheduler.registry.model_file(m)
             if not path.is_file():

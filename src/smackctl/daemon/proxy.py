@@ -40,6 +40,7 @@ from .capabilities import capabilities
 from .extras import COUNT, for_runner, is_extra
 from .gateway import Gateway
 from .metrics import Metrics
+from .registry import NEVER
 from .route import Router
 from .runner import Runner
 from .scheduler import Managed, Scheduler
@@ -135,14 +136,21 @@ class Proxy:
         self.cached.close()
 
     async def forward(
-        self, path: str, body: dict[str, Any], request_id: str, no_cache: bool = False
+        self,
+        path: str,
+        body: dict[str, Any],
+        request_id: str,
+        no_cache: bool = False,
+        keep_alive: object = None,
     ) -> Response:
+        """``keep_alive``: seconds the model stays loaded once idle after this request (None:
+        kept; api.KEEP or anything else that is no number: as it was)."""
         name = body.get("model") or self.scheduler.profile.routing.default_model
         if name == "auto":
             decision = await self.router.decide(path, body)
             log.info("%s: model auto -> %s (%s)", request_id, decision.model, decision.reason)
             answer = await self.forward(
-                path, {**body, "model": decision.model}, request_id, no_cache
+                path, {**body, "model": decision.model}, request_id, no_cache, keep_alive
             )
             answer.headers["X-Smackctl-Route"] = decision.header()
             return answer
@@ -151,6 +159,8 @@ class Proxy:
             asked = body.get("model") or str(self.scheduler.profile.routing.default_model)
             return await self.gateway.forward(asked, chain, path, body, request_id)
         m = self.scheduler.resolve(body.get("model"))
+        if keep_alive is None or isinstance(keep_alive, float):
+            m.keep_alive = NEVER if keep_alive is None else keep_alive  # the last one wins
         key = None if no_cache else await self.cached.key(m, path, body)
         if key is None:
             return await self.forward_local(m, path, body, request_id)

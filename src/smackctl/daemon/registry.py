@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from smackctl import catalog
 from smackctl.config import ModelSpec, Profile, profiles_defining, validate_model_name
 from smackctl.discover import scan
@@ -21,6 +23,10 @@ from .runner import Runner, RunnerState
 from .store import Store
 
 __all__ = ["Managed", "Registry", "forget_runner"]
+
+
+#: ``Managed.keep_alive`` for a model kept loaded however long it is idle
+NEVER = -1.0
 
 
 @dataclass
@@ -51,6 +57,18 @@ class Managed:
     measured_vram: int | None = None
     measured_at: float = 0.0
     info: GGUFInfo | None = field(default=None, repr=False)
+    #: how long it stays loaded once idle, for this load: a load's ``--ttl``, a request's
+    #: ``keep_alive`` (the last one wins); ``NEVER`` (keep), 0 (after the answer); None:
+    #: the profile's ``ttl``
+    keep_alive: float | None = None
+
+    def idle_limit(self) -> float | None:
+        """Seconds idle before it is unloaded; None: never (pinned, ttl 0, keep_alive -1)."""
+        if self.spec.pinned:
+            return None
+        if self.keep_alive is not None:
+            return None if self.keep_alive == NEVER else self.keep_alive
+        return float(self.spec.ttl) if self.spec.ttl > 0 else None
 
     @property
     def state(self) -> str:
@@ -88,6 +106,7 @@ def forget_runner(m: Managed) -> None:
     m.measured_ram = m.measured_vram = None
     m.measured_at = 0.0
     m.failed = False
+    m.keep_alive = None  # a load's own idle time ends with it
 
 
 class Registry:
@@ -191,7 +210,9 @@ class Registry:
             )
         return self.models[target]
 
-    def add(self, name: str, path: Path, n_ctx: int | None = None) -> Managed:
+    def add(self, name: str, path: Path, settings: dict[str, Any] | None = None) -> Managed:
+        """Register a local file as a model; ``settings``: more of its entry (n_ctx, ttl,
+        aliases, chat_format, backend), checked as a profile's would be."""
         validate_model_name(name)
         path = path.expanduser().resolve()
         try:
@@ -203,10 +224,15 @@ class Registry:
                 f"model {name} is defined by the active profile",
                 "pick another name with `--name`",
             )
-        raw: dict[str, Any] = {"path": str(path)}
-        if n_ctx:
-            raw["n_ctx"] = n_ctx
-        spec = ModelSpec.model_validate(raw)
+        raw: dict[str, Any] = {"path": str(path), **(settings or {})}
+        try:
+            spec = ModelSpec.model_validate(raw)
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            where = ".".join(str(p) for p in e["loc"]) or "the entry"
+            raise UsageError(
+                f"model {name}: {where}: {e['msg']}", "see `smackctl models add --help`"
+            ) from None
         self.store.add_model(name, spec.model_dump(exclude_defaults=True))
         self.rebuild(self.profile, self.profile_path)
         return self.models[name]

@@ -370,16 +370,16 @@ class Scheduler:
         now = time.time() if now is None else now
         out = []
         for m in list(self.models.values()):
+            limit = m.idle_limit()
             if (
                 m.runner is not None
                 and m.runner.state == RunnerState.READY
-                and not m.spec.pinned
-                and m.spec.ttl > 0
+                and limit is not None
                 and m.in_flight == 0
                 and m.runner.slots.queued == 0
-                and now - max(m.last_used, m.runner.ready_at or 0) > m.spec.ttl
+                and now - max(m.last_used, m.runner.ready_at or 0) > limit
             ):
-                log.info("unloading %s: idle for more than %ss", m.name, m.spec.ttl)
+                log.info("unloading %s: idle for more than %gs", m.name, limit)
                 await self.unload(m.name)
                 out.append(m.name)
         return out

@@ -21,8 +21,9 @@ def model_view(m: Managed, path: Path) -> dict[str, Any]:
     ready = r is not None and r.state == RunnerState.READY
     rss = tree_rss(r.pid) if r is not None and r.pid and ready else None
     ttl_left = None
-    if r is not None and ready and m.spec.ttl and not m.spec.pinned:
-        ttl_left = max(0.0, m.spec.ttl - (time.time() - max(m.last_used, r.ready_at or 0)))
+    limit = m.idle_limit()
+    if r is not None and ready and limit is not None:
+        ttl_left = max(0.0, limit - (time.time() - max(m.last_used, r.ready_at or 0)))
     return {
         "name": m.name,
         "aliases": list(m.spec.aliases),
@@ -40,6 +41,7 @@ def model_view(m: Managed, path: Path) -> dict[str, Any]:
         "parallel": m.spec.parallel,
         "pinned": m.spec.pinned,
         "ttl": m.spec.ttl,
+        "keep_alive": m.keep_alive,  # this load's own idle time (-1: kept), None: the ttl
         "ttl_left": ttl_left,
         "rss": rss,
         "estimated_ram": est_ram,
