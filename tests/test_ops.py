@@ -56,8 +56,12 @@ def test_request_log_line_usage_and_logs_since(supervisor: Supervisor) -> None:
     runner = CliRunner()
     r = runner.invoke(app, ["usage", "--json"])
     assert r.exit_code == 0, r.stderr
-    (row,) = json.loads(r.stdout)
-    assert row["model"] == "tiny-a" and row["requests"] == 2 and row["errors"] == 0
+    rows = {r["model"]: r for r in json.loads(r.stdout)}
+    row = rows["tiny-a"]
+    assert row["requests"] == 2 and row["errors"] == 0
+    # the request for an unknown model was refused: counted, as an error, under its name
+    assert rows["nope"]["requests"] == 1 and rows["nope"]["errors"] == 1
+    assert set(rows) == {"tiny-a", "nope"}
     assert row["tokens_out"] >= 5
     r = runner.invoke(app, ["logs", "--since", "10m", "-n", "1000"])
     assert r.exit_code == 0 and f"id={rid}" in r.stdout
