@@ -47,7 +47,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
 def _user() -> str:
     import pwd
 
-    return pwd.getpwuid(os.getuid()).pw_name
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # a container's uid with no passwd entry
+        return os.environ.get("USER") or str(os.getuid())
 
 
 def lingering(user: str, linger_dir: Path = LINGER_DIR) -> bool:
@@ -88,7 +91,10 @@ def _systemctl(system: bool, *args: str) -> subprocess.CompletedProcess[str]:
             ["systemctl", *scope, *args], capture_output=True, text=True, timeout=120
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SmackError(f"`systemctl {' '.join([*scope, *args])}` failed: {exc}") from exc
+        raise SmackError(
+            f"`{_command(system, *args)}` failed: {exc}",
+            "check that systemd's systemctl works here (`systemctl --version`)",
+        ) from exc
 
 
 def _command(system: bool, *args: str) -> str:
@@ -109,7 +115,7 @@ def _state(system: bool, environ: Mapping[str, str]) -> dict[str, Any]:
     if path.is_file():
         lines = path.read_text(errors="replace").splitlines()
         exec_start = next((ln[10:] for ln in lines if ln.startswith("ExecStart=")), None)
-    enabled: bool | None = bool(_wanted_links(directory))
+    enabled = bool(_wanted_links(directory))  # what `systemctl enable` made
     active = None
     if manager:
         on = _systemctl(system, "is-enabled", UNIT).stdout.strip()
