@@ -35,9 +35,12 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-# the REPL test drives a real terminal through tmux (Debian's package)
+# the REPL test drives a real terminal through tmux, the service test checks its unit with
+# systemd-analyze (Debian's packages tmux and systemd)
 test-deps:
-	@command -v tmux >/dev/null || (apt-get update -qq && apt-get install -y -qq tmux)
+	@missing=; command -v tmux >/dev/null || missing="$$missing tmux"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	[ -z "$$missing" ] || (apt-get update -qq && apt-get install -y -qq $$missing)
 
 pytest: install test-deps
 	$(BIN)/python -m pytest

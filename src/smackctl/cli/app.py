@@ -16,7 +16,7 @@ import typer
 from smackctl import __version__
 from smackctl.errors import SmackError
 
-from . import models, ops, profile, supervisor
+from . import models, ops, profile, service, supervisor
 from ._common import Globals
 from ._group import Group
 from .asking import complete
@@ -207,6 +207,7 @@ def root(
 supervisor.register(app)
 app.add_typer(models.app, name="models")
 app.add_typer(profile.app, name="profile")
+app.add_typer(service.app, name="service")
 ops.register(app)
 app.command()(chat)
 app.command()(complete)

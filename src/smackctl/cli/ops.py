@@ -235,6 +235,10 @@ def doctor(ctx: typer.Context, json_: JsonOpt = False) -> None:
         add("warn", "supervisor", f"not running at {url}", "smackctl start")
     except SmackError as exc:
         add("fail", "supervisor", exc.message, "smackctl stop --force; smackctl start")
+    from .service import doctor_checks
+
+    for check in doctor_checks():  # the systemd service and lingering
+        add(*check)
     _check_profiles(add)
     _check_added_models(add, paths.db_path)
     _check_crashes(add, paths.db_path)

@@ -31,6 +31,7 @@ from .api import create_app
 from .connections import GuardedHttp, connection_limit, raise_fd_limit
 from .scheduler import Scheduler
 from .store import Store
+from .systemd import JournalFormatter, Notifier, draining_server, stderr_is_journal
 
 __all__ = ["main", "read_or_create_token"]
 
@@ -171,17 +172,21 @@ def _setup_logging(paths: Paths, foreground: bool, json_logs: bool = False) -> N
             paths.supervisor_log, maxBytes=10 * 1024**2, backupCount=3
         )
     ]
-    if foreground:
-        handlers.append(logging.StreamHandler(sys.stderr))
     fmt: logging.Formatter = (
         _JsonFormatter()
         if json_logs
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    for h in handlers:
+        h.setFormatter(fmt)
+    if foreground:  # the files `smackctl logs` reads, and stderr: a terminal or the journal
+        stderr = logging.StreamHandler(sys.stderr)
+        journal = stderr_is_journal(os.environ)
+        stderr.setFormatter(JournalFormatter(fmt if json_logs else None) if journal else fmt)
+        handlers.append(stderr)
     root = logging.getLogger()
     root.handlers.clear()
     for h in handlers:
-        h.setFormatter(fmt)
         root.addHandler(h)
     root.setLevel(logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request is ours
@@ -210,6 +215,7 @@ def _profile(store: Store, requested: str | None) -> tuple[Profile, Path | None,
 async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) -> None:
     import uvicorn
 
+    systemd = Notifier.from_environ(os.environ)  # before any runner starts: none inherits it
     store = Store(paths.db_path)
     profile, profile_path, notice = _profile(store, args.profile)
     scheduler = Scheduler(paths, store, profile, profile_path)
@@ -239,11 +245,12 @@ async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) ->
 
     def request_shutdown(timeout: float, force: bool) -> None:
         async def go() -> None:
+            running, queued = scheduler.busy()
+            systemd.send("STOPPING=1", f"STATUS=draining: {running} running, {queued} queued")
             if force:
                 scheduler.accepting = False
                 scheduler.stop_grace = 0.5
             else:
-                running, queued = scheduler.busy()
                 drained = await scheduler.drain(timeout)
                 if drained:
                     log.info(
@@ -292,7 +299,7 @@ async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) ->
         timeout_graceful_shutdown=args.drain_timeout,
         timeout_keep_alive=30,
     )
-    server = uvicorn.Server(config)
+    server = draining_server(config, request_shutdown, args.drain_timeout)
     reaper = asyncio.get_running_loop().create_task(scheduler.reaper())
     host = f"[{args.host}]" if ":" in args.host else args.host
     url = f"{'https' if args.tls_cert else 'http'}://{host}:{args.port}"
@@ -312,6 +319,7 @@ async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) ->
         seen_as = display_url(url)
         also = f" (from elsewhere: {seen_as})" if seen_as != url else ""
         log.info("supervisor %d ready at %s%s (profile %s)", os.getpid(), url, also, profile.name)
+        systemd.send("READY=1", f"STATUS=ready at {seen_as} (profile {profile.name})")
         await scheduler.restore()
 
     announcer = asyncio.get_running_loop().create_task(announce())
