@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
 from smackctl.config import Auto, load_profile
-from smackctl.daemon.route import code_signs, decide
+from smackctl.daemon import route
+from smackctl.daemon.route import INSPECTED, Decision, code_signs, decide, file_names, inspected
 
 from conftest import Home, launch, shutdown, smackctl
 
@@ -114,3 +118,53 @@ def test_model_auto_routes_real_requests_and_says_why(home: Home, model_dir: Pat
         assert "model auto -> coder" in sup.log()
     finally:
         shutdown(sup)
+
+
+#: the file-name pattern before issue 26: the reference for the linear ``file_names``
+_OLD_FILE = re.compile(
+    r"\b[\w./-]+\.(?:py|js|ts|tsx|jsx|rs|go|java|kt|c|cc|cpp|h|hpp|cs|rb|php|sh|sql|"
+    r"swift|scala|lua|toml|yaml|yml|ipynb|gradle|dockerfile|makefile)\b",
+    re.I,
+)
+
+
+def test_file_names_finds_what_the_single_pattern_found() -> None:
+    rng = random.Random(26)
+    alphabet = ["a", "Z", "_", "0", ".", "/", "-", " ", ":", "é", ".py", ".rs", ".C", ".pyc"]
+    for _ in range(5000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14)))
+        want = {m.group(0).lower() for m in _OLD_FILE.finditer(text)}
+        assert file_names(text) == want, text
+    dots = "x" + "." * 100_000 + "py and " + "a." * 50_000
+    assert file_names(dots) == {"x" + "." * 100_000 + "py"}
+
+
+def test_routing_reads_a_bounded_part_of_a_long_prompt() -> None:
+    # no pattern lets a line's leading blanks run over newlines (`^\s*` under re.M was
+    # quadratic: 10,000 newlines held the event loop 9.5 s)
+    for pattern in (route._TRACE_LINE, route._CODE_LINE):
+        assert not re.search(r"\^\\s", pattern.pattern), pattern.pattern
+    for filler in ("\n", ".", " ", "\t\n", "a.", "f(x);\n", "    at x.y(Z.java:1)\n"):
+        text = filler * (2**20 // len(filler))
+        seen = inspected(text)
+        assert len(seen) <= 2 * INSPECTED + 1
+        assert seen.startswith(text[:INSPECTED]) and seen.endswith(text[-INSPECTED:])
+        assert code_signs(text) == code_signs(seen)
+    # what sits in the question before or after a long paste still counts; the middle not
+    log = "INFO all good\n" * 2000  # 28,000 characters
+    assert code_signs(log)[0] == 0
+    assert code_signs("Why?\n" + log + 'File "app.py", line 3\nKeyError: x')[0] >= 3
+    assert code_signs("```sh\nmake\n```\n" + log)[0] >= 3
+    assert code_signs(log + "```\nx = 1\n```\n" + log)[0] == 0
+    # but the length rule counts every character: ~7,000 tokens do not fit chat's 100
+    assert _decide(log).model == "big"
+
+
+def test_the_route_header_is_ascii_whatever_the_words() -> None:
+    words = "код (file name данные.py); 100% sure\r\nX-Injected: 1"
+    header = Decision("coder", words).header()
+    assert header.isascii() and "\r" not in header and "\n" not in header
+    assert unquote(header) == f"coder; {words}"
+    assert Decision("chat", "no sign of code").header() == "chat; no sign of code"
+    long = Decision("chat", "é" * 5000).header()
+    assert len(unquote(long)) <= route.HEADER_MAX and long.isascii()

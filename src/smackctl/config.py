@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -483,31 +484,80 @@ class _Located:
     lines: dict[tuple[str | int, ...], int] = field(default_factory=dict)
 
 
+#: the most nodes a profile may expand to, aliases counted each time they are used, and the
+#: deepest it may nest: a real profile has hundreds of nodes and nests 5 deep; YAML aliases
+#: of aliases grow without limit (6 levels of 10: a million nodes, seconds and 100+ MB)
+MAX_NODES = 100_000
+MAX_DEPTH = 64
+
+
+class _Refused(Exception):
+    """A profile's YAML that is refused before it is read as data: an alias bomb, an alias
+    inside itself, nesting past MAX_DEPTH, a key that is not a plain value."""
+
+    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.path, self.message = path, message
+        self.lines: dict[tuple[str | int, ...], int] = {}
+
+
 def _compose(text: str) -> _Located:
-    """YAML → plain data, plus the line of every key path (for error messages)."""
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    """YAML → plain data, plus the line of every key path (for error messages). Raises
+    ``_Refused`` for an alias bomb, a self-reference, a nesting past MAX_DEPTH or a key that
+    is not a plain value; every value is counted as it is walked, so the cost is bounded."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:  # PyYAML's composer recurses: `[[[[…` thousands deep
+        raise _Refused((), f"nests more than {MAX_DEPTH} levels deep") from None
     lines: dict[tuple[str | int, ...], int] = {}
+    loader = yaml.SafeLoader("")  # one constructor for every scalar
+    inside: set[int] = set()  # the nodes being walked now: an alias to one is a cycle
+    count = 0
 
     def walk(n: yaml.Node | None, path: tuple[str | int, ...]) -> Any:
+        nonlocal count
         if n is None:
             return None
+        count += 1
+        if count > MAX_NODES:
+            raise _Refused(
+                path,
+                f"expands to more than {MAX_NODES:,} values (YAML aliases "
+                "used over and over?): write the values out, or use fewer aliases",
+            )
+        if len(path) > MAX_DEPTH:
+            raise _Refused(path, f"nests more than {MAX_DEPTH} levels deep")
         lines.setdefault(path, n.start_mark.line + 1)
-        if isinstance(n, yaml.MappingNode):
+        if not isinstance(n, yaml.MappingNode | yaml.SequenceNode):
+            return loader.construct_object(n, deep=True)
+        if id(n) in inside:
+            raise _Refused(
+                path,
+                "a YAML alias refers to a value that contains it (`&a` … "
+                "`*a` inside itself): remove the alias",
+            )
+        inside.add(id(n))
+        try:
+            if isinstance(n, yaml.SequenceNode):
+                return [walk(v, (*path, i)) for i, v in enumerate(n.value)]
             out: dict[Any, Any] = {}
             for k, v in n.value:
+                if not isinstance(k, yaml.ScalarNode):
+                    raise _Refused(path, "a key must be a plain value, not a list or mapping")
                 key = k.value
                 lines[(*path, key)] = k.start_mark.line + 1
                 out[key] = walk(v, (*path, key))
             return out
-        if isinstance(n, yaml.SequenceNode):
-            return [walk(v, (*path, i)) for i, v in enumerate(n.value)]
-        loader = yaml.SafeLoader("")
-        try:
-            return loader.construct_object(n, deep=True)
         finally:
-            loader.dispose()
+            inside.discard(id(n))
 
-    return _Located(walk(node, ()), lines)
+    try:
+        return _Located(walk(node, ()), lines)
+    except _Refused as exc:
+        exc.lines = lines
+        raise
+    finally:
+        loader.dispose()
 
 
 def _expand_env(data: Any) -> Any:
@@ -527,13 +577,35 @@ def _line_for(loc: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int
     return None
 
 
+#: the largest profile file read: a real one is a few KiB
+MAX_PROFILE_BYTES = 1024 * 1024
+
+
+def _read_text(path: Path) -> str:
+    """The file's text; ValueError (in words) for what is no profile: not a regular file (a
+    FIFO would block the read for good), over MAX_PROFILE_BYTES, not UTF-8."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens without a writer
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file: a profile is a .yaml file")
+        data = f.read(MAX_PROFILE_BYTES + 1)
+    if len(data) > MAX_PROFILE_BYTES:
+        raise ValueError(f"over {MAX_PROFILE_BYTES // 1024} KiB: a profile is a few KiB of YAML")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text (byte {exc.start})") from None
+
+
 def validate_profile_file(path: Path) -> tuple[Profile | None, list[ProfileIssue]]:
     """Parse and validate one profile file; never raises for a bad file."""
     shown = _display(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_text(path)
     except OSError as exc:
         return None, [ProfileIssue(shown, None, "", f"cannot read: {exc.strerror}")]
+    except ValueError as exc:
+        return None, [ProfileIssue(shown, None, "", str(exc))]
     try:
         located = _compose(text)
     except yaml.YAMLError as exc:
@@ -541,9 +613,14 @@ def validate_profile_file(path: Path) -> tuple[Profile | None, list[ProfileIssue
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
         return None, [ProfileIssue(shown, line, "", f"invalid YAML: {problem}")]
+    except _Refused as exc:
+        key = ".".join(str(p) for p in exc.path)
+        return None, [ProfileIssue(shown, _line_for(exc.path, exc.lines), key, exc.message)]
     data = located.data
     if data is None:
-        data = {}
+        # an editor that empties the file before it writes it must not unload every model
+        return None, [ProfileIssue(shown, None, "", "the file is empty: a profile is a mapping "
+                                   "(key: value), at least `models: {}`")]  # fmt: skip
     if not isinstance(data, dict):
         return None, [ProfileIssue(shown, 1, "", "a profile must be a mapping (key: value)")]
     data = _expand_env(data)
@@ -584,17 +661,45 @@ def validate_profile_file(path: Path) -> tuple[Profile | None, list[ProfileIssue
     return (profile if not issues else None), issues
 
 
-def profiles_defining(model: str, skip: str | None = None) -> list[str]:
-    """The profiles (by name) that define ``model``, other than ``skip``: for the hint of an
-    unknown model. Reads every profile file, so only on that error's path."""
-    from smackctl.paths import list_profile_files
+#: a profile file → ((size, mtime), the names it resolves): what profiles_defining read
+_DEFINED: dict[Path, tuple[tuple[int, int], frozenset[str]]] = {}
 
+
+def _names_defined(path: Path, parse: bool) -> frozenset[str] | None:
+    """The model names and aliases the profile at ``path`` resolves; None when it cannot be
+    read, or when ``parse`` is False and it changed since it was last read."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    stamp = (st.st_size, st.st_mtime_ns)
+    known = _DEFINED.get(path)
+    if known is not None and known[0] == stamp:
+        return known[1]
+    if not parse:
+        return None
+    profile, _ = validate_profile_file(path)
+    names: frozenset[str] = frozenset()
+    if profile is not None:
+        names = frozenset(
+            [*profile.models, *profile.routing.aliases]
+            + [a for spec in profile.models.values() for a in spec.aliases]
+        )
+    _DEFINED[path] = (stamp, names)
+    return names
+
+
+def profiles_defining(model: str, skip: str | None = None, *, parse: bool = True) -> list[str]:
+    """The profiles (by name) that define ``model``, other than ``skip``: for the hint of an
+    unknown model. Reads each profile file once per size and mtime; with ``parse=False``
+    none is read (a stat each): what was read before answers (the supervisor asks so on its
+    event loop, and reads the files on a thread)."""
     found = []
     for name, path in list_profile_files().items():
         if name == skip:
             continue
-        profile, _ = validate_profile_file(path)
-        if profile is not None and profile.resolve(model) is not None:
+        names = _names_defined(path, parse)
+        if names is not None and model in names:
             found.append(name)
     return found
 

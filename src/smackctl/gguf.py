@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mmap
 import struct
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -97,48 +98,110 @@ def check_magic(path: Path) -> None:
         )
 
 
+#: GGUF's own bound on a tensor's dimensions (ggml.h GGML_MAX_DIMS), and on an element count
+MAX_DIMS = 4
+_INT64_MAX = 2**63 - 1
+#: arrays of arrays deeper than this are refused (llama.cpp's models have none nested)
+MAX_ARRAY_DEPTH = 4
+#: the fewest bytes a tensor description takes: its name's length, n_dims, type, offset
+_MIN_TENSOR = 8 + 4 + 4 + 8
+#: ... and a metadata entry: its key's length, its type, a one-byte value
+_MIN_KV = 8 + 4 + 1
+
+
+def _min_size(vtype: int) -> int:
+    """The fewest bytes a value of ``vtype`` takes: a scalar its size, a string its length
+    field, an array its type and count."""
+    if vtype in _SCALARS:
+        return _SCALARS[vtype][1]
+    if vtype == _STRING:
+        return 8
+    if vtype == _ARRAY:
+        return 12
+    raise ValueError(f"unknown GGUF value type {vtype}")
+
+
 class _Cursor:
+    """Reads the header, each count and length checked against the bytes left in the file
+    first: a hostile header costs at most a walk of the file, never a loop past its end."""
+
     def __init__(self, buf: Any) -> None:
         self.buf = buf
         self.pos = 0
+        self.end = len(buf)
+
+    def need(self, n: int, what: str) -> None:
+        if n > self.end - self.pos:
+            raise ValueError(
+                f"at byte {self.pos:,}, {what} ({n:,} bytes) runs past the end of the file "
+                f"({self.end - self.pos:,} bytes left)"
+            )
 
     def scalar(self, code: str, size: int) -> Any:
+        self.need(size, "a value")
         value = struct.unpack_from("<" + code, self.buf, self.pos)[0]
         self.pos += size
         return value
 
     def string(self) -> str:
         n = self.scalar("Q", 8)
-        if n > len(self.buf) - self.pos:
-            raise ValueError("string runs past the end of the file")
+        self.need(n, "a string")
         s = bytes(self.buf[self.pos : self.pos + n]).decode("utf-8", errors="replace")
         self.pos += n
         return s
 
     def skip_string(self) -> None:
-        self.pos += 8 + struct.unpack_from("<Q", self.buf, self.pos)[0]
+        n = self.scalar("Q", 8)
+        self.need(n, "a string")
+        self.pos += n
 
-    def value(self, vtype: int, keep_arrays: int = 64) -> Any:
+    def value(self, vtype: int, keep_arrays: int = 64, depth: int = 0) -> Any:
         if vtype in _SCALARS:
             return self.scalar(*_SCALARS[vtype])
         if vtype == _STRING:
             return self.string()
-        if vtype == _ARRAY:
-            etype, count = self.scalar("I", 4), self.scalar("Q", 8)
-            if count <= keep_arrays:
-                return ArrayInfo(count, [self.value(etype) for _ in range(count)])
-            if etype in _SCALARS:
-                self.pos += count * _SCALARS[etype][1]
-            elif etype == _STRING:  # a vocabulary: 262k of them in Gemma 3
-                buf, pos, length = self.buf, self.pos, _U64.unpack_from
-                for _ in range(count):
-                    pos += 8 + length(buf, pos)[0]
-                self.pos = pos
-            else:
-                for _ in range(count):
-                    self.value(etype, 0)
-            return ArrayInfo(count, None)
-        raise ValueError(f"unknown GGUF value type {vtype}")
+        if vtype != _ARRAY:
+            raise ValueError(f"unknown GGUF value type {vtype}")
+        if depth >= MAX_ARRAY_DEPTH:
+            raise ValueError(
+                f"at byte {self.pos:,}, arrays nested more than {MAX_ARRAY_DEPTH} deep"
+            )
+        etype, count = self.scalar("I", 4), self.scalar("Q", 8)
+        self.need(count * _min_size(etype), f"an array of {count:,} values")
+        if count <= keep_arrays:
+            return ArrayInfo(count, [self.value(etype, depth=depth + 1) for _ in range(count)])
+        if etype in _SCALARS:
+            self.pos += count * _SCALARS[etype][1]
+        elif etype == _STRING:  # a vocabulary: 262k of them in Gemma 3
+            buf, pos, end, length = self.buf, self.pos, self.end - 8, _U64.unpack_from
+            for _ in range(count):
+                if pos > end:
+                    self.pos = pos
+                    self.need(8, "a string")
+                pos += 8 + length(buf, pos)[0]
+            self.pos = pos
+            if pos > self.end:
+                raise ValueError("a string of an array runs past the end of the file")
+        else:
+            for _ in range(count):
+                self.value(etype, 0, depth + 1)
+        return ArrayInfo(count, None)
+
+    def tensor_elements(self) -> int:
+        """One tensor description read: its element count (its name, type and offset
+        skipped), within GGUF's bounds."""
+        self.skip_string()
+        n_dims = self.scalar("I", 4)
+        if n_dims > MAX_DIMS:
+            raise ValueError(f"a tensor has {n_dims:,} dimensions; GGUF allows at most {MAX_DIMS}")
+        count = 1
+        for _ in range(n_dims):
+            count *= self.scalar("Q", 8)
+        if count > _INT64_MAX:
+            raise ValueError("a tensor's dimensions multiply past 2^63 - 1 elements")
+        self.need(12, "a tensor's type and offset")
+        self.pos += 4 + 8
+        return count
 
 
 #: fill-in-the-middle tokens (prefix, suffix, middle) by family, as llama.cpp's vocabulary
@@ -183,19 +246,13 @@ def _read(path: Path) -> tuple[dict[str, Any], int, tuple[str, str, str] | None]
             if version == 1:
                 raise ValueError("GGUF version 1 files are not supported")
             n_tensors, n_kv = c.scalar("Q", 8), c.scalar("Q", 8)
+            c.need(n_kv * _MIN_KV, f"{n_kv:,} metadata entries")
             meta: dict[str, Any] = {}
             for _ in range(n_kv):
                 key = c.string()
                 meta[key] = c.value(c.scalar("I", 4))
-            params = 0
-            for _ in range(n_tensors):
-                c.skip_string()
-                n_dims = c.scalar("I", 4)
-                count = 1
-                for _ in range(n_dims):
-                    count *= c.scalar("Q", 8)
-                c.pos += 4 + 8  # type, offset
-                params += count
+            c.need(n_tensors * _MIN_TENSOR, f"{n_tensors:,} tensor descriptions")
+            params = sum(c.tensor_elements() for _ in range(n_tensors))
             return meta, params, _fim_in(mm, c.pos)
     except (ValueError, struct.error, OSError, OverflowError) as exc:
         raise ModelLoadError(
@@ -204,13 +261,56 @@ def _read(path: Path) -> tuple[dict[str, Any], int, tuple[str, str, str] | None]
         ) from exc
 
 
-def read_info(path: Path) -> GGUFInfo:
-    meta, params, fim = _read(path)
-    arch = meta.get("general.architecture")
+#: read_info's memory: (path, size, mtime, inode) → the info, or the error (message, hint)
+_INFOS: dict[tuple[str, int, int, int], GGUFInfo | tuple[str, str | None]] = {}
+_INFOS_MAX = 1024
+_INFOS_LOCK = threading.Lock()
 
-    def a(suffix: str) -> Any:
+
+def read_info(path: Path) -> GGUFInfo:
+    """The file's metadata, read once per path, size, mtime and inode: a file that cannot be
+    read is remembered too, and its error raised again without a read."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ModelLoadError(
+            f"cannot read model file {path}: {exc.strerror}",
+            "check the path and permissions, or pull it again with `smackctl models pull`",
+        ) from exc
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    with _INFOS_LOCK:
+        got = _INFOS.get(key)
+    if got is None:
+        try:
+            got = _info(path, st.st_size)
+        except ModelLoadError as exc:
+            got = (exc.message, exc.hint)
+        with _INFOS_LOCK:
+            if len(_INFOS) >= _INFOS_MAX:
+                del _INFOS[next(iter(_INFOS))]
+            _INFOS[key] = got
+    if isinstance(got, tuple):
+        raise ModelLoadError(*got)
+    return got
+
+
+def _count(v: Any) -> int | None:
+    """A count or size of the metadata: a whole number >= 0, else None (a hostile file's
+    string or float where a count belongs must not reach the estimate's arithmetic)."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+
+
+def _text(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def _info(path: Path, file_size: int) -> GGUFInfo:
+    meta, params, fim = _read(path)
+    arch = _text(meta.get("general.architecture"))
+
+    def a(suffix: str) -> int | None:
         v = meta.get(f"{arch}.{suffix}") if arch else None
-        return v if not isinstance(v, ArrayInfo) else (v.items[0] if v.items else None)
+        return _count(v if not isinstance(v, ArrayInfo) else (v.items[0] if v.items else None))
 
     ft = meta.get("general.file_type")
     quant = FILE_TYPES.get(ft, str(ft)) if isinstance(ft, int) else None
@@ -221,10 +321,10 @@ def read_info(path: Path) -> GGUFInfo:
     tokens = meta.get("tokenizer.ggml.tokens")
     return GGUFInfo(
         path=str(path),
-        file_size=path.stat().st_size,
+        file_size=file_size,
         architecture=arch,
-        name=meta.get("general.name"),
-        parameter_count=meta.get("general.parameter_count") or params or None,
+        name=_text(meta.get("general.name")),
+        parameter_count=_count(meta.get("general.parameter_count")) or params or None,
         quantization=quant,
         context_length=a("context_length"),
         layers=a("block_count"),
@@ -244,7 +344,7 @@ def read_info(path: Path) -> GGUFInfo:
                 {
                     v
                     for k in ("eos", "eot", "eom")
-                    if isinstance(v := meta.get(f"tokenizer.ggml.{k}_token_id"), int)
+                    if (v := _count(meta.get(f"tokenizer.ggml.{k}_token_id"))) is not None
                 }
             )
         ),

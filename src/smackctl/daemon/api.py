@@ -372,12 +372,21 @@ def _whole(request: Request, name: str, default: int) -> int:
     return int(raw)
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+async def _json_body(request: Request, max_depth: int = 100) -> dict[str, Any]:
+    """The body as a JSON object. Nesting past ``max_depth`` is refused here (json.loads
+    raises RecursionError near 1,000 levels; below that, a later step that walks the body,
+    validation or the forwarded copy's json.dumps, could still meet the recursion limit)."""
     raw = await request.body()
     if not raw.strip():
         return {}
+    too_deep = UsageError(
+        f"request body nests too deeply (more than {max_depth} levels of arrays and objects)",
+        "send a flatter JSON object",
+    )
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise too_deep from None
     except ValueError as exc:
         raise UsageError(
             f"request body is not valid JSON: {exc}",
@@ -385,6 +394,13 @@ async def _json_body(request: Request) -> dict[str, Any]:
         ) from exc
     if not isinstance(data, dict):
         raise UsageError("request body must be a JSON object", "wrap the fields in {…}")
+    below: list[tuple[Any, int]] = [(data, 1)]  # containers only, without recursion
+    while below:
+        node, depth = below.pop()
+        if depth > max_depth:
+            raise too_deep
+        values = node.values() if isinstance(node, dict) else node
+        below += [(v, depth + 1) for v in values if isinstance(v, dict | list)]
     return data
 
 

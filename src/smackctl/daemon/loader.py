@@ -257,6 +257,19 @@ class Loader:
                 return None
         return m.info
 
+    def read_headers(self, profile: Profile, path: Path) -> None:
+        """Read the GGUF header of each local model of ``profile`` (the file at ``path``)
+        that is on disk, into ``read_info``'s memory: called on a thread, so that the plan of
+        a switch to it (``estimate`` on the loop, for each model) reads no file there."""
+        for name, spec in profile.models.items():
+            if spec.remote:
+                continue
+            with contextlib.suppress(SmackError):
+                probe = Managed(name=name, spec=spec, origin="profile", base_dir=path.parent)
+                file = self.registry.model_file(probe)
+                if file.is_file():
+                    read_info(file)
+
     def estimate(self, m: Managed, path: Path) -> Estimate:
         """What the planner counts for loading ``m``: the last measurement when there is one."""
         if m.info is None or m.info.path != str(path):

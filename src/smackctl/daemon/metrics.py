@@ -1,13 +1,17 @@
 """Prometheus metrics (prometheus-client), one registry per supervisor.
 
 Counters and histograms are fed by the proxy (requests) and by scheduler events (loads,
-unloads, crashes); gauges (queue depth, memory, state) are read from the scheduler at scrape.
+unloads, crashes); gauges (queue depth, memory, state) are read from the scheduler at scrape;
+the event loop's lag is measured by a task of its own (``LoopLag``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -16,21 +20,87 @@ from prometheus_client.registry import Collector
 
 from .scheduler import Scheduler
 
-__all__ = ["Metrics"]
+__all__ = ["LAG_WARN", "LoopLag", "Metrics"]
 
 _LATENCY = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
+#: a lag of the event loop over this is a warning of `smackctl status`
+LAG_WARN = 0.1
+
+
+class LoopLag:
+    """How late the event loop runs what is due: a task sleeps ``every`` seconds and records
+    how late it woke. ``worst()``: the largest lag of the last ``window`` seconds, a lag going
+    on now included. A stall longer than ``every`` is always seen, within ``every``.
+    ``clock``: a seam for the tests."""
+
+    def __init__(
+        self,
+        every: float = 0.02,
+        window: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.every, self.window, self.clock = every, window, clock
+        self._lags: deque[tuple[float, float]] = deque()  # (when it woke, how late)
+        self._due: float | None = None  # when the sleeping task is due
+        self._task: asyncio.Task[None] | None = None
+
+    def record(self, due: float) -> None:
+        """The task woke now, for a sleep that was ``due`` then."""
+        now = self.clock()
+        self._due = None
+        self._lags.append((now, max(0.0, now - due)))
+        while self._lags[0][0] < now - self.window:
+            self._lags.popleft()
+
+    def worst(self) -> float:
+        now = self.clock()
+        late = [lag for when, lag in self._lags if when >= now - self.window]
+        if self._due is not None:
+            late.append(now - self._due)
+        return max([0.0, *late])
+
+    def warning(self) -> str | None:
+        worst = self.worst()
+        if worst <= LAG_WARN:
+            return None
+        return (
+            f"the supervisor's event loop was held for {worst * 1000:.0f} ms in the last "
+            f"{self.window:.0f} s (over {LAG_WARN * 1000:.0f} ms: every request and /health "
+            "waited); `smackctl logs` shows what ran then"
+        )
+
+    async def run(self) -> None:
+        while True:
+            self._due = self.clock() + self.every
+            await asyncio.sleep(self.every)
+            self.record(self._due)
+
+    def start(self) -> None:
+        """Begin measuring on the running loop (RuntimeError when none runs)."""
+        self._task = asyncio.get_running_loop().create_task(self.run(), name="loop-lag")
+
+
 class _Live(Collector):
-    def __init__(self, scheduler: Scheduler, started: float, breakers: dict[str, str]) -> None:
+    def __init__(
+        self, scheduler: Scheduler, started: float, breakers: dict[str, str], lag: LoopLag
+    ) -> None:
         self.s = scheduler
         self.started = started
         self.breakers = breakers
+        self.lag = lag
 
     def collect(self) -> Iterator[Any]:
         up = GaugeMetricFamily("smackctl_uptime_seconds", "Seconds since the supervisor started")
         up.add_metric([], time.time() - self.started)
         yield up
+        lag = GaugeMetricFamily(
+            "smackctl_event_loop_lag_seconds",
+            f"The largest lag of the supervisor's event loop in the last {self.lag.window:.0f} s",
+        )
+        lag.add_metric([], self.lag.worst())
+        yield lag
         queue = GaugeMetricFamily(
             "smackctl_queue_depth", "Requests waiting for a slot", labels=["model"]
         )
@@ -111,7 +181,11 @@ class Metrics:
         self.cache = Counter("smackctl_cache", "Response cache lookups", ["result"], registry=r)
         #: deployment → its breaker's state, as the events said (absent: closed)
         self.breakers: dict[str, str] = {}
-        r.register(_Live(scheduler, time.time(), self.breakers))
+        self.lag = LoopLag()
+        with contextlib.suppress(RuntimeError):  # no loop: an app built only to list its routes
+            self.lag.start()
+        scheduler.checks.append(self.lag.warning)
+        r.register(_Live(scheduler, time.time(), self.breakers, self.lag))
         scheduler.events.listeners.append(self.on_event)
 
     def on_event(self, ev: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ each a ``Managed`` entry with everything the scheduler tracks about it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from pydantic import ValidationError
 
 from smackctl import catalog
 from smackctl.config import ModelSpec, Profile, profiles_defining, validate_model_name
-from smackctl.discover import scan
+from smackctl.discover import Scan, scan
 from smackctl.errors import ModelLoadError, ModelNotFound, UsageError
 from smackctl.estimate import Estimate
 from smackctl.gguf import GGUFInfo, check_magic
@@ -23,6 +24,8 @@ from .runner import Runner, RunnerState
 from .store import Store
 
 __all__ = ["Managed", "Registry", "forget_runner"]
+
+log = logging.getLogger("smackctl.scheduler")
 
 
 #: ``Managed.keep_alive`` for a model kept loaded however long it is idle
@@ -101,6 +104,11 @@ class Managed:
         return 0, 0
 
 
+def _log_failure(read: asyncio.Future[list[str]]) -> None:
+    if not read.cancelled() and (exc := read.exception()) is not None:
+        log.warning("reading the profiles for the hint of an unknown model failed: %s", exc)
+
+
 def forget_runner(m: Managed) -> None:
     m.runner = None
     m.measured_ram = m.measured_vram = None
@@ -121,22 +129,17 @@ class Registry:
         self.profile_path = path
         #: what the last scan of the profile's models_dir noticed (duplicates, missing parts)
         self.scan_notes: list[str] = []
+        self._reading: asyncio.Future[list[str]] | None = None
         self.rebuild(profile, path)
 
-    def rebuild(self, profile: Profile, path: Path | None) -> None:
+    def rebuild(self, profile: Profile, path: Path | None, found: Scan | None = None) -> None:
         """The active profile is now ``profile``: add, update and drop entries (a loaded
-        model that left the profile stays until it is unloaded)."""
+        model that left the profile stays until it is unloaded). ``found``: the scan of its
+        models_dir made for ``scan_request`` (on a thread); None: scanned here."""
         self.profile, self.profile_path = profile, path
         self.store.keep_raw = profile.usage.keep_raw  # how long raw request rows are kept
-        base = path.parent if path else Path.cwd()
-        wanted: dict[str, tuple[ModelSpec, str, Path]] = {
-            name: (spec, "profile", base)
-            for name, spec in profile.models.items()
-            if not spec.remote  # a server elsewhere: the gateway's, no runner (gateway.py)
-        }
-        for name, raw in self.store.added_models().items():
-            wanted.setdefault(name, (ModelSpec.model_validate(raw), "added", Path("/")))
-        for name, spec in self.discovered(profile, path, set(wanted)).items():
+        wanted = self._wanted(profile, path)
+        for name, spec in self.discovered(profile, path, set(wanted), found).items():
             wanted[name] = (spec, "discovered", Path("/"))
         for name in list(self.models):
             if name not in wanted and not self.models[name].loaded:
@@ -148,14 +151,46 @@ class Registry:
             else:
                 m.spec, m.origin, m.base_dir = spec, origin, b
 
+    def _wanted(
+        self, profile: Profile, path: Path | None
+    ) -> dict[str, tuple[ModelSpec, str, Path]]:
+        """The models of the profile and those added with `models add`, by name."""
+        base = path.parent if path else Path.cwd()
+        wanted: dict[str, tuple[ModelSpec, str, Path]] = {
+            name: (spec, "profile", base)
+            for name, spec in profile.models.items()
+            if not spec.remote  # a server elsewhere: the gateway's, no runner (gateway.py)
+        }
+        for name, raw in self.store.added_models().items():
+            wanted.setdefault(name, (ModelSpec.model_validate(raw), "added", Path("/")))
+        return wanted
+
     def models_dir(self, profile: Profile, path: Path | None) -> Path | None:
         if profile.models_dir is None:
             return None
         d = Path(os.path.expandvars(profile.models_dir)).expanduser()
         return d if d.is_absolute() else ((path.parent if path else Path.cwd()) / d).resolve()
 
+    def scan_request(
+        self, profile: Profile, path: Path | None
+    ) -> tuple[Path, frozenset[str], frozenset[Path]] | None:
+        """The arguments of ``discover.scan`` for the profile's models_dir as the registry is
+        now (the folder, the names taken, the files known), or None when it has none: the
+        scan (it hashes files of the same size) then runs on a thread."""
+        folder = self.models_dir(profile, path)
+        if folder is None:
+            return None
+        return folder, frozenset(self._wanted(profile, path)), self._known_files()
+
+    def _known_files(self) -> frozenset[Path]:
+        return frozenset(
+            Path(m.spec.path)
+            for m in self.models.values()
+            if m.origin == "discovered" and m.spec.path
+        )
+
     def discovered(
-        self, profile: Profile, path: Path | None, taken: set[str]
+        self, profile: Profile, path: Path | None, taken: set[str], found: Scan | None = None
     ) -> dict[str, ModelSpec]:
         """The models of the profile's ``models_dir`` not already known by name or file."""
         folder = self.models_dir(profile, path)
@@ -166,12 +201,8 @@ class Registry:
             p = profile.resolve_spec_path(spec, path.parent if path else Path.cwd())
             if p is not None:
                 files.add(p.resolve())
-        known = frozenset(
-            Path(m.spec.path)
-            for m in self.models.values()
-            if m.origin == "discovered" and m.spec.path
-        )
-        found = scan(folder, frozenset(taken), known)
+        if found is None:
+            found = scan(folder, frozenset(taken), self._known_files())
         self.scan_notes = [*found.notes] + [
             f"{dup} has the same content as {first}: left out" for dup, first in found.duplicates
         ]
@@ -205,10 +236,28 @@ class Registry:
                     target = m.name
                     break
         if target is None or target not in self.models:
-            raise ModelNotFound(
-                name, self.known_names(), profiles_defining(name, skip=self.profile.name)
-            )
+            raise ModelNotFound(name, self.known_names(), self._elsewhere(name))
         return self.models[target]
+
+    def _elsewhere(self, name: str) -> list[str]:
+        """The other profiles that define ``name``. On the event loop, from what the last
+        read of the profile files found (YAML from any file is never parsed on the loop), and
+        a read of the files that changed since is begun on a thread for the next time."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no event loop to hold: read them now
+            return profiles_defining(name, skip=self.profile.name)
+        self.read_profiles()
+        return profiles_defining(name, skip=self.profile.name, parse=False)
+
+    def read_profiles(self) -> asyncio.Future[list[str]]:
+        """Read the profile files that changed since the last read, on a thread (one such
+        read at a time); the supervisor begins one at its start."""
+        if self._reading is None or self._reading.done():
+            loop = asyncio.get_running_loop()
+            self._reading = loop.run_in_executor(None, profiles_defining, "")
+            self._reading.add_done_callback(_log_failure)
+        return self._reading
 
     def add(self, name: str, path: Path, settings: dict[str, Any] | None = None) -> Managed:
         """Register a local file as a model; ``settings``: more of its entry (n_ctx, ttl,

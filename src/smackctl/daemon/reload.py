@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smackctl.config import validate_profile_file
+from smackctl.discover import Scan, scan
 from smackctl.errors import SmackError
 
 from .switch import SwitchPhase, plan_for, run_switch
@@ -37,8 +39,10 @@ DEBOUNCE_MS = 300
 
 
 class Reloader:
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(self, scheduler: Scheduler, scan: Callable[..., Scan] = scan) -> None:
         self.sched = scheduler
+        #: how a models_dir is read (``discover.scan``), on a thread
+        self.scan = scan
         #: the problems of the file as it is now, when it is invalid (``status`` shows them)
         self.issues: list[str] = []
         self._retarget = asyncio.Event()
@@ -65,6 +69,8 @@ class Reloader:
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._watch(), name="profile-watch")
         self._dir_task = loop.create_task(self._watch_models_dir(), name="models-dir-watch")
+        # the other profiles' model names, for the hint of an unknown model, read on a thread
+        self.sched.registry.read_profiles()
 
     async def stop(self) -> None:
         for task in (self._task, self._dir_task):
@@ -95,16 +101,27 @@ class Reloader:
                     stop_event=self._dir_retarget,
                     debounce=DEBOUNCE_MS,
                 ):
-                    self.rescan()
+                    await self._logged(self.rescan(), "rescan of the models_dir")
             except (OSError, RuntimeError) as exc:
                 log.warning("cannot watch %s (%s)", folder, exc)
                 await self._dir_retarget.wait()
 
-    def rescan(self) -> dict[str, list[str]]:
-        """Read the models_dir again: the models it added and removed."""
-        sched = self.sched
+    async def rescan(self) -> dict[str, list[str]]:
+        """Read the models_dir again (on a thread: it walks folders and hashes same-size
+        files): the models it added and removed."""
+        sched, registry = self.sched, self.sched.registry
+        found = None
+        for _ in range(3):  # the registry changed while the thread scanned: scan again
+            profile, path = sched.profile, sched.profile_path
+            asked = registry.scan_request(profile, path)
+            if asked is None:
+                break
+            found = await asyncio.to_thread(self.scan, *asked)
+            if sched.profile is profile and registry.scan_request(profile, path) == asked:
+                break
+            found = None  # after three tries, rebuild() scans on the loop
         before = {n for n, m in sched.models.items() if m.origin == "discovered"}
-        sched.registry.rebuild(sched.profile, sched.profile_path)
+        registry.rebuild(sched.profile, sched.profile_path, found)
         after = {n for n, m in sched.models.items() if m.origin == "discovered"}
         change = {"added": sorted(after - before), "removed": sorted(before - after)}
         if change["added"] or change["removed"]:
@@ -112,6 +129,14 @@ class Reloader:
                      change["removed"] or "none")  # fmt: skip
             sched.events.publish({"event": "discovered", **change})
         return change
+
+    async def _logged(self, work: Awaitable[Any], what: str) -> None:
+        """``work``, its failure logged: a change the watch could not apply must never end
+        the watch (the next change is applied)."""
+        try:
+            await work
+        except Exception:
+            log.exception("%s failed; the watch goes on", what)
 
     def warnings(self) -> list[str]:
         if not self.issues:
@@ -145,7 +170,7 @@ class Reloader:
                     debounce=DEBOUNCE_MS,
                     recursive=False,
                 ):
-                    await self.reload("the file changed")
+                    await self._logged(self.reload("the file changed"), "profile reload")
             except (OSError, RuntimeError) as exc:  # the folder went away, say
                 log.warning("cannot watch %s (%s): reload it with `smackctl profile reload`",
                             path, exc)  # fmt: skip
@@ -176,6 +201,8 @@ class Reloader:
         self.issues = []
         if profile == sched.profile:
             return {"ok": True, "changed": False, "profile": profile.name}
+        # the plan estimates every model from its GGUF header: read them here, off the loop
+        await asyncio.to_thread(sched.loader.read_headers, profile, path)
         plan = plan_for(sched, profile, path)
         steps = [f"{s.model}: {s.action}" + (f" ({s.reason})" if s.reason else "")
                  for s in plan.steps]  # fmt: skip

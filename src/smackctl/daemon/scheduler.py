@@ -96,12 +96,15 @@ class Scheduler:
         #: what the supervisor found wrong at start and did about it (a state.db set aside, a
         #: token replaced, a deleted profile): `smackctl start` and `status` say these
         self.notices: list[str] = [store.recovered] if store.recovered else []
+        #: what else may be wrong now, asked at each status (the event loop's lag: metrics.py)
+        self.checks: list[Callable[[], str | None]] = []
 
     def warnings(self) -> list[str]:
         """The start's notices and what is wrong now, each a sentence with its fix."""
         out = list(self.notices)
         if trouble := self.store.trouble():
             out.append(trouble)
+        out += [warning for check in self.checks if (warning := check())]
         path = self.profile_path
         if path is not None and not path.exists():
             out.append(
