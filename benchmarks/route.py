@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from smackctl.config import Auto
-from smackctl.daemon.route import decide
+from smackctl.daemon.gateway.auto import decide
 
 from ._harness import (
     median,

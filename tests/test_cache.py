@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from smackctl.config import CacheSettings
-from smackctl.daemon.cache import Cache, kept_stream
+from smackctl.daemon.gateway.cache import Cache, kept_stream
 
 from conftest import Home, launch, shutdown, smackctl
 

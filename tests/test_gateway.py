@@ -32,8 +32,8 @@ from typing import Any
 import httpx
 import pytest
 
-from smackctl.daemon.breaker import Breaker, backoff
-from smackctl.daemon.remote import retry_after
+from smackctl.daemon.gateway.breaker import Breaker, backoff
+from smackctl.daemon.gateway.remote import retry_after
 
 from conftest import Supervisor, free_port, launch_on, shutdown, smackctl, wait_for
 

@@ -14,8 +14,15 @@ from urllib.parse import unquote
 import pytest
 
 from smackctl.config import Auto, load_profile
-from smackctl.daemon import route
-from smackctl.daemon.route import INSPECTED, Decision, code_signs, decide, file_names, inspected
+from smackctl.daemon.gateway import auto as route
+from smackctl.daemon.gateway.auto import (
+    INSPECTED,
+    Decision,
+    code_signs,
+    decide,
+    file_names,
+    inspected,
+)
 
 from conftest import Home, launch, shutdown, smackctl
 

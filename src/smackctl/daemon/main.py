@@ -30,6 +30,7 @@ from smackctl.paths import Paths, get_paths
 from .api import create_app
 from .connections import GuardedHttp, connection_limit, raise_fd_limit
 from .scheduler import Scheduler
+from .services import assemble
 from .store import Store
 from .systemd import JournalFormatter, Notifier, draining_server, stderr_is_journal
 
@@ -276,11 +277,12 @@ async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) ->
 
         asyncio.get_running_loop().create_task(go())
 
+    services = assemble(scheduler)
+    services.stop = request_shutdown
     app = create_app(
-        scheduler,
+        services,
         token=token,
         extra_hosts=extra,
-        on_shutdown_request=request_shutdown,
         body_timeout=float(os.environ.get("SMACKCTL_BODY_TIMEOUT") or 60.0),
     )
     fds = raise_fd_limit()
@@ -314,8 +316,8 @@ async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) ->
         paths.endpoint_path.write_text(url + "\n")
         # the remote deployments' clients and health checks now, not on the first request
         # (an httpx client's TLS context takes ~0.3 s to build here)
-        app.app.state.proxy.gateway.sync()  # type: ignore[attr-defined]
-        app.app.state.reloader.start()  # type: ignore[attr-defined]
+        services.deployments.sync()
+        services.reloader.start()
         seen_as = display_url(url)
         also = f" (from elsewhere: {seen_as})" if seen_as != url else ""
         log.info("supervisor %d ready at %s%s (profile %s)", os.getpid(), url, also, profile.name)
@@ -330,8 +332,8 @@ async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) ->
         reaper.cancel()
         log.info("stopping: unloading every model")
         await scheduler.shutdown()
-        await app.app.state.reloader.stop()  # type: ignore[attr-defined]
-        await app.app.state.proxy.aclose()  # type: ignore[attr-defined]
+        await services.reloader.stop()
+        await services.aclose()
         store.close()
         with contextlib.suppress(FileNotFoundError):
             paths.endpoint_path.unlink()

@@ -142,6 +142,12 @@ class Scheduler:
         self.store.remove_model(m.name)
         self.registry.rebuild(self.profile, self.profile_path)
 
+    def add_tokens(self, name: str, n: int) -> None:
+        """A model produced ``n`` tokens (``usage.Usage``): the count its view shows."""
+        m = self.registry.models.get(name)
+        if m is not None:
+            m.tokens_out += n
+
     def model_view(self, m: Managed) -> dict[str, Any]:
         return model_view(m, self.registry.model_file(m))
 

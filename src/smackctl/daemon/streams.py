@@ -11,9 +11,10 @@ from typing import Any
 from starlette.responses import StreamingResponse
 
 from smackctl.errors import SmackError
+from smackctl.wire import comment
+from smackctl.wire import sse as frame
 
 from .events import CLOSED, Events
-from .scheduler import Scheduler
 
 __all__ = ["KEEPALIVE", "error_event", "ndjson", "sse", "stream_task"]
 
@@ -34,7 +35,7 @@ def error_event(exc: BaseException, **extra: Any) -> dict[str, Any]:
 
 
 def stream_task(
-    scheduler: Scheduler,
+    events: Events,
     start: Callable[[], asyncio.Future[Any]],
     wanted: Callable[[dict[str, Any]], bool],
     final: Callable[[Any], dict[str, Any]],
@@ -45,8 +46,8 @@ def stream_task(
     The task does not belong to the HTTP request: a client that goes away (Ctrl-C) stops
     following it, not the task itself."""
 
-    async def events() -> AsyncIterator[bytes]:
-        async with scheduler.events.subscribe() as q:
+    async def lines() -> AsyncIterator[bytes]:
+        async with events.subscribe() as q:
             task = start()
             while True:
                 getter = asyncio.ensure_future(q.get())
@@ -66,7 +67,7 @@ def stream_task(
             exc = task.exception()
             yield ndjson(final(task.result()) if exc is None else error_event(exc, **extra))
 
-    return StreamingResponse(events(), media_type="application/x-ndjson")
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
 #: a comment line this often keeps an idle event stream's connection (and proxies) open
@@ -74,7 +75,7 @@ KEEPALIVE = 15.0
 
 
 def _sse_event(ev: dict[str, Any]) -> bytes:
-    return f"id: {ev['id']}\nevent: {ev['event']}\ndata: {json.dumps(ev)}\n\n".encode()
+    return frame(ev, event=ev["event"], id=ev["id"])
 
 
 async def sse(
@@ -96,13 +97,13 @@ async def sse(
             try:
                 ev = await asyncio.wait_for(q.get(), KEEPALIVE)
             except TimeoutError:
-                yield b": keepalive\n\n"
+                yield comment("keepalive")
                 continue
             if ev is CLOSED:
                 return
             if q.dropped > dropped:  # this reader was too slow: say how much it lost
                 lost = {"event": "dropped", "count": q.dropped - dropped, "id": ev["id"] - 1}
-                yield f"event: dropped\ndata: {json.dumps(lost)}\n\n".encode()
+                yield frame(lost, event="dropped")
                 dropped = q.dropped
             if ev["id"] > last and ev["at"] >= since and wanted(ev):
                 yield _sse_event(ev)

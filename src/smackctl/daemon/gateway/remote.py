@@ -3,8 +3,8 @@ connection, TLS verified by default, the key from the environment variable the p
 
 ``send`` answers the upstream's answer, or raises ``Failed`` before its first byte for what
 the gateway may try elsewhere: a connection error, a timeout, a 5xx, a 429 (with its
-``Retry-After``). A stream is passed on chunk by chunk once its first chunk came; cut after
-that, it ends with an error event, and ``ended`` says so to the breaker.
+``Retry-After``). A stream comes back as ``Streamed``: passed on chunk by chunk once its first
+chunk came; cut after that, it ends with an error event, and its ``cut`` says why.
 
 A server elsewhere may be broken or hostile, so what it sends is bounded:
 
@@ -30,18 +30,17 @@ import json
 import os
 import time
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from smackctl.config import ModelSpec
+from smackctl.wire import sse_error
 
-from .answers import error_body, token_counts
-
-__all__ = ["Failed", "Inflater", "Remote", "counted", "usage_of"]
+__all__ = ["Failed", "Inflater", "Remote", "Streamed"]
 
 #: the upstream's headers passed back to the client (never its Content-Encoding or
 #: Content-Length: what is passed on is decoded)
@@ -50,23 +49,36 @@ _PASSED = ("content-type", "retry-after", "x-request-id")
 PIECE = 64 * 1024
 #: zlib's window bits per content coding: gzip or zlib headers, told apart by zlib itself
 _WBITS = {"gzip": 47, "x-gzip": 47, "deflate": 47}
-#: a token count above this is no count (SQLite's INTEGER and any real answer are far below)
-_MAX_COUNT = 2**53
 
 
 class Failed(Exception):
-    """A deployment failed before its answer's first byte; ``status`` 0: no answer at all."""
+    """A deployment failed before its answer's first byte; ``status`` 0: no answer at all.
+    ``error``/``answer``: what a local model raised or answered, passed on as it is when it
+    was the only deployment to try."""
 
     def __init__(
-        self, status: int, why: str, connection: bool = False, retry_after: float | None = None
+        self,
+        status: int,
+        why: str,
+        connection: bool = False,
+        retry_after: float | None = None,
+        *,
+        error: Exception | None = None,
+        answer: Response | None = None,
     ) -> None:
         super().__init__(why)
-        self.status, self.why, self.connection, self.retry_after = (
-            status,
-            why,
-            connection,
-            retry_after,
-        )
+        self.status, self.why, self.connection = status, why, connection
+        self.retry_after, self.error, self.answer = retry_after, error, answer
+
+
+class Streamed:
+    """A stream from elsewhere: its status and headers, its ``body``; once the body is over,
+    ``status`` is how it ended and ``cut`` why it was cut (None: it was not)."""
+
+    def __init__(self, status: int, headers: dict[str, str]) -> None:
+        self.status, self.headers = status, headers
+        self.cut: str | None = None
+        self.body: AsyncGenerator[bytes, None]
 
 
 class Undecodable(Exception):
@@ -82,23 +94,6 @@ def retry_after(value: str | None, now: Callable[[], float] = time.time) -> floa
     with contextlib.suppress(TypeError, ValueError):
         return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - now())
     return None
-
-
-def counted(value: Any) -> int | None:
-    """A token count as a server elsewhere gave it: a whole number ≥ 0, else unknown."""
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _MAX_COUNT:
-        return value
-    return None
-
-
-def usage_of(content: bytes) -> tuple[int | None, int | None]:
-    """Tokens in and out of a whole answer from elsewhere; unknown for whatever is not a
-    count (a negative one, a string): its request is logged all the same."""
-    try:
-        tokens_in, tokens_out = token_counts(json.loads(content))
-    except (ValueError, AttributeError, TypeError, RecursionError):
-        return None, None
-    return counted(tokens_in), counted(tokens_out)
 
 
 class Inflater:
@@ -208,13 +203,7 @@ class Remote:
             return False, f"{self.spec.health_path} answered {status}"
         return True, ""
 
-    async def send(
-        self,
-        path: str,
-        body: dict[str, Any],
-        request_id: str,
-        ended: Callable[[int, str | None], None],
-    ) -> Response:
+    async def send(self, path: str, body: dict[str, Any], request_id: str) -> Response | Streamed:
         asked = {**body, "model": self.spec.upstream_model or self.name}
         request = self.http.build_request(
             "POST",
@@ -258,11 +247,12 @@ class Remote:
                     retry_after=retry_after(upstream.headers.get("retry-after")),
                 )
             return Response(content, status_code=upstream.status_code, headers=headers)
-        return StreamingResponse(
-            self._relay(upstream, first, chunks, ended, ends),
-            status_code=upstream.status_code,
-            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        streamed = Streamed(
+            upstream.status_code,
+            {**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+        streamed.body = self._relay(upstream, first, chunks, streamed, ends)
+        return streamed
 
     async def _head(self, request: httpx.Request) -> httpx.Response:
         try:
@@ -302,9 +292,9 @@ class Remote:
         upstream: httpx.Response,
         first: bytes,
         chunks: AsyncGenerator[bytes, None],
-        ended: Callable[[int, str | None], None],
+        streamed: Streamed,
         ends: float,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         cut: str | None = None
         status = upstream.status_code
         sent, tail = len(first), first[-2:]
@@ -328,7 +318,7 @@ class Remote:
         finally:
             await chunks.aclose()
             await upstream.aclose()
-            ended(status, cut)
+            streamed.status, streamed.cut = status, cut
 
     def _cut_event(self, sent: int, exc: Exception) -> bytes:
         """The error event that ends a stream cut after its first byte."""
@@ -342,4 +332,4 @@ class Remote:
             f"the stream from {self.name} ({self.shown_url}) was cut after {sent} bytes "
             f"({why}); the answer is incomplete. Fix: {fix}"
         )
-        return b"data: " + error_body(msg, "upstream_error", "stream_cut") + b"\n\n"
+        return sse_error(msg, "upstream_error", "stream_cut")

@@ -36,12 +36,10 @@ from typing import Any, cast
 from starlette.responses import Response, StreamingResponse
 
 from smackctl.catalog import hashed_sha256, known_sha256
-from smackctl.config import CacheSettings, ModelSpec
-
-from .answers import with_defaults
-from .metrics import Metrics
-from .registry import Managed
-from .scheduler import Scheduler
+from smackctl.config import CacheSettings, ModelSpec, Profile
+from smackctl.daemon.answers import with_defaults
+from smackctl.daemon.metrics import Metrics
+from smackctl.daemon.registry import Managed, Registry
 
 __all__ = ["CACHED_ROUTES", "Cache", "Cached", "deterministic", "kept_stream", "settings_for"]
 
@@ -319,19 +317,25 @@ def kept_stream(
 
 
 class Cached:
-    """The cache in front of the proxy's local path: the key of a request (None: not
-    cached), a hit as a response, a miss kept once it is over."""
+    """The cache in front of every local model: the key of a request (None: not cached), a
+    hit as a response, a miss kept once it is over. ``path``: its file; ``on_notice``: what
+    `smackctl status` should say (a damaged file set aside)."""
 
-    def __init__(self, scheduler: Scheduler, metrics: Metrics | None) -> None:
-        self.scheduler, self.metrics = scheduler, metrics
+    def __init__(
+        self,
+        profile: Callable[[], Profile],
+        registry: Registry,
+        path: Path,
+        on_notice: Callable[[str], None],
+        metrics: Metrics | None,
+    ) -> None:
+        self.profile, self.registry, self.path = profile, registry, path
+        self.on_notice, self.metrics = on_notice, metrics
         self.cache: Cache | None = None  # opened on the first cached request
 
     def open(self) -> Cache:
         if self.cache is None:
-            self.cache = Cache(
-                self.scheduler.store.path.with_name("cache.db"),
-                on_notice=self.scheduler.notices.append,  # `smackctl status` says it
-            )
+            self.cache = Cache(self.path, on_notice=self.on_notice)
         return self.cache
 
     def close(self) -> None:
@@ -340,19 +344,20 @@ class Cached:
 
     async def key(self, m: Managed, path: str, body: dict[str, Any]) -> str | None:
         """The cache's key for this request, or None when it is not cached."""
-        settings = settings_for(self.scheduler.profile.cache, m.spec)
+        profile = self.profile()
+        settings = settings_for(profile.cache, m.spec)
         if settings is None or path not in CACHED_ROUTES:
             return None
-        defaults = self.scheduler.profile.defaults.model_dump()
+        defaults = profile.defaults.model_dump()
         if not deterministic(body, defaults):
             return None
-        file = self.scheduler.registry.model_file(m)
+        file = self.registry.model_file(m)
         if not file.is_file():
             return None  # pulled on its first load: cached from the next request on
         identity = await self.open().identity(m.spec, file)
         return Cache.key(path, body, defaults, identity)
 
-    def hit(self, key: str, request_id: str) -> Response | None:
+    def hit(self, key: str) -> Response | None:
         found = self.open().get(key)
         if self.metrics is not None:
             self.metrics.cache.labels("hit" if found else "miss").inc()
@@ -362,7 +367,7 @@ class Cached:
         return Response(
             content,
             media_type=media_type,
-            headers={"X-Smackctl-Cache": "hit", "X-Request-Id": request_id},
+            headers={"X-Smackctl-Cache": "hit"},
         )
 
     def keep(self, answer: Response, key: str, m: Managed) -> None:
@@ -372,7 +377,7 @@ class Cached:
         if answer.status_code != 200:
             return
         answer.headers["X-Smackctl-Cache"] = "miss"
-        settings = settings_for(self.scheduler.profile.cache, m.spec)
+        settings = settings_for(self.profile().cache, m.spec)
         assert settings is not None
         cache = self.open()
         if not isinstance(answer, StreamingResponse):

@@ -30,11 +30,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from smackctl.config import Auto
+from smackctl.config import Auto, Profile
 from smackctl.errors import SmackError, UsageError
+from smackctl.wire import new_request_id
 
-from .answers import new_request_id
-from .scheduler import Scheduler
+from .call import Call
+from .local import LocalModels
+from .relay import CHAT
 
 __all__ = [
     "CODE_AT",
@@ -299,16 +301,14 @@ async def decide(
 
 
 class Router:
-    """``decide`` with the supervisor's profile: its contexts, and its classifier asked
-    through the proxy (``forward``: a chat request's answer)."""
+    """``decide`` with the supervisor's profile: its contexts, and its classifier (a local
+    model, pinned) asked through the local models' own path."""
 
-    def __init__(
-        self, scheduler: Scheduler, forward: Callable[[str, dict[str, Any], str], Awaitable[Any]]
-    ) -> None:
-        self.scheduler, self.forward = scheduler, forward
+    def __init__(self, profile: Callable[[], Profile], local: LocalModels) -> None:
+        self.profile, self.local = profile, local
 
     async def decide(self, path: str, body: dict[str, Any]) -> Decision:
-        auto = self.scheduler.profile.routing.auto
+        auto = self.profile().routing.auto
         if auto is None:
             raise UsageError(
                 "`model: auto` needs rules: this profile has no `routing.auto`",
@@ -318,7 +318,7 @@ class Router:
         return await decide(auto, path, body, self._context_of, self._classify)
 
     def _context_of(self, name: str) -> int | None:
-        spec = self.scheduler.profile.models.get(name)
+        spec = self.profile().models.get(name)
         if spec is None:
             return None
         return spec.context_length if spec.remote else spec.n_ctx
@@ -333,7 +333,7 @@ class Router:
             ],
         }  # fmt: skip
         try:
-            answer = await self.forward("/v1/chat/completions", ask, new_request_id())
+            answer = await self.local.send(model, Call(CHAT, ask, new_request_id()))
             said = json.loads(bytes(answer.body))["choices"][0]["message"]["content"] or ""
         except (SmackError, ValueError, KeyError, IndexError, TypeError, AttributeError):
             return None

@@ -1,0 +1,61 @@
+"""The supervisor's HTTP API, by noun: ``inference`` (the APIs clients speak), ``models``,
+``profiles``, ``ops`` (the supervisor's own routes); ``guard`` at the door, ``common`` for
+what the routes share. Each module's ``ROUTES`` is a plain table: listing the routes needs
+no scheduler. ``create_app`` only assembles them with the services and the guard.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp
+
+from smackctl.wire import new_request_id
+
+from . import inference, models, ops, profiles
+from .common import err
+from .guard import BODY_TIMEOUT, Guard
+
+if TYPE_CHECKING:
+    from smackctl.daemon.services import Services
+
+__all__ = ["BODY_TIMEOUT", "ROUTES", "Guard", "create_app"]
+
+ROUTES: list[BaseRoute] = [*ops.ROUTES, *inference.ROUTES, *models.ROUTES, *profiles.ROUTES]
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return err(404, f"no route {request.method} {request.url.path}", "invalid_request_error",
+               "not_found")  # fmt: skip
+
+
+async def _bad_method(request: Request, exc: Exception) -> Response:
+    return err(405, f"method {request.method} not allowed on {request.url.path}",
+               "invalid_request_error", "method_not_allowed")  # fmt: skip
+
+
+def create_app(
+    services: Services,
+    *,
+    token: str | None,
+    extra_hosts: set[str] | None = None,
+    body_timeout: float = BODY_TIMEOUT,
+) -> ASGIApp:
+    app = Starlette(routes=ROUTES, exception_handlers={404: _not_found, 405: _bad_method})
+    app.state.services = services
+
+    def refused(path: str, status: int, reason: str) -> None:
+        services.usage.record(None, path, status, new_request_id(), reason=reason, refused=True)
+
+    return Guard(
+        app,
+        token,
+        extra_hosts or set(),
+        body_timeout=body_timeout,
+        profile_hosts=lambda: services.scheduler.profile.allowed_hosts,
+        on_reject=refused,
+    )

@@ -1,0 +1,101 @@
+"""The routes of the APIs clients speak: OpenAI's (chat, completions, embeddings, responses,
+models), Anthropic's Messages, and llama-server's own (rerank, infill, tokenize). A request
+is validated, given to the plugins (a chat), and handed to the gateway."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from smackctl.daemon.extras import COUNT
+from smackctl.daemon.gateway import Call
+from smackctl.daemon.schemas import REQUEST_SCHEMAS
+from smackctl.daemon.translate import MESSAGES, error_for
+from smackctl.errors import SmackError
+from smackctl.wire import new_request_id
+
+from .common import errors, invalid, json_body, keep_alive_of, services, smack_error
+
+__all__ = ["ROUTES"]
+
+CHAT = "/v1/chat/completions"
+
+
+async def inference(request: Request) -> Response:
+    if request.url.path not in (MESSAGES, COUNT):
+        return await _openai_shaped(request)
+    # Anthropic's clients read errors in Anthropic's shape
+    try:
+        answer = await _openai_shaped(request)
+    except SmackError as exc:
+        request.state.logged = getattr(exc, "logged", False)
+        answer = smack_error(exc)
+    if answer.status_code < 400 or isinstance(answer, StreamingResponse):
+        return answer
+    return Response(
+        error_for(MESSAGES, answer.status_code, bytes(answer.body)),
+        status_code=answer.status_code,
+        media_type="application/json",
+        headers={k: v for k, v in answer.headers.items() if k.lower() == "retry-after"},
+        background=answer.background,
+    )
+
+
+async def _openai_shaped(request: Request) -> Response:
+    s = services(request)
+    body = await json_body(request)
+    keep_alive = keep_alive_of(body.pop("keep_alive", None), request)
+    if isinstance(body.get("model"), str):
+        request.state.model = body["model"][:100]  # named in a refusal's log line
+    if (refusal := invalid(REQUEST_SCHEMAS[request.url.path], body)) is not None:
+        return refusal
+    if request.url.path == CHAT:
+        applied = await s.plugins.apply(body)
+        if isinstance(applied, Response):
+            return applied  # a plugin answered
+        body = applied
+    no_cache = "no-cache" in request.headers.get("cache-control", "").lower()
+    call = Call(request.url.path, body, new_request_id(), no_cache, keep_alive)
+    return await s.gateway.handle(call)
+
+
+async def list_models(request: Request) -> Response:
+    s = services(request)
+    created = int(s.started)
+
+    def entry(name: str, owner: str, aliases: list[str], state: str) -> dict[str, object]:
+        return {"id": name, "object": "model", "created": created, "owned_by": owner,
+                "aliases": aliases, "state": state}  # fmt: skip
+
+    data = [
+        entry(m.name, "smackctl", list(m.spec.aliases), m.state) for m in s.registry.models.values()
+    ]
+    if s.scheduler.profile.routing.auto is not None:
+        data.append(entry("auto", "smackctl", [], "routing"))
+    view = s.deployments.view()
+    for d in view["deployments"]:
+        if d["kind"] == "remote":
+            data.append(entry(d["name"], d["url"], [], d["breaker"]["state"]))
+    for name, g in view["groups"].items():
+        data.append(entry(name, "smackctl", g["aliases"], "group"))
+    return JSONResponse({"object": "list", "data": data})
+
+
+ROUTES = [
+    Route("/v1/models", errors(list_models), methods=["GET"]),
+    *(
+        Route(path, errors(inference), methods=["POST"])
+        for path in (
+            CHAT,
+            "/v1/completions",
+            "/v1/embeddings",
+            MESSAGES,
+            "/v1/responses",
+            COUNT,
+            "/v1/rerank",
+            "/infill",
+            "/tokenize",
+        )
+    ),  # fmt: skip
+]

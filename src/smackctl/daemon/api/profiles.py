@@ -1,0 +1,85 @@
+"""``/api/profiles…``: the active profile, a switch (its plan alone with ``dry_run``), a
+reload of the active file; and ``/api/route``, what ``model: auto`` would decide."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from smackctl.config import load_profile
+from smackctl.daemon.streams import stream_task
+from smackctl.daemon.switch import plan_for, run_switch
+from smackctl.errors import UsageError
+
+from .common import errors, json_body, services
+
+__all__ = ["ROUTES"]
+
+
+async def active(request: Request) -> Response:
+    s = services(request)
+    profile, path = s.scheduler.profile, s.scheduler.profile_path
+    return JSONResponse(
+        {
+            "active": profile.name,
+            "path": str(path) if path else None,
+            "switch_phase": s.scheduler.switch_phase,
+            # what a request that names no model gets, and the sampling it is given
+            "default_model": profile.routing.default_model,
+            "defaults": profile.defaults.model_dump(exclude_none=True),
+        }
+    )
+
+
+async def switch(request: Request) -> Response:
+    s = services(request)
+    body = await json_body(request)
+    if not isinstance(body.get("path"), str):
+        raise UsageError("`path` of the profile file is required", "smackctl profile switch NAME")
+    path = Path(body["path"])
+    target = await asyncio.to_thread(load_profile, path)
+    if body.get("dry_run"):
+        return JSONResponse(plan_for(s.scheduler, target, path).as_dict())
+
+    def start() -> asyncio.Future[Any]:
+        return s.scheduler.spawn(run_switch(s.scheduler, target, path), f"switch-{target.name}")
+
+    return stream_task(
+        s.events,
+        start,
+        lambda ev: ev["event"] in ("switch", "progress", "ready", "unloaded", "error"),
+        lambda plan: {"event": "done", "profile": target.name, "plan": plan.as_dict()},
+    )
+
+
+async def reload(request: Request) -> Response:
+    reloader = services(request).reloader
+    return JSONResponse(await reloader.reload("asked: `smackctl profile reload`"))
+
+
+async def route(request: Request) -> Response:
+    """``POST /api/route``: which model a ``model: auto`` request would go to, and why,
+    without running it (``{"prompt": TEXT}`` or a chat request's body)."""
+    body = await json_body(request)
+    if isinstance(body.get("prompt"), str) and "messages" not in body:
+        body = {"messages": [{"role": "user", "content": body["prompt"]}]}
+    t = time.perf_counter()
+    decision = await services(request).router.decide("/v1/chat/completions", body)
+    took = (time.perf_counter() - t) * 1e6
+    return JSONResponse(
+        {"model": decision.model, "reason": decision.reason, "microseconds": round(took, 1)}
+    )
+
+
+ROUTES = [
+    Route("/api/profiles", errors(active), methods=["GET"]),
+    Route("/api/profiles/switch", errors(switch), methods=["POST"]),
+    Route("/api/profiles/reload", errors(reload), methods=["POST"]),
+    Route("/api/route", errors(route), methods=["POST"]),
+]

@@ -1,0 +1,84 @@
+"""The supervisor's services, made once and handed to whoever needs them: the scheduler and
+the parts it owns (registry, loader, store, events), and what answers requests (the
+gateway and what it sends to), counts them (usage, metrics) and watches the profile."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from smackctl.config import Profile
+
+from .bench import Bench
+from .events import Events
+from .gateway import Gateway
+from .gateway.auto import Router
+from .gateway.cache import Cached
+from .gateway.deployments import Deployments
+from .gateway.local import LocalModels
+from .gateway.relay import Runners
+from .loader import Loader
+from .metrics import Metrics
+from .plugins import Plugins
+from .registry import Registry
+from .reload import Reloader
+from .scheduler import Scheduler
+from .status import status_view
+from .store import Store
+from .usage import Usage
+
+__all__ = ["Services", "assemble"]
+
+
+@dataclass
+class Services:
+    scheduler: Scheduler
+    registry: Registry
+    loader: Loader
+    store: Store
+    events: Events
+    metrics: Metrics
+    usage: Usage
+    cached: Cached
+    deployments: Deployments
+    router: Router
+    gateway: Gateway
+    reloader: Reloader
+    bench: Bench
+    plugins: Plugins = field(init=False)
+    started: float = field(default_factory=time.time)
+    #: what ``POST /api/shutdown`` asks of the process: drain for seconds, or force
+    stop: Callable[[float, bool], None] = lambda timeout, force: None
+
+    async def aclose(self) -> None:
+        await self.gateway.aclose()
+
+
+def assemble(scheduler: Scheduler) -> Services:
+    """The services around ``scheduler``, each given the parts it uses."""
+
+    def profile() -> Profile:
+        return scheduler.profile
+
+    registry, store, events = scheduler.registry, scheduler.store, scheduler.events
+    metrics = Metrics(scheduler)
+    usage = Usage(store, metrics, scheduler.add_tokens)
+    cached = Cached(
+        profile, registry, store.path.with_name("cache.db"), scheduler.notices.append, metrics
+    )
+    local = LocalModels(
+        scheduler, scheduler.loader, registry, Runners(scheduler, usage), cached, usage
+    )
+    deployments = Deployments(profile, local, usage, events)
+    router = Router(profile, local)
+    s = Services(
+        scheduler, registry, scheduler.loader, store, events, metrics, usage, cached,
+        deployments, router, Gateway(profile, registry, deployments, local, router, events),
+        Reloader(scheduler), Bench(scheduler),
+    )  # fmt: skip
+    s.plugins = Plugins(
+        lambda: {k: v or {} for k, v in scheduler.profile.plugins.items()},
+        lambda: status_view(s, ""),
+    )
+    return s

@@ -1,0 +1,110 @@
+"""The one place a request is counted once it is over, whoever answered it (a runner, a
+server elsewhere) or refused it: its log line, the metrics, the usage log's row, and the
+tokens its model produced. And the one reading of token counts from an answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from smackctl.wire import events
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+    from .store import Store
+
+__all__ = ["Usage", "counted", "tokens_in_stream", "tokens_of"]
+
+log = logging.getLogger("smackctl.requests")
+
+#: a token count above this is no count (SQLite's INTEGER and any real answer are far below)
+_MAX_COUNT = 2**53
+
+
+def counted(value: Any) -> int | None:
+    """A token count as an answer gave it: a whole number ≥ 0, else unknown (a server
+    elsewhere may send a negative one, or a string)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _MAX_COUNT:
+        return value
+    return None
+
+
+def tokens_of(data: Any) -> tuple[int | None, int | None]:
+    """Tokens in and out of an answer or an event: OpenAI's ``usage`` (prompt/completion
+    tokens), or Anthropic's and the Responses API's (input/output tokens, maybe under
+    ``message`` or ``response``); what is not a count is unknown."""
+    holders = (data, data.get("message"), data.get("response")) if isinstance(data, dict) else ()
+    for holder in holders:
+        usage = holder.get("usage") if isinstance(holder, dict) else None
+        if isinstance(usage, dict):
+            return (
+                counted(usage.get("prompt_tokens", usage.get("input_tokens"))),
+                counted(usage.get("completion_tokens", usage.get("output_tokens"))),
+            )
+    return None, None
+
+
+def tokens_in_stream(chunk: bytes) -> tuple[int | None, int | None] | None:
+    """The counts of the last event of ``chunk`` (whole events) that carries a usage, or None
+    when none does."""
+    found = None
+    if b'"usage"' in chunk:
+        for ev in events(chunk):
+            counts = tokens_of(ev.json())
+            if counts != (None, None):
+                found = counts
+    return found
+
+
+class Usage:
+    """``record`` a request that is over. ``add_tokens(model, n)``: the scheduler's count of
+    a model's tokens (it owns its models' state)."""
+
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics | None = None,
+        add_tokens: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.store, self.metrics, self.add_tokens = store, metrics, add_tokens
+
+    def record(
+        self,
+        who: str | None,
+        route: str,
+        status: int,
+        request_id: str,
+        *,
+        tokens_in: int | None = None,
+        tokens_out: int | None = None,
+        seconds: float = 0.0,
+        ttft: float | None = None,
+        reason: str | None = None,
+        refused: bool = False,
+    ) -> None:
+        """One line in the log (``refused``: turned away before any model was asked), the
+        metrics, a row of the usage log (inference routes), the model's token count."""
+        who = who or "-"
+        why = f" reason={' '.join(reason.split())[:300]}" if reason else ""
+        if refused:
+            log.info(
+                "refused id=%s model=%s route=%s status=%d%s", request_id, who, route, status, why
+            )
+        else:
+            log.info(
+                "request id=%s model=%s route=%s status=%d tokens_in=%s tokens_out=%s ms=%.1f%s",
+                request_id, who, route, status, tokens_in, tokens_out, seconds * 1000, why,
+            )  # fmt: skip
+        if tokens_out and self.add_tokens is not None:
+            self.add_tokens(who, tokens_out)
+        if self.metrics is not None and not refused:
+            self.metrics.request(who, route, status, tokens_in, tokens_out, seconds, ttft)
+        if refused and not route.startswith(("/v1/", "/infill", "/tokenize")):
+            return  # only inference is counted in the usage log
+        with contextlib.suppress(Exception):  # the usage log must never fail a request
+            self.store.log_request(
+                who, route, status, tokens_in, tokens_out, seconds * 1000, request_id
+            )

@@ -1,0 +1,156 @@
+"""The code's shape, measured (issue 28): module and function sizes, no import circle, the
+layers' directions, one place each for SSE, errors and exits. Read from the source with
+``ast``: nothing is imported or run."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "smackctl"
+MAX_MODULE, MAX_FUNCTION, MAX_CREATE_APP = 400, 100, 80
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC.parent).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), str(path))
+
+
+def _functions(tree: ast.AST) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            yield node
+
+
+def test_no_module_over_400_lines() -> None:
+    long = {
+        name: n
+        for name, path in MODULES.items()
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE
+    }
+    assert not long, f"modules over {MAX_MODULE} lines: {long}"
+
+
+def test_no_function_over_100_lines_and_a_short_create_app() -> None:
+    long = {}
+    for name, path in MODULES.items():
+        for fn in _functions(_tree(path)):
+            size = (fn.end_lineno or fn.lineno) - fn.lineno + 1
+            if size > MAX_FUNCTION:
+                long[f"{name}.{fn.name}"] = size
+            if fn.name == "create_app":
+                assert size <= MAX_CREATE_APP, f"{name}.create_app is {size} lines"
+    assert not long, f"functions over {MAX_FUNCTION} lines: {long}"
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """The smackctl modules ``name`` imports, at the top or inside functions, but not under
+    ``if TYPE_CHECKING:`` (types only)."""
+    tree = _tree(path)
+    typing_only: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            typing_only |= {id(n) for b in node.body for n in ast.walk(b)}
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("smackctl")}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            if not base.startswith("smackctl"):
+                continue
+            for a in node.names:  # `from pkg import module` names a module too
+                found.add(f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base)
+    return {m for m in found if m in MODULES and m != name}
+
+
+GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
+
+
+def test_no_import_circle() -> None:
+    """A module's package ``__init__`` is not counted as importing it back (Python runs a
+    package's ``__init__`` first, whichever module of it is imported)."""
+    state: dict[str, int] = {}
+    circles: list[list[str]] = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(GRAPH[node]):
+            if node.startswith(dep + "."):
+                continue  # a module and its own package
+            if state.get(dep) == 1:
+                circles.append(stack[stack.index(dep) :] + [dep])
+            elif dep not in state:
+                visit(dep, [*stack, dep])
+        state[node] = 2
+
+    for name in GRAPH:
+        if name not in state:
+            visit(name, [name])
+    assert not circles, "import circles:\n" + "\n".join(" -> ".join(c) for c in circles)
+
+
+def test_the_layers_import_downwards_only() -> None:
+    for name, deps in GRAPH.items():
+        if name.startswith("smackctl.daemon"):
+            assert not any(d.startswith("smackctl.cli") for d in deps), name
+        if name.startswith("smackctl.cli"):
+            assert not any(d.startswith("smackctl.daemon") for d in deps), name
+        if name == "smackctl.wire":
+            assert deps == set(), "wire.py is a leaf"
+    for name in ("smackctl.daemon.gateway.plan", "smackctl.daemon.planner"):
+        assert all(not d.startswith("smackctl.daemon") for d in GRAPH[name]), f"{name} is pure"
+
+
+def test_sse_is_framed_and_parsed_in_one_place() -> None:
+    """Only wire.py writes or reads ``data:`` lines (the runner program, host.py, hands its
+    events to llama_cpp.server, which frames them)."""
+    offenders = []
+    for name, path in MODULES.items():
+        if name == "smackctl.wire":
+            continue
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str | bytes):
+                text = node.value if isinstance(node.value, str) else node.value.decode()
+                if text.startswith("data:") or "\ndata:" in text:
+                    offenders.append(f"{name}:{node.lineno}")
+    assert not offenders, f"SSE framed or parsed outside wire.py: {offenders}"
+
+
+def test_every_error_is_in_the_tree_and_exits_in_one_place() -> None:
+    errors = _tree(MODULES["smackctl.errors"])
+    tree_doc = ast.get_docstring(errors) or ""
+    defined = {n.name for n in errors.body if isinstance(n, ast.ClassDef)}
+    for cls in defined:
+        assert cls in tree_doc, f"{cls} is not drawn in errors.py's tree"
+    for name, path in MODULES.items():
+        if name == "smackctl.errors":
+            continue
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, ast.ClassDef):
+                bases = {ast.unparse(b) for b in node.bases}
+                assert not bases & defined, f"{name}.{node.name}: errors live in errors.py"
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                raised = ast.unparse(node.exc)
+                if raised.startswith(("typer.Exit", "SystemExit", "sys.exit")):
+                    assert name == "smackctl.cli.app", f"{name} exits: {raised}"
