@@ -45,13 +45,14 @@ def test_a_models_chain_is_itself_then_its_fallbacks() -> None:
 
 def test_group_policies_order_the_deployments() -> None:
     p = _profile()
-    assert plan.chain(p, "rr", {}, {"rr": 0}) == ["a", "b", "far", "c"]
-    assert plan.chain(p, "rr", {}, {"rr": 1}) == ["b", "a", "far", "c"]
+    # a group's own fallbacks follow its deployments (not its members' fallbacks)
+    assert plan.chain(p, "rr", {}, {"rr": 0}) == ["a", "b", "c"]
+    assert plan.chain(p, "rr", {}, {"rr": 1}) == ["b", "a", "c"]
     busy = {"a": plan.Deployed("a", busy=3), "b": plan.Deployed("b", busy=0),
             "c": plan.Deployed("c", busy=1)}  # fmt: skip
-    assert plan.chain(p, "lb", busy, {}) == ["b", "far", "c", "a"]  # an alias of the group
+    assert plan.chain(p, "lb", busy, {}) == ["b", "c", "a"]  # an alias of the group
     fast = {"a": plan.Deployed("a", ttfb=0.5), "b": plan.Deployed("b", ttfb=0.1)}
-    assert plan.chain(p, "fast", fast, {}) == ["b", "far", "a"]
+    assert plan.chain(p, "fast", fast, {}) == ["b", "a"]
 
 
 def test_the_chain_is_cut_at_max_hops_and_never_loops() -> None:
@@ -127,7 +128,9 @@ def test_a_responses_request_as_chat_and_its_answer_back() -> None:
     body = {"model": "m", "instructions": "Be brief.", "input": "Hello", "max_output_tokens": 5}
     chat = to_chat(RESPONSES, body)
     assert chat["messages"] == [
-        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]  # fmt: skip
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello"},
+    ]
     answer = {"id": "x", "model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 2},
               "choices": [{"message": {"content": "Hi."}, "finish_reason": "stop"}]}  # fmt: skip
     out = from_chat(RESPONSES, answer, body)
