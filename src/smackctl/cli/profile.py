@@ -24,8 +24,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-app.command()(new)
-
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
 DirOpt = Annotated[list[Path] | None, typer.Option("--profile-dir", help="Also look here.")]
 NameArg = Annotated[
@@ -168,6 +166,9 @@ def validate(
             "fix the lines above, then run `smackctl profile validate` again",
         )
         raise typer.Exit(1)
+
+
+app.command()(new)
 
 
 def _lookup(given: str, dirs: list[Path]) -> Path | None:
