@@ -92,8 +92,8 @@ def new(
 
 
 def _folder(given: Path | None) -> Path:
-    """Where a new profile goes: the first folder profiles are looked up in, but the shipped
-    ones (`smackctl config path` shows it)."""
+    """Where a new profile goes: --profile-dir, else $SMACKCTL_PROFILE_DIR, else the config
+    dir's profiles/ (`smackctl config path`): where `profile show NAME` looks first."""
     from smackctl.paths import get_paths
 
     env = os.environ.get("SMACKCTL_PROFILE_DIR")
@@ -165,8 +165,9 @@ def _copied(given: str, name: str) -> tuple[str, int]:
         )
     text = src.read_text(encoding="utf-8")
     head = f"# A copy of {src}, made by `smackctl profile new {name} --from {given}`.\n"
-    renamed, n = re.subn(r"(?m)^name:.*$", f"name: {name}", text, count=1)
-    return head + (renamed if n else f"name: {name}\n{text}"), len(profile.models)
+    line = f"name: {_scalar(name)}"
+    renamed, n = re.subn(r"(?m)^name:.*$", lambda _: line, text, count=1)
+    return head + (renamed if n else f"{line}\n{text}"), len(profile.models)
 
 
 # --------------------------------------------------------------------------- the models
@@ -197,15 +198,17 @@ def models_on_disk(current: Path | None) -> tuple[list[Entry], str | None]:
             file = _file_of(profile, spec, path, store)
             if file is None or not file.is_file() or file in files:
                 if is_current and spec.source is not None:
-                    fallback.append(_entry(mname, spec, None, profile.name, fallback))
+                    later = f"as in profile {profile.name}; pulled on first use"
+                    fallback.append(_entry(mname, spec, None, later, fallback))
                 continue
             if not is_current and file.parent != store:
                 continue  # another profile's own files are its business, not the store's
             files.add(file)
-            entries.append(_entry(mname, spec, file, profile.name, entries))
-        if is_current and profile.routing.default_model in [e.name for e in entries]:
-            default = profile.routing.default_model
-    entries += _store_files(store, files, {e.name for e in entries})
+            entries.append(_entry(mname, spec, file, f"as in profile {profile.name}", entries))
+        if is_current and profile.routing.default_model is not None:
+            named = profile.resolve(profile.routing.default_model)  # an alias: its model
+            default = named if named in [e.name for e in entries] else None
+    entries += _store_files(store, files, _names_taken(entries))
     if not entries:
         entries = fallback
         default = fallback[0].name if fallback else None
@@ -224,10 +227,14 @@ def _file_of(profile: Any, spec: Any, path: Path, store: Path) -> Path | None:
         return None
 
 
-def _entry(name: str, spec: Any, file: Path | None, origin: str, taken: list[Entry]) -> Entry:
+def _names_taken(entries: list[Entry]) -> set[str]:
+    return {e.name for e in entries} | {a for e in entries for a in e.keys.get("aliases", [])}
+
+
+def _entry(name: str, spec: Any, file: Path | None, note: str, taken: list[Entry]) -> Entry:
     """A profile's model as a starter entry: its name made unique, aliases another entry
     took left out."""
-    used = {e.name for e in taken} | {a for e in taken for a in e.keys.get("aliases", [])}
+    used = _names_taken(taken)
     unique, k = name, 2
     while unique in used:
         unique, k = f"{name}-{k}", k + 1
@@ -245,7 +252,7 @@ def _entry(name: str, spec: Any, file: Path | None, origin: str, taken: list[Ent
     aliases = [a for a in spec.aliases if a not in used and a != unique]
     if aliases:
         keys["aliases"] = aliases
-    return Entry(unique, keys, f"as in profile {origin}")
+    return Entry(unique, keys, note)
 
 
 def _store_files(store: Path, known: set[Path], taken: set[str]) -> list[Entry]:
