@@ -5,8 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from smackctl.config import load_profile, parse_size, validate_model_name, validate_profile_file
+from smackctl.config import (
+    ModelSpec,
+    Profile,
+    load_profile,
+    parse_size,
+    validate_model_name,
+    validate_profile_file,
+)
 from smackctl.errors import ConfigError, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +50,47 @@ def test_wrong_value_names_line_and_key(tmp_path: Path) -> None:
 
 
 def test_unknown_key_is_rejected_with_its_line(tmp_path: Path) -> None:
-    p = write(tmp_path, "models:\n  m:\n    source: pypi:x#y.gguf\n    n_ctxx: 4\n")
-    assert issues(p) == [f"{p}:4 models.m.n_ctxx: unknown key (remove it, or check its spelling)"]
+    p = write(tmp_path, "models:\n  m:\n    source: pypi:x#y.gguf\n    colour: red\n")
+    assert issues(p) == [f"{p}:4 models.m.colour: unknown key (remove it, or check its spelling)"]
+
+
+def test_an_unknown_key_says_what_it_may_have_meant(tmp_path: Path) -> None:
+    p = write(
+        tmp_path,
+        "n_ctx: 4096\nmodels:\n  m:\n    source: pypi:x#y.gguf\n    n_ctxx: 4\n"
+        "memory:\n  reserv: 1GiB\nrouting:\n  auto:\n    genral: m\n",
+    )
+    assert issues(p) == [
+        f"{p}:1 n_ctx: unknown key here: `n_ctx` is a model's setting, put it under `models.NAME`",
+        f"{p}:5 models.m.n_ctxx: unknown key: did you mean `n_ctx`? (else remove it)",
+        f"{p}:7 memory.reserv: unknown key: did you mean `reserve`? (else remove it)",
+        f"{p}:9 routing.auto.general: Field required",
+        f"{p}:10 routing.auto.genral: unknown key: did you mean `general`? (else remove it)",
+    ]
+
+
+def test_a_bad_name_hides_no_other_problem(tmp_path: Path) -> None:
+    p = write(
+        tmp_path,
+        "models:\n  a:\n    source: pypi:x#a.gguf\n    aliases: [ok, 'b c']\n"
+        "  b:\n    source: pypi:x#b.gguf\n    n_ctx: -1\n    fallbacks: [c]\n"
+        "routing:\n  default_model: A\n",
+    )
+    assert issues(p) == [
+        f"{p}:4 models.a.aliases: invalid model name 'b c': use letters, digits, '.', '_' and '-'"
+        " (at most 64, starting with a letter or digit, no '..')",
+        f"{p}:7 models.b.n_ctx: Input should be greater than 0, got -1",
+        f"{p}:8 models.b.fallbacks: 'c' is neither a model nor a group (models and groups: a, b)",
+        f"{p}:10 routing.default_model: 'A' is not a model of this profile: did you mean `a`?",
+    ]
+
+
+def test_a_profile_built_in_code_is_checked_as_a_file_is() -> None:
+    with pytest.raises(ValidationError) as exc:
+        Profile.model_validate({"name": "p", "routing": {"default_model": "x"}})
+    assert "routing.default_model: 'x' is not a model of this profile" in str(exc.value)
+    with pytest.raises(ValidationError, match="invalid model name"):
+        ModelSpec.model_validate({"path": "/x.gguf", "aliases": ["b c"]})
 
 
 def test_several_errors_at_once(tmp_path: Path) -> None:

@@ -17,10 +17,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from smackctl.errors import ConfigError, UsageError
 from smackctl.paths import DEFAULT_HOST, DEFAULT_PORT, list_profile_files, profile_dirs
+from smackctl.profile_refs import Loc, Problem, cross_references, fields_at, suggest
 
 __all__ = [
     "DEFAULT_HOST",
@@ -82,6 +92,22 @@ def validate_model_name(name: str) -> str:
             "pick another name, e.g. `--name my-model`",
         )
     return name
+
+
+def _name_problem(name: str) -> str | None:
+    """What is wrong with a model, alias or group name in a profile, or None."""
+    try:
+        validate_model_name(name)
+    except UsageError as exc:
+        return exc.message
+    return None
+
+
+def _as_schema_error(problem: str | None) -> None:
+    """A problem raised as pydantic's own error: it is reported with the others and its key,
+    where a UsageError would escape pydantic and hide them."""
+    if problem is not None:
+        raise PydanticCustomError("model_name", "{problem}", {"problem": problem})
 
 
 def parse_size(value: int | float | str) -> int:
@@ -218,7 +244,7 @@ class ModelSpec(_Strict):
     @classmethod
     def _aliases(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for a in v:
-            validate_model_name(a)
+            _as_schema_error(_name_problem(a))
         return v
 
     @model_validator(mode="after")
@@ -389,60 +415,14 @@ class Profile(_Strict):
     defaults: Defaults = Defaults()
     routing: Routing = Routing()
 
-    @field_validator("models")
-    @classmethod
-    def _names(cls, v: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
-        for name in v:
-            validate_model_name(name)
-        return v
-
     @model_validator(mode="after")
-    def _routing(self) -> Profile:
-        seen: dict[str, str] = {}
-        for name, spec in self.models.items():
-            for alias in (name, *spec.aliases):
-                if alias in seen and seen[alias] != name:
-                    raise ValueError(
-                        f"alias {alias!r} is used by both {seen[alias]!r} and {name!r}"
-                    )
-                seen[alias] = name
-        for alias, target in self.routing.aliases.items():
-            if target not in self.models:
-                raise ValueError(f"routing.aliases.{alias} points at unknown model {target!r}")
-            if alias in seen and seen[alias] != target:
-                raise ValueError(f"alias {alias!r} is used by both {seen[alias]!r} and {target!r}")
-        for gname, group in self.groups.items():
-            validate_model_name(gname)
-            for alias in (gname, *group.aliases):
-                if alias in seen:
-                    raise ValueError(f"group {gname!r}: the name {alias!r} is a model's already")
-                seen[alias] = gname
-            for d in group.deployments:
-                if d not in self.models:
-                    raise ValueError(f"groups.{gname}.deployments: {d!r} is not a model")
-        for name, where in [
-            *((n, f"models.{m}.fallbacks") for m, s in self.models.items() for n in s.fallbacks),
-            *((n, f"groups.{g}.fallbacks") for g, x in self.groups.items() for n in x.fallbacks),
-        ]:
-            if name not in self.models and name not in self.groups:
-                raise ValueError(f"{where}: {name!r} is neither a model nor a group")
-        if (auto := self.routing.auto) is not None:
-            for key in ("code", "general", "long", "tools", "embeddings", "classifier"):
-                target = getattr(auto, key)
-                if target is not None and target not in self.models and target not in self.groups:
-                    raise ValueError(
-                        f"routing.auto.{key}: {target!r} is not a model of this profile"
-                    )
-            if auto.classifier and not self.models[auto.classifier].pinned:
-                raise ValueError(
-                    f"routing.auto.classifier: set `pinned: true` for {auto.classifier}, so "
-                    "that asking it never evicts the models it routes to"
-                )
-        dm = self.routing.default_model
-        if dm == "auto" and self.routing.auto is not None:
-            return self
-        if dm is not None and dm not in seen and dm not in self.routing.aliases:
-            raise ValueError(f"routing.default_model {dm!r} is not a model of this profile")
+    def _references(self, info: ValidationInfo) -> Profile:
+        if info.context and info.context.get(_CHECKED_ALREADY):
+            return self  # validate_profile_file checked them, each at its own line
+        data = self.model_dump(include={"models", "groups", "routing"})
+        problems = _reference_problems(data)
+        if problems:
+            raise ValueError("; ".join(f"{_key(loc)}: {msg}" for loc, msg in problems))
         return self
 
     def resolve(self, name: str) -> str | None:
@@ -457,10 +437,28 @@ class Profile(_Strict):
         return None
 
     def resolve_spec_path(self, spec: ModelSpec, base: Path) -> Path | None:
-        if spec.path is None:
-            return None
-        p = Path(os.path.expandvars(spec.path)).expanduser()
-        return p if p.is_absolute() else (base / p).resolve()
+        return None if spec.path is None else resolve_path(spec.path, base)
+
+
+def resolve_path(text: str, base: Path) -> Path:
+    """A profile's ``path:`` as a file: variables and ~ expanded, relative to its folder."""
+    p = Path(os.path.expandvars(text)).expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+#: a validation context key: the cross-references were checked on the file's data already
+_CHECKED_ALREADY = "references_checked"
+
+
+def _reference_problems(data: dict[str, Any]) -> list[Problem]:
+    return cross_references(data, tuple(Auto.model_fields), _name_problem)
+
+
+def _key(loc: Loc) -> str:
+    """A key path as written in an issue: a list item's index left out (its line tells)."""
+    while loc and isinstance(loc[-1], int):
+        loc = loc[:-1]
+    return ".".join(str(p) for p in loc)
 
 
 # --------------------------------------------------------------------------- loading
@@ -600,7 +598,10 @@ def _read_text(path: Path) -> str:
 
 
 def validate_profile_file(path: Path) -> tuple[Profile | None, list[ProfileIssue]]:
-    """Parse and validate one profile file; never raises for a bad file."""
+    """Parse and validate one profile file; never raises for a bad file. Every problem the
+    file has is reported in this one pass, in the order of its lines: the schema's (types,
+    values, unknown keys), the cross-references' and missing files, each at the line of its
+    key, with "did you mean" for a misspelt key or model name."""
     shown = _display(path)
     try:
         text = _read_text(path)
@@ -627,40 +628,61 @@ def validate_profile_file(path: Path) -> tuple[Profile | None, list[ProfileIssue
         return None, [ProfileIssue(shown, 1, "", "a profile must be a mapping (key: value)")]
     data = _expand_env(data)
     data.setdefault("name", path.stem)
+    problems = [(loc, _key(loc), msg) for loc, msg in _reference_problems(data)]
+    problems += [(loc, _key(loc), msg) for loc, msg in _missing_files(data, path.parent)]
+    profile: Profile | None = None
     try:
-        profile = Profile.model_validate(data)
+        profile = Profile.model_validate(data, context={_CHECKED_ALREADY: True})
     except ValidationError as exc:
-        issues = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            key = ".".join(str(p) for p in loc)
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key (remove it, or check its spelling)"
-            elif (
-                "input" in err
-                and err["type"] not in ("missing",)
-                and not isinstance(err["input"], dict)
-            ):
-                msg = f"{msg}, got {err['input']!r}"
-            issues.append(ProfileIssue(shown, _line_for(loc, located.lines), key, msg))
-        return None, issues
-    except UsageError as exc:
-        return None, [ProfileIssue(shown, None, "models", exc.message)]
-    issues = []
-    for name, spec in profile.models.items():
-        p = profile.resolve_spec_path(spec, path.parent)
-        if p is not None and not p.is_file():
-            line = _line_for(("models", name, "path"), located.lines)
-            issues.append(
-                ProfileIssue(
-                    shown,
-                    line,
-                    f"models.{name}.path",
-                    f"no such file: {p} (fix the path, or use `source:`)",
-                )
-            )
+        problems += [_schema_problem(err) for err in exc.errors()]
+    issues = [
+        ProfileIssue(shown, _line_for(loc, located.lines), key, msg) for loc, key, msg in problems
+    ]
+    issues.sort(key=lambda i: i.line or 0)  # stable: one line's issues keep their order
     return (profile if not issues else None), issues
+
+
+def _schema_problem(err: Any) -> tuple[Loc, str, str]:
+    """One of pydantic's errors as (where, key path, message in words)."""
+    loc = tuple(err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = _unknown_key(loc)
+    elif (
+        "input" in err
+        and err["type"] not in ("missing", "model_name")
+        and not isinstance(err["input"], dict)
+    ):
+        msg = f"{msg}, got {err['input']!r}"
+    return loc, ".".join(str(p) for p in loc), msg
+
+
+def _unknown_key(loc: Loc) -> str:
+    """What to say of the key at ``loc`` the schema has no place for: the key it may have
+    meant, or where it belongs, or to remove it."""
+    word = str(loc[-1])
+    close = suggest(word, fields_at(Profile, loc[:-1]))
+    if close:
+        return f"unknown key{close} (else remove it)"
+    if len(loc) == 1 and word in ModelSpec.model_fields:
+        return f"unknown key here: `{word}` is a model's setting, put it under `models.NAME`"
+    return "unknown key (remove it, or check its spelling)"
+
+
+def _missing_files(data: dict[str, Any], base: Path) -> list[Problem]:
+    """Each local model's ``path:`` that names no file."""
+    out: list[Problem] = []
+    models = data.get("models")
+    for name, raw in (models if isinstance(models, dict) else {}).items():
+        if not isinstance(raw, dict) or not isinstance(raw.get("path"), str):
+            continue
+        if (raw.get("backend") or data.get("backend")) == "openai":
+            continue  # the schema says that `path` is not for it
+        p = resolve_path(raw["path"], base)
+        if not p.is_file():
+            why = f"no such file: {p} (fix the path, or use `source:`)"
+            out.append((("models", name, "path"), why))
+    return out
 
 
 #: a profile file → ((size, mtime), the names it resolves): what profiles_defining read

@@ -29,6 +29,7 @@ ARGUMENTS: dict[tuple[str, ...], tuple[str, int | None]] = {
     ("cache", "clear"): ("model", 1),
     ("profile", "show"): ("profile", 1),
     ("profile", "switch"): ("profile", 1),
+    ("profile", "validate"): ("profile", None),
 }
 #: an option whose value completes names: (command path, option) → kind
 OPTIONS: dict[tuple[tuple[str, ...], str], str] = {
@@ -36,6 +37,7 @@ OPTIONS: dict[tuple[tuple[str, ...], str], str] = {
     (("chat",), "-m"): "model",
     (("complete",), "--model"): "model",
     (("complete",), "-m"): "model",
+    (("profile", "new"), "--from"): "profile",
 }
 
 

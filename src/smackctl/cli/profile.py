@@ -1,4 +1,4 @@
-"""`smackctl profile list|show|validate|switch`."""
+"""`smackctl profile list|show|validate|new|switch|reload`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from . import output
 from ._common import client, follow_events
 from ._group import Group
 from .completion import complete_profile
+from .profile_new import new
 
 __all__ = ["app"]
 
@@ -121,26 +122,38 @@ def show(name: NameArg, json_: JsonOpt = False, profile_dir: DirOpt = None) -> N
 
 @app.command()
 def validate(
-    files: Annotated[
-        list[Path] | None, typer.Argument(help="Files (default: every profile).")
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Profile names or .yaml paths (default: every profile).",
+            autocompletion=complete_profile,
+            show_default=False,
+        ),
     ] = None,
     profile_dir: DirOpt = None,
 ) -> None:
-    """Check profiles before anything is loaded: every problem with file:line, key and fix."""
-    from smackctl.config import validate_profile_file
+    """Check profiles before anything is loaded: every problem of a file in one pass, each
+    with its file:line, key and fix ("did you mean" for a misspelt key or model name)."""
+    from smackctl.config import ProfileIssue, validate_profile_file
     from smackctl.paths import list_profile_files
 
-    paths = list(files or list_profile_files(profile_dir or []).values())
-    if not paths:
+    dirs = profile_dir or []
+    found: list[tuple[str, Path | None]] = [(t, _lookup(t, dirs)) for t in targets or []]
+    if not targets:
+        found = [(str(p), p) for p in list_profile_files(dirs).values()]
+    if not found:
         raise UsageError(
             "no profile to validate",
-            "give a file, or add one to a profile dir that `smackctl config path` lists",
+            "give a name or a file, or add one to a profile dir that `smackctl config path` lists",
         )
     bad = 0
-    for path in paths:
-        profile, issues = validate_profile_file(path)
-        if profile is not None:
-            issues = _budget_issues(profile, path)
+    for given, path in found:
+        if path is None:
+            issues = [ProfileIssue(given, None, "", _unknown_name(given, dirs))]
+        else:
+            profile, issues = validate_profile_file(path)
+            if profile is not None:
+                issues = _budget_issues(profile, path)
         if issues:
             bad += 1
             for issue in issues:
@@ -149,10 +162,36 @@ def validate(
             print(f"ok  {path}")
     if bad:
         output.error(
-            f"{bad} of {len(paths)} profile(s) have problems",
+            f"{bad} of {len(found)} profile(s) have problems",
             "fix the lines above, then run `smackctl profile validate` again",
         )
         raise typer.Exit(1)
+
+
+app.command()(new)
+
+
+def _lookup(given: str, dirs: list[Path]) -> Path | None:
+    """The file ``given`` names: a path (anything with a .yaml/.yml suffix or a slash, or a
+    file that is there), else a profile's name as `show` and `switch` take it; None for a
+    name no profile dir has."""
+    from smackctl.paths import list_profile_files
+
+    p = Path(given)
+    if p.suffix in (".yaml", ".yml") or "/" in given or p.is_file():
+        return p  # a path that is not there says so itself ("cannot read")
+    return list_profile_files(dirs).get(given)
+
+
+def _unknown_name(given: str, dirs: list[Path]) -> str:
+    from smackctl.paths import list_profile_files
+    from smackctl.profile_refs import suggest
+
+    close = suggest(given, list_profile_files(dirs))
+    return (
+        f"no profile named {given!r}{close} (`smackctl profile list` shows them; "
+        "a file is named by its path, e.g. ./mine.yaml)"
+    )
 
 
 def _budget_issues(profile: Any, path: Path) -> list[Any]:
