@@ -23,8 +23,8 @@ import yaml
 
 from smackctl import catalog
 from smackctl.config import ModelSpec
-from smackctl.daemon.backends import llama_cpp_server_argv
-from smackctl.daemon.runner import free_port
+from smackctl.daemon.backends.base import llama_cpp_server_argv
+from smackctl.daemon.process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

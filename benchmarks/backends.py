@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 
 from smackctl.config import ModelSpec
-from smackctl.daemon.backends import backend_for, find_llama_server
-from smackctl.daemon.runner import free_port
+from smackctl.daemon.backends.base import backend_for, find_llama_server
+from smackctl.daemon.process import free_port
 
 from ._harness import (
     first_token,

@@ -6,7 +6,7 @@
    alternated; medians. Goal: supervisor ÷ by hand ≤ 1.10.
 4. Swap: with SmolLM2 loaded, the time to the first token of Gemma 3 270M, and back
    (A→B, B→A, SWAPS in all). The supervisor has ``max_loaded: 1``, so it must evict one
-   model, and loads the other in the evicted runner's process (daemon/host.py); the peer
+   model, and loads the other in the evicted runner's process (the runner program); the peer
    is llama_cpp.server's own multi-model ``--config_file``, which swaps inside its one
    process. A second, identical ``--config_file`` server is the control. All three run side
    by side and take turns, in a rotating order; the figure is the median of each swap's
@@ -15,7 +15,7 @@
    identical servers land.
    Goal: supervisor ÷ llama_cpp.server ≤ 1.0.
    Each swap comes 3 s after the previous one, on every side, as a user's question would:
-   the supervisor uses idle time to start its spare runner (daemon/host.py --spare), which
+   the supervisor uses idle time to start its spare runner (the runner program --spare), which
    back-to-back swaps would not leave it.
 """
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from smackctl.daemon.runner import free_port
+from smackctl.daemon.process import free_port
 from smackctl.hardware import physical_cores
 
 from ._harness import (

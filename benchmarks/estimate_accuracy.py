@@ -17,7 +17,7 @@ import httpx
 
 from smackctl import catalog
 from smackctl.config import ModelSpec
-from smackctl.daemon.backends import backend_for
+from smackctl.daemon.backends.base import backend_for
 from smackctl.daemon.runner import Runner
 from smackctl.estimate import estimate_for
 from smackctl.gguf import read_info

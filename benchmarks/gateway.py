@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from smackctl.daemon.runner import free_port
+from smackctl.daemon.process import free_port
 from smackctl.paths import find_llama_server
 
 from ._harness import (

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from smackctl.config import ModelSpec
-from smackctl.daemon.backends import llama_cpp_server_argv
+from smackctl.daemon.backends.base import llama_cpp_server_argv
 from smackctl.daemon.runner import Runner
 
 from ._harness import MODELS, median, model, model_file, profile_text, supervisor, verdict

@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tinygguf import write_alien_gguf, write_corrupt_gguf, write_tiny_gguf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the module the llama-cpp-python runners (and the spare) run as
+RUNNER_MODULE = "smackctl.daemon.backends.llama_cpp_python.runner"
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
@@ -55,7 +57,7 @@ def _children_of_home(home: Path) -> list[tuple[int, bool]]:
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
             cmd = p.info["cmdline"] or []
-            if "llama_cpp.server" not in cmd and "smackctl.daemon.host" not in cmd:
+            if "llama_cpp.server" not in cmd and RUNNER_MODULE not in cmd:
                 continue
             if p.environ().get("SMACKCTL_HOME") != str(home):
                 continue

@@ -275,7 +275,7 @@ def test_accepted_connections_have_nagle_off() -> None:
 
 def test_a_grammar_llama_cpp_cannot_parse_is_a_400_not_a_crash(supervisor: Supervisor) -> None:
     """llama-cpp-python adds the NULL sampler of an unparsable grammar to its chain and dies
-    with SIGSEGV at the next token (found by the fuzzer); host.py refuses it instead."""
+    with SIGSEGV at the next token (found by the fuzzer); the runner program refuses it instead."""
     with supervisor.client() as c:
         assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-q8"}).status_code == 200
         pid = supervisor.model("tiny-q8")["pid"]

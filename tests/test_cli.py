@@ -182,7 +182,10 @@ def test_logs_show_supervisor_and_runner_logs(cli: CliRunner) -> None:
     assert "ready at http://127.0.0.1:" in r.stdout
     r = cli.invoke(app, ["logs", "tiny-a", "-n", "400"])
     assert r.exit_code == 0
-    assert "smackctl.daemon.host" in r.stdout and "--interrupt_requests=False" in r.stdout
+    assert (
+        "smackctl.daemon.backends.llama_cpp_python.runner" in r.stdout
+        and "--interrupt_requests=False" in r.stdout
+    )
     r = cli.invoke(app, ["logs", "../../etc/passwd"])
     assert r.exit_code == 2
 

@@ -123,7 +123,7 @@ def test_the_layers_import_downwards_only() -> None:
 
 
 def test_sse_is_framed_and_parsed_in_one_place() -> None:
-    """Only wire.py writes or reads ``data:`` lines (the runner program, host.py, hands its
+    """Only wire.py writes or reads ``data:`` lines (the runner program hands its
     events to llama_cpp.server, which frames them)."""
     offenders = []
     for name, path in MODULES.items():

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from smackctl.cli.app import app
 from smackctl.config import ModelSpec
-from smackctl.daemon.backends import backend_for, find_llama_server
+from smackctl.daemon.backends.base import backend_for, find_llama_server
 
 from conftest import (
     Home,

@@ -200,7 +200,7 @@ def test_the_selftest_says_which_signal_killed_it_and_where(
 
 
 def test_rotate_log_keeps_one_older_copy_while_the_writer_goes_on(tmp_path: Path) -> None:
-    from smackctl.daemon.runner import open_log, rotate_log
+    from smackctl.daemon.process import open_log, rotate_log
 
     path = tmp_path / "runner-x.log"
     with open_log(path) as log:

@@ -1,4 +1,4 @@
-"""A swap loads the next model in the process of the runner it evicts (daemon/host.py's
+"""A swap loads the next model in the process of the runner it evicts (daemon/the runner program's
 ``POST /smackctl/load``), as llama_cpp.server's own ``--config_file`` swaps do.
 
 Which model a process holds is read from ``/proc/PID/maps``: llama.cpp maps the GGUF file it
@@ -65,7 +65,7 @@ def test_max_loaded_swaps_in_one_process_and_frees_the_old_model(
         assert f"unloaded tiny-b; its process (pid {pid}) takes the next model" in log
         runner_log = (home.state / "logs" / "runner-tiny-c.log").read_text()
         assert f"loading in the process of tiny-a (pid {pid})" in runner_log
-        assert "smackctl.daemon.host: loading" in runner_log  # the process writes here now
+        assert "smackctl runner: loading" in runner_log  # the process writes here now
         assert "tiny-c.gguf" in runner_log
         # tiny-a was freed after the load, once tiny-c's first request was answered
         assert "freed the previous model" not in runner_log

@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from smackctl.config import ModelSpec
-from smackctl.daemon.backends import llama_cpp_server_argv
+from smackctl.daemon.backends.base import llama_cpp_server_argv
 from smackctl.daemon.runner import Runner, RunnerState
 from smackctl.errors import ModelLoadError
 

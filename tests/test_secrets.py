@@ -21,8 +21,9 @@ import psutil
 import pytest
 
 from smackctl.config import ModelSpec
-from smackctl.daemon.backends import llama_cpp_server_argv
-from smackctl.daemon.runner import Runner, signal_group
+from smackctl.daemon.backends.base import llama_cpp_server_argv
+from smackctl.daemon.process import signal_group
+from smackctl.daemon.runner import Runner
 
 from conftest import Home, Supervisor, launch, profile_yaml, shutdown, smackctl, wait_for
 
@@ -35,7 +36,10 @@ def _runners(sup: Supervisor) -> list[tuple[psutil.Process, dict[str, str]]]:
     for p in psutil.Process(sup.pid).children():
         try:
             cmd = p.cmdline()
-            if "smackctl.daemon.host" in cmd or "llama-server" in cmd[0]:
+            if (
+                "smackctl.daemon.backends.llama_cpp_python.runner" in cmd
+                or "llama-server" in cmd[0]
+            ):
                 found.append((p, p.environ()))
         except psutil.Error:
             continue  # one that ended meanwhile
@@ -304,7 +308,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_no_environment_variable_of_the_user_reaches_a_runner_unless_needed() -> None:
-    from smackctl.daemon.runner import runner_env
+    from smackctl.daemon.process import runner_env
 
     os.environ["AWS_SECRET_ACCESS_KEY"] = "x"
     os.environ["OMP_NUM_THREADS"] = "2"

@@ -16,7 +16,7 @@ from typing import Any
 from smackctl.errors import SmackError
 from smackctl.selftest import signal_name
 
-from .host import BAD_GRAMMAR
+from .backends.llama_cpp_python.words import BAD_GRAMMAR
 from .runner import Runner
 from .scheduler import ShuttingDown
 from .upstream import TransportError
@@ -110,7 +110,7 @@ _UNSAFE = re.compile(r"SecurityError|access to attribute .* is unsafe|is not saf
 
 def error_event_of(chunk: bytes) -> bytes | None:
     """The error object of a stream's first event, when the runner's answer failed before
-    any token (host.py's error event); None for a token."""
+    any token (the runner program's error event); None for a token."""
     if b'"error"' not in chunk:
         return None
     try:

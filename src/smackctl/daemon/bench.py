@@ -29,7 +29,7 @@ from smackctl.errors import ModelLoadError, SmackError, UsageError
 from smackctl.gguf import read_info
 from smackctl.hardware import probe_machine, process_tree_vram, tree_peak_rss, tree_rss
 
-from .backends import Backend, backend_for
+from .backends.base import Backend, backend_for
 
 if TYPE_CHECKING:
     from .runner import Runner
@@ -235,7 +235,7 @@ async def _measure(
             if data == "[DONE]":
                 break
             choices = json.loads(data).get("choices")
-            if not choices:  # the usage event that ends a stream (host.py)
+            if not choices:  # the usage event that ends a stream (the runner program)
                 continue
             now = time.perf_counter()
             first = first if first is not None else now

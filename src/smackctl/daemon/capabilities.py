@@ -9,7 +9,7 @@ from typing import Any
 from smackctl.config import ModelSpec
 from smackctl.gguf import GGUFInfo
 
-from .backends import backend_for
+from .backends.base import backend_for
 
 __all__ = ["capabilities"]
 

@@ -25,7 +25,7 @@ from smackctl.config import ModelSpec
 from smackctl.gguf import GGUFInfo
 from smackctl.hardware import probe_gpus
 
-from .backends import runner_threads
+from .backends.base import runner_threads
 
 __all__ = ["Cores"]
 

@@ -2,8 +2,8 @@
 
 Each goes to the runner as it is where the backend serves it (llama-server has them all);
 where the backend has the same thing under another shape it is asked in that shape
-(llama-cpp-python's tokenizer, ``/smackctl/count`` in host.py); where it has none the request
-is refused with the fix, before any load. ``/v1/completions`` with a ``suffix`` becomes the
+(llama-cpp-python's tokenizer, ``/smackctl/count`` of the runner program); where it has none
+the request is refused with the fix, before any load. ``/v1/completions`` with a ``suffix`` becomes the
 model's own fill-in-the-middle prompt on both backends: llama-cpp-python builds it from token
 id 0 (``llama.py``'s "TODO: Fix"), and llama-server ignores ``suffix``.
 """
@@ -15,7 +15,7 @@ from typing import Any
 from smackctl.errors import UsageError
 from smackctl.gguf import GGUFInfo
 
-from .backends import Backend
+from .backends.base import Backend
 from .schemas import chat_for_runner
 from .translate import MESSAGES, to_chat
 

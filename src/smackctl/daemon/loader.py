@@ -30,12 +30,14 @@ from smackctl.hardware import process_tree_vram, tree_rss
 from smackctl.paths import Paths
 from smackctl.selftest import signal_name
 
-from .backends import Backend, backend_for
+from .backends.base import Backend, backend_for
 from .events import Events
 from .memory import load_key
+from .process import signal_group
 from .registry import Managed, Registry
-from .runner import Runner, RunnerState, Spare, Vacated, signal_group
+from .runner import Runner, RunnerState
 from .slots import QueueBudget
+from .spare import Spare, Vacated
 from .store import Store
 
 __all__ = ["BACKOFF_CAP", "MAX_QUICK_FAILURES", "SPARE_RAM", "Loader", "MakeRoom"]

@@ -16,41 +16,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import enum
 import json
-import os
 import secrets
 import signal
-import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from smackctl import procnet
 from smackctl.errors import ModelLoadError
 from smackctl.selftest import signal_name
 
-from .backends import RUNNER_PROGRAM
-from .host import HOST_ANSWERED, HOST_GENERATING, HOST_PROMPT, LOGS_ENV
+from . import runlog
+from .backends.base import RUNNER_PROGRAM
+from .backends.llama_cpp_python.words import LOGS_ENV
+from .process import free_port, listening, open_log, runner_env, shown, signal_group, start_child
 from .slots import QueueBudget, Slots
+from .spare import Spare, Vacated, load_in
 from .upstream import TransportError, Upstream
 
-__all__ = [
-    "Runner",
-    "RunnerState",
-    "Spare",
-    "Vacated",
-    "LOG_CAP",
-    "free_port",
-    "open_log",
-    "rotate_log",
-    "runner_env",
-    "shown",
-    "signal_group",
-]
+__all__ = ["Runner", "RunnerState"]
 
 
 class RunnerState(enum.StrEnum):
@@ -71,178 +57,6 @@ TRANSITIONS: dict[RunnerState, frozenset[RunnerState]] = {
     S.BACKOFF: frozenset({S.STARTING, S.STOPPED, S.FAILED}),
     S.FAILED: frozenset({S.STARTING, S.STOPPED}),
 }
-
-
-#: a runner's log is rotated past this size (one older copy, ``runner-NAME.log.1``, is kept)
-LOG_CAP = 8 * 2**20
-
-
-def open_log(path: Path, cap: int = LOG_CAP) -> BinaryIO:
-    """A runner's log, for appending: mode 0600 (it quotes prompts' sizes and llama.cpp's
-    paths), rotated first when it has grown past ``cap``."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    rotate_log(path, cap)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    with contextlib.suppress(OSError):
-        os.fchmod(fd, 0o600)  # a log an older version wrote 0644
-    return os.fdopen(fd, "ab")
-
-
-def rotate_log(path: Path, cap: int = LOG_CAP) -> bool:
-    """Past ``cap``: copy the log to ``PATH.1`` and empty it in place. In place, because the
-    runner process keeps writing to its open descriptor (O_APPEND: from the new end)."""
-    try:
-        if path.stat().st_size <= cap:
-            return False
-        old = path.with_name(path.name + ".1")
-        with (
-            path.open("rb") as src,
-            open(os.open(old, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as dst,
-        ):
-            while block := src.read(1 << 20):
-                dst.write(block)
-        os.truncate(path, 0)
-        return True
-    except OSError:
-        return False
-
-
-def shown(argv: Sequence[str], secret: str) -> str:
-    """A command line for a log: the runner's key never appears in one."""
-    return " ".join(argv).replace(secret, "***")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _child_setup() -> None:
-    """Runs in the child between fork and exec: die with the supervisor.
-
-    PDEATHSIG fires when the *thread* that forked exits, so runners are spawned from the
-    event-loop thread, which lives as long as the supervisor.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() == 1:  # the supervisor died between fork and prctl
-        os._exit(1)
-
-
-#: what a runner needs of the supervisor's environment; nothing else passes (the API keys of
-#: remote deployments, SMACKCTL_TOKEN, whatever the user's shell holds). SMACKCTL_HOME stays
-#: as a mark of whose runner a process is (``ps e``, the tests' orphan checks).
-_RUNNER_ENV = frozenset(
-    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH",
-     "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "SMACKCTL_HOME", "SMACKCTL_RUNNER_DEBUG"}
-)  # fmt: skip
-#: and what the compute libraries read: threads (OpenMP, BLAS), devices (CUDA, ROCm, Vulkan),
-#: llama.cpp's own GGML_ settings, the locale
-_RUNNER_ENV_PREFIXES = (
-    "LC_", "CUDA_", "NVIDIA_", "HIP_", "ROCR_", "HSA_", "GGML_", "OMP_", "KMP_", "GOMP_",
-    "OPENBLAS_", "MKL_", "VK_",
-)  # fmt: skip
-
-
-def runner_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment a runner process starts with: the allowed part of ours, and ``extra``."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k in _RUNNER_ENV or k.startswith(_RUNNER_ENV_PREFIXES)
-    }
-    return {**env, **(extra or {})}
-
-
-async def _start_child(
-    argv: Sequence[str], log: BinaryIO, *, stdin: int, env: dict[str, str]
-) -> asyncio.subprocess.Process:
-    """A runner's (or a spare's) process: output to its log, its own session (process group),
-    ``PR_SET_PDEATHSIG`` so that it dies with the supervisor, and ``env`` alone."""
-    return await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=stdin,
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-        preexec_fn=_child_setup,
-        env=env,
-    )
-
-
-class Spare:
-    """A runner process with the imports done, waiting for its model (``host.py --spare``).
-
-    Same hygiene as a runner: own process group, killed by the kernel with the supervisor.
-    """
-
-    def __init__(self, log_path: Path) -> None:
-        self.log_path = log_path
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        with open_log(self.log_path) as log:
-            log.write(f"\n=== {time.strftime('%F %T')} spare starting\n".encode())
-            log.flush()
-            argv = [*RUNNER_PROGRAM, "--spare"]
-            env = runner_env({LOGS_ENV: str(self.log_path.parent)})
-            self.proc = await _start_child(argv, log, stdin=asyncio.subprocess.PIPE, env=env)
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
-
-    def hand(
-        self, args: Sequence[str], log_path: Path, key: str
-    ) -> asyncio.subprocess.Process | None:
-        """Make it the runner started with ``args`` and ``key``, logging to ``log_path`` (a
-        file of the spare's log folder); None if it died."""
-        proc, self.proc = self.proc, None
-        if proc is None or proc.returncode is not None or proc.stdin is None:
-            return None
-        if log_path.parent != self.log_path.parent:
-            raise RuntimeError(f"{log_path} is not in the spare's log folder")
-        order = {"args": list(args), "log": log_path.name, "key": key}
-        try:
-            proc.stdin.write(json.dumps(order).encode())
-            proc.stdin.write(b"\n")
-            proc.stdin.close()
-        except (BrokenPipeError, ConnectionResetError):
-            return None
-        return proc
-
-    async def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.stdin is not None:
-            proc.stdin.close()  # no order: it exits by itself
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), 2.0)
-        signal_group(proc.pid, signal.SIGKILL, leader_gone=proc.returncode is not None)
-        await proc.wait()
-
-
-@dataclass
-class Vacated:
-    """The process of a runner whose model was just unloaded, kept for the next load: it
-    loads that model in place (``POST /smackctl/load``, host.py) with its port and key.
-    ``keep_old``: memory has room for both models, so the old one is freed after the load
-    (``Runner.free_old``), off the swap's path."""
-
-    proc: asyncio.subprocess.Process
-    port: int
-    api_key: str
-    model: str
-    keep_old: bool
-
-    async def discard(self) -> None:
-        signal_group(self.proc.pid, signal.SIGKILL, leader_gone=self.proc.returncode is not None)
-        await self.proc.wait()
 
 
 class Runner:
@@ -340,7 +154,7 @@ class Runner:
         ModelLoadError otherwise."""
         self._set(RunnerState.STARTING)
         reuse, self._reuse = self._reuse, None
-        if reuse is not None and await self._load_in(reuse):
+        if reuse is not None and await load_in(self, reuse):
             self.ready_at = time.time()
             self._set(RunnerState.READY)
             return
@@ -380,7 +194,7 @@ class Runner:
             if self.proc is None:
                 env = runner_env({self.key_env: self.api_key, LOGS_ENV: str(self.log_path.parent)})
                 try:
-                    self.proc = await _start_child(
+                    self.proc = await start_child(
                         argv, log, stdin=asyncio.subprocess.DEVNULL, env=env
                     )
                 except OSError as exc:
@@ -390,48 +204,8 @@ class Runner:
                     ) from exc
         self._watch_process()
 
-    async def _load_in(self, v: Vacated) -> bool:
-        """Load this runner's model in a vacated process: True once it answers; False when
-        the process cannot take it (another program, other server settings: it is ended and
-        a fresh one starts); ModelLoadError when the load itself fails."""
-        argv = list(self._argv_for(v.port))
-        n = len(RUNNER_PROGRAM)
-        if argv[:n] != RUNNER_PROGRAM or v.proc.returncode is not None:
-            await v.discard()
-            return False
-        self.port, self.api_key, self.proc, self.hosted = v.port, v.api_key, v.proc, True
-        self.reused = self._port_checked = True  # its predecessor checked the listener
-        with open_log(self.log_path) as log:
-            log.write(
-                f"\n=== {time.strftime('%F %T')} loading in the process of {v.model} "
-                f"(pid {v.proc.pid}): {shown(argv, self.api_key)}\n".encode()
-            )
-        self._watch_process()
-        order = {"args": argv[n:], "log": self.log_path.name, "keep_old": v.keep_old}
-        try:
-            status, body = await self._post_own(
-                "/smackctl/load", json.dumps(order).encode(), self.ready_timeout
-            )
-        except TransportError as exc:
-            status, body = None, str(exc).encode()
-        if status == 200:
-            self.holds_old = v.keep_old
-            return True
-        if status == 409:  # it needs a process of its own
-            await v.discard()
-            await self.exited.wait()  # the watch is done with it before a new one starts
-            self.proc, self.exited, self.reused = None, asyncio.Event(), False
-            return False
-        with contextlib.suppress(ValueError, AttributeError):
-            body = json.loads(body)["message"].encode()
-        raise ModelLoadError(
-            f"the runner for {self.model} could not load it: {body.decode(errors='replace')}\n"
-            f"{self.log_tail()}",
-            self._load_fix(),
-        )
-
     async def _post_own(self, path: str, body: bytes, read_timeout: float) -> tuple[int, bytes]:
-        """POST to one of RUNNER_PROGRAM's own routes (host.py): (status, body)."""
+        """POST to one of RUNNER_PROGRAM's own routes (the runner program): (status, body)."""
         return await self._ask("POST", path, body, read_timeout)
 
     async def _ask(
@@ -515,30 +289,6 @@ class Runner:
             return f"was killed by {name}"
         return f"exited with code {self.exit_code}"
 
-    def activity(self) -> str | None:
-        """What the process was doing when it ended, from the lines RUNNER_PROGRAM writes to
-        this run's log as a request goes (host.py): ``while decoding a prompt of 12 tokens``,
-        ``while generating the answer to a prompt of 12 tokens``; None when it was not
-        answering."""
-        for line in reversed(self._this_run().splitlines()):
-            if line.startswith(HOST_PROMPT):
-                return "while decoding " + line[len(HOST_PROMPT) :].strip()
-            if line.startswith(HOST_GENERATING):
-                return "while generating the answer to " + line[len(HOST_GENERATING) :].strip()
-            if line.startswith(HOST_ANSWERED):
-                return None
-        return None
-
-    def _this_run(self) -> str:
-        try:
-            with self.log_path.open("rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 65536))
-                text = f.read().decode(errors="replace")
-        except OSError:
-            return ""
-        return text.rsplit("\n=== ", 1)[-1] if "\n=== " in text else text
-
     async def _wait_ready(self) -> None:
         """Poll ``GET ready_path`` every 10 ms until it answers 200. llama_cpp.server loads the
         model before it binds its port, so until then each poll is a refused connect: cheap;
@@ -577,27 +327,11 @@ class Runner:
             await http.aclose()
 
     def _ours(self) -> bool:
-        """Whether this runner's own process listens on its port, checked before the key is
-        first sent there: True once seen, False while nothing listens yet. Any local user can
-        bind a free port in the moment before the runner does (llama_cpp.server binds only
-        once its model is loaded): another process there gets ModelLoadError, not the key."""
-        if self._port_checked or not procnet.LINUX:
-            return True
-        if self.proc is None or self.port is None:
-            return False
-        held = procnet.holds_listener(self.proc.pid, self.port)
-        if held is None:
-            return False
-        if not held:
-            raise ModelLoadError(
-                f"another process took 127.0.0.1:{self.port}, the port chosen for the runner "
-                f"of {self.model}, before the runner could listen there; its key was not sent "
-                "to it",
-                f"find that process with `ss -ltnp 'sport = :{self.port}'` and stop it, then "
-                f"load {self.model} again",
-            )
-        self._port_checked = True
-        return True
+        """Whether this runner's own process listens on its port (``process.listening``),
+        checked once, before its key is first sent there."""
+        if not self._port_checked and self.proc is not None and self.port is not None:
+            self._port_checked = listening(self.proc.pid, self.port, self.model)
+        return self._port_checked
 
     def kill_hung(self, why: str) -> None:
         """SIGKILL the process group of a runner that made no progress (``why``). Not an
@@ -645,28 +379,10 @@ class Runner:
         if self.state is not RunnerState.STOPPED:  # two callers may wait for the same exit
             self._set(RunnerState.STOPPED)
 
+    def activity(self) -> str | None:
+        """What the process was doing when it ended (``runlog.activity``)."""
+        return runlog.activity(self.log_path)
+
     def log_tail(self, lines: int = 6) -> str:
-        """The lines of this run's log that explain a failure: llama.cpp's own error lines
-        first (they sit above Python's traceback), then the last lines."""
-        if not self.log_path.is_file():
-            return "  (no log)"
-        run = self._this_run().splitlines()[1:]  # this start's lines only
-        errors = [ln for ln in run if "error" in ln.lower() and not ln.startswith(" ")][:4]
-        tail = [ln for ln in run[-lines:] if ln not in errors and ln.strip()]
-        picked = errors + (["  ..."] if errors and tail else []) + tail[-3:]
-        return "\n".join(f"  | {ln.strip()}" for ln in picked) or "  (empty log)"
-
-
-def signal_group(pgid: int, sig: signal.Signals, *, leader_gone: bool = False) -> None:
-    """Signal a whole process group; one that is already gone is fine.
-
-    ``leader_gone``: the group's leader was reaped, so its pid, the group's id, is free for a
-    new process once no member of the group is left (members that outlived the leader keep
-    the id from reuse). A process with that pid then means the id was reused, and the
-    group, if any, is someone else's: it is left alone."""
-    if leader_gone and os.path.exists(f"/proc/{pgid}"):
-        return
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+        """The lines of this run's log that explain a failure (``runlog.tail``)."""
+        return runlog.tail(self.log_path, lines)

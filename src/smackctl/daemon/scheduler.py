@@ -31,8 +31,10 @@ from .events import Events
 from .loader import MEASURE_EVERY, SPARE_RAM, Loader
 from .memory import budget_of, explain, fix, machine_budget, plan_for, wait_gone
 from .planner import Budget, Plan
+from .process import rotate_log
 from .registry import Managed, Registry, forget_runner
-from .runner import Runner, RunnerState, Vacated, rotate_log
+from .runner import Runner, RunnerState
+from .spare import Vacated
 from .store import Store
 from .switch_plan import SwitchPhase
 from .views import model_view

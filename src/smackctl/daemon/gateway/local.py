@@ -15,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 
 from smackctl.config import ModelSpec
 from smackctl.daemon.answers import wants_tools, with_defaults
-from smackctl.daemon.backends import backend_for
+from smackctl.daemon.backends.base import backend_for
 from smackctl.daemon.capabilities import capabilities
 from smackctl.daemon.extras import COUNT, for_runner, is_extra
 from smackctl.daemon.loader import Loader

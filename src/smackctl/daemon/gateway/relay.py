@@ -29,7 +29,7 @@ from smackctl.daemon.answers import (
     map_error,
     runner_died,
 )
-from smackctl.daemon.backends import backend_for
+from smackctl.daemon.backends.base import backend_for
 from smackctl.daemon.registry import Managed
 from smackctl.daemon.runner import Runner
 from smackctl.daemon.scheduler import Scheduler
@@ -244,7 +244,7 @@ class Runners:
 
 class _Relay:
     """A streamed answer on its way from a runner to the client: chunks pass through as they
-    come; the usage event the runner program adds at the end (host.py) is kept for the usage
+    come; the usage event the runner program adds at the end is kept for the usage
     log and passed on only to a client that asked for it (``stream_options.include_usage``);
     a runner that dies mid-way ends the stream with an error event that says so."""
 

@@ -1,4 +1,4 @@
-"""llama-cpp-python's ``llama_cpp.server``, run as ``python -m smackctl.daemon.host``."""
+"""llama-cpp-python's ``llama_cpp.server``, run as its runner program (``RUNNER_PROGRAM``)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from smackctl.estimate import Estimate, estimate_for
 from smackctl.gguf import GGUFInfo
 from smackctl.hardware import physical_cores
 
+from .words import KEY_ENV
+
 __all__ = ["RUNNER_PROGRAM", "LlamaCppPython", "llama_cpp_server_argv"]
 
 #: the runner program: llama_cpp.server's app and flags, plus a route that lets the process
-#: take the next model (daemon/host.py)
-RUNNER_PROGRAM = [sys.executable, "-m", "smackctl.daemon.host"]
+#: take the next model (``runner``)
+RUNNER_PROGRAM = [sys.executable, "-m", "smackctl.daemon.backends.llama_cpp_python.runner"]
 
 
 def _flag(value: str | int | float | bool) -> str:
@@ -29,7 +31,7 @@ def llama_cpp_server_argv(
 
     - ``--interrupt_requests False``: its default lets a second request silently truncate
       the first stream; the supervisor queues instead.
-    - 127.0.0.1, and a per-runner random key in the environment (``host.KEY_ENV``): with no
+    - 127.0.0.1, and a per-runner random key in the environment (``words.KEY_ENV``): with no
       key it accepts any Host and reflects any Origin, so any web page could drive it; on
       the command line any local user would read it in ``ps``. ``api_key``: a key flag for
       llama_cpp.server started by hand (the benchmarks' baseline), never the supervisor's.
@@ -69,9 +71,9 @@ TOOL_FORMATS = frozenset(
 class LlamaCppPython:
     name = "llama-cpp-python"
     ready_path = "/v1/models"  # llama_cpp.server has no /health
-    # host.py's: answered on the event loop, while the request computes in its thread
+    # the runner program's: answered on its event loop, while a request computes in a thread
     progress_path = "/smackctl/alive"
-    key_env = "SMACKCTL_RUNNER_KEY"  # host.KEY_ENV
+    key_env = KEY_ENV
     swaps = True
     logprobs = False
     embeddings_arg = "embedding"
@@ -98,5 +100,5 @@ class LlamaCppPython:
         return int(answer["count"])
 
     def progress_of(self, answer: Any) -> int:
-        # bumped by every decode, and by every graph node of a prompt's batch (host.py)
+        # bumped by every decode, and by every graph node of a prompt's batch (patches.py)
         return int(answer["progress"])
