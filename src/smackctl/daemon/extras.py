@@ -3,9 +3,9 @@
 Each goes to the runner as it is where the backend serves it (llama-server has them all);
 where the backend has the same thing under another shape it is asked in that shape
 (llama-cpp-python's tokenizer, ``/smackctl/count`` of the runner program); where it has none
-the request is refused with the fix, before any load. ``/v1/completions`` with a ``suffix`` becomes the
-model's own fill-in-the-middle prompt on both backends: llama-cpp-python builds it from token
-id 0 (``llama.py``'s "TODO: Fix"), and llama-server ignores ``suffix``.
+the request is refused with the fix, before any load. ``/v1/completions`` with a ``suffix``
+becomes the model's own fill-in-the-middle prompt on both backends: llama-cpp-python builds
+it from token id 0 (``llama.py``'s "TODO: Fix"), and llama-server ignores ``suffix``.
 """
 
 from __future__ import annotations
