@@ -248,7 +248,7 @@ def test_accepted_connections_have_nagle_off() -> None:
     import asyncio
     import socket
 
-    from smackctl.daemon.main import _bind
+    from smackctl.daemon.startup import bind as _bind
 
     sock = _bind("127.0.0.1", 0)
     sock.listen()

@@ -221,7 +221,8 @@ def test_small_messages_a_new_user_met(cli: CliRunner, home: Home, tmp_path: Pat
 
 
 def test_set_alone_shows_defaults_in_words(home: Home) -> None:
-    from smackctl.cli.chat import Session, _command
+    from smackctl.cli.repl import _command
+    from smackctl.cli.session import Session
 
     s = Session(model=None, system=None, options={"temperature": None, "max_tokens": 8})
     out = io.StringIO()

@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from smackctl.daemon.planner import Budget, Loaded, plan_evictions
-from smackctl.daemon.slots import QueueFull, Slots
+from smackctl.daemon.slots import Slots
+from smackctl.errors import QueueFull
 from smackctl.estimate import RUNNER_BASELINE, estimate_memory
 from smackctl.gguf import GGUFInfo
 

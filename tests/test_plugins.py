@@ -22,7 +22,7 @@ import openai
 import pytest
 from starlette.responses import Response
 
-from smackctl.cli.chat import completions
+from smackctl.cli.repl import completions
 from smackctl.daemon.plugins import Installed, Plugins, slash_command
 from smackctl.plugins.builtin import ModelsPlugin
 

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from smackctl.daemon.slots import QUEUED_OVERHEAD, QueueBudget, QueueFull, Slots
+from smackctl.daemon.slots import QUEUED_OVERHEAD, QueueBudget, Slots
+from smackctl.errors import QueueFull
 
 
 def test_the_queue_is_bounded_by_memory_not_by_a_count() -> None:

@@ -20,8 +20,8 @@ import httpx
 import psutil
 import pytest
 
-from smackctl.daemon.store import StateUnwritable, Store
-from smackctl.errors import SmackError
+from smackctl.daemon.store import Store
+from smackctl.errors import SmackError, StateUnwritable
 
 from conftest import CHAT, Home, ask, launch, shutdown, smackctl, wait_for
 

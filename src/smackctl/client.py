@@ -22,6 +22,7 @@ from urllib.parse import urlencode, urlsplit
 from smackctl import procnet
 from smackctl.errors import ApiError, NotTheSupervisor, SupervisorNotRunning
 from smackctl.paths import DEFAULT_HOST, DEFAULT_PORT, Paths, get_paths, pid_status
+from smackctl.wire import Event, SSEParser
 
 __all__ = ["Client", "Reply", "default_url", "get_health", "read_token"]
 
@@ -298,19 +299,29 @@ class Client:
             if line.strip():
                 yield json.loads(line)
 
+    def events(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[Event]:
+        """The Server-Sent Events of a streamed answer, as they arrive (``wire.SSEParser``)."""
+        parser = SSEParser()
+        for line in self.stream_lines(method, path, body, timeout):
+            yield from parser.feed(line.encode() + b"\n")
+        yield from parser.feed(b"\n")  # a last event the stream did not close
+
     def chat_stream(
         self, body: dict[str, Any], timeout: float | None = None
     ) -> Iterator[dict[str, Any]]:
         """Chunks of a streamed chat completion; an SSE error event raises ApiError."""
-        for line in self.stream_lines(
-            "POST", "/v1/chat/completions", {**body, "stream": True}, timeout
-        ):
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
+        for ev in self.events("POST", "/v1/chat/completions", {**body, "stream": True}, timeout):
+            if ev.done:
                 return
-            chunk = json.loads(data)
+            chunk = ev.json()
+            if not isinstance(chunk, dict):
+                continue
             if "error" in chunk:
                 err = chunk["error"]
                 raise ApiError(

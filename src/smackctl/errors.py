@@ -3,29 +3,42 @@
     SmackError                      exit 1; ``hint`` names the command or setting that fixes it
     ├── UsageError                  exit 2; the user's input is wrong (bad name, bad flag value)
     ├── ConfigError                 a settings or profile file is invalid (file:line key.path: ...)
+    ├── CommandFailed               a command said why itself: its exit code, nothing more said
     ├── SupervisorError
     │   ├── SupervisorNotRunning    exit 3; nothing answers on the supervisor's URL
-    │   ├── NotTheSupervisor        another program listens on the supervisor's port
+    │   ├── NotTheSupervisor        exit 3; another program listens on the supervisor's port
     │   ├── SupervisorStartError    `smackctl start` could not bring the supervisor up
     │   │   └── PortInUse           the port is taken by another program
-    │   └── ApiError                the supervisor answered with an error (status, type, code)
+    │   ├── ApiError                the supervisor answered with an error (status, type, code)
+    │   ├── ShuttingDown            503: the supervisor is stopping, or its drain ran out
+    │   └── StateUnwritable         503: state.db takes no writes now (locked, disk full)
     ├── ModelError
-    │   ├── ModelNotFound           no such model name or alias (lists the known ones)
+    │   ├── ModelNotFound           404: no such model name or alias (lists the known ones)
     │   ├── ModelLoadError          a runner could not start or load the model file
-    │   └── InsufficientMemory      the model cannot fit even after eviction (HTTP 507)
+    │   ├── InsufficientMemory      507: the model cannot fit even after eviction
+    │   ├── QueueFull               503: no room to wait for a slot (Retry-After says when)
+    │   ├── UpstreamError           502: a runner's answer broke, or it died mid-way
+    │   └── BenchBusy               409: a bench of that model is running
+    ├── NoDeployment                503: every deployment of a chain failed or was skipped
+    ├── SwitchFailed                409: a profile switch failed (rolled back) or cannot start
+    ├── PluginFailed                a plugin raised, or answered what is not an answer
+    ├── PluginTimedOut              504: a plugin ran past its time
     └── PullError                   fetching a model file failed
         └── ChecksumMismatch        the file's sha256 is not the one expected
 
 Lower-level exceptions (httpx, OSError, pydantic) are translated into this tree at one seam
 each (``client.py`` for HTTP, ``config.py`` for files, ``catalog.py`` for downloads) with
-``raise ... from exc``; the CLI entry point is the only place that turns them into exit codes.
+``raise ... from exc``; the CLI entry point (``cli/app.py``) is the only place that turns them
+into exit codes: 1 error, 2 usage, 3 supervisor not running, 130 after Ctrl-C.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "ApiError",
+    "BenchBusy",
     "ChecksumMismatch",
+    "CommandFailed",
     "ConfigError",
     "InsufficientMemory",
     "ModelError",
@@ -37,10 +50,15 @@ __all__ = [
     "PluginTimedOut",
     "PortInUse",
     "PullError",
+    "QueueFull",
+    "ShuttingDown",
     "SmackError",
+    "StateUnwritable",
     "SupervisorError",
     "SupervisorNotRunning",
     "SupervisorStartError",
+    "SwitchFailed",
+    "UpstreamError",
     "UsageError",
 ]
 
@@ -134,6 +152,25 @@ class ApiError(SupervisorError):
             self.exit_code = 2
 
 
+class CommandFailed(SmackError):
+    """A command that already said why it failed (a failing doctor check, an invalid
+    profile, a switch that does not fit): the entry point exits with ``exit_code``, quietly."""
+
+    def __init__(self, exit_code: int = 1) -> None:
+        super().__init__("")
+        self.exit_code = exit_code
+
+
+class ShuttingDown(SupervisorError):
+    status = 503
+    error_type = "shutting_down"
+
+
+class StateUnwritable(SupervisorError):
+    status = 503
+    error_type = "server_error"
+
+
 class ModelError(SmackError):
     pass
 
@@ -173,6 +210,26 @@ class ModelLoadError(ModelError):
 class InsufficientMemory(ModelError):
     status = 507
     error_type = "insufficient_memory"
+
+
+class QueueFull(ModelError):
+    status = 503
+    error_type = "queue_full"
+
+
+class UpstreamError(ModelError):
+    status = 502
+    error_type = "runner_error"
+
+
+class BenchBusy(ModelError):
+    status = 409
+    error_type = "conflict"
+
+
+class SwitchFailed(SmackError):
+    status = 409
+    error_type = "switch_failed"
 
 
 class PullError(SmackError):

@@ -55,29 +55,20 @@ def write_tiny_gguf(
     head) that llama-server's ``--reranking`` serves. ``embedding``: trained for embeddings,
     as far as its metadata says (mean pooling)."""
     rng = np.random.default_rng(seed)
-    head_dim = dim // heads
-    kv_dim = head_dim * heads_kv
     tokens = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{i:02X}>".encode() for i in range(256)]
     extra = [b"<fim_prefix>", b"<fim_suffix>", b"<fim_middle>"] if fim else []
     tokens += extra
-    vocab = len(tokens)
     arch = "qwen3" if rerank else "llama"
-
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name(name)
     w.add_context_length(context)
     w.add_embedding_length(dim)
     w.add_block_count(layers)
     w.add_feed_forward_length(ff)
-    w.add_rope_dimension_count(head_dim)
+    w.add_rope_dimension_count(dim // heads)
     w.add_head_count(heads)
     w.add_head_count_kv(heads_kv)
     w.add_layer_norm_rms_eps(1e-5)
-    qtype = {
-        "F32": None,
-        "Q8_0": gguf.GGMLQuantizationType.Q8_0,
-        "Q4_0": gguf.GGMLQuantizationType.Q4_0,
-    }[quant]
     w.add_file_type(
         {
             "F32": gguf.LlamaFileType.ALL_F32,
@@ -85,24 +76,58 @@ def write_tiny_gguf(
             "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
         }[quant]
     )
+    _tokenizer(w, tokens, len(extra), chat_template)
+    if embedding:
+        w.add_pooling_type(gguf.PoolingType.MEAN)
+    if rerank:
+        w.add_pooling_type(gguf.PoolingType.RANK)
+        w.add_array(f"{arch}.classifier.output_labels", ["yes", "no"])
+    qtype = {
+        "F32": None,
+        "Q8_0": gguf.GGMLQuantizationType.Q8_0,
+        "Q4_0": gguf.GGMLQuantizationType.Q4_0,
+    }[quant]
+    _weights(w, rng, qtype, len(tokens), dim, layers, heads, heads_kv, ff, rerank)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def _tokenizer(
+    w: gguf.GGUFWriter, tokens: list[bytes], extra: int, chat_template: str | None
+) -> None:
+    """A byte-level llama tokenizer: <unk>, <s>, </s>, the 256 bytes, ``extra`` controls."""
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
-    w.add_token_scores([0.0] * vocab)
+    w.add_token_scores([0.0] * len(tokens))
     w.add_token_types(
         [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
         + [gguf.TokenType.BYTE] * 256
-        + [gguf.TokenType.CONTROL] * len(extra)
+        + [gguf.TokenType.CONTROL] * extra
     )
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_unk_token_id(0)
     if chat_template is not None:
         w.add_chat_template(chat_template)
-    if embedding:
-        w.add_pooling_type(gguf.PoolingType.MEAN)
-    if rerank:
-        w.add_pooling_type(gguf.PoolingType.RANK)
-        w.add_array(f"{arch}.classifier.output_labels", ["yes", "no"])
+
+
+def _weights(
+    w: gguf.GGUFWriter,
+    rng: np.random.Generator,
+    qtype: gguf.GGMLQuantizationType | None,
+    vocab: int,
+    dim: int,
+    layers: int,
+    heads: int,
+    heads_kv: int,
+    ff: int,
+    rerank: bool,
+) -> None:
+    head_dim = dim // heads
+    kv_dim = head_dim * heads_kv
 
     def t(tensor_name: str, *shape: int, quantize: bool = True) -> None:
         data = (rng.standard_normal(shape) * 0.02).astype(np.float32)
@@ -136,9 +161,3 @@ def write_tiny_gguf(
         t(f"blk.{i}.ffn_gate.weight", ff, dim)
         t(f"blk.{i}.ffn_up.weight", ff, dim)
         t(f"blk.{i}.ffn_down.weight", dim, ff)
-
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path

@@ -21,6 +21,7 @@ __all__ = [
     "Event",
     "SSEParser",
     "comment",
+    "data_lines",
     "error_body",
     "events",
     "new_request_id",
@@ -63,6 +64,12 @@ def sse(data: Any, event: str | None = None, id: int | str | None = None) -> byt
 def sse_error(message: str, error_type: str, code: str | None = None) -> bytes:
     """The error event a stream ends with: an OpenAI error object as its data."""
     return sse(error_body(message, error_type, code))
+
+
+def data_lines(chunk: bytes) -> int:
+    """How many ``data:`` lines ``chunk`` holds: a stream's events, counted without parsing
+    (a runner writes one line an event)."""
+    return chunk.count(b"data:")
 
 
 def comment(text: str) -> bytes:

@@ -14,13 +14,20 @@ from typing import Annotated, Any, ClassVar
 import typer
 
 from smackctl import __version__
-from smackctl.errors import SmackError
+from smackctl.errors import CommandFailed, SmackError
 
-from . import models, ops, profile, service, supervisor
+from . import models, profile, service, supervisor, usage
 from ._common import Globals
 from ._group import Group
 from .asking import complete
+from .cache import cache_app
 from .chat import chat
+from .config_cmd import config_app
+from .doctor import doctor
+from .events import events
+from .plugins import plugins_app
+from .route import route
+from .top import top
 
 __all__ = ["app", "command_tree", "main"]
 
@@ -113,7 +120,8 @@ class _Root(Group):
         except SmackError as exc:
             from . import output
 
-            output.error(exc.message, exc.hint)
+            if not isinstance(exc, CommandFailed):  # that one said why itself
+                output.error(exc.message, exc.hint)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             sys.stderr.write("\n")
@@ -204,13 +212,17 @@ def root(
     ctx.obj = Globals(url=url, autostart=not no_autostart, profile=profile)
 
 
-supervisor.register(app)
-app.add_typer(models.app, name="models")
-app.add_typer(profile.app, name="profile")
-app.add_typer(service.app, name="service")
-ops.register(app)
-app.command()(chat)
-app.command()(complete)
+# every command and group of commands, registered here and nowhere else
+for command in (
+    supervisor.start, supervisor.stop, supervisor.restart, supervisor.status, supervisor.logs,
+    supervisor.env, top, usage.usage, usage.backends, events, route, doctor, chat, complete,
+):  # fmt: skip
+    app.command()(command)
+for name, group in (
+    ("models", models.app), ("profile", profile.app), ("service", service.app),
+    ("plugins", plugins_app), ("cache", cache_app), ("config", config_app),
+):  # fmt: skip
+    app.add_typer(group, name=name)
 _defer(app)
 
 

@@ -107,10 +107,8 @@ def complete(
             return
         started = time.perf_counter()
         got, finish, tokens = [], None, 0
-        for line in c.stream_lines("POST", "/v1/completions", {**body, "stream": True}):
-            if not line.startswith("data:") or line[5:].strip() == "[DONE]":
-                continue
-            chunk = _chunk(line)
+        for ev in c.events("POST", "/v1/completions", {**body, "stream": True}):
+            chunk = _chunk(ev.json())
             for choice in chunk.get("choices") or []:
                 piece = choice.get("text") or ""
                 if piece:
@@ -126,11 +124,11 @@ def complete(
         output.info(f"{tokens} tokens in {seconds:.1f} s")
 
 
-def _chunk(line: str) -> dict[str, Any]:
-    import json
-
-    chunk: dict[str, Any] = json.loads(line[5:])
-    if "error" in chunk:
-        err = chunk["error"]
+def _chunk(data: Any) -> dict[str, Any]:
+    """A stream's chunk; an error event raises ApiError; ``[DONE]`` is an empty chunk."""
+    if not isinstance(data, dict):
+        return {}
+    if "error" in data:
+        err = data["error"]
         raise ApiError(err.get("message", "stream error"), 502, err.get("type", "error"))
-    return chunk
+    return data

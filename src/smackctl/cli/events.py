@@ -50,10 +50,10 @@ def events(
         query["types"] = ",".join(type_)
     with client(ctx, autostart=False) as c:
         try:
-            for line in c.stream_lines("GET", "/api/events?" + urlencode(query)):
-                if not line.startswith("data: "):
+            for event in c.events("GET", "/api/events?" + urlencode(query)):
+                ev = event.json()
+                if not isinstance(ev, dict):
                     continue
-                ev = json.loads(line[6:])
                 if json_:
                     print(json.dumps(ev), flush=True)
                 elif ev.get("event") == "dropped":

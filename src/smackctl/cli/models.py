@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from smackctl.errors import ApiError, UsageError
+from smackctl.errors import ApiError, CommandFailed, UsageError
 
 from . import output
 from ._common import client, follow_events, raise_for_event
@@ -236,7 +236,7 @@ def load(
                 else:
                     print("does NOT fit, even after evicting every idle model")
             if not plan["fits"]:
-                raise typer.Exit(1)
+                raise CommandFailed(1)
             return
         if force:
             output.warn(f"loading {name} even if the memory estimate says it will not fit")

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from smackctl.errors import SmackError, UsageError
+from smackctl.errors import CommandFailed, SmackError, UsageError
 
 from . import output
 from ._common import client, follow_events
@@ -165,7 +165,7 @@ def validate(
             f"{bad} of {len(found)} profile(s) have problems",
             "fix the lines above, then run `smackctl profile validate` again",
         )
-        raise typer.Exit(1)
+        raise CommandFailed(1)
 
 
 app.command()(new)
@@ -277,7 +277,7 @@ def switch(
             plan = c.post("/api/profiles/switch", {"path": str(path), "dry_run": True})
             output.print_json(plan) if json_ else _print_plan(plan)
             if not plan["fits"]:
-                raise typer.Exit(1)
+                raise CommandFailed(1)
             return
         try:
             last = follow_events(
@@ -288,7 +288,7 @@ def switch(
                 "stopped following; the switch goes on in the supervisor: "
                 "follow it with `smackctl status`"
             )
-            raise typer.Exit(130) from None
+            raise CommandFailed(130) from None
     if last.get("event") == "error":
         raise SmackError(last["message"], last.get("hint"))
     if json_:
@@ -318,4 +318,4 @@ def reload(ctx: typer.Context, json_: JsonOpt = False) -> None:
         _print_plan(result["plan"])
         print(f"profile {result['profile']} reloaded")
     if not result["ok"]:
-        raise typer.Exit(1)
+        raise CommandFailed(1)

@@ -17,7 +17,7 @@ from . import output
 from ._common import client, globals_of, since_time
 from .completion import complete_model, local_model_names
 
-__all__ = ["register"]
+__all__ = ["env", "logs", "restart", "start", "status", "stop"]
 
 # the defaults are said in words: the help pages are generated once (help.json), and a
 # default printed there would be wrong whenever the variable is set
@@ -362,8 +362,3 @@ def env(ctx: typer.Context) -> None:
     print(f"export OPENAI_API_KEY={token or 'none'}")
     print(f"export ANTHROPIC_BASE_URL={url}")
     print(f"export ANTHROPIC_API_KEY={token or 'none'}")
-
-
-def register(app: typer.Typer) -> None:
-    for fn in (start, stop, restart, status, logs, env):
-        app.command()(fn)

@@ -13,16 +13,15 @@ import re
 import uuid
 from typing import Any
 
-from smackctl.errors import SmackError
+from smackctl.errors import ShuttingDown, SmackError, UpstreamError
 from smackctl.selftest import signal_name
+from smackctl.wire import events
 
 from .backends.llama_cpp_python.words import BAD_GRAMMAR
 from .runner import Runner
-from .scheduler import ShuttingDown
 from .upstream import TransportError
 
 __all__ = [
-    "UpstreamError",
     "crash_fix",
     "cut_error",
     "error_body",
@@ -35,11 +34,6 @@ __all__ = [
     "wants_tools",
     "with_defaults",
 ]
-
-
-class UpstreamError(SmackError):
-    status = 502
-    error_type = "runner_error"
 
 
 def error_body(message: str, error_type: str, code: str | None = None) -> bytes:
@@ -113,10 +107,8 @@ def error_event_of(chunk: bytes) -> bytes | None:
     any token (the runner program's error event); None for a token."""
     if b'"error"' not in chunk:
         return None
-    try:
-        data = json.loads(chunk.split(b"data:", 1)[1].split(b"\n\n", 1)[0])
-    except (ValueError, IndexError):
-        return None
+    found = events(chunk)
+    data = found[0].json() if found else None
     return json.dumps(data).encode() if isinstance(data, dict) and "error" in data else None
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
-import json
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -25,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from smackctl.errors import ModelLoadError, SmackError, UsageError
+from smackctl.errors import BenchBusy, ModelLoadError, UsageError
 from smackctl.gguf import read_info
 from smackctl.hardware import probe_machine, process_tree_vram, tree_peak_rss, tree_rss
+from smackctl.wire import SSEParser
 
 from .backends.base import Backend, backend_for
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .runner import Runner
     from .scheduler import Managed, Scheduler
 
-__all__ = ["METRICS", "Bench", "BenchBusy", "BenchParams", "summarize"]
+__all__ = ["METRICS", "Bench", "BenchParams", "summarize"]
 
 #: The figures of one run, in the order tables show them.
 METRICS = ("load_s", "ttft_s", "prompt_tps", "gen_tps", "peak_rss", "vram")
@@ -45,11 +45,6 @@ _WORDS = (
     "travellers who tell long stories about distant mountains quiet harbours and the "
     "patient craft of building boats from oak and pine before winter comes"
 ).split()
-
-
-class BenchBusy(SmackError):
-    status = 409
-    error_type = "conflict"
 
 
 @dataclass(frozen=True)
@@ -228,21 +223,19 @@ async def _measure(
             raise ModelLoadError(
                 f"{runner.model} answered {r.status_code} to a bench run: {detail}"
             )
-        async for line in r.aiter_lines():
-            if not line.startswith("data: "):
-                continue
-            data = line[6:]
-            if data == "[DONE]":
-                break
-            choices = json.loads(data).get("choices")
-            if not choices:  # the usage event that ends a stream (the runner program)
-                continue
-            now = time.perf_counter()
-            first = first if first is not None else now
-            last = now
-            choice = choices[0]
-            pieces.append(choice.get("text") or "")
-            finish = choice.get("finish_reason") or finish
+        parser = SSEParser()
+        async for piece in r.aiter_bytes():
+            for ev in parser.feed(piece):
+                data = ev.json()
+                choices = data.get("choices") if isinstance(data, dict) else None
+                if not choices:  # [DONE], or the usage event that ends a stream
+                    continue
+                now = time.perf_counter()
+                first = first if first is not None else now
+                last = now
+                choice = choices[0]
+                pieces.append(choice.get("text") or "")
+                finish = choice.get("finish_reason") or finish
     if first is None or last is None:
         raise ModelLoadError(f"{runner.model} sent no token in a bench run")
     if finish == "length":

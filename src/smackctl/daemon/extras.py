@@ -16,7 +16,7 @@ from smackctl.errors import UsageError
 from smackctl.gguf import GGUFInfo
 
 from .backends.base import Backend
-from .schemas import chat_for_runner
+from .shape import chat_for_runner
 from .translate import MESSAGES, to_chat
 
 __all__ = [

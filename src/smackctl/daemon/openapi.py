@@ -90,9 +90,9 @@ _SUMMARIES = {
 }
 
 
-def openapi(version: str) -> dict[str, Any]:
-    schemas: dict[str, Any] = {"Error": _ERROR}
-    openai_ops: dict[str, Any] = {}
+def _inference(schemas: dict[str, Any]) -> dict[str, Any]:
+    """The routes of the APIs clients speak, their bodies' schemas added to ``schemas``."""
+    ops: dict[str, Any] = {}
     for path, model in REQUEST_SCHEMAS.items():
         js = model.model_json_schema(ref_template=_REF)
         schemas.update(js.pop("$defs", {}))
@@ -106,20 +106,18 @@ def openapi(version: str) -> dict[str, Any]:
             "required": True,
             "content": _json({"$ref": _REF.format(model=model.__name__)}),
         }
-        openai_ops[path] = {"post": op}
+        ops[path] = {"post": op}
+    return ops
 
+
+def _models() -> dict[str, Any]:
     bench = _obj(
         prompt_tokens={"type": "integer", "minimum": 8, "maximum": 1_000_000},
         gen_tokens={"type": "integer", "minimum": 2, "maximum": 1_000_000},
         runs={"type": "integer", "minimum": 1, "maximum": 100},
         cold={"type": "boolean"},
     )
-    paths: dict[str, Any] = {
-        "/health": {"get": _op("Liveness; needs no token")},
-        "/openapi.json": {"get": _op("This description")},
-        "/v1/models": {"get": _op("OpenAI model list")},
-        **openai_ops,
-        "/api/status": {"get": _op("The supervisor, its budget, models and warnings")},
+    return {
         "/api/models": {
             "get": _op(
                 "Every known model",
@@ -134,6 +132,10 @@ def openapi(version: str) -> dict[str, Any]:
                         "name": {"type": "string"},
                         "path": {"type": "string"},
                         "n_ctx": {"type": "integer", "minimum": 1},
+                        "ttl": {"type": ["integer", "string"]},
+                        "aliases": {"type": "array", "items": {"type": "string"}},
+                        "chat_format": {"type": "string"},
+                        "backend": {"enum": ["llama-cpp-python", "llama-server"]},
                     },
                 },
                 status="201",
@@ -156,7 +158,11 @@ def openapi(version: str) -> dict[str, Any]:
         "/api/models/{name}/load": {
             "post": _op(
                 "Load a model; NDJSON progress, then `ready` or `error`",
-                body=_obj(force={"type": "boolean"}, estimate_only={"type": "boolean"}),
+                body=_obj(
+                    force={"type": "boolean"},
+                    estimate_only={"type": "boolean"},
+                    ttl={"type": ["integer", "string"]},
+                ),
                 ok={**_NDJSON, **_json()},
                 params=[_NAME],
             )
@@ -177,6 +183,11 @@ def openapi(version: str) -> dict[str, Any]:
                 ],
             )
         },
+    }
+
+
+def _control() -> dict[str, Any]:
+    return {
         "/api/profiles": {"get": _op("The active profile")},
         "/api/profiles/reload": {
             "post": _op("Read the active profile's file again and apply it (as a switch)")
@@ -255,6 +266,19 @@ def openapi(version: str) -> dict[str, Any]:
                 status="202",
             )
         },
+    }
+
+
+def openapi(version: str) -> dict[str, Any]:
+    schemas: dict[str, Any] = {"Error": _ERROR}
+    paths: dict[str, Any] = {
+        "/health": {"get": _op("Liveness; needs no token")},
+        "/openapi.json": {"get": _op("This description")},
+        "/v1/models": {"get": _op("OpenAI model list")},
+        **_inference(schemas),
+        "/api/status": {"get": _op("The supervisor, its budget, models and warnings")},
+        **_models(),
+        **_control(),
     }
     return {
         "openapi": "3.1.0",

@@ -28,6 +28,7 @@ from starlette.responses import Response, StreamingResponse
 
 from smackctl.errors import PluginFailed, PluginTimedOut, UsageError
 from smackctl.plugins import Context, PluginError, Reply, Rewrite
+from smackctl.wire import DONE, sse
 
 __all__ = ["GROUP", "Installed", "Plugins", "discover", "slash_command"]
 
@@ -241,7 +242,7 @@ def _answer(body: dict[str, Any], name: str, text: str) -> Response:
     def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
         c = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
              "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
-        return b"data: " + json.dumps(c).encode() + b"\n\n"
+        return sse(c)
 
     async def events() -> AsyncIterator[bytes]:
         yield chunk({"role": "assistant", "content": ""}, None)
@@ -250,7 +251,7 @@ def _answer(body: dict[str, Any], name: str, text: str) -> Response:
         if (body.get("stream_options") or {}).get("include_usage"):
             c: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": created,
                  "model": model, "choices": [], "usage": usage}  # fmt: skip
-            yield b"data: " + json.dumps(c).encode() + b"\n\n"
-        yield b"data: [DONE]\n\n"
+            yield sse(c)
+        yield DONE
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from smackctl.config import MemoryBudget, Profile
-from smackctl.errors import InsufficientMemory, SmackError, UsageError
+from smackctl.errors import InsufficientMemory, ShuttingDown, UsageError
 from smackctl.estimate import Estimate
 from smackctl.hardware import physical_cores
 from smackctl.paths import Paths
@@ -42,11 +42,6 @@ from .views import model_view
 __all__ = ["SPARE_RAM", "Managed", "Scheduler", "ShuttingDown"]
 
 log = logging.getLogger("smackctl.scheduler")
-
-
-class ShuttingDown(SmackError):
-    status = 503
-    error_type = "shutting_down"
 
 
 class Scheduler:

@@ -15,17 +15,12 @@ import math
 from collections import deque
 from collections.abc import Callable
 
-from smackctl.errors import SmackError
+from smackctl.errors import QueueFull
 
-__all__ = ["QUEUED_OVERHEAD", "QueueBudget", "QueueFull", "Slots"]
+__all__ = ["QUEUED_OVERHEAD", "QueueBudget", "Slots"]
 
 #: what a waiting request costs besides its body: the coroutine, its buffers, its socket
 QUEUED_OVERHEAD = 64 * 1024
-
-
-class QueueFull(SmackError):
-    status = 503
-    error_type = "queue_full"
 
 
 class QueueBudget:

@@ -29,7 +29,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from smackctl.errors import SmackError
+from smackctl.errors import SmackError, StateUnwritable
 
 from .usage_log import KEEP_RAW, MIGRATIONS, ROLL_BATCH, next_roll, roll_up, usage
 
@@ -67,11 +67,6 @@ CREATE TABLE IF NOT EXISTS bench (
 CREATE INDEX IF NOT EXISTS bench_model ON bench(model, at);
 CREATE TABLE IF NOT EXISTS crashes (at REAL NOT NULL, model TEXT NOT NULL, what TEXT NOT NULL);
 """
-
-
-class StateUnwritable(SmackError):
-    status = 503
-    error_type = "server_error"
 
 
 def _locked(exc: sqlite3.Error) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smackctl.config import ModelSpec, Profile
-from smackctl.errors import InsufficientMemory, SmackError
+from smackctl.errors import InsufficientMemory, SmackError, SwitchFailed
 
 from .registry import Managed
 from .switch_plan import Action, ModelStep, SwitchPhase, SwitchPlan, plan_switch
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 __all__ = [
     "Action",
     "ModelStep",
-    "SwitchFailed",
     "SwitchPhase",
     "SwitchPlan",
     "plan_for",
@@ -55,11 +54,6 @@ def plan_for(sched: Scheduler, target: Profile, target_path: Path) -> SwitchPlan
 
     b = sched.budget(target.memory)
     return plan_switch(sched.profile, loaded, target, need, b.ram)
-
-
-class SwitchFailed(SmackError):
-    status = 409
-    error_type = "switch_failed"
 
 
 async def run_switch(sched: Scheduler, target: Profile, path: Path) -> SwitchPlan:

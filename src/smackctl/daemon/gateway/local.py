@@ -21,7 +21,7 @@ from smackctl.daemon.extras import COUNT, for_runner, is_extra
 from smackctl.daemon.loader import Loader
 from smackctl.daemon.registry import NEVER, Managed, Registry
 from smackctl.daemon.scheduler import Scheduler
-from smackctl.daemon.schemas import chat_for_runner, unusable
+from smackctl.daemon.shape import chat_for_runner, unusable
 from smackctl.daemon.translate import MESSAGES, RESPONSES, from_chat, stream_from_chat, to_chat
 from smackctl.daemon.usage import Usage
 from smackctl.errors import SmackError, UsageError

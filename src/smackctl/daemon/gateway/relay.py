@@ -35,7 +35,7 @@ from smackctl.daemon.runner import Runner
 from smackctl.daemon.scheduler import Scheduler
 from smackctl.daemon.upstream import Answer, TransportError, Upstream
 from smackctl.daemon.usage import Usage, tokens_in_stream, tokens_of
-from smackctl.wire import events, sse, sse_error
+from smackctl.wire import data_lines, events, sse, sse_error
 
 __all__ = ["CHAT", "COMPLETIONS", "Runners", "Watchdog"]
 
@@ -279,14 +279,14 @@ class _Relay:
 
     async def body(self, chunks: AsyncIterator[bytes], first: bytes) -> AsyncIterator[bytes]:
         status = 200
-        seen = first.count(b"data:")
+        seen = data_lines(first)
         failed = False  # an error event ended the answer: no [DONE] after it
         try:
             if first := self._usage_of(first):
                 yield first
             async for chunk in chunks:
                 self.dog.last = self.dog.loop.time()  # a sign of life: the hang rule restarts
-                seen += chunk.count(b"data:")
+                seen += data_lines(chunk)
                 if failed and b"[DONE]" in chunk:
                     continue
                 failed = failed or error_event_of(chunk) is not None

@@ -1,4 +1,4 @@
-"""`smackctl top | usage | backends | doctor | config`: for the person who runs the machine."""
+"""`smackctl doctor`: the environment checked, each line with its fix."""
 
 from __future__ import annotations
 
@@ -12,161 +12,14 @@ from typing import Annotated, Any
 
 import typer
 
-from smackctl.errors import SmackError, SupervisorNotRunning
+from smackctl.errors import CommandFailed, SmackError, SupervisorNotRunning
 
 from . import output
-from ._common import client, since_time
-from ._group import Group
+from ._common import client
 
-__all__ = ["config_app", "register"]
-
-config_app = typer.Typer(
-    cls=Group,
-    rich_markup_mode=None,  # click's plain help: typer's rich help imports 200 ms of rich
-    help="Where smackctl keeps things and which settings are in force.",
-    no_args_is_help=True,
-)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
 
-
-def usage(
-    ctx: typer.Context,
-    since: Annotated[str, typer.Option(help="How far back: 30m, 12h, 7d.")] = "7d",
-    json_: JsonOpt = False,
-) -> None:
-    """Requests, tokens and errors per model per day, from the supervisor's SQLite log."""
-    with client(ctx, autostart=False) as c:
-        rows = c.get("/api/usage", params={"since": str(since_time(since))})
-    if json_:
-        output.print_json(rows)
-        return
-    output.table(
-        ["DAY", "MODEL", "REQUESTS", "TOKENS IN", "TOKENS OUT", "ERRORS", "AVG MS"],
-        [
-            [
-                r["day"],
-                r["model"],
-                r["requests"],
-                r["tokens_in"],
-                r["tokens_out"],
-                r["errors"],
-                r["avg_ms"],
-            ]
-            for r in rows
-        ],
-    )
-
-
-def backends(ctx: typer.Context, json_: JsonOpt = False) -> None:
-    """Deployments (local models and servers elsewhere): circuit breakers, health, groups."""
-    with client(ctx, autostart=False) as c:
-        view = c.get("/api/backends")
-    if json_:
-        output.print_json(view)
-        return
-    rows = []
-    for d in view["deployments"]:
-        b = d["breaker"]
-        breaker = b["state"] if b["state"] == "closed" else f"{b['state']}: {b['why']}"
-        rows.append(
-            [
-                d["name"],
-                d["url"] or d["backend"],
-                breaker,
-                "yes" if d["healthy"] else f"no: {d['health_error']}",
-                d["in_flight"],
-                "-" if d["ttfb_ms"] is None else f"{d['ttfb_ms']:.0f}",
-                d["served"],
-                d["failed"],
-            ]
-        )
-    output.table(
-        ["DEPLOYMENT", "WHERE", "BREAKER", "HEALTHY", "IN FLIGHT", "TTFB MS", "SERVED", "FAILED"],
-        rows,
-    )
-    for name, g in view["groups"].items():
-        fallbacks = f", then {', '.join(g['fallbacks'])}" if g["fallbacks"] else ""
-        print(f"group {name} ({g['policy']}): {', '.join(g['deployments'])}{fallbacks}")
-
-
-def _frame(st: dict[str, Any], rates: dict[str, float]) -> Any:
-    mem = st["memory"]
-    head = (
-        f"smackctl {st['version']}  pid {st['pid']}  profile {st['profile']}  up "
-        f"{output.human_duration(st['uptime'])}  RAM {output.human_bytes(mem['used_ram'])}"
-        f" / {output.human_bytes(mem['budget_ram'])} budget   (q quits)"
-    )
-    rows = []
-    for m in st["models"]:
-        if m["state"] == "stopped" and not m["requests_served"]:
-            continue
-        rate = rates.get(m["name"])
-        rows.append(
-            [
-                m["name"],
-                m["state"],
-                # what the runner holds; a stopped model holds nothing (its estimate is for
-                # `models load --estimate-only`)
-                output.human_bytes(m["rss"] or m["estimated_ram"])
-                if m["state"] in ("ready", "starting")
-                else "-",
-                output.human_bytes(m["measured_vram"]) if m["measured_vram"] else "-",
-                f"{rate:.1f}" if rate is not None else "-",
-                m["in_flight"],
-                m["queued"],
-                m["requests_served"],
-            ]
-        )
-    cols = ["MODEL", "STATE", "RAM", "VRAM", "TOKENS/S", "IN FLIGHT", "QUEUED", "REQUESTS"]
-    return output.frame(head, cols, rows)
-
-
-def top(
-    ctx: typer.Context,
-    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
-) -> None:
-    """A live view of the runners: state, memory against the budget, tokens/s, queues."""
-    with client(ctx, autostart=False) as c:
-        st = c.get("/api/status")
-        if once or not output.is_tty():
-            output.render(_frame(st, {}))
-            return
-        last = {m["name"]: (m["tokens_out"], time.monotonic()) for m in st["models"]}
-        with _raw_stdin() as key, output.live(_frame(st, {})) as update:
-            while key(interval) != "q":
-                st = c.get("/api/status")
-                now = time.monotonic()
-                rates = {}
-                for m in st["models"]:
-                    prev, then = last.get(m["name"], (m["tokens_out"], now))
-                    rates[m["name"]] = (m["tokens_out"] - prev) / max(now - then, 1e-6)
-                    last[m["name"]] = (m["tokens_out"], now)
-                update(_frame(st, rates))
-
-
-class _raw_stdin:  # noqa: N801 - used as a context manager factory
-    """Read single keys without echo, with a timeout (POSIX terminals)."""
-
-    def __enter__(self) -> Any:
-        import select
-        import termios
-        import tty
-
-        self.fd = sys.stdin.fileno()
-        self.old = termios.tcgetattr(self.fd)
-        tty.setcbreak(self.fd)
-
-        def key(timeout: float) -> str | None:
-            ready, _, _ = select.select([sys.stdin], [], [], timeout)
-            return sys.stdin.read(1) if ready else None
-
-        return key
-
-    def __exit__(self, *exc: object) -> None:
-        import termios
-
-        termios.tcsetattr(self.fd, termios.TCSADRAIN, self.old)
+__all__ = ["doctor", "read_db"]
 
 
 def doctor(ctx: typer.Context, json_: JsonOpt = False) -> None:
@@ -250,7 +103,7 @@ def doctor(ctx: typer.Context, json_: JsonOpt = False) -> None:
         for s, w, d, f in checks:
             print(f"{s:<5} {w:<17} {d}" + (f"\n      fix: {f}" if f else ""))
     if any(s == "fail" for s, *_ in checks):
-        raise typer.Exit(1)
+        raise CommandFailed(1)
 
 
 #: what fixes a llama.cpp build that crashes on this CPU (the AMX kernels, see README)
@@ -330,7 +183,7 @@ def _llama_server_version(binary: str) -> str:
     return f"{version.removeprefix('version:').strip()}, {built}; {where}".replace(", ;", ";")
 
 
-def _read_db(db: Any, query: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+def read_db(db: Any, query: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """Rows from the supervisor's SQLite file, read-only (the supervisor may be writing)."""
     import sqlite3
 
@@ -344,7 +197,7 @@ def _read_db(db: Any, query: str, args: tuple[Any, ...] = ()) -> list[tuple[Any,
 
 
 def _check_added_models(add: Any, db: Any) -> None:
-    for name, spec in _read_db(db, "SELECT name, spec FROM added_models ORDER BY name"):
+    for name, spec in read_db(db, "SELECT name, spec FROM added_models ORDER BY name"):
         try:
             file = Path(json.loads(spec)["path"])
         except (ValueError, KeyError, TypeError):
@@ -361,7 +214,7 @@ def _check_added_models(add: Any, db: Any) -> None:
 
 
 def _check_crashes(add: Any, db: Any, within: float = 86400.0) -> None:
-    rows = _read_db(
+    rows = read_db(
         db,
         "SELECT at, model, what FROM crashes WHERE at > ? ORDER BY at DESC LIMIT 5",
         (time.time() - within,),
@@ -409,93 +262,3 @@ def _check_profiles(add: Any) -> None:
                 )
             else:
                 add("ok", f"model {model}", f"{file} ({output.human_bytes(file.stat().st_size)})")
-
-
-@config_app.command("path")
-def config_path(json_: JsonOpt = False) -> None:
-    """Where smackctl keeps its files (SMACKCTL_HOME moves them all)."""
-    from smackctl.paths import get_paths, profile_dirs
-
-    p = get_paths()
-    data = {
-        "config": str(p.config_dir),
-        "data": str(p.data_dir),
-        "state": str(p.state_dir),
-        "models": str(p.models_dir),
-        "logs": str(p.logs_dir),
-        "database": str(p.db_path),
-        "token": str(p.token_path),
-        "profile_dirs": [str(d) for d in profile_dirs()],
-    }
-    if json_:
-        output.print_json(data)
-        return
-    for k, v in data.items():
-        print(f"{k:<13} {', '.join(v) if isinstance(v, list) else v}")
-
-
-@config_app.command("show")
-def config_show(ctx: typer.Context, json_: JsonOpt = False) -> None:
-    """The settings in force and where each comes from."""
-    from smackctl.client import default_url
-    from smackctl.paths import DEFAULT_HOST, DEFAULT_PORT, get_paths
-
-    env = {
-        k: v for k, v in os.environ.items() if k.startswith("SMACKCTL_") and k != "SMACKCTL_TOKEN"
-    }
-    from urllib.parse import urlsplit
-
-    from smackctl.netaddr import display_url
-    from smackctl.paths import pid_status
-
-    paths = get_paths()
-    profile, source = _profile_in_force(ctx, paths.db_path)
-    url = default_url()
-    running = pid_status(paths)[1] and paths.endpoint_path.is_file()
-    where = urlsplit(url)
-    data = {
-        "url": url,
-        "url_elsewhere": display_url(url),  # a wildcard bind's URL from another machine
-        # a running supervisor's own address, else what the next start takes
-        "host": where.hostname if running else os.environ.get("SMACKCTL_HOST", DEFAULT_HOST),
-        "port": where.port if running else int(os.environ.get("SMACKCTL_PORT", DEFAULT_PORT)),
-        "address_from": "the running supervisor" if running else "the next start",
-        "profile": profile,
-        "profile_from": source,
-        "environment": env,
-    }
-    if json_:
-        output.print_json(data)
-        return
-    for k, v in data.items():
-        print(f"{k:<12} {v}")
-
-
-def _profile_in_force(ctx: typer.Context, db: Path) -> tuple[str, str]:
-    """The active profile and where that comes from: the running supervisor's, else the one
-    the next start activates (SMACKCTL_PROFILE, else the last active one, else default)."""
-    try:
-        with client(ctx, autostart=False) as c:
-            return str(c.get("/api/status")["profile"]), "the running supervisor"
-    except SmackError:
-        pass
-    if name := os.environ.get("SMACKCTL_PROFILE"):
-        return name, "SMACKCTL_PROFILE (used by the next start)"
-    rows = _read_db(db, "SELECT value FROM kv WHERE key='active_profile_path'")
-    if rows:
-        return Path(rows[0][0]).stem, "the last active one (used by the next start)"
-    return "default", "the default (used by the next start)"
-
-
-def register(app: typer.Typer) -> None:
-    from .events import events
-    from .plugins import plugins_app
-    from .route import route
-
-    for fn in (top, usage, backends, events, route, doctor):
-        app.command()(fn)
-    app.add_typer(plugins_app, name="plugins")
-    from .cache import cache_app
-
-    app.add_typer(cache_app, name="cache")
-    app.add_typer(config_app, name="config")

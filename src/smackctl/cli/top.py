@@ -1,0 +1,96 @@
+"""`smackctl top`: a live view of the models, their memory, requests and throughput."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+
+from . import output
+from ._common import client
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
+
+__all__ = ["top"]
+
+
+def _frame(st: dict[str, Any], rates: dict[str, float]) -> Any:
+    mem = st["memory"]
+    head = (
+        f"smackctl {st['version']}  pid {st['pid']}  profile {st['profile']}  up "
+        f"{output.human_duration(st['uptime'])}  RAM {output.human_bytes(mem['used_ram'])}"
+        f" / {output.human_bytes(mem['budget_ram'])} budget   (q quits)"
+    )
+    rows = []
+    for m in st["models"]:
+        if m["state"] == "stopped" and not m["requests_served"]:
+            continue
+        rate = rates.get(m["name"])
+        rows.append(
+            [
+                m["name"],
+                m["state"],
+                # what the runner holds; a stopped model holds nothing (its estimate is for
+                # `models load --estimate-only`)
+                output.human_bytes(m["rss"] or m["estimated_ram"])
+                if m["state"] in ("ready", "starting")
+                else "-",
+                output.human_bytes(m["measured_vram"]) if m["measured_vram"] else "-",
+                f"{rate:.1f}" if rate is not None else "-",
+                m["in_flight"],
+                m["queued"],
+                m["requests_served"],
+            ]
+        )
+    cols = ["MODEL", "STATE", "RAM", "VRAM", "TOKENS/S", "IN FLIGHT", "QUEUED", "REQUESTS"]
+    return output.frame(head, cols, rows)
+
+
+def top(
+    ctx: typer.Context,
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
+) -> None:
+    """A live view of the runners: state, memory against the budget, tokens/s, queues."""
+    with client(ctx, autostart=False) as c:
+        st = c.get("/api/status")
+        if once or not output.is_tty():
+            output.render(_frame(st, {}))
+            return
+        last = {m["name"]: (m["tokens_out"], time.monotonic()) for m in st["models"]}
+        with _raw_stdin() as key, output.live(_frame(st, {})) as update:
+            while key(interval) != "q":
+                st = c.get("/api/status")
+                now = time.monotonic()
+                rates = {}
+                for m in st["models"]:
+                    prev, then = last.get(m["name"], (m["tokens_out"], now))
+                    rates[m["name"]] = (m["tokens_out"] - prev) / max(now - then, 1e-6)
+                    last[m["name"]] = (m["tokens_out"], now)
+                update(_frame(st, rates))
+
+
+class _raw_stdin:  # noqa: N801 - used as a context manager factory
+    """Read single keys without echo, with a timeout (POSIX terminals)."""
+
+    def __enter__(self) -> Any:
+        import select
+        import termios
+        import tty
+
+        self.fd = sys.stdin.fileno()
+        self.old = termios.tcgetattr(self.fd)
+        tty.setcbreak(self.fd)
+
+        def key(timeout: float) -> str | None:
+            ready, _, _ = select.select([sys.stdin], [], [], timeout)
+            return sys.stdin.read(1) if ready else None
+
+        return key
+
+    def __exit__(self, *exc: object) -> None:
+        import termios
+
+        termios.tcsetattr(self.fd, termios.TCSADRAIN, self.old)
