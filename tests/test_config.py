@@ -7,15 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from smackctl.config import (
-    ModelSpec,
-    Profile,
-    load_profile,
-    parse_size,
-    validate_model_name,
-    validate_profile_file,
-)
+from smackctl.config import ModelSpec, Profile, parse_size, validate_model_name
 from smackctl.errors import ConfigError, UsageError
+from smackctl.profile_file import load_profile, validate_profile_file
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,12 +18,13 @@ import httpx
 import pytest
 
 from smackctl import gguf
-from smackctl.config import Profile, profiles_defining, validate_profile_file
+from smackctl.config import Profile
 from smackctl.daemon.metrics import LoopLag
 from smackctl.discover import scan
 from smackctl.errors import ModelLoadError
 from smackctl.estimate import estimate_memory
 from smackctl.paths import get_paths
+from smackctl.profile_file import profiles_defining, validate_profile_file
 
 from conftest import Home, Supervisor, launch, launch_on, shutdown, wait_for
 from tinygguf import (

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from smackctl.catalog import parse_source
 from smackctl.cli.app import app
-from smackctl.config import load_profile
+from smackctl.profile_file import load_profile
 
 from conftest import Home, profile_yaml
 from tinygguf import write_tiny_gguf

@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from smackctl.cli.app import app
-from smackctl.config import find_profile
 from smackctl.errors import UsageError
 from smackctl.paths import shipped_profiles_dir
+from smackctl.profile_file import find_profile
 
 HOSTILE = "name: default\nllama_server: ./evil\nbackend: llama-server\nmodels: {}\n"
 

@@ -13,7 +13,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from smackctl.config import Auto, load_profile
+from smackctl.config import Auto
 from smackctl.daemon.gateway import auto as route
 from smackctl.daemon.gateway.auto import (
     INSPECTED,
@@ -23,6 +23,7 @@ from smackctl.daemon.gateway.auto import (
     file_names,
     inspected,
 )
+from smackctl.profile_file import load_profile
 
 from conftest import Home, launch, shutdown, smackctl
 

@@ -124,10 +124,10 @@ def test_a_load_short_of_memory_stops_the_spare_before_evicting_a_model(home: Ho
     loads are real."""
     import asyncio
 
-    from smackctl.config import load_profile
     from smackctl.daemon.scheduler import SPARE_RAM, Scheduler
     from smackctl.daemon.store import Store
     from smackctl.paths import get_paths
+    from smackctl.profile_file import load_profile
 
     async def scenario() -> None:
         paths = get_paths()

@@ -1,36 +1,34 @@
-"""Settings and the profile schema.
-
-A profile is a YAML file naming a set of models with their load parameters, a memory budget,
-sampling defaults and routing. Every error names ``file:line key.path: what is wrong``; several
-errors are reported at once. Unknown keys are rejected (a typo must not be silently ignored).
-"""
+"""The profile's schema: a profile names a set of models with their load parameters, a
+memory budget, sampling defaults and routing. Unknown keys are rejected (a typo must not be
+silently ignored). Reading a profile's file, with every error at its ``file:line key.path``,
+is ``profile_file.py``'s."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import stat
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from smackctl.errors import ConfigError, UsageError
-from smackctl.paths import DEFAULT_HOST, DEFAULT_PORT, list_profile_files, profile_dirs
-from smackctl.profile_refs import Loc, Problem, cross_references, fields_at, suggest
+from smackctl.paths import DEFAULT_HOST, DEFAULT_PORT
+from smackctl.profile_refs import Loc, Problem, cross_references
+from smackctl.units import (
+    name_problem,
+    parse_duration,
+    parse_keep_alive,
+    parse_size,
+    validate_model_name,
+)
 
 __all__ = [
     "DEFAULT_HOST",
@@ -39,68 +37,19 @@ __all__ = [
     "Auto",
     "CacheSettings",
     "Cpu",
-    "Group",
     "Defaults",
+    "Group",
     "MemoryBudget",
     "ModelSpec",
     "Profile",
-    "ProfileIssue",
     "Routing",
     "UsageLog",
-    "find_profile",
-    "list_profile_files",
-    "load_profile",
+    "parse_duration",
+    "parse_keep_alive",
     "parse_size",
-    "profile_dirs",
+    "resolve_path",
     "validate_model_name",
-    "validate_profile_file",
 ]
-
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "ki": 1024,
-    "kib": 1024,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "mi": 1024**2,
-    "mib": 1024**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "gi": 1024**3,
-    "gib": 1024**3,
-    "t": 1000**4,
-    "tb": 1000**4,
-    "ti": 1024**4,
-    "tib": 1024**4,
-}
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*(s|m|h|d)?\s*$")
-
-
-def validate_model_name(name: str) -> str:
-    """A model name never becomes a path: letters, digits, '.', '_', '-' and no '..'."""
-    if not _NAME_RE.match(name) or ".." in name:
-        raise UsageError(
-            f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' "
-            "(at most 64, starting with a letter or digit, no '..')",
-            "pick another name, e.g. `--name my-model`",
-        )
-    return name
-
-
-def _name_problem(name: str) -> str | None:
-    """What is wrong with a model, alias or group name in a profile, or None."""
-    try:
-        validate_model_name(name)
-    except UsageError as exc:
-        return exc.message
-    return None
 
 
 def _as_schema_error(problem: str | None) -> None:
@@ -108,47 +57,6 @@ def _as_schema_error(problem: str | None) -> None:
     where a UsageError would escape pydantic and hide them."""
     if problem is not None:
         raise PydanticCustomError("model_name", "{problem}", {"problem": problem})
-
-
-def parse_size(value: int | float | str) -> int:
-    """``12GiB`` → bytes. Plain numbers are bytes."""
-    if isinstance(value, int | float):
-        return int(value)
-    m = _SIZE_RE.match(value)
-    if not m or (m.group(2) or "").lower() not in _UNITS:
-        raise ValueError(f"not a size: {value!r} (write e.g. 512MiB, 12GiB)")
-    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
-
-
-def parse_duration(value: int | str) -> int:
-    """``10m`` → 600 seconds. Plain numbers are seconds."""
-    if isinstance(value, int):
-        return value
-    m = _DURATION_RE.match(value)
-    if not m:
-        raise ValueError(f"not a duration: {value!r} (write e.g. 300, 5m, 1h)")
-    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
-
-
-def parse_keep_alive(value: object) -> float | None:
-    """How long a model stays loaded once idle, as Ollama's clients send ``keep_alive``:
-    seconds (a number or a string), a duration (``5m``, ``1h``), ``-1`` (any negative: never
-    unload, returned as None) or ``0`` (unload once the answer is done). ValueError else."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"not a keep_alive: {json.dumps(value)[:40]} (write e.g. 300, 5m, -1, 0)")
-    text = str(value).strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            seconds = float(parse_duration(text))
-        except ValueError:
-            raise ValueError(
-                f"not a keep_alive: {text[:40]} (write e.g. 300, 5m, -1 to keep it, 0 to unload)"
-            ) from None
-    if seconds != seconds or seconds == float("inf"):
-        raise ValueError(f"not a keep_alive: {text[:40]}")
-    return None if seconds < 0 else seconds
 
 
 Size = Annotated[int, Field(ge=0)]
@@ -244,7 +152,7 @@ class ModelSpec(_Strict):
     @classmethod
     def _aliases(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for a in v:
-            _as_schema_error(_name_problem(a))
+            _as_schema_error(name_problem(a))
         return v
 
     @model_validator(mode="after")
@@ -422,7 +330,7 @@ class Profile(_Strict):
         data = self.model_dump(include={"models", "groups", "routing"})
         problems = _reference_problems(data)
         if problems:
-            raise ValueError("; ".join(f"{_key(loc)}: {msg}" for loc, msg in problems))
+            raise ValueError("; ".join(f"{key_path(loc)}: {msg}" for loc, msg in problems))
         return self
 
     def resolve(self, name: str) -> str | None:
@@ -446,316 +354,16 @@ def resolve_path(text: str, base: Path) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
 
 
-#: a validation context key: the cross-references were checked on the file's data already
-_CHECKED_ALREADY = "references_checked"
-
-
-def _reference_problems(data: dict[str, Any]) -> list[Problem]:
-    return cross_references(data, tuple(Auto.model_fields), _name_problem)
-
-
-def _key(loc: Loc) -> str:
+def key_path(loc: Loc) -> str:
     """A key path as written in an issue: a list item's index left out (its line tells)."""
     while loc and isinstance(loc[-1], int):
         loc = loc[:-1]
     return ".".join(str(p) for p in loc)
 
 
-# --------------------------------------------------------------------------- loading
+#: a validation context key: the cross-references were checked on the file's data already
+_CHECKED_ALREADY = "references_checked"
 
 
-@dataclass
-class ProfileIssue:
-    file: str
-    line: int | None
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where} {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
-
-
-@dataclass
-class _Located:
-    data: Any
-    lines: dict[tuple[str | int, ...], int] = field(default_factory=dict)
-
-
-#: the most values a profile may expand to, aliases counted each time they are used, and the
-#: deepest it may nest: the shipped profiles have 14 to 30 values, a profile of 100 models
-#: a few thousand, and they nest 5 deep; YAML aliases of aliases grow without limit (6 levels
-#: of 10: a million values, seconds and 100+ MB). Walking 20,000 takes ~45 ms, on a thread
-#: that shares the GIL with the event loop (100,000: ~290 ms, and 50 ms of loop lag)
-MAX_NODES = 20_000
-MAX_DEPTH = 64
-
-
-class _Refused(Exception):
-    """A profile's YAML that is refused before it is read as data: an alias bomb, an alias
-    inside itself, nesting past MAX_DEPTH, a key that is not a plain value."""
-
-    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
-        super().__init__(message)
-        self.path, self.message = path, message
-        self.lines: dict[tuple[str | int, ...], int] = {}
-
-
-def _compose(text: str) -> _Located:
-    """YAML → plain data, plus the line of every key path (for error messages). Raises
-    ``_Refused`` for an alias bomb, a self-reference, a nesting past MAX_DEPTH or a key that
-    is not a plain value; every value is counted as it is walked, so the cost is bounded."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except RecursionError:  # PyYAML's composer recurses: `[[[[…` thousands deep
-        raise _Refused((), f"nests more than {MAX_DEPTH} levels deep") from None
-    lines: dict[tuple[str | int, ...], int] = {}
-    loader = yaml.SafeLoader("")  # one constructor for every scalar
-    inside: set[int] = set()  # the nodes being walked now: an alias to one is a cycle
-    count = 0
-
-    def walk(n: yaml.Node | None, path: tuple[str | int, ...]) -> Any:
-        nonlocal count
-        if n is None:
-            return None
-        count += 1
-        if count > MAX_NODES:
-            raise _Refused(
-                path,
-                f"expands to more than {MAX_NODES:,} values (YAML aliases "
-                "used over and over?): write the values out, or use fewer aliases",
-            )
-        if len(path) > MAX_DEPTH:
-            raise _Refused(path, f"nests more than {MAX_DEPTH} levels deep")
-        lines.setdefault(path, n.start_mark.line + 1)
-        if not isinstance(n, yaml.MappingNode | yaml.SequenceNode):
-            return loader.construct_object(n, deep=True)
-        if id(n) in inside:
-            raise _Refused(
-                path,
-                "a YAML alias refers to a value that contains it (`&a` … "
-                "`*a` inside itself): remove the alias",
-            )
-        inside.add(id(n))
-        try:
-            if isinstance(n, yaml.SequenceNode):
-                return [walk(v, (*path, i)) for i, v in enumerate(n.value)]
-            out: dict[Any, Any] = {}
-            for k, v in n.value:
-                if not isinstance(k, yaml.ScalarNode):
-                    raise _Refused(path, "a key must be a plain value, not a list or mapping")
-                key = k.value
-                lines[(*path, key)] = k.start_mark.line + 1
-                out[key] = walk(v, (*path, key))
-            return out
-        finally:
-            inside.discard(id(n))
-
-    try:
-        return _Located(walk(node, ()), lines)
-    except _Refused as exc:
-        exc.lines = lines
-        raise
-    finally:
-        loader.dispose()
-
-
-def _expand_env(data: Any) -> Any:
-    if isinstance(data, str):
-        return _ENV_RE.sub(lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""), data)
-    if isinstance(data, dict):
-        return {k: _expand_env(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_expand_env(v) for v in data]
-    return data
-
-
-def _line_for(loc: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> int | None:
-    for n in range(len(loc), -1, -1):
-        if loc[:n] in lines:
-            return lines[loc[:n]]
-    return None
-
-
-#: the largest profile file read: a real one is a few KiB
-MAX_PROFILE_BYTES = 1024 * 1024
-
-
-def _read_text(path: Path) -> str:
-    """The file's text; ValueError (in words) for what is no profile: not a regular file (a
-    FIFO would block the read for good), over MAX_PROFILE_BYTES, not UTF-8."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens without a writer
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError("not a regular file: a profile is a .yaml file")
-        data = f.read(MAX_PROFILE_BYTES + 1)
-    if len(data) > MAX_PROFILE_BYTES:
-        raise ValueError(f"over {MAX_PROFILE_BYTES // 1024} KiB: a profile is a few KiB of YAML")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"not UTF-8 text (byte {exc.start})") from None
-
-
-def validate_profile_file(path: Path) -> tuple[Profile | None, list[ProfileIssue]]:
-    """Parse and validate one profile file; never raises for a bad file. Every problem the
-    file has is reported in this one pass, in the order of its lines: the schema's (types,
-    values, unknown keys), the cross-references' and missing files, each at the line of its
-    key, with "did you mean" for a misspelt key or model name."""
-    shown = _display(path)
-    try:
-        text = _read_text(path)
-    except OSError as exc:
-        return None, [ProfileIssue(shown, None, "", f"cannot read: {exc.strerror}")]
-    except ValueError as exc:
-        return None, [ProfileIssue(shown, None, "", str(exc))]
-    try:
-        located = _compose(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        return None, [ProfileIssue(shown, line, "", f"invalid YAML: {problem}")]
-    except _Refused as exc:
-        key = ".".join(str(p) for p in exc.path)
-        return None, [ProfileIssue(shown, _line_for(exc.path, exc.lines), key, exc.message)]
-    data = located.data
-    if data is None:
-        # an editor that empties the file before it writes it must not unload every model
-        return None, [ProfileIssue(shown, None, "", "the file is empty: a profile is a mapping "
-                                   "(key: value), at least `models: {}`")]  # fmt: skip
-    if not isinstance(data, dict):
-        return None, [ProfileIssue(shown, 1, "", "a profile must be a mapping (key: value)")]
-    data = _expand_env(data)
-    data.setdefault("name", path.stem)
-    problems = [(loc, _key(loc), msg) for loc, msg in _reference_problems(data)]
-    problems += [(loc, _key(loc), msg) for loc, msg in _missing_files(data, path.parent)]
-    profile: Profile | None = None
-    try:
-        profile = Profile.model_validate(data, context={_CHECKED_ALREADY: True})
-    except ValidationError as exc:
-        problems += [_schema_problem(err) for err in exc.errors()]
-    issues = [
-        ProfileIssue(shown, _line_for(loc, located.lines), key, msg) for loc, key, msg in problems
-    ]
-    issues.sort(key=lambda i: i.line or 0)  # stable: one line's issues keep their order
-    return (profile if not issues else None), issues
-
-
-def _schema_problem(err: Any) -> tuple[Loc, str, str]:
-    """One of pydantic's errors as (where, key path, message in words)."""
-    loc = tuple(err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        msg = _unknown_key(loc)
-    elif (
-        "input" in err
-        and err["type"] not in ("missing", "model_name")
-        and not isinstance(err["input"], dict)
-    ):
-        msg = f"{msg}, got {err['input']!r}"
-    return loc, ".".join(str(p) for p in loc), msg
-
-
-def _unknown_key(loc: Loc) -> str:
-    """What to say of the key at ``loc`` the schema has no place for: the key it may have
-    meant, or where it belongs, or to remove it."""
-    word = str(loc[-1])
-    close = suggest(word, fields_at(Profile, loc[:-1]))
-    if close:
-        return f"unknown key{close} (else remove it)"
-    if len(loc) == 1 and word in ModelSpec.model_fields:
-        return f"unknown key here: `{word}` is a model's setting, put it under `models.NAME`"
-    return "unknown key (remove it, or check its spelling)"
-
-
-def _missing_files(data: dict[str, Any], base: Path) -> list[Problem]:
-    """Each local model's ``path:`` that names no file."""
-    out: list[Problem] = []
-    models = data.get("models")
-    for name, raw in (models if isinstance(models, dict) else {}).items():
-        if not isinstance(raw, dict) or not isinstance(raw.get("path"), str):
-            continue
-        if (raw.get("backend") or data.get("backend")) == "openai":
-            continue  # the schema says that `path` is not for it
-        p = resolve_path(raw["path"], base)
-        if not p.is_file():
-            why = f"no such file: {p} (fix the path, or use `source:`)"
-            out.append((("models", name, "path"), why))
-    return out
-
-
-#: a profile file → ((size, mtime), the names it resolves): what profiles_defining read
-_DEFINED: dict[Path, tuple[tuple[int, int], frozenset[str]]] = {}
-
-
-def _names_defined(path: Path, parse: bool) -> frozenset[str] | None:
-    """The model names and aliases the profile at ``path`` resolves; None when it cannot be
-    read, or when ``parse`` is False and it changed since it was last read."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    stamp = (st.st_size, st.st_mtime_ns)
-    known = _DEFINED.get(path)
-    if known is not None and known[0] == stamp:
-        return known[1]
-    if not parse:
-        return None
-    profile, _ = validate_profile_file(path)
-    names: frozenset[str] = frozenset()
-    if profile is not None:
-        names = frozenset(
-            [*profile.models, *profile.routing.aliases]
-            + [a for spec in profile.models.values() for a in spec.aliases]
-        )
-    _DEFINED[path] = (stamp, names)
-    return names
-
-
-def profiles_defining(model: str, skip: str | None = None, *, parse: bool = True) -> list[str]:
-    """The profiles (by name) that define ``model``, other than ``skip``: for the hint of an
-    unknown model. Reads each profile file once per size and mtime; with ``parse=False``
-    none is read (a stat each): what was read before answers (the supervisor asks so on its
-    event loop, and reads the files on a thread)."""
-    found = []
-    for name, path in list_profile_files().items():
-        if name == skip:
-            continue
-        names = _names_defined(path, parse)
-        if names is not None and model in names:
-            found.append(name)
-    return found
-
-
-def load_profile(path: Path) -> Profile:
-    profile, issues = validate_profile_file(path)
-    if profile is None:
-        raise ConfigError(
-            "invalid profile:\n" + "\n".join(f"  {i}" for i in issues),
-            f"fix the file, then check it with `smackctl profile validate {_display(path)}`",
-        )
-    return profile
-
-
-def _display(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
-# --------------------------------------------------------------------------- finding
-
-
-def find_profile(name_or_path: str, extra: Iterable[Path] = ()) -> Path:
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") and p.is_file():
-        return p.resolve()
-    found = list_profile_files(extra)
-    if name_or_path in found:
-        return found[name_or_path]
-    raise UsageError(
-        f"no profile named {name_or_path!r}; known: {', '.join(sorted(found)) or 'none'}",
-        "see `smackctl profile list`, or give the path of a .yaml file",
-    )
+def _reference_problems(data: dict[str, Any]) -> list[Problem]:
+    return cross_references(data, tuple(Auto.model_fields), name_problem)

@@ -230,8 +230,8 @@ def _check_crashes(add: Any, db: Any, within: float = 86400.0) -> None:
 
 def _check_profiles(add: Any) -> None:
     from smackctl.catalog import parse_source, stored_path
-    from smackctl.config import validate_profile_file
     from smackctl.paths import get_paths, list_profile_files
+    from smackctl.profile_file import validate_profile_file
 
     models_dir = get_paths().models_dir
     for name, path in list_profile_files().items():

@@ -79,7 +79,7 @@ def list_(json_: JsonOpt = False, profile_dir: DirOpt = None) -> None:
 @app.command()
 def show(name: NameArg, json_: JsonOpt = False, profile_dir: DirOpt = None) -> None:
     """A profile's models, budget, defaults and routing, as validated."""
-    from smackctl.config import find_profile, load_profile
+    from smackctl.profile_file import find_profile, load_profile
 
     path = find_profile(name, profile_dir or [])
     prof = load_profile(path)
@@ -134,8 +134,8 @@ def validate(
 ) -> None:
     """Check profiles before anything is loaded: every problem of a file in one pass, each
     with its file:line, key and fix ("did you mean" for a misspelt key or model name)."""
-    from smackctl.config import ProfileIssue, validate_profile_file
     from smackctl.paths import list_profile_files
+    from smackctl.profile_file import ProfileIssue, validate_profile_file
 
     dirs = profile_dir or []
     found: list[tuple[str, Path | None]] = [(t, _lookup(t, dirs)) for t in targets or []]
@@ -196,10 +196,10 @@ def _unknown_name(given: str, dirs: list[Path]) -> str:
 
 def _budget_issues(profile: Any, path: Path) -> list[Any]:
     """Models whose estimate alone exceeds the profile's RAM budget (files on disk only)."""
-    from smackctl.config import ProfileIssue
     from smackctl.estimate import estimate_for
     from smackctl.gguf import read_info
     from smackctl.paths import get_paths
+    from smackctl.profile_file import ProfileIssue
 
     if profile.memory.ram is None:
         return []
@@ -269,7 +269,7 @@ def switch(
 
     With --dry-run: the exact plan and whether it fits (exit 0 if it can be done, 1 if not).
     A failed load rolls back to the previous profile."""
-    from smackctl.config import find_profile
+    from smackctl.profile_file import find_profile
 
     path = find_profile(name, profile_dir or [])
     with client(ctx, timeout=None) as c:  # type: ignore[arg-type]

@@ -122,7 +122,7 @@ def _backend() -> str:
 
 def _write_checked(dest: Path, text: str) -> None:
     """Write ``text`` to ``dest`` once it passes validation, through a file beside it."""
-    from smackctl.config import validate_profile_file
+    from smackctl.profile_file import validate_profile_file
 
     dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = dest.with_name(f".{dest.name}.new")
@@ -154,7 +154,7 @@ def _say_if_shadowed(name: str, dest: Path) -> None:
 
 def _copied(given: str, name: str) -> tuple[str, int]:
     """Another profile's text as the start, renamed (its comments kept)."""
-    from smackctl.config import find_profile, validate_profile_file
+    from smackctl.profile_file import find_profile, validate_profile_file
 
     src = find_profile(given)
     profile, issues = validate_profile_file(src)
@@ -178,8 +178,8 @@ def models_on_disk(current: Path | None) -> tuple[list[Entry], str | None]:
     are on disk come first, then the store's files named as a profile that pulled them names
     them, then the store's other files named from the file. With none on disk: the current
     profile's models, pulled on first use."""
-    from smackctl.config import validate_profile_file
     from smackctl.paths import get_paths, list_profile_files
+    from smackctl.profile_file import validate_profile_file
 
     store = get_paths().models_dir.resolve()
     order = [p for p in (current, *list_profile_files().values()) if p is not None]

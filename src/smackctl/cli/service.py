@@ -211,7 +211,7 @@ def install(
         )
     profile = profile or globals_of(ctx).profile
     if profile:
-        from smackctl.config import find_profile
+        from smackctl.profile_file import find_profile
 
         found = find_profile(profile)  # a clear error now, not a unit that fails to start
         if Path(profile).suffix in (".yaml", ".yml"):

@@ -38,6 +38,7 @@ from .registry import Managed, Registry
 from .runner import Runner, RunnerState
 from .slots import QueueBudget
 from .spare import Spare, Vacated
+from .spare_keeping import SPARE_RAM, SpareKeeping
 from .store import Store
 
 __all__ = ["BACKOFF_CAP", "MAX_QUICK_FAILURES", "SPARE_RAM", "Loader", "MakeRoom"]
@@ -54,15 +55,12 @@ STABLE_AFTER = 60.0
 MEASURE_EVERY = 5.0
 #: how long a swapped-in runner's process may keep the old model when no request comes
 FREE_OLD_AFTER = 2.0
-#: what a waiting spare runner may hold: ~70-80 MB RSS measured, with headroom
-SPARE_RAM = 128 * 2**20
-
 #: the scheduler's rule for a load: evict what the plan says (keeping one evicted runner's
 #: process for the load when ``keep_process``), wait, or refuse
 MakeRoom = Callable[[Managed, Estimate, bool, bool], Awaitable[Vacated | None]]
 
 
-class Loader:
+class Loader(SpareKeeping):
     def __init__(
         self,
         paths: Paths,
@@ -134,59 +132,6 @@ class Loader:
             {"event": "ready", "model": m.name, "pid": runner.pid,
              "seconds": round(time.monotonic() - began, 3), "restart": restart}
         )  # fmt: skip
-
-    # -- the spare runner ----------------------------------------------------------------------
-
-    def take_spare(self) -> Spare | None:
-        spare, self.spare = self.spare, None
-        return spare if spare is not None and spare.alive else None
-
-    def refill_spare(self) -> None:
-        """Start a spare when there is none, once nothing loads and no request runs: its
-        imports take a core for a second, which a model should not have to share. The reaper
-        calls this every second."""
-        if self.spare is not None and not self.spare.alive:
-            self.spare = None  # it died while it waited (the OOM killer): start another
-        if (
-            not self.profile.memory.spare_runner
-            or not self.accepting()
-            or self.spare_starting
-            or self.spare is not None
-            # only llama_cpp.server runners start from a spare: none to serve, none to wait
-            or not any(m.spec.backend == "llama-cpp-python" for m in self.registry.models.values())
-            or any(m.loading is not None or m.in_flight for m in self.registry.models.values())
-            or not self._room_for_spare()
-        ):
-            return
-        self.spare_starting = True
-        self.spawn(self._start_spare(), "spare")
-
-    def _room_for_spare(self) -> bool:
-        """A spare is a convenience: it never takes memory a model could use. Start one only
-        when the machine has twice its size free beyond the profile's reserve."""
-        avail_ram, _ = self.budget_probe()
-        return avail_ram - self.profile.memory.reserve >= 2 * SPARE_RAM
-
-    async def _start_spare(self) -> None:
-        spare = Spare(self.paths.runner_log("spare"))
-        try:
-            await spare.start()
-        finally:
-            self.spare_starting = False
-        if (
-            self.spare is None
-            and self.accepting()
-            and self.profile.memory.spare_runner
-            and self._room_for_spare()  # a load may have taken the room while it started
-        ):
-            self.spare = spare
-        else:
-            await spare.stop()
-
-    async def drop_spare(self) -> None:
-        spare, self.spare = self.spare, None
-        if spare is not None:
-            await spare.stop()
 
     def progress(self, m: Managed, phase: str, done: int = 0, total: int | None = None) -> None:
         m.phase = phase

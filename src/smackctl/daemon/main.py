@@ -21,10 +21,11 @@ from typing import Any
 
 from starlette.types import ASGIApp
 
-from smackctl.config import DEFAULT_HOST, DEFAULT_PORT, Profile, find_profile, load_profile
+from smackctl.config import DEFAULT_HOST, DEFAULT_PORT, Profile
 from smackctl.errors import SmackError, UsageError
 from smackctl.netaddr import display_url, is_loopback, own_names
 from smackctl.paths import Paths, get_paths
+from smackctl.profile_file import find_profile, load_profile
 
 from .api import create_app
 from .connections import GuardedHttp, connection_limit, raise_fd_limit

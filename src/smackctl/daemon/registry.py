@@ -13,12 +13,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from smackctl import catalog
-from smackctl.config import ModelSpec, Profile, profiles_defining, validate_model_name
+from smackctl.config import ModelSpec, Profile, validate_model_name
 from smackctl.discover import Scan, scan
 from smackctl.errors import ModelLoadError, ModelNotFound, UsageError
 from smackctl.estimate import Estimate
 from smackctl.gguf import GGUFInfo, check_magic
 from smackctl.paths import Paths
+from smackctl.profile_file import profiles_defining
 
 from .runner import Runner, RunnerState
 from .store import Store

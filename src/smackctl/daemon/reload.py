@@ -21,9 +21,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smackctl.config import validate_profile_file
 from smackctl.discover import Scan, scan
 from smackctl.errors import SmackError
+from smackctl.profile_file import validate_profile_file
 
 from .switch import SwitchPhase, plan_for, run_switch
 

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +27,12 @@ from smackctl.hardware import physical_cores
 from smackctl.paths import Paths
 
 from .cores import Cores
+from .draining import Draining
 from .events import Events
+from .housekeeping import Housekeeping
 from .loader import MEASURE_EVERY, SPARE_RAM, Loader
 from .memory import budget_of, explain, fix, machine_budget, plan_for, wait_gone
 from .planner import Budget, Plan
-from .process import rotate_log
 from .registry import Managed, Registry, forget_runner
 from .runner import Runner, RunnerState
 from .spare import Vacated
@@ -44,7 +45,7 @@ __all__ = ["SPARE_RAM", "Managed", "Scheduler", "ShuttingDown"]
 log = logging.getLogger("smackctl.scheduler")
 
 
-class Scheduler:
+class Scheduler(Draining, Housekeeping):
     def __init__(
         self,
         paths: Paths,
@@ -246,11 +247,6 @@ class Scheduler:
                 return None
             raise InsufficientMemory(explain(m, plan), fix(m, plan))
 
-    async def _wait_idle_change(self) -> None:
-        self._idle.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), 1.0)
-
     # -- profile switch --------------------------------------------------------------------------
 
     def set_profile(self, profile: Profile, path: Path | None) -> None:
@@ -266,21 +262,6 @@ class Scheduler:
     def release_hold(self) -> None:
         self._held = set()
         self._hold_released.set()
-
-    async def drain_models(self, names: Iterable[str] | None, timeout: float = 300.0) -> bool:
-        """Wait until the named models (None: all) have nothing in flight or queued; False
-        when ``timeout`` passed first."""
-        deadline = time.monotonic() + timeout
-        wanted = set(self.models) if names is None else set(names)
-        while any(
-            (m := self.models.get(n)) is not None
-            and (m.in_flight or (m.runner is not None and m.runner.slots.queued))
-            for n in wanted
-        ):
-            if time.monotonic() > deadline:
-                return False
-            await self._wait_idle_change()
-        return True
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -372,45 +353,6 @@ class Scheduler:
         results = await asyncio.gather(*(self.unload(n) for n in names))
         return [n for n, done in zip(names, results, strict=True) if done]
 
-    async def reap_idle(self, now: float | None = None) -> list[str]:
-        now = time.time() if now is None else now
-        out = []
-        for m in list(self.models.values()):
-            limit = m.idle_limit()
-            if (
-                m.runner is not None
-                and m.runner.state == RunnerState.READY
-                and limit is not None
-                and m.in_flight == 0
-                and m.runner.slots.queued == 0
-                and now - max(m.last_used, m.runner.ready_at or 0) > limit
-            ):
-                log.info("unloading %s: idle for more than %gs", m.name, limit)
-                await self.unload(m.name)
-                out.append(m.name)
-        return out
-
-    def rotate_logs(self) -> None:
-        """Keep the logs of running runners under LOG_CAP (a start rotates its own)."""
-        for m in self.models.values():
-            if m.runner is not None and m.runner.state == RunnerState.READY:
-                rotate_log(m.runner.log_path)
-
-    async def reaper(self, every: float = 1.0) -> None:
-        ticks = 0
-        while True:
-            await asyncio.sleep(every)
-            ticks += 1
-            try:
-                await self.reap_idle()
-                self.loader.refill_spare()
-                if ticks % 2 == 0:
-                    self.store.flush()  # writes kept while state.db refused them
-                if ticks % 30 == 0:
-                    self.rotate_logs()
-            except Exception:  # the reaper must survive anything one model does
-                log.exception("idle reaper")
-
     # -- lifecycle -----------------------------------------------------------------------------
 
     def plan_restore(self) -> dict[str, str]:
@@ -432,37 +374,6 @@ class Scheduler:
             await self.ensure_ready(name)
         except Exception as exc:
             log.error("could not load %s at start: %s", name, exc)
-
-    async def drain(self, timeout: float) -> bool:
-        """Stop admitting; wait until no request is in flight or queued. True if drained."""
-        self.accepting = False
-        return await self.drain_models(None, timeout)
-
-    def busy(self) -> tuple[int, int]:
-        """(requests in flight, requests queued for a slot)."""
-        running = sum(m.in_flight for m in self.models.values())
-        queued = sum(m.runner.slots.queued for m in self.models.values() if m.runner)
-        return running, queued
-
-    def cut_now(self) -> tuple[int, int]:
-        """The drain ran out of time: queued requests get ShuttingDown, and the runners are
-        killed, so that every answer still being read ends at once; the proxy then sends
-        each client an error (a stream: an error event and the end of its body), never a
-        torn connection. Returns (answers cut, queued requests refused)."""
-        self.cut.set()
-        running, _ = self.busy()
-        refused = 0
-        for m in self.models.values():
-            if m.runner is not None:
-                stopping = ShuttingDown(
-                    "the supervisor is stopping and its drain ran out of time before this "
-                    "request's turn came",
-                    "send it again once the supervisor is back (`smackctl start`)",
-                )
-                refused += m.runner.slots.fail_waiters(stopping)
-                if m.in_flight:
-                    m.runner.kill()
-        return running, refused
 
     async def shutdown(self) -> None:
         self.accepting = False

@@ -12,10 +12,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from smackctl.config import load_profile
 from smackctl.daemon.streams import stream_task
 from smackctl.daemon.switch import plan_for, run_switch
 from smackctl.errors import UsageError
+from smackctl.profile_file import load_profile
 
 from .common import errors, json_body, services
 
