@@ -42,6 +42,7 @@ def test_deterministic_answers_are_replayed_and_nothing_else_is(
         f"  tiny-a2:\n    path: {a}\n    n_ctx: 2048\n    threads: 1\n"  # same file, other n_ctx
         f"  tiny-c:\n    path: {model_dir / 'tiny-c.gguf'}\n    n_ctx: 1024\n    threads: 1\n"
         f"  off:\n    path: {a}\n    n_ctx: 1024\n    threads: 1\n    cache: false\n"
+        f"  backed:\n    path: {a}\n    n_ctx: 1536\n    threads: 1\n    fallbacks: [tiny-c]\n"
     )
     sup = launch(home)
     try:
@@ -74,9 +75,18 @@ def test_deterministic_answers_are_replayed_and_nothing_else_is(
             r = c.post(PATH, json={**ASK, "model": "tiny-a"}, headers={"Cache-Control": "no-cache"})
             assert "X-Smackctl-Cache" not in r.headers and _served(c, "tiny-a") == served + 1
             assert "X-Smackctl-Cache" not in c.post(PATH, json={**ASK, "model": "off"}).headers
-            assert 'smackctl_cache_total{result="hit"} 3.0' in c.get("/metrics").text
+            # a local model with fallbacks goes through a chain, and its cache with it
+            first = c.post(PATH, json={**ASK, "model": "backed"})
+            again = c.post(PATH, json={**ASK, "model": "backed"})
+            assert first.status_code == 200, first.text
+            assert first.headers["X-Smackctl-Deployment"] == "backed"
+            assert (first.headers["X-Smackctl-Cache"], again.headers["X-Smackctl-Cache"]) == (
+                "miss", "hit",
+            )  # fmt: skip
+            assert again.content == first.content and _served(c, "backed") == 1
+            assert 'smackctl_cache_total{result="hit"} 4.0' in c.get("/metrics").text
         stats = smackctl(home, "cache", "stats")
-        assert stats.returncode == 0 and "3 hit(s)" in stats.stdout and "tiny-a" in stats.stdout
+        assert stats.returncode == 0 and "4 hit(s)" in stats.stdout and "tiny-a" in stats.stdout
         cleared = smackctl(home, "cache", "clear", "tiny-a")
         assert cleared.returncode == 0 and "cleared 3 entries" in cleared.stdout
         with sup.client(timeout=60) as c:

@@ -116,7 +116,9 @@ def test_repl_in_a_real_terminal_ctrl_c_cancels_the_reply(home: Home, tmp_path: 
         wait_for(lambda: tiny_a()["in_flight"] == 0, 30, "the cancelled request to leave")
         log = home.state / "logs" / "runner-tiny-a.log"
         answered = wait_for(
-            lambda: [ln for ln in log.read_text().splitlines() if "host: answered after" in ln],
+            lambda: [
+                ln for ln in log.read_text().splitlines() if "smackctl runner: answered after" in ln
+            ],
             30,
             "the runner to end the answer",
         )

@@ -84,7 +84,7 @@ def ok_json(conn: socket.socket, n: int) -> None:
 
 def test_requests_share_one_connection_and_send_the_token(serve: Callable[[Script], Server]):
     srv = serve(ok_json)
-    with Client(srv.url, token="t0k") as c:
+    with Client(srv.url, token="t0k", explicit=True) as c:
         assert c.get("/api/status", params={"a": "1 2"}) == {"n": 0}
         assert c.post("/api/x", {"k": 1}) == {"n": 1}
     assert srv.connections == 1
@@ -102,7 +102,7 @@ def test_a_connection_the_supervisor_closed_while_idle_is_replaced(serve):
         conn.shutdown(socket.SHUT_RDWR)  # as a keep-alive timeout would, no Connection: close
 
     srv = serve(once)
-    with Client(srv.url, token="t") as c:
+    with Client(srv.url, token="t", explicit=True) as c:
         assert c.get("/a") == {"n": 0}
         got = None
         for _ in range(200):  # the close reaches the client's socket a moment later
@@ -119,7 +119,7 @@ def test_errors_carry_the_supervisors_message_hint_and_exit_code(serve):
         )
         conn.sendall(b"HTTP/1.1 400 Bad\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
-    with Client(serve(refuse).url, token="t") as c, pytest.raises(ApiError) as e:
+    with Client(serve(refuse).url, token="t", explicit=True) as c, pytest.raises(ApiError) as e:
         c.get("/api/models/x")
     assert (e.value.message, e.value.hint, e.value.code) == (
         "unknown model x",
@@ -138,7 +138,7 @@ def test_a_stream_arrives_line_by_line_and_a_cut_stream_is_an_error(serve):
         conn.close()
 
     events = []
-    with Client(serve(cut).url, token="t") as c, pytest.raises(ApiError) as e:
+    with Client(serve(cut).url, token="t", explicit=True) as c, pytest.raises(ApiError) as e:
         for ev in c.ndjson("POST", "/api/models/x/load"):
             events.append(ev)
     assert events == [{"event": 1}, {"event": 2}]
@@ -150,10 +150,13 @@ def test_nothing_listening_and_no_answer_in_time(serve):
     free = socket.create_server(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{free.getsockname()[1]}"
     free.close()
-    with Client(url, token="t") as c, pytest.raises(SupervisorNotRunning):
+    with Client(url, token="t", explicit=True) as c, pytest.raises(SupervisorNotRunning):
         c.get("/api/status")
 
     silent = serve(lambda conn, n: conn.recv(1))  # reads the request, never answers
-    with Client(silent.url, token="t", timeout=0.3) as c, pytest.raises(ApiError) as e:
+    with (
+        Client(silent.url, token="t", timeout=0.3, explicit=True) as c,
+        pytest.raises(ApiError) as e,
+    ):
         c.get("/api/status")
     assert (e.value.status, e.value.error_type) == (504, "timeout")

@@ -315,6 +315,24 @@ def test_hostile_gguf_files_in_the_models_dir_are_errors_in_their_entries(sup: S
     assert "runs past the end of the file" in errors["long"]
     assert "an array of 4,611,686,018,427,387,904 values" in errors["array"]
     assert errors["general"] == ""
+    with sup.client() as c:  # one of them: the view, its problem named, not an error answer
+        r = c.get("/api/models/nested")
+        assert r.status_code == 200, r.text
+        assert "arrays nested more than 4 deep" in r.json()["gguf_error"]
+        assert r.json()["on_disk"] is True and "gguf" not in r.json()
+
+
+def test_a_switch_plan_to_hostile_models_plans_and_names_them(sup: Supervisor) -> None:
+    other = sup.home.root / "profiles" / "shelf.yaml"
+    shelf = sup.home.root.parent / "shelf"
+    other.write_text(
+        f"models:\n  d: {{path: {shelf / 'dims.gguf'}}}\n  n: {{path: {shelf / 'nested.gguf'}}}\n"
+    )
+    with sup.client() as c:
+        r = c.post("/api/profiles/switch", json={"path": str(other), "dry_run": True})
+        assert r.status_code == 200, r.text
+        assert {s["model"] for s in r.json()["steps"]} >= {"d", "n"}
+        assert c.get("/health").status_code == 200
 
 
 def test_the_loop_lag_is_a_metric(sup: Supervisor) -> None:

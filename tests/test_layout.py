@@ -154,3 +154,49 @@ def test_every_error_is_in_the_tree_and_exits_in_one_place() -> None:
                 raised = ast.unparse(node.exc)
                 if raised.startswith(("typer.Exit", "SystemExit", "sys.exit")):
                     assert name == "smackctl.cli.app", f"{name} exits: {raised}"
+
+
+REQUEST_PATH = ("smackctl.daemon.api", "smackctl.daemon.gateway", "smackctl.daemon.translate")
+
+
+def _own_handlers_handed_on(tree: ast.Module) -> Iterator[str]:
+    """``Thing(self.handler)`` or ``Thing(on_x=self.handler)`` inside a class whose
+    ``handler`` is a coroutine method: an object built with a way to call back into the code
+    that builds it (as the proxy once built the gateway and the router with its ``forward``).
+    A clock or a notice (``Breaker(name, self.now, self._changed)``) is not a handler."""
+    for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+        handlers = {f.name for f in cls.body if isinstance(f, ast.AsyncFunctionDef)}
+        for call in (n for n in ast.walk(cls) if isinstance(n, ast.Call)):
+            built = ast.unparse(call.func).rsplit(".", 1)[-1]
+            if not built[:1].isupper():
+                continue
+            for arg in [*call.args, *(k.value for k in call.keywords)]:
+                if (
+                    isinstance(arg, ast.Attribute)
+                    and isinstance(arg.value, ast.Name)
+                    and arg.value.id == "self"
+                    and arg.attr in handlers
+                ):
+                    yield f"{cls.name}: {ast.unparse(call)[:80]} (line {call.lineno})"
+
+
+def test_nothing_on_the_request_path_is_built_with_a_callback_into_its_builder() -> None:
+    found = [
+        f"{name}: {hit}"
+        for name, path in MODULES.items()
+        if name.startswith(REQUEST_PATH)
+        for hit in _own_handlers_handed_on(_tree(path))
+    ]
+    assert not found, "handlers handed down the request path:\n" + "\n".join(found)
+
+
+def test_the_callback_check_sees_a_callback() -> None:
+    """The check above, on the shape it forbids (so that it cannot pass by seeing nothing)."""
+    source = """
+class Proxy:
+    def __init__(self):
+        self.gateway = Gateway(self.forward, on_auto=self.forward)
+    async def forward(self, request):
+        ...
+"""
+    assert len(list(_own_handlers_handed_on(ast.parse(source)))) == 2

@@ -140,6 +140,8 @@ def show(ctx: typer.Context, name: ModelArg, json_: JsonOpt = False) -> None:
         ("n_gpu_layers", m["n_gpu_layers"]),
         ("ttl", "pinned" if m["pinned"] else f"{m['ttl']}s"),
     ]
+    if m.get("gguf_error"):
+        rows.append(("file problem", m["gguf_error"]))
     if g:
         params = g.get("parameter_count")
         rows += [

@@ -25,7 +25,7 @@ from smackctl.discover import Scan, scan
 from smackctl.errors import SmackError
 from smackctl.profile_file import validate_profile_file
 
-from .switch import SwitchPhase, plan_for, run_switch
+from .switch import SwitchPhase, plan_off_loop, run_switch
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -201,9 +201,7 @@ class Reloader:
         self.issues = []
         if profile == sched.profile:
             return {"ok": True, "changed": False, "profile": profile.name}
-        # the plan estimates every model from its GGUF header: read them here, off the loop
-        await asyncio.to_thread(sched.loader.read_headers, profile, path)
-        plan = plan_for(sched, profile, path)
+        plan = await plan_off_loop(sched, profile, path)
         steps = [f"{s.model}: {s.action}" + (f" ({s.reason})" if s.reason else "")
                  for s in plan.steps]  # fmt: skip
         log.info("profile reload (%s): plan for %s: %s", why, path, "; ".join(steps) or "none")

@@ -12,6 +12,7 @@ served afterwards; requests for kept models are served throughout.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,13 @@ def plan_for(sched: Scheduler, target: Profile, target_path: Path) -> SwitchPlan
     return plan_switch(sched.profile, loaded, target, need, b.ram)
 
 
+async def plan_off_loop(sched: Scheduler, target: Profile, target_path: Path) -> SwitchPlan:
+    """``plan_for``, with the GGUF header of each of ``target``'s models read first on a
+    thread: the plan's estimates then read no file on the event loop."""
+    await asyncio.to_thread(sched.loader.read_headers, target, target_path)
+    return plan_for(sched, target, target_path)
+
+
 async def run_switch(sched: Scheduler, target: Profile, path: Path) -> SwitchPlan:
     """Carry out a switch; on failure roll back to the previous profile and raise. Switches
     take turns: one asked while another runs (a hot reload of the file just saved, say)
@@ -72,7 +80,7 @@ async def _switch(sched: Scheduler, target: Profile, path: Path) -> SwitchPlan:
         sched.events.publish({"event": "switch", "phase": str(p), "profile": target.name, **kw})
 
     phase(SwitchPhase.PLANNING)
-    plan = plan_for(sched, target, path)
+    plan = await plan_off_loop(sched, target, path)
     if not plan.fits:
         sched.switch_phase = None
         raise InsufficientMemory(

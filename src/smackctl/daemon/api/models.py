@@ -49,8 +49,11 @@ async def show(request: Request) -> Response:
     path = s.registry.model_file(m)
     info = None
     if path.is_file():
-        info = await asyncio.to_thread(read_info, path)
-        view["gguf"] = info.as_dict()
+        try:  # a file that is not a GGUF model still leaves the rest of the view to show
+            info = await asyncio.to_thread(read_info, path)
+            view["gguf"] = info.as_dict()
+        except SmackError as exc:
+            view["gguf_error"] = exc.message
     view["capabilities"] = capabilities(m.spec, info)
     return JSONResponse(view)
 

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from smackctl.daemon.streams import stream_task
-from smackctl.daemon.switch import plan_for, run_switch
+from smackctl.daemon.switch import plan_off_loop, run_switch
 from smackctl.errors import UsageError
 from smackctl.profile_file import load_profile
 
@@ -45,7 +45,7 @@ async def switch(request: Request) -> Response:
     path = Path(body["path"])
     target = await asyncio.to_thread(load_profile, path)
     if body.get("dry_run"):
-        return JSONResponse(plan_for(s.scheduler, target, path).as_dict())
+        return JSONResponse((await plan_off_loop(s.scheduler, target, path)).as_dict())
 
     def start() -> asyncio.Future[Any]:
         return s.scheduler.spawn(run_switch(s.scheduler, target, path), f"switch-{target.name}")
