@@ -160,7 +160,9 @@ def test_queue_overflow_gets_503_and_queued_requests_finish_in_order(
                 wait_for(lambda: sup.model("tiny-a")["queued"] == 2, 10, "two queued")
                 r = ask(sup, "tiny-a")
                 assert r.status_code == 503
-                assert r.headers["retry-after"] == "1"
+                # when a slot is expected to be free: the queue's length times the measured
+                # time a request holds one (its formula: test_slots)
+                assert 1 <= int(r.headers["retry-after"]) <= 30
                 assert "the queue is full (2 waiting, 1 running)" in r.json()["error"]["message"]
                 assert not any(f.done() for f in queued)
             assert lines[-1] == "data: [DONE]"

@@ -39,13 +39,19 @@ def _cpu_of_threads(pid: int) -> dict[int, int]:
     return out
 
 
-def _compute_thread(pid: int) -> int:
-    """A compute thread of a runner that is decoding: the busiest thread that is not the
-    process's main thread (the main thread answers HTTP on llama-cpp-python and leads the
-    decode on llama-server; the one stopped here is another of the decode's threads)."""
-    cpu = _cpu_of_threads(pid)
-    candidates = {tid: t for tid, t in cpu.items() if tid != pid}
-    return max(candidates, key=lambda tid: candidates[tid])
+def _compute_thread(pid: int, stream: Iterator[str]) -> int:
+    """A compute thread of a runner that is decoding: the thread that worked most while
+    the next 200 lines of ``stream`` were decoded, not counting the process's main thread
+    (the main thread answers HTTP on llama-cpp-python and leads the decode on
+    llama-server; the one stopped here is another of the decode's threads). Over a window
+    of the decode, not the process's life: a pool thread that decoded an earlier request
+    may be idle now."""
+    before = _cpu_of_threads(pid)
+    for _ in range(200):
+        next(stream)
+    after = _cpu_of_threads(pid)
+    worked = {tid: t - before.get(tid, 0) for tid, t in after.items() if tid != pid}
+    return max(worked, key=lambda tid: worked[tid])
 
 
 @contextlib.contextmanager
@@ -103,7 +109,7 @@ def test_a_stuck_compute_thread_ends_the_stream_and_the_runner_restarts(
             for line in it:
                 if '"content"' in line:
                     break
-            with stopped(_compute_thread(pid)):
+            with stopped(_compute_thread(pid, it)):
                 began = time.monotonic()
                 lines = [ln for ln in it if ln.startswith("data: ")]
                 took = time.monotonic() - began
