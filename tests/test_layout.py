@@ -200,3 +200,67 @@ class Proxy:
         ...
 """
     assert len(list(_own_handlers_handed_on(ast.parse(source)))) == 2
+
+
+#: each of these is defined in one module only (issue 28: one piece of code each)
+HOMES = {
+    "error_body": "smackctl.wire",
+    "new_request_id": "smackctl.wire",
+    "sse": "smackctl.wire",
+    "tokens_of": "smackctl.daemon.usage",
+    "tokens_in_stream": "smackctl.daemon.usage",
+    "smack_error": "smackctl.daemon.api.common",
+}
+
+
+def test_error_bodies_request_ids_and_token_counts_are_defined_once() -> None:
+    """A copy of one of them elsewhere would drift from it (a copy of the token count once
+    lacked the guard against a negative or non-numeric usage)."""
+    found: dict[str, list[str]] = {}
+    for name, path in MODULES.items():
+        for fn in _functions(_tree(path)):
+            if fn.name in HOMES or fn.name in ("token_counts", "count_tokens"):
+                found.setdefault(fn.name, []).append(name)
+    for fn_name, home in HOMES.items():
+        assert found.get(fn_name) == [home], f"{fn_name} is defined in {found.get(fn_name)}"
+    assert "token_counts" not in found and "count_tokens" not in found, found
+
+
+SECRETS = {"token", "key", "given", "secret", "api_key"}
+
+
+def _secret_compared_with_eq(tree: ast.Module) -> Iterator[int]:
+    """``token == x`` or ``self.key != given``: a comparison that returns as soon as a byte
+    differs, which tells a caller timing the answers how much of a key it has right."""
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Compare) or not any(
+            isinstance(op, ast.Eq | ast.NotEq) for op in node.ops
+        ):
+            continue
+        sides = [node.left, *node.comparators]
+        if any(isinstance(s, ast.Constant) for s in sides):
+            continue  # against a literal (None, ""): no secret is measured
+        names = {s.id if isinstance(s, ast.Name) else s.attr for s in sides
+                 if isinstance(s, ast.Name | ast.Attribute)}  # fmt: skip
+        if names & SECRETS:
+            yield node.lineno
+
+
+#: comparisons of things named like a secret that are none
+NOT_SECRETS = {
+    "smackctl.cli.completion": "the completion cache's key (what its names came from)",
+    "smackctl.daemon.backends.llama_cpp_python.patches": "a token id against end-of-text",
+}
+
+
+def test_keys_and_tokens_are_compared_in_constant_time() -> None:
+    found = [
+        f"{name}:{line}"
+        for name, path in MODULES.items()
+        if name not in NOT_SECRETS
+        for line in _secret_compared_with_eq(_tree(path))
+    ]
+    for name in NOT_SECRETS:  # each still compares what it says, and nothing more
+        assert len(list(_secret_compared_with_eq(_tree(MODULES[name])))) == 1, name
+    assert not found, f"a key or token compared with == or != (use hmac.compare_digest): {found}"
+    assert list(_secret_compared_with_eq(ast.parse("ok = given != self.token"))) == [1]

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+from pathlib import Path
 
 import pytest
 
 from smackctl.daemon.slots import QUEUED_OVERHEAD, QueueBudget, Slots
 from smackctl.errors import QueueFull
+
+from conftest import CHAT, Home, Supervisor, ask, held_mid_stream, launch, shutdown, wait_for
 
 
 def test_the_queue_is_bounded_by_memory_not_by_a_count() -> None:
@@ -76,3 +80,45 @@ def test_a_waiter_failed_by_a_stop_gives_its_memory_back() -> None:
         assert budget.held == 0 and budget.waiting == 0
 
     asyncio.run(scenario())
+
+
+# -- through a real supervisor on the shipped settings ---------------------------------------
+
+
+def _crowd(sup: Supervisor, n: int) -> list[int]:
+    """``n`` clients at once on tiny-a, whose one slot a held stream keeps: each client's
+    status; every one of them waited in the queue (or was refused) before the slot was let go."""
+    body = {**CHAT, "model": "tiny-a"}
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        with held_mid_stream(sup, {**body, "max_tokens": 1000}):
+            futures = [pool.submit(lambda: ask(sup, "tiny-a").status_code) for _ in range(n)]
+            wait_for(
+                lambda: sup.model("tiny-a")["queued"] + sum(f.done() for f in futures) == n,
+                30,
+                "every client to be queued or answered",
+            )
+            refused_at_once = [f.result() for f in futures if f.done()]
+        return refused_at_once + [f.result() for f in futures if f not in refused_at_once]
+
+
+def test_the_shipped_settings_queue_sixty_clients_on_one_slot(home: Home, model_dir: Path) -> None:
+    """No count bounds the queue by default (before issue 26, 32 per model: the 33rd got a
+    503); the memory it holds does, from `memory.queue`, wired to every model's slots."""
+    sup = launch(home)
+    try:
+        assert ask(sup, "tiny-a").status_code == 200
+        statuses = _crowd(sup, 60)
+        assert statuses == [200] * 60, statuses
+    finally:
+        shutdown(sup)
+    # the same crowd with room for about five waiting requests: the rest are refused at once
+    profile = Path(home.env["SMACKCTL_PROFILE_DIR"]) / "test.yaml"
+    room = 5 * (QUEUED_OVERHEAD + 1024) // 1024
+    profile.write_text(profile.read_text() + f"memory:\n  queue: {room}KiB\n")
+    sup = launch(home)
+    try:
+        assert ask(sup, "tiny-a").status_code == 200
+        statuses = _crowd(sup, 60)
+        assert 1 < statuses.count(200) <= 6 and set(statuses) == {200, 503}, statuses
+    finally:
+        shutdown(sup)

@@ -92,3 +92,63 @@ def test_every_word_of_a_streamed_answer_is_on_the_screen(smol: Supervisor, widt
 
 def test_resizing_the_terminal_mid_answer_loses_nothing(smol: Supervisor) -> None:
     _chat_in_terminal(smol, 100, resize_to=40)
+
+
+# -- the wrapping itself, with pieces longer than a tiny model's tokens ----------------------
+
+
+class _Screen:
+    """A terminal 24 columns wide that keeps what was written, and what it showed after
+    each piece."""
+
+    columns = 24
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, s: str) -> int:
+        self.text += s
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        raise OSError("not a real terminal")  # the width comes from _width, patched below
+
+
+def test_long_pieces_are_wrapped_whole_and_shown_as_they_come(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A model whose tokens are long (or a server that sends many tokens a chunk): every
+    word of every piece is shown, in order, each line within the width, and the words of a
+    piece are on the screen before the next piece is asked for."""
+    from smackctl.cli import output
+
+    screen = _Screen()
+    monkeypatch.setattr(output.sys, "stdout", screen)
+    monkeypatch.setattr(output._WordWrap, "_width", lambda self: _Screen.columns)
+    pieces = [
+        "The sky looks blue because sunlight ",
+        "is scattered by the molecules of the atmosphere, ",
+        "and the shorter wavelengths scatter most.\n\nThat is Rayleigh scattering; ",
+        "antidisestablishmentarianism-style-compounds-longer-than-a-line wrap too. ",
+        "Done.",
+    ]
+    shown_before: list[str] = []
+
+    def deltas() -> Iterator[str]:
+        for piece in pieces:
+            shown_before.append(screen.text)
+            yield piece
+
+    text = output.stream_answer(deltas(), markdown=True)
+    assert text == "".join(pieces)
+    # nothing dropped, cut or reordered; a word longer than a line is broken, the rest whole
+    assert "".join(screen.text.split()) == "".join(text.split())
+    words = screen.text.split()
+    assert all(w in words for w in text.split() if len(w) <= _Screen.columns)
+    assert all(len(line) <= _Screen.columns for line in screen.text.splitlines())
+    # streamed: the first piece's whole words were out before the second piece was asked for
+    assert " ".join(shown_before[1].split()) == "The sky looks blue because sunlight"
+    assert "scattered by the molecules of the" in " ".join(shown_before[2].split())

@@ -10,12 +10,11 @@ import asyncio
 import contextlib
 import json
 import re
-import uuid
 from typing import Any
 
 from smackctl.errors import ShuttingDown, SmackError, UpstreamError
 from smackctl.selftest import signal_name
-from smackctl.wire import events
+from smackctl.wire import error_body, events
 
 from .backends.llama_cpp_python.words import BAD_GRAMMAR
 from .runner import Runner
@@ -24,20 +23,13 @@ from .upstream import TransportError
 __all__ = [
     "crash_fix",
     "cut_error",
-    "error_body",
     "error_event_of",
     "lost_error",
     "map_error",
-    "new_request_id",
     "runner_died",
-    "token_counts",
     "wants_tools",
     "with_defaults",
 ]
-
-
-def error_body(message: str, error_type: str, code: str | None = None) -> bytes:
-    return json.dumps({"error": {"message": message, "type": error_type, "code": code}}).encode()
 
 
 def cut_error(model: str) -> SmackError:
@@ -75,11 +67,6 @@ def lost_error(
     else:
         msg = f"the runner for {model} did not answer: {exc}"
     return UpstreamError(msg, crash_fix(model, runner))
-
-
-def new_request_id() -> str:
-    # a UUID4: the runner (starlette-context) answers an empty 400 to any other X-Request-Id
-    return str(uuid.uuid4())
 
 
 async def runner_died(runner: Any) -> bool:
@@ -121,20 +108,6 @@ def wants_tools(body: dict[str, Any]) -> bool:
     choice = body.get("tool_choice") or body.get("function_call")
     off = choice == "none" or (isinstance(choice, dict) and choice.get("type") == "none")
     return bool(tools) and not off
-
-
-def token_counts(data: Any) -> tuple[int | None, int | None]:
-    """Tokens in and out of an answer or event: OpenAI's `usage` (prompt/completion tokens),
-    or Anthropic's and the Responses API's (input/output tokens, maybe under `message` or
-    `response`)."""
-    for holder in (data, data.get("message"), data.get("response")):
-        usage = holder.get("usage") if isinstance(holder, dict) else None
-        if isinstance(usage, dict):
-            return (
-                usage.get("prompt_tokens", usage.get("input_tokens")),
-                usage.get("completion_tokens", usage.get("output_tokens")),
-            )
-    return None, None
 
 
 #: jinja2 failing to render a chat template for the messages given

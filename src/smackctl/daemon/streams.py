@@ -16,7 +16,7 @@ from smackctl.wire import sse as frame
 
 from .events import CLOSED, Events
 
-__all__ = ["KEEPALIVE", "error_event", "ndjson", "sse", "stream_task"]
+__all__ = ["KEEPALIVE", "error_event", "event_stream", "ndjson", "stream_task"]
 
 
 def ndjson(event: dict[str, Any]) -> bytes:
@@ -78,7 +78,7 @@ def _sse_event(ev: dict[str, Any]) -> bytes:
     return frame(ev, event=ev["event"], id=ev["id"])
 
 
-async def sse(
+async def event_stream(
     events: Events, after: int, since: float, types: set[str], follow: bool
 ) -> AsyncIterator[bytes]:
     def wanted(ev: dict[str, Any]) -> bool:

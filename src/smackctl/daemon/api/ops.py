@@ -16,7 +16,7 @@ from starlette.routing import Route
 from smackctl import __version__
 from smackctl.daemon.schemas import QUERY_BOUNDS
 from smackctl.daemon.status import status_view
-from smackctl.daemon.streams import sse
+from smackctl.daemon.streams import event_stream
 from smackctl.errors import UsageError
 
 from .common import errors, json_body, number, services, whole
@@ -90,7 +90,7 @@ async def events(request: Request) -> Response:
     types = {t for t in request.query_params.get("types", "").split(",") if t}
     follow = bool(whole(request, "follow", 1))
     return StreamingResponse(
-        sse(services(request).events, after, since, types, follow),
+        event_stream(services(request).events, after, since, types, follow),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
