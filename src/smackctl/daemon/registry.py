@@ -248,8 +248,9 @@ class Registry:
             asyncio.get_running_loop()
         except RuntimeError:  # no event loop to hold: read them now
             return profiles_defining(name, skip=self.profile.name)
-        self.read_profiles()
-        return profiles_defining(name, skip=self.profile.name, parse=False)
+        known = profiles_defining(name, skip=self.profile.name, parse=False)
+        self.read_profiles()  # after the look: what it finds is for the next time
+        return known
 
     def read_profiles(self) -> asyncio.Future[list[str]]:
         """Read the profile files that changed since the last read, on a thread (one such
