@@ -4,7 +4,7 @@ state.db written before per-day totals existed opens with its history intact.
 
 ``data/state-8880d60.db`` was written by the store of commit 8880d60 (the schema before
 this one), and ``data/state-8880d60.usage.json`` is what that store's ``usage(0)`` read from
-it (``data/make_state_8880d60.py`` made both).
+it (``data/make_state.py`` made both).
 """
 
 from __future__ import annotations

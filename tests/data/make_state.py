@@ -1,9 +1,10 @@
-"""How ``state-8880d60.db`` and ``state-8880d60.usage.json`` were made: by the store of commit
-8880d60 (before per-day totals), on rows dated from 2026-09-01 over 91 days, with its own
-``usage(0)`` saved as what any later smackctl must still read from that file.
+"""How ``state-COMMIT.db`` and ``state-COMMIT.usage.json`` were made: by the store of a
+commit, on rows dated from 2026-09-01 over 91 days, with its own ``usage(0)`` saved as what any
+later smackctl must still read from that file. 8880d60: schema 0 (before per-day totals);
+35da309: schema 1 (per-day totals; its reopening rolled the rows over 30 days old into them).
 
-    git -C REPO archive 8880d60 src | tar -x -C /tmp/old
-    python tests/data/make_state_8880d60.py /tmp/old/src
+    git -C REPO archive COMMIT src | tar -x -C /tmp/old
+    python tests/data/make_state.py COMMIT /tmp/old/src
 """
 
 from __future__ import annotations
@@ -19,15 +20,16 @@ HERE = Path(__file__).parent
 START = 1788220800.0  # 2026-09-01T00:00:00Z
 
 
-def main(old_src: str) -> None:
+def main(commit: str, old_src: str) -> None:
     sys.path.insert(0, old_src)
     import smackctl.daemon.store as old
 
-    assert "usage_daily" not in Path(old.__file__).read_text(), "not the old store"
-    db = HERE / "state-8880d60.db"
+    db = HERE / f"state-{commit}.db"
     db.unlink(missing_ok=True)
     clock = [0.0]
-    old.time = types.SimpleNamespace(time=lambda: clock[0], strftime=time.strftime)  # type: ignore[attr-defined]
+    old.time = types.SimpleNamespace(  # type: ignore[attr-defined]
+        time=lambda: clock[0], strftime=time.strftime, monotonic=time.monotonic
+    )
     s = old.Store(db)
     rnd = random.Random(8880)
     for i in range(420):
@@ -45,9 +47,9 @@ def main(old_src: str) -> None:
     s.save_bench("smollm2", {"at": START, "tokens_per_s": 42.0})
     s.close()
     s = old.Store(db)
-    (HERE / "state-8880d60.usage.json").write_text(json.dumps(s.usage(0), indent=1) + "\n")
+    (HERE / f"state-{commit}.usage.json").write_text(json.dumps(s.usage(0), indent=1) + "\n")
     s.close()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])
