@@ -21,6 +21,8 @@
     │   └── BenchBusy               409: a bench of that model is running
     ├── NoDeployment                503: every deployment of a chain failed or was skipped
     ├── SwitchFailed                409: a profile switch failed (rolled back) or cannot start
+    ├── Forbidden                   403: the caller's key has not the scope or the model asked
+    ├── UnknownKey                  404: no key of that name (`smackctl keys list`)
     ├── PluginFailed                a plugin raised, or answered what is not an answer
     ├── PluginTimedOut              504: a plugin ran past its time
     └── PullError                   fetching a model file failed
@@ -40,6 +42,7 @@ __all__ = [
     "ChecksumMismatch",
     "CommandFailed",
     "ConfigError",
+    "Forbidden",
     "InsufficientMemory",
     "ModelError",
     "ModelLoadError",
@@ -58,6 +61,7 @@ __all__ = [
     "SupervisorNotRunning",
     "SupervisorStartError",
     "SwitchFailed",
+    "UnknownKey",
     "UpstreamError",
     "UsageError",
 ]
@@ -230,6 +234,18 @@ class BenchBusy(ModelError):
 class SwitchFailed(SmackError):
     status = 409
     error_type = "switch_failed"
+
+
+class Forbidden(SmackError):
+    """The caller's key may not do this: its scope or its models do not reach it."""
+
+    status = 403
+    error_type = "permission_error"
+
+
+class UnknownKey(SmackError):
+    status = 404
+    error_type = "invalid_request_error"
 
 
 class PullError(SmackError):

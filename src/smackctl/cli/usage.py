@@ -17,20 +17,22 @@ __all__ = ["backends", "usage"]
 def usage(
     ctx: typer.Context,
     since: Annotated[str, typer.Option(help="How far back: 30m, 12h, 7d.")] = "7d",
+    by: Annotated[str, typer.Option(help="model, or key (a key's own: only its own).")] = "model",
     json_: JsonOpt = False,
 ) -> None:
-    """Requests, tokens and errors per model per day, from the supervisor's SQLite log."""
+    """Requests, tokens and errors per model (or key) per day, from the supervisor's SQLite
+    log."""
     with client(ctx, autostart=False) as c:
-        rows = c.get("/api/usage", params={"since": str(since_time(since))})
+        rows = c.get("/api/usage", params={"since": str(since_time(since)), "by": by})
     if json_:
         output.print_json(rows)
         return
     output.table(
-        ["DAY", "MODEL", "REQUESTS", "TOKENS IN", "TOKENS OUT", "ERRORS", "AVG MS"],
+        ["DAY", by.upper(), "REQUESTS", "TOKENS IN", "TOKENS OUT", "ERRORS", "AVG MS"],
         [
             [
                 r["day"],
-                r["model"],
+                r[by] or "-",
                 r["requests"],
                 r["tokens_in"],
                 r["tokens_out"],

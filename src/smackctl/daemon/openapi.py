@@ -238,8 +238,11 @@ def _control() -> dict[str, Any]:
         },
         "/api/usage": {
             "get": _op(
-                "Requests and tokens per model per day",
-                params=[_query("since", {"type": "number"}, "a unix time")],
+                "Requests and tokens per model (or key) per day; a key's own only, but an admin's",
+                params=[
+                    _query("since", {"type": "number"}, "a unix time"),
+                    _query("by", {"type": "string", "enum": ["model", "key"]}, "the grouping"),
+                ],
             )
         },
         "/api/logs": {
@@ -269,6 +272,36 @@ def _control() -> dict[str, Any]:
     }
 
 
+def _keys() -> dict[str, Any]:
+    name = {**_NAME, "description": "A key's name."}
+    made = _obj(
+        name={"type": "string"},
+        scope={"type": "string", "enum": ["inference", "metrics", "admin"]},
+        models={"type": "array", "items": {"type": "string"}},
+        expires={"type": "string", "description": "90m, 12h, 30d, 2w or never"},
+    )
+    made["required"] = ["name"]
+    return {
+        "/api/keys": {
+            "get": _op("Every key: scope, models, expiry, revoked (never the key)"),
+            "post": _op("Make a key; the answer holds it, once", body=made, status="201"),
+        },
+        "/api/keys/{name}": {
+            "get": _op("A key, and what it used today and over 30 days", params=[name]),
+            "delete": _op("Revoke a key at once, its streams in flight included", params=[name]),
+        },
+        "/api/keys/{name}/rotate": {
+            "post": _op("A new token for a key (in the answer, once)", params=[name])
+        },
+        "/api/audit": {
+            "get": _op(
+                "What admins changed: when, which key, the route, its status",
+                params=[_query("since", {"type": "number"}, "a unix time")],
+            )
+        },
+    }
+
+
 def openapi(version: str) -> dict[str, Any]:
     schemas: dict[str, Any] = {"Error": _ERROR}
     paths: dict[str, Any] = {
@@ -279,6 +312,7 @@ def openapi(version: str) -> dict[str, Any]:
         "/api/status": {"get": _op("The supervisor, its budget, models and warnings")},
         **_models(),
         **_control(),
+        **_keys(),
     }
     return {
         "openapi": "3.1.0",
@@ -286,7 +320,8 @@ def openapi(version: str) -> dict[str, Any]:
             "title": "smackctl supervisor",
             "version": version,
             "description": "OpenAI-compatible routes and smackctl's control routes. Every "
-            "route but /health needs `Authorization: Bearer TOKEN` (the state dir's token).",
+            "route but /health needs `Authorization: Bearer TOKEN` (the state dir's token) or a "
+            "key (`smackctl keys create`) whose scope reaches it.",
         },
         "servers": [{"url": "/"}],
         "components": {

@@ -225,6 +225,11 @@ class Registry:
         names.update(self.profile.routing.aliases)
         return sorted(names)
 
+    def names_of(self, m: Managed) -> list[str]:
+        """Every name a model answers to: its own, its aliases, the profile's aliases of it."""
+        routed = [a for a, target in self.profile.routing.aliases.items() if target == m.name]
+        return [m.name, *m.spec.aliases, *routed]
+
     def resolve(self, name: str | None) -> Managed:
         if not name:
             name = self.profile.routing.default_model

@@ -18,6 +18,7 @@ from .gateway.cache import Cached
 from .gateway.deployments import Deployments
 from .gateway.local import LocalModels
 from .gateway.relay import Runners
+from .keys import KeyRing
 from .loader import Loader
 from .metrics import Metrics
 from .plugins import Plugins
@@ -47,6 +48,7 @@ class Services:
     reloader: Reloader
     bench: Bench
     plugins: Plugins = field(init=False)
+    keys: KeyRing = field(init=False)
     started: float = field(default_factory=time.time)
     #: what ``POST /api/shutdown`` asks of the process: drain for seconds, or force
     stop: Callable[[float, bool], None] = lambda timeout, force: None
@@ -77,6 +79,7 @@ def assemble(scheduler: Scheduler) -> Services:
         deployments, router, Gateway(profile, registry, deployments, local, router, events),
         Reloader(scheduler), Bench(scheduler),
     )  # fmt: skip
+    s.keys = KeyRing(store)
     s.plugins = Plugins(
         lambda: {k: v or {} for k, v in scheduler.profile.plugins.items()},
         lambda: status_view(s, ""),

@@ -234,7 +234,7 @@ class StateFile:
             f"in memory until it can{lost}"
         )
 
-    def _write_now(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:
+    def _write_now(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> sqlite3.Cursor:
         """A write the user waits for: made now, or a clear error."""
         if not self.flush():
             raise StateUnwritable(

@@ -125,16 +125,53 @@ class Store(StateFile):
         tokens_out: int | None,
         latency_ms: float,
         request_id: str,
+        key: str | None = None,
     ) -> None:
         self._write(
-            "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (time.time(), model, route, status, tokens_in, tokens_out, latency_ms, request_id),
+            "INSERT INTO requests (at, model, route, status, tokens_in, tokens_out, latency_ms, "
+            "request_id, key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (time.time(), model, route, status, tokens_in, tokens_out, latency_ms, request_id, key),
         )
 
-    def usage(self, since: float) -> list[dict[str, Any]]:
-        """Requests, tokens and errors per model per day (UTC) since a unix time: the raw
-        rows since then, and the whole days rolled up from that day on."""
-        return usage(self.db, since)
+    def usage(
+        self, since: float, by: str = "model", key: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Requests, tokens and errors per model (or per key) per day (UTC) since a unix
+        time: the raw rows since then, and the whole days rolled up from that day on."""
+        return usage(self.db, since, by, key)
+
+    # -- keys (``keys.py``) and the audit log -----------------------------------------------------
+
+    def keys(self) -> list[dict[str, Any]]:
+        cur = self.db.execute(
+            "SELECT name, scope, models, created, expires, revoked, id, digest FROM keys"
+        )
+        names = [c[0] for c in cur.description]
+        return [
+            {**dict(zip(names, r, strict=True)), "models": tuple(json.loads(r[2]))} for r in cur
+        ]
+
+    def save_key(self, row: dict[str, Any]) -> None:
+        self._write_now(
+            "INSERT OR REPLACE INTO keys (name, scope, models, created, expires, revoked, id, "
+            "digest) VALUES (:name, :scope, :models, :created, :expires, :revoked, :id, :digest)",
+            {**row, "models": json.dumps(list(row["models"]))},
+        )
+
+    def audit(self, key: str, method: str, path: str, status: int, request_id: str) -> None:
+        self._write(
+            "INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?)",
+            (time.time(), key, method, path, status, request_id),
+        )
+
+    def audit_log(self, since: float, limit: int = 1000) -> list[dict[str, Any]]:
+        cur = self.db.execute(
+            "SELECT at, key, method, path, status, request_id FROM audit WHERE at >= ? "
+            "ORDER BY at DESC LIMIT ?",
+            (since, limit),
+        )
+        names = [c[0] for c in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur]
 
     def roll_up(self, now: float | None = None, batch: int = ROLL_BATCH) -> int | None:
         """Roll up to ``batch`` raw rows older than ``keep_raw`` into per-day totals; the

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from smackctl.wire import events
 
+from .keys import CALLER
+
 if TYPE_CHECKING:
     from .metrics import Metrics
     from .store import Store
@@ -86,17 +88,22 @@ class Usage:
         refused: bool = False,
     ) -> None:
         """One line in the log (``refused``: turned away before any model was asked), the
-        metrics, a row of the usage log (inference routes), the model's token count."""
+        metrics, a row of the usage log (inference routes), the model's token count; the
+        key that asked is the one the door let in (``keys.CALLER``)."""
         who = who or "-"
+        key = CALLER.get()
         why = f" reason={' '.join(reason.split())[:300]}" if reason else ""
         if refused:
             log.info(
-                "refused id=%s model=%s route=%s status=%d%s", request_id, who, route, status, why
-            )
+                "refused id=%s key=%s model=%s route=%s status=%d%s",
+                request_id, key or "-", who, route, status, why,
+            )  # fmt: skip
         else:
             log.info(
-                "request id=%s model=%s route=%s status=%d tokens_in=%s tokens_out=%s ms=%.1f%s",
-                request_id, who, route, status, tokens_in, tokens_out, seconds * 1000, why,
+                "request id=%s key=%s model=%s route=%s status=%d tokens_in=%s tokens_out=%s "
+                "ms=%.1f%s",
+                request_id, key or "-", who, route, status, tokens_in, tokens_out,
+                seconds * 1000, why,
             )  # fmt: skip
         if tokens_out and self.add_tokens is not None:
             self.add_tokens(who, tokens_out)
@@ -106,5 +113,5 @@ class Usage:
             return  # only inference is counted in the usage log
         with contextlib.suppress(Exception):  # the usage log must never fail a request
             self.store.log_request(
-                who, route, status, tokens_in, tokens_out, seconds * 1000, request_id
+                who, route, status, tokens_in, tokens_out, seconds * 1000, request_id, key
             )

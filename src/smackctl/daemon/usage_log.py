@@ -31,38 +31,65 @@ MIGRATIONS = (
         latency_ms_sum REAL NOT NULL, latency_n INTEGER NOT NULL,
         PRIMARY KEY (day, model, route));
     """,
+    # 2: keys (``keys.py``), each request's key, the per-day totals per key, the audit log
+    """
+    CREATE TABLE IF NOT EXISTS keys (
+        name TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE, digest TEXT NOT NULL,
+        scope TEXT NOT NULL, models TEXT NOT NULL, created REAL NOT NULL,
+        expires REAL, revoked REAL, priority TEXT NOT NULL DEFAULT 'interactive',
+        limits TEXT NOT NULL DEFAULT '{}');
+    ALTER TABLE requests ADD COLUMN key TEXT;
+    CREATE TABLE usage_daily_2 (
+        day TEXT NOT NULL, model TEXT NOT NULL, route TEXT NOT NULL,
+        key TEXT NOT NULL DEFAULT '',
+        requests INTEGER NOT NULL, errors INTEGER NOT NULL,
+        tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL,
+        latency_ms_sum REAL NOT NULL, latency_n INTEGER NOT NULL,
+        PRIMARY KEY (day, model, route, key));
+    INSERT INTO usage_daily_2 SELECT day, model, route, '', requests, errors, tokens_in,
+        tokens_out, latency_ms_sum, latency_n FROM usage_daily;
+    DROP TABLE usage_daily;
+    ALTER TABLE usage_daily_2 RENAME TO usage_daily;
+    CREATE TABLE IF NOT EXISTS audit (
+        at REAL NOT NULL, key TEXT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL,
+        status INTEGER NOT NULL, request_id TEXT);
+    CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
+    """,
 )
 
 #: the oldest raw rows before a cutoff, in a stable order (the ``at`` index holds it)
 _PICKED = "SELECT rowid FROM requests WHERE at < ?1 ORDER BY at, rowid LIMIT ?2"
 _ROLL = f"""
 INSERT INTO usage_daily AS d
-SELECT date(at, 'unixepoch'), model, route, COUNT(*), SUM(status >= 400),
+SELECT date(at, 'unixepoch'), model, route, COALESCE(key, ''), COUNT(*), SUM(status >= 400),
        COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0),
        COALESCE(SUM(latency_ms), 0), COUNT(latency_ms)
-FROM requests WHERE rowid IN ({_PICKED}) GROUP BY 1, 2, 3
-ON CONFLICT (day, model, route) DO UPDATE SET
+FROM requests WHERE rowid IN ({_PICKED}) GROUP BY 1, 2, 3, 4
+ON CONFLICT (day, model, route, key) DO UPDATE SET
     requests = d.requests + excluded.requests, errors = d.errors + excluded.errors,
     tokens_in = d.tokens_in + excluded.tokens_in, tokens_out = d.tokens_out + excluded.tokens_out,
     latency_ms_sum = d.latency_ms_sum + excluded.latency_ms_sum,
     latency_n = d.latency_n + excluded.latency_n
 """
-#: per day and model: the raw rows since ``?1`` and the totals of the days rolled up
+#: per day and model (or key: ``{by}``): the raw rows since ``?1`` and the totals of the days
+#: rolled up; ``?2``: only that key's rows (NULL: every row)
 _USAGE = """
-SELECT day, model, SUM(n), SUM(t_in), SUM(t_out), SUM(errors),
+SELECT day, {by}, SUM(n), SUM(t_in), SUM(t_out), SUM(errors),
        ROUND(SUM(latency) / NULLIF(SUM(latency_n), 0), 1)
 FROM (
-    SELECT date(at, 'unixepoch') AS day, model, COUNT(*) AS n,
+    SELECT date(at, 'unixepoch') AS day, model, COALESCE(key, '') AS key, COUNT(*) AS n,
            COALESCE(SUM(tokens_in), 0) AS t_in, COALESCE(SUM(tokens_out), 0) AS t_out,
            SUM(status >= 400) AS errors, COALESCE(SUM(latency_ms), 0) AS latency,
            COUNT(latency_ms) AS latency_n
-    FROM requests WHERE at >= ?1 GROUP BY day, model
+    FROM requests WHERE at >= ?1 AND (?2 IS NULL OR key = ?2) GROUP BY day, model, 3
     UNION ALL
-    SELECT day, model, SUM(requests), SUM(tokens_in), SUM(tokens_out), SUM(errors),
+    SELECT day, model, key, SUM(requests), SUM(tokens_in), SUM(tokens_out), SUM(errors),
            SUM(latency_ms_sum), SUM(latency_n)
-    FROM usage_daily WHERE day >= date(?1, 'unixepoch') GROUP BY day, model
-) GROUP BY day, model ORDER BY day, model
+    FROM usage_daily WHERE day >= date(?1, 'unixepoch') AND (?2 IS NULL OR key = ?2)
+    GROUP BY day, model, key
+) GROUP BY day, {by} ORDER BY day, {by}
 """
+_BY = {"model": _USAGE.format(by="model"), "key": _USAGE.format(by="key")}
 
 
 def roll_cutoff(now: float, keep_raw: float) -> float:
@@ -94,7 +121,10 @@ def roll_up(db: sqlite3.Connection, now: float, keep_raw: float, batch: int = RO
     return rolled
 
 
-def usage(db: sqlite3.Connection, since: float) -> list[dict[str, Any]]:
-    """Requests, tokens and errors per model per day (UTC) since a unix time."""
-    keys = ("day", "model", "requests", "tokens_in", "tokens_out", "errors", "avg_ms")
-    return [dict(zip(keys, r, strict=True)) for r in db.execute(_USAGE, (since,))]
+def usage(
+    db: sqlite3.Connection, since: float, by: str = "model", key: str | None = None
+) -> list[dict[str, Any]]:
+    """Requests, tokens and errors per model (``by="key"``: per key; ``""`` for requests
+    made before keys, or with none) per day (UTC) since a unix time; ``key``: its rows only."""
+    names = ("day", by, "requests", "tokens_in", "tokens_out", "errors", "avg_ms")
+    return [dict(zip(names, r, strict=True)) for r in db.execute(_BY[by], (since, key))]

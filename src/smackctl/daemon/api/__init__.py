@@ -6,6 +6,7 @@ no scheduler. ``create_app`` only assembles them with the services and the guard
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -14,9 +15,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
+from smackctl.daemon.keys import Key
 from smackctl.wire import new_request_id
 
-from . import inference, models, ops, profiles
+from . import inference, keys, models, ops, profiles
 from .common import err
 from .guard import BODY_TIMEOUT, Guard
 
@@ -25,7 +27,11 @@ if TYPE_CHECKING:
 
 __all__ = ["BODY_TIMEOUT", "ROUTES", "Guard", "create_app"]
 
-ROUTES: list[BaseRoute] = [*ops.ROUTES, *inference.ROUTES, *models.ROUTES, *profiles.ROUTES]
+_audit_log = logging.getLogger("smackctl.audit")
+
+ROUTES: list[BaseRoute] = [
+    *ops.ROUTES, *inference.ROUTES, *models.ROUTES, *profiles.ROUTES, *keys.ROUTES
+]  # fmt: skip
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
@@ -51,6 +57,11 @@ def create_app(
     def refused(path: str, status: int, reason: str) -> None:
         services.usage.record(None, path, status, new_request_id(), reason=reason, refused=True)
 
+    def audit(key: Key, method: str, path: str, status: int) -> None:
+        rid = new_request_id()
+        _audit_log.info("key=%s %s %s status=%d id=%s", key.name, method, path, status, rid)
+        services.store.audit(key.name, method, path, status, rid)
+
     return Guard(
         app,
         token,
@@ -58,4 +69,6 @@ def create_app(
         body_timeout=body_timeout,
         profile_hosts=lambda: services.scheduler.profile.allowed_hosts,
         on_reject=refused,
+        keys=services.keys,
+        on_audit=audit,
     )

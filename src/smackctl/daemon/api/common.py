@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 
 from smackctl.config import parse_keep_alive
 from smackctl.daemon.gateway import KEEP
+from smackctl.daemon.keys import OPERATOR, Key
 from smackctl.daemon.schemas import QUERY_BOUNDS
 from smackctl.errors import SmackError, UsageError
 from smackctl.wire import error_body, new_request_id
@@ -50,6 +51,11 @@ class BodyTooSlow(Exception):
     def __init__(self, timeout: float) -> None:
         super().__init__(timeout)
         self.timeout = timeout
+
+
+def caller(request: Request) -> Key:
+    """The key the door let in (the operator's, where no door stands: an app in a test)."""
+    return getattr(request.state, "key", OPERATOR)
 
 
 def services(request: Request) -> Services:

@@ -1,9 +1,11 @@
 """The door of the supervisor's API: one ASGI middleware with one job, cheap on the hot path.
 
 A ``Host`` header that is not a name the supervisor answers to is refused (DNS rebinding),
-every route but ``/health`` needs the bearer token, bodies are capped in size and in time, and
-no CORS header is ever sent, so a web page in a browser cannot read answers from the
-supervisor even if it guesses the port. A refusal at the door is counted (``on_reject``).
+every route but ``/health`` needs the operator's token or a key (``keys.py``) whose scope
+reaches it, bodies are capped in size and in time, and no CORS header is ever sent, so a web
+page in a browser cannot read answers from the supervisor even if it guesses the port. A
+refusal at the door is counted (``on_reject``); what an admin changes is audited
+(``on_audit``). The key let in is ``request.state.key``, and ``keys.CALLER`` while it is served.
 """
 
 from __future__ import annotations
@@ -11,20 +13,42 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .common import MAX_BODY, BodyTooLarge, BodyTooSlow, err
+from smackctl.daemon.keys import CALLER, OPERATOR, Key, KeyRing
+from smackctl.daemon.translate import MESSAGES
+from smackctl.wire import sse, sse_error
 
-__all__ = ["BODY_TIMEOUT", "Guard"]
+from .common import MAX_BODY, BodyTooLarge, BodyTooSlow, err
+from .inference import INFERENCE_PATHS
+
+__all__ = ["BODY_TIMEOUT", "Guard", "scope_needed"]
 
 #: seconds a request's whole body may take to arrive (a client that sends a byte now and then
 #: would hold the request, its memory and its connection for good)
 BODY_TIMEOUT = 60.0
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+_INFERENCE = frozenset(("POST", p) for p in INFERENCE_PATHS) | {
+    ("GET", "/v1/models"), ("GET", "/api/usage"),  # its own usage only
+}  # fmt: skip
+_METRICS = frozenset({("GET", "/metrics"), ("GET", "/api/status")})
+_READS = frozenset({"GET", "HEAD"})
+
+
+def scope_needed(method: str, path: str) -> str:
+    """The scope a key needs for a route: ``inference``, ``metrics`` or ``admin``."""
+    if (method, path) in _INFERENCE:
+        return "inference"
+    return "metrics" if (method, path) in _METRICS else "admin"
+
+
+class _Revoked(Exception):
+    """Raised out of ``send`` to end a response whose key was revoked while it was served."""
 
 
 class Guard:
@@ -45,10 +69,16 @@ class Guard:
         body_timeout: float = BODY_TIMEOUT,
         profile_hosts: Callable[[], tuple[str, ...]] = tuple,
         on_reject: Callable[[str, int, str], None] | None = None,
+        keys: KeyRing | None = None,
+        on_audit: Callable[[Key, str, str, int], None] | None = None,
     ) -> None:
         """``extra_hosts``: Host names admitted besides loopback ones (a LAN bind's own, the
-        ``--allowed-host`` ones); ``profile_hosts``: the active profile's ``allowed_hosts``."""
+        ``--allowed-host`` ones); ``profile_hosts``: the active profile's ``allowed_hosts``;
+        ``keys``: the keys admitted besides the token; ``on_audit(key, method, path,
+        status)``: an admin's change, once answered."""
         self.app = app
+        self.keys = keys
+        self._audit = on_audit
         self.token = token.encode() if token else None
         self.hosts = _LOOPBACK_HOSTS | {h.lower() for h in extra_hosts}
         self.max_body = max_body
@@ -72,8 +102,13 @@ class Guard:
         headers = dict(scope["headers"])
         refusal = self._refusal(scope, headers)
         if refusal is None:
-            await self.app(scope, _capped(receive, self.max_body, self.body_timeout), send)
-            return
+            key = self._caller(scope, headers)
+            refusal = key if isinstance(key, Response) else self._too_big(headers)
+            if refusal is None:
+                assert isinstance(key, Key)
+                capped = _capped(receive, self.max_body, self.body_timeout)
+                await self._serve(key, scope, capped, send)
+                return
         if self._reject is not None:
             message = json.loads(bytes(refusal.body))["error"]["message"]
             self._reject(scope["path"], refusal.status_code, message)
@@ -97,19 +132,9 @@ class Guard:
         if self.token is None:
             if (cross := self._cross_site(scope["method"], headers, host)) is not None:
                 return cross
-        elif scope["path"] != "/health":
-            auth = headers.get(b"authorization", b"")
-            # Anthropic's clients send the key as `x-api-key`
-            given = auth[7:] if auth[:7].lower() == b"bearer " else headers.get(b"x-api-key", b"")
-            if not hmac.compare_digest(given, self.token):
-                return err(
-                    401,
-                    "missing or wrong API token: send `Authorization: Bearer TOKEN` (or "
-                    "`x-api-key: TOKEN`); `smackctl env` prints it",
-                    "authentication_error",
-                    "invalid_api_key",
-                    {"WWW-Authenticate": "Bearer"},
-                )
+        return None
+
+    def _too_big(self, headers: dict[bytes, bytes]) -> Response | None:
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             return err(
@@ -119,6 +144,66 @@ class Guard:
                 "body_too_large",
             )
         return None
+
+    def _caller(self, scope: Scope, headers: dict[bytes, bytes]) -> Key | Response:
+        """Who asks (the operator, or a key whose scope reaches the route), or the refusal."""
+        if self.token is None or scope["path"] == "/health":
+            return OPERATOR
+        auth = headers.get(b"authorization", b"")
+        # Anthropic's clients send the key as `x-api-key`
+        given = auth[7:] if auth[:7].lower() == b"bearer " else headers.get(b"x-api-key", b"")
+        if hmac.compare_digest(given, self.token):
+            return OPERATOR
+        key = self.keys.check(given) if self.keys is not None else None
+        why = key.refusal(time.time()) if key is not None else None
+        if key is None or why is not None:
+            return err(
+                401,
+                f"{why}: ask its admin for a new one (`smackctl keys create`)"
+                if why
+                else "missing or wrong API token or key: send `Authorization: Bearer TOKEN` "
+                "(or `x-api-key: TOKEN`); `smackctl env` prints the operator's token, "
+                "`smackctl keys create NAME` makes a key",
+                "authentication_error",
+                "invalid_api_key",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        needed = scope_needed(scope["method"], scope["path"])
+        if not key.may(needed):
+            return err(
+                403,
+                f"key {key.name} has scope {key.scope}; {scope['method']} {scope['path']} needs "
+                f"scope {needed}: use a key of that scope (`smackctl keys create NAME --scope "
+                f"{needed}`) or the operator's token",
+                "permission_error",
+                "scope",
+            )
+        return key
+
+    async def _serve(self, key: Key, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve the request as ``key``: a key's answer is cut off if the key is revoked
+        while it is served; an admin's change is audited once answered."""
+        scope.setdefault("state", {})["key"] = key
+        token = CALLER.set(None if key is OPERATOR else key.name)
+        status = [0]
+        audited = self._audit is not None and scope["method"] not in _READS and key.may("admin")
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            if key is not OPERATOR and (why := key.refusal(time.time())) is not None:
+                await _cut_off(message, why, scope["path"], send)
+                raise _Revoked
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending if key is not OPERATOR or audited else send)
+        except _Revoked:
+            pass
+        finally:
+            CALLER.reset(token)
+            if audited and self._audit is not None:
+                self._audit(key, scope["method"], scope["path"], status[0])
 
     def _cross_site(self, method: str, headers: dict[bytes, bytes], host: str) -> Response | None:
         """The refusal of a request a web page of another origin made a browser send."""
@@ -153,6 +238,27 @@ class Guard:
             return False
         asked = host.rsplit(":", 1)[1] if ":" in host and not host.endswith("]") else None
         return (o.hostname or "").lower() in self.hosts and str(port) == str(asked)
+
+
+async def _cut_off(message: Any, why: str, path: str, send: Send) -> None:
+    """End an answer whose key was refused mid-way: a 401 if nothing was sent yet, else an
+    error event, the stream's last piece (OpenAI's shape; Anthropic's on its route)."""
+    text = f"{why} while this request was served"
+    if message["type"] == "http.response.start":
+        await err(401, text, "authentication_error", "key_revoked")(
+            {"type": "http"}, _nothing, send
+        )
+        return
+    if path == MESSAGES:
+        error = {"type": "authentication_error", "message": text}
+        last = sse({"type": "error", "error": error}, event="error")
+    else:
+        last = sse_error(text, "authentication_error", "key_revoked")
+    await send({"type": "http.response.body", "body": last, "more_body": False})
+
+
+async def _nothing() -> Any:
+    return {"type": "http.disconnect"}
 
 
 def _capped(receive: Receive, limit: int, timeout: float = BODY_TIMEOUT) -> Receive:

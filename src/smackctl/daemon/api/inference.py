@@ -12,12 +12,12 @@ from smackctl.daemon.extras import COUNT
 from smackctl.daemon.gateway import Call
 from smackctl.daemon.schemas import REQUEST_SCHEMAS
 from smackctl.daemon.translate import MESSAGES, error_for
-from smackctl.errors import SmackError
+from smackctl.errors import Forbidden, SmackError
 from smackctl.wire import new_request_id
 
-from .common import errors, invalid, json_body, keep_alive_of, services, smack_error
+from .common import caller, errors, invalid, json_body, keep_alive_of, services, smack_error
 
-__all__ = ["ROUTES"]
+__all__ = ["INFERENCE_PATHS", "ROUTES"]
 
 CHAT = "/v1/chat/completions"
 
@@ -50,6 +50,7 @@ async def _openai_shaped(request: Request) -> Response:
         request.state.model = body["model"][:100]  # named in a refusal's log line
     if (refusal := invalid(REQUEST_SCHEMAS[request.url.path], body)) is not None:
         return refusal
+    _may_use(request, body.get("model"))
     if request.url.path == CHAT:
         applied = await s.plugins.apply(body)
         if isinstance(applied, Response):
@@ -58,6 +59,24 @@ async def _openai_shaped(request: Request) -> Response:
     no_cache = "no-cache" in request.headers.get("cache-control", "").lower()
     call = Call(request.url.path, body, new_request_id(), no_cache, keep_alive)
     return await s.gateway.handle(call)
+
+
+def _may_use(request: Request, model: object) -> None:
+    """A key with a list of models asks for one of them (by name, alias or group; a local
+    model by any of its names), or is refused with a 403 that lists its own."""
+    key = caller(request)
+    if "*" in key.models:
+        return
+    s = services(request)
+    name = model if isinstance(model, str) and model else s.scheduler.profile.routing.default_model
+    names = [name or ""]
+    if name and name in s.registry.known_names():
+        names += s.registry.names_of(s.registry.resolve(name))
+    if not key.may_use(*names):
+        raise Forbidden(
+            f"key {key.name} may not use model {name!r}",
+            f"use one of its models: {', '.join(key.models)}",
+        )
 
 
 async def list_models(request: Request) -> Response:
@@ -71,6 +90,7 @@ async def list_models(request: Request) -> Response:
     data = [
         entry(m.name, "smackctl", list(m.spec.aliases), m.state) for m in s.registry.models.values()
     ]
+    known_as = {m.name: s.registry.names_of(m) for m in s.registry.models.values()}
     if s.scheduler.profile.routing.auto is not None:
         data.append(entry("auto", "smackctl", [], "routing"))
     view = s.deployments.view()
@@ -79,23 +99,18 @@ async def list_models(request: Request) -> Response:
             data.append(entry(d["name"], d["url"], [], d["breaker"]["state"]))
     for name, g in view["groups"].items():
         data.append(entry(name, "smackctl", g["aliases"], "group"))
+    key = caller(request)  # a key sees the models it may use
+    data = [d for d in data if key.may_use(*known_as.get(str(d["id"]), [str(d["id"])]))]
     return JSONResponse({"object": "list", "data": data})
 
 
+#: the POST routes of the APIs clients speak: what a key of scope ``inference`` reaches
+INFERENCE_PATHS = (
+    CHAT, "/v1/completions", "/v1/embeddings", MESSAGES, "/v1/responses", COUNT, "/v1/rerank",
+    "/infill", "/tokenize",
+)  # fmt: skip
+
 ROUTES = [
     Route("/v1/models", errors(list_models), methods=["GET"]),
-    *(
-        Route(path, errors(inference), methods=["POST"])
-        for path in (
-            CHAT,
-            "/v1/completions",
-            "/v1/embeddings",
-            MESSAGES,
-            "/v1/responses",
-            COUNT,
-            "/v1/rerank",
-            "/infill",
-            "/tokenize",
-        )
-    ),  # fmt: skip
+    *(Route(path, errors(inference), methods=["POST"]) for path in INFERENCE_PATHS),
 ]

@@ -19,7 +19,7 @@ from smackctl.daemon.status import status_view
 from smackctl.daemon.streams import event_stream
 from smackctl.errors import UsageError
 
-from .common import errors, json_body, number, services, whole
+from .common import caller, errors, json_body, number, services, whole
 
 __all__ = ["ROUTES"]
 
@@ -46,7 +46,13 @@ async def metrics(request: Request) -> Response:
 
 
 async def usage(request: Request) -> Response:
-    return JSONResponse(services(request).store.usage(number(request, "since", 0.0)))
+    """Per day and model (``?by=key``: per key); a key that is not an admin's sees its own."""
+    by = request.query_params.get("by", "model")
+    if by not in ("model", "key"):
+        raise UsageError(f"query parameter `by` must be `model` or `key`, not {by[:40]}")
+    key = caller(request)
+    own = None if key.may("admin") else key.name
+    return JSONResponse(services(request).store.usage(number(request, "since", 0.0), by, own))
 
 
 async def logs(request: Request) -> Response:

@@ -1,0 +1,150 @@
+"""`smackctl keys create | list | show | revoke | rotate | audit`: keys for other people and
+apps, each with a scope and the models it may use (the operator's token stays the admin's)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+
+from . import output
+from ._common import client, since_time
+from ._group import Group
+
+__all__ = ["keys_app"]
+
+keys_app = typer.Typer(
+    cls=Group,
+    rich_markup_mode=None,
+    help="Keys for other people and apps: a scope, the models they may use, an expiry.",
+    no_args_is_help=True,
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
+NameArg = Annotated[str, typer.Argument(help="The key's name.")]
+
+
+def _when(at: float | None, none: str = "never") -> str:
+    return none if at is None else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
+
+
+def _issued(made: dict[str, Any], json_: bool, what: str) -> None:
+    """The token on stdout, once (with ``--json``, in the whole answer); the rest on stderr."""
+    if json_:
+        output.print_json(made)
+        return
+    print(made["key"])
+    sys.stdout.flush()
+    output.info(
+        f"{what} key {made['name']} (scope {made['scope']}, models "
+        f"{','.join(made['models'])}, expires {_when(made['expires'])}): it is shown this once; "
+        "clients send it as `Authorization: Bearer KEY` (OPENAI_API_KEY)"
+    )
+
+
+@keys_app.command()
+def create(
+    ctx: typer.Context,
+    name: NameArg,
+    scope: Annotated[
+        str, typer.Option(help="inference (the APIs clients speak), metrics, or admin.")
+    ] = "inference",
+    models: Annotated[
+        str, typer.Option(help="The models (names, aliases, groups) it may use: a,b or *.")
+    ] = "*",
+    expires: Annotated[
+        str, typer.Option(help="When it stops working: 90m, 12h, 30d, 2w, or never.")
+    ] = "never",
+    json_: JsonOpt = False,
+) -> None:
+    """Make a key and print it, once: alone on stdout (`--json`: with what it may do)."""
+    body = {"name": name, "scope": scope, "models": models.split(","), "expires": expires}
+    with client(ctx, autostart=False) as c:
+        made = c.post("/api/keys", body)
+    _issued(made, json_, "made")
+
+
+@keys_app.command("list")
+def list_(ctx: typer.Context, json_: JsonOpt = False) -> None:
+    """Every key: its scope, models, expiry, and whether it was revoked (never the key)."""
+    with client(ctx, autostart=False) as c:
+        keys = c.get("/api/keys")
+    if json_:
+        output.print_json(keys)
+        return
+    output.table(
+        ["NAME", "SCOPE", "MODELS", "CREATED", "EXPIRES", "STATE"],
+        [
+            [
+                k["name"],
+                k["scope"],
+                ",".join(k["models"]),
+                _when(k["created"]),
+                _when(k["expires"]),
+                _state(k),
+            ]  # fmt: skip
+            for k in keys
+        ],
+    )
+
+
+def _state(k: dict[str, Any]) -> str:
+    if k["revoked"] is not None:
+        return f"revoked {_when(k['revoked'])}"
+    if k["expires"] is not None and k["expires"] <= time.time():
+        return "expired"
+    return "active"
+
+
+@keys_app.command()
+def show(ctx: typer.Context, name: NameArg, json_: JsonOpt = False) -> None:
+    """One key: what it may do and what it used today (UTC) and over the last 30 days."""
+    with client(ctx, autostart=False) as c:
+        k = c.get(f"/api/keys/{name}")
+    if json_:
+        output.print_json(k)
+        return
+    print(f"key {k['name']}: {_state(k)}, scope {k['scope']}, models {','.join(k['models'])}")
+    print(f"  token {k['prefix']}…, created {_when(k['created'])}, expires {_when(k['expires'])}")
+    for label, u in k["used"].items():
+        print(
+            f"  used {label.replace('_', ' ')}: {u['requests']} request(s), "
+            f"{u['tokens_in']} tokens in, {u['tokens_out']} out, {u['errors']} error(s)"
+        )
+
+
+@keys_app.command()
+def revoke(ctx: typer.Context, name: NameArg) -> None:
+    """Stop a key at once: its next request gets 401, its streams in flight end."""
+    with client(ctx, autostart=False) as c:
+        c.request("DELETE", f"/api/keys/{name}")
+    print(f"revoked key {name}")
+
+
+@keys_app.command()
+def rotate(ctx: typer.Context, name: NameArg, json_: JsonOpt = False) -> None:
+    """A new token for a key (printed once); the old one stops working."""
+    with client(ctx, autostart=False) as c:
+        made = c.post(f"/api/keys/{name}/rotate")
+    _issued(made, json_, "rotated")
+
+
+@keys_app.command()
+def audit(
+    ctx: typer.Context,
+    since: Annotated[str, typer.Option(help="How far back: 30m, 12h, 7d.")] = "7d",
+    json_: JsonOpt = False,
+) -> None:
+    """What admins changed (any request but a read, by the operator's token or an admin
+    key): when, which key, the route and its answer."""
+    with client(ctx, autostart=False) as c:
+        rows = c.get("/api/audit", params={"since": str(since_time(since))})
+    if json_:
+        output.print_json(rows)
+        return
+    output.table(
+        ["WHEN", "KEY", "REQUEST", "STATUS"],
+        [[_when(r["at"]), r["key"], f"{r['method']} {r['path']}", r["status"]] for r in rows],
+    )

@@ -1,0 +1,90 @@
+"""``/api/keys``: the keys beside the operator's token (``keys.py``), and ``/api/audit``, what
+admins changed. Admin scope (the door says so); a key's token is in an answer once, when it
+is made or rotated."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from smackctl.daemon.keys import SCOPES, Key, expiry
+from smackctl.errors import UsageError
+
+from .common import errors, json_body, number, services
+
+__all__ = ["ROUTES"]
+
+DAY = 86400
+
+
+async def index(request: Request) -> Response:
+    return JSONResponse([k.public() for k in services(request).keys.all()])
+
+
+async def create(request: Request) -> Response:
+    s = services(request)
+    body = await json_body(request)
+    name, scope = body.get("name"), body.get("scope", "inference")
+    models, expires = body.get("models", ["*"]), body.get("expires")
+    if isinstance(models, str):
+        models = models.split(",")
+    if (
+        not isinstance(name, str)
+        or not isinstance(scope, str)
+        or not (isinstance(models, list) and all(isinstance(m, str) for m in models))
+        or not (expires is None or isinstance(expires, str))
+    ):
+        raise UsageError(
+            "`name` (a string) is required; `scope` is one of "
+            f"{', '.join(SCOPES)}, `models` a list of names, `expires` like 30d",
+            "smackctl keys create NAME [--scope inference] [--models a,b] [--expires 30d]",
+        )
+    key, token = s.keys.create(name, scope, models, expiry(expires, time.time()))
+    return JSONResponse({**key.public(), "key": token}, status_code=201)
+
+
+async def show(request: Request) -> Response:
+    """The key, and what it used: today (UTC) and the last 30 days."""
+    s = services(request)
+    key = s.keys.get(request.path_params["name"])
+    return JSONResponse({**key.public(), "used": used(s.store.usage, key)})
+
+
+def used(usage: Any, key: Key) -> dict[str, dict[str, int]]:
+    now = time.time()
+    out = {}
+    for label, since in (("today", now // DAY * DAY), ("last_30_days", now - 30 * DAY)):
+        rows = usage(since, "key", key.name)
+        out[label] = {
+            f: sum(r[f] for r in rows) for f in ("requests", "tokens_in", "tokens_out", "errors")
+        }
+    return out
+
+
+async def revoke(request: Request) -> Response:
+    key = services(request).keys.revoke(request.path_params["name"])
+    return JSONResponse(key.public())
+
+
+async def rotate(request: Request) -> Response:
+    key, token = services(request).keys.rotate(request.path_params["name"])
+    return JSONResponse({**key.public(), "key": token})
+
+
+async def audit(request: Request) -> Response:
+    since = number(request, "since", 0.0)
+    return JSONResponse(services(request).store.audit_log(since))
+
+
+ROUTES = [
+    Route("/api/keys", errors(index), methods=["GET"]),
+    Route("/api/keys", errors(create), methods=["POST"]),
+    Route("/api/keys/{name}", errors(show), methods=["GET"]),
+    Route("/api/keys/{name}", errors(revoke), methods=["DELETE"]),
+    Route("/api/keys/{name}/rotate", errors(rotate), methods=["POST"]),
+    Route("/api/audit", errors(audit), methods=["GET"]),
+]

@@ -1,0 +1,201 @@
+"""Keys: named credentials beside the operator's token, each with a scope and the models it
+may use, so a second person or app gets a key of its own and what it does is theirs.
+
+A key reads ``smk-ID-SECRET``: ID (8 hex digits) finds its row, SECRET (256 random bits) is
+checked against the row's sha256 with a constant-time comparison (a slow hash buys nothing
+against a secret no one can guess; the comparison is made against a dummy when no row has the
+ID, so a miss takes as long as a wrong secret). Only the sha256 is stored, in the state.db.
+
+Scopes: ``inference`` reaches the APIs clients speak (only its models) and its own usage;
+``metrics`` reads ``/metrics`` and the status; ``admin`` reaches everything, as the
+operator's token does. A revoked or expired key is refused at once, its streams in flight
+included (the door checks the key before each piece it lets out).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from smackctl.errors import UnknownKey, UsageError
+
+if TYPE_CHECKING:
+    from .store import Store
+
+__all__ = ["CALLER", "OPERATOR", "SCOPES", "Key", "KeyRing", "expiry"]
+
+SCOPES = ("inference", "metrics", "admin")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_TOKEN = re.compile(rb"^smk-([0-9a-f]{8})-([A-Za-z0-9_-]{43})$")
+_DUMMY = hashlib.sha256(b"no key has this").hexdigest()
+_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+@dataclass
+class Key:
+    name: str
+    scope: str
+    #: the model names (or aliases, or groups) it may use; ``*`` for every one
+    models: tuple[str, ...] = ("*",)
+    created: float = 0.0
+    expires: float | None = None
+    revoked: float | None = None
+    id: str = ""
+    digest: str = field(default="", repr=False)
+
+    def may(self, scope: str) -> bool:
+        return self.scope == "admin" or self.scope == scope
+
+    def may_use(self, *names: str) -> bool:
+        """Whether any of ``names`` (a model's name, an alias, a group) is one of its own."""
+        return "*" in self.models or any(n in self.models for n in names)
+
+    def refusal(self, now: float) -> str | None:
+        """Why this key is refused now, or None."""
+        if self.revoked is not None:
+            return f"key {self.name} was revoked at {_when(self.revoked)}"
+        if self.expires is not None and now >= self.expires:
+            return f"key {self.name} expired at {_when(self.expires)}"
+        return None
+
+    def public(self) -> dict[str, Any]:
+        """What may be shown of it: never the digest."""
+        return {
+            "name": self.name,
+            "scope": self.scope,
+            "models": list(self.models),
+            "created": self.created,
+            "expires": self.expires,
+            "revoked": self.revoked,
+            "prefix": f"smk-{self.id}-",
+        }
+
+
+#: the holder of the operator's token (or anyone, with ``--no-auth``)
+OPERATOR = Key("operator", "admin")
+
+#: the key of the request being served, for the request log (set at the door)
+CALLER: ContextVar[str | None] = ContextVar("smackctl_caller", default=None)
+
+
+def _when(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
+
+
+def expiry(text: str | None, now: float) -> float | None:
+    """``30d``, ``12h``, ``90m``, ``2w`` from now; None or ``never`` for no expiry."""
+    if text is None or text == "never":
+        return None
+    m = re.fullmatch(r"(\d{1,6})([mhdw])", text.strip())
+    if m is None or int(m.group(1)) == 0:
+        raise UsageError(
+            f"expiry {text!r} is not a time from now",
+            "give a number and a unit: 90m, 12h, 30d, 2w (or `never`)",
+        )
+    return now + int(m.group(1)) * _UNITS[m.group(2)]
+
+
+class KeyRing:
+    """The keys, held in memory (checked on every request) and written to the state.db."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._by_id: dict[str, Key] = {}
+        self._by_name: dict[str, Key] = {}
+        for row in store.keys():
+            self._hold(Key(**row))
+
+    def _hold(self, key: Key) -> None:
+        old = self._by_name.get(key.name)
+        if old is not None:
+            self._by_id.pop(old.id, None)
+        self._by_name[key.name] = key
+        self._by_id[key.id] = key
+
+    def check(self, given: bytes) -> Key | None:
+        """The key whose token ``given`` is (revoked and expired ones too: the caller says
+        why they are refused), or None."""
+        m = _TOKEN.match(given)
+        if m is None:
+            return None
+        key = self._by_id.get(m.group(1).decode())
+        digest = hashlib.sha256(m.group(2)).hexdigest()
+        if hmac.compare_digest(digest, key.digest if key is not None else _DUMMY):
+            return key
+        return None
+
+    def get(self, name: str) -> Key:
+        key = self._by_name.get(name)
+        if key is None:
+            raise UnknownKey(f"no key named {name!r}", "see `smackctl keys list`")
+        return key
+
+    def all(self) -> list[Key]:
+        return sorted(self._by_name.values(), key=lambda k: k.created)
+
+    def create(
+        self, name: str, scope: str, models: list[str], expires: float | None
+    ) -> tuple[Key, str]:
+        """A new key and its token (shown once: only its digest is kept)."""
+        if not _NAME.match(name) or name == OPERATOR.name:
+            raise UsageError(
+                f"key name {name!r} is not allowed",
+                "use letters, digits, '.', '_' or '-' (up to 64; not `operator`)",
+            )
+        if scope not in SCOPES:
+            raise UsageError(f"scope {scope!r} is unknown", f"use one of: {', '.join(SCOPES)}")
+        old = self._by_name.get(name)
+        if old is not None and old.revoked is None:
+            raise UsageError(
+                f"a key named {name} exists",
+                f"pick another name, or `smackctl keys rotate {name}` for a new token",
+            )
+        wanted = tuple(dict.fromkeys(m.strip() for m in models if m.strip())) or ("*",)
+        key = Key(name, scope, wanted, time.time(), expires)
+        return key, self._issue(key)
+
+    def rotate(self, name: str) -> tuple[Key, str]:
+        """A new token for the key; the old one is refused from now on."""
+        old = self.get(name)
+        if old.revoked is not None:
+            raise UsageError(
+                f"key {name} is revoked", f"create it again: `smackctl keys create {name}`"
+            )
+        key = Key(old.name, old.scope, old.models, old.created, old.expires)
+        return key, self._issue(key)
+
+    def revoke(self, name: str) -> Key:
+        key = self.get(name)
+        if key.revoked is None:
+            self.store.save_key({**_row(key), "revoked": time.time()})  # written first
+            key.revoked = time.time()
+        return key
+
+    def _issue(self, key: Key) -> str:
+        key.id = secrets.token_hex(4)
+        while key.id in self._by_id:
+            key.id = secrets.token_hex(4)
+        secret = secrets.token_urlsafe(32)
+        key.digest = hashlib.sha256(secret.encode()).hexdigest()
+        self.store.save_key(_row(key))  # raises StateUnwritable before anything is held
+        self._hold(key)
+        return f"smk-{key.id}-{secret}"
+
+
+def _row(key: Key) -> dict[str, Any]:
+    return {
+        "name": key.name,
+        "scope": key.scope,
+        "models": key.models,
+        "created": key.created,
+        "expires": key.expires,
+        "revoked": key.revoked,
+        "id": key.id,
+        "digest": key.digest,
+    }
