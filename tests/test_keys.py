@@ -249,6 +249,8 @@ def test_revoking_a_key_stops_it_at_once_streams_in_flight_included(sup: Supervi
     with pytest.raises(openai.AuthenticationError):
         ai.models.list()
     wait_for(lambda: sup.model("tiny-b")["in_flight"] == 0, 30, "the cut-off stream to end")
+    cut = "key=leaver model=tiny-b route=/v1/chat/completions status=401"
+    wait_for(lambda: cut in sup.log(), 10, "the cut-off stream's line, under its key")
     with sup.client() as c:  # the model serves on
         assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-b"}).status_code == 200
 

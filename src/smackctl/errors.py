@@ -23,6 +23,7 @@
     ├── SwitchFailed                409: a profile switch failed (rolled back) or cannot start
     ├── Forbidden                   403: the caller's key has not the scope or the model asked
     ├── UnknownKey                  404: no key of that name (`smackctl keys list`)
+    ├── RateLimited                 429: a key over a limit (Retry-After, x-ratelimit-*)
     ├── PluginFailed                a plugin raised, or answered what is not an answer
     ├── PluginTimedOut              504: a plugin ran past its time
     └── PullError                   fetching a model file failed
@@ -54,6 +55,7 @@ __all__ = [
     "PortInUse",
     "PullError",
     "QueueFull",
+    "RateLimited",
     "ShuttingDown",
     "SmackError",
     "StateUnwritable",
@@ -241,6 +243,19 @@ class Forbidden(SmackError):
 
     status = 403
     error_type = "permission_error"
+
+
+class RateLimited(SmackError):
+    """A key over one of its limits (``daemon/limits.py``); ``headers``: OpenAI's
+    x-ratelimit-* for the key."""
+
+    status = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, hint: str, wait: float, headers: dict[str, str]) -> None:
+        super().__init__(message, hint)
+        self.retry_after = wait
+        self.headers = headers
 
 
 class UnknownKey(SmackError):

@@ -57,10 +57,32 @@ def create(
     expires: Annotated[
         str, typer.Option(help="When it stops working: 90m, 12h, 30d, 2w, or never.")
     ] = "never",
+    priority: Annotated[
+        str, typer.Option(help="interactive, or batch (its queued requests go after).")
+    ] = "interactive",
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens (in and out) per minute.")] = None,
+    tokens_per_day: Annotated[int | None, typer.Option(help="Tokens per UTC day.")] = None,
+    max_parallel: Annotated[int | None, typer.Option(help="Requests at a time.")] = None,
+    budget_tokens: Annotated[int | None, typer.Option(help="Tokens per period.")] = None,
+    budget_seconds: Annotated[
+        float | None, typer.Option(help="Compute seconds (time answering it) per period.")
+    ] = None,
+    period: Annotated[
+        str, typer.Option(help="The budgets' period: day, month (from the 1st, UTC) or none.")
+    ] = "month",
     json_: JsonOpt = False,
 ) -> None:
-    """Make a key and print it, once: alone on stdout (`--json`: with what it may do)."""
-    body = {"name": name, "scope": scope, "models": models.split(","), "expires": expires}
+    """Make a key and print it, once: alone on stdout (`--json`: with what it may do). Over
+    a limit its requests get 429 with Retry-After (and OpenAI's x-ratelimit-* headers)."""
+    limits = {
+        "rpm": rpm, "tpm": tpm, "tokens_per_day": tokens_per_day, "max_parallel": max_parallel,
+        "budget_tokens": budget_tokens, "budget_seconds": budget_seconds, "period": period,
+    }  # fmt: skip
+    body = {
+        "name": name, "scope": scope, "models": models.split(","), "expires": expires,
+        "priority": priority, "limits": {k: v for k, v in limits.items() if v is not None},
+    }  # fmt: skip
     with client(ctx, autostart=False) as c:
         made = c.post("/api/keys", body)
     _issued(made, json_, "made")
@@ -108,11 +130,32 @@ def show(ctx: typer.Context, name: NameArg, json_: JsonOpt = False) -> None:
         return
     print(f"key {k['name']}: {_state(k)}, scope {k['scope']}, models {','.join(k['models'])}")
     print(f"  token {k['prefix']}…, created {_when(k['created'])}, expires {_when(k['expires'])}")
+    if k["limits"]:
+        print("  limits " + ", ".join(f"{n} {v}" for n, v in k["limits"].items()))
+    if "counters" in k:
+        c = k["counters"]
+        left = _left(k["limits"], c)
+        print(f"  now: {c['requests_last_minute']} request(s) and {c['tokens_last_minute']} "
+              f"tokens in the last minute, {c['tokens_today']} tokens today, "
+              f"{c['in_flight']} in flight; this {c['period']}: {c['period_tokens']} tokens, "
+              f"{c['period_seconds']:g} compute s{left}; next reset "
+              f"{_when(c['next_reset'])}")  # fmt: skip
     for label, u in k["used"].items():
         print(
             f"  used {label.replace('_', ' ')}: {u['requests']} request(s), "
             f"{u['tokens_in']} tokens in, {u['tokens_out']} out, {u['errors']} error(s)"
         )
+
+
+def _left(limits: dict[str, Any], c: dict[str, Any]) -> str:
+    parts = []
+    if "budget_tokens" in limits:
+        parts.append(f"{max(0, limits['budget_tokens'] - c['period_tokens'])} tokens")
+    if "budget_seconds" in limits:
+        parts.append(f"{max(0.0, limits['budget_seconds'] - c['period_seconds']):g} s")
+    if "tokens_per_day" in limits:
+        parts.append(f"{max(0, limits['tokens_per_day'] - c['tokens_today'])} tokens today")
+    return f" ({', '.join(parts)} left)" if parts else ""
 
 
 @keys_app.command()

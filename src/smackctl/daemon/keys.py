@@ -25,12 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 from smackctl.errors import UnknownKey, UsageError
 
+from .limits import Limits
+
 if TYPE_CHECKING:
     from .store import Store
 
 __all__ = ["CALLER", "OPERATOR", "SCOPES", "Key", "KeyRing", "expiry"]
 
 SCOPES = ("inference", "metrics", "admin")
+PRIORITIES = ("interactive", "batch")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _TOKEN = re.compile(rb"^smk-([0-9a-f]{8})-([A-Za-z0-9_-]{43})$")
 _DUMMY = hashlib.sha256(b"no key has this").hexdigest()
@@ -48,6 +51,9 @@ class Key:
     revoked: float | None = None
     id: str = ""
     digest: str = field(default="", repr=False)
+    #: ``interactive`` or ``batch``: whose queued requests go first
+    priority: str = "interactive"
+    limits: Limits = field(default_factory=Limits)
 
     def may(self, scope: str) -> bool:
         return self.scope == "admin" or self.scope == scope
@@ -74,14 +80,17 @@ class Key:
             "expires": self.expires,
             "revoked": self.revoked,
             "prefix": f"smk-{self.id}-",
+            "priority": self.priority,
+            "limits": self.limits.stored(),
         }
 
 
 #: the holder of the operator's token (or anyone, with ``--no-auth``)
 OPERATOR = Key("operator", "admin")
 
-#: the key of the request being served, for the request log (set at the door)
-CALLER: ContextVar[str | None] = ContextVar("smackctl_caller", default=None)
+#: the key of the request being served (None: the operator's), for the request log and the
+#: limits (set at the door)
+CALLER: ContextVar[Key | None] = ContextVar("smackctl_caller", default=None)
 
 
 def _when(at: float) -> str:
@@ -109,7 +118,7 @@ class KeyRing:
         self._by_id: dict[str, Key] = {}
         self._by_name: dict[str, Key] = {}
         for row in store.keys():
-            self._hold(Key(**row))
+            self._hold(Key(**{**row, "limits": Limits(**row["limits"])}))
 
     def _hold(self, key: Key) -> None:
         old = self._by_name.get(key.name)
@@ -140,7 +149,13 @@ class KeyRing:
         return sorted(self._by_name.values(), key=lambda k: k.created)
 
     def create(
-        self, name: str, scope: str, models: list[str], expires: float | None
+        self,
+        name: str,
+        scope: str,
+        models: list[str],
+        expires: float | None,
+        priority: str = "interactive",
+        limits: Limits | None = None,
     ) -> tuple[Key, str]:
         """A new key and its token (shown once: only its digest is kept)."""
         if not _NAME.match(name) or name == OPERATOR.name:
@@ -150,6 +165,10 @@ class KeyRing:
             )
         if scope not in SCOPES:
             raise UsageError(f"scope {scope!r} is unknown", f"use one of: {', '.join(SCOPES)}")
+        if priority not in PRIORITIES:
+            raise UsageError(
+                f"priority {priority!r} is unknown", f"use one of: {', '.join(PRIORITIES)}"
+            )
         old = self._by_name.get(name)
         if old is not None and old.revoked is None:
             raise UsageError(
@@ -157,7 +176,8 @@ class KeyRing:
                 f"pick another name, or `smackctl keys rotate {name}` for a new token",
             )
         wanted = tuple(dict.fromkeys(m.strip() for m in models if m.strip())) or ("*",)
-        key = Key(name, scope, wanted, time.time(), expires)
+        key = Key(name, scope, wanted, time.time(), expires, priority=priority,
+                  limits=limits or Limits())  # fmt: skip
         return key, self._issue(key)
 
     def rotate(self, name: str) -> tuple[Key, str]:
@@ -167,7 +187,8 @@ class KeyRing:
             raise UsageError(
                 f"key {name} is revoked", f"create it again: `smackctl keys create {name}`"
             )
-        key = Key(old.name, old.scope, old.models, old.created, old.expires)
+        key = Key(old.name, old.scope, old.models, old.created, old.expires,
+                  priority=old.priority, limits=old.limits)  # fmt: skip
         return key, self._issue(key)
 
     def revoke(self, name: str) -> Key:
@@ -198,4 +219,6 @@ def _row(key: Key) -> dict[str, Any]:
         "revoked": key.revoked,
         "id": key.id,
         "digest": key.digest,
+        "priority": key.priority,
+        "limits": key.limits.stored(),
     }

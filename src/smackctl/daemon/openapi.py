@@ -279,6 +279,15 @@ def _keys() -> dict[str, Any]:
         scope={"type": "string", "enum": ["inference", "metrics", "admin"]},
         models={"type": "array", "items": {"type": "string"}},
         expires={"type": "string", "description": "90m, 12h, 30d, 2w or never"},
+        priority={"type": "string", "enum": ["interactive", "batch"]},
+        limits=_obj(
+            **{
+                n: {"type": "integer", "minimum": 1}
+                for n in ("rpm", "tpm", "tokens_per_day", "max_parallel", "budget_tokens")
+            },
+            budget_seconds={"type": "number", "exclusiveMinimum": 0},
+            period={"type": "string", "enum": ["day", "month", "none"]},
+        ),
     )
     made["required"] = ["name"]
     return {

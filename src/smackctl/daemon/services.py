@@ -19,6 +19,7 @@ from .gateway.deployments import Deployments
 from .gateway.local import LocalModels
 from .gateway.relay import Runners
 from .keys import KeyRing
+from .limits import Meter
 from .loader import Loader
 from .metrics import Metrics
 from .plugins import Plugins
@@ -65,7 +66,8 @@ def assemble(scheduler: Scheduler) -> Services:
 
     registry, store, events = scheduler.registry, scheduler.store, scheduler.events
     metrics = Metrics(scheduler)
-    usage = Usage(store, metrics, scheduler.add_tokens)
+    meter = Meter(store.key_history)
+    usage = Usage(store, metrics, scheduler.add_tokens, meter)
     cached = Cached(
         profile, registry, store.path.with_name("cache.db"), scheduler.notices.append, metrics
     )

@@ -143,20 +143,45 @@ class Store(StateFile):
     # -- keys (``keys.py``) and the audit log -----------------------------------------------------
 
     def keys(self) -> list[dict[str, Any]]:
+        """Each key's row: ``models`` a tuple, ``limits`` a dict."""
         cur = self.db.execute(
-            "SELECT name, scope, models, created, expires, revoked, id, digest FROM keys"
+            "SELECT name, scope, models, created, expires, revoked, id, digest, priority, "
+            "limits FROM keys"
         )
         names = [c[0] for c in cur.description]
         return [
-            {**dict(zip(names, r, strict=True)), "models": tuple(json.loads(r[2]))} for r in cur
+            {
+                **dict(zip(names, r, strict=True)),
+                "models": tuple(json.loads(r[2])),
+                "limits": json.loads(r[9]),
+            }  # fmt: skip
+            for r in cur
         ]
 
     def save_key(self, row: dict[str, Any]) -> None:
         self._write_now(
             "INSERT OR REPLACE INTO keys (name, scope, models, created, expires, revoked, id, "
-            "digest) VALUES (:name, :scope, :models, :created, :expires, :revoked, :id, :digest)",
-            {**row, "models": json.dumps(list(row["models"]))},
+            "digest, priority, limits) VALUES (:name, :scope, :models, :created, :expires, "
+            ":revoked, :id, :digest, :priority, :limits)",
+            {**row, "models": json.dumps(list(row["models"])), "limits": json.dumps(row["limits"])},
         )
+
+    def key_history(self, key: str, since: float) -> list[tuple[float, int, float]]:
+        """(time, tokens, seconds) of the key's requests since a unix time that were let in
+        (its refusals are not counted), and its per-day totals for days rolled up."""
+        raw = self.db.execute(
+            "SELECT at, COALESCE(tokens_in, 0) + COALESCE(tokens_out, 0), "
+            "COALESCE(latency_ms, 0) / 1000.0 FROM requests WHERE key = ? AND at >= ? "
+            "AND (status < 400 OR status >= 500)",
+            (key, since),
+        )
+        daily = self.db.execute(
+            "SELECT CAST(strftime('%s', day) AS REAL), tokens_in + tokens_out, "
+            "latency_ms_sum / 1000.0 FROM usage_daily WHERE key = ? AND day >= date(?, "
+            "'unixepoch')",
+            (key, since),
+        )
+        return [*raw, *daily]
 
     def audit(self, key: str, method: str, path: str, status: int, request_id: str) -> None:
         self._write(

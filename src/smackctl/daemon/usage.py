@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from smackctl.wire import events
 
-from .keys import CALLER
+from .keys import CALLER, Key
 
 if TYPE_CHECKING:
+    from .limits import Meter
     from .metrics import Metrics
     from .store import Store
 
@@ -70,8 +71,11 @@ class Usage:
         store: Store,
         metrics: Metrics | None = None,
         add_tokens: Callable[[str, int], None] | None = None,
+        meter: Meter | None = None,
     ) -> None:
         self.store, self.metrics, self.add_tokens = store, metrics, add_tokens
+        #: the keys' counters: what a request took, once it is over
+        self.meter = meter
 
     def record(
         self,
@@ -86,12 +90,14 @@ class Usage:
         ttft: float | None = None,
         reason: str | None = None,
         refused: bool = False,
+        by: Key | None = None,
     ) -> None:
         """One line in the log (``refused``: turned away before any model was asked), the
         metrics, a row of the usage log (inference routes), the model's token count; the
-        key that asked is the one the door let in (``keys.CALLER``)."""
+        key that asked is ``by``, else the one the door let in (``keys.CALLER``)."""
         who = who or "-"
-        key = CALLER.get()
+        caller = by or CALLER.get()
+        key = caller.name if caller is not None else None
         why = f" reason={' '.join(reason.split())[:300]}" if reason else ""
         if refused:
             log.info(
@@ -105,6 +111,9 @@ class Usage:
                 request_id, key or "-", who, route, status, tokens_in, tokens_out,
                 seconds * 1000, why,
             )  # fmt: skip
+        if caller is not None and self.meter is not None and not refused:
+            tokens = (tokens_in or 0) + (tokens_out or 0)
+            self.meter.spent(caller.name, tokens, seconds, caller.limits)
         if tokens_out and self.add_tokens is not None:
             self.add_tokens(who, tokens_out)
         if self.metrics is not None and not refused:

@@ -81,7 +81,8 @@ def smack_error(exc: SmackError) -> Response:
     # OpenAI clients show `message` only, so the fix goes in it too; `hint` is for smackctl
     message = exc.message + (f" (fix: {exc.hint})" if exc.hint else "")
     wait = exc.retry_after if exc.retry_after is not None else 1 if exc.status == 503 else None
-    headers = {"Retry-After": str(max(1, math.ceil(wait)))} if wait is not None else None
+    headers = {"Retry-After": str(max(1, math.ceil(wait)))} if wait is not None else {}
+    headers.update(getattr(exc, "headers", None) or {})  # a key's x-ratelimit-* (limits.py)
     body = {
         "error": {
             "message": message,

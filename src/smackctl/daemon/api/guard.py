@@ -184,9 +184,13 @@ class Guard:
         """Serve the request as ``key``: a key's answer is cut off if the key is revoked
         while it is served; an admin's change is audited once answered."""
         scope.setdefault("state", {})["key"] = key
-        token = CALLER.set(None if key is OPERATOR else key.name)
+        token = CALLER.set(None if key is OPERATOR else key)
         status = [0]
-        audited = self._audit is not None and scope["method"] not in _READS and key.may("admin")
+        audited = (
+            self._audit is not None
+            and scope["method"] not in _READS
+            and scope_needed(scope["method"], scope["path"]) == "admin"
+        )
 
         async def sending(message: Any) -> None:
             if message["type"] == "http.response.start":
@@ -202,6 +206,8 @@ class Guard:
             pass
         finally:
             CALLER.reset(token)
+            if (release := scope["state"].get("release")) is not None:
+                release()  # the key's request in flight is over (limits.py)
             if audited and self._audit is not None:
                 self._audit(key, scope["method"], scope["path"], status[0])
 

@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from smackctl.daemon.extras import COUNT
 from smackctl.daemon.gateway import Call
+from smackctl.daemon.keys import OPERATOR
 from smackctl.daemon.schemas import REQUEST_SCHEMAS
 from smackctl.daemon.translate import MESSAGES, error_for
 from smackctl.errors import Forbidden, SmackError
@@ -37,7 +38,11 @@ async def inference(request: Request) -> Response:
         error_for(MESSAGES, answer.status_code, bytes(answer.body)),
         status_code=answer.status_code,
         media_type="application/json",
-        headers={k: v for k, v in answer.headers.items() if k.lower() == "retry-after"},
+        headers={
+            k: v
+            for k, v in answer.headers.items()
+            if k.lower() == "retry-after" or k.lower().startswith("x-ratelimit-")
+        },
         background=answer.background,
     )
 
@@ -51,6 +56,7 @@ async def _openai_shaped(request: Request) -> Response:
     if (refusal := invalid(REQUEST_SCHEMAS[request.url.path], body)) is not None:
         return refusal
     _may_use(request, body.get("model"))
+    _admit(request)
     if request.url.path == CHAT:
         applied = await s.plugins.apply(body)
         if isinstance(applied, Response):
@@ -77,6 +83,19 @@ def _may_use(request: Request, model: object) -> None:
             f"key {key.name} may not use model {name!r}",
             f"use one of its models: {', '.join(key.models)}",
         )
+
+
+def _admit(request: Request) -> None:
+    """A key with limits is let in by its counters (a 429 with when to ask again), and its
+    request counted in flight until the door sees its answer over."""
+    key = caller(request)
+    if key is OPERATOR or not key.limits.any():
+        return
+    meter = services(request).usage.meter
+    if meter is None:
+        return
+    meter.admit(key.name, key.limits)
+    request.scope["state"]["release"] = lambda: meter.release(key.name)
 
 
 async def list_models(request: Request) -> Response:

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from smackctl.daemon.keys import SCOPES, Key, expiry
+from smackctl.daemon.limits import Limits
 from smackctl.errors import UsageError
 
 from .common import errors, json_body, number, services
@@ -43,7 +44,12 @@ async def create(request: Request) -> Response:
             f"{', '.join(SCOPES)}, `models` a list of names, `expires` like 30d",
             "smackctl keys create NAME [--scope inference] [--models a,b] [--expires 30d]",
         )
-    key, token = s.keys.create(name, scope, models, expiry(expires, time.time()))
+    limits, priority = body.get("limits") or {}, body.get("priority", "interactive")
+    if not isinstance(limits, dict) or not isinstance(priority, str):
+        raise UsageError("`limits` is an object (rpm, tpm, …), `priority` a string")
+    key, token = s.keys.create(
+        name, scope, models, expiry(expires, time.time()), priority, Limits.of(limits)
+    )
     return JSONResponse({**key.public(), "key": token}, status_code=201)
 
 
@@ -51,7 +57,10 @@ async def show(request: Request) -> Response:
     """The key, and what it used: today (UTC) and the last 30 days."""
     s = services(request)
     key = s.keys.get(request.path_params["name"])
-    return JSONResponse({**key.public(), "used": used(s.store.usage, key)})
+    view = {**key.public(), "used": used(s.store.usage, key)}
+    if key.limits.any() and s.usage.meter is not None:
+        view["counters"] = s.usage.meter.used(key.name, key.limits)
+    return JSONResponse(view)
 
 
 def used(usage: Any, key: Key) -> dict[str, dict[str, int]]:

@@ -30,6 +30,7 @@ from smackctl.daemon.answers import (
     runner_died,
 )
 from smackctl.daemon.backends.base import backend_for
+from smackctl.daemon.keys import CALLER
 from smackctl.daemon.registry import Managed
 from smackctl.daemon.runner import Runner
 from smackctl.daemon.scheduler import Scheduler
@@ -262,6 +263,8 @@ class _Relay:
         self.stack, self.ttft, self.dog = stack, ttft, dog
         self.tokens_in: int | None = None
         self.tokens_out: int | None = None
+        #: the key it is answered for (the stream's end may be run from another task)
+        self.caller = CALLER.get()
 
     def _usage_of(self, chunk: bytes) -> bytes:
         """``chunk`` without the usage event unless the client asked for it; its counts kept."""
@@ -290,6 +293,11 @@ class _Relay:
                 if failed and b"[DONE]" in chunk:
                     continue
                 failed = failed or error_event_of(chunk) is not None
+                if self.caller is not None and (why := self.caller.refusal(time.time())):
+                    status = 401  # revoked or expired mid-way: ended at once, and said
+                    yield sse_error(f"{why} while this request was served",
+                                    "authentication_error", "key_revoked")  # fmt: skip
+                    return
                 if chunk := self._usage_of(chunk):
                     yield chunk
         except TransportError as exc:
@@ -302,7 +310,7 @@ class _Relay:
             self.runners.usage.record(
                 self.a.m.name, self.a.route, status, self.a.request_id,
                 tokens_in=self.tokens_in, tokens_out=out,
-                seconds=time.perf_counter() - self.a.started, ttft=self.ttft,
+                seconds=time.perf_counter() - self.a.started, ttft=self.ttft, by=self.caller,
             )  # fmt: skip
 
     async def _cut(self, exc: TransportError, seen: int) -> bytes:
