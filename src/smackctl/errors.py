@@ -24,6 +24,7 @@
     ├── Forbidden                   403: the caller's key has not the scope or the model asked
     ├── UnknownKey                  404: no key of that name (`smackctl keys list`)
     ├── RateLimited                 429: a key over a limit (Retry-After, x-ratelimit-*)
+    ├── DeadlineExceeded            504: the request's own deadline passed (X-Smackctl-Deadline)
     ├── PluginFailed                a plugin raised, or answered what is not an answer
     ├── PluginTimedOut              504: a plugin ran past its time
     └── PullError                   fetching a model file failed
@@ -43,6 +44,7 @@ __all__ = [
     "ChecksumMismatch",
     "CommandFailed",
     "ConfigError",
+    "DeadlineExceeded",
     "Forbidden",
     "InsufficientMemory",
     "ModelError",
@@ -256,6 +258,14 @@ class RateLimited(SmackError):
         super().__init__(message, hint)
         self.retry_after = wait
         self.headers = headers
+
+
+class DeadlineExceeded(SmackError):
+    """The request's deadline (``X-Smackctl-Deadline``) passed while it waited or ran."""
+
+    status = 504
+    error_type = "deadline_exceeded"
+    code = "deadline_exceeded"
 
 
 class UnknownKey(SmackError):

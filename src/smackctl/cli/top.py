@@ -40,12 +40,24 @@ def _frame(st: dict[str, Any], rates: dict[str, float]) -> Any:
                 output.human_bytes(m["measured_vram"]) if m["measured_vram"] else "-",
                 f"{rate:.1f}" if rate is not None else "-",
                 m["in_flight"],
-                m["queued"],
+                _queued(m),
                 m["requests_served"],
             ]
         )
     cols = ["MODEL", "STATE", "RAM", "VRAM", "TOKENS/S", "IN FLIGHT", "QUEUED", "REQUESTS"]
     return output.frame(head, cols, rows)
+
+
+def _queued(m: dict[str, Any]) -> str:
+    """``3 (1 batch), ~4s``: how many wait, how many of them batch, the expected wait."""
+    if not m["queued"]:
+        return "0"
+    batch = (m.get("queued_by_priority") or {}).get("batch", 0)
+    return (
+        f"{m['queued']}"
+        + (f" ({batch} batch)" if batch else "")
+        + (f", ~{m['expected_wait']:.0f}s" if m.get("expected_wait") else "")
+    )
 
 
 def top(

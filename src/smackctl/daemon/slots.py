@@ -6,6 +6,10 @@ profile's; 256 MiB by default: 4,096 small requests at 64 KiB each), whatever th
 model's ``max_queue`` adds a count of its own where one is wanted. A request that cannot
 queue gets 503 with a ``Retry-After`` from the model's measured service time: when a slot
 is expected to be free for it.
+
+Waiting requests are served by priority (``interactive`` before ``batch``, the key's or the
+request's: ``PRIORITY``) with ageing, so batch work is never starved (``pick``); a request
+with a deadline (``DEADLINE``) leaves the queue when it passes, with a 504.
 """
 
 from __future__ import annotations
@@ -14,13 +18,35 @@ import asyncio
 import math
 from collections import deque
 from collections.abc import Callable
+from contextvars import ContextVar
 
-from smackctl.errors import QueueFull
+from smackctl.errors import DeadlineExceeded, QueueFull
 
-__all__ = ["QUEUED_OVERHEAD", "QueueBudget", "Slots"]
+__all__ = ["DEADLINE", "PRIORITY", "QUEUED_OVERHEAD", "QueueBudget", "Slots", "pick"]
 
 #: what a waiting request costs besides its body: the coroutine, its buffers, its socket
 QUEUED_OVERHEAD = 64 * 1024
+#: the priority of the request being served: ``interactive`` or ``batch`` (set by its route)
+PRIORITY: ContextVar[str] = ContextVar("smackctl_priority", default="interactive")
+#: the loop time past which the request being served is given up (None: no deadline)
+DEADLINE: ContextVar[float | None] = ContextVar("smackctl_deadline", default=None)
+#: a batch request first in its queue goes before interactive ones once it has waited this
+#: many of the model's service times (and at least ``AGE_MIN`` seconds)
+AGE_SERVICES = 8
+AGE_MIN = 5.0
+
+
+def pick(interactive_since: float | None, batch_since: float | None, now: float,
+         service: float) -> str | None:  # fmt: skip
+    """Which queue the next free slot goes to, from when the first request of each began to
+    wait (None: that queue is empty): ``interactive``, unless the first batch request has
+    waited past its age limit (``AGE_SERVICES`` service times), so batch is never starved."""
+    if batch_since is None:
+        return None if interactive_since is None else "interactive"
+    if interactive_since is None:
+        return "batch"
+    aged = now - batch_since >= max(AGE_MIN, AGE_SERVICES * service)
+    return "batch" if aged else "interactive"
 
 
 class QueueBudget:
@@ -45,7 +71,7 @@ class QueueBudget:
 
 
 class Slots:
-    """``parallel`` slots with a FIFO queue in front of them.
+    """``parallel`` slots with two FIFO queues in front of them (interactive, batch).
 
     A waiter that is cancelled (its client went away) leaves the queue and never holds a
     slot. ``served(seconds)`` keeps a moving average of how long a slot is held, for the
@@ -61,11 +87,18 @@ class Slots:
         self.busy = 0
         #: seconds a slot is held, on average (a moving average; 1 s until measured)
         self.service = 1.0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        #: per priority: (loop time it began to wait, its future)
+        self._queues: dict[str, deque[tuple[float, asyncio.Future[None]]]] = {
+            "interactive": deque(),
+            "batch": deque(),
+        }
 
     @property
     def queued(self) -> int:
-        return len(self._waiters)
+        return sum(len(q) for q in self._queues.values())
+
+    def queued_by_priority(self) -> dict[str, int]:
+        return {p: len(q) for p, q in self._queues.items()}
 
     def expected_wait(self, ahead: int | None = None) -> float:
         """Seconds until a slot is free for a request with ``ahead`` requests before it."""
@@ -77,10 +110,10 @@ class Slots:
 
     async def acquire(self, size: int = 0) -> None:
         """A slot, once one is free; ``size``: the bytes the request holds while it waits."""
-        if self.busy < self.parallel and not self._waiters:
+        if self.busy < self.parallel and not self.queued:
             self.busy += 1
             return
-        if self.max_queue is not None and len(self._waiters) >= self.max_queue:
+        if self.max_queue is not None and self.queued >= self.max_queue:
             raise self._full(
                 f"the queue is full ({self.max_queue} waiting, {self.busy} running)",
                 "retry after the time in `Retry-After`, or raise `max_queue`/`parallel` for "
@@ -92,15 +125,29 @@ class Slots:
                 f"waiting, {self.budget.held / 2**20:.0f} MiB)",
                 "retry after the time in `Retry-After`, or raise `memory.queue` in the profile",
             )
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        entry = (loop.time(), fut)
+        queue = self._queues["batch" if PRIORITY.get() == "batch" else "interactive"]
+        queue.append(entry)
+        deadline = DEADLINE.get()
         try:
-            await fut
-        except asyncio.CancelledError:
-            if fut in self._waiters:
-                self._waiters.remove(fut)
-            elif fut.done() and not fut.cancelled():
-                self._release_one()  # the slot was handed to us as we were cancelled
+            if deadline is None:
+                await fut
+            else:
+                await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - loop.time()))
+        except (asyncio.CancelledError, TimeoutError) as exc:
+            if entry in queue:
+                queue.remove(entry)
+                fut.cancel()
+            elif fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._release_one()  # the slot was handed to us as we gave up
+            if isinstance(exc, TimeoutError):
+                raise DeadlineExceeded(
+                    f"the request's deadline passed while it waited for a slot "
+                    f"({self.queued} still waiting, {self.busy} running)",
+                    "give it a longer X-Smackctl-Deadline, or send it when the model is less busy",
+                ) from None
             raise
         finally:
             if self.budget is not None:
@@ -118,16 +165,22 @@ class Slots:
         """Every request still waiting for a slot gets ``exc`` instead (a stop whose drain ran
         out of time); returns how many there were."""
         failed = 0
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_exception(exc)
-                failed += 1
+        for queue in self._queues.values():
+            while queue:
+                _, fut = queue.popleft()
+                if not fut.done():
+                    fut.set_exception(exc)
+                    failed += 1
         return failed
 
     def _release_one(self) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
+        now = asyncio.get_running_loop().time()
+        while True:
+            heads = {p: (q[0][0] if q else None) for p, q in self._queues.items()}
+            which = pick(heads["interactive"], heads["batch"], now, self.service)
+            if which is None:
+                break
+            _, fut = self._queues[which].popleft()
             if not fut.done():
                 fut.set_result(None)  # the slot passes straight to the next waiter
                 return

@@ -54,6 +54,9 @@ def model_view(m: Managed, path: Path) -> dict[str, Any]:
         "tokens_out": m.tokens_out,
         "in_flight": m.in_flight,
         "queued": r.slots.queued if r is not None else 0,
+        # interactive and batch waiting, and how long the next one to queue would wait
+        "queued_by_priority": r.slots.queued_by_priority() if r is not None else {},
+        "expected_wait": round(r.slots.expected_wait(), 3) if r is not None else 0.0,
         "failures": m.failures,
         "last_error": m.last_error,
         "crashes": m.crashes,

@@ -87,7 +87,7 @@ def smack_error(exc: SmackError) -> Response:
         "error": {
             "message": message,
             "type": exc.error_type,
-            "code": type(exc).__name__,
+            "code": getattr(exc, "code", None) or type(exc).__name__,
             "hint": exc.hint,
         }
     }

@@ -4,16 +4,20 @@ is validated, given to the plugins (a chat), and handed to the gateway."""
 
 from __future__ import annotations
 
+import asyncio
+import math
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from smackctl.daemon.extras import COUNT
 from smackctl.daemon.gateway import Call
-from smackctl.daemon.keys import OPERATOR
+from smackctl.daemon.keys import OPERATOR, PRIORITIES
 from smackctl.daemon.schemas import REQUEST_SCHEMAS
+from smackctl.daemon.slots import DEADLINE, PRIORITY
 from smackctl.daemon.translate import MESSAGES, error_for
-from smackctl.errors import Forbidden, SmackError
+from smackctl.errors import Forbidden, SmackError, UsageError
 from smackctl.wire import new_request_id
 
 from .common import caller, errors, invalid, json_body, keep_alive_of, services, smack_error
@@ -21,6 +25,8 @@ from .common import caller, errors, invalid, json_body, keep_alive_of, services,
 __all__ = ["INFERENCE_PATHS", "ROUTES"]
 
 CHAT = "/v1/chat/completions"
+#: the longest deadline a request may ask for (a day)
+MAX_DEADLINE = 86400.0
 
 
 async def inference(request: Request) -> Response:
@@ -57,6 +63,7 @@ async def _openai_shaped(request: Request) -> Response:
         return refusal
     _may_use(request, body.get("model"))
     _admit(request)
+    _priority_and_deadline(request)
     if request.url.path == CHAT:
         applied = await s.plugins.apply(body)
         if isinstance(applied, Response):
@@ -96,6 +103,32 @@ def _admit(request: Request) -> None:
         return
     meter.admit(key.name, key.limits)
     request.scope["state"]["release"] = lambda: meter.release(key.name)
+
+
+def _priority_and_deadline(request: Request) -> None:
+    """The request's priority (``X-Smackctl-Priority``, within its key's: a batch key's
+    requests stay batch) and deadline (``X-Smackctl-Deadline``: seconds from now)."""
+    asked = request.headers.get("x-smackctl-priority")
+    if asked is not None and asked not in PRIORITIES:
+        raise UsageError(
+            f"X-Smackctl-Priority must be interactive or batch, not {asked[:40]}",
+            "send X-Smackctl-Priority: batch for work that may wait",
+        )
+    if caller(request).priority == "batch" or asked == "batch":
+        PRIORITY.set("batch")
+    raw = request.headers.get("x-smackctl-deadline")
+    if raw is not None:
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = math.nan
+        if not 0 < seconds <= MAX_DEADLINE:  # NaN too
+            raise UsageError(
+                f"X-Smackctl-Deadline must be seconds from now, above 0 and at most "
+                f"{MAX_DEADLINE:g}, not {raw[:40]}",
+                "send X-Smackctl-Deadline: 30 for an answer within 30 seconds",
+            )
+        DEADLINE.set(asyncio.get_running_loop().time() + seconds)
 
 
 async def list_models(request: Request) -> Response:

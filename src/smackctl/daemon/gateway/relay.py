@@ -14,9 +14,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
@@ -34,11 +34,15 @@ from smackctl.daemon.keys import CALLER
 from smackctl.daemon.registry import Managed
 from smackctl.daemon.runner import Runner
 from smackctl.daemon.scheduler import Scheduler
+from smackctl.daemon.slots import DEADLINE
 from smackctl.daemon.upstream import Answer, TransportError, Upstream
 from smackctl.daemon.usage import Usage, tokens_in_stream, tokens_of
+from smackctl.errors import DeadlineExceeded
 from smackctl.wire import data_lines, events, sse, sse_error
 
-__all__ = ["CHAT", "COMPLETIONS", "Runners", "Watchdog"]
+__all__ = ["CHAT", "COMPLETIONS", "Runners", "Watchdog", "by_deadline"]
+
+T = TypeVar("T")
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -110,6 +114,24 @@ class Watchdog:
                 seen = value
 
 
+PASSED = "the request's deadline (X-Smackctl-Deadline) passed"
+
+
+async def by_deadline(step: Awaitable[T]) -> T:
+    """``step``, unless the request's deadline passes first: then DeadlineExceeded (the
+    step is cancelled: a runner's connection is closed, which stops its slot)."""
+    deadline = DEADLINE.get()
+    if deadline is None:
+        return await step
+    try:
+        return await asyncio.wait_for(step, max(0.0, deadline - asyncio.get_running_loop().time()))
+    except TimeoutError:
+        raise DeadlineExceeded(
+            f"{PASSED} while it ran: the answer was stopped",
+            "give it a longer deadline, or ask for fewer tokens",
+        ) from None
+
+
 class _Lost(Exception):
     """The connection to the runner failed before any byte of the answer."""
 
@@ -130,6 +152,8 @@ class _Asked:
     route: str  # the client's route (a translated request goes to the runner as a chat)
     stream: bool
     wants_usage: bool
+    #: ms it waited for its runner and a slot (``X-Smackctl-Queued-Ms``)
+    queued_ms: float = 0.0
 
 
 class Runners:
@@ -178,7 +202,9 @@ class Runners:
     async def _attempt(self, a: _Asked) -> Response:
         """One try: the answer, or ``_Lost`` before any byte of it."""
         stack = contextlib.AsyncExitStack()
+        asked = time.perf_counter()
         _, runner = await stack.enter_async_context(self.scheduler.slot(a.m.name, len(a.payload)))
+        a.queued_ms = (time.perf_counter() - asked) * 1000
         dog = Watchdog(a.m, runner)  # until the answer is over (the stack closes)
         stack.callback(dog.stop)
         headers = {
@@ -187,13 +213,15 @@ class Runners:
             "X-Request-Id": a.request_id,
         }
         try:
-            upstream = await self.http.post(*runner.address, a.path, a.payload, headers)
+            upstream = await by_deadline(
+                self.http.post(*runner.address, a.path, a.payload, headers)
+            )
             if upstream.status >= 400 or not a.stream:
-                content = await upstream.read()
+                content = await by_deadline(upstream.read())
                 await stack.aclose()
                 return self._whole(a, upstream.status, content)
             chunks = upstream.chunks()
-            first = await anext(chunks, b"")
+            first = await by_deadline(anext(chunks, b""))
             ttft = time.perf_counter() - a.started
             if (failed := error_event_of(first)) is not None:
                 # before any token: the client gets the error's status and JSON, never a 200
@@ -213,7 +241,11 @@ class Runners:
             relay.body(chunks, first),
             status_code=upstream.status,
             media_type=upstream.content_type or "text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+                "X-Smackctl-Queued-Ms": f"{a.queued_ms:.0f}",
+            },  # fmt: skip
         )
 
     def _whole(self, a: _Asked, status: int, content: bytes) -> Response:
@@ -240,6 +272,7 @@ class Runners:
         return Response(
             content, status_code=status, media_type="application/json",
             background=BackgroundTask(count),
+            headers={"X-Smackctl-Queued-Ms": f"{a.queued_ms:.0f}"},
         )  # fmt: skip
 
 
@@ -265,6 +298,7 @@ class _Relay:
         self.tokens_out: int | None = None
         #: the key it is answered for (the stream's end may be run from another task)
         self.caller = CALLER.get()
+        self.deadline = DEADLINE.get()
 
     def _usage_of(self, chunk: bytes) -> bytes:
         """``chunk`` without the usage event unless the client asked for it; its counts kept."""
@@ -297,6 +331,11 @@ class _Relay:
                     status = 401  # revoked or expired mid-way: ended at once, and said
                     yield sse_error(f"{why} while this request was served",
                                     "authentication_error", "key_revoked")  # fmt: skip
+                    return
+                if self.deadline is not None and self.dog.loop.time() > self.deadline:
+                    status = 504  # its slot is given back as the stream ends
+                    yield sse_error(f"{PASSED} while it ran: the answer was stopped",
+                                    "deadline_exceeded", "deadline_exceeded")  # fmt: skip
                     return
                 if chunk := self._usage_of(chunk):
                     yield chunk
