@@ -1,7 +1,7 @@
 """``python -m benchmarks [NAME…]``: run smackctl's benchmarks and write BENCHMARKS.md.
 
 Names: estimate, switch, overhead, cold_swap, cli, rss, concurrency, hundred, backends, soak,
-gateway, plugins, cache, route, hostile (all by default). A suite not run keeps its section of
+gateway, plugins, cache, route, hostile, keys (all by default). A suite not run keeps its section of
 BENCHMARKS.md as it was. Exit 1 when a figure misses its goal.
 """
 
@@ -26,6 +26,7 @@ from . import (
     gateway,
     hostile,
     hundred,
+    keys,
     overhead,
     plugins,
     route,
@@ -51,6 +52,7 @@ SUITES = {
     "cache": ("A response cache hit (issue 19)", cache.run),
     "route": ("`model: auto` on a labelled set of prompts (issue 19)", route.run),
     "hostile": ("The worst inputs and the event loop's lag (issue 26)", hostile.run),
+    "keys": ("What a key costs on the hot path (issue 29)", keys.run),
 }
 
 

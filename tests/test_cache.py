@@ -348,3 +348,30 @@ def test_a_request_is_never_answered_with_another_ones_answer(home: Home, model_
             assert c.post(PATH, json=asked).headers["X-Smackctl-Cache"] == "hit"
     finally:
         shutdown(sup)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_one_keys_cached_answers_are_its_own_unless_the_cache_is_shared(
+    home: Home, model_dir: Path, shared: bool
+) -> None:
+    """A hit would tell one key what another asked: each key has its own entries, unless the
+    profile says `cache: {shared: true}`."""
+    (home.root / "profiles" / "test.yaml").write_text(
+        f"name: test\ncache:\n  ttl: 1h\n  shared: {str(shared).lower()}\nmodels:\n"
+        f"  tiny-a:\n    path: {model_dir / 'tiny-a.gguf'}\n    n_ctx: 1024\n    threads: 1\n"
+    )
+    sup = launch(home)
+    try:
+        ann, bob = (smackctl(home, "keys", "create", n).stdout.strip() for n in ("ann", "bob"))
+
+        def ask(key: str) -> str:
+            r = httpx.post(sup.url + PATH, json={**ASK, "model": "tiny-a"}, timeout=60,
+                           headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+            assert r.status_code == 200, r.text
+            return r.headers["X-Smackctl-Cache"]
+
+        assert ask(ann) == "miss" and ask(ann) == "hit"
+        assert ask(bob) == ("hit" if shared else "miss")
+        assert ask(bob) == "hit"
+    finally:
+        shutdown(sup)

@@ -71,6 +71,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Price(_Strict):
+    """USD per million tokens, read and written."""
+
+    input: float = Field(ge=0, le=1e6)
+    output: float = Field(ge=0, le=1e6)
+
+    def of(self, tokens_in: int | None, tokens_out: int | None) -> float:
+        return ((tokens_in or 0) * self.input + (tokens_out or 0) * self.output) / 1e6
+
+
 class ModelSpec(_Strict):
     """One model: where its GGUF comes from and how to load it."""
 
@@ -125,6 +135,10 @@ class ModelSpec(_Strict):
     context_length: int | None = Field(None, gt=0)
     #: tried in order when this model fails before its answer's first byte
     fallbacks: tuple[str, ...] = ()
+    #: what a million tokens cost here (USD): the usage log's costs, a key's ``budget_usd``,
+    #: a group's ``cost`` policy; and how good it is (a group's ``quality`` policy)
+    price: Price | None = None
+    quality: int | None = Field(None, ge=0, le=1000)
     #: circuit breaker: seconds open before one probe request decides
     breaker_open_for: float = Field(30.0, gt=0)
     #: the response cache for this model: true (the profile's settings, or the defaults),
@@ -238,6 +252,9 @@ class CacheSettings(_Strict):
 
     ttl: int = 3600
     max_size: Size = 256 * 1024**2
+    #: one key's cached answers are replayed to another key too (off: a hit never tells one
+    #: key what another asked)
+    shared: bool = False
     #: the largest answer kept (a longer one is served, not kept): one long stream must
     #: not push out hundreds of short answers, nor be held in memory whole to be kept
     max_entry: Size = 8 * 1024**2
@@ -265,7 +282,7 @@ class UsageLog(_Strict):
         return parse_duration(v) if isinstance(v, str) else v
 
 
-Policy = Literal["priority", "round-robin", "least-busy", "latency"]
+Policy = Literal["priority", "round-robin", "least-busy", "latency", "cost", "quality"]
 
 
 class Group(_Strict):

@@ -3,11 +3,14 @@ apps, each with a scope and the models it may use (the operator's token stays th
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import Annotated, Any
 
 import typer
+
+from smackctl.errors import UsageError
 
 from . import output
 from ._common import client, since_time
@@ -68,6 +71,9 @@ def create(
     budget_seconds: Annotated[
         float | None, typer.Option(help="Compute seconds (time answering it) per period.")
     ] = None,
+    budget_usd: Annotated[
+        float | None, typer.Option(help="USD per period, where a deployment has a `price`.")
+    ] = None,
     period: Annotated[
         str, typer.Option(help="The budgets' period: day, month (from the 1st, UTC) or none.")
     ] = "month",
@@ -77,7 +83,8 @@ def create(
     a limit its requests get 429 with Retry-After (and OpenAI's x-ratelimit-* headers)."""
     limits = {
         "rpm": rpm, "tpm": tpm, "tokens_per_day": tokens_per_day, "max_parallel": max_parallel,
-        "budget_tokens": budget_tokens, "budget_seconds": budget_seconds, "period": period,
+        "budget_tokens": budget_tokens, "budget_seconds": budget_seconds,
+        "budget_usd": budget_usd, "period": period,
     }  # fmt: skip
     body = {
         "name": name, "scope": scope, "models": models.split(","), "expires": expires,
@@ -130,6 +137,8 @@ def show(ctx: typer.Context, name: NameArg, json_: JsonOpt = False) -> None:
         return
     print(f"key {k['name']}: {_state(k)}, scope {k['scope']}, models {','.join(k['models'])}")
     print(f"  token {k['prefix']}…, created {_when(k['created'])}, expires {_when(k['expires'])}")
+    if k["preferences"]:
+        print(f"  preferences {json.dumps(k['preferences'])}")
     if k["limits"]:
         print("  limits " + ", ".join(f"{n} {v}" for n, v in k["limits"].items()))
     if "counters" in k:
@@ -153,9 +162,60 @@ def _left(limits: dict[str, Any], c: dict[str, Any]) -> str:
         parts.append(f"{max(0, limits['budget_tokens'] - c['period_tokens'])} tokens")
     if "budget_seconds" in limits:
         parts.append(f"{max(0.0, limits['budget_seconds'] - c['period_seconds']):g} s")
+    if "budget_usd" in limits:
+        parts.append(f"{max(0.0, limits['budget_usd'] - c['period_usd']):.4f} USD")
     if "tokens_per_day" in limits:
         parts.append(f"{max(0, limits['tokens_per_day'] - c['tokens_today'])} tokens today")
     return f" ({', '.join(parts)} left)" if parts else ""
+
+
+@keys_app.command()
+def prefer(
+    ctx: typer.Context,
+    name: NameArg,
+    model: Annotated[
+        str | None, typer.Option(help="The model for requests that name none (or `default`).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="A sampling default, FIELD=VALUE (temperature=0.2); again for more."
+        ),
+    ] = None,
+    context: Annotated[
+        str | None,
+        typer.Option(help="Only for requests that send `X-Smackctl-Context: CONTEXT`."),
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Forget these preferences first.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """A key's preferences: the model and sampling its requests get when they leave them out,
+    for every request or for one context (code, chat…)."""
+    with client(ctx, autostart=False) as c:
+        prefs = {} if clear and not context else c.get(f"/api/keys/{name}/preferences")
+        target = prefs.setdefault("contexts", {}).setdefault(context, {}) if context else prefs
+        if clear and context:
+            target.clear()
+        if model is not None:
+            target["model"] = model
+        for item in set_ or []:
+            field, sep, value = item.partition("=")
+            try:
+                number = float(value) if "." in value or "e" in value.lower() else int(value)
+            except ValueError:
+                sep = ""
+            if not sep:
+                raise UsageError(
+                    f"--set {item!r} is not FIELD=NUMBER", "e.g. --set temperature=0.2"
+                )
+            target.setdefault("sampling", {})[field.strip()] = number
+        if not prefs.get("contexts"):
+            prefs.pop("contexts", None)
+        saved = c.request("PUT", f"/api/keys/{name}/preferences", prefs).json()
+    if json_:
+        output.print_json(saved)
+    else:
+        print(f"preferences of key {name}: {json.dumps(saved)}")
 
 
 @keys_app.command()
@@ -168,8 +228,18 @@ def revoke(ctx: typer.Context, name: NameArg) -> None:
 
 @keys_app.command()
 def rotate(ctx: typer.Context, name: NameArg, json_: JsonOpt = False) -> None:
-    """A new token for a key (printed once); the old one stops working."""
+    """A new token for a key (printed once); the old one stops working. `operator`: the
+    operator's own token (the CLI reads the new one by itself; `smackctl env` prints it)."""
     with client(ctx, autostart=False) as c:
+        if name == "operator":
+            made = c.post("/api/token/rotate")
+            if json_:
+                output.print_json(made)
+            else:
+                print(made["key"])
+                output.info("rotated the operator's token: clients that saved the old one "
+                            "need this one (`smackctl env`)")  # fmt: skip
+            return
         made = c.post(f"/api/keys/{name}/rotate")
     _issued(made, json_, "rotated")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import sys
 from typing import Annotated
 
 import typer
@@ -17,30 +19,31 @@ __all__ = ["backends", "usage"]
 def usage(
     ctx: typer.Context,
     since: Annotated[str, typer.Option(help="How far back: 30m, 12h, 7d.")] = "7d",
-    by: Annotated[str, typer.Option(help="model, or key (a key's own: only its own).")] = "model",
+    by: Annotated[
+        str, typer.Option(help="model, key or deployment (a key sees only its own).")
+    ] = "model",
+    csv_: Annotated[bool, typer.Option("--csv", help="Print CSV, for a spreadsheet.")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Requests, tokens and errors per model (or key) per day, from the supervisor's SQLite
-    log."""
+    """Requests, tokens, errors and cost per model, key or deployment per day, from the
+    supervisor's SQLite log (cost: where a deployment has a `price`)."""
     with client(ctx, autostart=False) as c:
         rows = c.get("/api/usage", params={"since": str(since_time(since)), "by": by})
     if json_:
         output.print_json(rows)
         return
+    fields = ["day", by, "requests", "tokens_in", "tokens_out", "errors", "avg_ms", "cost"]
+    if csv_:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(fields)
+        writer.writerows([[r[f] for f in fields] for r in rows])
+        return
     output.table(
-        ["DAY", by.upper(), "REQUESTS", "TOKENS IN", "TOKENS OUT", "ERRORS", "AVG MS"],
+        ["DAY", by.upper(), "REQUESTS", "TOKENS IN", "TOKENS OUT", "ERRORS", "AVG MS", "USD"],
         [
-            [
-                r["day"],
-                r[by] or "-",
-                r["requests"],
-                r["tokens_in"],
-                r["tokens_out"],
-                r["errors"],
-                r["avg_ms"],
-            ]
+            [r["day"], r[by] or "-", *(r[f] for f in fields[2:7]), f"{r['cost'] or 0:.4f}"]
             for r in rows
-        ],
+        ],  # fmt: skip
     )
 
 

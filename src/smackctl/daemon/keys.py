@@ -20,7 +20,7 @@ import re
 import secrets
 import time
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from smackctl.errors import UnknownKey, UsageError
@@ -30,12 +30,13 @@ from .limits import Limits
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["CALLER", "OPERATOR", "SCOPES", "Key", "KeyRing", "expiry"]
+__all__ = ["CALLER", "OPERATOR", "SCOPES", "Key", "KeyRing", "Operator", "expiry"]
 
 SCOPES = ("inference", "metrics", "admin")
 PRIORITIES = ("interactive", "batch")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _TOKEN = re.compile(rb"^smk-([0-9a-f]{8})-([A-Za-z0-9_-]{43})$")
+_RESERVED = {"operator", "export", "import"}  # the operator's, and routes under /api/keys/
 _DUMMY = hashlib.sha256(b"no key has this").hexdigest()
 _UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -54,6 +55,8 @@ class Key:
     #: ``interactive`` or ``batch``: whose queued requests go first
     priority: str = "interactive"
     limits: Limits = field(default_factory=Limits)
+    #: ``{"model", "sampling", "contexts": {NAME: {"model", "sampling"}}}`` (``prefs.py``)
+    preferences: dict[str, Any] = field(default_factory=dict)
 
     def may(self, scope: str) -> bool:
         return self.scope == "admin" or self.scope == scope
@@ -82,11 +85,20 @@ class Key:
             "prefix": f"smk-{self.id}-",
             "priority": self.priority,
             "limits": self.limits.stored(),
+            "preferences": self.preferences,
         }
 
 
 #: the holder of the operator's token (or anyone, with ``--no-auth``)
 OPERATOR = Key("operator", "admin")
+
+
+class Operator:
+    """The operator's token, shared by the door and the route that rotates it."""
+
+    def __init__(self, token: str | None) -> None:
+        self.token = token.encode() if token else None
+
 
 #: the key of the request being served (None: the operator's), for the request log and the
 #: limits (set at the door)
@@ -158,10 +170,10 @@ class KeyRing:
         limits: Limits | None = None,
     ) -> tuple[Key, str]:
         """A new key and its token (shown once: only its digest is kept)."""
-        if not _NAME.match(name) or name == OPERATOR.name:
+        if not _NAME.match(name) or name in _RESERVED:
             raise UsageError(
                 f"key name {name!r} is not allowed",
-                "use letters, digits, '.', '_' or '-' (up to 64; not `operator`)",
+                "use letters, digits, '.', '_' or '-' (up to 64; not operator, export, import)",
             )
         if scope not in SCOPES:
             raise UsageError(f"scope {scope!r} is unknown", f"use one of: {', '.join(SCOPES)}")
@@ -187,9 +199,39 @@ class KeyRing:
             raise UsageError(
                 f"key {name} is revoked", f"create it again: `smackctl keys create {name}`"
             )
-        key = Key(old.name, old.scope, old.models, old.created, old.expires,
-                  priority=old.priority, limits=old.limits)  # fmt: skip
+        key = replace(old, revoked=None)
         return key, self._issue(key)
+
+    def prefer(self, name: str, preferences: dict[str, Any]) -> Key:
+        """Set the key's preferences (checked by ``prefs.check`` first)."""
+        key = self.get(name)
+        self.store.save_key({**_row(key), "preferences": preferences})  # written first
+        key.preferences = preferences
+        return key
+
+    def exported(self) -> list[dict[str, Any]]:
+        """Every key as ``config export`` writes it: its digest, never a token (there is none
+        to write: only digests are kept)."""
+        return [{**_row(k), "models": list(k.models)} for k in self.all()]
+
+    def plan_import(self, rows: Any) -> list[tuple[str, str, Key]]:
+        """(name, ``new`` | ``changed`` | ``same``, the key) for each exported row, checked
+        whole before anything is applied; UsageError names the first row that is wrong."""
+        if not isinstance(rows, list):
+            raise UsageError("`keys` must be a list of keys", "use a file `config export` wrote")
+        plan = []
+        for i, row in enumerate(rows):
+            key = _imported(row, f"keys[{i}]")
+            old = self._by_name.get(key.name)
+            what = "new" if old is None else "same" if _row(old) == _row(key) else "changed"
+            plan.append((key.name, what, key))
+        return plan
+
+    def apply_import(self, plan: list[tuple[str, str, Key]]) -> None:
+        for _, what, key in plan:
+            if what != "same":
+                self.store.save_key(_row(key))
+                self._hold(key)
 
     def revoke(self, name: str) -> Key:
         key = self.get(name)
@@ -209,6 +251,48 @@ class KeyRing:
         return f"smk-{key.id}-{secret}"
 
 
+def _imported(row: Any, where: str) -> Key:
+    """A key from an exported row, every field checked."""
+    from . import prefs
+
+    fields = ("name", "scope", "models", "created", "expires", "revoked", "id", "digest",
+              "priority", "limits", "preferences")  # fmt: skip
+    if not isinstance(row, dict) or set(row) != set(fields):
+        raise UsageError(f"{where} is not a key as `config export` writes one",
+                         f"a key has: {', '.join(fields)}")  # fmt: skip
+    bad = None
+    if not isinstance(row["name"], str) or not _NAME.match(row["name"]):
+        bad = "name"
+    elif row["scope"] not in SCOPES:
+        bad = "scope"
+    elif row["priority"] not in PRIORITIES:
+        bad = "priority"
+    elif not isinstance(row["id"], str) or not re.fullmatch(r"[0-9a-f]{8}", row["id"]):
+        bad = "id"
+    elif not isinstance(row["digest"], str) or not re.fullmatch(r"[0-9a-f]{64}", row["digest"]):
+        bad = "digest"
+    elif not isinstance(row["models"], list) or not all(isinstance(m, str) for m in row["models"]):
+        bad = "models"
+    elif not all(_time(row[f]) for f in ("expires", "revoked")) or not _time(row["created"], 0):
+        bad = "created, expires or revoked"
+    if bad is not None:
+        raise UsageError(f"{where}.{bad} is not valid", "use a file `config export` wrote")
+    if not isinstance(row["limits"], dict):
+        raise UsageError(f"{where}.limits must be an object", "use a file `config export` wrote")
+    return Key(
+        row["name"], row["scope"], tuple(row["models"]) or ("*",), row["created"],
+        row["expires"], row["revoked"], row["id"], row["digest"], row["priority"],
+        Limits.of(row["limits"]), prefs.check(row["preferences"]),
+    )  # fmt: skip
+
+
+def _time(value: Any, none: Any = None) -> bool:
+    """A unix time (or None where ``none`` is None)."""
+    if value is None:
+        return none is None
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e11
+
+
 def _row(key: Key) -> dict[str, Any]:
     return {
         "name": key.name,
@@ -221,4 +305,5 @@ def _row(key: Key) -> dict[str, Any]:
         "digest": key.digest,
         "priority": key.priority,
         "limits": key.limits.stored(),
+        "preferences": key.preferences,
     }

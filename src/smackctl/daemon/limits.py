@@ -39,6 +39,7 @@ class Limits:
     max_parallel: int | None = None
     budget_tokens: int | None = None
     budget_seconds: float | None = None
+    budget_usd: float | None = None
     period: str = "month"
 
     @classmethod
@@ -86,8 +87,8 @@ def _next(period: str, now: float) -> float | None:
     return float(calendar.timegm((year, month, 1, 0, 0, 0)))
 
 
-#: (unix time, tokens, seconds) of each request of a key the log holds since a time
-History = Callable[[str, float], list[tuple[float, int, float]]]
+#: (unix time, tokens, seconds, cost) of each request of a key the log holds since a time
+History = Callable[[str, float], list[tuple[float, int, float, float]]]
 
 
 class Meter:
@@ -98,9 +99,9 @@ class Meter:
         #: per key: (time, tokens) of its requests in the last minute
         self._minute: dict[str, deque[list[float]]] = {}
         self._in_flight: Counter[str] = Counter()
-        #: per key: tokens since UTC midnight, and (period start, tokens, seconds)
+        #: per key: tokens since UTC midnight, and (period start, tokens, seconds, cost)
         self._day: dict[str, tuple[float, int]] = {}
-        self._spent: dict[str, tuple[float, int, float]] = {}
+        self._spent: dict[str, tuple[float, int, float, float]] = {}
         self._history = history
         self._rebuilt: dict[tuple[str, str], bool] = {}
 
@@ -113,13 +114,14 @@ class Meter:
         since = min(period_start(limits.period, now), now - DAY, period_start("day", now))
         rows = self._history(name, since)
         minute = self._minute.setdefault(name, deque())
-        minute.extend([at, tokens] for at, tokens, _ in rows if at > now - MINUTE)
+        minute.extend([at, tokens] for at, tokens, _, _ in rows if at > now - MINUTE)
         day0, p0 = period_start("day", now), period_start(limits.period, now)
-        self._day[name] = (day0, sum(t for at, t, _ in rows if at >= day0))
+        self._day[name] = (day0, sum(t for at, t, _, _ in rows if at >= day0))
         self._spent[name] = (
             p0,
-            sum(t for at, t, _ in rows if at >= p0),
-            sum(s for at, _, s in rows if at >= p0),
+            sum(t for at, t, _, _ in rows if at >= p0),
+            sum(s for at, _, s, _ in rows if at >= p0),
+            sum(c for at, _, _, c in rows if at >= p0),
         )
 
     def admit(self, name: str, limits: Limits) -> None:
@@ -134,7 +136,7 @@ class Meter:
         heads = self.headers(name, limits)
         oldest = minute[0][0] + MINUTE - now if minute else 0.0
         day_tokens = self._tokens_today(name, now)
-        start, tokens, seconds = self._period(name, limits, now)
+        start, tokens, seconds, cost = self._period(name, limits, now)
         reset = _next(limits.period, now)
         over = [
             (limits.rpm is not None and len(minute) >= limits.rpm,
@@ -150,6 +152,9 @@ class Meter:
              (reset - now) if reset else math.inf),
             (limits.budget_seconds is not None and seconds >= limits.budget_seconds,
              f"a budget of {limits.budget_seconds} compute seconds per {limits.period}",
+             (reset - now) if reset else math.inf),
+            (limits.budget_usd is not None and cost >= limits.budget_usd,
+             f"a budget of {limits.budget_usd} USD per {limits.period}",
              (reset - now) if reset else math.inf),
         ]  # fmt: skip
         for hit, what, wait in over:
@@ -169,7 +174,9 @@ class Meter:
         if self._in_flight[name] > 0:
             self._in_flight[name] -= 1
 
-    def spent(self, name: str, tokens: int, seconds: float, limits: Limits) -> None:
+    def spent(
+        self, name: str, tokens: int, seconds: float, limits: Limits, cost: float = 0.0
+    ) -> None:
         """What a request of the key took, once it is over."""
         if not limits.any():
             return
@@ -182,24 +189,24 @@ class Meter:
         if day0 != period_start("day", now):
             day0, day_tokens = period_start("day", now), 0
         self._day[name] = (day0, day_tokens + tokens)
-        start, total, secs = self._period(name, limits, now)
-        self._spent[name] = (start, total + tokens, secs + seconds)
+        start, total, secs, spent = self._period(name, limits, now)
+        self._spent[name] = (start, total + tokens, secs + seconds, spent + cost)
 
     def _tokens_today(self, name: str, now: float) -> int:
         day0, tokens = self._day.get(name, (0.0, 0))
         return tokens if day0 == period_start("day", now) else 0
 
-    def _period(self, name: str, limits: Limits, now: float) -> tuple[float, int, float]:
+    def _period(self, name: str, limits: Limits, now: float) -> tuple[float, int, float, float]:
         start = period_start(limits.period, now)
-        begun, tokens, seconds = self._spent.get(name, (start, 0, 0.0))
-        return (start, tokens, seconds) if begun == start else (start, 0, 0.0)
+        begun, tokens, seconds, cost = self._spent.get(name, (start, 0, 0.0, 0.0))
+        return (start, tokens, seconds, cost) if begun == start else (start, 0, 0.0, 0.0)
 
     def used(self, name: str, limits: Limits) -> dict[str, Any]:
         """What the key used and has left, and when its period resets (``keys show``)."""
         self._warm(name, limits)
         now = self.now()
         minute = [m for m in self._minute.get(name, ()) if m[0] > now - MINUTE]
-        _, tokens, seconds = self._period(name, limits, now)
+        _, tokens, seconds, cost = self._period(name, limits, now)
         return {
             "requests_last_minute": len(minute),
             "tokens_last_minute": int(sum(t for _, t in minute)),
@@ -208,6 +215,7 @@ class Meter:
             "period": limits.period,
             "period_tokens": tokens,
             "period_seconds": round(seconds, 3),
+            "period_usd": round(cost, 6),
             "next_reset": _next(limits.period, now),
         }
 

@@ -241,7 +241,11 @@ def _control() -> dict[str, Any]:
                 "Requests and tokens per model (or key) per day; a key's own only, but an admin's",
                 params=[
                     _query("since", {"type": "number"}, "a unix time"),
-                    _query("by", {"type": "string", "enum": ["model", "key"]}, "the grouping"),
+                    _query(
+                        "by",
+                        {"type": "string", "enum": ["model", "key", "deployment"]},
+                        "the grouping",
+                    ),
                 ],
             )
         },
@@ -286,6 +290,7 @@ def _keys() -> dict[str, Any]:
                 for n in ("rpm", "tpm", "tokens_per_day", "max_parallel", "budget_tokens")
             },
             budget_seconds={"type": "number", "exclusiveMinimum": 0},
+            budget_usd={"type": "number", "exclusiveMinimum": 0},
             period={"type": "string", "enum": ["day", "month", "none"]},
         ),
     )
@@ -295,12 +300,40 @@ def _keys() -> dict[str, Any]:
             "get": _op("Every key: scope, models, expiry, revoked (never the key)"),
             "post": _op("Make a key; the answer holds it, once", body=made, status="201"),
         },
+        "/api/keys/export": {"get": _op("Every key as `config export` writes it (digests)")},
+        "/api/keys/import": {
+            "post": _op(
+                "Keys from `config export`: what would change, applied unless dry_run",
+                body={
+                    "type": "object",
+                    "properties": {"keys": {"type": "array"}, "dry_run": {"type": "boolean"}},
+                },
+            )
+        },
         "/api/keys/{name}": {
             "get": _op("A key, and what it used today and over 30 days", params=[name]),
             "delete": _op("Revoke a key at once, its streams in flight included", params=[name]),
         },
         "/api/keys/{name}/rotate": {
             "post": _op("A new token for a key (in the answer, once)", params=[name])
+        },
+        "/api/keys/{name}/preferences": {
+            "get": _op("A key's preferences (its own, or any for an admin)", params=[name]),
+            "put": _op(
+                "Set a key's preferences: a default model and sampling, per context too",
+                params=[name],
+                body={
+                    "type": "object",
+                    "properties": {
+                        "model": {"type": "string"},
+                        "sampling": {"type": "object"},
+                        "contexts": {"type": "object"},
+                    },
+                },
+            ),
+        },
+        "/api/token/rotate": {
+            "post": _op("A new operator's token (in the answer and the token file); the old fails")
         },
         "/api/audit": {
             "get": _op(

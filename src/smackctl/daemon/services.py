@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from smackctl.config import Profile
+from smackctl.config import Price, Profile
 
 from .bench import Bench
 from .events import Events
@@ -18,7 +18,7 @@ from .gateway.cache import Cached
 from .gateway.deployments import Deployments
 from .gateway.local import LocalModels
 from .gateway.relay import Runners
-from .keys import KeyRing
+from .keys import KeyRing, Operator
 from .limits import Meter
 from .loader import Loader
 from .metrics import Metrics
@@ -50,6 +50,8 @@ class Services:
     bench: Bench
     plugins: Plugins = field(init=False)
     keys: KeyRing = field(init=False)
+    #: the operator's token (``POST /api/token/rotate`` replaces it)
+    operator: Operator = field(default_factory=lambda: Operator(None))
     started: float = field(default_factory=time.time)
     #: what ``POST /api/shutdown`` asks of the process: drain for seconds, or force
     stop: Callable[[float, bool], None] = lambda timeout, force: None
@@ -67,7 +69,12 @@ def assemble(scheduler: Scheduler) -> Services:
     registry, store, events = scheduler.registry, scheduler.store, scheduler.events
     metrics = Metrics(scheduler)
     meter = Meter(store.key_history)
-    usage = Usage(store, metrics, scheduler.add_tokens, meter)
+
+    def price_of(name: str) -> Price | None:
+        spec = scheduler.profile.models.get(name)
+        return spec.price if spec is not None else None
+
+    usage = Usage(store, metrics, scheduler.add_tokens, meter, price_of)
     cached = Cached(
         profile, registry, store.path.with_name("cache.db"), scheduler.notices.append, metrics
     )

@@ -20,7 +20,7 @@ from smackctl.paths import Paths
 
 from .systemd import JournalFormatter, stderr_is_journal
 
-__all__ = ["bind", "lock", "read_or_create_token", "setup_logging"]
+__all__ = ["bind", "lock", "new_token", "read_or_create_token", "setup_logging"]
 
 log = logging.getLogger("smackctl.supervisor")
 
@@ -52,13 +52,19 @@ def read_or_create_token(paths: Paths) -> tuple[str, str | None]:
         log.warning("%s", notice)
     elif p.exists():
         raise SmackError(f"{p} is not a file", f"remove it (`rm -r {p}`), then start again")
+    return new_token(paths), notice
+
+
+def new_token(paths: Paths) -> str:
+    """A new operator's token, written (mode 0600, replaced whole) where the CLI reads it."""
+    p = paths.token_path
     token = "smk-" + secrets.token_urlsafe(32)
     tmp = p.with_name(f".{p.name}.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     os.replace(tmp, p)
-    return token, notice
+    return token
 
 
 def lock(paths: Paths) -> IO[str]:

@@ -126,11 +126,23 @@ class Store(StateFile):
         latency_ms: float,
         request_id: str,
         key: str | None = None,
+        cost: float | None = None,
     ) -> None:
         self._write(
             "INSERT INTO requests (at, model, route, status, tokens_in, tokens_out, latency_ms, "
-            "request_id, key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (time.time(), model, route, status, tokens_in, tokens_out, latency_ms, request_id, key),
+            "request_id, key, cost) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                time.time(),
+                model,
+                route,
+                status,
+                tokens_in,
+                tokens_out,
+                latency_ms,
+                request_id,
+                key,
+                cost,
+            ),  # fmt: skip
         )
 
     def usage(
@@ -143,41 +155,46 @@ class Store(StateFile):
     # -- keys (``keys.py``) and the audit log -----------------------------------------------------
 
     def keys(self) -> list[dict[str, Any]]:
-        """Each key's row: ``models`` a tuple, ``limits`` a dict."""
+        """Each key's row: ``models`` a tuple, ``limits`` and ``preferences`` dicts."""
         cur = self.db.execute(
             "SELECT name, scope, models, created, expires, revoked, id, digest, priority, "
-            "limits FROM keys"
+            "limits, preferences FROM keys"
         )
         names = [c[0] for c in cur.description]
-        return [
-            {
-                **dict(zip(names, r, strict=True)),
-                "models": tuple(json.loads(r[2])),
-                "limits": json.loads(r[9]),
-            }  # fmt: skip
-            for r in cur
-        ]
+        rows = []
+        for r in cur:
+            row = dict(zip(names, r, strict=True))
+            row["models"] = tuple(json.loads(row["models"]))
+            row["limits"] = json.loads(row["limits"])
+            row["preferences"] = json.loads(row["preferences"])
+            rows.append(row)
+        return rows
 
     def save_key(self, row: dict[str, Any]) -> None:
         self._write_now(
             "INSERT OR REPLACE INTO keys (name, scope, models, created, expires, revoked, id, "
-            "digest, priority, limits) VALUES (:name, :scope, :models, :created, :expires, "
-            ":revoked, :id, :digest, :priority, :limits)",
-            {**row, "models": json.dumps(list(row["models"])), "limits": json.dumps(row["limits"])},
+            "digest, priority, limits, preferences) VALUES (:name, :scope, :models, :created, "
+            ":expires, :revoked, :id, :digest, :priority, :limits, :preferences)",
+            {
+                **row,
+                "models": json.dumps(list(row["models"])),
+                "limits": json.dumps(row["limits"]),
+                "preferences": json.dumps(row["preferences"]),
+            },
         )
 
-    def key_history(self, key: str, since: float) -> list[tuple[float, int, float]]:
-        """(time, tokens, seconds) of the key's requests since a unix time that were let in
-        (its refusals are not counted), and its per-day totals for days rolled up."""
+    def key_history(self, key: str, since: float) -> list[tuple[float, int, float, float]]:
+        """(time, tokens, seconds, cost) of the key's requests since a unix time that were let
+        in (its refusals are not counted), and its per-day totals for days rolled up."""
         raw = self.db.execute(
             "SELECT at, COALESCE(tokens_in, 0) + COALESCE(tokens_out, 0), "
-            "COALESCE(latency_ms, 0) / 1000.0 FROM requests WHERE key = ? AND at >= ? "
-            "AND (status < 400 OR status >= 500)",
+            "COALESCE(latency_ms, 0) / 1000.0, COALESCE(cost, 0) FROM requests WHERE key = ? "
+            "AND at >= ? AND (status < 400 OR status >= 500)",
             (key, since),
         )
         daily = self.db.execute(
             "SELECT CAST(strftime('%s', day) AS REAL), tokens_in + tokens_out, "
-            "latency_ms_sum / 1000.0 FROM usage_daily WHERE key = ? AND day >= date(?, "
+            "latency_ms_sum / 1000.0, cost FROM usage_daily WHERE key = ? AND day >= date(?, "
             "'unixepoch')",
             (key, since),
         )

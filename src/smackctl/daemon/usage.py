@@ -15,6 +15,8 @@ from smackctl.wire import events
 from .keys import CALLER, Key
 
 if TYPE_CHECKING:
+    from smackctl.config import Price
+
     from .limits import Meter
     from .metrics import Metrics
     from .store import Store
@@ -72,10 +74,13 @@ class Usage:
         metrics: Metrics | None = None,
         add_tokens: Callable[[str, int], None] | None = None,
         meter: Meter | None = None,
+        price_of: Callable[[str], Price | None] = lambda name: None,
     ) -> None:
         self.store, self.metrics, self.add_tokens = store, metrics, add_tokens
         #: the keys' counters: what a request took, once it is over
         self.meter = meter
+        #: a deployment's price, for the cost of what it answered
+        self.price_of = price_of
 
     def record(
         self,
@@ -111,9 +116,11 @@ class Usage:
                 request_id, key or "-", who, route, status, tokens_in, tokens_out,
                 seconds * 1000, why,
             )  # fmt: skip
+        price = None if refused else self.price_of(who)
+        cost = price.of(tokens_in, tokens_out) if price is not None else None
         if caller is not None and self.meter is not None and not refused:
             tokens = (tokens_in or 0) + (tokens_out or 0)
-            self.meter.spent(caller.name, tokens, seconds, caller.limits)
+            self.meter.spent(caller.name, tokens, seconds, caller.limits, cost or 0.0)
         if tokens_out and self.add_tokens is not None:
             self.add_tokens(who, tokens_out)
         if self.metrics is not None and not refused:
@@ -122,5 +129,5 @@ class Usage:
             return  # only inference is counted in the usage log
         with contextlib.suppress(Exception):  # the usage log must never fail a request
             self.store.log_request(
-                who, route, status, tokens_in, tokens_out, seconds * 1000, request_id, key
+                who, route, status, tokens_in, tokens_out, seconds * 1000, request_id, key, cost
             )

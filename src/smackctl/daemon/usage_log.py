@@ -37,17 +37,19 @@ MIGRATIONS = (
         name TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE, digest TEXT NOT NULL,
         scope TEXT NOT NULL, models TEXT NOT NULL, created REAL NOT NULL,
         expires REAL, revoked REAL, priority TEXT NOT NULL DEFAULT 'interactive',
-        limits TEXT NOT NULL DEFAULT '{}');
+        limits TEXT NOT NULL DEFAULT '{}', preferences TEXT NOT NULL DEFAULT '{}');
     ALTER TABLE requests ADD COLUMN key TEXT;
+    ALTER TABLE requests ADD COLUMN cost REAL;
     CREATE TABLE usage_daily_2 (
         day TEXT NOT NULL, model TEXT NOT NULL, route TEXT NOT NULL,
         key TEXT NOT NULL DEFAULT '',
         requests INTEGER NOT NULL, errors INTEGER NOT NULL,
         tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL,
         latency_ms_sum REAL NOT NULL, latency_n INTEGER NOT NULL,
+        cost REAL NOT NULL DEFAULT 0,
         PRIMARY KEY (day, model, route, key));
     INSERT INTO usage_daily_2 SELECT day, model, route, '', requests, errors, tokens_in,
-        tokens_out, latency_ms_sum, latency_n FROM usage_daily;
+        tokens_out, latency_ms_sum, latency_n, 0 FROM usage_daily;
     DROP TABLE usage_daily;
     ALTER TABLE usage_daily_2 RENAME TO usage_daily;
     CREATE TABLE IF NOT EXISTS audit (
@@ -63,9 +65,10 @@ _ROLL = f"""
 INSERT INTO usage_daily AS d
 SELECT date(at, 'unixepoch'), model, route, COALESCE(key, ''), COUNT(*), SUM(status >= 400),
        COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0),
-       COALESCE(SUM(latency_ms), 0), COUNT(latency_ms)
+       COALESCE(SUM(latency_ms), 0), COUNT(latency_ms), COALESCE(SUM(cost), 0)
 FROM requests WHERE rowid IN ({_PICKED}) GROUP BY 1, 2, 3, 4
 ON CONFLICT (day, model, route, key) DO UPDATE SET
+    cost = d.cost + excluded.cost,
     requests = d.requests + excluded.requests, errors = d.errors + excluded.errors,
     tokens_in = d.tokens_in + excluded.tokens_in, tokens_out = d.tokens_out + excluded.tokens_out,
     latency_ms_sum = d.latency_ms_sum + excluded.latency_ms_sum,
@@ -75,16 +78,16 @@ ON CONFLICT (day, model, route, key) DO UPDATE SET
 #: rolled up; ``?2``: only that key's rows (NULL: every row)
 _USAGE = """
 SELECT day, {by}, SUM(n), SUM(t_in), SUM(t_out), SUM(errors),
-       ROUND(SUM(latency) / NULLIF(SUM(latency_n), 0), 1)
+       ROUND(SUM(latency) / NULLIF(SUM(latency_n), 0), 1), ROUND(SUM(cost), 6)
 FROM (
     SELECT date(at, 'unixepoch') AS day, model, COALESCE(key, '') AS key, COUNT(*) AS n,
            COALESCE(SUM(tokens_in), 0) AS t_in, COALESCE(SUM(tokens_out), 0) AS t_out,
            SUM(status >= 400) AS errors, COALESCE(SUM(latency_ms), 0) AS latency,
-           COUNT(latency_ms) AS latency_n
+           COUNT(latency_ms) AS latency_n, COALESCE(SUM(cost), 0) AS cost
     FROM requests WHERE at >= ?1 AND (?2 IS NULL OR key = ?2) GROUP BY day, model, 3
     UNION ALL
     SELECT day, model, key, SUM(requests), SUM(tokens_in), SUM(tokens_out), SUM(errors),
-           SUM(latency_ms_sum), SUM(latency_n)
+           SUM(latency_ms_sum), SUM(latency_n), SUM(cost)
     FROM usage_daily WHERE day >= date(?1, 'unixepoch') AND (?2 IS NULL OR key = ?2)
     GROUP BY day, model, key
 ) GROUP BY day, {by} ORDER BY day, {by}
@@ -124,7 +127,9 @@ def roll_up(db: sqlite3.Connection, now: float, keep_raw: float, batch: int = RO
 def usage(
     db: sqlite3.Connection, since: float, by: str = "model", key: str | None = None
 ) -> list[dict[str, Any]]:
-    """Requests, tokens and errors per model (``by="key"``: per key; ``""`` for requests
-    made before keys, or with none) per day (UTC) since a unix time; ``key``: its rows only."""
-    names = ("day", by, "requests", "tokens_in", "tokens_out", "errors", "avg_ms")
-    return [dict(zip(names, r, strict=True)) for r in db.execute(_BY[by], (since, key))]
+    """Requests, tokens, errors and cost per model (``by="key"``: per key, ``""`` for the
+    requests made before keys or with none; ``by="deployment"``: per model, which is what
+    answered) per day (UTC) since a unix time; ``key``: its rows only."""
+    names = ("day", by, "requests", "tokens_in", "tokens_out", "errors", "avg_ms", "cost")
+    sql = _BY["model" if by == "deployment" else by]  # a row's model is what answered it
+    return [dict(zip(names, r, strict=True)) for r in db.execute(sql, (since, key))]

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
-from smackctl.daemon.keys import Key
+from smackctl.daemon.keys import Key, Operator
 from smackctl.wire import new_request_id
 
 from . import inference, keys, models, ops, profiles
@@ -53,6 +53,7 @@ def create_app(
 ) -> ASGIApp:
     app = Starlette(routes=ROUTES, exception_handlers={404: _not_found, 405: _bad_method})
     app.state.services = services
+    services.operator = Operator(token)
 
     def refused(path: str, status: int, reason: str) -> None:
         services.usage.record(None, path, status, new_request_id(), reason=reason, refused=True)
@@ -71,4 +72,5 @@ def create_app(
         on_reject=refused,
         keys=services.keys,
         on_audit=audit,
+        operator=services.operator,
     )

@@ -20,7 +20,7 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from smackctl.daemon.keys import CALLER, OPERATOR, Key, KeyRing
+from smackctl.daemon.keys import CALLER, OPERATOR, Key, KeyRing, Operator
 from smackctl.daemon.translate import MESSAGES
 from smackctl.wire import sse, sse_error
 
@@ -44,6 +44,8 @@ def scope_needed(method: str, path: str) -> str:
     """The scope a key needs for a route: ``inference``, ``metrics`` or ``admin``."""
     if (method, path) in _INFERENCE:
         return "inference"
+    if method in ("GET", "PUT") and path.startswith("/api/keys/") and path.endswith("/preferences"):
+        return "inference"  # a key's own (the route checks whose)
     return "metrics" if (method, path) in _METRICS else "admin"
 
 
@@ -71,15 +73,18 @@ class Guard:
         on_reject: Callable[[str, int, str], None] | None = None,
         keys: KeyRing | None = None,
         on_audit: Callable[[Key, str, str, int], None] | None = None,
+        operator: Operator | None = None,
     ) -> None:
         """``extra_hosts``: Host names admitted besides loopback ones (a LAN bind's own, the
         ``--allowed-host`` ones); ``profile_hosts``: the active profile's ``allowed_hosts``;
         ``keys``: the keys admitted besides the token; ``on_audit(key, method, path,
-        status)``: an admin's change, once answered."""
+        status)``: an admin's change, once answered; ``operator``: the token, held where
+        it can be rotated (else made from ``token``)."""
         self.app = app
         self.keys = keys
         self._audit = on_audit
-        self.token = token.encode() if token else None
+        #: the operator's token (None: ``--no-auth``); rotated in place (``keys.Operator``)
+        self.operator = operator if operator is not None else Operator(token)
         self.hosts = _LOOPBACK_HOSTS | {h.lower() for h in extra_hosts}
         self.max_body = max_body
         self.body_timeout = body_timeout
@@ -129,7 +134,7 @@ class Guard:
             )
         if scope["method"] == "OPTIONS":  # CORS preflight: never allow a foreign origin
             return err(403, "cross-origin requests are not allowed", "forbidden", "cors")
-        if self.token is None:
+        if self.operator.token is None:
             if (cross := self._cross_site(scope["method"], headers, host)) is not None:
                 return cross
         return None
@@ -147,12 +152,12 @@ class Guard:
 
     def _caller(self, scope: Scope, headers: dict[bytes, bytes]) -> Key | Response:
         """Who asks (the operator, or a key whose scope reaches the route), or the refusal."""
-        if self.token is None or scope["path"] == "/health":
+        if self.operator.token is None or scope["path"] == "/health":
             return OPERATOR
         auth = headers.get(b"authorization", b"")
         # Anthropic's clients send the key as `x-api-key`
         given = auth[7:] if auth[:7].lower() == b"bearer " else headers.get(b"x-api-key", b"")
-        if hmac.compare_digest(given, self.token):
+        if hmac.compare_digest(given, self.operator.token):
             return OPERATOR
         key = self.keys.check(given) if self.keys is not None else None
         why = key.refusal(time.time()) if key is not None else None
@@ -189,7 +194,7 @@ class Guard:
         audited = (
             self._audit is not None
             and scope["method"] not in _READS
-            and scope_needed(scope["method"], scope["path"]) == "admin"
+            and (scope["method"], scope["path"]) not in _INFERENCE
         )
 
         async def sending(message: Any) -> None:

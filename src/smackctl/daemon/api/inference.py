@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from smackctl.daemon import prefs
 from smackctl.daemon.extras import COUNT
 from smackctl.daemon.gateway import Call
 from smackctl.daemon.keys import OPERATOR, PRIORITIES
@@ -57,6 +58,8 @@ async def _openai_shaped(request: Request) -> Response:
     s = services(request)
     body = await json_body(request)
     keep_alive = keep_alive_of(body.pop("keep_alive", None), request)
+    prefs.apply(body, caller(request).preferences, request.headers.get("x-smackctl-context"),
+                request.url.path)  # fmt: skip
     if isinstance(body.get("model"), str):
         request.state.model = body["model"][:100]  # named in a refusal's log line
     if (refusal := invalid(REQUEST_SCHEMAS[request.url.path], body)) is not None:

@@ -11,11 +11,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from smackctl.daemon import prefs
 from smackctl.daemon.keys import SCOPES, Key, expiry
 from smackctl.daemon.limits import Limits
-from smackctl.errors import UsageError
+from smackctl.daemon.startup import new_token
+from smackctl.errors import Forbidden, UsageError
 
-from .common import errors, json_body, number, services
+from .common import caller, errors, json_body, number, services
 
 __all__ = ["ROUTES"]
 
@@ -84,6 +86,55 @@ async def rotate(request: Request) -> Response:
     return JSONResponse({**key.public(), "key": token})
 
 
+async def rotate_token(request: Request) -> Response:
+    """A new operator's token, written where the CLI reads it; the old one gets 401 from now."""
+    s = services(request)
+    if s.operator.token is None:
+        raise UsageError(
+            "this supervisor runs without a token (--no-auth)", "start it without --no-auth"
+        )
+    token = new_token(s.scheduler.paths)
+    s.operator.token = token.encode()
+    return JSONResponse({"name": "operator", "key": token})
+
+
+def _own(request: Request) -> Key:
+    """The key named in the path: the caller's own, or any for an admin."""
+    name, who = request.path_params["name"], caller(request)
+    if not who.may("admin") and name != who.name:
+        raise Forbidden(
+            f"key {who.name} may read and set its own preferences only, not {name}'s",
+            f"use /api/keys/{who.name}/preferences",
+        )
+    return services(request).keys.get(name)
+
+
+async def preferences(request: Request) -> Response:
+    return JSONResponse(_own(request).preferences)
+
+
+async def prefer(request: Request) -> Response:
+    key = _own(request)
+    wanted = prefs.check(await json_body(request))
+    return JSONResponse(services(request).keys.prefer(key.name, wanted).preferences)
+
+
+async def export(request: Request) -> Response:
+    """Every key as `config export` writes it (digests: no key can be read back from one)."""
+    return JSONResponse(services(request).keys.exported())
+
+
+async def import_keys(request: Request) -> Response:
+    """``{"keys": [...], "dry_run": bool}``: what would change (new, changed, same), and,
+    unless a dry run, the change made; nothing is applied unless every key is valid."""
+    s = services(request)
+    body = await json_body(request)
+    plan = s.keys.plan_import(body.get("keys"))
+    if not body.get("dry_run"):
+        s.keys.apply_import(plan)
+    return JSONResponse([{"name": name, "change": what} for name, what, _ in plan])
+
+
 async def audit(request: Request) -> Response:
     since = number(request, "since", 0.0)
     return JSONResponse(services(request).store.audit_log(since))
@@ -92,8 +143,13 @@ async def audit(request: Request) -> Response:
 ROUTES = [
     Route("/api/keys", errors(index), methods=["GET"]),
     Route("/api/keys", errors(create), methods=["POST"]),
+    Route("/api/keys/export", errors(export), methods=["GET"]),
+    Route("/api/keys/import", errors(import_keys), methods=["POST"]),
     Route("/api/keys/{name}", errors(show), methods=["GET"]),
     Route("/api/keys/{name}", errors(revoke), methods=["DELETE"]),
     Route("/api/keys/{name}/rotate", errors(rotate), methods=["POST"]),
+    Route("/api/keys/{name}/preferences", errors(preferences), methods=["GET"]),
+    Route("/api/keys/{name}/preferences", errors(prefer), methods=["PUT"]),
     Route("/api/audit", errors(audit), methods=["GET"]),
+    Route("/api/token/rotate", errors(rotate_token), methods=["POST"]),
 ]

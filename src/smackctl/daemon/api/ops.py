@@ -48,8 +48,10 @@ async def metrics(request: Request) -> Response:
 async def usage(request: Request) -> Response:
     """Per day and model (``?by=key``: per key); a key that is not an admin's sees its own."""
     by = request.query_params.get("by", "model")
-    if by not in ("model", "key"):
-        raise UsageError(f"query parameter `by` must be `model` or `key`, not {by[:40]}")
+    if by not in ("model", "key", "deployment"):
+        raise UsageError(
+            f"query parameter `by` must be `model`, `key` or `deployment`, not {by[:40]}"
+        )
     key = caller(request)
     own = None if key.may("admin") else key.name
     return JSONResponse(services(request).store.usage(number(request, "since", 0.0), by, own))

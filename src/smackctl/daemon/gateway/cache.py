@@ -38,6 +38,7 @@ from starlette.responses import Response, StreamingResponse
 from smackctl.catalog import hashed_sha256, known_sha256
 from smackctl.config import CacheSettings, ModelSpec, Profile
 from smackctl.daemon.answers import with_defaults
+from smackctl.daemon.keys import CALLER
 from smackctl.daemon.metrics import Metrics
 from smackctl.daemon.registry import Managed, Registry
 
@@ -355,6 +356,9 @@ class Cached:
         if not file.is_file():
             return None  # pulled on its first load: cached from the next request on
         identity = await self.open().identity(m.spec, file)
+        caller = CALLER.get()  # each key its own answers, unless the cache is shared
+        if caller is not None and not settings.shared:
+            identity = f"{identity}/key:{caller.name}"
         return Cache.key(path, body, defaults, identity)
 
     def hit(self, key: str) -> Response | None:

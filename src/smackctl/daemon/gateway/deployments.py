@@ -138,8 +138,9 @@ class Deployments:
             context = d.spec.context_length if d.remote else d.spec.n_ctx
             # an open breaker decides alone; a failing health check skips a closed one
             healthy = d.healthy or d.breaker.state != "closed"
+            price = d.spec.price.input + d.spec.price.output if d.spec.price else 0.0
             out[n] = Deployed(n, d.remote is not None, context, healthy, d.health_error, busy,
-                              d.ttfb)  # fmt: skip
+                              d.ttfb, price, d.spec.quality or 0)  # fmt: skip
         return out
 
     def _close(self, d: Deployment) -> None:

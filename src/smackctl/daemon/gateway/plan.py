@@ -8,8 +8,9 @@ A name resolves to a chain of deployments:
   itself, then its ``fallbacks``;
 - a group: its deployments in the order of its ``policy`` (``priority``: as listed;
   ``round-robin``: from the group's turn; ``least-busy``: fewest requests in flight and
-  queued; ``latency``: the lowest moving average of time to first byte, untried first), then
-  its ``fallbacks``;
+  queued; ``latency``: the lowest moving average of time to first byte, untried first;
+  ``cost``: the cheapest ``price`` first, a local model free; ``quality``: the highest
+  ``quality`` first), then its ``fallbacks``;
 
 at most ``MAX_HOPS`` of them. Along the chain one is skipped when its context cannot hold the
 prompt, when its health check fails, or when it serves only the OpenAI routes and the
@@ -50,6 +51,8 @@ class Deployed:
     health_error: str = ""
     busy: int = 0  # requests in flight and queued
     ttfb: float | None = None  # moving average of the time to first byte, seconds
+    price: float = 0.0  # USD per million tokens, in and out (a local model: 0)
+    quality: int = 0
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,10 @@ def order(names: list[str], policy: str, deployed: Mapping[str, Deployed], turn:
         return [d.name for d in sorted(known, key=lambda d: d.busy)]
     if policy == "latency":
         return [d.name for d in sorted(known, key=lambda d: d.ttfb or 0.0)]
+    if policy == "cost":  # the cheapest first: the first healthy one that fits answers
+        return [d.name for d in sorted(known, key=lambda d: d.price)]
+    if policy == "quality":
+        return [d.name for d in sorted(known, key=lambda d: -d.quality)]
     return names
 
 

@@ -1,0 +1,85 @@
+"""`smackctl config export | import` (issue 29): profiles, keys (digests only) and their
+limits and preferences in one file, carried from one real supervisor to another: a dry run
+changes nothing, the import is checked whole first, and a key keeps working on the new one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+import yaml
+
+from conftest import Home, free_port, launch, profile_yaml, shutdown, smackctl
+
+CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "temperature": 0}
+
+
+def _home(root: Path, model_dir: Path, profile: str | None) -> Home:
+    (root / "profiles").mkdir(parents=True)
+    if profile is not None:
+        (root / "profiles" / "test.yaml").write_text(profile)
+    env = {"SMACKCTL_HOME": str(root), "SMACKCTL_PROFILE_DIR": str(root / "profiles"),
+           "SMACKCTL_PORT": str(free_port()), "SMACKCTL_PROFILE": "test"}  # fmt: skip
+    environ = {k: v for k, v in os.environ.items() if k not in ("SMACKCTL_URL", "SMACKCTL_TOKEN")}
+    return Home(root, {**environ, **env})
+
+
+def test_settings_move_to_another_supervisor_and_its_keys_keep_working(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    first = _home(tmp_path / "one", model_dir, profile_yaml(model_dir))
+    sup = launch(first)
+    try:
+        key = smackctl(first, "keys", "create", "ann", "--models", "tiny-a", "--rpm", "50",
+                       "--priority", "batch").stdout.strip()  # fmt: skip
+        assert smackctl(first, "keys", "prefer", "ann", "--set", "max_tokens=3").returncode == 0
+        out = tmp_path / "settings.yaml"
+        done = smackctl(first, "config", "export", str(out))
+        assert done.returncode == 0, done.stderr
+        assert "wrote 1 profile(s) and 1 key(s)" in done.stdout
+    finally:
+        shutdown(sup)
+    assert oct(out.stat().st_mode & 0o777) == "0o600"
+    text = out.read_text()
+    assert key[13:] not in text and key not in text  # a digest, never the key
+    data = yaml.safe_load(text)
+    assert data["kind"] == "smackctl-settings/1" and list(data["profiles"]) == ["test"]
+    assert data["keys"][0]["limits"] == {"rpm": 50}
+    assert data["keys"][0]["preferences"] == {"sampling": {"max_tokens": 3}}
+
+    # the second machine: the same models, another profile folder, no key yet; it starts on
+    # a profile of its own, and takes the exported one from the file
+    second = _home(tmp_path / "two", model_dir, None)
+    (tmp_path / "two" / "profiles" / "own.yaml").write_text(profile_yaml(model_dir))
+    second.env["SMACKCTL_PROFILE"] = "own"
+    sup = launch(second, profile="own")
+    try:
+        dry = smackctl(second, "config", "import", str(out), "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert "profile test: new" in dry.stdout and "key ann: new" in dry.stdout
+        assert "a dry run: nothing was changed" in dry.stderr
+        assert not (tmp_path / "two" / "profiles" / "test.yaml").exists()
+        with httpx.Client(base_url=sup.url, headers={"Authorization": f"Bearer {key}"}) as c:
+            assert c.get("/v1/models").status_code == 401  # not imported yet
+        done = smackctl(second, "config", "import", str(out))
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "two" / "profiles" / "test.yaml").read_text() == data["profiles"]["test"]
+        with httpx.Client(base_url=sup.url, headers={"Authorization": f"Bearer {key}"}) as c:
+            r = c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"})
+            assert r.status_code == 200, r.text  # the same key works here now
+            assert r.json()["usage"]["completion_tokens"] <= 4
+        again = smackctl(second, "config", "import", str(out), "--dry-run")
+        assert "profile test: same" in again.stdout and "key ann: same" in again.stdout
+
+        broken = tmp_path / "broken.yaml"
+        data["keys"][0]["digest"] = "not-a-digest"
+        broken.write_text(yaml.safe_dump(data))
+        bad = smackctl(second, "config", "import", str(broken))
+        assert bad.returncode == 2 and "keys[0].digest is not valid" in bad.stderr
+        other = tmp_path / "other.yaml"
+        other.write_text("models: {}\n")
+        wrong = smackctl(second, "config", "import", str(other))
+        assert wrong.returncode == 2 and "is not a file `config export` wrote" in wrong.stderr
+    finally:
+        shutdown(sup)
