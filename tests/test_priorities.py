@@ -157,6 +157,12 @@ def test_an_interactive_request_goes_before_the_batch_requests_queued_first(
     assert served == ["nightly", "person", "nightly", "nightly", "nightly"]
     waited = {label: float(r.headers["x-smackctl-queued-ms"]) for label, r in results.items()}
     assert waited["person"] < min(waited[f"batch{i}"] for i in range(3))
+    with sup.client() as c:  # each said where it waits while it waited
+        kept = c.get("/api/events", params={"follow": 0, "types": "queued"}).text
+    queued = [json.loads(ln[6:]) for ln in kept.splitlines() if ln.startswith("data: {")]
+    places = [(e["priority"], e["position"]) for e in queued if e["model"] == "tiny-b"]
+    assert places[-4:] == [("batch", 1), ("batch", 2), ("batch", 3), ("interactive", 1)]
+    assert all(e["expected_wait"] > 0 for e in queued)
 
 
 def test_a_deadline_that_passes_in_the_queue_is_a_504_and_mid_answer_an_error_event(

@@ -272,6 +272,8 @@ class Scheduler(Draining, Housekeeping):
         m = self.resolve(name)
         while True:
             runner = await self.ensure_ready(m.name)
+            if runner.slots.must_wait():  # said while it waits: where it is, for how long
+                self.events.publish({"event": "queued", "model": m.name, **runner.slots.place()})
             await runner.slots.acquire(size)
             if runner.state == RunnerState.READY and not runner.exited.is_set():
                 break

@@ -100,6 +100,19 @@ class Slots:
     def queued_by_priority(self) -> dict[str, int]:
         return {p: len(q) for p, q in self._queues.items()}
 
+    def must_wait(self) -> bool:
+        return self.busy >= self.parallel or self.queued > 0
+
+    def place(self) -> dict[str, object]:
+        """Where a request of this task's priority would wait now: its place in the line,
+        its priority, and the expected wait (the events say it while it waits)."""
+        priority = "batch" if PRIORITY.get() == "batch" else "interactive"
+        ahead = len(self._queues["interactive"]) + (
+            len(self._queues["batch"]) if priority == "batch" else 0
+        )
+        return {"position": ahead + 1, "priority": priority,
+                "expected_wait": round(self.expected_wait(ahead), 3)}  # fmt: skip
+
     def expected_wait(self, ahead: int | None = None) -> float:
         """Seconds until a slot is free for a request with ``ahead`` requests before it."""
         ahead = self.queued if ahead is None else ahead
