@@ -194,3 +194,52 @@ def test_a_deadline_that_passes_in_the_queue_is_a_504_and_mid_answer_an_error_ev
     assert "key=hasty model=tiny-b route=/v1/chat/completions status=504" in sup.log()
     with sup.client() as c:  # the model serves on
         assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-b"}).is_success
+
+
+def test_a_loaded_models_queue_goes_before_a_swap(tmp_path: Path, model_dir: Path) -> None:
+    """One model at a time (max_loaded: 1): tiny-b is busy with a held stream and has two
+    requests queued when one for tiny-a comes. tiny-b's queue is served first, then tiny-a
+    is loaded: one swap, where taking tiny-b away under its queue would cost two. (A freed
+    slot passes straight to the next waiter, so tiny-b's queue also went first before its
+    queued requests counted in the plan; now the plan says so, and the log with it.)"""
+    root = tmp_path / "home"
+    (root / "profiles").mkdir(parents=True)
+    (root / "profiles" / "test.yaml").write_text(
+        profile_yaml(model_dir, "memory:\n  max_loaded: 1\n  spare_runner: false\n")
+    )
+    env = {"SMACKCTL_HOME": str(root), "SMACKCTL_PROFILE_DIR": str(root / "profiles"),
+           "SMACKCTL_PORT": str(free_port()), "SMACKCTL_PROFILE": "test"}  # fmt: skip
+    environ = {k: v for k, v in os.environ.items() if k not in ("SMACKCTL_URL", "SMACKCTL_TOKEN")}
+    sup = launch(Home(root, {**environ, **env}))
+    try:
+        with sup.client() as c:
+            assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-b"}).is_success
+        held = Held(sup, sup.token)
+        results: dict[str, Any] = {}
+        threads = []
+        try:
+            for i in range(2):
+                threads.append(_in_thread(results, f"b{i}", sup.token, sup))
+                wait_for(lambda n=i + 1: sup.model("tiny-b")["queued"] == n, 30, f"{i + 1} queued")
+
+            def other() -> None:
+                with sup.client(timeout=120) as c:
+                    results["a"] = c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"})
+
+            threads.append(threading.Thread(target=other))
+            threads[-1].start()
+            wait_for(lambda: "tiny-a waits for the 2 queued request(s) of tiny-b before its "
+                     "load: that saves a swap" in sup.log(), 30, "the swap to wait")  # fmt: skip
+        finally:
+            held.go()
+            for t in threads:
+                t.join(120)
+        assert all(r.status_code == 200 for r in results.values()), results
+        served = re.findall(r"model=(tiny-[ab]) route=/v1/chat/completions status=200", sup.log())
+        assert served[-4:] == ["tiny-b", "tiny-b", "tiny-b", "tiny-a"]  # b's queue, then a
+        with sup.client() as c:
+            kept = c.get("/api/events", params={"follow": 0, "types": "evict"}).text
+        evictions = [json.loads(ln[6:]) for ln in kept.splitlines() if ln.startswith("data: {")]
+        assert [(e["model"], e["for"]) for e in evictions] == [("tiny-b", "tiny-a")]  # one swap
+    finally:
+        shutdown(sup)

@@ -15,7 +15,10 @@ from smackctl.estimate import Estimate
 from .planner import Budget, Loaded, Plan, plan_evictions
 from .registry import Managed
 
-__all__ = ["budget_of", "explain", "fix", "load_key", "machine_budget", "plan_for", "wait_gone"]
+__all__ = [
+    "SWAP_PATIENCE", "budget_of", "explain", "fix", "load_key", "machine_budget", "plan_for",
+    "queued_ahead", "wait_gone",
+]  # fmt: skip
 
 
 def machine_budget() -> tuple[int, int]:
@@ -40,14 +43,24 @@ def budget_of(
     return Budget(ram=ram, vram=vram, max_loaded=mem.max_loaded)
 
 
-def plan_for(m: Managed, est: Estimate, models: Iterable[Managed], budget: Budget) -> Plan:
+def plan_for(
+    m: Managed,
+    est: Estimate,
+    models: Iterable[Managed],
+    budget: Budget,
+    waited: float | None = None,
+) -> Plan:
+    """Which models to evict for ``m``. ``waited``: seconds a load has waited to make room;
+    for ``SWAP_PATIENCE`` a model's requests waiting for a slot keep it as busy as those it
+    answers (its queue goes before the swap: that saves one back), then they no longer do."""
+    queued = waited is not None and waited < SWAP_PATIENCE
     loaded = [
         Loaded(
             name=o.name,
             ram=o.memory()[0],
             vram=o.memory()[1],
             pinned=o.spec.pinned,
-            in_flight=o.in_flight,
+            in_flight=o.in_flight + (o.runner.slots.queued if queued and o.runner else 0),
             last_used=o.last_used,
             use_count=o.use_count,
         )
@@ -55,6 +68,17 @@ def plan_for(m: Managed, est: Estimate, models: Iterable[Managed], budget: Budge
         if o.loaded and o is not m
     ]
     return plan_evictions(est.ram, est.vram, loaded, budget)
+
+
+#: seconds a load that needs a swap lets the loaded models' queued requests go first
+SWAP_PATIENCE = 30.0
+
+
+def queued_ahead(m: Managed, models: dict[str, Managed]) -> str:
+    """The queued requests of other loaded models, in words (empty: none)."""
+    waiting = {o.name: o.runner.slots.queued for o in models.values()
+               if o.runner is not None and o is not m and o.runner.slots.queued}  # fmt: skip
+    return ", ".join(f"the {n} queued request(s) of {name}" for name, n in waiting.items())
 
 
 def load_key(spec: ModelSpec) -> str:

@@ -31,7 +31,7 @@ from .draining import Draining
 from .events import Events
 from .housekeeping import Housekeeping
 from .loader import MEASURE_EVERY, SPARE_RAM, Loader
-from .memory import budget_of, explain, fix, machine_budget, plan_for, wait_gone
+from .memory import budget_of, explain, fix, machine_budget, plan_for, queued_ahead, wait_gone
 from .planner import Budget, Plan
 from .registry import Managed, Registry, forget_runner
 from .runner import Runner, RunnerState
@@ -197,8 +197,8 @@ class Scheduler(Draining, Housekeeping):
         """The RAM/VRAM budget of the active profile (or of ``mem``) given what is loaded."""
         return budget_of(self.models.values(), mem or self.profile.memory, self._budget_probe)
 
-    def plan_for(self, m: Managed, est: Estimate) -> Plan:
-        return plan_for(m, est, self.models.values(), self.budget())
+    def plan_for(self, m: Managed, est: Estimate, waited: float | None = None) -> Plan:
+        return plan_for(m, est, self.models.values(), self.budget(), waited)
 
     async def _make_room(
         self, m: Managed, est: Estimate, force: bool, keep_process: bool
@@ -206,8 +206,12 @@ class Scheduler(Draining, Housekeeping):
         """Evict what the plan says, wait, or refuse. ``keep_process``: the first idle runner
         evicted keeps its process for ``m``'s load: a swap in a warm process, as
         llama_cpp.server's own ``--config_file`` does it (~0.1 s less than a new process)."""
+        began, said = time.monotonic(), False
         while True:
-            plan = self.plan_for(m, est)
+            plan = self.plan_for(m, est, waited=time.monotonic() - began)
+            if plan.wait and not said and (ahead := queued_ahead(m, self.models)):
+                said = True  # the loaded models' queued requests go first (memory.py)
+                log.info("%s waits for %s before its load: that saves a swap", m.name, ahead)
             # evictions for max_loaded alone: the new model does not need their memory,
             # so it loads while the kernel tears them down (~35 ms of a swap, measured)
             for_count = plan.need_ram <= plan.free_ram and plan.need_vram <= plan.free_vram
