@@ -104,10 +104,11 @@ def test_groups_by_cost_and_quality_and_a_usd_budget_end_to_end(sup: Supervisor)
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
     assert list(rows[0]) == ["day", "key", "requests", "tokens_in", "tokens_out", "errors",
-                             "avg_ms", "cost"]  # fmt: skip
+                             "avg_ms", "seconds", "cost"]  # fmt: skip
     mine = [r for r in rows if r["key"] == "payer"]
     assert sum(int(r["requests"]) for r in mine) == 3  # its 429 is counted as an error
     assert sum(float(r["cost"]) for r in mine) > 0.05
+    assert sum(float(r["seconds"]) for r in mine) > 0  # compute seconds, per key
     by_dep = json.loads(smackctl(sup.home, "usage", "--by", "deployment", "--json").stdout)
     spent = {r["deployment"]: r["cost"] for r in by_dep}
     assert spent["tiny-a"] > spent["tiny-b"] > 0

@@ -25,23 +25,34 @@ def usage(
     csv_: Annotated[bool, typer.Option("--csv", help="Print CSV, for a spreadsheet.")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Requests, tokens, errors and cost per model, key or deployment per day, from the
-    supervisor's SQLite log (cost: where a deployment has a `price`)."""
+    """Requests, tokens, errors, compute seconds and cost per model, key or deployment per
+    day, from the supervisor's SQLite log (cost: where a deployment has a `price`)."""
     with client(ctx, autostart=False) as c:
         rows = c.get("/api/usage", params={"since": str(since_time(since)), "by": by})
     if json_:
         output.print_json(rows)
         return
-    fields = ["day", by, "requests", "tokens_in", "tokens_out", "errors", "avg_ms", "cost"]
+    fields = ["day", by, "requests", "tokens_in", "tokens_out", "errors", "avg_ms", "seconds",
+              "cost"]  # fmt: skip
     if csv_:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(fields)
         writer.writerows([[r[f] for f in fields] for r in rows])
         return
     output.table(
-        ["DAY", by.upper(), "REQUESTS", "TOKENS IN", "TOKENS OUT", "ERRORS", "AVG MS", "USD"],
         [
-            [r["day"], r[by] or "-", *(r[f] for f in fields[2:7]), f"{r['cost'] or 0:.4f}"]
+            "DAY",
+            by.upper(),
+            "REQUESTS",
+            "TOKENS IN",
+            "TOKENS OUT",
+            "ERRORS",
+            "AVG MS",
+            "SECONDS",
+            "USD",
+        ],  # fmt: skip
+        [
+            [r["day"], r[by] or "-", *(r[f] for f in fields[2:8]), f"{r['cost'] or 0:.4f}"]
             for r in rows
         ],  # fmt: skip
     )

@@ -78,7 +78,8 @@ ON CONFLICT (day, model, route, key) DO UPDATE SET
 #: rolled up; ``?2``: only that key's rows (NULL: every row)
 _USAGE = """
 SELECT day, {by}, SUM(n), SUM(t_in), SUM(t_out), SUM(errors),
-       ROUND(SUM(latency) / NULLIF(SUM(latency_n), 0), 1), ROUND(SUM(cost), 6)
+       ROUND(SUM(latency) / NULLIF(SUM(latency_n), 0), 1), ROUND(SUM(cost), 6),
+       ROUND(SUM(latency) / 1000.0, 3)
 FROM (
     SELECT date(at, 'unixepoch') AS day, model, COALESCE(key, '') AS key, COUNT(*) AS n,
            COALESCE(SUM(tokens_in), 0) AS t_in, COALESCE(SUM(tokens_out), 0) AS t_out,
@@ -127,9 +128,10 @@ def roll_up(db: sqlite3.Connection, now: float, keep_raw: float, batch: int = RO
 def usage(
     db: sqlite3.Connection, since: float, by: str = "model", key: str | None = None
 ) -> list[dict[str, Any]]:
-    """Requests, tokens, errors and cost per model (``by="key"``: per key, ``""`` for the
-    requests made before keys or with none; ``by="deployment"``: per model, which is what
-    answered) per day (UTC) since a unix time; ``key``: its rows only."""
-    names = ("day", by, "requests", "tokens_in", "tokens_out", "errors", "avg_ms", "cost")
+    """Requests, tokens, errors, cost and seconds spent answering per model (``by="key"``:
+    per key, ``""`` for the requests made before keys or with none; ``by="deployment"``: per
+    model, which is what answered) per day (UTC) since a unix time; ``key``: its rows only."""
+    names = ("day", by, "requests", "tokens_in", "tokens_out", "errors", "avg_ms", "cost",
+             "seconds")  # fmt: skip
     sql = _BY["model" if by == "deployment" else by]  # a row's model is what answered it
     return [dict(zip(names, r, strict=True)) for r in db.execute(sql, (since, key))]
