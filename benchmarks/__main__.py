@@ -1,8 +1,8 @@
 """``python -m benchmarks [NAME…]``: run smackctl's benchmarks and write BENCHMARKS.md.
 
 Names: estimate, switch, overhead, cold_swap, cli, rss, concurrency, hundred, backends, soak,
-gateway, plugins, cache, route, hostile, keys (all by default). A suite not run keeps its section of
-BENCHMARKS.md as it was. Exit 1 when a figure misses its goal.
+gateway, plugins, cache, route, hostile, keys, priority (all by default). A suite not run
+keeps its section of BENCHMARKS.md as it was. Exit 1 when a figure misses its goal.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from . import (
     keys,
     overhead,
     plugins,
+    priority,
     route,
     soak,
     supervisor_rss,
@@ -53,6 +54,7 @@ SUITES = {
     "route": ("`model: auto` on a labelled set of prompts (issue 19)", route.run),
     "hostile": ("The worst inputs and the event loop's lag (issue 26)", hostile.run),
     "keys": ("What a key costs on the hot path (issue 29)", keys.run),
+    "priority": ("An interactive key behind a batch key (issue 29)", priority.run),
 }
 
 
