@@ -66,9 +66,13 @@ def test_settings_move_to_another_supervisor_and_its_keys_keep_working(
         assert done.returncode == 0, done.stderr
         assert (tmp_path / "two" / "profiles" / "test.yaml").read_text() == data["profiles"]["test"]
         with httpx.Client(base_url=sup.url, headers={"Authorization": f"Bearer {key}"}) as c:
-            r = c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"})
+            hi = {"model": "tiny-a", "messages": CHAT["messages"], "temperature": 0}
+            r = c.post("/v1/chat/completions", json=hi)
             assert r.status_code == 200, r.text  # the same key works here now
-            assert r.json()["usage"]["completion_tokens"] <= 4
+            assert r.json()["usage"]["completion_tokens"] <= 3  # with its preferences
+        shown = smackctl(second, "keys", "show", "ann").stdout
+        assert "models tiny-a" in shown and "limits rpm 50" in shown
+        assert "max_tokens" in shown
         again = smackctl(second, "config", "import", str(out), "--dry-run")
         assert "profile test: same" in again.stdout and "key ann: same" in again.stdout
 
@@ -77,6 +81,11 @@ def test_settings_move_to_another_supervisor_and_its_keys_keep_working(
         broken.write_text(yaml.safe_dump(data))
         bad = smackctl(second, "config", "import", str(broken))
         assert bad.returncode == 2 and "keys[0].digest is not valid" in bad.stderr
+        data["keys"][0]["digest"] = "0" * 64
+        data["keys"].append({**data["keys"][0], "name": "copy"})  # another key, the same id
+        broken.write_text(yaml.safe_dump(data))
+        twice = smackctl(second, "config", "import", str(broken))
+        assert twice.returncode == 2 and "has the name or the id of another key" in twice.stderr
         other = tmp_path / "other.yaml"
         other.write_text("models: {}\n")
         wrong = smackctl(second, "config", "import", str(other))

@@ -31,7 +31,7 @@ def test_cost_and_quality_policies_order_a_group() -> None:
         "cheap": Deployed("cheap", remote=True, price=0.5, quality=5),
         "best": Deployed("best", remote=True, price=15.0, quality=9),
     }
-    names = ["best", "cheap", "local"]
+    names = ["cheap", "local", "best"]  # listed in neither order
     assert order(names, "cost", deployed, 0) == ["local", "cheap", "best"]
     assert order(names, "quality", deployed, 0) == ["best", "cheap", "local"]
     assert order(names, "priority", deployed, 0) == names
@@ -65,8 +65,8 @@ def sup(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[S
     (root / "profiles").mkdir(parents=True)
     extra = (
         "groups:\n"
-        "  thrifty: {deployments: [tiny-a, tiny-b], policy: cost}\n"
-        "  finest: {deployments: [tiny-a, tiny-b], policy: quality}\n"
+        "  thrifty: {deployments: [tiny-a, tiny-b], policy: cost}\n"  # the cheap one listed last
+        "  finest: {deployments: [tiny-b, tiny-a], policy: quality}\n"  # the best one listed last
     )
     (root / "profiles" / "test.yaml").write_text(
         profile_yaml(

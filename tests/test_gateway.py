@@ -328,6 +328,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator
         f"  local:\n    path: {model}\n    n_ctx: 512\n    fallbacks: [r2]\n"
         f"  broken:\n    path: {model_dir / 'corrupt.gguf'}\n    fallbacks: [r2]\n"
         f"  plain:\n    path: {model}\n    n_ctx: 512\n"
+        f"  priced:\n    url: http://127.0.0.1:{ports[0]}/v1\n{remote}"
+        "    price: {input: 1000, output: 2000}\n"
         "groups:\n  pair:\n    deployments: [r1, r2]\n    policy: round-robin\n"
         "    aliases: [replicas]\n",
         REMOTE_KEY=KEY,
@@ -475,6 +477,23 @@ def test_a_request_cannot_choose_an_upstream_and_the_key_is_never_shown(world: W
     assert KEY not in shown and KEY not in world.sup.log()
     cli = smackctl(world.sup.home, "backends")
     assert cli.returncode == 0 and "r1" in cli.stdout and "group pair (round-robin)" in cli.stdout
+
+
+def test_a_priced_remote_stream_is_counted_and_costed_without_showing_its_usage(
+    world: World,
+) -> None:
+    """A stream from a priced server elsewhere: the supervisor asks it for its usage event
+    (its cost is counted from it) and leaves that event out for a client that did not ask."""
+    with (
+        world.sup.client(timeout=60) as c,
+        c.stream("POST", CHAT, json={**ASK, "model": "priced", "stream": True}) as r,
+    ):
+        lines = [ln for ln in r.iter_lines() if ln.startswith("data: {")]
+    assert lines and not any('"choices":[]' in ln.replace(" ", "") for ln in lines)
+    with world.sup.client() as c:
+        rows = c.get("/api/usage", params={"by": "deployment"}).json()
+    priced = [r for r in rows if r["deployment"] == "priced"]
+    assert priced and priced[0]["tokens_out"] > 0 and priced[0]["cost"] > 0
 
 
 def test_when_every_deployment_fails_the_error_says_each_reason(world: World) -> None:

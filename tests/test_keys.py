@@ -59,7 +59,7 @@ def test_a_key_is_stored_as_its_digest_and_checked_whole(tmp_path: Path) -> None
 def test_revoked_rotated_and_expired_keys_are_refused_with_the_reason(tmp_path: Path) -> None:
     store = Store(tmp_path / "state.db")
     ring = KeyRing(store)
-    key, old = ring.create("bob", "metrics", [], expiry("2w", time.time()))
+    key, old = ring.create("bob", "metrics", ["*"], expiry("2w", time.time()))
     assert key.models == ("*",) and key.expires is not None
     rotated, new = ring.rotate("bob")
     assert ring.check(old.encode()) is None and ring.check(new.encode()) is rotated
@@ -75,12 +75,14 @@ def test_revoked_rotated_and_expired_keys_are_refused_with_the_reason(tmp_path: 
     assert KeyRing(store).get("bob").revoked is not None
     _, again = ring.create("bob", "inference", ["*"], None)  # a revoked name may be made anew
     assert ring.check(again.encode()) is not None and ring.check(new.encode()) is None
+    with pytest.raises(UsageError, match="a key needs the models it may use"):
+        ring.create("empty", "inference", ["", " "], None)  # never every model by mistake
     with pytest.raises(UsageError, match="a key named bob exists"):
-        ring.create("bob", "inference", [], None)
+        ring.create("bob", "inference", ["*"], None)
     with pytest.raises(UsageError, match="not allowed"):
-        ring.create("operator", "admin", [], None)
+        ring.create("operator", "admin", ["*"], None)
     with pytest.raises(UsageError, match="scope 'root' is unknown"):
-        ring.create("x", "root", [], None)
+        ring.create("x", "root", ["*"], None)
     with pytest.raises(UnknownKey):
         ring.revoke("nobody")
     with pytest.raises(UsageError, match="90m, 12h, 30d"):
@@ -211,8 +213,13 @@ def test_a_metrics_key_reads_metrics_and_status_only(sup: Supervisor) -> None:
     with httpx.Client(base_url=sup.url, headers={"Authorization": f"Bearer {key}"}) as c:
         assert c.get("/metrics").status_code == 200
         assert c.get("/api/status").json()["models"]
+        for method, path in [("POST", "/api/shutdown"), ("GET", "/api/keys/export"),
+                             ("GET", "/api/usage"), ("GET", "/api/logs")]:  # fmt: skip
+            r = c.request(method, path, json={})
+            assert r.status_code == 403, (path, r.text)
         r = c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"})
         assert r.status_code == 403 and "needs scope inference" in r.json()["error"]["message"]
+    assert sup.proc.poll() is None
 
 
 def test_revoking_a_key_stops_it_at_once_streams_in_flight_included(sup: Supervisor) -> None:
@@ -304,3 +311,30 @@ def test_an_admin_key_is_audited_under_its_own_name(sup: Supervisor) -> None:
     finally:
         conn.close()
     assert len(stored["ops"]) == 64 and key not in stored.values()
+
+
+def test_a_rotated_key_revoked_later_still_ends_its_streams(tmp_path: Path) -> None:
+    """Rotation gives the key a new token but keeps the key the door and the streams hold:
+    a revocation after it reaches them."""
+    store = Store(tmp_path / "state.db")
+    ring = KeyRing(store)
+    held, old = ring.create("eve", "inference", ["*"], None)  # a stream in flight holds it
+    rotated, new = ring.rotate("eve")
+    assert rotated is held and ring.check(old.encode()) is None
+    assert ring.check(new.encode()) is held
+    ring.revoke("eve")
+    assert held.refusal(time.time()) is not None  # what the stream checks
+    store.close()
+
+
+def test_the_cli_works_with_a_key_of_scope_inference(sup: Supervisor) -> None:
+    """Someone with only an inference key (SMACKCTL_TOKEN) chats and reads their usage with
+    the CLI; what needs admin says so."""
+    key = _make(sup, "cli-user", "--models", "tiny-a")
+    as_user = Home(sup.home.root, {**sup.home.env, "SMACKCTL_TOKEN": key})
+    said = smackctl(as_user, "chat", "-m", "tiny-a", "hello", "--max-tokens", "3")
+    assert said.returncode == 0, said.stderr
+    usage = smackctl(as_user, "usage", "--by", "key", "--json")
+    assert usage.returncode == 0 and {r["key"] for r in json.loads(usage.stdout)} == {"cli-user"}
+    refused = smackctl(as_user, "keys", "list")
+    assert refused.returncode == 1 and "needs scope admin" in refused.stderr

@@ -183,7 +183,7 @@ def test_a_deadline_that_passes_in_the_queue_is_a_504_and_mid_answer_an_error_ev
                                   "X-Smackctl-Deadline": "soon"})  # fmt: skip
         assert r.status_code == 504, r.text
         assert r.json()["error"]["code"] == "deadline_exceeded"
-        assert "deadline passed while it waited for a slot" in r.json()["error"]["message"]
+        assert "deadline (X-Smackctl-Deadline) passed while it waited" in r.text
         assert bad.status_code == 400 and "X-Smackctl-Deadline must be seconds" in bad.text
         wait_for(lambda: sup.model("tiny-b")["queued"] == 0, 10, "the 504 to leave the queue")
     finally:
@@ -243,3 +243,33 @@ def test_a_loaded_models_queue_goes_before_a_swap(tmp_path: Path, model_dir: Pat
         assert [(e["model"], e["for"]) for e in evictions] == [("tiny-b", "tiny-a")]  # one swap
     finally:
         shutdown(sup)
+
+
+def test_aged_batch_requests_go_first_one_at_a_time_never_a_run_of_them() -> None:
+    """Three batch requests that all waited past their age limit, and an interactive one:
+    one aged batch request goes first, then the interactive one (its wait stays within one
+    service time), then the other batch ones."""
+
+    async def go() -> None:
+        slots = Slots(parallel=1)
+        await slots.acquire()
+        order: list[str] = []
+
+        async def wait(label: str, priority: str) -> None:
+            PRIORITY.set(priority)
+            await slots.acquire()
+            order.append(label)
+            slots.release()
+
+        batch = [asyncio.create_task(wait(f"b{i}", "batch")) for i in range(3)]
+        await asyncio.sleep(0)
+        mine = asyncio.create_task(wait("i", "interactive"))
+        await asyncio.sleep(0)
+        long_ago = asyncio.get_running_loop().time() - 1000  # as if queued long ago
+        queue = slots._queues["batch"]
+        queue.extend((long_ago, fut) for _, fut in [queue.popleft() for _ in range(len(queue))])
+        slots.release()
+        await asyncio.gather(*batch, mine)
+        assert order == ["b0", "i", "b1", "b2"]
+
+    asyncio.run(go())

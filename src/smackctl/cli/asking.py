@@ -36,7 +36,15 @@ def prepare(c: Client, model: str | None, options: dict[str, Any], chat: bool = 
     default): ``max_tokens`` set in ``options``, the file pulled (progress on stderr), a base
     model refused for a chat before the pull; return the model's own name (None when the
     request goes somewhere that is not a local model: a group, a server elsewhere, ``auto``)."""
-    profile = c.get("/api/profiles")
+    try:
+        profile = c.get("/api/profiles")
+    except ApiError as exc:
+        if exc.status != 403:
+            raise
+        # a key of scope inference (SMACKCTL_TOKEN): the request itself says the rest
+        options.setdefault("max_tokens", None)
+        options["max_tokens"] = options["max_tokens"] or DEFAULT_MAX_TOKENS
+        return None
     if options.get("max_tokens") is None:
         defaults = profile.get("defaults") or {}
         options["max_tokens"] = defaults.get("max_tokens") or DEFAULT_MAX_TOKENS

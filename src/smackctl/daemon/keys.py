@@ -20,7 +20,7 @@ import re
 import secrets
 import time
 from contextvars import ContextVar
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from smackctl.errors import UnknownKey, UsageError
@@ -132,12 +132,18 @@ class KeyRing:
         for row in store.keys():
             self._hold(Key(**{**row, "limits": Limits(**row["limits"])}))
 
-    def _hold(self, key: Key) -> None:
+    def _hold(self, key: Key) -> Key:
+        """Hold ``key``; a key of that name already held is updated in place (the door and
+        the streams in flight hold that object: a later revocation must reach them)."""
         old = self._by_name.get(key.name)
-        if old is not None:
+        if old is None:
+            self._by_name[key.name] = old = key
+        else:
             self._by_id.pop(old.id, None)
-        self._by_name[key.name] = key
-        self._by_id[key.id] = key
+            for f in fields(Key):
+                setattr(old, f.name, getattr(key, f.name))
+        self._by_id[old.id] = old
+        return old
 
     def check(self, given: bytes) -> Key | None:
         """The key whose token ``given`` is (revoked and expired ones too: the caller says
@@ -187,9 +193,16 @@ class KeyRing:
                 f"a key named {name} exists",
                 f"pick another name, or `smackctl keys rotate {name}` for a new token",
             )
-        wanted = tuple(dict.fromkeys(m.strip() for m in models if m.strip())) or ("*",)
+        wanted = tuple(dict.fromkeys(m.strip() for m in models if m.strip()))
+        if not wanted:
+            raise UsageError(
+                "a key needs the models it may use", "give --models a,b, or --models '*' for all"
+            )
         key = Key(name, scope, wanted, time.time(), expires, priority=priority,
                   limits=limits or Limits())  # fmt: skip
+        if old is not None:  # revoked: a new key of that name, never the old one brought back
+            del self._by_name[name]
+            self._by_id.pop(old.id, None)
         return key, self._issue(key)
 
     def rotate(self, name: str) -> tuple[Key, str]:
@@ -199,8 +212,9 @@ class KeyRing:
             raise UsageError(
                 f"key {name} is revoked", f"create it again: `smackctl keys create {name}`"
             )
-        key = replace(old, revoked=None)
-        return key, self._issue(key)
+        key = replace(old)
+        token = self._issue(key)
+        return self._by_name[name], token
 
     def prefer(self, name: str, preferences: dict[str, Any]) -> Key:
         """Set the key's preferences (checked by ``prefs.check`` first)."""
@@ -220,24 +234,37 @@ class KeyRing:
         if not isinstance(rows, list):
             raise UsageError("`keys` must be a list of keys", "use a file `config export` wrote")
         plan = []
+        names: set[str] = set()
+        ids: set[str] = set()
         for i, row in enumerate(rows):
             key = _imported(row, f"keys[{i}]")
+            owner = self._by_id.get(key.id)
+            if key.name in names or key.id in ids or (owner is not None and owner.name != key.name):
+                raise UsageError(
+                    f"keys[{i}] ({key.name}) has the name or the id of another key",
+                    "use a file `config export` wrote, unchanged",
+                )
+            names.add(key.name)
+            ids.add(key.id)
             old = self._by_name.get(key.name)
             what = "new" if old is None else "same" if _row(old) == _row(key) else "changed"
             plan.append((key.name, what, key))
         return plan
 
     def apply_import(self, plan: list[tuple[str, str, Key]]) -> None:
-        for _, what, key in plan:
-            if what != "same":
-                self.store.save_key(_row(key))
-                self._hold(key)
+        """Write the keys that change in one transaction, then hold them."""
+        changed = [key for _, what, key in plan if what != "same"]
+        self.store.save_keys([_row(k) for k in changed])
+        for key in changed:
+            self._hold(key)
 
     def revoke(self, name: str) -> Key:
+        """Refuse the key from now on: at once in memory, and in the state.db as soon as it
+        takes the write (a file that refuses writes now must not keep a key alive)."""
         key = self.get(name)
         if key.revoked is None:
-            self.store.save_key({**_row(key), "revoked": time.time()})  # written first
             key.revoked = time.time()
+            self.store.save_key(_row(key), now=False)
         return key
 
     def _issue(self, key: Key) -> str:
@@ -261,7 +288,7 @@ def _imported(row: Any, where: str) -> Key:
         raise UsageError(f"{where} is not a key as `config export` writes one",
                          f"a key has: {', '.join(fields)}")  # fmt: skip
     bad = None
-    if not isinstance(row["name"], str) or not _NAME.match(row["name"]):
+    if not isinstance(row["name"], str) or not _NAME.match(row["name"]) or row["name"] in _RESERVED:
         bad = "name"
     elif row["scope"] not in SCOPES:
         bad = "scope"
@@ -271,7 +298,11 @@ def _imported(row: Any, where: str) -> Key:
         bad = "id"
     elif not isinstance(row["digest"], str) or not re.fullmatch(r"[0-9a-f]{64}", row["digest"]):
         bad = "digest"
-    elif not isinstance(row["models"], list) or not all(isinstance(m, str) for m in row["models"]):
+    elif (
+        not isinstance(row["models"], list)
+        or not row["models"]
+        or not all(isinstance(m, str) for m in row["models"])
+    ):
         bad = "models"
     elif not all(_time(row[f]) for f in ("expires", "revoked")) or not _time(row["created"], 0):
         bad = "created, expires or revoked"
@@ -280,7 +311,7 @@ def _imported(row: Any, where: str) -> Key:
     if not isinstance(row["limits"], dict):
         raise UsageError(f"{where}.limits must be an object", "use a file `config export` wrote")
     return Key(
-        row["name"], row["scope"], tuple(row["models"]) or ("*",), row["created"],
+        row["name"], row["scope"], tuple(row["models"]), row["created"],
         row["expires"], row["revoked"], row["id"], row["digest"], row["priority"],
         Limits.of(row["limits"]), prefs.check(row["preferences"]),
     )  # fmt: skip

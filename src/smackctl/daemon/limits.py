@@ -15,7 +15,9 @@ Periods reset at 00:00 UTC (``day``; ``month``: on the 1st).
 from __future__ import annotations
 
 import calendar
+import logging
 import math
+import sqlite3
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -25,6 +27,8 @@ from typing import Any
 from smackctl.errors import RateLimited, UsageError
 
 __all__ = ["Limits", "Meter", "period_start"]
+
+log = logging.getLogger("smackctl.keys")
 
 PERIODS = ("day", "month", "none")
 MINUTE = 60.0
@@ -96,25 +100,33 @@ class Meter:
 
     def __init__(self, history: History | None = None, now: Callable[[], float] = time.time):
         self.now = now
-        #: per key: (time, tokens) of its requests in the last minute
-        self._minute: dict[str, deque[list[float]]] = {}
+        #: per key: when its requests of the last minute were let in, and (when, tokens) of
+        #: those that ended in it (a request's tokens count when it is over)
+        self._asked: dict[str, deque[float]] = {}
+        self._tokens: dict[str, deque[tuple[float, int]]] = {}
         self._in_flight: Counter[str] = Counter()
         #: per key: tokens since UTC midnight, and (period start, tokens, seconds, cost)
         self._day: dict[str, tuple[float, int]] = {}
         self._spent: dict[str, tuple[float, int, float, float]] = {}
         self._history = history
-        self._rebuilt: dict[tuple[str, str], bool] = {}
+        self._rebuilt: set[str] = set()
 
     def _warm(self, name: str, limits: Limits) -> None:
-        """Counters for a key seen first since the start: from the request log."""
-        if self._history is None or self._rebuilt.get((name, limits.period)):
+        """Counters for a key seen first since the start: from the request log (this month's
+        rows, or all of them for a budget with no period; a log that cannot be read counts
+        nothing, and says so)."""
+        if self._history is None or name in self._rebuilt:
             return
-        self._rebuilt[(name, limits.period)] = True
+        self._rebuilt.add(name)
         now = self.now()
-        since = min(period_start(limits.period, now), now - DAY, period_start("day", now))
-        rows = self._history(name, since)
-        minute = self._minute.setdefault(name, deque())
-        minute.extend([at, tokens] for at, tokens, _, _ in rows if at > now - MINUTE)
+        since = 0.0 if limits.period == "none" else min(period_start("month", now), now - DAY)
+        try:
+            rows = self._history(name, since)
+        except sqlite3.Error as exc:
+            log.warning("the counters of key %s start from nothing: %s", name, exc)
+            return
+        self._asked[name] = deque(at for at, _, _, _ in rows if at > now - MINUTE)
+        self._tokens[name] = deque((at, t) for at, t, _, _ in rows if at > now - MINUTE)
         day0, p0 = period_start("day", now), period_start(limits.period, now)
         self._day[name] = (day0, sum(t for at, t, _, _ in rows if at >= day0))
         self._spent[name] = (
@@ -130,19 +142,18 @@ class Meter:
             return
         self._warm(name, limits)
         now = self.now()
-        minute = self._minute.setdefault(name, deque())
-        while minute and minute[0][0] <= now - MINUTE:
-            minute.popleft()
+        asked, tokens_ = self._window(name, now)
         heads = self.headers(name, limits)
-        oldest = minute[0][0] + MINUTE - now if minute else 0.0
+        oldest = asked[0] + MINUTE - now if asked else 0.0
+        first_tokens = tokens_[0][0] + MINUTE - now if tokens_ else 0.0
         day_tokens = self._tokens_today(name, now)
         start, tokens, seconds, cost = self._period(name, limits, now)
         reset = _next(limits.period, now)
         over = [
-            (limits.rpm is not None and len(minute) >= limits.rpm,
+            (limits.rpm is not None and len(asked) >= limits.rpm,
              f"{limits.rpm} requests per minute", oldest),
-            (limits.tpm is not None and sum(int(t) for _, t in minute) >= limits.tpm,
-             f"{limits.tpm} tokens per minute", oldest),
+            (limits.tpm is not None and sum(t for _, t in tokens_) >= limits.tpm,
+             f"{limits.tpm} tokens per minute", first_tokens),
             (limits.max_parallel is not None and self._in_flight[name] >= limits.max_parallel,
              f"{limits.max_parallel} requests at a time", 1.0),
             (limits.tokens_per_day is not None and day_tokens >= limits.tokens_per_day,
@@ -167,8 +178,18 @@ class Meter:
                     max(1.0, wait) if not math.isinf(wait) else 86400.0,
                     heads,
                 )
-        minute.append([now, 0])
+        asked.append(now)
         self._in_flight[name] += 1
+
+    def _window(self, name: str, now: float) -> tuple[deque[float], deque[tuple[float, int]]]:
+        """The key's requests let in and tokens spent in the last minute (older ones gone)."""
+        asked = self._asked.setdefault(name, deque())
+        while asked and asked[0] <= now - MINUTE:
+            asked.popleft()
+        spent = self._tokens.setdefault(name, deque())
+        while spent and spent[0][0] <= now - MINUTE:
+            spent.popleft()
+        return asked, spent
 
     def release(self, name: str) -> None:
         if self._in_flight[name] > 0:
@@ -182,9 +203,7 @@ class Meter:
             return
         self._warm(name, limits)
         now = self.now()
-        minute = self._minute.get(name)
-        if minute:
-            minute[-1][1] += tokens
+        self._window(name, now)[1].append((now, tokens))
         day0, day_tokens = self._day.get(name, (period_start("day", now), 0))
         if day0 != period_start("day", now):
             day0, day_tokens = period_start("day", now), 0
@@ -205,11 +224,11 @@ class Meter:
         """What the key used and has left, and when its period resets (``keys show``)."""
         self._warm(name, limits)
         now = self.now()
-        minute = [m for m in self._minute.get(name, ()) if m[0] > now - MINUTE]
+        asked, spent = self._window(name, now)
         _, tokens, seconds, cost = self._period(name, limits, now)
         return {
-            "requests_last_minute": len(minute),
-            "tokens_last_minute": int(sum(t for _, t in minute)),
+            "requests_last_minute": len(asked),
+            "tokens_last_minute": sum(t for _, t in spent),
             "tokens_today": self._tokens_today(name, now),
             "in_flight": self._in_flight[name],
             "period": limits.period,
@@ -222,16 +241,20 @@ class Meter:
     def headers(self, name: str, limits: Limits) -> dict[str, str]:
         """OpenAI's ``x-ratelimit-*`` headers for the key, as of now."""
         now = self.now()
-        minute = [m for m in self._minute.get(name, ()) if m[0] > now - MINUTE]
-        reset = f"{max(0.0, minute[0][0] + MINUTE - now):.0f}s" if minute else "0s"
+        asked, spent = self._window(name, now)
         out = {}
         if limits.rpm is not None:
             out["x-ratelimit-limit-requests"] = str(limits.rpm)
-            out["x-ratelimit-remaining-requests"] = str(max(0, limits.rpm - len(minute)))
-            out["x-ratelimit-reset-requests"] = reset
+            out["x-ratelimit-remaining-requests"] = str(max(0, limits.rpm - len(asked)))
+            out["x-ratelimit-reset-requests"] = _reset(asked[0] if asked else None, now)
         if limits.tpm is not None:
-            used = int(sum(t for _, t in minute))
+            used = sum(t for _, t in spent)
             out["x-ratelimit-limit-tokens"] = str(limits.tpm)
             out["x-ratelimit-remaining-tokens"] = str(max(0, limits.tpm - used))
-            out["x-ratelimit-reset-tokens"] = reset
+            out["x-ratelimit-reset-tokens"] = _reset(spent[0][0] if spent else None, now)
         return out
+
+
+def _reset(first: float | None, now: float) -> str:
+    """When the oldest of the minute leaves it, as OpenAI writes it (``12s``)."""
+    return "0s" if first is None else f"{max(0.0, first + MINUTE - now):.0f}s"

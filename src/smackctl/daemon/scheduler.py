@@ -276,9 +276,10 @@ class Scheduler(Draining, Housekeeping):
         m = self.resolve(name)
         while True:
             runner = await self.ensure_ready(m.name)
-            if runner.slots.must_wait():  # said while it waits: where it is, for how long
-                self.events.publish({"event": "queued", "model": m.name, **runner.slots.place()})
-            await runner.slots.acquire(size)
+            await runner.slots.acquire(
+                size,
+                lambda place: self.events.publish({"event": "queued", "model": m.name, **place}),
+            )
             if runner.state == RunnerState.READY and not runner.exited.is_set():
                 break
             runner.slots.release()  # it died while we queued: go round again

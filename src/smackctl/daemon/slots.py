@@ -40,7 +40,9 @@ def pick(interactive_since: float | None, batch_since: float | None, now: float,
          service: float) -> str | None:  # fmt: skip
     """Which queue the next free slot goes to, from when the first request of each began to
     wait (None: that queue is empty): ``interactive``, unless the first batch request has
-    waited past its age limit (``AGE_SERVICES`` service times), so batch is never starved."""
+    waited past its age limit (``AGE_SERVICES`` service times), so batch is never starved.
+    ``Slots`` gives as ``batch_since`` the later of that and the last time an aged batch
+    request went first: one aged batch request per age limit, never a run of them."""
     if batch_since is None:
         return None if interactive_since is None else "interactive"
     if interactive_since is None:
@@ -92,6 +94,8 @@ class Slots:
             "interactive": deque(),
             "batch": deque(),
         }
+        #: when an aged batch request last went before interactive ones (its age restarts)
+        self._aged_at = -math.inf
 
     @property
     def queued(self) -> int:
@@ -99,9 +103,6 @@ class Slots:
 
     def queued_by_priority(self) -> dict[str, int]:
         return {p: len(q) for p, q in self._queues.items()}
-
-    def must_wait(self) -> bool:
-        return self.busy >= self.parallel or self.queued > 0
 
     def place(self) -> dict[str, object]:
         """Where a request of this task's priority would wait now: its place in the line,
@@ -121,8 +122,11 @@ class Slots:
     def served(self, seconds: float) -> None:
         self.service += 0.2 * (seconds - self.service)
 
-    async def acquire(self, size: int = 0) -> None:
-        """A slot, once one is free; ``size``: the bytes the request holds while it waits."""
+    async def acquire(
+        self, size: int = 0, on_wait: Callable[[dict[str, object]], None] | None = None
+    ) -> None:
+        """A slot, once one is free; ``size``: the bytes the request holds while it waits;
+        ``on_wait(place)``: told where it waits, once it is in the queue."""
         if self.busy < self.parallel and not self.queued:
             self.busy += 1
             return
@@ -141,8 +145,11 @@ class Slots:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         entry = (loop.time(), fut)
+        place = self.place()
         queue = self._queues["batch" if PRIORITY.get() == "batch" else "interactive"]
         queue.append(entry)
+        if on_wait is not None:
+            on_wait(place)
         deadline = DEADLINE.get()
         try:
             if deadline is None:
@@ -189,10 +196,14 @@ class Slots:
     def _release_one(self) -> None:
         now = asyncio.get_running_loop().time()
         while True:
-            heads = {p: (q[0][0] if q else None) for p, q in self._queues.items()}
-            which = pick(heads["interactive"], heads["batch"], now, self.service)
+            first, batch = (q[0][0] if q else None for q in self._queues.values())
+            if batch is not None:
+                batch = max(batch, self._aged_at)
+            which = pick(first, batch, now, self.service)
             if which is None:
                 break
+            if which == "batch" and first is not None:
+                self._aged_at = now  # aged past interactive ones: the next waits its turn
             _, fut = self._queues[which].popleft()
             if not fut.done():
                 fut.set_result(None)  # the slot passes straight to the next waiter

@@ -18,6 +18,9 @@ __all__ = ["StateFile"]
 
 log = logging.getLogger("smackctl.state")
 
+#: a statement's parameters: positional, or named
+Params = tuple[Any, ...] | dict[str, Any]
+
 #: writes kept in memory while the file refuses them; past this the oldest request-log rows go
 #: (they are counted, and said)
 PENDING_CAP = 100_000
@@ -82,7 +85,7 @@ class StateFile:
         self.path = path
         #: what was wrong with the file at open and what was done about it (said aloud)
         self.recovered: str | None = None
-        self._pending: deque[tuple[str, tuple[Any, ...]]] = deque()
+        self._pending: deque[tuple[str, Params]] = deque()
         self._dropped = 0
         self._why: str | None = None
         try:
@@ -158,7 +161,7 @@ class StateFile:
 
     # -- writes that may wait ------------------------------------------------------------------
 
-    def _write(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+    def _write(self, sql: str, params: Params = ()) -> None:
         """Write now, or keep the write in order until the file takes writes again."""
         if self._pending:
             self._keep(sql, params)
@@ -169,7 +172,7 @@ class StateFile:
             self._refused(exc)
             self._keep(sql, params)
 
-    def _keep(self, sql: str, params: tuple[Any, ...]) -> None:
+    def _keep(self, sql: str, params: Params) -> None:
         self._pending.append((sql, params))
         while len(self._pending) > PENDING_CAP:
             # the request log is what may go; state rows (runners, measurements) are kept
@@ -234,7 +237,7 @@ class StateFile:
             f"in memory until it can{lost}"
         )
 
-    def _write_now(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> sqlite3.Cursor:
+    def _write_now(self, sql: str, params: Params) -> sqlite3.Cursor:
         """A write the user waits for: made now, or a clear error."""
         if not self.flush():
             raise StateUnwritable(

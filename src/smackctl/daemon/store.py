@@ -26,10 +26,28 @@ import time
 from pathlib import Path
 from typing import Any
 
+from smackctl.errors import StateUnwritable
+
 from .statefile import ROLL_AT_OPEN_S, ROLL_RETRY_S, StateFile, log
 from .usage_log import KEEP_RAW, ROLL_BATCH, next_roll, roll_up, usage
 
 __all__ = ["Store"]
+
+
+_SAVE_KEY = (
+    "INSERT OR REPLACE INTO keys (name, scope, models, created, expires, revoked, id, digest, "
+    "priority, limits, preferences) VALUES (:name, :scope, :models, :created, :expires, "
+    ":revoked, :id, :digest, :priority, :limits, :preferences)"
+)
+
+
+def _key_params(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **row,
+        "models": json.dumps(list(row["models"])),
+        "limits": json.dumps(row["limits"]),
+        "preferences": json.dumps(row["preferences"]),
+    }
 
 
 class Store(StateFile):
@@ -127,10 +145,11 @@ class Store(StateFile):
         request_id: str,
         key: str | None = None,
         cost: float | None = None,
+        compute_ms: float | None = None,
     ) -> None:
         self._write(
             "INSERT INTO requests (at, model, route, status, tokens_in, tokens_out, latency_ms, "
-            "request_id, key, cost) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "request_id, key, cost, compute_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 time.time(),
                 model,
@@ -142,6 +161,7 @@ class Store(StateFile):
                 request_id,
                 key,
                 cost,
+                compute_ms,
             ),  # fmt: skip
         )
 
@@ -170,31 +190,44 @@ class Store(StateFile):
             rows.append(row)
         return rows
 
-    def save_key(self, row: dict[str, Any]) -> None:
-        self._write_now(
-            "INSERT OR REPLACE INTO keys (name, scope, models, created, expires, revoked, id, "
-            "digest, priority, limits, preferences) VALUES (:name, :scope, :models, :created, "
-            ":expires, :revoked, :id, :digest, :priority, :limits, :preferences)",
-            {
-                **row,
-                "models": json.dumps(list(row["models"])),
-                "limits": json.dumps(row["limits"]),
-                "preferences": json.dumps(row["preferences"]),
-            },
-        )
+    def save_key(self, row: dict[str, Any], now: bool = True) -> None:
+        """Write a key's row: at once or a clear error (``now``), else as soon as the file
+        takes writes (a revocation, already in force in memory)."""
+        if now:
+            self._write_now(_SAVE_KEY, _key_params(row))
+        else:
+            self._write(_SAVE_KEY, _key_params(row))
+
+    def save_keys(self, rows: list[dict[str, Any]]) -> None:
+        """Write keys' rows in one transaction, or none of them (a clear error)."""
+        self._write_now("BEGIN IMMEDIATE", ())
+        try:
+            for row in rows:
+                self.db.execute(_SAVE_KEY, _key_params(row))
+            self.db.execute("COMMIT")
+        except BaseException as exc:
+            self.db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StateUnwritable(
+                    f"{self.path} cannot be written ({exc}): no key was imported",
+                    "free disk space, or close the program that holds the file",
+                ) from None
+            raise
 
     def key_history(self, key: str, since: float) -> list[tuple[float, int, float, float]]:
         """(time, tokens, seconds, cost) of the key's requests since a unix time that were let
-        in (its refusals are not counted), and its per-day totals for days rolled up."""
+        in (not those refused at the door, for their body or by its limits), and its per-day
+        totals for days rolled up."""
         raw = self.db.execute(
             "SELECT at, COALESCE(tokens_in, 0) + COALESCE(tokens_out, 0), "
-            "COALESCE(latency_ms, 0) / 1000.0, COALESCE(cost, 0) FROM requests WHERE key = ? "
-            "AND at >= ? AND (status < 400 OR status >= 500)",
+            "COALESCE(compute_ms, latency_ms, 0) / 1000.0, COALESCE(cost, 0) FROM requests "
+            "WHERE key = ? "
+            "AND at >= ? AND status NOT IN (400, 401, 403, 408, 413, 429)",
             (key, since),
         )
         daily = self.db.execute(
             "SELECT CAST(strftime('%s', day) AS REAL), tokens_in + tokens_out, "
-            "latency_ms_sum / 1000.0, cost FROM usage_daily WHERE key = ? AND day >= date(?, "
+            "compute_ms_sum / 1000.0, cost FROM usage_daily WHERE key = ? AND day >= date(?, "
             "'unixepoch')",
             (key, since),
         )

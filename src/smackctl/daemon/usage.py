@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from smackctl.wire import events
+from smackctl.wire import events, sse
 
 from .keys import CALLER, Key
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .metrics import Metrics
     from .store import Store
 
-__all__ = ["Usage", "counted", "tokens_in_stream", "tokens_of"]
+__all__ = ["Usage", "counted", "tokens_in_stream", "tokens_of", "without_usage_event"]
 
 log = logging.getLogger("smackctl.requests")
 
@@ -64,6 +64,17 @@ def tokens_in_stream(chunk: bytes) -> tuple[int | None, int | None] | None:
     return found
 
 
+def without_usage_event(chunk: bytes) -> bytes:
+    """``chunk`` (whole events) without OpenAI's closing usage event (``choices: []``): for
+    a client that did not ask for it."""
+    kept = [ev for ev in events(chunk) if not _usage_only(ev.json())]
+    return b"".join(sse(ev.data, ev.event, ev.id) for ev in kept)
+
+
+def _usage_only(data: Any) -> bool:
+    return isinstance(data, dict) and data.get("choices") == [] and "usage" in data
+
+
 class Usage:
     """``record`` a request that is over. ``add_tokens(model, n)``: the scheduler's count of
     a model's tokens (it owns its models' state)."""
@@ -96,10 +107,13 @@ class Usage:
         reason: str | None = None,
         refused: bool = False,
         by: Key | None = None,
+        busy: float | None = None,
     ) -> None:
         """One line in the log (``refused``: turned away before any model was asked), the
         metrics, a row of the usage log (inference routes), the model's token count; the
-        key that asked is ``by``, else the one the door let in (``keys.CALLER``)."""
+        key that asked is ``by``, else the one the door let in (``keys.CALLER``); ``busy``:
+        the seconds a runner spent on it (its slot held; else ``seconds``), a key's compute."""
+        busy = seconds if busy is None else busy
         who = who or "-"
         caller = by or CALLER.get()
         key = caller.name if caller is not None else None
@@ -120,7 +134,7 @@ class Usage:
         cost = price.of(tokens_in, tokens_out) if price is not None else None
         if caller is not None and self.meter is not None and not refused:
             tokens = (tokens_in or 0) + (tokens_out or 0)
-            self.meter.spent(caller.name, tokens, seconds, caller.limits, cost or 0.0)
+            self.meter.spent(caller.name, tokens, busy, caller.limits, cost or 0.0)
         if tokens_out and self.add_tokens is not None:
             self.add_tokens(who, tokens_out)
         if self.metrics is not None and not refused:
@@ -129,5 +143,14 @@ class Usage:
             return  # only inference is counted in the usage log
         with contextlib.suppress(Exception):  # the usage log must never fail a request
             self.store.log_request(
-                who, route, status, tokens_in, tokens_out, seconds * 1000, request_id, key, cost
+                who,
+                route,
+                status,
+                tokens_in,
+                tokens_out,
+                seconds * 1000,
+                request_id,
+                key,
+                cost,
+                None if refused else busy * 1000,
             )

@@ -40,16 +40,17 @@ MIGRATIONS = (
         limits TEXT NOT NULL DEFAULT '{}', preferences TEXT NOT NULL DEFAULT '{}');
     ALTER TABLE requests ADD COLUMN key TEXT;
     ALTER TABLE requests ADD COLUMN cost REAL;
+    ALTER TABLE requests ADD COLUMN compute_ms REAL;
     CREATE TABLE usage_daily_2 (
         day TEXT NOT NULL, model TEXT NOT NULL, route TEXT NOT NULL,
         key TEXT NOT NULL DEFAULT '',
         requests INTEGER NOT NULL, errors INTEGER NOT NULL,
         tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL,
         latency_ms_sum REAL NOT NULL, latency_n INTEGER NOT NULL,
-        cost REAL NOT NULL DEFAULT 0,
+        cost REAL NOT NULL DEFAULT 0, compute_ms_sum REAL NOT NULL DEFAULT 0,
         PRIMARY KEY (day, model, route, key));
     INSERT INTO usage_daily_2 SELECT day, model, route, '', requests, errors, tokens_in,
-        tokens_out, latency_ms_sum, latency_n, 0 FROM usage_daily;
+        tokens_out, latency_ms_sum, latency_n, 0, latency_ms_sum FROM usage_daily;
     DROP TABLE usage_daily;
     ALTER TABLE usage_daily_2 RENAME TO usage_daily;
     CREATE TABLE IF NOT EXISTS audit (
@@ -65,10 +66,11 @@ _ROLL = f"""
 INSERT INTO usage_daily AS d
 SELECT date(at, 'unixepoch'), model, route, COALESCE(key, ''), COUNT(*), SUM(status >= 400),
        COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0),
-       COALESCE(SUM(latency_ms), 0), COUNT(latency_ms), COALESCE(SUM(cost), 0)
+       COALESCE(SUM(latency_ms), 0), COUNT(latency_ms), COALESCE(SUM(cost), 0),
+       COALESCE(SUM(COALESCE(compute_ms, latency_ms)), 0)
 FROM requests WHERE rowid IN ({_PICKED}) GROUP BY 1, 2, 3, 4
 ON CONFLICT (day, model, route, key) DO UPDATE SET
-    cost = d.cost + excluded.cost,
+    cost = d.cost + excluded.cost, compute_ms_sum = d.compute_ms_sum + excluded.compute_ms_sum,
     requests = d.requests + excluded.requests, errors = d.errors + excluded.errors,
     tokens_in = d.tokens_in + excluded.tokens_in, tokens_out = d.tokens_out + excluded.tokens_out,
     latency_ms_sum = d.latency_ms_sum + excluded.latency_ms_sum,
@@ -79,16 +81,17 @@ ON CONFLICT (day, model, route, key) DO UPDATE SET
 _USAGE = """
 SELECT day, {by}, SUM(n), SUM(t_in), SUM(t_out), SUM(errors),
        ROUND(SUM(latency) / NULLIF(SUM(latency_n), 0), 1), ROUND(SUM(cost), 6),
-       ROUND(SUM(latency) / 1000.0, 3)
+       ROUND(SUM(compute) / 1000.0, 3)
 FROM (
     SELECT date(at, 'unixepoch') AS day, model, COALESCE(key, '') AS key, COUNT(*) AS n,
            COALESCE(SUM(tokens_in), 0) AS t_in, COALESCE(SUM(tokens_out), 0) AS t_out,
            SUM(status >= 400) AS errors, COALESCE(SUM(latency_ms), 0) AS latency,
-           COUNT(latency_ms) AS latency_n, COALESCE(SUM(cost), 0) AS cost
+           COUNT(latency_ms) AS latency_n, COALESCE(SUM(cost), 0) AS cost,
+           COALESCE(SUM(COALESCE(compute_ms, latency_ms)), 0) AS compute
     FROM requests WHERE at >= ?1 AND (?2 IS NULL OR key = ?2) GROUP BY day, model, 3
     UNION ALL
     SELECT day, model, key, SUM(requests), SUM(tokens_in), SUM(tokens_out), SUM(errors),
-           SUM(latency_ms_sum), SUM(latency_n), SUM(cost)
+           SUM(latency_ms_sum), SUM(latency_n), SUM(cost), SUM(compute_ms_sum)
     FROM usage_daily WHERE day >= date(?1, 'unixepoch') AND (?2 IS NULL OR key = ?2)
     GROUP BY day, model, key
 ) GROUP BY day, {by} ORDER BY day, {by}
@@ -128,7 +131,8 @@ def roll_up(db: sqlite3.Connection, now: float, keep_raw: float, batch: int = RO
 def usage(
     db: sqlite3.Connection, since: float, by: str = "model", key: str | None = None
 ) -> list[dict[str, Any]]:
-    """Requests, tokens, errors, cost and seconds spent answering per model (``by="key"``:
+    """Requests, tokens, errors, cost and compute seconds (runners' time on them, not the
+    time they queued) per model (``by="key"``:
     per key, ``""`` for the requests made before keys or with none; ``by="deployment"``: per
     model, which is what answered) per day (UTC) since a unix time; ``key``: its rows only."""
     names = ("day", by, "requests", "tokens_in", "tokens_out", "errors", "avg_ms", "cost",

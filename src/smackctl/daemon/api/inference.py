@@ -65,8 +65,8 @@ async def _openai_shaped(request: Request) -> Response:
     if (refusal := invalid(REQUEST_SCHEMAS[request.url.path], body)) is not None:
         return refusal
     _may_use(request, body.get("model"))
+    _priority_and_deadline(request)  # a bad header is refused before the key is counted
     _admit(request)
-    _priority_and_deadline(request)
     if request.url.path == CHAT:
         applied = await s.plugins.apply(body)
         if isinstance(applied, Response):

@@ -20,12 +20,14 @@ from starlette.responses import Response, StreamingResponse
 
 from smackctl.config import ModelSpec, Profile
 from smackctl.daemon.events import Events
-from smackctl.daemon.usage import Usage, tokens_of
+from smackctl.daemon.keys import CALLER, Key
+from smackctl.daemon.usage import Usage, tokens_in_stream, tokens_of, without_usage_event
 from smackctl.errors import SmackError
 
 from .breaker import Breaker, State, backoff
 from .call import Call
 from .plan import Deployed
+from .relay import CHAT, COMPLETIONS
 from .remote import Failed, Remote, Streamed
 
 if TYPE_CHECKING:
@@ -226,8 +228,9 @@ class Deployments:
         assert d.remote is not None
         for attempt in range(d.spec.retries + 1):
             started = self.now()
+            body, strip = _counted(d, call)
             try:
-                answer = await d.remote.send(call.path, call.body, call.request_id)
+                answer = await d.remote.send(call.path, body, call.request_id)
             except Failed as exc:
                 d.breaker.failure(exc.why, exc.connection)
                 self._count(d, call, exc.status, started)
@@ -248,7 +251,7 @@ class Deployments:
                 continue
             if isinstance(answer, Streamed):
                 return StreamingResponse(
-                    self._watched(d, call, answer, started),
+                    self._watched(d, call, answer, started, strip),
                     status_code=answer.status,
                     headers=answer.headers,
                 )
@@ -262,12 +265,21 @@ class Deployments:
         raise AssertionError("unreachable")
 
     async def _watched(
-        self, d: Deployment, call: Call, streamed: Streamed, started: float
+        self, d: Deployment, call: Call, streamed: Streamed, started: float, strip: bool = False
     ) -> AsyncIterator[bytes]:
-        """A remote stream passed on; at its end, its breaker and its usage are told."""
+        """A remote stream passed on; at its end, its breaker and its usage (the tokens of
+        its usage event, which is left out for a client that did not ask: ``strip``) are
+        told, under the key it was asked for (its end may run in another task)."""
+        caller = CALLER.get()
+        counts: tuple[int | None, int | None] = (None, None)
         try:
             async for chunk in streamed.body:
-                yield chunk
+                if (found := tokens_in_stream(chunk)) is not None:
+                    counts = found
+                    if strip:
+                        chunk = without_usage_event(chunk)
+                if chunk:
+                    yield chunk
         finally:
             with contextlib.suppress(Exception):
                 await streamed.body.aclose()
@@ -276,7 +288,7 @@ class Deployments:
                 d.breaker.success()
             else:
                 d.breaker.failure(streamed.cut, connection=True)
-            self._count(d, call, streamed.status, started)
+            self._count(d, call, streamed.status, started, counts=counts, by=caller)
 
     def _count(
         self,
@@ -285,15 +297,17 @@ class Deployments:
         status: int,
         started: float,
         answer: Response | None = None,
+        counts: tuple[int | None, int | None] = (None, None),
+        by: Key | None = None,
     ) -> None:
         """A remote attempt in the usage log and the metrics (a local one is its runner's)."""
-        tokens_in = tokens_out = None
+        tokens_in, tokens_out = counts
         if answer is not None and status < 400:
             with contextlib.suppress(ValueError, RecursionError):
                 tokens_in, tokens_out = tokens_of(json.loads(bytes(answer.body)))
         self.usage.record(
             d.name, call.path, status or 502, call.request_id,  # no answer: a bad gateway
-            tokens_in=tokens_in, tokens_out=tokens_out, seconds=self.now() - started,
+            tokens_in=tokens_in, tokens_out=tokens_out, seconds=self.now() - started, by=by,
         )  # fmt: skip
 
     # -- what is said of them ------------------------------------------------------------------
@@ -322,3 +336,15 @@ class Deployments:
                 for name, g in profile.groups.items()
             },
         }  # fmt: skip
+
+
+def _counted(d: Deployment, call: Call) -> tuple[dict[str, Any], bool]:
+    """The body sent to a priced server elsewhere asks for a stream's usage event (its cost
+    is counted from it); ``True`` when the client did not ask for it: it is left out."""
+    body = call.body
+    if not (d.spec.price and body.get("stream") and call.path in (CHAT, COMPLETIONS)):
+        return body, False
+    options = body.get("stream_options") or {}
+    if options.get("include_usage"):
+        return body, False
+    return {**body, "stream_options": {**options, "include_usage": True}}, True

@@ -36,9 +36,9 @@ from smackctl.daemon.runner import Runner
 from smackctl.daemon.scheduler import Scheduler
 from smackctl.daemon.slots import DEADLINE
 from smackctl.daemon.upstream import Answer, TransportError, Upstream
-from smackctl.daemon.usage import Usage, tokens_in_stream, tokens_of
+from smackctl.daemon.usage import Usage, tokens_in_stream, tokens_of, without_usage_event
 from smackctl.errors import DeadlineExceeded
-from smackctl.wire import data_lines, events, sse, sse_error
+from smackctl.wire import data_lines, sse_error
 
 __all__ = ["CHAT", "COMPLETIONS", "Runners", "Watchdog", "by_deadline"]
 
@@ -117,7 +117,11 @@ class Watchdog:
 PASSED = "the request's deadline (X-Smackctl-Deadline) passed"
 
 
-async def by_deadline(step: Awaitable[T]) -> T:
+async def by_deadline(
+    step: Awaitable[T],
+    when: str = "while it ran: the answer was stopped",
+    hint: str = "give it a longer deadline, or ask for fewer tokens",
+) -> T:
     """``step``, unless the request's deadline passes first: then DeadlineExceeded (the
     step is cancelled: a runner's connection is closed, which stops its slot)."""
     deadline = DEADLINE.get()
@@ -126,10 +130,7 @@ async def by_deadline(step: Awaitable[T]) -> T:
     try:
         return await asyncio.wait_for(step, max(0.0, deadline - asyncio.get_running_loop().time()))
     except TimeoutError:
-        raise DeadlineExceeded(
-            f"{PASSED} while it ran: the answer was stopped",
-            "give it a longer deadline, or ask for fewer tokens",
-        ) from None
+        raise DeadlineExceeded(f"{PASSED} {when}", hint) from None
 
 
 class _Lost(Exception):
@@ -203,7 +204,11 @@ class Runners:
         """One try: the answer, or ``_Lost`` before any byte of it."""
         stack = contextlib.AsyncExitStack()
         asked = time.perf_counter()
-        _, runner = await stack.enter_async_context(self.scheduler.slot(a.m.name, len(a.payload)))
+        _, runner = await by_deadline(
+            stack.enter_async_context(self.scheduler.slot(a.m.name, len(a.payload))),
+            f"while it waited for {a.m.name} (its load, or a slot)",
+            "give it a longer X-Smackctl-Deadline, or send it when the model is less busy",
+        )
         a.queued_ms = (time.perf_counter() - asked) * 1000
         dog = Watchdog(a.m, runner)  # until the answer is over (the stack closes)
         stack.callback(dog.stop)
@@ -267,6 +272,7 @@ class Runners:
             self.usage.record(
                 a.m.name, a.route, status, a.request_id, tokens_in=tokens_in,
                 tokens_out=tokens_out, seconds=seconds, reason=reason,
+                busy=max(0.0, seconds - a.queued_ms / 1000),
             )  # fmt: skip
 
         return Response(
@@ -310,9 +316,7 @@ class _Relay:
         self.tokens_out = got_out if got_out is not None else self.tokens_out
         if self.a.wants_usage or self.a.path not in (CHAT, COMPLETIONS):
             return chunk  # asked for, or Anthropic's and the Responses API's own events
-        # OpenAI's usage event (`choices: []`) the client did not ask for: left out
-        kept = [ev for ev in events(chunk) if not _usage_only(ev.json())]
-        return b"".join(sse(ev.data, ev.event, ev.id) for ev in kept)
+        return without_usage_event(chunk)  # OpenAI's usage event, not asked for: left out
 
     async def body(self, chunks: AsyncIterator[bytes], first: bytes) -> AsyncIterator[bytes]:
         status = 200
@@ -349,7 +353,8 @@ class _Relay:
             self.runners.usage.record(
                 self.a.m.name, self.a.route, status, self.a.request_id,
                 tokens_in=self.tokens_in, tokens_out=out,
-                seconds=time.perf_counter() - self.a.started, ttft=self.ttft, by=self.caller,
+                seconds=(took := time.perf_counter() - self.a.started), ttft=self.ttft,
+                by=self.caller, busy=max(0.0, took - self.a.queued_ms / 1000),
             )  # fmt: skip
 
     async def _cut(self, exc: TransportError, seen: int) -> bytes:
@@ -368,8 +373,3 @@ class _Relay:
             what = f"the connection to the runner for {name} broke {where} ({exc})"
         msg = f"{what}; the answer is incomplete. Fix: {crash_fix(name, self.runner)}"
         return sse_error(msg, "runner_crashed", "stream_cut")
-
-
-def _usage_only(data: Any) -> bool:
-    """OpenAI's closing usage event: ``choices: []`` and a ``usage``."""
-    return isinstance(data, dict) and data.get("choices") == [] and "usage" in data
