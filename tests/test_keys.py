@@ -190,6 +190,10 @@ def test_an_inference_key_reaches_its_models_and_nothing_else(sup: Supervisor) -
         model="tiny-a", max_tokens=4, messages=[{"role": "user", "content": "hi"}]
     )
     assert said.usage.output_tokens >= 1
+    raw = httpx.post(sup.url + "/v1/messages", headers={"x-api-key": key}, timeout=60,
+                     json={"model": "tiny-a", "max_tokens": 4,
+                           "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+    assert raw.status_code == 200 and float(raw.headers["x-smackctl-queued-ms"]) >= 0
     with httpx.Client(base_url=sup.url, headers={"Authorization": f"Bearer {key}"}) as c:
         for method, path in [("POST", "/api/shutdown"), ("GET", "/api/keys"),
                              ("POST", "/api/profiles/switch"), ("GET", "/metrics")]:  # fmt: skip

@@ -357,8 +357,8 @@ class Cached:
             return None  # pulled on its first load: cached from the next request on
         identity = await self.open().identity(m.spec, file)
         caller = CALLER.get()  # each key its own answers, unless the cache is shared
-        if caller is not None and not settings.shared:
-            identity = f"{identity}/key:{caller.name}"
+        if caller is not None and not settings.shared:  # a name made anew is another key
+            identity = f"{identity}/key:{caller.name}@{caller.created}"
         return Cache.key(path, body, defaults, identity)
 
     def hit(self, key: str) -> Response | None:

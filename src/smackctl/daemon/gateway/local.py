@@ -150,6 +150,7 @@ class LocalModels:
             json.dumps(from_chat(path, data, {**body, "model": m.name})).encode(),
             media_type="application/json",
             background=answer.background,
+            headers={k: v for k, v in answer.headers.items() if k.startswith("x-smackctl-")},
         )
 
     async def _refuse_what_it_cannot_serve(
