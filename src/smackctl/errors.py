@@ -253,6 +253,7 @@ class RateLimited(SmackError):
 
     status = 429
     error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"  # OpenAI's
 
     def __init__(self, message: str, hint: str, wait: float, headers: dict[str, str]) -> None:
         super().__init__(message, hint)
