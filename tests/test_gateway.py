@@ -439,6 +439,21 @@ def test_5xx_and_stalls_are_retried_then_fall_back_before_the_first_byte(world: 
     assert ("flaky", True) in rows and ("r2", False) in rows
 
 
+def test_a_request_deadline_bounds_a_server_elsewhere_too(world: World) -> None:
+    """A stalling server elsewhere (5 s of nothing) and a request that gives itself 0.5 s:
+    504 deadline_exceeded, no retry, no fallback, and the breaker not blamed."""
+    _closed(world, "flaky")
+    world.faulty.seen.clear()
+    world.faulty.queue[:] = ["stall"]
+    with world.sup.client(timeout=60) as c:
+        r = c.post(CHAT, json={**ASK, "model": "flaky"}, headers={"X-Smackctl-Deadline": "0.5"})
+    world.faulty.queue.clear()
+    assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded", r.text
+    assert "passed while flaky (a server elsewhere) answered" in r.json()["error"]["message"]
+    assert len(world.faulty.seen) == 1  # no retry on it, and no fallback (its r2 not asked)
+    assert _backend(world.sup, "flaky")["breaker"]["state"] == "closed"  # not its fault
+
+
 def test_a_stream_cut_after_its_first_byte_ends_with_an_error_event(world: World) -> None:
     _closed(world, "flaky")
     world.faulty.seen.clear()

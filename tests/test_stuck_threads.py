@@ -26,6 +26,7 @@ LONG = {
     "max_tokens": 3500,
     "temperature": 0,
     "stream": True,
+    "logit_bias": {"2": -100.0},  # SmolLM2's end of text: the answer runs its whole length
 }
 
 
@@ -86,9 +87,15 @@ def stopped(tid: int) -> Iterator[None]:
 
 
 @pytest.fixture(params=["llama-cpp-python", "llama-server"])
-def quick(request: pytest.FixtureRequest, home: Home, model_dir: Path) -> Iterator[Supervisor]:
+def quick(
+    request: pytest.FixtureRequest, home: Home, model_dir: Path, smollm2_file: Path
+) -> Iterator[Supervisor]:
+    """The model named tiny-a here is SmolLM2 on two threads: the tiny random model decodes
+    thousands of tokens a second, so its whole answer could be made (and sit in the sockets)
+    before the thread is stopped; SmolLM2's ~60 tokens/s leave minutes of it to make."""
     text = profile_yaml(model_dir, **{"tiny-a": f"backend: {request.param}\nhang_timeout: {HANG}"})
     text = text.replace("    threads: 1\n", "    threads: 2\n", 1)  # tiny-a's: two threads
+    text = text.replace(str(model_dir / "tiny-a.gguf"), str(smollm2_file), 1)
     (Path(home.env["SMACKCTL_PROFILE_DIR"]) / "test.yaml").write_text(text)
     sup = launch(home)
     yield sup

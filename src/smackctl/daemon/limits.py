@@ -111,7 +111,7 @@ class Meter:
         self._history = history
         self._rebuilt: set[str] = set()
 
-    def _warm(self, name: str, limits: Limits) -> None:
+    def _warm(self, name: str, limits: Limits, born: float = 0.0) -> None:
         """Counters for a key seen first since the start: from the request log (this month's
         rows, or all of them for a budget with no period; a log that cannot be read counts
         nothing, and says so)."""
@@ -121,7 +121,7 @@ class Meter:
         now = self.now()
         since = 0.0 if limits.period == "none" else min(period_start("month", now), now - DAY)
         try:
-            rows = self._history(name, since)
+            rows = self._history(name, max(since, born))  # a name made anew: its own rows
         except sqlite3.Error as exc:
             log.warning("the counters of key %s start from nothing: %s", name, exc)
             return
@@ -136,11 +136,13 @@ class Meter:
             sum(c for at, _, _, c in rows if at >= p0),
         )
 
-    def admit(self, name: str, limits: Limits) -> None:
-        """Let a request of the key in (counted), or raise RateLimited with when to ask again."""
+    def admit(self, name: str, limits: Limits, born: float = 0.0) -> None:
+        """Let a request of the key in (counted), or raise RateLimited with when to ask again;
+        ``born``: when the key was made (the log's rows of an older key of that name are not
+        its own)."""
         if not limits.any():
             return
-        self._warm(name, limits)
+        self._warm(name, limits, born)
         now = self.now()
         asked, tokens_ = self._window(name, now)
         heads = self.headers(name, limits)
@@ -220,9 +222,9 @@ class Meter:
         begun, tokens, seconds, cost = self._spent.get(name, (start, 0, 0.0, 0.0))
         return (start, tokens, seconds, cost) if begun == start else (start, 0, 0.0, 0.0)
 
-    def used(self, name: str, limits: Limits) -> dict[str, Any]:
+    def used(self, name: str, limits: Limits, born: float = 0.0) -> dict[str, Any]:
         """What the key used and has left, and when its period resets (``keys show``)."""
-        self._warm(name, limits)
+        self._warm(name, limits, born)
         now = self.now()
         asked, spent = self._window(name, now)
         _, tokens, seconds, cost = self._period(name, limits, now)

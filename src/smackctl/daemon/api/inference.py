@@ -104,7 +104,7 @@ def _admit(request: Request) -> None:
     meter = services(request).usage.meter
     if meter is None:
         return
-    meter.admit(key.name, key.limits)
+    meter.admit(key.name, key.limits, key.created)
     request.scope["state"]["release"] = lambda: meter.release(key.name)
 
 

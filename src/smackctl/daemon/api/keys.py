@@ -61,7 +61,7 @@ async def show(request: Request) -> Response:
     key = s.keys.get(request.path_params["name"])
     view = {**key.public(), "used": used(s.store.usage, key)}
     if key.limits.any() and s.usage.meter is not None:
-        view["counters"] = s.usage.meter.used(key.name, key.limits)
+        view["counters"] = s.usage.meter.used(key.name, key.limits, key.created)
     return JSONResponse(view)
 
 

@@ -21,13 +21,15 @@ from starlette.responses import Response, StreamingResponse
 from smackctl.config import ModelSpec, Profile
 from smackctl.daemon.events import Events
 from smackctl.daemon.keys import CALLER, Key
+from smackctl.daemon.slots import DEADLINE
 from smackctl.daemon.usage import Usage, tokens_in_stream, tokens_of, without_usage_event
 from smackctl.errors import SmackError
+from smackctl.wire import sse_error
 
 from .breaker import Breaker, State, backoff
 from .call import Call
 from .plan import Deployed
-from .relay import CHAT, COMPLETIONS
+from .relay import CHAT, COMPLETIONS, PASSED, by_deadline
 from .remote import Failed, Remote, Streamed
 
 if TYPE_CHECKING:
@@ -230,7 +232,10 @@ class Deployments:
             started = self.now()
             body, strip = _counted(d, call)
             try:
-                answer = await d.remote.send(call.path, body, call.request_id)
+                answer = await by_deadline(
+                    d.remote.send(call.path, body, call.request_id),
+                    f"while {d.name} (a server elsewhere) answered",
+                )
             except Failed as exc:
                 d.breaker.failure(exc.why, exc.connection)
                 self._count(d, call, exc.status, started)
@@ -270,10 +275,14 @@ class Deployments:
         """A remote stream passed on; at its end, its breaker and its usage (the tokens of
         its usage event, which is left out for a client that did not ask: ``strip``) are
         told, under the key it was asked for (its end may run in another task)."""
-        caller = CALLER.get()
+        caller, deadline = CALLER.get(), DEADLINE.get()
         counts: tuple[int | None, int | None] = (None, None)
         try:
             async for chunk in streamed.body:
+                if deadline is not None and asyncio.get_running_loop().time() > deadline:
+                    yield sse_error(f"{PASSED} while it ran: the answer was stopped",
+                                    "deadline_exceeded", "deadline_exceeded")  # fmt: skip
+                    return
                 if (found := tokens_in_stream(chunk)) is not None:
                     counts = found
                     if strip:
