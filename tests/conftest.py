@@ -233,7 +233,8 @@ def launch(home: Home, *extra: str, profile: str = "test") -> Supervisor:
 
 def launch_on(root: Path, profile: str, yaml_text: str, **env: str) -> Supervisor:
     """A supervisor in a home of its own under ``root`` (a module's fixture), on one profile
-    written from ``yaml_text``; ``env``: more of its environment (PYTHONPATH, a key…)."""
+    written from ``yaml_text``; ``env``: more of its environment (PYTHONPATH, a key…). The
+    user's own SMACKCTL_URL and SMACKCTL_TOKEN are left out: the CLI asks this one."""
     home = root / "home"
     profiles = home / "profiles"
     profiles.mkdir(parents=True)
@@ -243,7 +244,18 @@ def launch_on(root: Path, profile: str, yaml_text: str, **env: str) -> Superviso
         "SMACKCTL_PROFILE_DIR": str(profiles),
         "SMACKCTL_PORT": str(free_port()),
     }
-    return launch(Home(home, {**os.environ, **base, **env}), profile=profile)
+    own = {k: v for k, v in os.environ.items() if k not in ("SMACKCTL_URL", "SMACKCTL_TOKEN")}
+    return launch(Home(home, {**own, **base, **env}), profile=profile)
+
+
+def make_key(sup: Supervisor, name: str, *args: str) -> str:
+    """`smackctl keys create NAME ARGS…` as a user runs it: the key, alone on stdout."""
+    done = smackctl(sup.home, "keys", "create", name, *args)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("smk-"), done.stdout  # the key alone
+    assert "shown this once" in done.stderr  # and the rest on stderr
+    return lines[0]
 
 
 def shutdown(sup: Supervisor) -> None:

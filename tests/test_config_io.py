@@ -4,32 +4,21 @@ changes nothing, the import is checked whole first, and a key keeps working on t
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import httpx
 import yaml
 
-from conftest import Home, free_port, launch, profile_yaml, shutdown, smackctl
+from conftest import launch_on, profile_yaml, shutdown, smackctl
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "temperature": 0}
-
-
-def _home(root: Path, model_dir: Path, profile: str | None) -> Home:
-    (root / "profiles").mkdir(parents=True)
-    if profile is not None:
-        (root / "profiles" / "test.yaml").write_text(profile)
-    env = {"SMACKCTL_HOME": str(root), "SMACKCTL_PROFILE_DIR": str(root / "profiles"),
-           "SMACKCTL_PORT": str(free_port()), "SMACKCTL_PROFILE": "test"}  # fmt: skip
-    environ = {k: v for k, v in os.environ.items() if k not in ("SMACKCTL_URL", "SMACKCTL_TOKEN")}
-    return Home(root, {**environ, **env})
 
 
 def test_settings_move_to_another_supervisor_and_its_keys_keep_working(
     tmp_path: Path, model_dir: Path
 ) -> None:
-    first = _home(tmp_path / "one", model_dir, profile_yaml(model_dir))
-    sup = launch(first)
+    sup = launch_on(tmp_path / "one", "test", profile_yaml(model_dir))
+    first = sup.home
     try:
         key = smackctl(first, "keys", "create", "ann", "--models", "tiny-a", "--rpm", "50",
                        "--priority", "batch").stdout.strip()  # fmt: skip
@@ -50,21 +39,19 @@ def test_settings_move_to_another_supervisor_and_its_keys_keep_working(
 
     # the second machine: the same models, another profile folder, no key yet; it starts on
     # a profile of its own, and takes the exported one from the file
-    second = _home(tmp_path / "two", model_dir, None)
-    (tmp_path / "two" / "profiles" / "own.yaml").write_text(profile_yaml(model_dir))
-    second.env["SMACKCTL_PROFILE"] = "own"
-    sup = launch(second, profile="own")
+    sup = launch_on(tmp_path / "two", "own", profile_yaml(model_dir))
+    second, profiles = sup.home, tmp_path / "two" / "home" / "profiles"
     try:
         dry = smackctl(second, "config", "import", str(out), "--dry-run")
         assert dry.returncode == 0, dry.stderr
         assert "profile test: new" in dry.stdout and "key ann: new" in dry.stdout
         assert "a dry run: nothing was changed" in dry.stderr
-        assert not (tmp_path / "two" / "profiles" / "test.yaml").exists()
+        assert not (profiles / "test.yaml").exists()
         with httpx.Client(base_url=sup.url, headers={"Authorization": f"Bearer {key}"}) as c:
             assert c.get("/v1/models").status_code == 401  # not imported yet
         done = smackctl(second, "config", "import", str(out))
         assert done.returncode == 0, done.stderr
-        assert (tmp_path / "two" / "profiles" / "test.yaml").read_text() == data["profiles"]["test"]
+        assert (profiles / "test.yaml").read_text() == data["profiles"]["test"]
         with httpx.Client(base_url=sup.url, headers={"Authorization": f"Bearer {key}"}) as c:
             hi = {"model": "tiny-a", "messages": CHAT["messages"], "temperature": 0}
             r = c.post("/v1/chat/completions", json=hi)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from smackctl.config import Price
@@ -20,7 +20,7 @@ from smackctl.daemon.store import Store
 from smackctl.daemon.usage import Usage
 from smackctl.errors import RateLimited
 
-from conftest import Home, Supervisor, free_port, launch, profile_yaml, shutdown, smackctl
+from conftest import Supervisor, launch_on, make_key, profile_yaml, shutdown, smackctl
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "temperature": 0}
 
@@ -61,34 +61,24 @@ def test_a_priced_request_has_its_cost_in_the_log_and_against_a_budget(tmp_path:
 
 @pytest.fixture(scope="module")
 def sup(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[Supervisor]:
-    root = tmp_path_factory.mktemp("costs") / "home"
-    (root / "profiles").mkdir(parents=True)
     extra = (
         "groups:\n"
         "  thrifty: {deployments: [tiny-a, tiny-b], policy: cost}\n"  # the cheap one listed last
         "  finest: {deployments: [tiny-b, tiny-a], policy: quality}\n"  # the best one listed last
     )
-    (root / "profiles" / "test.yaml").write_text(
-        profile_yaml(
-            model_dir,
-            extra,
-            **{
-                "tiny-a": "price: {input: 2000, output: 4000}\nquality: 9",
-                "tiny-b": "price: {input: 10, output: 20}\nquality: 2",
-            },
-        )
+    priced = {
+        "tiny-a": "price: {input: 2000, output: 4000}\nquality: 9",
+        "tiny-b": "price: {input: 10, output: 20}\nquality: 2",
+    }
+    s = launch_on(
+        tmp_path_factory.mktemp("costs"), "test", profile_yaml(model_dir, extra, **priced)
     )
-    env = {"SMACKCTL_HOME": str(root), "SMACKCTL_PROFILE_DIR": str(root / "profiles"),
-           "SMACKCTL_PORT": str(free_port()), "SMACKCTL_PROFILE": "test"}  # fmt: skip
-    environ = {k: v for k, v in os.environ.items() if k not in ("SMACKCTL_URL", "SMACKCTL_TOKEN")}
-    s = launch(Home(root, {**environ, **env}))
     yield s
     shutdown(s)
 
 
 def test_groups_by_cost_and_quality_and_a_usd_budget_end_to_end(sup: Supervisor) -> None:
-    key = smackctl(sup.home, "keys", "create", "payer", "--budget-usd", "0.05").stdout.strip()
-    import httpx
+    key = make_key(sup, "payer", "--budget-usd", "0.05")
 
     with httpx.Client(base_url=sup.url, headers={"Authorization": f"Bearer {key}"},
                       timeout=60) as c:  # fmt: skip

@@ -4,7 +4,6 @@ plain functions, and through a real supervisor with the CLI and the official SDK
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 from smackctl.daemon import prefs
 from smackctl.errors import UsageError
 
-from conftest import Home, Supervisor, free_port, launch, profile_yaml, shutdown, smackctl
+from conftest import Supervisor, launch_on, make_key, profile_yaml, shutdown, smackctl
 
 PREFS = {
     "model": "tiny-a",
@@ -62,20 +61,13 @@ def test_preferences_that_are_not_are_refused_by_name(bad: Any, says: str) -> No
 
 @pytest.fixture(scope="module")
 def sup(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[Supervisor]:
-    root = tmp_path_factory.mktemp("prefs") / "home"
-    (root / "profiles").mkdir(parents=True)
-    (root / "profiles" / "test.yaml").write_text(profile_yaml(model_dir))
-    env = {"SMACKCTL_HOME": str(root), "SMACKCTL_PROFILE_DIR": str(root / "profiles"),
-           "SMACKCTL_PORT": str(free_port()), "SMACKCTL_PROFILE": "test"}  # fmt: skip
-    environ = {k: v for k, v in os.environ.items() if k not in ("SMACKCTL_URL", "SMACKCTL_TOKEN")}
-    s = launch(Home(root, {**environ, **env}))
+    s = launch_on(tmp_path_factory.mktemp("prefs"), "test", profile_yaml(model_dir))
     yield s
     shutdown(s)
 
 
 def test_a_key_gets_its_preferred_model_and_sampling_per_context(sup: Supervisor) -> None:
-    made = smackctl(sup.home, "keys", "create", "dev")
-    key = made.stdout.strip()
+    key = make_key(sup, "dev")
     done = smackctl(sup.home, "keys", "prefer", "dev", "--model", "tiny-b",
                     "--set", "max_tokens=2")  # fmt: skip
     assert done.returncode == 0, done.stderr

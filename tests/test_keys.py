@@ -27,7 +27,16 @@ from smackctl.daemon.store import Store
 from smackctl.daemon.usage_log import MIGRATIONS
 from smackctl.errors import UnknownKey, UsageError
 
-from conftest import Home, Supervisor, launch, shutdown, smackctl, wait_for
+from conftest import (
+    Home,
+    Supervisor,
+    launch_on,
+    make_key,
+    profile_yaml,
+    shutdown,
+    smackctl,
+    wait_for,
+)
 
 DATA = Path(__file__).parent / "data"
 CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "temperature": 0}
@@ -148,32 +157,17 @@ def test_rows_of_a_key_roll_up_into_its_own_daily_totals(tmp_path: Path) -> None
 
 @pytest.fixture(scope="module")
 def sup(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[Supervisor]:
-    from conftest import free_port, profile_yaml
-
-    root = tmp_path_factory.mktemp("keys") / "home"
-    (root / "profiles").mkdir(parents=True)
-    (root / "profiles" / "test.yaml").write_text(
-        profile_yaml(model_dir, **{"tiny-a": "aliases: [a]"})
+    s = launch_on(
+        tmp_path_factory.mktemp("keys"),
+        "test",
+        profile_yaml(model_dir, **{"tiny-a": "aliases: [a]"}),
     )
-    env = {"SMACKCTL_HOME": str(root), "SMACKCTL_PROFILE_DIR": str(root / "profiles"),
-           "SMACKCTL_PORT": str(free_port()), "SMACKCTL_PROFILE": "test"}  # fmt: skip
-    environ = {k: v for k, v in os.environ.items() if k not in ("SMACKCTL_URL", "SMACKCTL_TOKEN")}
-    s = launch(Home(root, {**environ, **env}))
     yield s
     shutdown(s)
 
 
-def _make(sup: Supervisor, *args: str) -> str:
-    done = smackctl(sup.home, "keys", "create", *args)
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("smk-"), done.stdout  # the key alone
-    assert "shown this once" in done.stderr
-    return lines[0]
-
-
 def test_an_inference_key_reaches_its_models_and_nothing_else(sup: Supervisor) -> None:
-    key = _make(sup, "app1", "--models", "tiny-a,fast")
+    key = make_key(sup, "app1", "--models", "tiny-a,fast")
     ai = openai.OpenAI(base_url=sup.url + "/v1", api_key=key, max_retries=0)
     answer = ai.chat.completions.create(model="tiny-a", **CHAT)  # type: ignore[call-overload]
     assert answer.choices[0].message.content is not None
@@ -213,7 +207,7 @@ def test_an_inference_key_reaches_its_models_and_nothing_else(sup: Supervisor) -
 
 
 def test_a_metrics_key_reads_metrics_and_status_only(sup: Supervisor) -> None:
-    key = _make(sup, "grafana", "--scope", "metrics")
+    key = make_key(sup, "grafana", "--scope", "metrics")
     with httpx.Client(base_url=sup.url, headers={"Authorization": f"Bearer {key}"}) as c:
         assert c.get("/metrics").status_code == 200
         assert c.get("/api/status").json()["models"]
@@ -227,7 +221,7 @@ def test_a_metrics_key_reads_metrics_and_status_only(sup: Supervisor) -> None:
 
 
 def test_revoking_a_key_stops_it_at_once_streams_in_flight_included(sup: Supervisor) -> None:
-    key = _make(sup, "leaver")
+    key = make_key(sup, "leaver")
     with sup.client() as c:
         assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-b"}).status_code == 200
     pid = sup.model("tiny-b")["pid"]
@@ -304,7 +298,7 @@ def test_keys_list_show_rotate_and_the_audit_log(sup: Supervisor) -> None:
 
 
 def test_an_admin_key_is_audited_under_its_own_name(sup: Supervisor) -> None:
-    key = _make(sup, "ops", "--scope", "admin")
+    key = make_key(sup, "ops", "--scope", "admin")
     with httpx.Client(base_url=sup.url, headers={"Authorization": f"Bearer {key}"}) as c:
         assert c.post("/api/keys", json={"name": "made-by-ops"}).status_code == 201
         audit = c.get("/api/audit").json()
@@ -334,7 +328,7 @@ def test_a_rotated_key_revoked_later_still_ends_its_streams(tmp_path: Path) -> N
 def test_the_cli_works_with_a_key_of_scope_inference(sup: Supervisor) -> None:
     """Someone with only an inference key (SMACKCTL_TOKEN) chats and reads their usage with
     the CLI; what needs admin says so."""
-    key = _make(sup, "cli-user", "--models", "tiny-a")
+    key = make_key(sup, "cli-user", "--models", "tiny-a")
     as_user = Home(sup.home.root, {**sup.home.env, "SMACKCTL_TOKEN": key})
     said = smackctl(as_user, "chat", "-m", "tiny-a", "hello", "--max-tokens", "3")
     assert said.returncode == 0, said.stderr

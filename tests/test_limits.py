@@ -20,7 +20,7 @@ from smackctl.daemon.limits import Limits, Meter, period_start
 from smackctl.daemon.store import Store
 from smackctl.errors import RateLimited, UsageError
 
-from conftest import Home, Supervisor, free_port, launch, profile_yaml, shutdown, smackctl, wait_for
+from conftest import Supervisor, launch_on, make_key, profile_yaml, shutdown, smackctl, wait_for
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "temperature": 0}
 NOON = calendar.timegm((2026, 12, 6, 12, 0, 0))
@@ -151,27 +151,15 @@ def test_the_counters_come_back_from_the_state_db_after_a_restart(tmp_path: Path
 
 @pytest.fixture(scope="module")
 def sup(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[Supervisor]:
-    root = tmp_path_factory.mktemp("limits") / "home"
-    (root / "profiles").mkdir(parents=True)
-    (root / "profiles" / "test.yaml").write_text(profile_yaml(model_dir))
-    env = {"SMACKCTL_HOME": str(root), "SMACKCTL_PROFILE_DIR": str(root / "profiles"),
-           "SMACKCTL_PORT": str(free_port()), "SMACKCTL_PROFILE": "test"}  # fmt: skip
-    environ = {k: v for k, v in os.environ.items() if k not in ("SMACKCTL_URL", "SMACKCTL_TOKEN")}
-    s = launch(Home(root, {**environ, **env}))
+    s = launch_on(tmp_path_factory.mktemp("limits"), "test", profile_yaml(model_dir))
     yield s
     shutdown(s)
-
-
-def _key(sup: Supervisor, name: str, *limits: str) -> str:
-    done = smackctl(sup.home, "keys", "create", name, *limits)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
 
 
 def test_over_its_rpm_a_key_gets_429_with_the_headers_openai_clients_read(
     sup: Supervisor,
 ) -> None:
-    key = _key(sup, "rpm2", "--rpm", "2")
+    key = make_key(sup, "rpm2", "--rpm", "2")
     with httpx.Client(base_url=sup.url, headers={"Authorization": f"Bearer {key}"}) as c:
         assert c.get("/v1/models").status_code == 200  # a listing is not counted
         for _ in range(2):
@@ -201,7 +189,7 @@ def test_the_sdks_own_retry_gets_through_once_the_key_has_room(sup: Supervisor) 
     """The key's one place is held by a stream (its runner stopped); the SDK's request gets
     429 with Retry-After, the stream is then dropped by its client, and the SDK's own retry
     is served."""
-    key = _key(sup, "one-at-a-time", "--max-parallel", "1")
+    key = make_key(sup, "one-at-a-time", "--max-parallel", "1")
     with sup.client() as c:
         assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-b"}).is_success
     pid = sup.model("tiny-b")["pid"]

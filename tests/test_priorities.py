@@ -22,7 +22,7 @@ import pytest
 from smackctl.daemon.slots import AGE_MIN, AGE_SERVICES, DEADLINE, PRIORITY, Slots, pick
 from smackctl.errors import DeadlineExceeded
 
-from conftest import Home, Supervisor, free_port, launch, profile_yaml, shutdown, smackctl, wait_for
+from conftest import Supervisor, launch_on, make_key, profile_yaml, shutdown, smackctl, wait_for
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "temperature": 0}
 
@@ -73,21 +73,9 @@ def test_the_queue_serves_by_priority_and_gives_up_at_a_deadline() -> None:
 
 @pytest.fixture(scope="module")
 def sup(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[Supervisor]:
-    root = tmp_path_factory.mktemp("priorities") / "home"
-    (root / "profiles").mkdir(parents=True)
-    (root / "profiles" / "test.yaml").write_text(profile_yaml(model_dir))
-    env = {"SMACKCTL_HOME": str(root), "SMACKCTL_PROFILE_DIR": str(root / "profiles"),
-           "SMACKCTL_PORT": str(free_port()), "SMACKCTL_PROFILE": "test"}  # fmt: skip
-    environ = {k: v for k, v in os.environ.items() if k not in ("SMACKCTL_URL", "SMACKCTL_TOKEN")}
-    s = launch(Home(root, {**environ, **env}))
+    s = launch_on(tmp_path_factory.mktemp("priorities"), "test", profile_yaml(model_dir))
     yield s
     shutdown(s)
-
-
-def _key(sup: Supervisor, name: str, *args: str) -> str:
-    done = smackctl(sup.home, "keys", "create", name, *args)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
 
 
 class Held:
@@ -130,8 +118,8 @@ def _in_thread(results: dict[str, Any], label: str, key: str, sup: Supervisor) -
 def test_an_interactive_request_goes_before_the_batch_requests_queued_first(
     sup: Supervisor,
 ) -> None:
-    batch = _key(sup, "nightly", "--priority", "batch")
-    mine = _key(sup, "person")
+    batch = make_key(sup, "nightly", "--priority", "batch")
+    mine = make_key(sup, "person")
     with sup.client() as c:
         assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-b"}).is_success
     held = Held(sup, batch)
@@ -168,7 +156,7 @@ def test_an_interactive_request_goes_before_the_batch_requests_queued_first(
 def test_a_deadline_that_passes_in_the_queue_is_a_504_and_mid_answer_an_error_event(
     sup: Supervisor,
 ) -> None:
-    key = _key(sup, "hasty")
+    key = make_key(sup, "hasty")
     with sup.client() as c:
         assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-b"}).is_success
     # it runs, stopped mid-answer; its deadline passes before the queued one's below
@@ -202,15 +190,8 @@ def test_a_loaded_models_queue_goes_before_a_swap(tmp_path: Path, model_dir: Pat
     is loaded: one swap, where taking tiny-b away under its queue would cost two. (A freed
     slot passes straight to the next waiter, so tiny-b's queue also went first before its
     queued requests counted in the plan; now the plan says so, and the log with it.)"""
-    root = tmp_path / "home"
-    (root / "profiles").mkdir(parents=True)
-    (root / "profiles" / "test.yaml").write_text(
-        profile_yaml(model_dir, "memory:\n  max_loaded: 1\n  spare_runner: false\n")
-    )
-    env = {"SMACKCTL_HOME": str(root), "SMACKCTL_PROFILE_DIR": str(root / "profiles"),
-           "SMACKCTL_PORT": str(free_port()), "SMACKCTL_PROFILE": "test"}  # fmt: skip
-    environ = {k: v for k, v in os.environ.items() if k not in ("SMACKCTL_URL", "SMACKCTL_TOKEN")}
-    sup = launch(Home(root, {**environ, **env}))
+    one_at_a_time = "memory:\n  max_loaded: 1\n  spare_runner: false\n"
+    sup = launch_on(tmp_path, "test", profile_yaml(model_dir, one_at_a_time))
     try:
         with sup.client() as c:
             assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-b"}).is_success
