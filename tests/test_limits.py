@@ -20,7 +20,16 @@ from smackctl.daemon.limits import Limits, Meter, period_start
 from smackctl.daemon.store import Store
 from smackctl.errors import RateLimited, UsageError
 
-from conftest import Supervisor, launch_on, make_key, profile_yaml, shutdown, smackctl, wait_for
+from conftest import (
+    Supervisor,
+    launch,
+    launch_on,
+    make_key,
+    profile_yaml,
+    shutdown,
+    smackctl,
+    wait_for,
+)
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "temperature": 0}
 NOON = calendar.timegm((2026, 12, 6, 12, 0, 0))
@@ -221,3 +230,27 @@ def test_the_sdks_own_retry_gets_through_once_the_key_has_room(sup: Supervisor) 
             os.kill(pid, signal.SIGCONT)
     assert answer.choices[0].message is not None  # retried after Retry-After, and served
     assert sup.log().count("status=429") > log_before
+
+
+def test_a_key_over_its_day_is_still_over_it_after_the_supervisor_restarts(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """Tokens per day used up, the supervisor stopped and started again: the next request
+    of the key is still a 429 (the counters come back from the request log)."""
+    sup = launch_on(tmp_path, "test", profile_yaml(model_dir))
+    try:
+        key = make_key(sup, "daily", "--tokens-per-day", "20")
+        with httpx.Client(base_url=sup.url, headers={"Authorization": f"Bearer {key}"}) as c:
+            assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"}).is_success
+            assert (
+                c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"}).status_code == 429
+            )
+    finally:
+        shutdown(sup)
+    sup = launch(sup.home)
+    try:
+        with httpx.Client(base_url=sup.url, headers={"Authorization": f"Bearer {key}"}) as c:
+            r = c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"})
+        assert r.status_code == 429 and "20 tokens per day" in r.json()["error"]["message"]
+    finally:
+        shutdown(sup)
