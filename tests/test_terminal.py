@@ -6,6 +6,7 @@ of the answer may be longer than the terminal is wide (words are not cut)."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sqlite3
 import subprocess
@@ -33,7 +34,26 @@ def smol(tmp_path_factory: pytest.TempPathFactory, smollm2_file: Path) -> Iterat
 
 
 def _tmux(*args: str) -> str:
-    return subprocess.run(["tmux", *args], capture_output=True, text=True, check=True).stdout
+    done = subprocess.run(["tmux", *args], capture_output=True, text=True)
+    assert done.returncode == 0, f"tmux {args[0]}: {done.stderr.strip()}"
+    return done.stdout
+
+
+def _new_session(name: str, *args: str) -> None:
+    """A detached session. Its server may be on its way out as the test before killed its
+    last session ("server exited unexpectedly"): asked again until one starts."""
+
+    def started() -> bool:
+        done = subprocess.run(["tmux", "new-session", "-d", "-s", name, *args],
+                              capture_output=True, text=True)  # fmt: skip
+        failed.append(done.stderr.strip())
+        return done.returncode == 0
+
+    failed: list[str] = []
+    try:
+        wait_for(started, 10, "a tmux session")
+    except AssertionError:
+        raise AssertionError(f"tmux new-session failed: {failed[-1]}") from None
 
 
 def _stored_answer(sup: Supervisor) -> str:
@@ -60,8 +80,8 @@ def _chat_in_terminal(sup: Supervisor, width: int, resize_to: int | None = None)
         f"env {env} TERM=xterm-256color {sys.executable} -m smackctl chat --seed 7 "
         f"--temperature 0 --max-tokens 150 {shlex.quote(QUESTION)}; sleep 600"
     )
-    session = f"smk-term-{width}-{resize_to}"
-    _tmux("new-session", "-d", "-s", session, "-x", str(width), "-y", "20", cmd)
+    session = f"smk-term-{os.getpid()}-{width}-{resize_to}"
+    _new_session(session, "-x", str(width), "-y", "20", cmd)
     try:
 
         def everything() -> str:
