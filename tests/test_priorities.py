@@ -22,9 +22,16 @@ import pytest
 from smackctl.daemon.slots import AGE_MIN, AGE_SERVICES, DEADLINE, PRIORITY, Slots, pick
 from smackctl.errors import DeadlineExceeded
 
-from conftest import Supervisor, launch_on, make_key, profile_yaml, shutdown, smackctl, wait_for
-
-CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "temperature": 0}
+from conftest import (
+    CHAT,
+    Supervisor,
+    launch_on,
+    make_key,
+    profile_yaml,
+    shutdown,
+    smackctl,
+    wait_for,
+)
 
 
 def test_interactive_goes_first_until_the_first_batch_request_has_aged() -> None:
@@ -139,8 +146,10 @@ def test_an_interactive_request_goes_before_the_batch_requests_queued_first(
         for t in threads:
             t.join(60)
     assert all(r.status_code == 200 for r in results.values())
-    served = re.findall(r"key=(nightly|person) model=tiny-b route=/v1/chat/completions "
-                        r"status=200 tokens_in=\d+", sup.log())  # fmt: skip
+    pattern = r"key=(nightly|person) model=tiny-b route=/v1/chat/completions status=200"
+    # a whole answer's line is written just after it is sent: wait for the five
+    served = wait_for(lambda: len(found := re.findall(pattern, sup.log())) >= 5 and found,
+                      30, "the five answers' lines")  # fmt: skip
     # the held stream ends first, then the one interactive request, then the batch ones
     assert served == ["nightly", "person", "nightly", "nightly", "nightly"]
     waited = {label: float(r.headers["x-smackctl-queued-ms"]) for label, r in results.items()}
@@ -216,6 +225,8 @@ def test_a_loaded_models_queue_goes_before_a_swap(tmp_path: Path, model_dir: Pat
             for t in threads:
                 t.join(120)
         assert all(r.status_code == 200 for r in results.values()), results
+        wait_for(lambda: "model=tiny-a route=/v1/chat/completions status=200" in sup.log(), 30,
+                 "tiny-a's line (written just after its answer is sent)")  # fmt: skip
         served = re.findall(r"model=(tiny-[ab]) route=/v1/chat/completions status=200", sup.log())
         assert served[-4:] == ["tiny-b", "tiny-b", "tiny-b", "tiny-a"]  # b's queue, then a
         with sup.client() as c:
