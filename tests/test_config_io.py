@@ -9,9 +9,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from conftest import launch_on, profile_yaml, shutdown, smackctl
-
-CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "temperature": 0}
+from conftest import CHAT, launch_on, profile_yaml, shutdown, smackctl
 
 
 def test_settings_move_to_another_supervisor_and_its_keys_keep_working(

@@ -20,9 +20,7 @@ from smackctl.daemon.store import Store
 from smackctl.daemon.usage import Usage
 from smackctl.errors import RateLimited
 
-from conftest import Supervisor, launch_on, make_key, profile_yaml, shutdown, smackctl
-
-CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "temperature": 0}
+from conftest import CHAT, Supervisor, launch_on, make_key, profile_yaml, shutdown, smackctl
 
 
 def test_cost_and_quality_policies_order_a_group() -> None:

@@ -28,6 +28,7 @@ from smackctl.daemon.usage_log import MIGRATIONS
 from smackctl.errors import UnknownKey, UsageError
 
 from conftest import (
+    CHAT,
     Home,
     Supervisor,
     launch_on,
@@ -39,7 +40,6 @@ from conftest import (
 )
 
 DATA = Path(__file__).parent / "data"
-CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "temperature": 0}
 
 
 # -- the key ring, on a real state.db ----------------------------------------------------------

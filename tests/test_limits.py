@@ -21,6 +21,7 @@ from smackctl.daemon.store import Store
 from smackctl.errors import RateLimited, UsageError
 
 from conftest import (
+    CHAT,
     Supervisor,
     launch,
     launch_on,
@@ -31,7 +32,6 @@ from conftest import (
     wait_for,
 )
 
-CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "temperature": 0}
 NOON = calendar.timegm((2026, 12, 6, 12, 0, 0))
 
 

@@ -101,3 +101,10 @@ def parse_keep_alive(value: object) -> float | None:
     if seconds != seconds or seconds == float("inf"):
         raise ValueError(f"not a keep_alive: {text[:40]}")
     return None if seconds < 0 else seconds
+
+
+def utc_minute(at: float) -> str:
+    """A unix time as people read it, to the minute: ``2026-12-06 11:43 UTC``."""
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))

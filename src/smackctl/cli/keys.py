@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from smackctl.errors import UsageError
+from smackctl.units import utc_minute
 
 from . import output
 from ._common import client, since_time
@@ -30,7 +31,7 @@ NameArg = Annotated[str, typer.Argument(help="The key's name.")]
 
 
 def _when(at: float | None, none: str = "never") -> str:
-    return none if at is None else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
+    return none if at is None else utc_minute(at)
 
 
 def _issued(made: dict[str, Any], json_: bool, what: str) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from smackctl.errors import UnknownKey, UsageError
+from smackctl.units import utc_minute
 
 from .limits import Limits
 
@@ -68,9 +69,9 @@ class Key:
     def refusal(self, now: float) -> str | None:
         """Why this key is refused now, or None."""
         if self.revoked is not None:
-            return f"key {self.name} was revoked at {_when(self.revoked)}"
+            return f"key {self.name} was revoked at {utc_minute(self.revoked)}"
         if self.expires is not None and now >= self.expires:
-            return f"key {self.name} expired at {_when(self.expires)}"
+            return f"key {self.name} expired at {utc_minute(self.expires)}"
         return None
 
     def public(self) -> dict[str, Any]:
@@ -103,10 +104,6 @@ class Operator:
 #: the key of the request being served (None: the operator's), for the request log and the
 #: limits (set at the door)
 CALLER: ContextVar[Key | None] = ContextVar("smackctl_caller", default=None)
-
-
-def _when(at: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
 
 
 def expiry(text: str | None, now: float) -> float | None:

@@ -145,10 +145,10 @@ class Slots:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         entry = (loop.time(), fut)
-        place = self.place()
+        place = self.place() if on_wait is not None else None
         queue = self._queues["batch" if PRIORITY.get() == "batch" else "interactive"]
         queue.append(entry)
-        if on_wait is not None:
+        if on_wait is not None and place is not None:
             on_wait(place)
         deadline = DEADLINE.get()
         try:

@@ -50,6 +50,12 @@ def _key_params(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _dicts(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
+    """A query's rows as dicts by column name."""
+    names = [c[0] for c in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur]
+
+
 class Store(StateFile):
     def __init__(self, path: Path, open_wait: float = 5.0, keep_raw: float = KEEP_RAW) -> None:
         #: seconds a request's own row is kept before it is rolled into per-day totals
@@ -180,14 +186,11 @@ class Store(StateFile):
             "SELECT name, scope, models, created, expires, revoked, id, digest, priority, "
             "limits, preferences FROM keys"
         )
-        names = [c[0] for c in cur.description]
-        rows = []
-        for r in cur:
-            row = dict(zip(names, r, strict=True))
+        rows = _dicts(cur)
+        for row in rows:
             row["models"] = tuple(json.loads(row["models"]))
             row["limits"] = json.loads(row["limits"])
             row["preferences"] = json.loads(row["preferences"])
-            rows.append(row)
         return rows
 
     def save_key(self, row: dict[str, Any], now: bool = True) -> None:
@@ -245,8 +248,7 @@ class Store(StateFile):
             "ORDER BY at DESC LIMIT ?",
             (since, limit),
         )
-        names = [c[0] for c in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur]
+        return _dicts(cur)
 
     def roll_up(self, now: float | None = None, batch: int = ROLL_BATCH) -> int | None:
         """Roll up to ``batch`` raw rows older than ``keep_raw`` into per-day totals; the
