@@ -173,14 +173,17 @@ def _read_text(path: Path) -> str:
         raise ValueError(f"not UTF-8 text (byte {exc.start})") from None
 
 
-def validate_profile_file(path: Path) -> tuple[Profile | None, list[ProfileIssue]]:
-    """Parse and validate one profile file; never raises for a bad file. Every problem the
+def validate_profile_file(
+    path: Path, text: str | None = None
+) -> tuple[Profile | None, list[ProfileIssue]]:
+    """Parse and validate one profile file (``text``: what it would hold, the page's editor);
+    never raises for a bad file. Every problem the
     file has is reported in this one pass, in the order of its lines: the schema's (types,
     values, unknown keys), the cross-references' and missing files, each at the line of its
     key, with "did you mean" for a misspelt key or model name."""
     shown = _display(path)
     try:
-        text = _read_text(path)
+        text = _read_text(path) if text is None else text
     except OSError as exc:
         return None, [ProfileIssue(shown, None, "", f"cannot read: {exc.strerror}")]
     except ValueError as exc:

@@ -147,3 +147,21 @@ def _event(lines: Iterable[bytes]) -> Event | None:
     if not data:
         return None
     return Event(b"\n".join(data), name, ident)
+
+
+#: the columns of usage's CSV after its bucket and its ``by``, in the CLI's order
+USAGE_COLUMNS = ("requests", "tokens_in", "tokens_out", "errors", "avg_ms", "seconds", "cost")
+
+
+def usage_csv(rows: list[dict[str, Any]], by: str, bucket: str = "day") -> str:
+    """``GET /api/usage``'s rows as CSV: what ``smackctl usage --csv`` prints and the page's
+    link downloads."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    fields = [bucket, by, *USAGE_COLUMNS]
+    writer.writerow(fields)
+    writer.writerows([[r.get(f) for f in fields] for r in rows])
+    return out.getvalue()

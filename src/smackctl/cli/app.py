@@ -29,6 +29,7 @@ from .keys import keys_app
 from .plugins import plugins_app
 from .route import route
 from .top import top
+from .ui import ui
 
 __all__ = ["app", "command_tree", "main"]
 
@@ -216,7 +217,7 @@ def root(
 # every command and group of commands, registered here and nowhere else
 for command in (
     supervisor.start, supervisor.stop, supervisor.restart, supervisor.status, supervisor.logs,
-    supervisor.env, top, usage.usage, usage.backends, events, route, doctor, chat, complete,
+    supervisor.env, top, usage.usage, usage.backends, events, route, doctor, chat, complete, ui,
 ):  # fmt: skip
     app.command()(command)
 for name, group in (

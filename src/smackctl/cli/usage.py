@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import sys
 from typing import Annotated
 
 import typer
+
+from smackctl.wire import USAGE_COLUMNS, usage_csv
 
 from . import output
 from ._common import client, since_time
@@ -32,12 +33,9 @@ def usage(
     if json_:
         output.print_json(rows)
         return
-    fields = ["day", by, "requests", "tokens_in", "tokens_out", "errors", "avg_ms", "seconds",
-              "cost"]  # fmt: skip
+    fields = ["day", by, *USAGE_COLUMNS]
     if csv_:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(fields)
-        writer.writerows([[r[f] for f in fields] for r in rows])
+        sys.stdout.write(usage_csv(rows, by))
         return
     output.table(
         [

@@ -28,6 +28,7 @@ from smackctl.paths import Paths, get_paths
 from smackctl.profile_file import find_profile, load_profile
 
 from .api import create_app
+from .api.common import MAX_BODY
 from .connections import GuardedHttp, connection_limit, raise_fd_limit
 from .scheduler import Scheduler
 from .services import Services, assemble
@@ -176,6 +177,7 @@ def _server(args: argparse.Namespace, app: ASGIApp, stop: _Stop) -> Any:
         lifespan="off",
         timeout_graceful_shutdown=args.drain_timeout,
         timeout_keep_alive=30,
+        ws_max_size=MAX_BODY,  # the WebSocket's frames (ui/live.py), as bodies are capped
     )
     stop.server = draining_server(config, stop, args.drain_timeout)
     return stop.server

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .openapi_ui import WEBSOCKET, page_paths
 from .schemas import QUERY_BOUNDS, REQUEST_SCHEMAS
 
 __all__ = ["openapi"]
@@ -246,7 +247,11 @@ def _control() -> dict[str, Any]:
                         {"type": "string", "enum": ["model", "key", "deployment"]},
                         "the grouping",
                     ),
+                    _query("bucket", {"type": "string", "enum": ["day", "hour"]}, "per"),
+                    _query("key", {"type": "string"}, "one key's usage (a key: its own)"),
+                    _query("format", {"type": "string", "enum": ["json", "csv"]}, "csv: CSV"),
                 ],
+                ok={**_json(), "text/csv": {"schema": {"type": "string"}}},
             )
         },
         "/api/logs": {
@@ -355,6 +360,7 @@ def openapi(version: str) -> dict[str, Any]:
         **_models(),
         **_control(),
         **_keys(),
+        **page_paths(),
     }
     return {
         "openapi": "3.1.0",
@@ -363,7 +369,8 @@ def openapi(version: str) -> dict[str, Any]:
             "version": version,
             "description": "OpenAI-compatible routes and smackctl's control routes. Every "
             "route but /health needs `Authorization: Bearer TOKEN` (the state dir's token) or a "
-            "key (`smackctl keys create`) whose scope reaches it.",
+            "key (`smackctl keys create`) whose scope reaches it, or the page's session cookie "
+            "(`smackctl ui`)." + WEBSOCKET,
         },
         "servers": [{"url": "/"}],
         "components": {

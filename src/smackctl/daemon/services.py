@@ -5,8 +5,10 @@ gateway and what it sends to), counts them (usage, metrics) and watches the prof
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+
+from starlette.types import Receive, Scope, Send
 
 from smackctl.config import Price, Profile
 
@@ -18,7 +20,7 @@ from .gateway.cache import Cached
 from .gateway.deployments import Deployments
 from .gateway.local import LocalModels
 from .gateway.relay import Runners
-from .keys import KeyRing, Operator
+from .keys import Key, KeyRing, Operator
 from .limits import Meter
 from .loader import Loader
 from .metrics import Metrics
@@ -28,6 +30,7 @@ from .reload import Reloader
 from .scheduler import Scheduler
 from .status import status_view
 from .store import Store
+from .ui.sessions import Sessions
 from .usage import Usage
 
 __all__ = ["Services", "assemble"]
@@ -53,6 +56,10 @@ class Services:
     #: the operator's token (``POST /api/token/rotate`` replaces it)
     operator: Operator = field(default_factory=lambda: Operator(None))
     started: float = field(default_factory=time.time)
+    #: the page's logins (``ui/sessions.py``)
+    sessions: Sessions = field(default_factory=Sessions)
+    #: serve an ASGI request as a key, behind the door's rules (``Guard.serve_as``)
+    serve_as: Callable[[Key, Scope, Receive, Send], Awaitable[None]] = field(init=False)
     #: what ``POST /api/shutdown`` asks of the process: drain for seconds, or force
     stop: Callable[[float, bool], None] = lambda timeout, force: None
 

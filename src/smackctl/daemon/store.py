@@ -172,11 +172,12 @@ class Store(StateFile):
         )
 
     def usage(
-        self, since: float, by: str = "model", key: str | None = None
+        self, since: float, by: str = "model", key: str | None = None, bucket: str = "day"
     ) -> list[dict[str, Any]]:
         """Requests, tokens and errors per model (or per key) per day (UTC) since a unix
-        time: the raw rows since then, and the whole days rolled up from that day on."""
-        return usage(self.db, since, by, key)
+        time: the raw rows since then, and the whole days rolled up from that day on
+        (``bucket="hour"``: per hour, of the raw rows)."""
+        return usage(self.db, since, by, key, bucket)
 
     # -- keys (``keys.py``) and the audit log -----------------------------------------------------
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from smackctl.wire import events, sse
 
+from .activity import Activity
 from .keys import CALLER, Key
 
 if TYPE_CHECKING:
@@ -86,12 +87,15 @@ class Usage:
         add_tokens: Callable[[str, int], None] | None = None,
         meter: Meter | None = None,
         price_of: Callable[[str], Price | None] = lambda name: None,
+        activity: Activity | None = None,
     ) -> None:
         self.store, self.metrics, self.add_tokens = store, metrics, add_tokens
         #: the keys' counters: what a request took, once it is over
         self.meter = meter
         #: a deployment's price, for the cost of what it answered
         self.price_of = price_of
+        #: the page's live view of requests
+        self.activity = activity or Activity()
 
     def record(
         self,
@@ -141,6 +145,10 @@ class Usage:
             self.metrics.request(who, route, status, tokens_in, tokens_out, seconds, ttft)
         if refused and not route.startswith(("/v1/", "/infill", "/tokenize")):
             return  # only inference is counted in the usage log
+        self.activity.end(
+            request_id, who=None if who == "-" else who, route=route, status=status, key=key,
+            tokens_in=tokens_in, tokens_out=tokens_out, seconds=seconds, ttft=ttft, reason=reason,
+        )  # fmt: skip
         with contextlib.suppress(Exception):  # the usage log must never fail a request
             self.store.log_request(
                 who,

@@ -97,6 +97,16 @@ FROM (
 ) GROUP BY day, {by} ORDER BY day, {by}
 """
 _BY = {"model": _USAGE.format(by="model"), "key": _USAGE.format(by="key")}
+#: per hour (UTC): from the raw rows only (the rolled-up days keep no hours)
+_HOURLY = """
+SELECT strftime('%Y-%m-%d %H:00', at, 'unixepoch') AS hour, {by}, COUNT(*),
+       COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0), SUM(status >= 400),
+       ROUND(AVG(latency_ms), 1), ROUND(COALESCE(SUM(cost), 0), 6),
+       ROUND(COALESCE(SUM(COALESCE(compute_ms, latency_ms)), 0) / 1000.0, 3)
+FROM (SELECT *, COALESCE(key, '') AS k FROM requests)
+WHERE at >= ?1 AND (?2 IS NULL OR key = ?2) GROUP BY hour, {by} ORDER BY hour, {by}
+"""
+_BY_HOUR = {"model": _HOURLY.format(by="model"), "key": _HOURLY.format(by="k")}
 
 
 def roll_cutoff(now: float, keep_raw: float) -> float:
@@ -129,13 +139,23 @@ def roll_up(db: sqlite3.Connection, now: float, keep_raw: float, batch: int = RO
 
 
 def usage(
-    db: sqlite3.Connection, since: float, by: str = "model", key: str | None = None
+    db: sqlite3.Connection,
+    since: float,
+    by: str = "model",
+    key: str | None = None,
+    bucket: str = "day",
 ) -> list[dict[str, Any]]:
     """Requests, tokens, errors, cost and compute seconds (runners' time on them, not the
     time they queued) per model (``by="key"``:
     per key, ``""`` for the requests made before keys or with none; ``by="deployment"``: per
-    model, which is what answered) per day (UTC) since a unix time; ``key``: its rows only."""
-    names = ("day", by, "requests", "tokens_in", "tokens_out", "errors", "avg_ms", "cost",
+    model, which is what answered) per day (UTC) since a unix time; ``key``: its rows only;
+    ``bucket="hour"``: per hour of the raw rows (the last ``keep_raw``), ``hour`` for ``day``.
+    Each row's ``bucket`` is its day or hour."""
+    names = (bucket, by, "requests", "tokens_in", "tokens_out", "errors", "avg_ms", "cost",
              "seconds")  # fmt: skip
-    sql = _BY["model" if by == "deployment" else by]  # a row's model is what answered it
-    return [dict(zip(names, r, strict=True)) for r in db.execute(sql, (since, key))]
+    table = _BY_HOUR if bucket == "hour" else _BY
+    sql = table["model" if by == "deployment" else by]  # a row's model is what answered it
+    rows = [dict(zip(names, r, strict=True)) for r in db.execute(sql, (since, key))]
+    for row in rows:
+        row["bucket"] = row[bucket]
+    return rows

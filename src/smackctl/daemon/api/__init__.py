@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
 from smackctl.daemon.keys import Key, Operator
+from smackctl.daemon.ui import live, pages
 from smackctl.wire import new_request_id
 
 from . import inference, keys, models, ops, profiles
@@ -30,7 +31,8 @@ __all__ = ["BODY_TIMEOUT", "ROUTES", "Guard", "create_app"]
 _audit_log = logging.getLogger("smackctl.audit")
 
 ROUTES: list[BaseRoute] = [
-    *ops.ROUTES, *inference.ROUTES, *models.ROUTES, *profiles.ROUTES, *keys.ROUTES
+    *ops.ROUTES, *inference.ROUTES, *models.ROUTES, *profiles.ROUTES, *keys.ROUTES,
+    *pages.ROUTES, *live.ROUTES,
 ]  # fmt: skip
 
 
@@ -63,7 +65,7 @@ def create_app(
         _audit_log.info("key=%s %s %s status=%d id=%s", key.name, method, path, status, rid)
         services.store.audit(key.name, method, path, status, rid)
 
-    return Guard(
+    guard = Guard(
         app,
         token,
         extra_hosts or set(),
@@ -73,4 +75,7 @@ def create_app(
         keys=services.keys,
         on_audit=audit,
         operator=services.operator,
+        sessions=services.sessions,
     )
+    services.serve_as = guard.serve_as  # the WebSocket's chats go through the same door
+    return guard

@@ -31,6 +31,7 @@ __all__ = [
     "errors",
     "invalid",
     "json_body",
+    "parse_object",
     "keep_alive_of",
     "number",
     "services",
@@ -107,8 +108,9 @@ def errors(fn: Handler) -> Handler:
             except (ValueError, TypeError, KeyError, AttributeError):
                 pass
             model = getattr(request.state, "model", None) or request.path_params.get("name")
+            rid = request.scope["state"].get("activity_id") or new_request_id()
             services(request).usage.record(
-                model, request.url.path, answer.status_code, new_request_id(),
+                model, request.url.path, answer.status_code, rid,
                 reason=reason or "(no reason)", refused=True,
             )  # fmt: skip
         return answer
@@ -191,7 +193,12 @@ async def json_body(request: Request, max_depth: int = 100) -> dict[str, Any]:
     """The body as a JSON object. Nesting past ``max_depth`` is refused here (json.loads
     raises RecursionError near 1,000 levels; below that, a later step that walks the body,
     validation or the forwarded copy's json.dumps, could still meet the recursion limit)."""
-    raw = await request.body()
+    return parse_object(await request.body(), max_depth)
+
+
+def parse_object(raw: bytes | str, max_depth: int = 100) -> dict[str, Any]:
+    """``raw`` as a JSON object (``{}`` if empty), its nesting checked (``json_body``); a
+    UsageError that says what is wrong with it."""
     if not raw.strip():
         return {}
     too_deep = UsageError(

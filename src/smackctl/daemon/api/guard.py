@@ -22,6 +22,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from smackctl.daemon.keys import CALLER, OPERATOR, Key, KeyRing, Operator
 from smackctl.daemon.translate import MESSAGES
+from smackctl.daemon.ui.door import from_cookie, is_public
+from smackctl.daemon.ui.sessions import Sessions
 from smackctl.wire import sse, sse_error
 
 from .common import MAX_BODY, BodyTooLarge, BodyTooSlow, err
@@ -37,6 +39,12 @@ _INFERENCE = frozenset(("POST", p) for p in INFERENCE_PATHS) | {
     ("GET", "/v1/models"), ("GET", "/api/usage"),  # its own usage only
 }  # fmt: skip
 _METRICS = frozenset({("GET", "/metrics"), ("GET", "/api/status")})
+#: what any key reaches, whatever its scope: the page's session and login link, and the
+#: activity (a key sees its own requests)
+_ANY_KEY = frozenset({
+    ("GET", "/ui/session"), ("POST", "/ui/logout"), ("POST", "/api/ui/link"),
+    ("GET", "/api/activity"),
+})  # fmt: skip
 _READS = frozenset({"GET", "HEAD"})
 
 
@@ -74,6 +82,7 @@ class Guard:
         keys: KeyRing | None = None,
         on_audit: Callable[[Key, str, str, int], None] | None = None,
         operator: Operator | None = None,
+        sessions: Sessions | None = None,
     ) -> None:
         """``extra_hosts``: Host names admitted besides loopback ones (a LAN bind's own, the
         ``--allowed-host`` ones); ``profile_hosts``: the active profile's ``allowed_hosts``;
@@ -82,6 +91,8 @@ class Guard:
         it can be rotated (else made from ``token``)."""
         self.app = app
         self.keys = keys
+        #: the page's logins (``ui/sessions.py``): a session cookie is a credential too
+        self.sessions = sessions
         self._audit = on_audit
         #: the operator's token (None: ``--no-auth``); rotated in place (``keys.Operator``)
         self.operator = operator if operator is not None else Operator(token)
@@ -101,6 +112,9 @@ class Guard:
         return hostname in self._from_profile[1]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -112,7 +126,7 @@ class Guard:
             if refusal is None:
                 assert isinstance(key, Key)
                 capped = _capped(receive, self.max_body, self.body_timeout)
-                await self._serve(key, scope, capped, send)
+                await self.serve_as(key, scope, capped, send)
                 return
         if self._reject is not None:
             message = json.loads(bytes(refusal.body))["error"]["message"]
@@ -150,16 +164,30 @@ class Guard:
             )
         return None
 
-    def _caller(self, scope: Scope, headers: dict[bytes, bytes]) -> Key | Response:
-        """Who asks (the operator, or a key whose scope reaches the route), or the refusal."""
-        if self.operator.token is None or scope["path"] == "/health":
+    def _caller(
+        self, scope: Scope, headers: dict[bytes, bytes], websocket: bool = False
+    ) -> Key | Response:
+        """Who asks (the operator, or a key whose scope reaches the route), or the refusal:
+        by a token in a header, or by the page's session cookie (``ui/door.py``)."""
+        if self.operator.token is None or scope["path"] == "/health" or is_public(scope["path"]):
             return OPERATOR
         auth = headers.get(b"authorization", b"")
         # Anthropic's clients send the key as `x-api-key`
         given = auth[7:] if auth[:7].lower() == b"bearer " else headers.get(b"x-api-key", b"")
-        if hmac.compare_digest(given, self.operator.token):
+        key: Key | None = None
+        if not given and self.sessions is not None:
+            host = headers.get(b"host", b"").decode("latin-1")
+            found = from_cookie(
+                self.sessions, self.operator, scope.get("method", "GET"), headers,
+                lambda origin: self._same_origin(origin, host), websocket,
+            )  # fmt: skip
+            if found is OPERATOR or isinstance(found, Response):
+                return found
+            key = found
+        elif hmac.compare_digest(given, self.operator.token):
             return OPERATOR
-        key = self.keys.check(given) if self.keys is not None else None
+        if key is None and self.keys is not None:
+            key = self.keys.check(given)
         why = key.refusal(time.time()) if key is not None else None
         if key is None or why is not None:
             return err(
@@ -173,11 +201,14 @@ class Guard:
                 "invalid_api_key",
                 {"WWW-Authenticate": "Bearer"},
             )
-        needed = scope_needed(scope["method"], scope["path"])
+        # the WebSocket's ops check their own scope (ui/live.py)
+        method = scope.get("method", "GET")
+        anyone = websocket or (method, scope["path"]) in _ANY_KEY
+        needed = key.scope if anyone else scope_needed(method, scope["path"])
         if not key.may(needed):
             return err(
                 403,
-                f"key {key.name} has scope {key.scope}; {scope['method']} {scope['path']} needs "
+                f"key {key.name} has scope {key.scope}; {method} {scope['path']} needs "
                 f"scope {needed}: use a key of that scope (`smackctl keys create NAME --scope "
                 f"{needed}`) or the operator's token",
                 "permission_error",
@@ -185,7 +216,7 @@ class Guard:
             )
         return key
 
-    async def _serve(self, key: Key, scope: Scope, receive: Receive, send: Send) -> None:
+    async def serve_as(self, key: Key, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve the request as ``key``: a key's answer is cut off if the key is revoked
         while it is served; an admin's change is audited once answered."""
         scope.setdefault("state", {})["key"] = key
@@ -213,8 +244,27 @@ class Guard:
             CALLER.reset(token)
             if (release := scope["state"].get("release")) is not None:
                 release()  # the key's request in flight is over (limits.py)
+            if (abandon := scope["state"].get("abandon")) is not None:
+                abandon(status[0])  # an answer that ended uncounted leaves the activity
             if audited and self._audit is not None:
                 self._audit(key, scope["method"], scope["path"], status[0])
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket's handshake: the Host rule, then its caller, as for HTTP; a browser's
+        must come from this supervisor's own page (``Origin``). A refusal is an HTTP answer
+        with the error's JSON where the server can send one, else a close."""
+        headers = dict(scope["headers"])
+        refusal = self._refusal({**scope, "method": "GET"}, headers)
+        key: Key | Response = refusal if refusal is not None else self._caller(scope, headers, True)
+        if isinstance(key, Response):
+            await _refuse_websocket(scope, send, key)
+            return
+        scope.setdefault("state", {})["key"] = key
+        token = CALLER.set(None if key is OPERATOR else key)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            CALLER.reset(token)
 
     def _cross_site(self, method: str, headers: dict[bytes, bytes], host: str) -> Response | None:
         """The refusal of a request a web page of another origin made a browser send."""
@@ -266,6 +316,15 @@ async def _cut_off(message: Any, why: str, path: str, send: Send) -> None:
     else:
         last = sse_error(text, "authentication_error", "key_revoked")
     await send({"type": "http.response.body", "body": last, "more_body": False})
+
+
+async def _refuse_websocket(scope: Scope, send: Send, refusal: Response) -> None:
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await send({"type": "websocket.http.response.start", "status": refusal.status_code,
+                    "headers": refusal.raw_headers})  # fmt: skip
+        await send({"type": "websocket.http.response.body", "body": bytes(refusal.body)})
+    else:
+        await send({"type": "websocket.close", "code": 1008})
 
 
 async def _nothing() -> Any:

@@ -74,6 +74,12 @@ async def _openai_shaped(request: Request) -> Response:
         body = applied
     no_cache = "no-cache" in request.headers.get("cache-control", "").lower()
     call = Call(request.url.path, body, new_request_id(), no_cache, keep_alive)
+    key = caller(request)
+    activity, rid = s.usage.activity, call.request_id
+    activity.begin(rid, getattr(request.state, "model", None), request.url.path,
+                   None if key is OPERATOR else key.name)  # fmt: skip
+    request.scope["state"]["abandon"] = lambda status: activity.abandon(rid, status)
+    request.scope["state"]["activity_id"] = rid  # a refusal after this is counted as it
     return await s.gateway.handle(call)
 
 

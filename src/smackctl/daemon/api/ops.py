@@ -17,7 +17,8 @@ from smackctl import __version__
 from smackctl.daemon.schemas import QUERY_BOUNDS
 from smackctl.daemon.status import status_view
 from smackctl.daemon.streams import event_stream
-from smackctl.errors import UsageError
+from smackctl.errors import Forbidden, UsageError
+from smackctl.wire import usage_csv
 
 from .common import caller, errors, json_body, number, services, whole
 
@@ -52,9 +53,32 @@ async def usage(request: Request) -> Response:
         raise UsageError(
             f"query parameter `by` must be `model`, `key` or `deployment`, not {by[:40]}"
         )
+    bucket = request.query_params.get("bucket", "day")
+    if bucket not in ("day", "hour"):
+        raise UsageError(f"query parameter `bucket` must be `day` or `hour`, not {bucket[:40]}")
     key = caller(request)
-    own = None if key.may("admin") else key.name
-    return JSONResponse(services(request).store.usage(number(request, "since", 0.0), by, own))
+    own = request.query_params.get("key") or None  # one key's (an admin may ask any)
+    if not key.may("admin"):
+        if own not in (None, key.name):
+            raise Forbidden(
+                f"key {key.name} may see its own usage only, not key {own[:64]}'s",
+                "ask an admin, or leave out `key`",
+            )
+        own = key.name
+    rows = services(request).store.usage(number(request, "since", 0.0), by, own, bucket)
+    if request.query_params.get("format") == "csv":
+        return PlainTextResponse(
+            usage_csv(rows, by, bucket), media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="usage-by-{by}.csv"'},
+        )  # fmt: skip
+    return JSONResponse(rows)
+
+
+async def activity(request: Request) -> Response:
+    """``GET /api/activity``: the requests in flight and the last ``limit`` (a key: its own)."""
+    key = caller(request)
+    own = None if key.may("metrics") else key.name
+    return JSONResponse(services(request).usage.activity.view(whole(request, "limit", 300), own))
 
 
 async def logs(request: Request) -> Response:
@@ -168,6 +192,7 @@ ROUTES = [
     Route("/api/status", errors(status), methods=["GET"]),
     Route("/api/shutdown", errors(shutdown), methods=["POST"]),
     Route("/api/usage", errors(usage), methods=["GET"]),
+    Route("/api/activity", errors(activity), methods=["GET"]),
     Route("/api/backends", errors(backends), methods=["GET"]),
     Route("/api/cache", errors(cache_stats), methods=["GET"]),
     Route("/api/cache", errors(cache_clear), methods=["DELETE"]),

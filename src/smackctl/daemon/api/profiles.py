@@ -4,6 +4,7 @@ reload of the active file; and ``/api/route``, what ``model: auto`` would decide
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from smackctl.daemon.switch import plan_off_loop, run_switch
 from smackctl.errors import UsageError
 from smackctl.profile_file import load_profile
 
+from . import profile_edit as edit
 from .common import errors, json_body, services
 
 __all__ = ["ROUTES"]
@@ -25,16 +27,29 @@ __all__ = ["ROUTES"]
 async def active(request: Request) -> Response:
     s = services(request)
     profile, path = s.scheduler.profile, s.scheduler.profile_path
+    text, available = await asyncio.to_thread(_text_and_others, path)
     return JSONResponse(
         {
             "active": profile.name,
             "path": str(path) if path else None,
+            "text": text,  # the file as it is now (the page's editor)
+            "available": available,
             "switch_phase": s.scheduler.switch_phase,
             # what a request that names no model gets, and the sampling it is given
             "default_model": profile.routing.default_model,
             "defaults": profile.defaults.model_dump(exclude_none=True),
         }
     )
+
+
+def _text_and_others(path: Path | None) -> tuple[str | None, list[dict[str, str]]]:
+    from smackctl.paths import list_profile_files
+
+    text = None
+    if path is not None:
+        with contextlib.suppress(OSError, ValueError):
+            text = path.read_text()
+    return text, [{"name": n, "path": str(p)} for n, p in list_profile_files().items()]
 
 
 async def switch(request: Request) -> Response:
@@ -82,4 +97,5 @@ ROUTES = [
     Route("/api/profiles/switch", errors(switch), methods=["POST"]),
     Route("/api/profiles/reload", errors(reload), methods=["POST"]),
     Route("/api/route", errors(route), methods=["POST"]),
+    *edit.ROUTES,
 ]

@@ -1,0 +1,157 @@
+"""A chat asked for over the WebSocket: served as a ``POST /v1/chat/completions`` by the same
+app, behind the same door's rules for its key (models, limits, priority, revocation, the
+request log), and its answer turned into frames: ``start`` with the answer's headers, a
+``chunk`` per streamed chunk, then ``done``; or ``error``. ``cancel`` is the client going
+away, as for HTTP: the runner stops generating."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.types import Message, Receive, Scope, Send
+
+from smackctl.daemon.keys import Key
+
+__all__ = ["Chat", "shown"]
+
+CHAT = "/v1/chat/completions"
+#: the request headers a chat frame may set
+ASKED = ("x-smackctl-priority", "x-smackctl-deadline", "x-smackctl-context", "cache-control")
+
+
+def shown(name: str) -> bool:
+    """The answer's headers a ``start`` frame carries."""
+    return name.startswith(("x-smackctl-", "x-ratelimit-")) or name in (
+        "x-request-id", "retry-after",
+    )  # fmt: skip
+
+
+Serve = Callable[[Key, Scope, Receive, Send], Awaitable[None]]
+
+
+class Chat:
+    def __init__(
+        self,
+        chat_id: str,
+        body: dict[str, Any],
+        headers: dict[str, Any],
+        ws_scope: Scope,
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        self.id, self.send_frame = chat_id, send
+        self.body = json.dumps({**body, "stream": True}).encode()
+        asked = [(k.lower(), str(v)) for k, v in headers.items() if k.lower() in ASKED]
+        host = dict(ws_scope["headers"]).get(b"host", b"localhost")
+        self.scope: Scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "POST", "scheme": "https" if ws_scope.get("scheme") == "wss" else "http",
+            "path": CHAT, "raw_path": CHAT.encode(), "query_string": b"", "root_path": "",
+            "client": ws_scope.get("client"), "server": ws_scope.get("server"),
+            "headers": [(b"host", host), (b"content-type", b"application/json"),
+                        (b"content-length", str(len(self.body)).encode()),
+                        *((k.encode(), v.encode("latin-1", "replace")) for k, v in asked)],
+        }  # fmt: skip
+        self._gone = asyncio.Event()
+        self._sent_body = False
+        self._status = 0
+        self._streaming = False
+        self._buffer = b""
+        self._failed = False
+
+    def cancel(self) -> None:
+        self._gone.set()
+
+    async def run(self, key: Key, serve: Serve) -> None:
+        try:
+            await serve(key, self.scope, self._receive, self._send)
+        except Exception as exc:  # noqa: BLE001 - the frame says what broke; the server lives
+            await self._error(500, str(exc) or type(exc).__name__, "server_error")
+            return
+        if not self._failed:
+            await self.send_frame({"type": "done", "id": self.id})
+
+    async def _receive(self) -> Message:
+        if not self._sent_body:
+            self._sent_body = True
+            return {"type": "http.request", "body": self.body, "more_body": False}
+        await self._gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def _send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self._status = message["status"]
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                       for k, v in message.get("headers", [])}  # fmt: skip
+            self._streaming = headers.get("content-type", "").startswith("text/event-stream")
+            if self._status < 400:
+                wanted = {k: v for k, v in headers.items() if shown(k)}
+                await self.send_frame({"type": "start", "id": self.id, "status": self._status,
+                                       "headers": wanted})  # fmt: skip
+            return
+        if message["type"] != "http.response.body":
+            return
+        self._buffer += message.get("body", b"")
+        if self._streaming:
+            while b"\n\n" in self._buffer:
+                event, self._buffer = self._buffer.split(b"\n\n", 1)
+                await self._event(event)
+        elif not message.get("more_body", False):
+            await self._whole(self._buffer)
+
+    async def _event(self, event: bytes) -> None:
+        for line in event.split(b"\n"):
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                continue
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                continue
+            if isinstance(chunk, dict) and "error" in chunk:
+                error = chunk["error"] if isinstance(chunk["error"], dict) else {}
+                await self._error(
+                    500,
+                    str(error.get("message", chunk["error"])),
+                    str(error.get("type", "server_error")),
+                    error.get("code"),
+                )
+            else:
+                await self.send_frame({"type": "chunk", "id": self.id, "data": chunk})
+
+    async def _whole(self, body: bytes) -> None:
+        """An answer that came whole (an error; a cached answer): one frame of it."""
+        try:
+            data = json.loads(body) if body else {}
+        except ValueError:
+            data = {}
+        if self._status >= 400 or not isinstance(data, dict):
+            error = data.get("error") if isinstance(data, dict) else None
+            error = error if isinstance(error, dict) else {}
+            await self._error(
+                self._status,
+                str(error.get("message") or body[:300].decode(errors="replace")),
+                str(error.get("type", "server_error")),
+                error.get("code"),
+            )
+            return
+        for choice in data.get("choices") or []:  # a whole answer as one chunk
+            if isinstance(choice, dict) and "message" in choice:
+                choice["delta"] = choice.pop("message")
+        data["object"] = "chat.completion.chunk"
+        await self.send_frame({"type": "chunk", "id": self.id, "data": data})
+
+    async def _error(self, status: int, message: str, kind: str, code: Any = None) -> None:
+        self._failed = True
+        await self.send_frame(
+            {
+                "type": "error",
+                "id": self.id,
+                "status": status,
+                "error": {"message": message, "type": kind, "code": code},
+            }
+        )
