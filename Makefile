@@ -36,10 +36,13 @@ typecheck: install
 	$(BIN)/mypy
 
 # the REPL test drives a real terminal through tmux, the service test checks its unit with
-# systemd-analyze (Debian's packages tmux and systemd)
+# systemd-analyze, the page's tests drive a real headless Chromium (Debian's packages tmux,
+# systemd, chromium and its driver)
 test-deps:
 	@missing=; command -v tmux >/dev/null || missing="$$missing tmux"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	[ -z "$$missing" ] || (apt-get update -qq && apt-get install -y -qq $$missing)
 
 pytest: install test-deps

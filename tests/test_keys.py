@@ -107,6 +107,7 @@ def test_each_route_needs_the_scope_its_noun_says() -> None:
     assert scope_needed("GET", "/api/usage") == "inference"  # its own rows only
     assert scope_needed("GET", "/metrics") == "metrics"
     assert scope_needed("GET", "/api/status") == "metrics"
+    assert scope_needed("GET", "/api/events") == "metrics"  # as the page's live events
     for method, path in [("POST", "/api/shutdown"), ("POST", "/api/profiles/switch"),
                          ("POST", "/api/models"), ("POST", "/api/models/x/pull"),
                          ("GET", "/api/keys"), ("POST", "/api/keys"), ("GET", "/api/logs"),

@@ -38,7 +38,8 @@ _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 _INFERENCE = frozenset(("POST", p) for p in INFERENCE_PATHS) | {
     ("GET", "/v1/models"), ("GET", "/api/usage"),  # its own usage only
 }  # fmt: skip
-_METRICS = frozenset({("GET", "/metrics"), ("GET", "/api/status")})
+#: what a dashboard reads: the metrics, the status, the event stream (the page's overview)
+_METRICS = frozenset({("GET", "/metrics"), ("GET", "/api/status"), ("GET", "/api/events")})
 #: what any key reaches, whatever its scope: the page's session and login link, and the
 #: activity (a key sees its own requests)
 _ANY_KEY = frozenset({

@@ -22,7 +22,7 @@ from smackctl.wire import error_body
 
 from .sessions import COOKIE, Session, Sessions
 
-__all__ = ["from_cookie", "is_public", "stamp_of"]
+__all__ = ["elsewhere", "from_cookie", "is_public", "stamp_of"]
 
 _PUBLIC = frozenset({"/", "/ui", "/ui/", "/ui/login", "/favicon.ico"})
 _READS = frozenset({"GET", "HEAD"})
@@ -66,12 +66,10 @@ def from_cookie(
         if session is not None:
             sessions.close(sid)
         return _ended()
-    origin = headers.get(b"origin", b"").decode("latin-1")
-    if (origin or websocket) and not same_origin(origin):
+    if (foreign := elsewhere(headers, same_origin, websocket)) is not None:
         return err(
             403,
-            f"a request from another origin ({origin or 'no Origin header'}) may not use the "
-            "page's session",
+            f"a request from another origin ({foreign}) may not use the page's session",
             "forbidden",
             "cross_origin",
         )
@@ -84,6 +82,26 @@ def from_cookie(
             "csrf",
         )
     return session.key
+
+
+def elsewhere(
+    headers: dict[bytes, bytes], same_origin: Callable[[str], bool], websocket: bool = False
+) -> str | None:
+    """Where a browser's request comes from when that is not this supervisor's page, or None.
+    ``Sec-Fetch-Site`` says it where the browser sends it; ``Origin`` otherwise (a page with
+    ``Referrer-Policy: no-referrer`` sends ``Origin: null`` on its own POSTs, so ``null``
+    alone proves nothing either way). A WebSocket's handshake always carries a real one."""
+    site = headers.get(b"sec-fetch-site", b"").decode("latin-1").lower()
+    origin = headers.get(b"origin", b"").decode("latin-1")
+    if site in ("cross-site", "same-site"):
+        return origin or f"Sec-Fetch-Site: {site}"
+    if websocket:
+        return None if origin and same_origin(origin) else origin or "no Origin header"
+    if origin == "null":
+        return None if site in ("same-origin", "none") else "Origin: null"
+    if origin and not same_origin(origin):
+        return origin
+    return None
 
 
 def _csrf_ok(session: Session, headers: dict[bytes, bytes]) -> bool:

@@ -21,7 +21,7 @@ from starlette.staticfiles import StaticFiles
 
 from smackctl.daemon.keys import OPERATOR, Key
 
-from .door import session_id, stamp_of
+from .door import elsewhere, session_id, stamp_of
 from .sessions import COOKIE, SESSION_TTL, Session, Sessions
 
 __all__ = ["CSP", "PAGE_HEADERS", "ROUTES", "STATIC"]
@@ -109,9 +109,9 @@ async def login(request: Request) -> Response:
 
 async def login_form(request: Request) -> Response:
     """``POST /ui/login``: a key (or the operator's token) typed into the form."""
-    origin = request.headers.get("origin")
     host = request.headers.get("host", "")
-    if origin and origin.split("://", 1)[-1] != host:
+    raw = {k.encode("latin-1"): v.encode("latin-1") for k, v in request.headers.items()}
+    if elsewhere(raw, lambda origin: origin.split("://", 1)[-1] == host) is not None:
         return _page("login.html", 403, "This form may only be sent from this supervisor's page.")
     body = await request.body()
     given = (parse_qs(body[:8192].decode("utf-8", "replace")).get("key") or [""])[0].strip()
