@@ -1,7 +1,7 @@
 """``python -m benchmarks [NAME…]``: run smackctl's benchmarks and write BENCHMARKS.md.
 
 Names: estimate, switch, overhead, cold_swap, cli, rss, concurrency, hundred, backends, soak,
-gateway, plugins, cache, route, hostile, keys, priority (all by default). A suite not run
+gateway, plugins, cache, route, hostile, keys, priority, ui (all by default). A suite not run
 keeps its section of BENCHMARKS.md as it was. Exit 1 when a figure misses its goal.
 """
 
@@ -34,6 +34,7 @@ from . import (
     soak,
     supervisor_rss,
     switch_time,
+    ui,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +56,7 @@ SUITES = {
     "hostile": ("The worst inputs and the event loop's lag (issue 26)", hostile.run),
     "keys": ("What a key costs on the hot path (issue 29)", keys.run),
     "priority": ("An interactive key behind a batch key (issue 29)", priority.run),
+    "ui": ("The page: its load and its live lag (issue 30)", ui.run),
 }
 
 
