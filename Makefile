@@ -54,9 +54,12 @@ bench: install
 	$(BIN)/python -m benchmarks
 
 # completions/, man/smackctl.1 and src/smackctl/cli/help.json are generated from the CLI;
-# tests fail when they are stale
-docs: install
+# tests fail when they are stale. docs/screenshots/ are the page's views, taken by its
+# browser tests (not compared by any test: a pixel moves with a font)
+docs: install test-deps
 	$(BIN)/python -m smackctl.cli.docs
+	SMACKCTL_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_ui_browser.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
