@@ -282,3 +282,22 @@ def test_activity_shows_a_failure_with_its_fix_and_usage_exports_the_clis_csv(
         hours = c.get("/api/usage", params={"bucket": "hour"}).json()
     this_hour = time.strftime("%Y-%m-%d %H:00", time.gmtime())
     assert any(row["bucket"] == this_hour and row["requests"] > 0 for row in hours)
+
+
+def test_cancel_stops_the_runner_mid_answer(sup: Supervisor) -> None:
+    with ws_connect(sup, Authorization=f"Bearer {sup.token}") as ws:
+        frames(ws, lambda f: f["type"] == "hello")
+        ws.send(json.dumps({"op": "subscribe", "topics": ["activity"]}))
+        body = {**CHAT, "model": "tiny-a", "max_tokens": 3000, "logit_bias": {"2": -100}}
+        ws.send(json.dumps({"op": "chat", "id": "long", "body": body}))
+        started = frames(ws, lambda f: f.get("id") == "long" and f["type"] == "chunk")
+        rid = next(f for f in started if f["type"] == "start")["headers"]["x-request-id"]
+        ws.send(json.dumps({"op": "cancel", "id": "long"}))
+        got = frames(ws, lambda f: f["type"] == "request" and f["data"]["id"] == rid
+                     and f["data"]["status"] is not None)  # fmt: skip
+        ended = got[-1]["data"]
+        assert ended["tokens_out"] is None or ended["tokens_out"] < 3000
+        last = [f["type"] for f in got if f.get("id") == "long"]
+        assert "error" not in last
+    with sup.client() as c:  # its slot is free: the model answers the next one at once
+        assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"}).status_code == 200
