@@ -240,3 +240,70 @@ def test_the_profile_editor_shows_an_error_at_its_line(browser: Browser, sup: Su
     with httpx.Client(base_url=sup.url) as c:  # nothing was written meanwhile
         assert c.get("/health").status_code == 200
     assert "lots" not in sup.home.root.joinpath("profiles/test.yaml").read_text()
+
+
+def test_keys_are_made_and_revoked_from_the_page(browser: Browser, sup: Supervisor) -> None:
+    w = logged_in(browser, sup)
+    page = w.page
+    page.locator('nav a[data-view="keys"]').click()
+    page.locator("#key-name").fill("from-the-page")
+    page.locator("#key-models").fill("tiny-a")
+    page.locator("#key-rpm").fill("30")
+    page.locator("#key-create button[type=submit]").click()
+    secret = page.locator("#key-secret")
+    expect(secret).to_contain_text("smk-")
+    token = next(t for t in secret.inner_text().split() if t.startswith("smk-"))
+    row = page.locator('#keys tr[data-key="from-the-page"]')
+    expect(row).to_contain_text("tiny-a")
+    expect(row).to_contain_text("30")
+    with httpx.Client(base_url=sup.url, headers={"Authorization": f"Bearer {token}"}) as c:
+        assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"}).status_code == 200
+        page.once("dialog", lambda d: d.accept())
+        row.locator("button.revoke").click()
+        expect(row).to_contain_text("revoked")
+        assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"}).status_code == 401
+    shot(page, "keys")
+    w.no_errors()
+
+
+def test_the_playground_compares_two_models_side_by_side(browser: Browser, sup: Supervisor) -> None:
+    w = logged_in(browser, sup)
+    page = w.page
+    page.locator('nav a[data-view="playground"]').click()
+    page.locator("#pg-model").select_option("tiny-a")
+    page.locator("#pg-compare").check()
+    page.locator("#pg-model-b").select_option("tiny-b")
+    page.locator("#pg-max-tokens").fill("12")
+    page.locator("#pg-prompt").fill("One prompt, two models.")
+    page.keyboard.press("Control+Enter")
+    for column, name in (("#pg-out-a", "tiny-a"), ("#pg-out-b", "tiny-b")):
+        out = page.locator(column)
+        expect(out.locator(".headers")).to_contain_text(f"x-smackctl-deployment: {name}")
+        expect(out.locator(".stats")).to_contain_text("tokens")
+        assert out.locator(".answer").inner_text().strip()
+    w.no_errors()
+
+
+def test_a_profile_edit_is_applied_after_its_plan_is_shown(
+    browser: Browser, sup: Supervisor
+) -> None:
+    w = logged_in(browser, sup)
+    page = w.page
+    page.locator('nav a[data-view="profiles"]').click()
+    editor = page.locator("#profile-text")
+    expect(editor).not_to_have_value("")
+    editor.fill(
+        editor.input_value().replace("    fast: tiny-b\n", "    fast: tiny-b\n    quick: tiny-b\n")
+    )
+    expect(page.locator("#profile-diff")).to_contain_text("+    quick: tiny-b")
+    expect(page.locator("#profile-apply")).to_be_enabled()
+    page.locator("#profile-apply").click()
+    expect(page.locator("#profile-plan")).to_contain_text("tiny-a")  # the plan, first
+    assert "quick" not in sup.home.root.joinpath("profiles/test.yaml").read_text()
+    page.locator("#profile-confirm").click()
+    expect(page.locator("#profile-plan")).to_contain_text("done: profile test active")
+    assert "quick: tiny-b" in sup.home.root.joinpath("profiles/test.yaml").read_text()
+    with sup.client() as c:  # the running configuration has the new alias
+        r = c.post("/v1/chat/completions", json={**CHAT, "model": "quick"})
+        assert r.status_code == 200 and r.headers["x-smackctl-deployment"] == "tiny-b"
+    w.no_errors()

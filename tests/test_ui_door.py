@@ -301,3 +301,26 @@ def test_cancel_stops_the_runner_mid_answer(sup: Supervisor) -> None:
         assert "error" not in last
     with sup.client() as c:  # its slot is free: the model answers the next one at once
         assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"}).status_code == 200
+
+
+def test_the_editor_checks_a_text_and_writes_only_a_valid_one(sup: Supervisor) -> None:
+    path = sup.home.root / "profiles" / "test.yaml"
+    before = path.read_text()
+    bad = before.replace("routing:\n", "routing:\n  defualt_model: tiny-a\n", 1)
+    with sup.client() as c:
+        checked = c.post("/api/profiles/check", json={"text": bad}).json()
+        problem = checked["problems"][0]
+        assert problem["path"] == "routing.defualt_model" and "default_model" in problem["message"]
+        assert problem["text"].startswith(f"{path}:{problem['line']} routing.defualt_model:")
+        assert bad.splitlines()[problem["line"] - 1].strip() == "defualt_model: tiny-a"
+        assert checked["plan"] is None and "+  defualt_model: tiny-a" in checked["diff"]
+        refused = c.put("/api/profiles/active", json={"text": bad})
+        assert refused.status_code == 400 and refused.json()["problems"]
+        assert path.read_text() == before  # nothing written
+        fine = before.replace("n_ctx: 4096", "n_ctx: 2048", 1)
+        plan = c.post("/api/profiles/check", json={"text": fine}).json()["plan"]
+        assert plan is not None and plan["steps"] is not None
+        for hostile in ("{" * 5000, "a: b: c", "\x00", "x" * (1024 * 1024 + 1)):
+            r = c.post("/api/profiles/check", json={"text": hostile})
+            assert r.status_code in (200, 400), r.text
+        assert c.get("/health").status_code == 200
