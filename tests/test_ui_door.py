@@ -15,11 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from smackctl.daemon.keys import Key
-from smackctl.daemon.ui.sessions import LINK_TTL, SESSION_TTL, Sessions
+from smackctl.daemon.ui.sessions import LINK_TTL, PER_KEY, SESSION_TTL, Sessions
 
 from conftest import CHAT, Supervisor, launch_on, make_key, profile_yaml, shutdown, smackctl
 
@@ -281,7 +281,7 @@ def test_activity_shows_a_failure_with_its_fix_and_usage_exports_the_clis_csv(
     with httpx.Client(base_url=sup.url, headers=auth) as c:
         hours = c.get("/api/usage", params={"bucket": "hour"}).json()
     this_hour = time.strftime("%Y-%m-%d %H:00", time.gmtime())
-    assert any(row["bucket"] == this_hour and row["requests"] > 0 for row in hours)
+    assert any(row["hour"] == this_hour and row["requests"] > 0 for row in hours)
 
 
 def test_cancel_stops_the_runner_mid_answer(sup: Supervisor) -> None:
@@ -324,3 +324,57 @@ def test_the_editor_checks_a_text_and_writes_only_a_valid_one(sup: Supervisor) -
             r = c.post("/api/profiles/check", json={"text": hostile})
             assert r.status_code in (200, 400), r.text
         assert c.get("/health").status_code == 200
+
+
+def test_a_websocket_closes_when_its_key_is_revoked_or_its_session_ends(sup: Supervisor) -> None:
+    dan = make_key(sup, "ui-dan", "--models", "tiny-a")
+    with ws_connect(sup, Authorization=f"Bearer {dan}") as ws:
+        ws.send(json.dumps({"op": "subscribe", "topics": ["overview"]}))
+        overview = frames(ws, lambda f: f["type"] == "overview")[-1]["data"]
+        assert [m["name"] for m in overview["models"]] == ["tiny-a"]
+        model = overview["models"][0]  # an inference key sees no file, pid, port or error
+        assert not {"file", "pid", "port", "last_error"} & set(model)
+        assert not {"profile_path", "warnings", "pid", "restoring"} & set(overview)
+        assert smackctl(sup.home, "keys", "revoke", "ui-dan").returncode == 0
+        ended = frames(ws, lambda f: f["type"] == "error")[-1]
+        assert ended["status"] == 401 and "revoked" in ended["error"]["message"]
+        with pytest.raises(ConnectionClosed):
+            frames(ws, lambda f: False, timeout=10)
+    c, csrf = logged_in(sup)
+    cookie = f"smackctl_session={c.cookies['smackctl_session']}"
+    with ws_connect(sup, Cookie=cookie, Origin=sup.url) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+        assert c.post("/ui/logout", headers={"X-CSRF-Token": csrf}).status_code == 204
+        ended = frames(ws, lambda f: f["type"] == "error")[-1]
+        assert "session has ended" in ended["error"]["message"]
+    c.close()
+
+
+def test_anonymous_requests_are_not_audited_and_the_static_page_keeps_its_headers(
+    sup: Supervisor,
+) -> None:
+    for _ in range(3):
+        httpx.post(sup.url + "/ui/login", data={"key": "guess"})
+        httpx.delete(sup.url + "/ui/static/x")
+    with sup.client() as c:
+        audited = c.get("/api/audit").json()
+    assert not [r for r in audited if r["path"] == "/ui/login" or "/static/" in r["path"]]
+    copy = httpx.get(sup.url + "/ui/static/index.html")
+    assert (
+        copy.status_code == 200 and "script-src 'self'" in copy.headers["content-security-policy"]
+    )
+    assert copy.headers["x-frame-options"] == "DENY"
+    # a login link another site's page sends the browser to is refused, and stays unused
+    link = link_for(sup).removeprefix(sup.url)
+    other = httpx.get(sup.url + link, headers={"Sec-Fetch-Site": "cross-site"})
+    assert other.status_code == 403 and "opened by itself" in other.text
+    assert httpx.get(sup.url + link, headers={"Sec-Fetch-Site": "none"}).status_code == 303
+
+
+def test_one_key_cannot_push_out_anothers_sessions() -> None:
+    sessions = Sessions()
+    admin_sid, _ = sessions.open(Key("operator", "admin"), "s")
+    alice = Key("alice", "inference")
+    sids = [sessions.open(alice, "a")[0] for _ in range(PER_KEY + 5)]
+    assert sessions.get(admin_sid) is not None
+    assert [sessions.get(s) is not None for s in sids] == [False] * 5 + [True] * PER_KEY

@@ -58,6 +58,8 @@ class Services:
     started: float = field(default_factory=time.time)
     #: the page's logins (``ui/sessions.py``)
     sessions: Sessions = field(default_factory=Sessions)
+    #: WebSockets open per key name (``ui/live.py`` holds each to a bound)
+    sockets: dict[str, int] = field(default_factory=dict)
     #: serve an ASGI request as a key, behind the door's rules (``Guard.serve_as``)
     serve_as: Callable[[Key, Scope, Receive, Send], Awaitable[None]] = field(init=False)
     #: what ``POST /api/shutdown`` asks of the process: drain for seconds, or force

@@ -149,13 +149,9 @@ def usage(
     time they queued) per model (``by="key"``:
     per key, ``""`` for the requests made before keys or with none; ``by="deployment"``: per
     model, which is what answered) per day (UTC) since a unix time; ``key``: its rows only;
-    ``bucket="hour"``: per hour of the raw rows (the last ``keep_raw``), ``hour`` for ``day``.
-    Each row's ``bucket`` is its day or hour."""
+    ``bucket="hour"``: per hour of the raw rows (the last ``keep_raw``), ``hour`` for ``day``."""
     names = (bucket, by, "requests", "tokens_in", "tokens_out", "errors", "avg_ms", "cost",
              "seconds")  # fmt: skip
     table = _BY_HOUR if bucket == "hour" else _BY
     sql = table["model" if by == "deployment" else by]  # a row's model is what answered it
-    rows = [dict(zip(names, r, strict=True)) for r in db.execute(sql, (since, key))]
-    for row in rows:
-        row["bucket"] = row[bucket]
-    return rows
+    return [dict(zip(names, r, strict=True)) for r in db.execute(sql, (since, key))]

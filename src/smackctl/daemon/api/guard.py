@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from smackctl.daemon.keys import CALLER, OPERATOR, Key, KeyRing, Operator
 from smackctl.daemon.translate import MESSAGES
-from smackctl.daemon.ui.door import from_cookie, is_public
+from smackctl.daemon.ui.door import from_cookie, is_public, session_id, stamp_of
 from smackctl.daemon.ui.sessions import Sessions
 from smackctl.wire import sse, sse_error
 
@@ -220,6 +220,9 @@ class Guard:
     async def serve_as(self, key: Key, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve the request as ``key``: a key's answer is cut off if the key is revoked
         while it is served; an admin's change is audited once answered."""
+        if key is not OPERATOR and (why := key.refusal(time.time())) is not None:
+            await _cut_off({"type": "http.response.start"}, why, scope["path"], send)
+            return  # revoked before it began (a WebSocket's chat): nothing of it runs
         scope.setdefault("state", {})["key"] = key
         token = CALLER.set(None if key is OPERATOR else key)
         status = [0]
@@ -227,6 +230,7 @@ class Guard:
             self._audit is not None
             and (scope["method"] not in _READS or scope["path"] == "/api/keys/export")
             and (scope["method"], scope["path"]) not in _INFERENCE
+            and not is_public(scope["path"])  # anyone's: the login form, a 404 (not an admin)
         )
 
         async def sending(message: Any) -> None:
@@ -260,12 +264,35 @@ class Guard:
         if isinstance(key, Response):
             await _refuse_websocket(scope, send, key)
             return
-        scope.setdefault("state", {})["key"] = key
+        state = scope.setdefault("state", {})
+        state["key"], state["still_valid"] = key, self._still_valid(key, headers)
         token = CALLER.set(None if key is OPERATOR else key)
         try:
             await self.app(scope, receive, send)
         finally:
             CALLER.reset(token)
+
+    def _still_valid(self, key: Key, headers: dict[bytes, bytes]) -> Callable[[], str | None]:
+        """For a connection that lasts: why its credential no longer holds (a key revoked or
+        expired, a session ended, the token rotated), or None. A WebSocket asks before each
+        op and now and then (``ui/live.py``)."""
+        operator, stamp = self.operator, stamp_of(key, self.operator)
+        by_header = headers.get(b"authorization") or headers.get(b"x-api-key")
+        sid = session_id(headers) if self.sessions is not None and not by_header else None
+        sessions = self.sessions
+
+        def check() -> str | None:
+            if operator.token is None:
+                return None
+            if key is not OPERATOR and (why := key.refusal(time.time())) is not None:
+                return why
+            if stamp_of(key, operator) != stamp:
+                return "the credential this connection opened with was rotated"
+            if sid is not None and sessions is not None and sessions.get(sid) is None:
+                return "the page's session has ended"
+            return None
+
+        return check
 
     def _cross_site(self, method: str, headers: dict[bytes, bytes], host: str) -> Response | None:
         """The refusal of a request a web page of another origin made a browser send."""
@@ -290,16 +317,17 @@ class Guard:
         return None
 
     def _same_origin(self, origin: str, host: str) -> bool:
-        """``Origin`` names this supervisor: an allowed host name and the port asked."""
+        """``Origin`` is the address this request was sent to (its ``Host``, a name this
+        supervisor answers to): another name or port of this machine is another origin."""
         from urllib.parse import urlsplit
 
         try:
             o = urlsplit(origin)
-            port = o.port
+            o.port  # noqa: B018 - a port that is not a number raises here
         except ValueError:
             return False
-        asked = host.rsplit(":", 1)[1] if ":" in host and not host.endswith("]") else None
-        return (o.hostname or "").lower() in self.hosts and str(port) == str(asked)
+        same = o.netloc.lower() == host.lower() and o.scheme in ("http", "https")
+        return same and self._allowed((o.hostname or "").lower())
 
 
 async def _cut_off(message: Any, why: str, path: str, send: Send) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,6 +17,8 @@ from starlette.types import Message, Receive, Scope, Send
 from smackctl.daemon.keys import Key
 
 __all__ = ["Chat", "shown"]
+
+log = logging.getLogger("smackctl.ui")
 
 CHAT = "/v1/chat/completions"
 #: the request headers a chat frame may set
@@ -67,8 +70,10 @@ class Chat:
     async def run(self, key: Key, serve: Serve) -> None:
         try:
             await serve(key, self.scope, self._receive, self._send)
-        except Exception as exc:  # noqa: BLE001 - the frame says what broke; the server lives
-            await self._error(500, str(exc) or type(exc).__name__, "server_error")
+        except Exception:  # the frame says it broke, the log says how; the server lives
+            log.exception("chat %s over the WebSocket failed", self.id)
+            await self._error(500, "the answer failed inside the supervisor (its log has "
+                              "the details: `smackctl logs`)", "server_error")  # fmt: skip
             return
         if not self._failed:
             await self.send_frame({"type": "done", "id": self.id})

@@ -43,8 +43,13 @@ VERSION = 1
 OVERVIEW_EVERY = 0.25
 OVERVIEW_IDLE = 5.0
 LOG_POLL = 0.5
-#: frames waiting for a slow client before live ones are dropped
-QUEUE = 1000
+#: bytes of frames waiting for a slow client before live ones are dropped (chats wait)
+QUEUED_BYTES = 4 * 1024 * 1024
+#: how often a connection checks its credential still holds
+WATCH_EVERY = 1.0
+#: WebSockets one key (or the operator) may hold open at once
+PER_KEY = 32
+_OVERVIEW = "\x00overview"  # the writer's marker: send the overview slot
 #: chats one connection may run at once
 CHATS = 8
 TOPICS = ("overview", "activity", "events", "logs")
@@ -55,29 +60,58 @@ Serve = Callable[[Key, Scope, Receive, Send], Awaitable[None]]
 class Live:
     def __init__(self, ws: WebSocket, services: Services, key: Key) -> None:
         self.ws, self.s, self.key = ws, services, key
-        self.out: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(QUEUE)
+        #: frames as JSON text (``_OVERVIEW``: the latest overview, held in one slot)
+        self.out: asyncio.Queue[str | None] = asyncio.Queue()
+        self.queued = 0  # bytes waiting in ``out``
+        self.room = asyncio.Event()
+        self._latest: str | None = None
         self.feeds: dict[str, asyncio.Task[None]] = {}
         self.log_model: str | None = None
         self.chats: dict[str, Chat] = {}
         self.dropped = 0
         self.admin = key.may("admin")
+        #: why the credential no longer holds, or None (the door's, ``Guard._still_valid``)
+        self.still_valid: Callable[[], str | None] = ws.scope.get("state", {}).get(
+            "still_valid", lambda: None
+        )
 
     # -- frames out --------------------------------------------------------------------------
 
     def put(self, frame: dict[str, Any]) -> None:
         """A live frame: dropped (counted) when the client reads too slowly."""
-        try:
-            self.out.put_nowait(frame)
-        except asyncio.QueueFull:
+        text = json.dumps(frame)
+        if self.queued + len(text) > QUEUED_BYTES:
             self.dropped += 1
+            return
+        self._enqueue(text)
+
+    def put_overview(self, frame: dict[str, Any]) -> None:
+        """The overview: only the latest waits (a slow client gets the newest, not a pile)."""
+        if self._latest is None:
+            self.out.put_nowait(_OVERVIEW)
+        self._latest = json.dumps(frame)
 
     async def send(self, frame: dict[str, Any]) -> None:
         """A frame that must arrive (a chat's): waits for room."""
-        await self.out.put(frame)
+        text = json.dumps(frame)
+        while self.queued > QUEUED_BYTES:
+            self.room.clear()
+            await self.room.wait()
+        self._enqueue(text)
+
+    def _enqueue(self, text: str) -> None:
+        self.queued += len(text)
+        self.out.put_nowait(text)
 
     async def _writer(self) -> None:
-        while (frame := await self.out.get()) is not None:
-            await self.ws.send_text(json.dumps(frame, default=str))
+        while (text := await self.out.get()) is not None:
+            if text == _OVERVIEW:
+                text, self._latest = self._latest or "", None
+            else:
+                self.queued -= len(text)
+                self.room.set()
+            if text:
+                await self.ws.send_text(text)
 
     # -- the connection ----------------------------------------------------------------------
 
@@ -86,19 +120,34 @@ class Live:
         self.put({"type": "hello", "v": VERSION, "name": self.key.name, "admin": self.admin})
         try:
             reader = asyncio.create_task(self._reader())
-            await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            watch = asyncio.create_task(self._watch())
+            await asyncio.wait({reader, writer, watch}, return_when=asyncio.FIRST_COMPLETED)
             reader.cancel()
+            watch.cancel()
         finally:
             for task in self.feeds.values():
                 task.cancel()
             self.s.usage.activity.listeners.discard(self._on_request)
             for chat in list(self.chats.values()):
                 chat.cancel()
-            with contextlib.suppress(asyncio.QueueFull):
-                self.out.put_nowait(None)
+            self.out.put_nowait(None)
             writer.cancel()
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await self.ws.close(1001)
+                await self.ws.close(1008 if self.still_valid() else 1001)
+
+    async def _watch(self) -> None:
+        """End the connection once its credential no longer holds (revoked, rotated, logged
+        out, expired): what it follows is no longer for it."""
+        while (why := self.still_valid()) is None:
+            await asyncio.sleep(WATCH_EVERY)
+        await self._refused(why)
+
+    async def _refused(self, why: str) -> None:
+        frame = {"type": "error", "status": 401, "error": {
+            "message": f"{why}: this connection is closed", "type": "authentication_error",
+            "code": "credential_ended"}}  # fmt: skip
+        with contextlib.suppress(Exception):
+            await self.ws.send_text(json.dumps(frame))
 
     async def _reader(self) -> None:
         while True:
@@ -106,6 +155,9 @@ class Live:
             if message["type"] == "websocket.disconnect":
                 return
             raw = message.get("text") or message.get("bytes") or b""
+            if (why := self.still_valid()) is not None:
+                await self._refused(why)
+                return
             try:
                 try:
                     frame = parse_object(raw)
@@ -172,7 +224,7 @@ class Live:
     async def _overview(self) -> None:
         async with self.s.events.subscribe() as q:
             while True:
-                self.put({"type": "overview", "data": self._status()})
+                self.put_overview({"type": "overview", "data": self._status()})
                 sent = time.monotonic()
                 with contextlib.suppress(TimeoutError):
                     if await asyncio.wait_for(q.get(), OVERVIEW_IDLE) is CLOSED:
@@ -191,10 +243,11 @@ class Live:
         if self.key.may("metrics"):
             return view
         names = {m.name: self.s.registry.names_of(m) for m in self.s.registry.models.values()}
-        view["models"] = [m for m in view["models"] if self.key.may_use(*names[m["name"]])]
-        for private in ("profile_path", "warnings", "url", "pid"):
-            view.pop(private, None)
-        return view
+        mine = [m for m in view["models"] if self.key.may_use(*names[m["name"]])]
+        return {
+            **{k: view[k] for k in _SHOWN_TOP},
+            "models": [{k: m.get(k) for k in _SHOWN_MODEL} for m in mine],
+        }
 
     async def _events(self) -> None:
         async with self.s.events.subscribe() as q:
@@ -245,6 +298,16 @@ class Live:
         task.add_done_callback(lambda _: self.chats.pop(chat_id, None))
 
 
+#: what a key of scope ``inference`` sees of the status (``GET /api/status`` is not its own):
+#: its models' state and load, never a file, a pid, a port or an error's text
+_SHOWN_TOP = ("version", "profile", "switch_phase", "accepting", "memory", "machine")
+_SHOWN_MODEL = (
+    "name", "aliases", "backend", "state", "phase", "chat", "n_ctx", "parallel", "ttl",
+    "ttl_left", "loaded_since", "last_used", "requests_served", "tokens_out", "in_flight",
+    "queued", "queued_by_priority", "expected_wait", "estimated_ram", "measured_ram",
+)  # fmt: skip
+
+
 def _bad(message: str, status: int = 400) -> SmackError:
     exc = SmackError(message, "see docs/ui.md for the frames the WebSocket takes")
     exc.status = status
@@ -274,9 +337,21 @@ def _read(path: Path, at: int, n: int) -> bytes:
 
 async def live(ws: WebSocket) -> None:
     key: Key = ws.scope.get("state", {}).get("key", OPERATOR)
+    services: Services = ws.app.state.services
     await ws.accept()
-    with contextlib.suppress(WebSocketDisconnect):
-        await Live(ws, ws.app.state.services, key).run()
+    held = services.sockets.get(key.name, 0)
+    if held >= PER_KEY:
+        await ws.send_text(json.dumps({"type": "error", "status": 429, "error": {
+            "message": f"{key.name} holds {held} WebSockets open, the most one may: close one",
+            "type": "rate_limit_error", "code": "too_many_connections"}}))  # fmt: skip
+        await ws.close(1008)
+        return
+    services.sockets[key.name] = held + 1
+    try:
+        with contextlib.suppress(WebSocketDisconnect):
+            await Live(ws, services, key).run()
+    finally:
+        services.sockets[key.name] -= 1
 
 
 ROUTES = [WebSocketRoute("/api/ws", live)]

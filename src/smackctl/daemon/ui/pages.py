@@ -99,6 +99,11 @@ async def login(request: Request) -> Response:
     code = request.query_params.get("code")
     if code is None:
         return _page("login.html")
+    site = request.headers.get("sec-fetch-site", "").lower()
+    if site in ("cross-site", "same-site"):  # another site sent this browser here
+        return _page("login.html", 403, "A login link works only when opened by itself "
+                     "(pasted into the address bar, or opened by `smackctl ui`), not from "
+                     "another site's page. Run `smackctl ui` for a new one.")  # fmt: skip
     redeemed = _sessions(request).redeem(code[:200])
     if redeemed is None:
         return _page("login.html", 400, "This login link has been used or has expired (a link "
@@ -160,6 +165,16 @@ async def link(request: Request) -> Response:
     return JSONResponse({"path": f"/ui/login?code={code}", "expires": expires, "name": key.name})
 
 
+class _Static(StaticFiles):
+    """The page's files, with the page's headers (a copy of index.html served from here
+    must not run without its Content-Security-Policy, or inside another site's frame)."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        answer = super().file_response(*args, **kwargs)
+        answer.headers.update({k: v for k, v in PAGE_HEADERS.items() if k != "Cache-Control"})
+        return answer
+
+
 ROUTES: list[BaseRoute] = [
     Route("/", root, methods=["GET"]),
     Route("/ui", shell, methods=["GET"]),
@@ -169,5 +184,5 @@ ROUTES: list[BaseRoute] = [
     Route("/ui/session", session, methods=["GET"]),
     Route("/ui/logout", logout, methods=["POST"]),
     Route("/api/ui/link", link, methods=["POST"]),
-    Mount("/ui/static", StaticFiles(directory=STATIC, check_dir=False), name="static"),
+    Mount("/ui/static", _Static(directory=STATIC, check_dir=False), name="static"),
 ]

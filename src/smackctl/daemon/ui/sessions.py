@@ -16,6 +16,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from smackctl.daemon.keys import Key
 
@@ -28,6 +29,8 @@ LINK_TTL = 300.0
 SESSION_TTL = 12 * 3600.0
 #: at most this many sessions and unused links are held (the oldest go first)
 _MOST = 1000
+#: sessions (and unused links) one key may hold: its own oldest go first, never another's
+PER_KEY = 20
 
 
 def _digest(secret: str) -> str:
@@ -58,6 +61,7 @@ class Sessions:
     def link(self, key: Key, stamp: str) -> tuple[str, float]:
         """A new one-time code for ``key``, and when it stops working."""
         self._sweep()
+        _cap(self._links, key.name)
         code = secrets.token_urlsafe(32)
         expires = self._now() + LINK_TTL
         self._links[_digest(code)] = (key, stamp, expires)
@@ -74,6 +78,7 @@ class Sessions:
     def open(self, key: Key, stamp: str) -> tuple[str, Session]:
         """A session for ``key`` (a login with a key or the token on the form)."""
         self._sweep()
+        _cap(self._sessions, key.name)
         sid = secrets.token_urlsafe(32)
         session = Session(key, stamp, secrets.token_urlsafe(24), self._now() + SESSION_TTL)
         self._sessions[_digest(sid)] = session
@@ -104,6 +109,17 @@ class Sessions:
                 del table[d]
             while len(table) >= _MOST:  # the oldest first (dicts keep their order)
                 del table[next(iter(table))]
+
+
+def _cap(table: dict[str, Any], name: str) -> None:
+    """Make room for one more of ``name``'s: its oldest go once it holds ``PER_KEY``."""
+    mine = [d for d, v in table.items() if _key_of(v).name == name]
+    for d in mine[: max(0, len(mine) - PER_KEY + 1)]:
+        del table[d]
+
+
+def _key_of(value: tuple[Key, str, float] | Session) -> Key:
+    return value.key if isinstance(value, Session) else value[0]
 
 
 def _ends(value: tuple[Key, str, float] | Session) -> float:
