@@ -59,6 +59,9 @@ def test_a_lan_bind_admits_the_machines_names_and_the_allowed_ones(home: Home) -
         shown = json.loads(smackctl(home, "config", "show", "--json").stdout)
         assert shown["host"] == "0.0.0.0" and shown["port"] == int(port)
         assert shown["address_from"] == "the running supervisor"
+        # the page's login link is one a browser elsewhere can open
+        link = smackctl(home, "ui", "--no-browser").stdout.strip()
+        assert "/ui/login?code=" in link and "0.0.0.0" not in link and f":{port}/" in link
     finally:
         shutdown(sup)
 
@@ -120,6 +123,11 @@ def test_with_a_certificate_it_serves_https(home: Home, certificate: tuple[Path,
         assert json.loads(st.stdout)["url"].startswith("https://")
         env = smackctl(home, "env")
         assert f"export OPENAI_BASE_URL=https://127.0.0.1:{port}/v1" in env.stdout
+        # the page's link is HTTPS, and its session cookie is Secure
+        link = smackctl(home, "ui", "--no-browser").stdout.strip()
+        assert link.startswith(f"https://127.0.0.1:{port}/ui/login?code=")
+        login = httpx.get(link, verify=ssl.create_default_context(cafile=str(cert)))
+        assert login.status_code == 303 and "Secure" in login.headers["set-cookie"]
     finally:
         smackctl(home, "stop", "--force")
 

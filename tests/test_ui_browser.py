@@ -284,6 +284,32 @@ def test_the_playground_compares_two_models_side_by_side(browser: Browser, sup: 
     w.no_errors()
 
 
+def test_a_switch_shows_its_plan_before_it_asks_and_logs_follow_live(
+    browser: Browser, sup: Supervisor
+) -> None:
+    profiles = sup.home.root / "profiles"
+    (profiles / "small.yaml").write_text(
+        (profiles / "test.yaml").read_text().replace("name: test", "name: small")
+    )
+    w = logged_in(browser, sup)
+    page = w.page
+    page.locator("#switch-profile").select_option(label="small")
+    page.locator("#switch-plan").click()
+    expect(page.locator("#plan")).to_contain_text("test → small")
+    expect(page.locator("#switch-apply")).to_be_visible()  # asks; nothing switched yet
+    assert sup.status()["profile"] == "test"
+    # the supervisor's log, followed: a request made elsewhere appears in it
+    page.locator('nav a[data-view="events"]').click()
+    expect(page.locator("#logs")).to_contain_text("supervisor")
+    with sup.client() as c:
+        r = c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"})
+    rid = r.headers["x-request-id"]
+    expect(page.locator("#logs")).to_contain_text(rid, timeout=10_000)
+    page.locator("#logs-filter").fill(rid)
+    assert all(rid in line for line in page.locator("#logs").inner_text().splitlines() if line)
+    w.no_errors()
+
+
 def test_a_profile_edit_is_applied_after_its_plan_is_shown(
     browser: Browser, sup: Supervisor
 ) -> None:
