@@ -85,11 +85,11 @@ class Activity:
         self.recent.appendleft(row)
         self._tell(row)
 
-    def view(self, limit: int, key: str | None = None) -> dict[str, Any]:
-        """The requests in flight and the last ``limit`` (``key``: that key's only)."""
+    def view(self, limit: int, who: str | None = None) -> dict[str, Any]:
+        """The requests in flight and the last ``limit`` (``who``: that key's only)."""
 
         def mine(rows: Any) -> list[dict[str, Any]]:
-            return [r for r in rows if key is None or r["key"] == key]
+            return [r for r in rows if who is None or r["key"] == who]
 
         flying = sorted(mine(self.in_flight.values()), key=lambda r: -r["at"])
         return {"in_flight": flying, "recent": mine(self.recent)[:limit]}

@@ -15,6 +15,7 @@ from typing import Any
 from starlette.types import Message, Receive, Scope, Send
 
 from smackctl.daemon.keys import Key
+from smackctl.wire import SSEParser
 
 __all__ = ["Chat", "shown"]
 
@@ -62,6 +63,7 @@ class Chat:
         self._status = 0
         self._streaming = False
         self._buffer = b""
+        self._parser = SSEParser()
         self._failed = False
 
     def cancel(self) -> None:
@@ -98,35 +100,24 @@ class Chat:
             return
         if message["type"] != "http.response.body":
             return
-        self._buffer += message.get("body", b"")
+        body = message.get("body", b"")
         if self._streaming:
-            while b"\n\n" in self._buffer:
-                event, self._buffer = self._buffer.split(b"\n\n", 1)
-                await self._event(event)
-        elif not message.get("more_body", False):
+            for event in self._parser.feed(body):
+                await self._event(event.json())
+            return
+        self._buffer += body
+        if not message.get("more_body", False):
             await self._whole(self._buffer)
 
-    async def _event(self, event: bytes) -> None:
-        for line in event.split(b"\n"):
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                continue
-            try:
-                chunk = json.loads(data)
-            except ValueError:
-                continue
-            if isinstance(chunk, dict) and "error" in chunk:
-                error = chunk["error"] if isinstance(chunk["error"], dict) else {}
-                await self._error(
-                    500,
-                    str(error.get("message", chunk["error"])),
-                    str(error.get("type", "server_error")),
-                    error.get("code"),
-                )
-            else:
-                await self.send_frame({"type": "chunk", "id": self.id, "data": chunk})
+    async def _event(self, chunk: Any) -> None:
+        if chunk is None:  # `[DONE]`, or data that is not JSON
+            return
+        if not (isinstance(chunk, dict) and "error" in chunk):
+            await self.send_frame({"type": "chunk", "id": self.id, "data": chunk})
+            return
+        error = chunk["error"] if isinstance(chunk["error"], dict) else {}
+        message = str(error.get("message", chunk["error"]))
+        await self._error(500, message, str(error.get("type", "server_error")), error.get("code"))
 
     async def _whole(self, body: bytes) -> None:
         """An answer that came whole (an error; a cached answer): one frame of it."""
