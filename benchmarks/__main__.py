@@ -1,7 +1,7 @@
 """``python -m benchmarks [NAME…]``: run smackctl's benchmarks and write BENCHMARKS.md.
 
 Names: estimate, switch, overhead, cold_swap, cli, rss, concurrency, hundred, backends, soak,
-gateway, plugins, cache, route, hostile, keys, priority, ui (all by default). A suite not run
+gateway, plugins, cache, route, hostile, keys, priority, ui, fleet (all by default). A suite not run
 keeps its section of BENCHMARKS.md as it was. Exit 1 when a figure misses its goal.
 """
 
@@ -23,6 +23,7 @@ from . import (
     cold_swap,
     concurrency,
     estimate_accuracy,
+    fleet,
     gateway,
     hostile,
     hundred,
@@ -57,6 +58,7 @@ SUITES = {
     "keys": ("What a key costs on the hot path (issue 29)", keys.run),
     "priority": ("An interactive key behind a batch key (issue 29)", priority.run),
     "ui": ("The page: its load and its live lag (issue 30)", ui.run),
+    "fleet": ("A fleet over NATS: added latency, streaming, spread (issue 31)", fleet.run),
 }
 
 

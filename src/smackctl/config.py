@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from smackctl.fleet_config import FleetSpec
 from smackctl.paths import DEFAULT_HOST, DEFAULT_PORT
 from smackctl.profile_refs import Loc, Problem, cross_references
 from smackctl.units import (
@@ -323,6 +324,8 @@ class Profile(_Strict):
     #: more names clients may reach the supervisor by (the Host header: a reverse proxy's,
     #: a DNS name of the machine); on a LAN bind its own addresses and names are admitted
     allowed_hosts: tuple[str, ...] = ()
+    #: the fleet this supervisor joins (fleet_config.py); none: one machine, as ever
+    fleet: FleetSpec | None = None
 
     @model_validator(mode="before")
     @classmethod

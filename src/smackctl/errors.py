@@ -20,6 +20,7 @@
     │   ├── UpstreamError           502: a runner's answer broke, or it died mid-way
     │   └── BenchBusy               409: a bench of that model is running
     ├── NoDeployment                503: every deployment of a chain failed or was skipped
+    ├── FleetUnavailable            503: no member of the fleet can take the model now
     ├── SwitchFailed                409: a profile switch failed (rolled back) or cannot start
     ├── Forbidden                   403: the caller's key has not the scope or the model asked
     ├── UnknownKey                  404: no key of that name (`smackctl keys list`)
@@ -51,6 +52,7 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFound",
     "NoDeployment",
+    "FleetUnavailable",
     "NotTheSupervisor",
     "PluginFailed",
     "PluginTimedOut",
@@ -294,6 +296,14 @@ class NoDeployment(SmackError):
 
     status = 503
     error_type = "no_deployment"
+
+
+class FleetUnavailable(SmackError):
+    """No member of the fleet can take a model now (gone, draining, full, NATS away)."""
+
+    status = 503
+    error_type = "fleet_unavailable"
+    retry_after = 5.0
 
 
 class PluginFailed(SmackError):

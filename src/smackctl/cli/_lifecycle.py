@@ -86,6 +86,8 @@ class Serving:
     tls_cert: str | None = None
     tls_key: str | None = None
     allowed_hosts: tuple[str, ...] = ()
+    #: a NATS server to join for this run (``--join``): the profile's ``fleet.url`` replaced
+    join: str | None = None
 
     @property
     def url(self) -> str:
@@ -110,6 +112,8 @@ class Serving:
             argv += ["--tls-key", str(Path(self.tls_key).resolve())]
         for name in self.allowed_hosts:
             argv += ["--allowed-host", name]
+        if self.join:
+            argv += ["--join", self.join]
         return argv
 
 

@@ -25,6 +25,7 @@ from .chat import chat
 from .config_cmd import config_app
 from .doctor import doctor
 from .events import events
+from .fleet import fleet_app
 from .keys import keys_app
 from .plugins import plugins_app
 from .route import route
@@ -223,6 +224,7 @@ for command in (
 for name, group in (
     ("models", models.app), ("profile", profile.app), ("service", service.app),
     ("plugins", plugins_app), ("cache", cache_app), ("config", config_app), ("keys", keys_app),
+    ("fleet", fleet_app),
 ):  # fmt: skip
     app.add_typer(group, name=name)
 _defer(app)

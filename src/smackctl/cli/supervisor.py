@@ -84,6 +84,14 @@ def start(
             "and the profile's allowed_hosts).",
         ),
     ] = None,
+    join: Annotated[
+        str | None,
+        typer.Option(
+            "--join",
+            help="Join the fleet of this NATS server (nats://HOST:4222) for this run: serve "
+            "this machine's models to it, send it what this one does not serve.",
+        ),
+    ] = None,
 ) -> None:
     """Start the supervisor in the background and wait until it answers."""
     from ._lifecycle import Serving, start_supervisor
@@ -102,6 +110,7 @@ def start(
         tls_cert=tls_cert,
         tls_key=tls_key,
         allowed_hosts=tuple(allowed_host or ()),
+        join=join,
     )
     if foreground:
         argv = serving.argv(foreground=True)

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp
 
 from smackctl.config import DEFAULT_HOST, DEFAULT_PORT, Profile
 from smackctl.errors import SmackError, UsageError
+from smackctl.fleet_config import FleetSpec
 from smackctl.netaddr import display_url, is_loopback, own_names
 from smackctl.paths import Paths, get_paths
 from smackctl.profile_file import find_profile, load_profile
@@ -30,6 +31,7 @@ from smackctl.profile_file import find_profile, load_profile
 from .api import create_app
 from .api.common import MAX_BODY
 from .connections import GuardedHttp, connection_limit, raise_fd_limit
+from .fleet.service import Fleet
 from .scheduler import Scheduler
 from .services import Services, assemble
 from .startup import bind, lock, read_or_create_token, setup_logging
@@ -126,8 +128,8 @@ class _Stop:
     """A stop asked for (``POST /api/shutdown``, SIGTERM): drain, or cut what runs after
     ``timeout``, then end the server. ``server`` is set once it exists."""
 
-    def __init__(self, scheduler: Scheduler, systemd: Notifier) -> None:
-        self.scheduler, self.systemd = scheduler, systemd
+    def __init__(self, scheduler: Scheduler, systemd: Notifier, services: Services) -> None:
+        self.scheduler, self.systemd, self.services = scheduler, systemd, services
         self.server: Any = None
 
     def __call__(self, timeout: float, force: bool) -> None:
@@ -137,6 +139,8 @@ class _Stop:
         scheduler = self.scheduler
         running, queued = scheduler.busy()
         self.systemd.send("STOPPING=1", f"STATUS=draining: {running} running, {queued} queued")
+        if self.services.fleet is not None:  # the fleet sends it nothing new meanwhile
+            await self.services.fleet.drain()
         if force:
             scheduler.accepting = False
             scheduler.stop_grace = 0.5
@@ -156,6 +160,20 @@ class _Stop:
             )  # fmt: skip
         scheduler.events.close()  # event streams end: none may hold the stop open
         self.server.should_exit = True
+
+
+def _fleet_spec(args: argparse.Namespace, profile: Profile) -> FleetSpec | None:
+    """The fleet to join: the profile's ``fleet:``, its URL replaced by ``--join``."""
+    if not args.join:
+        return profile.fleet
+    try:
+        if profile.fleet is not None:
+            return FleetSpec(**{**profile.fleet.model_dump(), "url": args.join})
+        return FleetSpec(url=args.join)
+    except ValueError as exc:
+        raise UsageError(
+            f"--join {args.join}: not a NATS server's URL", "write nats://HOST:4222"
+        ) from exc
 
 
 def _server(args: argparse.Namespace, app: ASGIApp, stop: _Stop) -> Any:
@@ -201,6 +219,8 @@ async def _announce(
     # (an httpx client's TLS context takes ~0.3 s to build here)
     services.deployments.sync()
     services.reloader.start()
+    if services.fleet is not None:  # joined once the server answers: it serves the fleet
+        await services.fleet.start()
     seen_as = display_url(url)
     also = f" (from elsewhere: {seen_as})" if seen_as != url else ""
     name = services.scheduler.profile.name
@@ -218,7 +238,9 @@ async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) ->
         if notice:
             scheduler.notices.append(notice)
     services = assemble(scheduler)
-    stop = services.stop = _Stop(scheduler, systemd)
+    if (spec := _fleet_spec(args, scheduler.profile)) is not None:
+        services.fleet = Fleet(services, spec)
+    stop = services.stop = _Stop(scheduler, systemd, services)
     app = create_app(
         services,
         token=token,
@@ -260,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-cert", default=os.environ.get("SMACKCTL_TLS_CERT") or None)
     parser.add_argument("--tls-key", default=os.environ.get("SMACKCTL_TLS_KEY") or None)
     parser.add_argument("--allowed-host", action="append", default=[])
+    parser.add_argument("--join", default=os.environ.get("SMACKCTL_JOIN") or None)
     args = parser.parse_args(argv)
     # a file-size limit (or a filesystem that answers EFBIG) fails the write, as a full disk
     # does, instead of killing the supervisor; the state store keeps what it could not write

@@ -1,6 +1,7 @@
-"""The page's routes in the OpenAPI description (``openapi.py``): its shell, login, session and
-static files, the routes it reads and edits through, and the WebSocket, which OpenAPI cannot
-describe as a path: it is told in the description's words (``WEBSOCKET``)."""
+"""The page's routes (and the fleet's) in the OpenAPI description (``openapi.py``): its
+shell, login, session and static files, the routes it reads and edits through, and the
+WebSocket, which OpenAPI cannot describe as a path: it is told in the description's words
+(``WEBSOCKET``)."""
 
 from __future__ import annotations
 
@@ -112,4 +113,5 @@ def page_paths() -> dict[str, Any]:
         "/api/profiles/active": {
             "put": _json_op("Write the active profile's file and apply it (as a reload)", _TEXT),
         },
+        "/api/fleet": {"get": _json_op("This fleet member, its NATS connection, the members")},
     }

@@ -14,6 +14,7 @@ from smackctl.config import Price, Profile
 
 from .bench import Bench
 from .events import Events
+from .fleet.service import Fleet
 from .gateway import Gateway
 from .gateway.auto import Router
 from .gateway.cache import Cached
@@ -60,12 +61,16 @@ class Services:
     sessions: Sessions = field(default_factory=Sessions)
     #: WebSockets open per key name (``ui/live.py`` holds each to a bound)
     sockets: dict[str, int] = field(default_factory=dict)
+    #: this supervisor's membership of a fleet (``fleet/``), when the profile has ``fleet:``
+    fleet: Fleet | None = None
     #: serve an ASGI request as a key, behind the door's rules (``Guard.serve_as``)
     serve_as: Callable[[Key, Scope, Receive, Send], Awaitable[None]] = field(init=False)
     #: what ``POST /api/shutdown`` asks of the process: drain for seconds, or force
     stop: Callable[[float, bool], None] = lambda timeout, force: None
 
     async def aclose(self) -> None:
+        if self.fleet is not None:
+            await self.fleet.aclose()
         await self.gateway.aclose()
 
 

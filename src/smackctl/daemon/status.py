@@ -47,6 +47,9 @@ def status_view(s: Services, url: str) -> dict[str, Any]:
             *s.deployments.warnings(),
             *s.reloader.warnings(),
             *s.registry.scan_notes,  # the models_dir's duplicates, missing parts
+            *([f"fleet: {s.fleet.error}"] if s.fleet is not None and s.fleet.error else []),
+            *(s.fleet.members.refused.values() if s.fleet is not None else []),
         ],
         "models": models,
+        "fleet": None if s.fleet is None else s.fleet.view(),
     }

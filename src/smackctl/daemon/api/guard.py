@@ -39,7 +39,9 @@ _INFERENCE = frozenset(("POST", p) for p in INFERENCE_PATHS) | {
     ("GET", "/v1/models"), ("GET", "/api/usage"),  # its own usage only
 }  # fmt: skip
 #: what a dashboard reads: the metrics, the status, the event stream (the page's overview)
-_METRICS = frozenset({("GET", "/metrics"), ("GET", "/api/status"), ("GET", "/api/events")})
+_METRICS = frozenset({
+    ("GET", "/metrics"), ("GET", "/api/status"), ("GET", "/api/events"), ("GET", "/api/fleet"),
+})  # fmt: skip
 #: what any key reaches, whatever its scope: the page's session and login link, and the
 #: activity (a key sees its own requests)
 _ANY_KEY = frozenset({

@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from smackctl.daemon import prefs
 from smackctl.daemon.extras import COUNT
+from smackctl.daemon.fleet.worker import FROM_FLEET
 from smackctl.daemon.gateway import Call
 from smackctl.daemon.keys import OPERATOR, PRIORITIES
 from smackctl.daemon.schemas import REQUEST_SCHEMAS
@@ -74,12 +75,16 @@ async def _openai_shaped(request: Request) -> Response:
         body = applied
     no_cache = "no-cache" in request.headers.get("cache-control", "").lower()
     call = Call(request.url.path, body, new_request_id(), no_cache, keep_alive)
+    model = body.get("model")
     key = caller(request)
     activity, rid = s.usage.activity, call.request_id
     activity.begin(rid, getattr(request.state, "model", None), request.url.path,
                    None if key is OPERATOR else key.name)  # fmt: skip
     request.scope["state"]["abandon"] = lambda status: activity.abandon(rid, status)
     request.scope["state"]["activity_id"] = rid  # a refusal after this is counted as it
+    fleet = s.fleet
+    if fleet is not None and FROM_FLEET not in request.headers and fleet.front.takes(model):
+        return await fleet.front.forward(request.url.path, body, rid)
     return await s.gateway.handle(call)
 
 
@@ -160,6 +165,11 @@ async def list_models(request: Request) -> Response:
             data.append(entry(d["name"], d["url"], [], d["breaker"]["state"]))
     for name, g in view["groups"].items():
         data.append(entry(name, "smackctl", g["aliases"], "group"))
+    if s.fleet is not None:  # what the fleet's members serve that this one does not
+        ours = {str(d["id"]) for d in data} | {a for d in data for a in d["aliases"]}  # type: ignore[attr-defined]
+        for name, members in sorted(s.fleet.members.models().items()):
+            if name not in ours:
+                data.append(entry(name, "fleet:" + ",".join(sorted(members)), [], "fleet"))
     key = caller(request)  # a key sees the models it may use
     data = [d for d in data if key.may_use(*known_as.get(str(d["id"]), [str(d["id"])]))]
     return JSONResponse({"object": "list", "data": data})

@@ -74,6 +74,13 @@ async def usage(request: Request) -> Response:
     return JSONResponse(rows)
 
 
+async def fleet(request: Request) -> Response:
+    """``GET /api/fleet``: this member, its connection, and the members heard."""
+    joined = services(request).fleet
+    return JSONResponse({"enabled": False} if joined is None else {"enabled": True,
+                        **joined.view()})  # fmt: skip
+
+
 async def activity(request: Request) -> Response:
     """``GET /api/activity``: the requests in flight and the last ``limit`` (a key: its own)."""
     key = caller(request)
@@ -193,6 +200,7 @@ ROUTES = [
     Route("/api/shutdown", errors(shutdown), methods=["POST"]),
     Route("/api/usage", errors(usage), methods=["GET"]),
     Route("/api/activity", errors(activity), methods=["GET"]),
+    Route("/api/fleet", errors(fleet), methods=["GET"]),
     Route("/api/backends", errors(backends), methods=["GET"]),
     Route("/api/cache", errors(cache_stats), methods=["GET"]),
     Route("/api/cache", errors(cache_clear), methods=["DELETE"]),

@@ -1,0 +1,58 @@
+"""`smackctl fleet` (`fleet list`): the members of the fleet this supervisor joined."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from . import output
+from ._common import client
+from ._group import Group
+
+__all__ = ["fleet_app"]
+
+fleet_app = typer.Typer(
+    cls=Group,
+    rich_markup_mode=None,
+    help="The fleet: supervisors on other machines joined through a NATS server.",
+    invoke_without_command=True,
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
+
+
+@fleet_app.callback()
+def fleet_main(ctx: typer.Context, json_: JsonOpt = False) -> None:
+    """The members of the fleet (the same as `smackctl fleet list`)."""
+    if ctx.invoked_subcommand is None:
+        fleet_list(ctx, json_)
+
+
+@fleet_app.command("list")
+def fleet_list(ctx: typer.Context, json_: JsonOpt = False) -> None:
+    """Each member with its models (loaded or not), its free memory and its load, as its
+    last heartbeat said; this supervisor's own connection first."""
+    with client(ctx, autostart=False) as c:
+        got: dict[str, Any] = c.get("/api/fleet")
+    if json_:
+        output.print_json(got)
+        return
+    if not got.get("enabled"):
+        print("not in a fleet: add `fleet: {url: nats://HOST:4222}` to the profile, or "
+              "`smackctl start --join nats://HOST:4222`")  # fmt: skip
+        return
+    state = "connected" if got["connected"] else f"not connected: {got.get('error') or '…'}"
+    print(f"this member: {got['name']} at {got['url']} ({state})")
+    for refused in got.get("refused") or []:
+        print(f"refused: {refused}")
+    rows = []
+    for m in got["members"]:
+        models = ", ".join(
+            f"{n}{'*' if v.get('loaded') else ''}" for n, v in sorted(m["models"].items())
+        )
+        name = m["name"] + (" (draining)" if m["draining"] else "")
+        free = output.human_bytes(m["memory"].get("free"))
+        load = f"{m['in_flight']} running, {m['queued']} queued"
+        rows.append([name, models or "-", free, load, f"{m['seen']:.0f}s"])
+    output.table(["MEMBER", "MODELS (* loaded)", "FREE MEMORY", "LOAD", "HEARD"], rows)

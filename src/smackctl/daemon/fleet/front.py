@@ -1,0 +1,245 @@
+"""A member as a front: a request for a model it does not serve itself, but the fleet does,
+goes over NATS (``members.place``): to the members that have it loaded (their queue group),
+else to one where it fits. A member that does not acknowledge, or falls silent, before the
+answer begins is passed over for the next; once the answer has begun, a member that goes
+away ends the stream with an error event. The key's limits were enforced here already; the
+member gets the key's name (never its secret), its priority and what is left of its
+deadline. The request is counted here, as ``MEMBER/MODEL``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from starlette.responses import Response, StreamingResponse
+
+from smackctl.daemon.keys import CALLER
+from smackctl.daemon.slots import DEADLINE, PRIORITY
+from smackctl.daemon.usage import tokens_in_stream, tokens_of, without_usage_event
+from smackctl.errors import FleetUnavailable
+from smackctl.wire import error_body, sse_error
+
+from .protocol import ACK_WITHIN, FRAME, SILENT_FOR, VERSION, loaded_subject, work_subject
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
+
+    from .service import Fleet
+
+__all__ = ["Front"]
+
+log = logging.getLogger("smackctl.fleet")
+_SHOWN = ("content-type", "x-smackctl-queued-ms", "x-smackctl-cache")
+
+
+@dataclass
+class _Attempt:
+    sub: Subscription
+    member: str | None = None
+    status: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    failed: str | None = None  # why it failed before its answer began
+    error: tuple[int, str] | None = None  # an answer of an error (4xx: not tried elsewhere)
+
+
+class Front:
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    def takes(self, model: object) -> bool:
+        """Whether a request for ``model`` goes to the fleet: a name this supervisor does
+        not serve, that a member serves or served recently."""
+        if not isinstance(model, str) or not model or model == "auto":
+            return False
+        s = self.fleet.s
+        if model in s.registry.known_names():
+            return False
+        view = s.deployments.view()
+        if (
+            model in {d["name"] for d in view["deployments"]}
+            or model in view["groups"]
+            or any(model in g["aliases"] for g in view["groups"].values())
+        ):
+            return False
+        members = self.fleet.members
+        return model in members.models() or members.recently_served(model)
+
+    async def forward(self, route: str, body: dict[str, Any], request_id: str) -> Response:
+        model = str(body["model"])
+        streamed = bool(body.get("stream"))
+        asked_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if streamed:  # the front counts the tokens: the member always sends them
+            body = {**body, "stream_options": {**(body.get("stream_options") or {}),
+                                               "include_usage": True}}  # fmt: skip
+        data = json.dumps(body).encode()
+        headers = self._headers(route, model, request_id)
+        tried: set[str] = set()
+        queue_tried = False
+        started = time.perf_counter()
+        while True:
+            place = self.fleet.members.place(model, tried, queue_tried)
+            if place is None or self.fleet.nc is None or not self.fleet.connected:
+                raise FleetUnavailable(
+                    self._why_not(model), "ask again in a few seconds; `smackctl fleet` "
+                    "shows the members and their models",
+                )  # fmt: skip
+            subject = work_subject(place.member) if place.member else loaded_subject(model)
+            queue_tried = queue_tried or place.member is None
+            attempt = await self._attempt(subject, data, headers)
+            if attempt.failed is None:
+                break
+            tried.add(attempt.member or place.member or "")
+            log.warning("fleet: %s for %s on %s failed before its answer (%s): trying another",
+                        request_id, model, attempt.member or subject, attempt.failed)  # fmt: skip
+        member = attempt.member or "?"
+        out = {"X-Request-Id": request_id, "X-Smackctl-Deployment": member}
+        out.update({k: v for k, v in attempt.headers.items() if k.lower() in _SHOWN})
+        if attempt.error is not None:
+            await attempt.sub.unsubscribe()
+            status, message = attempt.error
+            self._count(member, model, route, status, request_id, started, None, message)
+            return Response(json.dumps({"error": {"message": message, "type": "fleet_error",
+                            "code": "member_error"}}), status, out,
+                            media_type="application/json")  # fmt: skip
+        stream = self._relay(attempt, member, model, route, request_id, started,
+                             streamed, asked_usage)  # fmt: skip
+        if streamed and attempt.status < 400:
+            return StreamingResponse(stream, attempt.status, out)
+        content = b"".join([piece async for piece in stream])
+        return Response(content, attempt.status, out, media_type="application/json")
+
+    def _headers(self, route: str, model: str, request_id: str) -> dict[str, str]:
+        caller = CALLER.get()
+        headers = {
+            "Smackctl-V": str(VERSION), "Smackctl-Request-Id": request_id,
+            "Smackctl-Route": route, "Smackctl-Model": model,
+            "Smackctl-Key": caller.name if caller is not None else "operator",
+            "Smackctl-Priority": PRIORITY.get(),
+        }  # fmt: skip
+        deadline = DEADLINE.get()
+        if deadline is not None:
+            left = deadline - asyncio.get_running_loop().time()
+            headers["Smackctl-Deadline"] = f"{max(0.001, left):.3f}"
+        return headers
+
+    def _why_not(self, model: str) -> str:
+        if self.fleet.nc is None or not self.fleet.connected:
+            return f"the fleet's NATS server ({self.fleet.spec.url}) cannot be reached now"
+        return self.fleet.members.why_not(model)
+
+    async def _attempt(self, subject: str, data: bytes, headers: dict[str, str]) -> _Attempt:
+        """Send the request, and read its frames until its answer begins or it fails."""
+        nc = self.fleet.nc
+        assert nc is not None
+        inbox = nc.new_inbox()
+        a = _Attempt(await nc.subscribe(inbox))
+        await nc.publish(subject, data, reply=inbox, headers=headers)
+        timeout = ACK_WITHIN
+        while True:
+            try:
+                msg = await a.sub.next_msg(timeout=timeout)
+            except Exception:  # noqa: BLE001 - nats-py's timeout, or the connection lost
+                a.failed = "no answer" if timeout == ACK_WITHIN else "it fell silent"
+                break
+            kind = _kind(msg)
+            a.member = (msg.headers or {}).get("Smackctl-Member", a.member)
+            if kind == "no-responders":
+                a.failed = "nobody took it"
+                break
+            timeout = SILENT_FOR
+            if kind == "start":
+                start = json.loads(msg.data)
+                a.status, a.headers = int(start["status"]), dict(start.get("headers", {}))
+                return a
+            if kind == "error":
+                error = json.loads(msg.data)
+                status = int(error.get("status", 500))
+                if status >= 500:
+                    a.failed = str(error.get("message"))
+                else:
+                    a.error = (status, str(error.get("message")))
+                    return a
+                break
+        await a.sub.unsubscribe()
+        return a
+
+    async def _relay(
+        self, a: _Attempt, member: str, model: str, route: str, request_id: str,
+        started: float, streamed: bool, asked_usage: bool,
+    ) -> AsyncIterator[bytes]:  # fmt: skip
+        status, reason = a.status, None
+        tokens: tuple[int | None, int | None] = (None, None)
+        first: float | None = None
+        whole = b""
+        try:
+            while True:
+                try:
+                    msg = await a.sub.next_msg(timeout=SILENT_FOR)
+                except Exception:  # noqa: BLE001 - a member gone mid-answer
+                    status, reason = 502, f"member {member} went away mid-answer"
+                    yield _failure(streamed, f"{reason}: the answer is cut", "member_gone")
+                    return
+                kind = _kind(msg)
+                if kind == "chunk":
+                    first = first or time.perf_counter()
+                    piece = msg.data
+                    if (found := tokens_in_stream(piece)) is not None:
+                        tokens = found
+                        if not asked_usage:
+                            piece = without_usage_event(piece)
+                    if not streamed and len(whole) < 1 << 20:  # a whole answer's tokens
+                        whole += piece
+                    if piece:
+                        yield piece
+                elif kind == "error":
+                    error = json.loads(msg.data)
+                    status, reason = int(error.get("status", 500)), str(error.get("message"))
+                    yield _failure(streamed, reason, "member_error")
+                    return
+                elif kind == "end":
+                    return
+        finally:
+            a.status = status  # a whole answer's status is its end's (forward reads it)
+            await a.sub.unsubscribe()
+            if not streamed and whole:
+                tokens = _whole_tokens(whole)
+            self._count(member, model, route, status, request_id, started, first, reason,
+                        tokens)  # fmt: skip
+
+    def _count(
+        self, member: str, model: str, route: str, status: int, request_id: str,
+        started: float, first: float | None, reason: str | None,
+        tokens: tuple[int | None, int | None] = (None, None),
+    ) -> None:  # fmt: skip
+        self.fleet.s.usage.record(
+            f"{member}/{model}", route, status, request_id, tokens_in=tokens[0],
+            tokens_out=tokens[1], seconds=time.perf_counter() - started,
+            ttft=None if first is None else first - started, reason=reason,
+        )  # fmt: skip
+
+
+def _failure(streamed: bool, message: str, code: str) -> bytes:
+    """How an answer that broke on its member ends: an error event, or an error body."""
+    if streamed:
+        return sse_error(message, "fleet_error", code)
+    return error_body(message, "fleet_error", code)
+
+
+def _kind(msg: Msg) -> str:
+    headers = msg.headers or {}
+    if headers.get("Status") == "503":
+        return "no-responders"
+    return headers.get(FRAME, "")
+
+
+def _whole_tokens(body: bytes) -> tuple[int | None, int | None]:
+    try:
+        return tokens_of(json.loads(body))
+    except (ValueError, RecursionError):
+        return None, None

@@ -1,0 +1,108 @@
+"""The fleet's members as heard from their heartbeats, and where a request goes. Pure: the
+clock is given.
+
+A member that has not been heard for ``MISSED`` heartbeats is dropped. Placement: the
+members that have the model loaded first (NATS's queue group spreads among them), else the
+member whose own estimate says the model fits now, the least busy first; a member that is
+draining takes nothing new, and one already tried is not tried again."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .protocol import Heartbeat
+
+__all__ = ["MISSED", "RECENT", "Members", "Place"]
+
+#: heartbeats a member may miss before it is dropped
+MISSED = 3
+#: a model the fleet served this recently and nobody serves now is a 503, not a 404
+RECENT = 3600.0
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where to send a request: ``member`` (None: whichever member has it loaded, through
+    the queue group) and why."""
+
+    member: str | None
+    why: str
+
+
+class Members:
+    def __init__(self, own: str, interval: float) -> None:
+        self.own, self.interval = own, interval
+        self.table: dict[str, Heartbeat] = {}
+        self._heard: dict[str, float] = {}
+        #: when each model was last served by a member (for 503 rather than 404)
+        self.served: dict[str, float] = {}
+        #: members refused for speaking another version: name → the message
+        self.refused: dict[str, str] = {}
+
+    def heard(self, hb: Heartbeat, now: float | None = None) -> None:
+        if hb.name == self.own:
+            return
+        now = time.monotonic() if now is None else now
+        if hb.leaving:
+            self.table.pop(hb.name, None)
+            return
+        self.table[hb.name] = hb
+        self._heard[hb.name] = now
+        for name in hb.models:
+            self.served[name] = time.time()
+
+    def sweep(self, now: float | None = None) -> list[str]:
+        """Drop the members not heard for ``MISSED`` heartbeats; their names."""
+        now = time.monotonic() if now is None else now
+        gone = [n for n, t in self._heard.items() if now - t > MISSED * self.interval]
+        for name in gone:
+            self.table.pop(name, None)
+            self._heard.pop(name, None)
+        return gone
+
+    def models(self) -> dict[str, list[str]]:
+        """Every model a member serves → the members that serve it."""
+        found: dict[str, list[str]] = {}
+        for hb in self.table.values():
+            for name in hb.models:
+                found.setdefault(name, []).append(hb.name)
+        return found
+
+    def loaded(self, model: str) -> list[Heartbeat]:
+        return sorted(
+            (hb for hb in self.live() if hb.models.get(model, {}).get("loaded")),
+            key=lambda hb: hb.load,
+        )
+
+    def live(self) -> list[Heartbeat]:
+        return [hb for hb in self.table.values() if not hb.draining]
+
+    def place(self, model: str, tried: set[str], queue_tried: bool) -> Place | None:
+        """Where the next attempt for ``model`` goes, or None: nobody can take it."""
+        loaded = [hb for hb in self.loaded(model) if hb.name not in tried]
+        if loaded and not queue_tried:
+            return Place(None, f"loaded on {', '.join(hb.name for hb in loaded)}")
+        if loaded:
+            return Place(loaded[0].name, "loaded there")
+        fits = sorted(
+            (hb for hb in self.live()
+             if hb.name not in tried and hb.models.get(model, {}).get("fits")),
+            key=lambda hb: (hb.load, -hb.memory.get("free", 0)),
+        )  # fmt: skip
+        if fits:
+            return Place(fits[0].name, "it fits there")
+        return None
+
+    def why_not(self, model: str) -> str:
+        """Why no member can take ``model`` now, in words."""
+        serving = [hb.name for hb in self.table.values() if model in hb.models]
+        if not serving:
+            return f"no member of the fleet serves {model} now"
+        draining = [hb.name for hb in self.table.values() if hb.draining and model in hb.models]
+        if draining and len(draining) == len(serving):
+            return f"the members that serve {model} are draining ({', '.join(draining)})"
+        return f"no member that serves {model} has room to load it ({', '.join(serving)})"
+
+    def recently_served(self, model: str) -> bool:
+        return time.time() - self.served.get(model, -RECENT - 1) <= RECENT

@@ -1,0 +1,115 @@
+"""The fleet's wire: NATS subjects and the JSON messages on them, version 1 (docs/fleet.md).
+Pure: no NATS, no supervisor.
+
+- ``smackctl.v1.members``: each member's heartbeat (``heartbeat``), every ≤ 2 s, and at once
+  when asked on ``smackctl.v1.who`` (a front that starts asks); ``"leaving": true`` once as it
+  stops.
+- ``smackctl.v1.loaded.<model>`` (queue group ``workers``): a request for a model, to one of
+  the members that have it loaded: NATS spreads them.
+- ``smackctl.v1.work.<member>``: a request for one member (placed on it: it can load the model).
+- A request is a NATS message with a reply subject and headers (``Smackctl-V``,
+  ``Smackctl-Request-Id``, ``Smackctl-Route``, ``Smackctl-Model``, ``Smackctl-Key``,
+  ``Smackctl-Priority``, ``Smackctl-Deadline``); its body is the API request's JSON. The
+  answer comes back on the reply subject as frames, each a message whose ``Smackctl-Frame``
+  header says what it is: ``ack`` (taken), ``wait`` (still working: loading, queued), ``start``
+  (status and headers, JSON), ``chunk`` (bytes of the body as the client would get them),
+  ``end``, or ``error`` (JSON: status, message).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ACK_WITHIN",
+    "FRAME",
+    "MEMBERS",
+    "PREFIX",
+    "QUEUE",
+    "SILENT_FOR",
+    "VERSION",
+    "WHO",
+    "Heartbeat",
+    "VersionMismatch",
+    "loaded_subject",
+    "token",
+    "work_subject",
+]
+
+VERSION = 1
+PREFIX = f"smackctl.v{VERSION}"
+MEMBERS = f"{PREFIX}.members"
+WHO = f"{PREFIX}.who"
+QUEUE = "workers"
+FRAME = "Smackctl-Frame"
+#: a worker acknowledges a request within this many seconds, or it is taken as gone
+ACK_WITHIN = 2.0
+#: a worker answering a request sends a frame at least this often (``wait`` while it loads
+#: or queues); silent for ``SILENT_FOR``, it is taken as gone
+WAIT_EVERY = 1.0
+SILENT_FOR = 4.0
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def token(name: str) -> str:
+    """``name`` as one token of a subject: NATS splits subjects at dots and gives ``*``,
+    ``>`` and spaces meanings, so every character but letters, digits, ``_`` and ``-`` is
+    written ``~XX`` (its UTF-8 bytes in hex)."""
+    return _UNSAFE.sub(lambda m: "".join(f"~{b:02x}" for b in m.group().encode()), name)
+
+
+def loaded_subject(model: str) -> str:
+    return f"{PREFIX}.loaded.{token(model)}"
+
+
+def work_subject(member: str) -> str:
+    return f"{PREFIX}.work.{token(member)}"
+
+
+class VersionMismatch(ValueError):
+    """A message of another version of the protocol."""
+
+
+@dataclass
+class Heartbeat:
+    """What a member says of itself: its models (name → ``{"state", "loaded", "fits",
+    "in_flight", "queued"}``; ``fits``: its own pre-flight estimate says it can load it
+    now), its memory, its load, whether it drains."""
+
+    name: str
+    instance: str
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    memory: dict[str, int] = field(default_factory=dict)
+    in_flight: int = 0
+    queued: int = 0
+    draining: bool = False
+    leaving: bool = False
+    at: float = field(default_factory=time.time)
+    v: int = VERSION
+
+    def encode(self) -> bytes:
+        return json.dumps({"kind": "heartbeat", **self.__dict__}).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Heartbeat:
+        """Raises VersionMismatch (naming both versions) or ValueError."""
+        raw = json.loads(data)
+        if not isinstance(raw, dict) or raw.get("kind") != "heartbeat":
+            raise ValueError("not a heartbeat")
+        if raw.get("v") != VERSION:
+            raise VersionMismatch(
+                f"member {str(raw.get('name'))[:63]!r} speaks smackctl.v{raw.get('v')}, this "
+                f"supervisor smackctl.v{VERSION}: run the same smackctl version on both"
+            )
+        fields = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        if not isinstance(fields.get("name"), str) or not isinstance(fields.get("models"), dict):
+            raise ValueError("a heartbeat needs a name and its models")
+        return cls(**fields)
+
+    @property
+    def load(self) -> int:
+        return self.in_flight + self.queued

