@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,11 +25,21 @@ from smackctl.daemon.usage import tokens_in_stream, tokens_of, without_usage_eve
 from smackctl.errors import FleetUnavailable
 from smackctl.wire import error_body, sse_error
 
-from .protocol import ACK_WITHIN, FRAME, SILENT_FOR, VERSION, loaded_subject, work_subject
+from .protocol import (
+    ACK_WITHIN,
+    CHUNK,
+    END,
+    ERROR,
+    SILENT_FOR,
+    START,
+    VERSION,
+    loaded_subject,
+    work_subject,
+)
 
 if TYPE_CHECKING:
+    from nats.aio.client import Client
     from nats.aio.msg import Msg
-    from nats.aio.subscription import Subscription
 
     from .service import Fleet
 
@@ -38,9 +49,38 @@ log = logging.getLogger("smackctl.fleet")
 _SHOWN = ("content-type", "x-smackctl-queued-ms", "x-smackctl-cache")
 
 
+class _Inbox:
+    """Every attempt's replies through one wildcard subscription (``_INBOX.<id>.*``), as
+    nats-py's own requests do: no subscription made and dropped per request."""
+
+    def __init__(self) -> None:
+        self.prefix: str | None = None
+        self.waiting: dict[str, asyncio.Queue[Msg]] = {}
+
+    async def open(self, nc: Client) -> tuple[str, asyncio.Queue[Msg]]:
+        if self.prefix is None:
+            prefix = nc.new_inbox()
+            await nc.subscribe(prefix + ".*", cb=self._deliver)
+            self.prefix = prefix
+        token = uuid.uuid4().hex
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self.waiting[token] = queue
+        return f"{self.prefix}.{token}", queue
+
+    def close(self, subject: str) -> None:
+        self.waiting.pop(subject.rsplit(".", 1)[-1], None)
+
+    async def _deliver(self, msg: Msg) -> None:
+        queue = self.waiting.get(msg.subject.rsplit(".", 1)[-1])
+        if queue is not None:
+            queue.put_nowait(msg)
+
+
 @dataclass
 class _Attempt:
-    sub: Subscription
+    inbox: _Inbox
+    subject: str
+    queue: asyncio.Queue[Msg]
     member: str | None = None
     status: int = 0
     headers: dict[str, str] = field(default_factory=dict)
@@ -51,6 +91,14 @@ class _Attempt:
 class Front:
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
+        self.inbox = _Inbox()
+
+    async def _next(self, a: _Attempt, timeout: float) -> tuple[bytes, bytes]:
+        """The next frame's kind and data; ``b"?"`` for no responders; TimeoutError."""
+        msg = await asyncio.wait_for(a.queue.get(), timeout)
+        if not msg.data and (msg.headers or {}).get("Status") == "503":
+            return b"?", b""
+        return msg.data[:1], msg.data[1:]
 
     def takes(self, model: object) -> bool:
         """Whether a request for ``model`` goes to the fleet: a name this supervisor does
@@ -60,12 +108,10 @@ class Front:
         s = self.fleet.s
         if model in s.registry.known_names():
             return False
-        view = s.deployments.view()
-        if (
-            model in {d["name"] for d in view["deployments"]}
-            or model in view["groups"]
-            or any(model in g["aliases"] for g in view["groups"].values())
-        ):
+        profile = s.scheduler.profile  # its servers elsewhere, its groups and their aliases
+        if model in profile.models or model in profile.groups:
+            return False
+        if any(model in g.aliases for g in profile.groups.values()):
             return False
         members = self.fleet.members
         return model in members.models() or members.recently_served(model)
@@ -101,7 +147,7 @@ class Front:
         out = {"X-Request-Id": request_id, "X-Smackctl-Deployment": member}
         out.update({k: v for k, v in attempt.headers.items() if k.lower() in _SHOWN})
         if attempt.error is not None:
-            await attempt.sub.unsubscribe()
+            self.inbox.close(attempt.subject)
             status, message = attempt.error
             self._count(member, model, route, status, request_id, started, None, message)
             return Response(json.dumps({"error": {"message": message, "type": "fleet_error",
@@ -137,28 +183,28 @@ class Front:
         """Send the request, and read its frames until its answer begins or it fails."""
         nc = self.fleet.nc
         assert nc is not None
-        inbox = nc.new_inbox()
-        a = _Attempt(await nc.subscribe(inbox))
-        await nc.publish(subject, data, reply=inbox, headers=headers)
+        reply, queue = await self.inbox.open(nc)
+        a = _Attempt(self.inbox, reply, queue)
+        await nc.publish(subject, data, reply=reply, headers=headers)
         timeout = ACK_WITHIN
         while True:
             try:
-                msg = await a.sub.next_msg(timeout=timeout)
-            except Exception:  # noqa: BLE001 - nats-py's timeout, or the connection lost
+                kind, body = await self._next(a, timeout)
+            except TimeoutError:
                 a.failed = "no answer" if timeout == ACK_WITHIN else "it fell silent"
                 break
-            kind = _kind(msg)
-            a.member = (msg.headers or {}).get("Smackctl-Member", a.member)
-            if kind == "no-responders":
+            if kind == b"?":
                 a.failed = "nobody took it"
                 break
             timeout = SILENT_FOR
-            if kind == "start":
-                start = json.loads(msg.data)
+            if kind == START:
+                start = json.loads(body)
                 a.status, a.headers = int(start["status"]), dict(start.get("headers", {}))
+                a.member = start.get("member") or a.member
                 return a
-            if kind == "error":
-                error = json.loads(msg.data)
+            if kind == ERROR:
+                error = json.loads(body)
+                a.member = error.get("member") or a.member
                 status = int(error.get("status", 500))
                 if status >= 500:
                     a.failed = str(error.get("message"))
@@ -166,7 +212,8 @@ class Front:
                     a.error = (status, str(error.get("message")))
                     return a
                 break
-        await a.sub.unsubscribe()
+            a.member = body.decode(errors="replace") or a.member  # a wait names its member
+        self.inbox.close(a.subject)
         return a
 
     async def _relay(
@@ -180,15 +227,13 @@ class Front:
         try:
             while True:
                 try:
-                    msg = await a.sub.next_msg(timeout=SILENT_FOR)
-                except Exception:  # noqa: BLE001 - a member gone mid-answer
+                    kind, piece = await self._next(a, SILENT_FOR)
+                except TimeoutError:  # a member gone mid-answer
                     status, reason = 502, f"member {member} went away mid-answer"
                     yield _failure(streamed, f"{reason}: the answer is cut", "member_gone")
                     return
-                kind = _kind(msg)
-                if kind == "chunk":
+                if kind in (CHUNK, END) and piece:
                     first = first or time.perf_counter()
-                    piece = msg.data
                     if (found := tokens_in_stream(piece)) is not None:
                         tokens = found
                         if not asked_usage:
@@ -197,16 +242,16 @@ class Front:
                         whole += piece
                     if piece:
                         yield piece
-                elif kind == "error":
-                    error = json.loads(msg.data)
+                if kind == ERROR:
+                    error = json.loads(piece)
                     status, reason = int(error.get("status", 500)), str(error.get("message"))
                     yield _failure(streamed, reason, "member_error")
                     return
-                elif kind == "end":
+                elif kind == END:
                     return
         finally:
             a.status = status  # a whole answer's status is its end's (forward reads it)
-            await a.sub.unsubscribe()
+            self.inbox.close(a.subject)
             if not streamed and whole:
                 tokens = _whole_tokens(whole)
             self._count(member, model, route, status, request_id, started, first, reason,
@@ -229,13 +274,6 @@ def _failure(streamed: bool, message: str, code: str) -> bytes:
     if streamed:
         return sse_error(message, "fleet_error", code)
     return error_body(message, "fleet_error", code)
-
-
-def _kind(msg: Msg) -> str:
-    headers = msg.headers or {}
-    if headers.get("Status") == "503":
-        return "no-responders"
-    return headers.get(FRAME, "")
 
 
 def _whole_tokens(body: bytes) -> tuple[int | None, int | None]:

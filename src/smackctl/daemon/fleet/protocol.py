@@ -10,10 +10,11 @@ Pure: no NATS, no supervisor.
 - A request is a NATS message with a reply subject and headers (``Smackctl-V``,
   ``Smackctl-Request-Id``, ``Smackctl-Route``, ``Smackctl-Model``, ``Smackctl-Key``,
   ``Smackctl-Priority``, ``Smackctl-Deadline``); its body is the API request's JSON. The
-  answer comes back on the reply subject as frames, each a message whose ``Smackctl-Frame``
-  header says what it is: ``ack`` (taken), ``wait`` (still working: loading, queued), ``start``
-  (status and headers, JSON), ``chunk`` (bytes of the body as the client would get them),
-  ``end``, or ``error`` (JSON: status, message).
+  answer comes back on the reply subject as frames, one message each, whose first byte says
+  what it is (no headers: a token's frame costs as little as it can): ``w`` wait (still
+  working: a load, a queue, a long prompt; the member's name), ``s`` start (JSON: status,
+  headers, member), ``c`` chunk (bytes of the body as the client would get them), ``e`` end
+  (the body's last bytes, if any), ``x`` error (JSON: status, message, member).
 """
 
 from __future__ import annotations
@@ -26,11 +27,15 @@ from typing import Any
 
 __all__ = [
     "ACK_WITHIN",
-    "FRAME",
+    "CHUNK",
+    "END",
+    "ERROR",
     "MEMBERS",
     "PREFIX",
     "QUEUE",
     "SILENT_FOR",
+    "START",
+    "WAIT",
     "VERSION",
     "WHO",
     "Heartbeat",
@@ -45,8 +50,8 @@ PREFIX = f"smackctl.v{VERSION}"
 MEMBERS = f"{PREFIX}.members"
 WHO = f"{PREFIX}.who"
 QUEUE = "workers"
-FRAME = "Smackctl-Frame"
-#: a worker acknowledges a request within this many seconds, or it is taken as gone
+WAIT, START, CHUNK, END, ERROR = b"w", b"s", b"c", b"e", b"x"
+#: a worker's first frame comes within this many seconds, or it is taken as gone
 ACK_WITHIN = 2.0
 #: a worker answering a request sends a frame at least this often (``wait`` while it loads
 #: or queues); silent for ``SILENT_FOR``, it is taken as gone

@@ -1,9 +1,9 @@
 """A member serving the fleet: requests come over NATS, for a model it has loaded (the queue
 group of that model) or for it by name, and are served by its own app behind its own door
 (``Guard.serve_as``: the model's queue, its priority, its usage row), never sent on. The
-answer goes back as frames on the request's reply subject (``protocol.py``): ``ack`` at once,
-``wait`` every second while it loads or queues, ``start``, ``chunk``…, ``end``; or
-``error``."""
+answer goes back as frames on the request's reply subject (``protocol.py``): ``wait`` each
+second nothing else went (a load, a queue, a long prompt), ``start``, ``chunk``…, ``end``;
+or ``error``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,18 @@ from typing import TYPE_CHECKING, Any
 
 from smackctl.daemon.keys import Key
 
-from .protocol import FRAME, QUEUE, VERSION, WAIT_EVERY, loaded_subject, work_subject
+from .protocol import (
+    CHUNK,
+    END,
+    ERROR,
+    QUEUE,
+    START,
+    VERSION,
+    WAIT,
+    WAIT_EVERY,
+    loaded_subject,
+    work_subject,
+)
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -95,7 +106,6 @@ class Worker:
             await frames.error(503, f"{self.fleet.spec.name} takes no {route or 'such'} "
                                "request now")  # fmt: skip
             return
-        await frames.send("ack", b"")
         key = Key(headers.get("Smackctl-Key") or "fleet", "inference",
                   priority=headers.get("Smackctl-Priority") or "interactive")  # fmt: skip
         waiting = asyncio.create_task(frames.keep_alive())
@@ -109,7 +119,7 @@ class Worker:
         finally:
             waiting.cancel()
         if not frames.ended:
-            await frames.send("end", b"")
+            await frames.send(END, b"")
 
 
 def _scope(route: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
@@ -145,36 +155,37 @@ class _Frames:
 
     def __init__(self, nc: Client, reply: str, member: str) -> None:
         self.nc, self.reply, self.member = nc, reply, member
-        self.started = self.ended = False
+        self.ended = False
         self.sent = time.monotonic()
 
-    async def send(self, kind: str, data: bytes) -> None:
+    async def send(self, kind: bytes, data: bytes) -> None:
         self.sent = time.monotonic()
-        await self.nc.publish(self.reply, data, headers={FRAME: kind, "Smackctl-Member":
-                                                         self.member})  # fmt: skip
+        await self.nc.publish(self.reply, kind + data)
 
     async def error(self, status: int, message: str) -> None:
         self.ended = True
-        await self.send("error", json.dumps({"status": status, "message": message}).encode())
+        error = {"status": status, "message": message, "member": self.member}
+        await self.send(ERROR, json.dumps(error).encode())
 
     async def keep_alive(self) -> None:
-        """A ``wait`` frame whenever a second passed without one (a load, a queue, a long
-        prompt before its first token): the front knows this member is still there."""
+        """A ``wait`` frame whenever a second passed without a frame (a load, a queue, a
+        long prompt before its first token): the front knows this member is still there."""
         while not self.ended:
             await asyncio.sleep(WAIT_EVERY / 2)
             if not self.ended and time.monotonic() - self.sent >= WAIT_EVERY:
-                await self.send("wait", b"")
+                await self.send(WAIT, self.member.encode())
 
     async def asgi(self, message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
-            self.started = True
             headers = {k.decode("latin-1"): v.decode("latin-1")
                        for k, v in message.get("headers", [])}  # fmt: skip
-            await self.send("start", json.dumps({"status": message["status"],
-                                                 "headers": headers}).encode())  # fmt: skip
+            start = {"status": message["status"], "headers": headers, "member": self.member}
+            await self.send(START, json.dumps(start).encode())
         elif message["type"] == "http.response.body":
-            if body := message.get("body", b""):
-                await self.send("chunk", body)
-            if not message.get("more_body", False):
+            body = message.get("body", b"")
+            if message.get("more_body", False):
+                if body:
+                    await self.send(CHUNK, body)
+            else:  # the last piece and the end in one frame
                 self.ended = True
-                await self.send("end", b"")
+                await self.send(END, body)
