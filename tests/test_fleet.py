@@ -286,3 +286,51 @@ def test_a_worker_killed_before_its_first_byte_and_one_killed_mid_stream(
         assert "no member of the fleet serves tiny-c now" in gone.json()["error"]["message"]
         assert c.post("/v1/chat/completions", json={**CHAT, "model": "never"}).status_code == 404
     assert front.proc.poll() is None and "Traceback" not in front.log()
+
+
+def test_a_member_that_stops_drains_and_leaves_and_the_page_and_doctor_show_the_fleet(
+    fleet: Any, tmp_path: Path, model_dir: Path
+) -> None:
+    nats, front, _, _ = fleet
+    w3 = launch_on(tmp_path, "test", member_yaml(model_dir, "w3", nats.url, ["tiny-q8"], SECRET))
+    heard(front, "w3")
+    doctor = json.loads(smackctl(front.home, "doctor", "--json").stdout)
+    line = next(c for c in doctor if c["check"] == "fleet")
+    assert line["status"] == "ok" and "w3" in line["detail"]
+    from playwright.sync_api import expect, sync_playwright
+
+    from test_ui_browser import CHROMIUM_ARGS, chromium
+
+    link = smackctl(front.home, "ui", "--no-browser").stdout.strip()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(link)
+        expect(page.locator('#fleet tr[data-member="w3"]')).to_contain_text("tiny-q8")
+        expect(page.locator("#fleet-state")).to_contain_text("connected")
+        browser.close()
+    # a stream through the front is finished while w3 stops; then w3 is gone at once
+    body = {**CHAT, "model": "tiny-q8", "stream": True, "max_tokens": 400}
+    body["logit_bias"] = {"2": -100}
+
+    def stop_w3() -> None:  # `smackctl stop`: a drain, not a cut
+        with w3.client() as c:
+            assert c.post("/api/shutdown", json={"timeout": 30}).status_code == 202
+        w3.proc.wait(60)
+
+    with front.client(timeout=120) as c, c.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200 and r.headers["x-smackctl-deployment"] == "w3"
+        events: list[str] = []
+        for line in r.iter_lines():
+            if line:
+                events.append(line)
+            if len(events) == 4 and line:
+                stopper = threading.Thread(target=stop_w3)
+                stopper.start()
+    stopper.join(60)
+    assert events[-1] == "data: [DONE]" and "error" not in "\n".join(events[-3:])
+    assert w3.proc.returncode == 0
+    assert "w3" not in {m["name"] for m in fleet_of(front)["members"]}  # it said it left
+    with front.client() as c:
+        r = c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-q8"})
+        assert r.status_code == 503 and "serves tiny-q8" in r.json()["error"]["message"]

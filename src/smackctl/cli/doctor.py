@@ -84,6 +84,7 @@ def doctor(ctx: typer.Context, json_: JsonOpt = False) -> None:
         with client(ctx, autostart=False) as c:
             st = c.get("/api/status")
         add("ok", "supervisor", f"running at {url} (pid {st['pid']}, profile {st['profile']})")
+        _check_fleet(add, st.get("fleet"))
     except SupervisorNotRunning:
         add("warn", "supervisor", f"not running at {url}", "smackctl start")
     except SmackError as exc:
@@ -104,6 +105,21 @@ def doctor(ctx: typer.Context, json_: JsonOpt = False) -> None:
             print(f"{s:<5} {w:<17} {d}" + (f"\n      fix: {f}" if f else ""))
     if any(s == "fail" for s, *_ in checks):
         raise CommandFailed(1)
+
+
+def _check_fleet(add: Any, fleet: dict[str, Any] | None) -> None:
+    """The fleet's NATS server, as the running supervisor sees it (when it is in one)."""
+    if not fleet:
+        return
+    if fleet["connected"]:
+        members = ", ".join(m["name"] for m in fleet["members"]) or "none yet"
+        add("ok", "fleet", f"{fleet['name']} joined {fleet['url']}; members: {members}")
+    else:
+        why = fleet.get("error") or "not connected"
+        fix = "check the NATS server runs and is reachable, and the profile's fleet.credentials"
+        add("fail", "fleet", f"{fleet['url']}: {why}", fix)
+    for refused in fleet.get("refused") or []:
+        add("warn", "fleet", refused, "run the same smackctl version on every member")
 
 
 #: what fixes a llama.cpp build that crashes on this CPU (the AMX kernels, see README)

@@ -166,6 +166,28 @@ function render(s) {
   const warnings = Array.isArray(s.warnings) ? s.warnings : [];
   fill($('#warnings'), warnings.map((w) => h('li', null, String(w))));
   renderModels(s);
+  renderFleet(s.fleet);
+}
+
+/** The fleet this supervisor joined (issue 31): its connection and each member heard. */
+function renderFleet(fleet) {
+  const box = $('#fleet');
+  box.hidden = !fleet;
+  if (!fleet) return;
+  $('#fleet-state').textContent = `${fleet.name} at ${fleet.url}: ` +
+    (fleet.connected ? 'connected' : `not connected (${fleet.error || '…'})`);
+  const rows = (fleet.members || []).map((m) => {
+    const models = Object.entries(m.models || {})
+      .map(([name, v]) => (v.loaded ? `${name}*` : name)).sort().join(', ');
+    return h('tr', { 'data-member': m.name },
+      h('td', null, m.name + (m.draining ? ' (draining)' : '')),
+      h('td', null, models || '–'),
+      h('td', { class: 'num' }, fmtBytes(m.memory && m.memory.free)),
+      h('td', { class: 'num' }, `${m.in_flight} running, ${m.queued} queued`),
+      h('td', { class: 'num' }, `${Math.round(m.seen)} s ago`));
+  });
+  fill($('#fleet tbody'), rows.length ? rows
+    : [h('tr', { class: 'empty' }, h('td', { colspan: 5 }, 'no other member heard yet'))]);
 }
 
 async function runLoad(name, what, fn) {
