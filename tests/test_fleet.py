@@ -45,9 +45,10 @@ def nats_server_binary() -> str:
 
 
 class Nats:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, jetstream: bool = False) -> None:
         self.port, self.root = free_port(), root
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra = ["-js", "-sd", str(root / "jetstream")] if jetstream else []
         self.start()
 
     @property
@@ -57,7 +58,8 @@ class Nats:
     def start(self) -> None:
         with open(self.root / "nats.log", "ab") as log:  # the server holds its own copy
             self.proc = subprocess.Popen(
-                [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "--auth", SECRET],
+                [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "--auth", SECRET,
+                 *self.extra],
                 stdout=log, stderr=log, start_new_session=True,
             )  # fmt: skip
 
@@ -334,3 +336,40 @@ def test_a_member_that_stops_drains_and_leaves_and_the_page_and_doctor_show_the_
     with front.client() as c:
         r = c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-q8"})
         assert r.status_code == 503 and "serves tiny-q8" in r.json()["error"]["message"]
+
+
+def test_two_fronts_hold_a_key_to_one_limit_through_jetstream(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    nats = Nats(tmp_path, jetstream=True)
+    a = launch_on(tmp_path / "a", "test", member_yaml(model_dir, "a", nats.url, ["tiny-a"], SECRET))
+    b = launch_on(tmp_path / "b", "test", member_yaml(model_dir, "b", nats.url, ["tiny-a"], SECRET))
+    try:
+        for sup in (a, b):
+            wait_for(lambda sup=sup: fleet_of(sup)["limits"]["shared"], 30, "the shared bucket")
+        with a.client() as c:
+            made = c.post("/api/keys", json={"name": "one", "models": ["tiny-a"],
+                                             "limits": {"rpm": 60}})  # fmt: skip
+            assert made.status_code == 201, made.text
+            exported = c.get("/api/keys/export").json()
+        with b.client() as c:  # the same key on both fronts (`smackctl config import`)
+            assert c.post("/api/keys/import", json={"keys": exported}).status_code == 200
+        key = made.json()["key"]
+        answers = []
+        body = {**CHAT, "model": "tiny-a", "max_tokens": 1}
+        with (
+            httpx.Client(base_url=a.url, headers={"Authorization": f"Bearer {key}"}) as ca,
+            httpx.Client(base_url=b.url, headers={"Authorization": f"Bearer {key}"}) as cb,
+        ):
+            for i in range(100):
+                answers.append((ca if i % 2 else cb).post("/v1/chat/completions", json=body))
+        ok = [r for r in answers if r.status_code == 200]
+        refused = [r for r in answers if r.status_code == 429]
+        assert len(ok) == 60 and len(refused) == 40  # not 120: one count for both fronts
+        assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
+        assert any("across the fleet" in r.json()["error"]["message"] for r in refused)
+        assert {r.headers["x-smackctl-deployment"] for r in ok} == {"tiny-a"}  # each its own
+    finally:
+        for sup in (a, b):
+            shutdown(sup)
+        nats.kill()

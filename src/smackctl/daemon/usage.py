@@ -18,7 +18,7 @@ from .keys import CALLER, Key
 if TYPE_CHECKING:
     from smackctl.config import Price
 
-    from .limits import Meter
+    from .limits import Limits, Meter
     from .metrics import Metrics
     from .store import Store
 
@@ -96,6 +96,8 @@ class Usage:
         self.price_of = price_of
         #: the page's live view of requests
         self.activity = activity or Activity()
+        #: a fleet's shared counters: what a key's request took (``fleet/shared.py``)
+        self.shared_spent: Callable[[str, int, Limits], None] | None = None
 
     def record(
         self,
@@ -139,6 +141,8 @@ class Usage:
         if caller is not None and self.meter is not None and not refused:
             tokens = (tokens_in or 0) + (tokens_out or 0)
             self.meter.spent(caller.name, tokens, busy, caller.limits, cost or 0.0)
+            if self.shared_spent is not None:
+                self.shared_spent(caller.name, tokens, caller.limits)
         if tokens_out and self.add_tokens is not None:
             self.add_tokens(who, tokens_out)
         if self.metrics is not None and not refused:

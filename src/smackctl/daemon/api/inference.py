@@ -67,6 +67,9 @@ async def _openai_shaped(request: Request) -> Response:
         return refusal
     _may_use(request, body.get("model"))
     _priority_and_deadline(request)  # a bad header is refused before the key is counted
+    key = caller(request)
+    if s.fleet is not None and key is not OPERATOR and FROM_FLEET not in request.headers:
+        await s.fleet.shared.admit(key.name, key.limits)  # the fleet's one count (JetStream)
     _admit(request)
     if request.url.path == CHAT:
         applied = await s.plugins.apply(body)
@@ -76,7 +79,6 @@ async def _openai_shaped(request: Request) -> Response:
     no_cache = "no-cache" in request.headers.get("cache-control", "").lower()
     call = Call(request.url.path, body, new_request_id(), no_cache, keep_alive)
     model = body.get("model")
-    key = caller(request)
     activity, rid = s.usage.activity, call.request_id
     activity.begin(rid, getattr(request.state, "model", None), request.url.path,
                    None if key is OPERATOR else key.name)  # fmt: skip

@@ -20,6 +20,7 @@ from smackctl.fleet_config import FleetSpec
 from .front import Front
 from .members import Members
 from .protocol import MEMBERS, WHO, Heartbeat, VersionMismatch
+from .shared import SharedLimits
 from .worker import Worker
 
 if TYPE_CHECKING:
@@ -44,6 +45,9 @@ class Fleet:
         self.draining = False
         self.worker = Worker(self)
         self.front = Front(self)
+        #: the keys' counters shared by the fleet's fronts (JetStream), when it has them
+        self.shared = SharedLimits()
+        services.usage.shared_spent = self.shared.spent
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- the connection -------------------------------------------------------------------------
@@ -63,6 +67,7 @@ class Fleet:
         await self.nc.subscribe(MEMBERS, cb=self._on_member)
         await self.nc.subscribe(WHO, cb=self._on_who)
         await self.worker.start(self.nc)
+        await self.shared.open(self.nc)
         await self.nc.publish(WHO, b"{}")
         log.info("fleet: joined %s as %s", self.spec.url, self.spec.name)
         while True:
@@ -171,6 +176,7 @@ class Fleet:
             "connected": self.connected,
             "error": self.error,
             "refused": sorted(self.members.refused.values()),
+            "limits": self.shared.view(),
             "members": [
                 {"name": hb.name, "models": hb.models, "memory": hb.memory,
                  "in_flight": hb.in_flight, "queued": hb.queued, "draining": hb.draining,
