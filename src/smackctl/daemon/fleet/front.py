@@ -32,8 +32,8 @@ from .protocol import (
     ERROR,
     SILENT_FOR,
     START,
-    VERSION,
     loaded_subject,
+    request,
     work_subject,
 )
 
@@ -95,7 +95,10 @@ class Front:
 
     async def _next(self, a: _Attempt, timeout: float) -> tuple[bytes, bytes]:
         """The next frame's kind and data; ``b"?"`` for no responders; TimeoutError."""
-        msg = await asyncio.wait_for(a.queue.get(), timeout)
+        try:  # most frames are waiting already: no timer for them (wait_for costs ~30 µs)
+            msg = a.queue.get_nowait()
+        except asyncio.QueueEmpty:
+            msg = await asyncio.wait_for(a.queue.get(), timeout)
         if not msg.data and (msg.headers or {}).get("Status") == "503":
             return b"?", b""
         return msg.data[:1], msg.data[1:]
@@ -123,8 +126,7 @@ class Front:
         if streamed:  # the front counts the tokens: the member always sends them
             body = {**body, "stream_options": {**(body.get("stream_options") or {}),
                                                "include_usage": True}}  # fmt: skip
-        data = json.dumps(body).encode()
-        headers = self._headers(route, model, request_id)
+        data = request(self._meta(route, model, request_id), json.dumps(body).encode())
         tried: set[str] = set()
         queue_tried = False
         started = time.perf_counter()
@@ -137,7 +139,7 @@ class Front:
                 )  # fmt: skip
             subject = work_subject(place.member) if place.member else loaded_subject(model)
             queue_tried = queue_tried or place.member is None
-            attempt = await self._attempt(subject, data, headers)
+            attempt = await self._attempt(subject, data)
             if attempt.failed is None:
                 break
             tried.add(attempt.member or place.member or "")
@@ -160,32 +162,31 @@ class Front:
         content = b"".join([piece async for piece in stream])
         return Response(content, attempt.status, out, media_type="application/json")
 
-    def _headers(self, route: str, model: str, request_id: str) -> dict[str, str]:
+    def _meta(self, route: str, model: str, request_id: str) -> dict[str, Any]:
         caller = CALLER.get()
-        headers = {
-            "Smackctl-V": str(VERSION), "Smackctl-Request-Id": request_id,
-            "Smackctl-Route": route, "Smackctl-Model": model,
-            "Smackctl-Key": caller.name if caller is not None else "operator",
-            "Smackctl-Priority": PRIORITY.get(),
+        meta: dict[str, Any] = {
+            "request_id": request_id, "route": route, "model": model,
+            "key": caller.name if caller is not None else "operator",
+            "priority": PRIORITY.get(),
         }  # fmt: skip
         deadline = DEADLINE.get()
         if deadline is not None:
             left = deadline - asyncio.get_running_loop().time()
-            headers["Smackctl-Deadline"] = f"{max(0.001, left):.3f}"
-        return headers
+            meta["deadline"] = round(max(0.001, left), 3)
+        return meta
 
     def _why_not(self, model: str) -> str:
         if self.fleet.nc is None or not self.fleet.connected:
             return f"the fleet's NATS server ({self.fleet.spec.url}) cannot be reached now"
         return self.fleet.members.why_not(model)
 
-    async def _attempt(self, subject: str, data: bytes, headers: dict[str, str]) -> _Attempt:
+    async def _attempt(self, subject: str, data: bytes) -> _Attempt:
         """Send the request, and read its frames until its answer begins or it fails."""
         nc = self.fleet.nc
         assert nc is not None
         reply, queue = await self.inbox.open(nc)
         a = _Attempt(self.inbox, reply, queue)
-        await nc.publish(subject, data, reply=reply, headers=headers)
+        await nc.publish(subject, data, reply=reply)
         timeout = ACK_WITHIN
         while True:
             try:

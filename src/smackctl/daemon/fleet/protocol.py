@@ -7,9 +7,9 @@ Pure: no NATS, no supervisor.
 - ``smackctl.v1.loaded.<model>`` (queue group ``workers``): a request for a model, to one of
   the members that have it loaded: NATS spreads them.
 - ``smackctl.v1.work.<member>``: a request for one member (placed on it: it can load the model).
-- A request is a NATS message with a reply subject and headers (``Smackctl-V``,
-  ``Smackctl-Request-Id``, ``Smackctl-Route``, ``Smackctl-Model``, ``Smackctl-Key``,
-  ``Smackctl-Priority``, ``Smackctl-Deadline``); its body is the API request's JSON. The
+- A request is a NATS message with a reply subject: its first line a JSON object of what
+  it is (``v``, ``request_id``, ``route``, ``model``, ``key``: the key's name, ``priority``,
+  ``deadline``: seconds left), the rest the API request's JSON (``request``). The
   answer comes back on the reply subject as frames, one message each, whose first byte says
   what it is (no headers: a token's frame costs as little as it can): ``w`` wait (still
   working: a load, a queue, a long prompt; the member's name), ``s`` start (JSON: status,
@@ -41,6 +41,8 @@ __all__ = [
     "Heartbeat",
     "VersionMismatch",
     "loaded_subject",
+    "request",
+    "split_request",
     "token",
     "work_subject",
 ]
@@ -77,6 +79,26 @@ def work_subject(member: str) -> str:
 
 class VersionMismatch(ValueError):
     """A message of another version of the protocol."""
+
+
+def request(meta: dict[str, Any], body: bytes) -> bytes:
+    """A request's message: its metadata's line, then the API request's JSON (no NATS
+    headers: they cost a parse on every message)."""
+    return json.dumps({"v": VERSION, **meta}).encode() + b"\n" + body
+
+
+def split_request(data: bytes) -> tuple[dict[str, Any], bytes]:
+    """A request's metadata and body; VersionMismatch (naming both) or ValueError."""
+    line, sep, body = data.partition(b"\n")
+    meta = json.loads(line) if sep else None
+    if not isinstance(meta, dict):
+        raise ValueError("not a smackctl request")
+    if meta.get("v") != VERSION:
+        raise VersionMismatch(
+            f"the request speaks smackctl.v{meta.get('v')}, this member smackctl.v{VERSION}: "
+            "run the same smackctl version on both"
+        )
+    return meta, body
 
 
 @dataclass

@@ -23,10 +23,11 @@ from .protocol import (
     ERROR,
     QUEUE,
     START,
-    VERSION,
     WAIT,
     WAIT_EVERY,
+    VersionMismatch,
     loaded_subject,
+    split_request,
     work_subject,
 )
 
@@ -43,7 +44,8 @@ log = logging.getLogger("smackctl.fleet")
 
 #: the request header a worker's own app sees: this came over the fleet, serve it here
 FROM_FLEET = "x-smackctl-from-fleet"
-_PASSED = {"smackctl-priority": "x-smackctl-priority", "smackctl-deadline": "x-smackctl-deadline"}
+#: the request's metadata a member's own app reads as headers
+_PASSED = {"priority": "x-smackctl-priority", "deadline": "x-smackctl-deadline"}
 _ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages",
            "/v1/responses")  # fmt: skip
 
@@ -91,27 +93,29 @@ class Worker:
         asyncio.get_running_loop().create_task(self._serve(msg))
 
     async def _serve(self, msg: Msg) -> None:
-        headers = dict(msg.headers or {})
         reply = msg.reply
         if not reply or self.nc is None:
             return
         frames = _Frames(self.nc, reply, self.fleet.spec.name)
-        if headers.get("Smackctl-V") != str(VERSION):
-            theirs = headers.get("Smackctl-V")
-            await frames.error(400, f"this member speaks smackctl.v{VERSION}, the request "
-                               f"smackctl.v{theirs}: run one version")  # fmt: skip
+        try:
+            meta, body = split_request(msg.data)
+        except VersionMismatch as exc:
+            await frames.error(400, str(exc))
             return
-        route = headers.get("Smackctl-Route", "")
+        except ValueError:
+            await frames.error(400, "not a smackctl request: see docs/fleet.md")
+            return
+        route = str(meta.get("route", ""))
         if route not in _ROUTES or not self.taking:
             await frames.error(503, f"{self.fleet.spec.name} takes no {route or 'such'} "
                                "request now")  # fmt: skip
             return
-        key = Key(headers.get("Smackctl-Key") or "fleet", "inference",
-                  priority=headers.get("Smackctl-Priority") or "interactive")  # fmt: skip
+        key = Key(str(meta.get("key") or "fleet"), "inference",
+                  priority=str(meta.get("priority") or "interactive"))  # fmt: skip
         waiting = asyncio.create_task(frames.keep_alive())
         try:
-            await self.fleet.s.serve_as(key, _scope(route, headers, msg.data),
-                                        _receive(msg.data), frames.asgi)  # fmt: skip
+            await self.fleet.s.serve_as(key, _scope(route, meta, body), _receive(body),
+                                        frames.asgi)  # fmt: skip
         except Exception:  # the front hears it failed; the member lives
             log.exception("fleet: a request from the fleet failed here")
             await frames.error(500, f"the request failed on {self.fleet.spec.name} (its log "
@@ -122,9 +126,9 @@ class Worker:
             await frames.send(END, b"")
 
 
-def _scope(route: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
-    asked = [(_PASSED[k.lower()].encode(), v.encode("latin-1", "replace"))
-             for k, v in headers.items() if k.lower() in _PASSED]  # fmt: skip
+def _scope(route: str, meta: dict[str, Any], body: bytes) -> dict[str, Any]:
+    asked = [(header.encode(), str(meta[name]).encode("latin-1", "replace"))
+             for name, header in _PASSED.items() if meta.get(name) is not None]  # fmt: skip
     return {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
         "scheme": "http", "path": route, "raw_path": route.encode(), "query_string": b"",
