@@ -373,3 +373,63 @@ def test_two_fronts_hold_a_key_to_one_limit_through_jetstream(
         for sup in (a, b):
             shutdown(sup)
         nats.kill()
+
+
+def test_a_fleet_over_tls_with_a_user_and_password(tmp_path: Path, model_dir: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=nats-test", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    port = free_port()
+    with open(tmp_path / "nats.log", "ab") as log:
+        server = subprocess.Popen(
+            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "--tls", "--tlscert",
+             str(cert), "--tlskey", str(key), "--user", "ann", "--pass", "s3cret"],
+            stdout=log, stderr=log, start_new_session=True,
+        )  # fmt: skip
+    url = f"tls://127.0.0.1:{port}"
+    tls = f"  tls: {{ca: {cert}}}\n"
+
+    def member(name: str, models: list[str], password: str, with_ca: bool = True) -> str:
+        text = member_yaml(model_dir, name, url, models, "x")
+        text = text.replace(
+            "credentials: {token: x}", f"credentials: {{user: ann, password: {password}}}"
+        )
+        return text + (tls if with_ca else "")
+
+    sups = []
+    try:
+        wait_for(lambda: _listens(port), 20, "nats-server with TLS to listen")
+        sups.append(w := launch_on(tmp_path / "w", "test", member("tw", ["tiny-a"], "s3cret")))
+        sups.append(f := launch_on(tmp_path / "f", "test", member("tf", [], "s3cret")))
+        sups.append(
+            bad := launch_on(tmp_path / "b", "test", member("tb", ["tiny-b"], "s3cret", False))
+        )
+        heard(f, "tw")
+        with f.client(timeout=60) as c:
+            r = c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"})
+            assert r.status_code == 200 and r.headers["x-smackctl-deployment"] == "tw"
+
+        # a member that does not trust the server's certificate is not let in, and says so
+        def untrusted() -> bool:
+            return "certificate is not trusted" in (fleet_of(bad)["error"] or "")
+
+        wait_for(untrusted, 30, "the TLS failure to be said")
+        assert "tb" not in {m["name"] for m in fleet_of(f)["members"]}
+        assert w.proc.poll() is None
+    finally:
+        for sup in sups:
+            shutdown(sup)
+        server.kill()
+        server.wait(10)
+
+
+def _listens(port: int) -> bool:
+    try:
+        socketish(port).close()
+        return True
+    except OSError:
+        return False

@@ -208,6 +208,9 @@ def _words(exc: BaseException) -> str:
     name = type(exc).__name__
     if "authorization" in text.lower() or "Authorization" in name:
         return "the NATS server refused this member's credentials (authorization violation)"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return ("the NATS server's certificate is not trusted: give the CA that signed it as "
+                "fleet.tls.ca")  # fmt: skip
     if isinstance(exc, OSError | TimeoutError) or "NoServers" in name or "Timeout" in name:
         return "the NATS server cannot be reached" + (f" ({text})" if text else "")
     return text or name
