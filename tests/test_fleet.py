@@ -158,6 +158,8 @@ def test_the_front_lists_the_members_and_the_fleets_models(fleet: Any) -> None:
     for line in ("w1", "w2", "tiny-b", "tiny-c"):
         assert line in shown.stdout
     assert smackctl(front.home, "fleet", "list").stdout == shown.stdout
+    st = smackctl(front.home, "status").stdout
+    assert "fleet front at nats://127.0.0.1:" in st and "(connected); members: w1, w2" in st
     with front.client() as c:
         models = {m["id"]: m for m in c.get("/v1/models").json()["data"]}
     assert models["tiny-a"]["owned_by"] == "fleet:w1,w2"

@@ -248,6 +248,10 @@ def status(
         f"{output.human_bytes(mem['budget_ram'])} budget "
         f"({output.human_bytes(mem['free_ram'])} free)"
     )
+    if fleet := st.get("fleet"):
+        state = "connected" if fleet["connected"] else "not connected"
+        others = ", ".join(m["name"] for m in fleet["members"]) or "none heard"
+        print(f"fleet {fleet['name']} at {fleet['url']} ({state}); members: {others}")
     cpu = st.get("cpu") or {}
     if cpu.get("busy"):
         n = cpu["waiting"]
