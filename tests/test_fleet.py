@@ -213,7 +213,7 @@ def test_a_wrong_credential_is_refused_and_another_version_too(
 
         nc = await nats_py.connect(nats.url, token=SECRET)
         beat = {"kind": "heartbeat", "v": 2, "name": "future", "instance": "x", "models": {}}
-        await nc.publish("smackctl.v1.members", json.dumps(beat).encode())
+        await nc.publish("smackctl.v2.members", json.dumps(beat).encode())  # its own subject
         await nc.flush()
         await nc.close()
 
@@ -359,9 +359,11 @@ def test_two_fronts_hold_a_key_to_one_limit_through_jetstream(
         key = made.json()["key"]
         answers = []
         body = {**CHAT, "model": "tiny-a", "max_tokens": 1}
+        # a client that pretends to be the fleet gets no way around the count
+        sent = {"Authorization": f"Bearer {key}", "x-smackctl-from-fleet": "1"}
         with (
-            httpx.Client(base_url=a.url, headers={"Authorization": f"Bearer {key}"}) as ca,
-            httpx.Client(base_url=b.url, headers={"Authorization": f"Bearer {key}"}) as cb,
+            httpx.Client(base_url=a.url, headers=sent) as ca,
+            httpx.Client(base_url=b.url, headers=sent) as cb,
         ):
             for i in range(100):
                 answers.append((ca if i % 2 else cb).post("/v1/chat/completions", json=body))

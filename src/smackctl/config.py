@@ -21,6 +21,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from smackctl.fleet_config import FleetSpec
+from smackctl.kv_config import KvCache
 from smackctl.paths import DEFAULT_HOST, DEFAULT_PORT
 from smackctl.profile_refs import Loc, Problem, cross_references
 from smackctl.units import (
@@ -326,6 +327,7 @@ class Profile(_Strict):
     allowed_hosts: tuple[str, ...] = ()
     #: the fleet this supervisor joins (fleet_config.py); none: one machine, as ever
     fleet: FleetSpec | None = None
+    kv_cache: KvCache = KvCache()  # conversations' KV caches on disk (kv_config.py)
 
     @model_validator(mode="before")
     @classmethod

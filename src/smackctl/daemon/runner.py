@@ -245,7 +245,7 @@ class Runner:
             await self._post_own("/smackctl/free", b"", 60.0)
         self.holds_old = False
 
-    def vacate(self, keep_old: bool) -> Vacated | None:
+    def vacate(self, keep_old: bool, save_kv: int = 0) -> Vacated | None:
         """Unload the model but keep the process for the next load (see ``Vacated``); None
         when it cannot be kept: not ready, busy, or not RUNNER_PROGRAM."""
         if (
@@ -261,7 +261,7 @@ class Runner:
         self._expected_exit = True
         self._set(RunnerState.STOPPING)
         self._set(RunnerState.STOPPED)
-        return Vacated(self.proc, self.port, self.api_key, self.model, keep_old)
+        return Vacated(self.proc, self.port, self.api_key, self.model, keep_old, save_kv)
 
     def _watch_process(self) -> None:
         """The process is this runner's from now: time it, and set ``exited`` when it ends."""

@@ -35,7 +35,7 @@ from .memory import budget_of, explain, fix, machine_budget, plan_for, queued_ah
 from .planner import Budget, Plan
 from .registry import Managed, Registry, forget_runner
 from .runner import Runner, RunnerState
-from .spare import Vacated
+from .spare import Vacated, keep_conversations
 from .store import Store
 from .switch_plan import SwitchPhase
 from .views import model_view
@@ -316,9 +316,8 @@ class Scheduler(Draining, Housekeeping):
     # -- unloading -----------------------------------------------------------------------------
 
     async def unload(self, name: str, wait: bool = True) -> bool:
-        """Stop a model's runner. ``wait=False``: return once an idle runner has been sent
-        SIGKILL, and let its exit be waited for in the background (for an eviction whose
-        memory the next load does not need)."""
+        """Stop a model's runner (``wait=False``: once an idle one is sent SIGKILL; its exit
+        is waited for in the background, for an eviction whose memory no load waits for)."""
         m = self.resolve(name)
         if m.loading is not None and not m.loading.done():
             with contextlib.suppress(Exception):
@@ -328,10 +327,11 @@ class Scheduler(Draining, Housekeeping):
             m.failed = False
             return False
         forget_runner(m)
-        # an idle runner has nothing to finish: SIGKILL frees its memory at once, where
-        # uvicorn's graceful shutdown took ~200 ms of every swap (measured)
+        # an idle runner has nothing to finish: SIGKILL frees its memory at once (uvicorn's
+        # graceful shutdown took ~200 ms of every swap), once its conversations are kept
         idle = m.in_flight == 0 and not r.slots.queued
         if idle:
+            await keep_conversations(r, self.profile.kv_cache.max_size)
             r.kill()
         if wait or not idle:
             await self._reap(m, r)
@@ -342,7 +342,7 @@ class Scheduler(Draining, Housekeeping):
     def _vacate(self, name: str, keep_old: bool) -> Vacated | None:
         """Unload an idle model but keep its process for the next load (``Runner.vacate``)."""
         m = self.resolve(name)
-        vacated = m.runner.vacate(keep_old) if m.runner is not None else None  # ready, idle
+        vacated = m.runner.vacate(keep_old, self.profile.kv_cache.max_size) if m.runner else None
         if vacated is None:
             return None
         forget_runner(m)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import time
 from collections.abc import Sequence
@@ -23,7 +24,9 @@ from .upstream import TransportError
 if TYPE_CHECKING:
     from .runner import Runner
 
-__all__ = ["Spare", "Vacated", "load_in"]
+__all__ = ["keep_conversations", "Spare", "Vacated", "load_in"]
+
+log = logging.getLogger("smackctl.kv")
 
 
 class Spare:
@@ -91,6 +94,8 @@ class Vacated:
     api_key: str
     model: str
     keep_old: bool
+    #: the KV cache folder's cap: the model that goes saves its conversations (0: none)
+    save_kv: int = 0
 
     async def discard(self) -> None:
         signal_group(self.proc.pid, signal.SIGKILL, leader_gone=self.proc.returncode is not None)
@@ -114,7 +119,8 @@ async def load_in(self: Runner, v: Vacated) -> bool:
             f"(pid {v.proc.pid}): {shown(argv, self.api_key)}\n".encode()
         )
     self._watch_process()
-    order = {"args": argv[n:], "log": self.log_path.name, "keep_old": v.keep_old}
+    order = {"args": argv[n:], "log": self.log_path.name, "keep_old": v.keep_old,
+             "save_kv": v.save_kv}  # fmt: skip
     try:
         status, body = await self._post_own(
             "/smackctl/load", json.dumps(order).encode(), self.ready_timeout
@@ -136,3 +142,19 @@ async def load_in(self: Runner, v: Vacated) -> bool:
         f"{self.log_tail()}",
         self._load_fix(),
     )
+
+
+async def keep_conversations(r: Runner, max_bytes: int) -> None:
+    """Before an idle llama-cpp-python runner is ended, have it save its model's KV cache
+    (``kvstore.py``: restored when a prompt with that prefix comes back) and hold the folder
+    to ``max_bytes``; a runner that does not answer in time keeps nothing."""
+    if not max_bytes or not r.hosted or r.proc is None or r.exited.is_set():
+        return
+    body = json.dumps({"max_bytes": max_bytes}).encode()
+    try:
+        status, answer = await r._post_own("/smackctl/kv/save", body, 30.0)
+    except TransportError as exc:
+        log.warning("%s: its KV cache was not saved: %s", r.model, exc)
+        return
+    if status == 200 and json.loads(answer).get("saved"):
+        log.info("%s: saved its KV cache (%s)", r.model, answer.decode(errors="replace")[:200])

@@ -49,6 +49,7 @@ def status_view(s: Services, url: str) -> dict[str, Any]:
             *s.registry.scan_notes,  # the models_dir's duplicates, missing parts
             *([f"fleet: {s.fleet.error}"] if s.fleet is not None and s.fleet.error else []),
             *(s.fleet.members.refused.values() if s.fleet is not None else []),
+            *([f"fleet: {s.fleet.members.clash}"] if s.fleet and s.fleet.members.clash else []),
         ],
         "models": models,
         "fleet": None if s.fleet is None else s.fleet.view(),

@@ -68,7 +68,8 @@ async def _openai_shaped(request: Request) -> Response:
     _may_use(request, body.get("model"))
     _priority_and_deadline(request)  # a bad header is refused before the key is counted
     key = caller(request)
-    if s.fleet is not None and key is not OPERATOR and FROM_FLEET not in request.headers:
+    from_fleet = request.scope["state"].get(FROM_FLEET, False)
+    if s.fleet is not None and key is not OPERATOR and not from_fleet:
         await s.fleet.shared.admit(key.name, key.limits)  # the fleet's one count (JetStream)
     _admit(request)
     if request.url.path == CHAT:
@@ -85,7 +86,7 @@ async def _openai_shaped(request: Request) -> Response:
     request.scope["state"]["abandon"] = lambda status: activity.abandon(rid, status)
     request.scope["state"]["activity_id"] = rid  # a refusal after this is counted as it
     fleet = s.fleet
-    if fleet is not None and FROM_FLEET not in request.headers and fleet.front.takes(model):
+    if fleet is not None and not from_fleet and fleet.front.takes(request.url.path, model):
         return await fleet.front.forward(request.url.path, body, rid)
     return await s.gateway.handle(call)
 

@@ -22,7 +22,7 @@ from starlette.responses import Response, StreamingResponse
 from smackctl.daemon.keys import CALLER
 from smackctl.daemon.slots import DEADLINE, PRIORITY
 from smackctl.daemon.usage import tokens_in_stream, tokens_of, without_usage_event
-from smackctl.errors import FleetUnavailable
+from smackctl.errors import FleetUnavailable, ShuttingDown, UsageError
 from smackctl.wire import error_body, sse_error
 
 from .protocol import (
@@ -36,6 +36,7 @@ from .protocol import (
     request,
     work_subject,
 )
+from .worker import ROUTES
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -85,6 +86,7 @@ class _Attempt:
     status: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     failed: str | None = None  # why it failed before its answer began
+    relayed: bool = False  # its answer's relay began
     error: tuple[int, str] | None = None  # an answer of an error (4xx: not tried elsewhere)
 
 
@@ -103,10 +105,10 @@ class Front:
             return b"?", b""
         return msg.data[:1], msg.data[1:]
 
-    def takes(self, model: object) -> bool:
+    def takes(self, route: str, model: object) -> bool:
         """Whether a request for ``model`` goes to the fleet: a name this supervisor does
-        not serve, that a member serves or served recently."""
-        if not isinstance(model, str) or not model or model == "auto":
+        not serve, that a member serves or served recently, on a route members serve."""
+        if route not in ROUTES or not isinstance(model, str) or not model or model == "auto":
             return False
         s = self.fleet.s
         if model in s.registry.known_names():
@@ -120,13 +122,22 @@ class Front:
         return model in members.models() or members.recently_served(model)
 
     async def forward(self, route: str, body: dict[str, Any], request_id: str) -> Response:
+        if not self.fleet.s.scheduler.accepting or self.fleet.draining:
+            raise ShuttingDown("the supervisor is stopping: it sends the fleet nothing new",
+                               "ask again once it is back, or ask another front")  # fmt: skip
         model = str(body["model"])
         streamed = bool(body.get("stream"))
         asked_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        if streamed:  # the front counts the tokens: the member always sends them
+        if streamed and route in COUNTED:  # the front counts the tokens: always sent
             body = {**body, "stream_options": {**(body.get("stream_options") or {}),
                                                "include_usage": True}}  # fmt: skip
-        data = request(self._meta(route, model, request_id), json.dumps(body).encode())
+        payload = json.dumps(body).encode()
+        if self.fleet.nc is not None and len(payload) > self.fleet.nc.max_payload - 4096:
+            raise UsageError(
+                f"a request of {len(payload)} bytes is over what the fleet's NATS server "
+                f"carries in one message ({self.fleet.nc.max_payload} bytes)",
+                "send less, or raise the NATS server's max_payload",
+            )
         tried: set[str] = set()
         queue_tried = False
         started = time.perf_counter()
@@ -139,6 +150,8 @@ class Front:
                 )  # fmt: skip
             subject = work_subject(place.member) if place.member else loaded_subject(model)
             queue_tried = queue_tried or place.member is None
+            # what is left of the deadline, as of this attempt
+            data = request(self._meta(route, model, request_id), payload)
             attempt = await self._attempt(subject, data)
             if attempt.failed is None:
                 break
@@ -152,13 +165,18 @@ class Front:
             self.inbox.close(attempt.subject)
             status, message = attempt.error
             self._count(member, model, route, status, request_id, started, None, message)
-            return Response(json.dumps({"error": {"message": message, "type": "fleet_error",
-                            "code": "member_error"}}), status, out,
+            return Response(error_body(message, "fleet_error", "member_error"), status, out,
                             media_type="application/json")  # fmt: skip
         stream = self._relay(attempt, member, model, route, request_id, started,
                              streamed, asked_usage)  # fmt: skip
         if streamed and attempt.status < 400:
-            return StreamingResponse(stream, attempt.status, out)
+
+            def unstarted() -> None:
+                self.inbox.close(attempt.subject)
+                self._count(member, model, route, 499, request_id, started, None,
+                            "the client went away before the answer began")  # fmt: skip
+
+            return _Closing(stream, attempt.status, out, attempt, unstarted)
         content = b"".join([piece async for piece in stream])
         return Response(content, attempt.status, out, media_type="application/json")
 
@@ -181,28 +199,40 @@ class Front:
         return self.fleet.members.why_not(model)
 
     async def _attempt(self, subject: str, data: bytes) -> _Attempt:
-        """Send the request, and read its frames until its answer begins or it fails."""
+        """Send the request, and read its frames until its answer begins or it fails (its
+        inbox closed unless its answer is to be read)."""
         nc = self.fleet.nc
         assert nc is not None
         reply, queue = await self.inbox.open(nc)
         a = _Attempt(self.inbox, reply, queue)
-        await nc.publish(subject, data, reply=reply)
+        try:
+            await nc.publish(subject, data, reply=reply)
+            await self._first_frames(a)
+        except Exception as exc:  # noqa: BLE001 - a frame not of ours, NATS gone: next one
+            a.failed = f"{type(exc).__name__}: {exc}"[:200]
+        if a.failed is not None or a.error is not None:
+            self.inbox.close(a.subject)
+        return a
+
+    async def _first_frames(self, a: _Attempt) -> None:
         timeout = ACK_WITHIN
         while True:
             try:
                 kind, body = await self._next(a, timeout)
             except TimeoutError:
                 a.failed = "no answer" if timeout == ACK_WITHIN else "it fell silent"
-                break
+                return
             if kind == b"?":
                 a.failed = "nobody took it"
-                break
+                return
             timeout = SILENT_FOR
             if kind == START:
                 start = json.loads(body)
                 a.status, a.headers = int(start["status"]), dict(start.get("headers", {}))
                 a.member = start.get("member") or a.member
-                return a
+                if a.status >= 500:  # it could not take it (draining, no room): the next one
+                    a.failed = f"it answered {a.status}"
+                return
             if kind == ERROR:
                 error = json.loads(body)
                 a.member = error.get("member") or a.member
@@ -211,16 +241,14 @@ class Front:
                     a.failed = str(error.get("message"))
                 else:
                     a.error = (status, str(error.get("message")))
-                    return a
-                break
+                return
             a.member = body.decode(errors="replace") or a.member  # a wait names its member
-        self.inbox.close(a.subject)
-        return a
 
     async def _relay(
         self, a: _Attempt, member: str, model: str, route: str, request_id: str,
         started: float, streamed: bool, asked_usage: bool,
     ) -> AsyncIterator[bytes]:  # fmt: skip
+        a.relayed = True
         status, reason = a.status, None
         tokens: tuple[int | None, int | None] = (None, None)
         first: float | None = None
@@ -235,8 +263,11 @@ class Front:
                     return
                 if kind in (CHUNK, END) and piece:
                     first = first or time.perf_counter()
-                    if (found := tokens_in_stream(piece)) is not None:
-                        tokens = found
+                    if (found := tokens_in_stream(piece)) is not None:  # merged: Anthropic's
+                        tokens = (
+                            found[0] if found[0] is not None else tokens[0],  # come in
+                            found[1] if found[1] is not None else tokens[1],
+                        )  # two parts
                         if not asked_usage:
                             piece = without_usage_event(piece)
                     if not streamed and len(whole) < 1 << 20:  # a whole answer's tokens
@@ -268,6 +299,30 @@ class Front:
             tokens_out=tokens[1], seconds=time.perf_counter() - started,
             ttft=None if first is None else first - started, reason=reason,
         )  # fmt: skip
+
+
+#: the routes whose streams carry a usage event when asked (OpenAI's; Anthropic's and the
+#: Responses API's always do, and refuse ``stream_options``)
+COUNTED = ("/v1/chat/completions", "/v1/completions")
+
+
+class _Closing(StreamingResponse):
+    """A relayed stream whose end is seen to however the response ends: a client gone
+    before its first piece never starts the generator, whose ``finally`` (the inbox closed,
+    the request counted) then never runs: ``unstarted`` does that instead."""
+
+    def __init__(self, stream: Any, status: int, headers: dict[str, str], a: _Attempt,
+                 unstarted: Any) -> None:  # fmt: skip
+        super().__init__(stream, status, headers)
+        self.attempt, self.unstarted = a, unstarted
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            if not self.attempt.relayed:
+                self.unstarted()
 
 
 def _failure(streamed: bool, message: str, code: str) -> bytes:

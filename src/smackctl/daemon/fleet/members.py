@@ -39,13 +39,21 @@ class Members:
         self.served: dict[str, float] = {}
         #: members refused for speaking another version: name → the message
         self.refused: dict[str, str] = {}
+        #: another member with this one's name, in words (None: none seen)
+        self.clash: str | None = None
 
-    def heard(self, hb: Heartbeat, now: float | None = None) -> None:
+    def heard(self, hb: Heartbeat, now: float | None = None, instance: str = "") -> None:
+        """``instance``: this member's own: a heartbeat of its name from another instance
+        is a second member of the same name (a cloned machine), said in ``clash``."""
         if hb.name == self.own:
+            if instance and hb.instance != instance:
+                self.clash = f"another member is named {hb.name} too: give one a fleet.name"
             return
+        self.refused.pop(hb.name, None)  # it speaks this version now
         now = time.monotonic() if now is None else now
         if hb.leaving:
             self.table.pop(hb.name, None)
+            self._heard.pop(hb.name, None)
             return
         self.table[hb.name] = hb
         self._heard[hb.name] = now

@@ -27,6 +27,7 @@ from typing import Any
 
 __all__ = [
     "ACK_WITHIN",
+    "ANY_MEMBERS",
     "CHUNK",
     "END",
     "ERROR",
@@ -50,6 +51,8 @@ __all__ = [
 VERSION = 1
 PREFIX = f"smackctl.v{VERSION}"
 MEMBERS = f"{PREFIX}.members"
+#: the members subject of every version (``smackctl.v2.members``…): to refuse in words
+ANY_MEMBERS = "smackctl.*.members"
 WHO = f"{PREFIX}.who"
 QUEUE = "workers"
 WAIT, START, CHUNK, END, ERROR = b"w", b"s", b"c", b"e", b"x"
@@ -78,7 +81,11 @@ def work_subject(member: str) -> str:
 
 
 class VersionMismatch(ValueError):
-    """A message of another version of the protocol."""
+    """A message of another version of the protocol (``name``: who sent it)."""
+
+    def __init__(self, message: str, name: str = "") -> None:
+        super().__init__(message)
+        self.name = name
 
 
 def request(meta: dict[str, Any], body: bytes) -> bytes:
@@ -128,9 +135,11 @@ class Heartbeat:
         if not isinstance(raw, dict) or raw.get("kind") != "heartbeat":
             raise ValueError("not a heartbeat")
         if raw.get("v") != VERSION:
+            name = str(raw.get("name"))[:63]
             raise VersionMismatch(
-                f"member {str(raw.get('name'))[:63]!r} speaks smackctl.v{raw.get('v')}, this "
-                f"supervisor smackctl.v{VERSION}: run the same smackctl version on both"
+                f"member {name!r} speaks smackctl.v{raw.get('v')}, this "
+                f"supervisor smackctl.v{VERSION}: run the same smackctl version on both",
+                name,
             )
         fields = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
         if not isinstance(fields.get("name"), str) or not isinstance(fields.get("models"), dict):

@@ -19,7 +19,7 @@ from smackctl.fleet_config import FleetSpec
 
 from .front import Front
 from .members import Members
-from .protocol import MEMBERS, WHO, Heartbeat, VersionMismatch
+from .protocol import ANY_MEMBERS, MEMBERS, WHO, Heartbeat, VersionMismatch
 from .shared import SharedLimits
 from .worker import Worker
 
@@ -46,9 +46,10 @@ class Fleet:
         self.worker = Worker(self)
         self.front = Front(self)
         #: the keys' counters shared by the fleet's fronts (JetStream), when it has them
-        self.shared = SharedLimits()
+        self.shared = SharedLimits(lambda: self.connected)
         services.usage.shared_spent = self.shared.spent
         self._tasks: list[asyncio.Task[None]] = []
+        self._beat_error: str | None = None
 
     # -- the connection -------------------------------------------------------------------------
 
@@ -64,7 +65,8 @@ class Fleet:
                 log.error("fleet: cannot join %s as %s: %s (tried again in 5s)",
                           self.spec.url, self.spec.name, self.error)  # fmt: skip
                 await asyncio.sleep(5.0)
-        await self.nc.subscribe(MEMBERS, cb=self._on_member)
+        # every version's members subject: another version is heard, to be refused in words
+        await self.nc.subscribe(ANY_MEMBERS, cb=self._on_member)
         await self.nc.subscribe(WHO, cb=self._on_who)
         await self.worker.start(self.nc)
         await self.shared.open(self.nc)
@@ -119,8 +121,10 @@ class Fleet:
                 await self.nc.publish(WHO, b"{}")
 
     async def _on_error(self, exc: Exception) -> None:
-        self.error = _words(exc)
-        log.warning("fleet: %s", self.error)
+        words = _words(exc)
+        if words != self.error:  # nats-py says it at every try: the log says it once
+            log.warning("fleet: %s", words)
+        self.error = words
 
     # -- heartbeats ---------------------------------------------------------------------------
 
@@ -128,13 +132,13 @@ class Fleet:
         try:
             hb = Heartbeat.decode(msg.data)
         except VersionMismatch as exc:
-            if str(exc) not in self.members.refused.values():
+            if exc.name not in self.members.refused:
                 log.error("fleet: refused: %s", exc)
-            self.members.refused[str(exc)[:80]] = str(exc)
+            self.members.refused[exc.name] = str(exc)
             return
         except (ValueError, TypeError):
             return  # not one of ours: nothing to hear
-        self.members.heard(hb)
+        self.members.heard(hb, instance=self.instance)
 
     async def _on_who(self, msg: Msg) -> None:
         await self._beat()
@@ -163,8 +167,13 @@ class Fleet:
     async def _beat(self) -> None:
         if self.nc is None or not self.connected:
             return
-        with contextlib.suppress(Exception):  # a heartbeat lost is one of three
+        try:
             await self.nc.publish(MEMBERS, self.heartbeat().encode())
+            self._beat_error = None
+        except Exception as exc:  # noqa: BLE001 - a heartbeat lost is one of three
+            if str(exc) != self._beat_error:  # said once, not every 2 s
+                log.warning("fleet: a heartbeat could not go out: %s", exc)
+            self._beat_error = str(exc)
 
     # -- what others see ------------------------------------------------------------------------
 
@@ -176,6 +185,7 @@ class Fleet:
             "connected": self.connected,
             "error": self.error,
             "refused": sorted(self.members.refused.values()),
+            "clash": self.members.clash,
             "limits": self.shared.view(),
             "members": [
                 {"name": hb.name, "models": hb.models, "memory": hb.memory,

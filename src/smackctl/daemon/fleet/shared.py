@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from smackctl.daemon.limits import DAY, MINUTE, Limits
@@ -43,7 +44,8 @@ def _key(kind: str, name: str, window: int) -> str:
 
 
 class SharedLimits:
-    def __init__(self) -> None:
+    def __init__(self, connected: Callable[[], bool] = lambda: True) -> None:
+        self.connected = connected  # NATS away: each front counts alone, at once
         self.kv: KeyValue | None = None
         self.error: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -70,6 +72,8 @@ class SharedLimits:
     async def admit(self, name: str, limits: Limits) -> None:
         """Let a request of the key in across the fleet, or raise RateLimited."""
         if self.kv is None or not (limits.rpm or limits.tpm or limits.tokens_per_day):
+            return
+        if not self.connected():
             return
         now = time.time()
         try:
@@ -125,6 +129,8 @@ class SharedLimits:
         """Add a request's tokens to the key's minute and day (in the background)."""
         if self.kv is None or tokens <= 0 or not (limits.tpm or limits.tokens_per_day):
             return
+        if not self.connected():
+            return  # lost to the fleet's count: each front holds its own meanwhile
         now = time.time()
         task = asyncio.get_running_loop().create_task(self._add(name, tokens, now))
         self._tasks.add(task)
@@ -147,8 +153,10 @@ class SharedLimits:
                 except KeyNotFoundError:
                     await self.kv.create(key, str(n).encode())
                 return
-            except Exception:  # noqa: BLE001 - another front wrote first: again
-                continue
+            except Exception as exc:  # noqa: BLE001 - another front wrote first: again
+                if "wrong last sequence" not in str(exc).lower():
+                    log.warning("fleet: %d tokens could not be added to %s: %s", n, key, exc)
+                    return  # NATS away, a timeout: not tried 50 times
         log.warning("fleet: %d tokens of a key could not be added to %s", n, key)
 
     async def _count(self, key: str) -> int:

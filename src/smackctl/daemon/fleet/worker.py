@@ -38,65 +38,89 @@ if TYPE_CHECKING:
 
     from .service import Fleet
 
-__all__ = ["FROM_FLEET", "Worker"]
+__all__ = ["FROM_FLEET", "ROUTES", "Worker"]
 
 log = logging.getLogger("smackctl.fleet")
 
-#: the request header a worker's own app sees: this came over the fleet, serve it here
-FROM_FLEET = "x-smackctl-from-fleet"
+#: what a worker's own app finds in the request's scope state: this came over the fleet,
+#: serve it here (state, not a header: a client cannot send it)
+FROM_FLEET = "from_fleet"
+#: the routes a member serves the fleet (a front forwards only these)
+ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages",
+          "/v1/responses")  # fmt: skip
 #: the request's metadata a member's own app reads as headers
 _PASSED = {"priority": "x-smackctl-priority", "deadline": "x-smackctl-deadline"}
-_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages",
-           "/v1/responses")  # fmt: skip
 
 
 class Worker:
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
         self.nc: Client | None = None
-        self.subs: dict[str, Subscription] = {}
+        self.work: Subscription | None = None  # requests for this member by name
+        self.subs: dict[str, Subscription] = {}  # each loaded model's queue group
         self._watch: asyncio.Task[None] | None = None
+        self._serving: set[asyncio.Task[None]] = set()
         self.taking = True
 
     async def start(self, nc: Client) -> None:
         self.nc = nc
         if not self.fleet.s.registry.models:
             return  # a pure front serves nothing
-        self.subs["work"] = await nc.subscribe(
-            work_subject(self.fleet.spec.name), cb=self._on_request
+        # a queue group of one: a second member of this name (a cloned machine) shares the
+        # requests instead of answering each twice on one reply subject
+        self.work = await nc.subscribe(
+            work_subject(self.fleet.spec.name), queue=QUEUE, cb=self._on_request
         )
         self._watch = asyncio.create_task(self._follow_loads())
 
     async def _follow_loads(self) -> None:
         """Subscribe to each loaded model's queue group, and leave it once unloaded."""
         while self.taking and self.nc is not None:
-            loaded = {m.name for m in self.fleet.s.registry.models.values() if m.state == "ready"}
-            for name in loaded - set(self.subs):
-                self.subs[name] = await self.nc.subscribe(
-                    loaded_subject(name), queue=QUEUE, cb=self._on_request
-                )
-            for name in set(self.subs) - loaded - {"work"}:
-                with contextlib.suppress(Exception):
-                    await self.subs.pop(name).unsubscribe()
+            try:
+                await self._follow_once(self.nc)
+            except Exception as exc:  # noqa: BLE001 - NATS away: the next round
+                log.debug("fleet: the queue groups were not brought up to date: %s", exc)
             await asyncio.sleep(0.2)
+
+    async def _follow_once(self, nc: Client) -> None:
+        loaded = {m.name for m in self.fleet.s.registry.models.values() if m.state == "ready"}
+        for name in loaded - set(self.subs):
+            self.subs[name] = await nc.subscribe(
+                loaded_subject(name), queue=QUEUE, cb=self._on_request
+            )
+        for name in set(self.subs) - loaded:
+            # drained, not dropped: what was delivered already is answered (a 503 once
+            # unloaded, which the front passes on to the next member at once)
+            with contextlib.suppress(Exception):
+                await self.subs.pop(name).drain()  # type: ignore[no-untyped-call]
 
     async def stop_taking(self) -> None:
         self.taking = False
         if self._watch is not None:
             self._watch.cancel()
-        for sub in self.subs.values():
+        for sub in [*self.subs.values(), *([self.work] if self.work else [])]:
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                await sub.drain()  # type: ignore[no-untyped-call]
         self.subs.clear()
+        self.work = None
 
     async def _on_request(self, msg: Msg) -> None:
-        asyncio.get_running_loop().create_task(self._serve(msg))
+        task = asyncio.get_running_loop().create_task(self._serve_logged(msg))
+        self._serving.add(task)
+        task.add_done_callback(self._serving.discard)
+
+    async def _serve_logged(self, msg: Msg) -> None:
+        try:
+            await self._serve(msg)
+        except Exception as exc:  # noqa: BLE001 - the reply could not go (NATS away)
+            log.warning("fleet: a request from the fleet could not be answered: %s", exc)
 
     async def _serve(self, msg: Msg) -> None:
         reply = msg.reply
         if not reply or self.nc is None:
             return
         frames = _Frames(self.nc, reply, self.fleet.spec.name)
+        await frames.send(WAIT, self.fleet.spec.name.encode())  # taken: at once
         try:
             meta, body = split_request(msg.data)
         except VersionMismatch as exc:
@@ -106,7 +130,7 @@ class Worker:
             await frames.error(400, "not a smackctl request: see docs/fleet.md")
             return
         route = str(meta.get("route", ""))
-        if route not in _ROUTES or not self.taking:
+        if route not in ROUTES or not self.taking:
             await frames.error(503, f"{self.fleet.spec.name} takes no {route or 'such'} "
                                "request now")  # fmt: skip
             return
@@ -134,8 +158,8 @@ def _scope(route: str, meta: dict[str, Any], body: bytes) -> dict[str, Any]:
         "scheme": "http", "path": route, "raw_path": route.encode(), "query_string": b"",
         "root_path": "", "client": ("fleet", 0), "server": ("fleet", 0),
         "headers": [(b"host", b"localhost"), (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()), (FROM_FLEET.encode(), b"1"),
-                    *asked],
+                    (b"content-length", str(len(body)).encode()), *asked],
+        "state": {FROM_FLEET: True},
     }  # fmt: skip
 
 
@@ -177,7 +201,8 @@ class _Frames:
         while not self.ended:
             await asyncio.sleep(WAIT_EVERY / 2)
             if not self.ended and time.monotonic() - self.sent >= WAIT_EVERY:
-                await self.send(WAIT, self.member.encode())
+                with contextlib.suppress(Exception):  # NATS away a moment: the next one
+                    await self.send(WAIT, self.member.encode())
 
     async def asgi(self, message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":

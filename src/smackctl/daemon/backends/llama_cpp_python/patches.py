@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Any
 
+from . import kvstore
 from .words import BAD_GRAMMAR, HOST_ANSWERED, HOST_GENERATING, HOST_PROMPT
 
 __all__ = ["PROGRESS", "USAGE", "apply", "error_event"]
@@ -69,6 +70,61 @@ def error_event(exc: Exception) -> dict[str, Any]:
     return {"error": {"message": str(exc), "type": type(exc).__name__, "code": "runner_error"}}
 
 
+def usage_of(counts: dict[str, int]) -> dict[str, Any]:
+    """OpenAI's ``usage`` of an answer, ``prompt_tokens_details.cached_tokens`` with it."""
+    p, c = counts.get("prompt_tokens", 0), counts.get("completion_tokens", 0)
+    return {
+        "prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+        "prompt_tokens_details": {"cached_tokens": counts.get("cached_tokens", 0)},
+    }  # fmt: skip
+
+
+def with_cached_tokens(app: Any) -> Any:
+    """The app, its whole (not streamed) completions' ``usage`` given
+    ``prompt_tokens_details.cached_tokens``: llama_cpp.server's response models drop any
+    field of usage they do not know, so it is added to the body on its way out."""
+    routes = {"/v1/chat/completions", "/v1/completions"}
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] not in routes:
+            await app(scope, receive, send)
+            return
+        held: list[Any] = []
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                kind = dict(message.get("headers", [])).get(b"content-type", b"")
+                if kind.startswith(b"application/json"):
+                    held.append(message)  # its length changes: sent with the body
+                    return
+            elif held and message["type"] == "http.response.body":
+                body = _with_details(message.get("body", b""))
+                start = held.pop()
+                start["headers"] = [(k, v) for k, v in start["headers"] if k != b"content-length"]
+                start["headers"].append((b"content-length", str(len(body)).encode()))
+                await send(start)
+                message = {**message, "body": body}
+            await send(message)
+
+        await app(scope, receive, sending)
+
+    return wrapped
+
+
+def _with_details(body: bytes) -> bytes:
+    import json
+
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return body
+    usage = answer.get("usage") if isinstance(answer, dict) else None
+    if not isinstance(usage, dict) or not USAGE:
+        return body
+    usage["prompt_tokens_details"] = {"cached_tokens": USAGE.get("cached_tokens", 0)}
+    return json.dumps(answer).encode()
+
+
 def _stream_usage() -> None:
     """End every stream with a usage event, as OpenAI does for ``stream_options:
     {include_usage: true}`` (``choices: []`` and ``usage``), which llama_cpp.server never
@@ -91,11 +147,10 @@ def _stream_usage() -> None:
         finally:
             chunks.close()  # a client gone mid-answer: llama.cpp's generator ends now
         if last is not None and USAGE:
-            p, c = USAGE["prompt_tokens"], USAGE["completion_tokens"]
             yield {
                 **{k: last.get(k) for k in ("id", "object", "created", "model")},
                 "choices": [],
-                "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c},
+                "usage": usage_of(USAGE),
             }
 
     async def get_event_publisher(*args: Any, **kwargs: Any) -> None:
@@ -174,6 +229,8 @@ def _report_progress() -> None:
         # next ones one new token each
         if state["phase"] == "start":
             state["phase"] = "prompt"
+            # what it does not decode it had: OpenAI's prompt_tokens_details.cached_tokens
+            USAGE["cached_tokens"] = max(0, state["prompt"] - len(tokens))
             say(f"{HOST_PROMPT}a prompt of {state['prompt']} tokens")
         elif state["phase"] == "prompt":
             state["phase"] = "answer"
@@ -181,8 +238,12 @@ def _report_progress() -> None:
         eval_(self, tokens)
 
     def generate_(self: Any, tokens: Any, *args: Any, **kwargs: Any) -> Any:
-        USAGE.update(prompt_tokens=len(tokens), completion_tokens=0)
+        tokens = list(tokens)
+        USAGE.update(prompt_tokens=len(tokens), completion_tokens=0, cached_tokens=0)
         state.update(prompt=len(tokens), phase="start")
+        if kwargs.get("reset", True):
+            with contextlib.suppress(Exception):  # a state that will not load: computed
+                kvstore.restore_for(self, tokens)
         eos = self.token_eos()
         it = generate(self, tokens, *args, **kwargs)
         try:

@@ -14,6 +14,7 @@ import sys
 import threading
 from typing import Any
 
+from . import kvstore
 from .patches import PROGRESS
 from .words import log_path, same_key
 
@@ -124,7 +125,7 @@ def _count_route(server: Any) -> Any:
     return count
 
 
-def _routes(parser: argparse.ArgumentParser, server: Any) -> tuple[Any, Any]:
+def _routes(parser: argparse.ArgumentParser, server: Any) -> tuple[Any, Any, Any]:
     from llama_cpp.server import app as llama_app
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
@@ -184,6 +185,8 @@ def _routes(parser: argparse.ArgumentParser, server: Any) -> tuple[Any, Any]:
         if changed:
             return answer(409, f"server settings differ: {', '.join(changed)}")
         async with contextlib.asynccontextmanager(llama_app.get_llama_proxy)() as old:
+            if order.get("save_kv"):  # the model that goes keeps its conversations
+                await run_in_threadpool(_save, old(None), int(order["save_kv"]))
             if log is not None:
                 redirect_output(log)
             print(f"smackctl runner: loading {model.model}", file=sys.stderr, flush=True)
@@ -197,18 +200,46 @@ def _routes(parser: argparse.ArgumentParser, server: Any) -> tuple[Any, Any]:
                 return answer(500, f"{type(exc).__name__}: {exc}")
         return answer(200, f"loaded {model.model}")
 
+    async def save_kv(request: Request) -> JSONResponse:
+        """``POST /smackctl/kv/save`` ``{"max_bytes": N}``: the model's KV cache to disk
+        (``kvstore.py``), then the folder held to N bytes."""
+        if (no := refused(request)) is not None:
+            return no
+        try:
+            cap = int(json.loads(await request.body() or b"{}").get("max_bytes") or 0)
+        except (ValueError, TypeError, AttributeError):
+            return answer(400, 'send {"max_bytes": N}')
+        async with contextlib.asynccontextmanager(llama_app.get_llama_proxy)() as proxy:
+            result = await run_in_threadpool(_save, proxy(None), cap)
+        return JSONResponse(result)
+
     async def free(request: Request) -> JSONResponse:
         if (no := refused(request)) is not None:
             return no
         # not under the app's locks: a request to the new model need not wait for it
         return answer(200, f"freed {await run_in_threadpool(free_kept)} old model(s)")
 
-    return load, free
+    return load, free, save_kv
+
+
+def _save(llama: Any, cap: int) -> dict[str, Any]:
+    """Save the model's KV cache and hold the folder to ``cap`` bytes; never raises (a save
+    that fails costs the next turn its prefix, nothing else)."""
+    try:
+        result = kvstore.save(llama)
+        root = kvstore.kv_root()
+        if cap and root:
+            result["pruned"] = kvstore.prune(root, cap)
+        return result
+    except Exception as exc:  # noqa: BLE001 - said in the log and the answer
+        print(f"smackctl runner: the KV cache was not saved: {exc}", file=sys.stderr, flush=True)
+        return {"saved": False, "why": str(exc)}
 
 
 def add_routes(app: Any, parser: argparse.ArgumentParser, server: Any) -> None:
-    load, free = _routes(parser, server)
+    load, free, save_kv = _routes(parser, server)
     app.add_route("/smackctl/load", load, methods=["POST"])
+    app.add_route("/smackctl/kv/save", save_kv, methods=["POST"])
     app.add_route("/smackctl/free", free, methods=["POST"])
     app.add_route("/smackctl/alive", alive, methods=["GET"])
     app.add_route("/smackctl/count", _count_route(server), methods=["POST"])

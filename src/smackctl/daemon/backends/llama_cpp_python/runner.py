@@ -99,7 +99,7 @@ def serve(args: list[str], key: str | None = None) -> None:
         app.dependency_overrides[llama_app.authenticate] = _constant_time_auth(key)
     add_routes(app, flags, server)
     uvicorn.run(
-        app,
+        patches.with_cached_tokens(app),
         host=server.host,
         port=server.port,
         ssl_keyfile=server.ssl_keyfile,

@@ -1,0 +1,144 @@
+"""Conversations that survive swaps (issue 32), on the llama-cpp-python backend with real
+runners: the KV cache saved as a model goes (an unload, a swap in the same process, the
+supervisor's stop) and restored when a prompt with that prefix comes back; usage reports
+``prompt_tokens_details.cached_tokens`` in plain answers and in the streamed usage chunk.
+Nothing is restored for a prompt that differs in its first tokens, for another ``n_ctx``,
+or from a corrupt file (discarded, the request still answered); the folder keeps to its
+cap, least recently used out first."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import Supervisor, launch, launch_on, profile_yaml, shutdown, wait_for
+
+#: a long first turn: the history a returning conversation shares (~600 tokens)
+HISTORY = " ".join(f"Fact {i}: the {i}th lighthouse on the coast is blue." for i in range(40))
+
+
+def turn(extra: str = "", first: str = HISTORY) -> dict[str, Any]:
+    return {
+        "model": "tiny-a",
+        "messages": [
+            {"role": "system", "content": "You answer questions about lighthouses."},
+            {"role": "user", "content": first},
+            {"role": "assistant", "content": "Noted."},
+            {"role": "user", "content": "Which lighthouse is painted blue? " + extra},
+        ],
+        "max_tokens": 4,
+        "temperature": 0,
+    }
+
+
+def cached(sup: Supervisor, body: dict[str, Any]) -> tuple[int, int]:
+    with sup.client(timeout=120) as c:
+        r = c.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    usage = r.json()["usage"]
+    return usage["prompt_tokens_details"]["cached_tokens"], usage["prompt_tokens"]
+
+
+def states(sup: Supervisor) -> list[Path]:
+    return sorted((sup.home.state / "kv").glob("*/*.kv"))
+
+
+def unload(sup: Supervisor, model: str = "tiny-a") -> None:
+    with sup.client(timeout=60) as c:
+        assert c.post(f"/api/models/{model}/unload").status_code == 200
+
+
+@pytest.fixture
+def sup(tmp_path: Path, model_dir: Path) -> Iterator[Supervisor]:
+    s = launch_on(tmp_path, "test", profile_yaml(model_dir))
+    yield s
+    shutdown(s)
+
+
+def test_a_conversation_comes_back_after_an_unload_with_its_prefix_restored(
+    sup: Supervisor,
+) -> None:
+    first, total = cached(sup, turn())
+    assert first == 0 and total > 300
+    warm, _ = cached(sup, turn("Say it again."))  # the same process: its own prefix cache
+    assert warm > total // 2
+    unload(sup)
+    [saved] = states(sup)
+    assert saved.stat().st_mode & 0o777 == 0o600 and saved.parent.stat().st_mode & 0o777 == 0o700
+    back, total = cached(sup, turn("And the next one?"))  # a new process: restored from disk
+    assert back >= total // 2, (back, total)
+    runner_log = (sup.home.state / "logs" / "runner-tiny-a.log").read_text()
+    assert "restored a saved KV cache" in runner_log
+    # streamed: the usage chunk says it too
+    body = {**turn("Once more."), "stream": True, "stream_options": {"include_usage": True}}
+    with sup.client(timeout=120) as c:
+        r = c.post("/v1/chat/completions", json=body)
+    usage = [json.loads(x[6:]) for x in r.text.splitlines() if x.startswith("data: {")][-1]
+    assert usage["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+
+
+def test_a_prompt_that_differs_at_its_start_restores_nothing_and_a_corrupt_state_is_dropped(
+    sup: Supervisor,
+) -> None:
+    cached(sup, turn())
+    unload(sup)
+    other = turn(first="Completely different words at the very start. " + HISTORY)
+    assert cached(sup, other)[0] < 40  # at most the system prompt's few tokens, from its own
+    unload(sup)
+    for path in states(sup):  # every state on disk now broken
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    back, _ = cached(sup, turn("Still there?"))
+    assert back == 0
+    log = (sup.home.state / "logs" / "runner-tiny-a.log").read_text()
+    assert "discarded the saved state" in log
+
+
+def test_a_swap_in_one_process_and_a_restart_keep_the_conversation(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    sup = launch_on(tmp_path, "test", profile_yaml(model_dir, "memory:\n  max_loaded: 1\n"))
+    try:
+        cached(sup, turn())
+        with sup.client(timeout=120) as c:  # tiny-b takes tiny-a's process
+            b = c.post("/v1/chat/completions", json={**turn(), "model": "tiny-b"})
+            assert b.status_code == 200
+        assert states(sup), "the model that went kept nothing"
+        back, total = cached(sup, turn("After the swap?"))
+        assert back >= total // 2
+        with sup.client() as c:
+            assert c.post("/api/shutdown", json={"timeout": 30}).status_code == 202
+        sup.proc.wait(60)
+        sup = launch(sup.home)  # the same home: its kv/ folder
+        back, total = cached(sup, turn("After the restart?"))
+        assert back >= total // 2
+    finally:
+        shutdown(sup)
+
+
+def test_another_n_ctx_restores_nothing_and_the_cap_keeps_the_folder_small(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    profile = profile_yaml(model_dir)
+    sup = launch_on(tmp_path, "test", profile)
+    try:
+        cached(sup, turn())
+        unload(sup)
+        [one] = states(sup)
+        size = one.stat().st_size
+        # n_ctx changes what the cache is: nothing of the old one is restored
+        path = sup.home.root / "profiles" / "test.yaml"
+        path.write_text(profile.replace("n_ctx: 4096", "n_ctx: 3584", 1)
+                        + f"kv_cache:\n  max_size: {int(size * 1.5)}\n")  # fmt: skip
+        with sup.client() as c:
+            assert c.post("/api/profiles/reload").json()["ok"]
+        assert cached(sup, turn("Again?"))[0] == 0
+        unload(sup)  # a second state, in the new n_ctx's folder: over the cap with the first
+        kept = states(sup)
+        assert len(kept) == 1 and kept[0] != one, kept
+        wait_for(lambda: not one.exists(), 5, "the oldest state to go")
+    finally:
+        shutdown(sup)
