@@ -142,3 +142,29 @@ def test_another_n_ctx_restores_nothing_and_the_cap_keeps_the_folder_small(
         wait_for(lambda: not one.exists(), 5, "the oldest state to go")
     finally:
         shutdown(sup)
+
+
+def test_llama_server_says_its_cached_tokens_and_keeps_interleaved_conversations_apart(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """llama-server's own prefix cache, its slot chosen by the prompt's likeness (two
+    conversations over ``parallel: 2`` do not evict each other), counted in usage as it is
+    on llama-cpp-python: plain and streamed."""
+    yaml = profile_yaml(model_dir, **{"tiny-a": "backend: llama-server\nparallel: 2"})
+    sup = launch_on(tmp_path, "test", yaml)
+    try:
+        one = turn()
+        two = turn(first="Another history altogether: " + HISTORY.replace("blue", "red"))
+        assert cached(sup, one)[0] == 0 and cached(sup, two)[0] < 40
+        for n in range(2):  # A, B, A, B: each comes back to its own slot
+            back_one, total_one = cached(sup, turn(f"Turn {n}."))
+            two["messages"][-1]["content"] = f"Which is red? Turn {n}."
+            back_two, total_two = cached(sup, two)
+            assert back_one >= total_one // 2 and back_two >= total_two // 2
+        body = {**turn("Streamed."), "stream": True, "stream_options": {"include_usage": True}}
+        with sup.client(timeout=120) as c:
+            r = c.post("/v1/chat/completions", json=body)
+        usage = [json.loads(x[6:]) for x in r.text.splitlines() if x.startswith("data: {")][-1]
+        assert usage["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+    finally:
+        shutdown(sup)
