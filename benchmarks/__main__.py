@@ -1,8 +1,9 @@
 """``python -m benchmarks [NAME…]``: run smackctl's benchmarks and write BENCHMARKS.md.
 
 Names: estimate, switch, overhead, cold_swap, cli, rss, concurrency, hundred, backends, soak,
-gateway, plugins, cache, route, hostile, keys, priority, ui, fleet (all by default). A suite not run
-keeps its section of BENCHMARKS.md as it was. Exit 1 when a figure misses its goal.
+gateway, plugins, cache, route, hostile, keys, priority, ui, fleet, kv_cache (all by
+default). A suite not run keeps its section of BENCHMARKS.md as it was. Exit 1 when a figure
+misses its goal.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from . import (
     hostile,
     hundred,
     keys,
+    kv_cache,
     overhead,
     plugins,
     priority,
@@ -59,6 +61,7 @@ SUITES = {
     "priority": ("An interactive key behind a batch key (issue 29)", priority.run),
     "ui": ("The page: its load and its live lag (issue 30)", ui.run),
     "fleet": ("A fleet over NATS: added latency, streaming, spread (issue 31)", fleet.run),
+    "kv_cache": ("Conversations that survive swaps (issue 32)", kv_cache.run),
 }
 
 
