@@ -28,6 +28,7 @@ from conftest import (
     free_port,
     launch,
     launch_on,
+    self_signed,
     shutdown,
     smackctl,
     wait_for,
@@ -380,13 +381,7 @@ def test_two_fronts_hold_a_key_to_one_limit_through_jetstream(
 
 
 def test_a_fleet_over_tls_with_a_user_and_password(tmp_path: Path, model_dir: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", "/CN=nats-test", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed(tmp_path)
     port = free_port()
     with open(tmp_path / "nats.log", "ab") as log:
         server = subprocess.Popen(

@@ -168,3 +168,22 @@ def test_llama_server_says_its_cached_tokens_and_keeps_interleaved_conversations
         assert usage["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
     finally:
         shutdown(sup)
+
+
+def test_llama_server_keeps_a_conversation_across_an_unload(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    yaml = profile_yaml(model_dir, **{"tiny-a": "backend: llama-server"})
+    sup = launch_on(tmp_path, "test", yaml)
+    try:
+        cached(sup, turn())
+        unload(sup)
+        saved = sorted((sup.home.state / "kv" / "slots").glob("*.bin"))
+        assert len(saved) == 1 and saved[0].stat().st_mode & 0o777 == 0o600
+        other = turn(first="Completely different words at the very start. " + HISTORY)
+        assert cached(sup, other)[0] < 40  # shares nothing useful: nothing restored
+        back, total = cached(sup, turn("Back again?"))  # a slot of its own: restored
+        assert back >= total // 2, (back, total)
+        assert "restored a saved KV cache into slot" in sup.log()
+    finally:
+        shutdown(sup)

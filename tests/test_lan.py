@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import socket
 import ssl
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -18,7 +17,7 @@ import pytest
 
 from smackctl.netaddr import display_url, lan_address, own_names
 
-from conftest import Home, launch, shutdown, smackctl
+from conftest import Home, launch, self_signed, shutdown, smackctl
 
 
 def _ask(url: str, token: str, host: str, **kw: object) -> httpx.Response:
@@ -89,15 +88,7 @@ def test_own_names_and_the_url_from_elsewhere() -> None:
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("tls")
-    cert, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", "/CN=smackctl-test", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
+    return self_signed(tmp_path_factory.mktemp("tls"))
 
 
 def test_with_a_certificate_it_serves_https(home: Home, certificate: tuple[Path, Path]) -> None:

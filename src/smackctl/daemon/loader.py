@@ -31,11 +31,14 @@ from smackctl.paths import Paths
 from smackctl.selftest import signal_name
 
 from .backends.base import Backend, backend_for
+from .backends.llama_cpp_python.kvstore import identity_of
+from .backends.llama_server import slot_folder
 from .events import Events
 from .memory import load_key
 from .process import signal_group
 from .registry import Managed, Registry
 from .runner import Runner, RunnerState
+from .slot_states import SlotStates
 from .slots import QueueBudget
 from .spare import Spare, Vacated
 from .spare_keeping import SPARE_RAM, SpareKeeping
@@ -264,6 +267,8 @@ class Loader(SpareKeeping):
                 ready_path=backend.ready_path,
                 key_env=backend.key_env,
             )
+            if backend.name == "llama-server":  # its conversations kept across swaps
+                runner.kv = slot_states_for(spec, path)
             m.runner = runner
             try:
                 await runner.start()
@@ -377,3 +382,11 @@ class Loader(SpareKeeping):
                     killed.append(pid)
             self.store.forget_runner(pid)
         return killed
+
+
+def slot_states_for(spec: ModelSpec, path: Path) -> SlotStates | None:
+    """The saved slots of a llama-server model (slot_states.py), by its identity."""
+    found = identity_of(str(path), spec.n_ctx, parallel=spec.parallel, args=spec.args)
+    if found is None:
+        return None
+    return SlotStates(slot_folder(), found[0], spec.parallel)

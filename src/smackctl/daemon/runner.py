@@ -32,6 +32,7 @@ from . import runlog
 from .backends.base import RUNNER_PROGRAM
 from .backends.llama_cpp_python.words import LOGS_ENV
 from .process import free_port, listening, open_log, runner_env, shown, signal_group, start_child
+from .slot_states import SlotStates
 from .slots import QueueBudget, Slots
 from .spare import Spare, Vacated, load_in
 from .upstream import TransportError, Upstream
@@ -93,6 +94,8 @@ class Runner:
         self.reused = False
         #: the process still holds the model it had before this one (``free_old``)
         self.holds_old = False
+        #: llama-server's saved slots (slot_states.py), for its conversations across swaps
+        self.kv: SlotStates | None = None
         #: set when a request to this runner has been answered
         self.used = asyncio.Event()
         self._argv_for = argv_for

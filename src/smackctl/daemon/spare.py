@@ -148,7 +148,12 @@ async def keep_conversations(r: Runner, max_bytes: int) -> None:
     """Before an idle llama-cpp-python runner is ended, have it save its model's KV cache
     (``kvstore.py``: restored when a prompt with that prefix comes back) and hold the folder
     to ``max_bytes``; a runner that does not answer in time keeps nothing."""
-    if not max_bytes or not r.hosted or r.proc is None or r.exited.is_set():
+    if not max_bytes or r.proc is None or r.exited.is_set():
+        return
+    if r.kv is not None:  # llama-server: each slot's, through its own routes
+        await r.kv.save(r, max_bytes)
+        return
+    if not r.hosted:
         return
     body = json.dumps({"max_bytes": max_bytes}).encode()
     try:

@@ -18,7 +18,9 @@ Flags, each for a reason:
   tokens, and its progress (``/slots``) moves once per batch: the hang rule sees a long
   prompt move 4 times as often (512 is the micro-batch, the unit of work on a CPU anyway);
 - ``--jinja``: the model's own chat template, tools included; ``--metrics`` for ``/metrics``;
-- ``--alias NAME``: answers name the model, not its file.
+- ``--alias NAME``: answers name the model, not its file;
+- ``--slot-save-path``: its slots' KV caches saved as the model goes and restored when a
+  conversation comes back (slot_states.py).
 Ready means ``GET /health`` answers 200 (503 while the model loads).
 """
 
@@ -34,7 +36,17 @@ from smackctl.gguf import GGUFInfo
 from smackctl.hardware import physical_cores
 from smackctl.paths import find_llama_server
 
-__all__ = ["LlamaServer", "find_llama_server"]  # the latter lives in paths.py (for doctor)
+__all__ = ["LlamaServer", "find_llama_server", "slot_folder"]  # find_… lives in paths.py
+
+
+def slot_folder() -> Path:
+    """Where llama-server saves its slots' KV caches (``--slot-save-path``): the state
+    dir's ``kv/slots``, readable by this user only (slot_states.py)."""
+    from smackctl.paths import get_paths
+
+    folder = get_paths().state_dir / "kv" / "slots"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder
 
 
 class LlamaServer:
@@ -97,6 +109,7 @@ class LlamaServer:
             "--jinja",
             "--metrics",
             "--alias", name,
+            "--slot-save-path", str(slot_folder()),
         ]  # fmt: skip
         if spec.chat_format:
             argv += ["--chat-template", spec.chat_format]

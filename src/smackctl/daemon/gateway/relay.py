@@ -210,6 +210,8 @@ class Runners:
             "give it a longer X-Smackctl-Deadline, or send it when the model is less busy",
         )
         a.queued_ms = (time.perf_counter() - asked) * 1000
+        if runner.kv is not None and runner.kv.waiting != []:  # a conversation coming back
+            a.payload = await runner.kv.prepare(runner, a.path, a.payload)
         dog = Watchdog(a.m, runner)  # until the answer is over (the stack closes)
         stack.callback(dog.stop)
         headers = {

@@ -27,7 +27,7 @@ from typing import Any
 
 from .words import LOGS_ENV
 
-__all__ = ["MIN_TOKENS", "identity", "kv_root", "prune", "restore_for", "save"]
+__all__ = ["MIN_TOKENS", "identity", "identity_of", "kv_root", "prune", "restore_for", "save"]
 
 MAGIC = b"SMKV1\n"
 #: a prefix shorter than this is not worth a restore (nor a state worth a save)
@@ -44,19 +44,24 @@ def identity(llama: Any) -> tuple[str, dict[str, Any]] | None:
     cached = getattr(llama, "_smackctl_kv_id", None)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
-    path = os.path.realpath(llama.model_path)
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
     params = llama.context_params
-    what = {
-        "path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "n_ctx": llama.n_ctx(),
-        "type_k": int(params.type_k), "type_v": int(params.type_v),
-    }  # fmt: skip
-    found = (hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16], what)
+    found = identity_of(llama.model_path, llama.n_ctx(), type_k=int(params.type_k),
+                        type_v=int(params.type_v))  # fmt: skip
     llama._smackctl_kv_id = found
     return found
+
+
+def identity_of(path: str, n_ctx: int, **cache: Any) -> tuple[str, dict[str, Any]] | None:
+    """A model's identity as far as its KV cache goes: the file (its real path, size and
+    time: a changed file is another model), ``n_ctx`` and what else shapes the cache."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return None
+    what = {"path": real, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "n_ctx": n_ctx,
+            **cache}  # fmt: skip
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16], what
 
 
 def kv_root() -> str | None:
