@@ -85,8 +85,10 @@ def _returning(sup: Sup, rounds: int) -> tuple[list[float], list[float]]:
     return back, swaps
 
 
-_WORDS = ("river stone lamp garden window orange pencil harbor violin meadow candle rocket "
-          "forest mirror pepper castle ladder silver thunder basket").split()
+_WORDS = (
+    "river stone lamp garden window orange pencil harbor violin meadow candle rocket "
+    "forest mirror pepper castle ladder silver thunder basket"
+).split()
 
 
 def _history(k: int) -> str:
