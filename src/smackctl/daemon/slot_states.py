@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .backends.llama_cpp_python.kvstore import MIN_TOKENS, prune
+from .backends.llama_cpp_python.kvstore import MIN_TOKENS, common_prefix, prune
 
 if TYPE_CHECKING:
     from .runner import Runner
@@ -56,12 +56,7 @@ def _common(saved: list[int], tokens: list[int]) -> int:
     head = tokens[:4]
     for k in range(min(8, len(saved))):
         if saved[k : k + len(head)] == head:
-            n = 0
-            for x, y in zip(saved[k:], tokens, strict=False):
-                if x != y:
-                    break
-                n += 1
-            return n
+            return common_prefix(saved[k:], tokens)
     return 0
 
 

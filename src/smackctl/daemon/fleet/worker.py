@@ -15,6 +15,9 @@ import time
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from starlette.types import Scope
+
+from smackctl.daemon.inner import post_scope, receive_body
 from smackctl.daemon.keys import Key
 
 from .protocol import (
@@ -138,8 +141,8 @@ class Worker:
                   priority=str(meta.get("priority") or "interactive"))  # fmt: skip
         waiting = asyncio.create_task(frames.keep_alive())
         try:
-            await self.fleet.s.serve_as(key, _scope(route, meta, body), _receive(body),
-                                        frames.asgi)  # fmt: skip
+            receive = receive_body(body, asyncio.Event())  # never gone: it answers in full
+            await self.fleet.s.serve_as(key, _scope(route, meta, body), receive, frames.asgi)
         except Exception:  # the front hears it failed; the member lives
             log.exception("fleet: a request from the fleet failed here")
             await frames.error(500, f"the request failed on {self.fleet.spec.name} (its log "
@@ -150,32 +153,11 @@ class Worker:
             await frames.send(END, b"")
 
 
-def _scope(route: str, meta: dict[str, Any], body: bytes) -> dict[str, Any]:
+def _scope(route: str, meta: dict[str, Any], body: bytes) -> Scope:
     asked = [(header.encode(), str(meta[name]).encode("latin-1", "replace"))
              for name, header in _PASSED.items() if meta.get(name) is not None]  # fmt: skip
-    return {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": route, "raw_path": route.encode(), "query_string": b"",
-        "root_path": "", "client": ("fleet", 0), "server": ("fleet", 0),
-        "headers": [(b"host", b"localhost"), (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()), *asked],
-        "state": {FROM_FLEET: True},
-    }  # fmt: skip
-
-
-def _receive(body: bytes) -> Any:
-    sent = False
-    never = asyncio.Event()
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await never.wait()
-        return {"type": "http.disconnect"}
-
-    return receive
+    return post_scope(route, body, [(b"host", b"localhost"), *asked], client=("fleet", 0),
+                      server=("fleet", 0), state={FROM_FLEET: True})  # fmt: skip
 
 
 class _Frames:

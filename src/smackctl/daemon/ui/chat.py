@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
 
+from smackctl.daemon.inner import post_scope, receive_body
 from smackctl.daemon.keys import Key
 from smackctl.wire import SSEParser
 
@@ -49,17 +50,14 @@ class Chat:
         self.body = json.dumps({**body, "stream": True}).encode()
         asked = [(k.lower(), str(v)) for k, v in headers.items() if k.lower() in ASKED]
         host = dict(ws_scope["headers"]).get(b"host", b"localhost")
-        self.scope: Scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-            "method": "POST", "scheme": "https" if ws_scope.get("scheme") == "wss" else "http",
-            "path": CHAT, "raw_path": CHAT.encode(), "query_string": b"", "root_path": "",
-            "client": ws_scope.get("client"), "server": ws_scope.get("server"),
-            "headers": [(b"host", host), (b"content-type", b"application/json"),
-                        (b"content-length", str(len(self.body)).encode()),
-                        *((k.encode(), v.encode("latin-1", "replace")) for k, v in asked)],
-        }  # fmt: skip
+        self.scope: Scope = post_scope(
+            CHAT, self.body, [(b"host", host), *((k.encode(), v.encode("latin-1", "replace"))
+                                                 for k, v in asked)],
+            client=ws_scope.get("client"), server=ws_scope.get("server"),
+            scheme="https" if ws_scope.get("scheme") == "wss" else "http",
+        )  # fmt: skip
         self._gone = asyncio.Event()
-        self._sent_body = False
+        self._receive = receive_body(self.body, self._gone)
         self._status = 0
         self._streaming = False
         self._buffer = b""
@@ -79,13 +77,6 @@ class Chat:
             return
         if not self._failed:
             await self.send_frame({"type": "done", "id": self.id})
-
-    async def _receive(self) -> Message:
-        if not self._sent_body:
-            self._sent_body = True
-            return {"type": "http.request", "body": self.body, "more_body": False}
-        await self._gone.wait()
-        return {"type": "http.disconnect"}
 
     async def _send(self, message: Message) -> None:
         if message["type"] == "http.response.start":

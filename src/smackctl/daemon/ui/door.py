@@ -22,7 +22,7 @@ from smackctl.wire import error_body
 
 from .sessions import COOKIE, Session, Sessions
 
-__all__ = ["elsewhere", "from_cookie", "is_public", "stamp_of"]
+__all__ = ["elsewhere", "from_cookie", "is_public", "live_session", "stamp_of"]
 
 _PUBLIC = frozenset({"/", "/ui", "/ui/", "/ui/login", "/favicon.ico"})
 _READS = frozenset({"GET", "HEAD"})
@@ -49,6 +49,16 @@ def session_id(headers: dict[bytes, bytes]) -> str | None:
     return cookie_parser(raw.decode("latin-1")).get(COOKIE) or None
 
 
+def live_session(sessions: Sessions, operator: Operator, sid: str) -> Session | None:
+    """The session of a cookie's id while the credential it logged in with holds (a key
+    rotated, the token rotated: it ends, and is forgotten)."""
+    session = sessions.get(sid)
+    if session is not None and session.stamp != stamp_of(session.key, operator):
+        sessions.close(sid)
+        return None
+    return session
+
+
 def from_cookie(
     sessions: Sessions,
     operator: Operator,
@@ -61,10 +71,8 @@ def from_cookie(
     sid = session_id(headers)
     if sid is None:
         return None
-    session = sessions.get(sid)
-    if session is None or session.stamp != stamp_of(session.key, operator):
-        if session is not None:
-            sessions.close(sid)
+    session = live_session(sessions, operator, sid)
+    if session is None:
         return _ended()
     if (foreign := elsewhere(headers, same_origin, websocket)) is not None:
         return err(

@@ -21,7 +21,7 @@ from starlette.staticfiles import StaticFiles
 
 from smackctl.daemon.keys import OPERATOR, Key
 
-from .door import elsewhere, session_id, stamp_of
+from .door import elsewhere, live_session, session_id, stamp_of
 from .sessions import COOKIE, SESSION_TTL, Session, Sessions
 
 __all__ = ["CSP", "PAGE_HEADERS", "ROUTES", "STATIC"]
@@ -60,11 +60,8 @@ def _no_auth(request: Request) -> bool:
 
 def _live_session(request: Request) -> Session | None:
     sid = session_id({b"cookie": request.headers.get("cookie", "").encode("latin-1")})
-    session = _sessions(request).get(sid) if sid else None
     operator = request.app.state.services.operator
-    if session is None or session.stamp != stamp_of(session.key, operator):
-        return None
-    return session
+    return live_session(_sessions(request), operator, sid) if sid else None
 
 
 async def root(request: Request) -> Response:

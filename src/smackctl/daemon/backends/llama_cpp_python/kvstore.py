@@ -27,7 +27,10 @@ from typing import Any
 
 from .words import LOGS_ENV
 
-__all__ = ["MIN_TOKENS", "identity", "identity_of", "kv_root", "prune", "restore_for", "save"]
+__all__ = [
+    "MIN_TOKENS", "common_prefix", "identity", "identity_of", "kv_root", "prune", "restore_for",
+    "save",
+]  # fmt: skip
 
 MAGIC = b"SMKV1\n"
 #: a prefix shorter than this is not worth a restore (nor a state worth a save)
@@ -114,7 +117,8 @@ def _discard(path: str, why: str) -> None:
         entries[:] = [e for e in entries if e[0] != path]
 
 
-def _common(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many tokens two lists share from their start."""
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:
@@ -189,10 +193,10 @@ def restore_for(llama: Any, tokens: list[int]) -> int:
     where = _folder(llama)
     if where is None or not os.path.isdir(where[0]) or len(tokens) < MIN_TOKENS:
         return 0
-    held = _common([int(t) for t in llama.input_ids[: llama.n_tokens]], tokens)
+    held = common_prefix([int(t) for t in llama.input_ids[: llama.n_tokens]], tokens)
     best, best_n = None, 0
     for path, saved in _index(where[0]):
-        n = _common(saved, tokens)
+        n = common_prefix(saved, tokens)
         if n > best_n:
             best, best_n = (path, saved), n
     if best is None or best_n <= held or best_n < max(MIN_TOKENS, len(tokens) // 2):
