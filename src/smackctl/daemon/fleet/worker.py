@@ -2,8 +2,8 @@
 group of that model) or for it by name, and are served by its own app behind its own door
 (``Guard.serve_as``: the model's queue, its priority, its usage row), never sent on. The
 answer goes back as frames on the request's reply subject (``protocol.py``): ``wait`` each
-second nothing else went (a load, a queue, a long prompt), ``start``, ``chunk``…, ``end``;
-or ``error``."""
+half second nothing else went (a load, a queue, a long prompt), ``start``, ``chunk``…,
+``end``; or ``error``."""
 
 from __future__ import annotations
 
@@ -123,7 +123,6 @@ class Worker:
         if not reply or self.nc is None:
             return
         frames = _Frames(self.nc, reply, self.fleet.spec.name)
-        await frames.send(WAIT, self.fleet.spec.name.encode())  # taken: at once
         try:
             meta, body = split_request(msg.data)
         except VersionMismatch as exc:
@@ -178,11 +177,13 @@ class _Frames:
         await self.send(ERROR, json.dumps(error).encode())
 
     async def keep_alive(self) -> None:
-        """A ``wait`` frame whenever a second passed without a frame (a load, a queue, a
-        long prompt before its first token): the front knows this member is still there."""
+        """A ``wait`` frame whenever half a second passed without a frame (a load, a queue,
+        a long prompt before its first token): the front knows this member is still there
+        (its patience: 2 s for a first frame, 4 s after). Not one at once: a frame of its
+        own on every request cost ~0.15 ms of each."""
         while not self.ended:
             await asyncio.sleep(WAIT_EVERY / 2)
-            if not self.ended and time.monotonic() - self.sent >= WAIT_EVERY:
+            if not self.ended and time.monotonic() - self.sent >= WAIT_EVERY / 2:
                 with contextlib.suppress(Exception):  # NATS away a moment: the next one
                     await self.send(WAIT, self.member.encode())
 
