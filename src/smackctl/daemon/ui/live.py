@@ -132,6 +132,9 @@ class Live:
                 chat.cancel()
             self.out.put_nowait(None)
             writer.cancel()
+            if self.dropped:
+                log.info("a WebSocket of %s read too slowly: %d live frame(s) were dropped",
+                         self.key.name, self.dropped)  # fmt: skip
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self.ws.close(1008 if self.still_valid() else 1001)
 

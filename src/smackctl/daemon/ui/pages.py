@@ -6,6 +6,7 @@ connections from this supervisor only (no inline script), and may not be framed.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import html
 import time
@@ -46,8 +47,14 @@ def _sessions(request: Request) -> Sessions:
     return request.app.state.services.sessions  # type: ignore[no-any-return]
 
 
+@functools.cache
+def _shipped(name: str) -> str:
+    """A page of the package, read once (not from disk on the event loop at every load)."""
+    return (STATIC / name).read_text()
+
+
 def _page(name: str, status: int = 200, message: str | None = None) -> Response:
-    text = (STATIC / name).read_text()
+    text = _shipped(name)
     if message is not None:
         filled = _MESSAGE_SLOT.replace("></p>", f">{html.escape(message)}</p>")
         text = text.replace(_MESSAGE_SLOT, filled)
