@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Supervisor, launch, launch_on, profile_yaml, shutdown, wait_for
+from conftest import Supervisor, launch, launch_on, make_key, profile_yaml, shutdown, wait_for
 
 #: a long first turn: the history a returning conversation shares (~600 tokens)
 HISTORY = " ".join(f"Fact {i}: the {i}th lighthouse on the coast is blue." for i in range(40))
@@ -35,9 +35,10 @@ def turn(extra: str = "", first: str = HISTORY) -> dict[str, Any]:
     }
 
 
-def cached(sup: Supervisor, body: dict[str, Any]) -> tuple[int, int]:
+def cached(sup: Supervisor, body: dict[str, Any], key: str = "") -> tuple[int, int]:
     with sup.client(timeout=120) as c:
-        r = c.post("/v1/chat/completions", json=body)
+        auth = {"Authorization": f"Bearer {key}"} if key else {}
+        r = c.post("/v1/chat/completions", json=body, headers=auth)
     assert r.status_code == 200, r.text
     usage = r.json()["usage"]
     return usage["prompt_tokens_details"]["cached_tokens"], usage["prompt_tokens"]
@@ -185,5 +186,36 @@ def test_llama_server_keeps_a_conversation_across_an_unload(
         back, total = cached(sup, turn("Back again?"))  # a slot of its own: restored
         assert back >= total // 2, (back, total)
         assert "restored a saved KV cache into slot" in sup.log()
+    finally:
+        shutdown(sup)
+
+
+@pytest.mark.parametrize("backend", ["llama-cpp-python", "llama-server"])
+def test_a_saved_conversation_is_restored_for_the_key_that_made_it_unless_shared(
+    tmp_path: Path, model_dir: Path, backend: str
+) -> None:
+    """Another key's prompt with the same words restores nothing of key A's saved state (its
+    speed would tell what A asked); A's own next turn does; ``kv_cache: {shared: true}``
+    restores one key's conversation for another."""
+    yaml = profile_yaml(model_dir, **{"tiny-a": f"backend: {backend}"})
+    sup = launch_on(tmp_path, "test", yaml)
+    try:
+        a, b = make_key(sup, "alice"), make_key(sup, "bob")
+        cached(sup, turn(), a)
+        unload(sup)
+        assert cached(sup, turn("Bob asks."), b)[0] < 40  # A's words, B's key: computed
+        unload(sup)  # B's own state kept beside A's
+        back, total = cached(sup, turn("Alice again."), a)
+        assert back >= total // 2, (back, total)
+        if backend == "llama-server":
+            return
+        path = sup.home.root / "profiles" / "test.yaml"
+        path.write_text(yaml + "kv_cache:\n  shared: true\n")
+        with sup.client() as c:
+            assert c.post("/api/profiles/reload").json()["ok"]
+        cached(sup, turn("Alice, shared."), a)  # the states made from now are everyone's
+        unload(sup)
+        back, total = cached(sup, turn("Bob, shared."), b)
+        assert back >= total // 2, (back, total)
     finally:
         shutdown(sup)

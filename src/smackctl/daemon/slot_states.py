@@ -7,8 +7,12 @@ more of its tokens with a saved one (``action=restore``, the request then sent w
 llama-server's ``/slots`` does not say which tokens a slot holds, but the file it saves
 does (llama.cpp's ``llama_state_seq_save_file``: ``ggsq``, a version, the token count, the
 tokens, then the state): the choice is made on those, against the prompt as llama-server
-sees it (``/apply-template``, then ``/tokenize``). A file is named ``IDENTITY-TIME-SLOT.bin``
-(the model's identity: ``kvstore.identity_of``): a changed file or ``n_ctx`` finds none.
+sees it (``/apply-template``, then ``/tokenize``). A file is named
+``IDENTITY-OWNER-TIME-SLOT.bin`` (the model's identity: ``kvstore.identity_of``: a changed
+file or ``n_ctx`` finds none). Its owner (``kv_config.owner_of``) restores it, no one else:
+llama-server does not say which slot answered a request, so the slots saved of a runner
+that answered one owner are that owner's, and those of a runner that answered several are
+``mixed``, restored for no one (``kv_cache.shared`` makes everyone one owner).
 """
 
 from __future__ import annotations
@@ -60,6 +64,11 @@ def _common(saved: list[int], tokens: list[int]) -> int:
     return 0
 
 
+def _owner(path: Path) -> str:
+    """Whose a saved slot is: the second word of its name."""
+    return path.name.split("-")[1]
+
+
 class SlotStates:
     def __init__(self, folder: Path, identity: str, parallel: int) -> None:
         self.folder, self.identity, self.parallel = folder, identity, parallel
@@ -67,10 +76,12 @@ class SlotStates:
         self.waiting: list[tuple[Path, list[int]]] | None = None  # None: not read yet
         self._next = 0
         self._lock = asyncio.Lock()
+        #: whose requests this runner answered since it loaded (``kv_config.owner_of``)
+        self.owners: set[str] = set()
 
     def _scan(self) -> list[tuple[Path, list[int]]]:
         found = []
-        for path in sorted(self.folder.glob(f"{self.identity}-*.bin")):
+        for path in sorted(self.folder.glob(f"{self.identity}-*-*-*.bin")):
             tokens = read_tokens(path)
             if tokens is None:
                 log.warning("discarded the saved state %s: unreadable", path.name)
@@ -82,8 +93,9 @@ class SlotStates:
     async def save(self, r: Runner, max_bytes: int) -> None:
         """Each slot's cache to a file (those worth keeping), then the folder to its cap."""
         stamp = time.time_ns()
+        owner = next(iter(self.owners)) if len(self.owners) == 1 else "mixed"
         for slot in range(self.parallel):
-            name = f"{self.identity}-{stamp}-{slot}.bin"
+            name = f"{self.identity}-{owner}-{stamp}-{slot}.bin"
             body = json.dumps({"filename": name}).encode()
             try:
                 status, answer = await r._ask("POST", f"/slots/{slot}?action=save", body, 30.0)
@@ -101,15 +113,15 @@ class SlotStates:
         if max_bytes:
             await asyncio.to_thread(prune, str(self.folder.parent), max_bytes)
 
-    async def prepare(self, r: Runner, route: str, payload: bytes) -> bytes:
-        """The request's body, sent to the slot a saved state was restored into when its
-        prompt shares a long enough prefix with one; else as it was."""
+    async def prepare(self, r: Runner, route: str, payload: bytes, owner: str) -> bytes:
+        """The request's body, sent to the slot a saved state of ``owner`` was restored into
+        when its prompt shares a long enough prefix with one; else as it was."""
         if route not in (_CHAT, _COMPLETIONS):
             return payload
         async with self._lock:
             if self.waiting is None:
                 self.waiting = await asyncio.to_thread(self._scan)
-            if not self.waiting:
+            if not any(_owner(path) == owner for path, _ in self.waiting):
                 return payload
             try:
                 body = json.loads(payload)
@@ -119,7 +131,7 @@ class SlotStates:
                 return payload
             best, best_n = None, 0
             for path, saved in self.waiting:
-                if (n := _common(saved, tokens)) > best_n:
+                if _owner(path) == owner and (n := _common(saved, tokens)) > best_n:
                     best, best_n = (path, saved), n
             if best is None or best_n < max(MIN_TOKENS, len(tokens) // 2):
                 return payload

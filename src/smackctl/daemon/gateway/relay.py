@@ -38,6 +38,7 @@ from smackctl.daemon.slots import DEADLINE
 from smackctl.daemon.upstream import Answer, TransportError, Upstream
 from smackctl.daemon.usage import Usage, tokens_in_stream, tokens_of, without_usage_event
 from smackctl.errors import DeadlineExceeded
+from smackctl.kv_config import OWNER_HEADER, owner_of
 from smackctl.wire import data_lines, sse_error
 
 __all__ = ["CHAT", "COMPLETIONS", "Runners", "Watchdog", "by_deadline"]
@@ -210,14 +211,18 @@ class Runners:
             "give it a longer X-Smackctl-Deadline, or send it when the model is less busy",
         )
         a.queued_ms = (time.perf_counter() - asked) * 1000
-        if runner.kv is not None and runner.kv.waiting != []:  # a conversation coming back
-            a.payload = await runner.kv.prepare(runner, a.path, a.payload)
+        owner = owner_of(CALLER.get(), self.scheduler.profile.kv_cache.shared)
+        if runner.kv is not None:
+            runner.kv.owners.add(owner)
+            if runner.kv.waiting != []:  # a conversation coming back
+                a.payload = await runner.kv.prepare(runner, a.path, a.payload, owner)
         dog = Watchdog(a.m, runner)  # until the answer is over (the stack closes)
         stack.callback(dog.stop)
         headers = {
             "Authorization": f"Bearer {runner.api_key}",
             "Content-Type": "application/json",
             "X-Request-Id": a.request_id,
+            OWNER_HEADER: owner,  # whose its saved conversations are (kvstore.py)
         }
         try:
             upstream = await by_deadline(

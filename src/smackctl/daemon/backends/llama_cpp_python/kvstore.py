@@ -11,7 +11,9 @@ cache: ``n_ctx``, the cache's types): a changed file or ``n_ctx`` finds nothing,
 save for a changed file removes the old file's folder. A file: ``SMKV1``, a JSON line
 (``n`` tokens, ``bytes``), the tokens (int32), then llama.cpp's sequence state. Folders
 0700, files 0600; written whole then renamed. A state that fails to load is removed and
-the prompt computed as usual.
+the prompt computed as usual. Each state keeps its owner (``OWNER``: the key of the request
+that made the sequence, as the supervisor says it, ``kv_config.owner_of``): only a request
+of the same owner restores it.
 """
 
 from __future__ import annotations
@@ -23,19 +25,22 @@ import json
 import os
 import sys
 import time
+from contextvars import ContextVar
 from typing import Any
 
 from .words import LOGS_ENV
 
 __all__ = [
-    "MIN_TOKENS", "common_prefix", "identity", "identity_of", "kv_root", "prune", "restore_for",
-    "save",
+    "MIN_TOKENS", "OWNER", "common_prefix", "identity", "identity_of", "kv_root", "prune",
+    "restore_for", "save",
 ]  # fmt: skip
 
 MAGIC = b"SMKV1\n"
 #: a prefix shorter than this is not worth a restore (nor a state worth a save)
 MIN_TOKENS = 32
-_INDEX: dict[str, list[tuple[str, list[int]]]] = {}  # folder -> [(file, tokens)]
+_INDEX: dict[str, list[tuple[str, list[int], str]]] = {}  # folder -> [(file, tokens, owner)]
+#: whose the request being answered is (its ``X-Smackctl-Kv-Owner``); "" when not said
+OWNER: ContextVar[str] = ContextVar("smackctl_kv_owner", default="")
 
 
 def _say(line: str) -> None:
@@ -81,20 +86,20 @@ def _folder(llama: Any) -> tuple[str, dict[str, Any]] | None:
     return os.path.join(root, found[0]), found[1]
 
 
-def _index(folder: str) -> list[tuple[str, list[int]]]:
+def _index(folder: str) -> list[tuple[str, list[int], str]]:
     if folder not in _INDEX:
         entries = []
         with contextlib.suppress(OSError):
             for name in sorted(os.listdir(folder)):
                 if name.endswith(".kv"):
-                    tokens = _read_tokens(os.path.join(folder, name))
-                    if tokens is not None:
-                        entries.append((os.path.join(folder, name), tokens))
+                    found = _read_tokens(os.path.join(folder, name))
+                    if found is not None:
+                        entries.append((os.path.join(folder, name), *found))
         _INDEX[folder] = entries
     return _INDEX[folder]
 
 
-def _read_tokens(path: str) -> list[int] | None:
+def _read_tokens(path: str) -> tuple[list[int], str] | None:
     import numpy as np
 
     try:
@@ -103,7 +108,7 @@ def _read_tokens(path: str) -> list[int] | None:
                 raise ValueError("not a saved state")
             head = json.loads(f.readline())
             tokens: list[int] = np.frombuffer(f.read(4 * int(head["n"])), dtype=np.int32).tolist()
-            return tokens
+            return tokens, str(head.get("owner", ""))
     except (OSError, ValueError, KeyError, TypeError):
         _discard(path, "unreadable")
         return None
@@ -137,8 +142,9 @@ def save(llama: Any) -> dict[str, Any]:
         return {"saved": False, "why": "nothing worth keeping" if where else "no folder"}
     folder, what = where
     tokens = [int(t) for t in llama.input_ids[:n]]
-    for path, held in _index(folder):
-        if held[: len(tokens)] == tokens and len(held) >= len(tokens):
+    owner = str(getattr(llama, "_smackctl_kv_owner", ""))  # whose request made the sequence
+    for path, held, by in _index(folder):
+        if by == owner and held[: len(tokens)] == tokens and len(held) >= len(tokens):
             os.utime(path)  # kept already (a longer one holds it): just fresh again
             return {"saved": False, "why": "kept already", "file": os.path.basename(path)}
     ctx = llama._ctx.ctx
@@ -157,11 +163,11 @@ def save(llama: Any) -> dict[str, Any]:
     tmp = name + ".part"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(MAGIC + json.dumps({"n": n, "bytes": written}).encode() + b"\n")
+        f.write(MAGIC + json.dumps({"n": n, "bytes": written, "owner": owner}).encode() + b"\n")
         f.write(np.asarray(tokens, dtype=np.int32).tobytes())
         f.write(bytes(memoryview(buf)[:written]))
     os.replace(tmp, name)
-    _index(folder).append((name, tokens))
+    _index(folder).append((name, tokens, owner))
     _say(f"saved the KV cache of {n} tokens ({written} bytes)")
     return {"saved": True, "tokens": n, "bytes": written, "file": os.path.basename(name)}
 
@@ -185,9 +191,10 @@ def _forget_other_files(root: str, what: dict[str, Any]) -> None:
                 _say(f"removed the saved states of {what['path']} as it was before it changed")
 
 
-def restore_for(llama: Any, tokens: list[int]) -> int:
-    """Load the saved state that shares the longest prefix with ``tokens`` when it is worth
-    it (half the prompt or more, and more than the model holds now); the tokens restored."""
+def restore_for(llama: Any, tokens: list[int], owner: str = "") -> int:
+    """Load the saved state of ``owner`` that shares the longest prefix with ``tokens`` when
+    it is worth it (half the prompt or more, and more than the model holds now); the tokens
+    restored."""
     import llama_cpp as lib
 
     where = _folder(llama)
@@ -195,8 +202,8 @@ def restore_for(llama: Any, tokens: list[int]) -> int:
         return 0
     held = common_prefix([int(t) for t in llama.input_ids[: llama.n_tokens]], tokens)
     best, best_n = None, 0
-    for path, saved in _index(where[0]):
-        n = common_prefix(saved, tokens)
+    for path, saved, by in _index(where[0]):
+        n = common_prefix(saved, tokens) if by == owner else 0
         if n > best_n:
             best, best_n = (path, saved), n
     if best is None or best_n <= held or best_n < max(MIN_TOKENS, len(tokens) // 2):
@@ -229,11 +236,12 @@ def restore_for(llama: Any, tokens: list[int]) -> int:
 
 
 def prune(root: str, max_bytes: int) -> list[str]:
-    """Remove the least recently used saved states until the folder holds ``max_bytes``."""
+    """Remove the least recently used saved states (both backends') until the folder holds
+    ``max_bytes``."""
     files = []
     for folder, _, names in os.walk(root):
         for name in names:
-            if name.endswith(".kv"):
+            if name.endswith((".kv", ".bin")):  # .bin: llama-server's slots (slot_states.py)
                 path = os.path.join(folder, name)
                 with contextlib.suppress(OSError):
                     st = os.stat(path)

@@ -80,7 +80,8 @@ def usage_of(counts: dict[str, int]) -> dict[str, Any]:
 
 
 def with_cached_tokens(app: Any) -> Any:
-    """The app, its whole (not streamed) completions' ``usage`` given
+    """The app, each completion's owner read (kvstore.OWNER), its whole (not streamed)
+    completions' ``usage`` given
     ``prompt_tokens_details.cached_tokens``: llama_cpp.server's response models drop any
     field of usage they do not know, so it is added to the body on its way out."""
     routes = {"/v1/chat/completions", "/v1/completions"}
@@ -89,6 +90,10 @@ def with_cached_tokens(app: Any) -> Any:
         if scope["type"] != "http" or scope["path"] not in routes:
             await app(scope, receive, send)
             return
+        # whose the request is, for its saved conversations (kvstore.OWNER): the header the
+        # supervisor sets; the contextvar reaches the threads llama_cpp.server answers in
+        owner = dict(scope.get("headers") or []).get(b"x-smackctl-kv-owner", b"")
+        said = kvstore.OWNER.set(owner.decode("ascii", "replace")[:64])
         held: list[Any] = []
 
         async def sending(message: Any) -> None:
@@ -106,7 +111,10 @@ def with_cached_tokens(app: Any) -> Any:
                 message = {**message, "body": body}
             await send(message)
 
-        await app(scope, receive, sending)
+        try:
+            await app(scope, receive, sending)
+        finally:
+            kvstore.OWNER.reset(said)
 
     return wrapped
 
@@ -241,9 +249,11 @@ def _report_progress() -> None:
         tokens = list(tokens)
         USAGE.update(prompt_tokens=len(tokens), completion_tokens=0, cached_tokens=0)
         state.update(prompt=len(tokens), phase="start")
+        owner = kvstore.OWNER.get()
         if kwargs.get("reset", True):
             with contextlib.suppress(Exception):  # a state that will not load: computed
-                kvstore.restore_for(self, tokens)
+                kvstore.restore_for(self, tokens, owner)
+        self._smackctl_kv_owner = owner  # the sequence is this request's now
         eos = self.token_eos()
         it = generate(self, tokens, *args, **kwargs)
         try:
