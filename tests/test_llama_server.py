@@ -66,6 +66,26 @@ def test_the_binary_is_there_and_runs_with_safe_flags(model_dir: Path) -> None:
     assert backend_for(spec).key_env == "LLAMA_API_KEY"
 
 
+def test_cache_ram_is_passed_on_and_counted_in_the_model_s_memory(model_dir: Path) -> None:
+    """``cache_ram`` (llama-server's prompt caches in RAM: more conversations than slots) is
+    its ``--cache-ram`` in MiB, and the whole of it is in the estimate the planner counts;
+    on llama-cpp-python, which has no such cache, the profile is refused and says why."""
+    from pydantic import ValidationError
+
+    from smackctl.estimate import estimate_for
+    from smackctl.gguf import read_info
+
+    plain = ModelSpec(path="/m.gguf", backend="llama-server", parallel=4)
+    cached = ModelSpec(path="/m.gguf", backend="llama-server", parallel=4, cache_ram="64MiB")
+    assert "--cache-ram 64" in " ".join(backend_for(cached).argv(cached, Path("/m"), 1, "q"))
+    info = read_info(model_dir / "tiny-a.gguf")
+    more = estimate_for(info, cached).ram - estimate_for(info, plain).ram
+    assert more == 64 * 2**20
+    assert plain.load_key() != cached.load_key()  # a change reloads the runner
+    with pytest.raises(ValidationError, match="`cache_ram` is llama-server's"):
+        ModelSpec(path="/m.gguf", cache_ram="64MiB")
+
+
 def test_on_demand_load_stream_and_not_usage_and_names(ls: Supervisor) -> None:
     with ls.client() as c:
         r = c.post("/v1/chat/completions", json={**CHAT, "model": "q"})

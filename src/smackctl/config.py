@@ -111,6 +111,9 @@ class ModelSpec(_Strict):
     #: own llama-server (continuous batching over ``parallel`` slots, less memory)
     backend: Backend = "llama-cpp-python"
     args: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    #: llama-server's prompt caches in RAM (``--cache-ram``): more conversations than slots
+    #: kept warm; counted in the model's memory as a whole
+    cache_ram: Size = 0
     # -- `backend: openai`: an OpenAI-compatible server elsewhere (gateway.py) --------------
     #: its base URL, with the /v1 (vLLM, Ollama's /v1, llama-server, LM Studio, a smackctl)
     url: str | None = Field(None, pattern=r"^https?://[^\s]+$")
@@ -152,7 +155,7 @@ class ModelSpec(_Strict):
     def _ttl(cls, v: Any) -> Any:
         return parse_duration(v) if isinstance(v, str) else v
 
-    @field_validator("max_answer_size", mode="before")
+    @field_validator("max_answer_size", "cache_ram", mode="before")
     @classmethod
     def _answer_size(cls, v: Any) -> Any:
         return parse_size(v) if isinstance(v, str) else v
@@ -181,6 +184,8 @@ class ModelSpec(_Strict):
             raise ValueError("`url` is for `backend: openai` (a server elsewhere)")
         if (self.source is None) == (self.path is None):
             raise ValueError("give exactly one of `source` or `path`")
+        if self.cache_ram and self.backend != "llama-server":
+            raise ValueError("`cache_ram` is llama-server's: give `backend: llama-server`")
         return self
 
     @property
@@ -199,6 +204,7 @@ class ModelSpec(_Strict):
             self.chat_format,
             self.backend,
             tuple(sorted(self.args.items())),
+            *((self.cache_ram,) if self.cache_ram else ()),  # unset: measurements kept
         )
 
 

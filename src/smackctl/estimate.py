@@ -16,7 +16,7 @@ After each load the supervisor measures the real figure and prefers it the next 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from smackctl.config import ModelSpec
 from smackctl.gguf import GGUFInfo
@@ -57,9 +57,12 @@ class Estimate:
 
 def estimate_for(info: GGUFInfo, spec: ModelSpec) -> Estimate:
     """The estimate for a model as its backend runs it: llama-server holds the KV cache of
-    ``parallel`` slots of ``n_ctx`` each and no Python; llama_cpp.server one context."""
+    ``parallel`` slots of ``n_ctx`` each (and its ``cache_ram``) and no Python;
+    llama_cpp.server one context."""
     if spec.backend == "llama-server":
-        return _server_estimate(info, spec.n_ctx, spec.parallel, spec.n_gpu_layers)
+        est = _server_estimate(info, spec.n_ctx, spec.parallel, spec.n_gpu_layers)
+        # its prompt caches in RAM (``cache_ram``): all of it, as they may fill it
+        return replace(est, ram=est.ram + spec.cache_ram, kv_cache=est.kv_cache + spec.cache_ram)
     return estimate_memory(info, spec.n_ctx, spec.n_gpu_layers)
 
 

@@ -228,7 +228,9 @@ class Loader(SpareKeeping):
         m.estimate = est
         saved = self.store.measurement(m.name, load_key(m.spec))
         if saved is not None and saved[0] is not None:
-            return replace(est, ram=saved[0], vram=saved[1] or 0, measured=True)
+            # a measurement may be of caches not full yet: their whole cap is counted on top
+            ram = saved[0] + m.spec.cache_ram
+            return replace(est, ram=ram, vram=saved[1] or 0, measured=True)
         return est
 
     async def _start_runner(

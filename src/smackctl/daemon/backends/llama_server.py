@@ -7,8 +7,9 @@ Flags, each for a reason:
 - ``-np parallel`` and ``-c n_ctx × parallel``: each slot gets the model's whole ``n_ctx``
   (the KV cache is split between slots); the supervisor lets ``parallel`` requests in at once
   and queues the rest;
-- ``--cache-ram 0``: llama-server keeps up to 8 GiB of prompt caches in RAM by default,
-  memory the budget does not see;
+- ``--cache-ram``: the model's ``cache_ram`` (0 unless set): llama-server's default keeps
+  up to 8 GiB of prompt caches in RAM, memory the budget would not see; set, the whole of it
+  is in the model's estimate;
 - ``--fit off``: its default loads the model a first time to fit unset settings to the
   device's memory; the supervisor sets them all and plans memory itself, and the trial
   load nearly doubled Gemma 3's start here (1.5 s against 0.8 s);
@@ -102,7 +103,7 @@ class LlamaServer:
             "--threads", threads,
             "--threads-batch", threads,
             "--n-gpu-layers", str(layers),
-            "--cache-ram", "0",
+            "--cache-ram", str(spec.cache_ram // 2**20),  # MiB
             "--batch-size", "512",
             "--fit", "off",
             "--no-warmup",
