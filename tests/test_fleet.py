@@ -7,6 +7,7 @@ NATS server killed and started again), a wrong credential and another protocol v
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -189,6 +190,97 @@ def test_a_request_goes_where_the_model_is_loaded_else_where_it_fits(fleet: Any)
         usage = c.get("/api/usage", params={"by": "deployment"}).json()
     counted = {row["deployment"]: row for row in usage}
     assert counted["w1/tiny-b"]["tokens_out"] > 0 and counted["w2/tiny-a"]["requests"] == 3
+
+
+def test_a_client_that_leaves_mid_answer_stops_the_member_s_runner(fleet: Any) -> None:
+    """The front tells the member (a cancel): its runner stops, long before the ~1,000
+    tokens its n_ctx allows; the member's slot is free for the next request."""
+    _, front, w1, _ = fleet
+    body = {**CHAT, "model": "tiny-b", "stream": True, "max_tokens": 3000,
+            "logit_bias": {"2": -100}}  # fmt: skip
+    with front.client(timeout=60) as c, c.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.headers["x-smackctl-deployment"] == "w1"
+        chunks = (line for line in r.iter_lines() if line.startswith("data: {"))
+        for _ in range(3):
+            next(chunks)  # then the client goes
+
+    def ended() -> dict[str, Any] | None:
+        with w1.client() as c:
+            seen = c.get("/api/activity").json()
+        rows = [row for row in seen["recent"] if row["model"] == "tiny-b"]
+        done = not seen["in_flight"] and rows
+        return max(rows, key=lambda row: row["at"]) if done else None
+
+    row = wait_for(ended, 30, "w1 to end the request")
+    assert row["tokens_out"] is not None and row["tokens_out"] < 900, row
+    with front.client(timeout=60) as c:
+        assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-b"}).status_code == 200
+
+
+class Liar:
+    """A member that misbehaves on purpose, on a real NATS connection: it serves ``tiny-z``
+    and answers with a start, a chunk, then a chunk numbered as if one had been lost."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.loop = url, asyncio.new_event_loop()
+        self.stop = asyncio.Event()
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self.run(),))
+        self.thread.start()
+
+    def beat(self, leaving: bool = False) -> bytes:
+        from smackctl.daemon.fleet.protocol import Heartbeat
+
+        model = {"state": "ready", "loaded": True, "fits": True, "in_flight": 0, "queued": 0}
+        return Heartbeat("liar", "x", {"tiny-z": model}, leaving=leaving).encode()
+
+    async def run(self) -> None:
+        import nats as nats_py
+
+        from smackctl.daemon.fleet.protocol import MEMBERS, loaded_subject, work_subject
+
+        nc = await nats_py.connect(self.url, token=SECRET)
+        chunk = b'data: {"choices": [{"index": 0, "delta": {"content": "a"}}]}\n\n'
+        start = {"status": 200, "headers": {"content-type": "text/event-stream"},
+                 "member": "liar"}  # fmt: skip
+        frames = [(0, b"s", json.dumps(start).encode()), (1, b"c", chunk), (3, b"c", chunk),
+                  (4, b"e", b"data: [DONE]\n\n")]  # fmt: skip
+
+        async def answer(msg: Any) -> None:
+            for seq, kind, data in frames:
+                await nc.publish(msg.reply, kind + seq.to_bytes(4, "big") + data)
+
+        await nc.subscribe(loaded_subject("tiny-z"), queue="workers", cb=answer)
+        await nc.subscribe(work_subject("liar"), queue="workers", cb=answer)
+        while not self.stop.is_set():
+            await nc.publish(MEMBERS, self.beat())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), 1.0)
+        await nc.publish(MEMBERS, self.beat(leaving=True))
+        await nc.drain()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def test_a_frame_lost_on_the_way_cuts_the_answer_and_says_so(fleet: Any) -> None:
+    """Frames are numbered: a member's answer that arrives with one missing (a NATS
+    reconnect, a slow consumer) ends with an error event, never passed off as whole."""
+    nats, front, _, _ = fleet
+    liar = Liar(nats.url)
+    try:
+        heard(front, "liar")
+        body = {**CHAT, "model": "tiny-z", "stream": True}
+        with front.client(timeout=60) as c:
+            r = c.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200 and r.headers["x-smackctl-deployment"] == "liar"
+        assert "frame 2 of the answer never came (frame 3 did)" in r.text
+        assert "data: [DONE]" not in r.text and r.text.count('"content": "a"') == 1
+    finally:
+        liar.close()
+    wait_for(lambda: "liar" not in {m["name"] for m in fleet_of(front)["members"]}, 30,
+             "the liar to leave")  # fmt: skip
 
 
 def test_a_wrong_credential_is_refused_and_another_version_too(

@@ -2,7 +2,8 @@
 goes over NATS (``members.place``): to the members that have it loaded (their queue group),
 else to one where it fits. A member that does not acknowledge, or falls silent, before the
 answer begins is passed over for the next; once the answer has begun, a member that goes
-away ends the stream with an error event. The key's limits were enforced here already; the
+away ends the stream with an error event, and a client that goes away before the end has
+the member told to stop (a cancel). The key's limits were enforced here already; the
 member gets the key's name (never its secret), its priority and what is left of its
 deadline. The request is counted here, as ``MEMBER/MODEL``."""
 
@@ -32,6 +33,7 @@ from .protocol import (
     ERROR,
     SILENT_FOR,
     START,
+    cancel_subject,
     loaded_subject,
     request,
     work_subject,
@@ -87,13 +89,30 @@ class _Attempt:
     headers: dict[str, str] = field(default_factory=dict)
     failed: str | None = None  # why it failed before its answer began
     relayed: bool = False  # its answer's relay began
+    seq: int = 0  # the number of the frame expected next
     error: tuple[int, str] | None = None  # an answer of an error (4xx: not tried elsewhere)
+
+
+class LostFrames(Exception):
+    """A frame lost between the member and the front (a reconnect, a slow consumer)."""
 
 
 class Front:
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
         self.inbox = _Inbox()
+        self._cancels: set[asyncio.Task[None]] = set()
+
+    def _cancel(self, a: _Attempt) -> None:
+        """Tell the member an answer's client went away: it stops the runner. Sent from a
+        task of its own: a response's cleanup may be cancelled itself."""
+        nc = self.fleet.nc
+        if nc is None or a.member is None:
+            return
+        sent = nc.publish(cancel_subject(a.member), a.subject.encode())
+        task = asyncio.get_running_loop().create_task(sent)
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
 
     async def _next(self, a: _Attempt, timeout: float) -> tuple[bytes, bytes]:
         """The next frame's kind and data; ``b"?"`` for no responders; TimeoutError."""
@@ -101,9 +120,13 @@ class Front:
             msg = a.queue.get_nowait()
         except asyncio.QueueEmpty:
             msg = await asyncio.wait_for(a.queue.get(), timeout)
-        if not msg.data and (msg.headers or {}).get("Status") == "503":
+        data = msg.data
+        if not data and (msg.headers or {}).get("Status") == "503":
             return b"?", b""
-        return msg.data[:1], msg.data[1:]
+        if (seq := int.from_bytes(data[1:5], "big")) != a.seq:
+            raise LostFrames(f"frame {a.seq} of the answer never came (frame {seq} did)")
+        a.seq += 1
+        return data[:1], data[5:]
 
     def takes(self, route: str, model: object) -> bool:
         """Whether a request for ``model`` goes to the fleet: a name this supervisor does
@@ -173,6 +196,7 @@ class Front:
 
             def unstarted() -> None:
                 self.inbox.close(attempt.subject)
+                self._cancel(attempt)
                 self._count(member, model, route, 499, request_id, started, None,
                             "the client went away before the answer began")  # fmt: skip
 
@@ -253,6 +277,7 @@ class Front:
         tokens: tuple[int | None, int | None] = (None, None)
         first: float | None = None
         whole = b""
+        ended = False
         try:
             while True:
                 try:
@@ -260,6 +285,11 @@ class Front:
                 except TimeoutError:  # a member gone mid-answer
                     status, reason = 502, f"member {member} went away mid-answer"
                     yield _failure(streamed, f"{reason}: the answer is cut", "member_gone")
+                    return
+                except LostFrames as exc:  # a piece of the answer lost: not passed off
+                    status, reason = 502, f"{exc} from member {member}: the answer is cut"
+                    log.warning("fleet: %s: %s", request_id, reason)
+                    yield _failure(streamed, reason, "frames_lost")
                     return
                 if kind in (CHUNK, END) and piece:
                     first = first or time.perf_counter()
@@ -275,13 +305,17 @@ class Front:
                     if piece:
                         yield piece
                 if kind == ERROR:
+                    ended = True
                     error = json.loads(piece)
                     status, reason = int(error.get("status", 500)), str(error.get("message"))
                     yield _failure(streamed, reason, "member_error")
                     return
                 elif kind == END:
+                    ended = True
                     return
         finally:
+            if not ended and reason is None:  # the client went away mid-answer: counted
+                self._cancel(a)  # as far as it went, as a local one is
             a.status = status  # a whole answer's status is its end's (forward reads it)
             self.inbox.close(a.subject)
             if not streamed and whole:

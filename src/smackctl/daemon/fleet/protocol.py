@@ -11,10 +11,14 @@ Pure: no NATS, no supervisor.
   it is (``v``, ``request_id``, ``route``, ``model``, ``key``: the key's name, ``priority``,
   ``deadline``: seconds left), the rest the API request's JSON (``request``). The
   answer comes back on the reply subject as frames, one message each, whose first byte says
-  what it is (no headers: a token's frame costs as little as it can): ``w`` wait (still
+  what it is and the next 4 its number (big-endian, from 0: a frame lost on the way, in a
+  reconnect or to a slow consumer, is seen; no headers: a token's frame costs as little as
+  it can): ``w`` wait (still
   working: a load, a queue, a long prompt; the member's name), ``s`` start (JSON: status,
   headers, member), ``c`` chunk (bytes of the body as the client would get them), ``e`` end
   (the body's last bytes, if any), ``x`` error (JSON: status, message, member).
+- ``smackctl.v1.cancel.<member>``: the front's client went away before the answer ended; the
+  message is the request's reply subject, and the member stops that request's runner.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ __all__ = [
     "VERSION",
     "WHO",
     "Heartbeat",
+    "cancel_subject",
     "VersionMismatch",
     "loaded_subject",
     "request",
@@ -78,6 +83,10 @@ def loaded_subject(model: str) -> str:
 
 def work_subject(member: str) -> str:
     return f"{PREFIX}.work.{token(member)}"
+
+
+def cancel_subject(member: str) -> str:
+    return f"{PREFIX}.cancel.{token(member)}"
 
 
 class VersionMismatch(ValueError):

@@ -3,7 +3,8 @@ group of that model) or for it by name, and are served by its own app behind its
 (``Guard.serve_as``: the model's queue, its priority, its usage row), never sent on. The
 answer goes back as frames on the request's reply subject (``protocol.py``): ``wait`` each
 half second nothing else went (a load, a queue, a long prompt), ``start``, ``chunk``…,
-``end``; or ``error``."""
+``end``; or ``error``. A cancel for a request (its client left the front) is its client
+going away here: the runner stops."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from .protocol import (
     WAIT,
     WAIT_EVERY,
     VersionMismatch,
+    cancel_subject,
     loaded_subject,
     split_request,
     work_subject,
@@ -63,6 +65,8 @@ class Worker:
         self.subs: dict[str, Subscription] = {}  # each loaded model's queue group
         self._watch: asyncio.Task[None] | None = None
         self._serving: set[asyncio.Task[None]] = set()
+        #: the requests being answered, by reply subject: set when the front cancels one
+        self.gone: dict[str, asyncio.Event] = {}
         self.taking = True
 
     async def start(self, nc: Client) -> None:
@@ -74,6 +78,7 @@ class Worker:
         self.work = await nc.subscribe(
             work_subject(self.fleet.spec.name), queue=QUEUE, cb=self._on_request
         )
+        await nc.subscribe(cancel_subject(self.fleet.spec.name), cb=self._on_cancel)
         self._watch = asyncio.create_task(self._follow_loads())
 
     async def _follow_loads(self) -> None:
@@ -112,6 +117,11 @@ class Worker:
         self._serving.add(task)
         task.add_done_callback(self._serving.discard)
 
+    async def _on_cancel(self, msg: Msg) -> None:
+        gone = self.gone.get(msg.data.decode("ascii", "replace"))
+        if gone is not None:
+            gone.set()
+
     async def _serve_logged(self, msg: Msg) -> None:
         try:
             await self._serve(msg)
@@ -139,8 +149,9 @@ class Worker:
         key = Key(str(meta.get("key") or "fleet"), "inference",
                   priority=str(meta.get("priority") or "interactive"))  # fmt: skip
         waiting = asyncio.create_task(frames.keep_alive())
+        gone = self.gone[reply] = asyncio.Event()  # set by a cancel: the client went away
         try:
-            receive = receive_body(body, asyncio.Event())  # never gone: it answers in full
+            receive = receive_body(body, gone)
             await self.fleet.s.serve_as(key, _scope(route, meta, body), receive, frames.asgi)
         except Exception:  # the front hears it failed; the member lives
             log.exception("fleet: a request from the fleet failed here")
@@ -148,7 +159,8 @@ class Worker:
                                "says why)")  # fmt: skip
         finally:
             waiting.cancel()
-        if not frames.ended:
+            self.gone.pop(reply, None)
+        if not frames.ended and not gone.is_set():
             await frames.send(END, b"")
 
 
@@ -166,10 +178,13 @@ class _Frames:
         self.nc, self.reply, self.member = nc, reply, member
         self.ended = False
         self.sent = time.monotonic()
+        self.seq = 0  # each frame's number: the front sees one lost on the way
 
     async def send(self, kind: bytes, data: bytes) -> None:
         self.sent = time.monotonic()
-        await self.nc.publish(self.reply, kind + data)
+        frame = kind + self.seq.to_bytes(4, "big") + data  # numbered in the order sent
+        self.seq += 1
+        await self.nc.publish(self.reply, frame)
 
     async def error(self, status: int, message: str) -> None:
         self.ended = True
