@@ -29,6 +29,7 @@ from conftest import (
     free_port,
     launch,
     launch_on,
+    make_key,
     self_signed,
     shutdown,
     smackctl,
@@ -389,8 +390,20 @@ def test_a_member_that_stops_drains_and_leaves_and_the_page_and_doctor_show_the_
     fleet: Any, tmp_path: Path, model_dir: Path
 ) -> None:
     nats, front, _, _ = fleet
-    w3 = launch_on(tmp_path, "test", member_yaml(model_dir, "w3", nats.url, ["tiny-q8"], SECRET))
+    yaml = member_yaml(model_dir, "w3", nats.url, ["tiny-q8"], SECRET)
+    price = "    price: {input: 2000, output: 4000}\n"  # USD per million tokens
+    priced = yaml.replace("    threads: 1\n", "    threads: 1\n" + price)
+    w3 = launch_on(tmp_path, "test", priced)
     heard(front, "w3")
+    # the member's price comes with its heartbeat: the front charges a key's budget_usd
+    key = make_key(front, "payer", "--budget-usd", "0.05")
+    with httpx.Client(base_url=front.url, headers={"Authorization": f"Bearer {key}"},
+                      timeout=60) as c:  # fmt: skip
+        first = c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-q8"})
+        assert first.status_code == 200, first.text  # ~27 tokens in, 4 out: ~0.07 USD
+        over = c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-q8"})
+        assert over.status_code == 429, over.text
+        assert "a budget of 0.05 USD per month" in over.json()["error"]["message"]
     doctor = json.loads(smackctl(front.home, "doctor", "--json").stdout)
     line = next(c for c in doctor if c["check"] == "fleet")
     assert line["status"] == "ok" and "w3" in line["detail"]

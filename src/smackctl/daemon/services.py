@@ -85,8 +85,13 @@ def assemble(scheduler: Scheduler) -> Services:
     meter = Meter(store.key_history)
 
     def price_of(name: str) -> Price | None:
+        """A deployment's price: a model of the profile's, or ``MEMBER/MODEL`` of the
+        fleet's as its member says in its heartbeats."""
         spec = scheduler.profile.models.get(name)
-        return spec.price if spec is not None else None
+        if spec is not None:
+            return spec.price
+        said = s.fleet.members.price(name) if s.fleet is not None else None
+        return Price(input=said[0], output=said[1]) if said is not None else None
 
     usage = Usage(store, metrics, scheduler.add_tokens, meter, price_of)
     cached = Cached(

@@ -41,6 +41,9 @@ class Members:
         self.refused: dict[str, str] = {}
         #: another member with this one's name, in words (None: none seen)
         self.clash: str | None = None
+        #: what a member's model costs, as it last said: ``MEMBER/MODEL`` → USD per million
+        #: tokens in and out (kept after it leaves: an answer it began is charged)
+        self.prices: dict[str, tuple[float, float]] = {}
 
     def heard(self, hb: Heartbeat, now: float | None = None, instance: str = "") -> None:
         """``instance``: this member's own: a heartbeat of its name from another instance
@@ -57,8 +60,11 @@ class Members:
             return
         self.table[hb.name] = hb
         self._heard[hb.name] = now
-        for name in hb.models:
+        for name, model in hb.models.items():
             self.served[name] = time.time()
+            price = _price(model.get("price") if isinstance(model, dict) else None)
+            if price is not None and len(self.prices) < 10_000:
+                self.prices[f"{hb.name}/{name}"] = price
 
     def sweep(self, now: float | None = None) -> list[str]:
         """Drop the members not heard for ``MISSED`` heartbeats; their names."""
@@ -112,5 +118,19 @@ class Members:
             return f"the members that serve {model} are draining ({', '.join(draining)})"
         return f"no member that serves {model} has room to load it ({', '.join(serving)})"
 
+    def price(self, deployment: str) -> tuple[float, float] | None:
+        """What ``MEMBER/MODEL`` costs (USD per million tokens in, out), if its member said."""
+        return self.prices.get(deployment)
+
     def recently_served(self, model: str) -> bool:
         return time.time() - self.served.get(model, -RECENT - 1) <= RECENT
+
+
+def _price(said: object) -> tuple[float, float] | None:
+    """A heartbeat's ``price``: ``[input, output]``, each 0 to 1e6 (anything else: none)."""
+    if not isinstance(said, list) or len(said) != 2:
+        return None
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) and 0 <= x <= 1e6
+               for x in said):  # fmt: skip
+        return None
+    return float(said[0]), float(said[1])

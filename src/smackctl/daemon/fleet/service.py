@@ -158,6 +158,8 @@ class Fleet:
                 "fits": on_disk and (m.state == "ready" or not ram or ram <= budget.ram),
                 "in_flight": m.in_flight, "queued": r.slots.queued if r is not None else 0,
             }  # fmt: skip
+            if m.spec.price is not None:  # a front charges a key's budget_usd with it
+                models[m.name]["price"] = [m.spec.price.input, m.spec.price.output]
         running, queued = sched.busy()
         return Heartbeat(
             self.spec.name, self.instance, models, {"budget": budget.ram, "free": free},
