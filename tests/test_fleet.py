@@ -284,6 +284,37 @@ def test_a_frame_lost_on_the_way_cuts_the_answer_and_says_so(fleet: Any) -> None
              "the liar to leave")  # fmt: skip
 
 
+def test_a_profile_switch_joins_a_fleet_and_another_leaves_it(
+    fleet: Any, tmp_path: Path, model_dir: Path
+) -> None:
+    """A running supervisor whose profile gains a ``fleet:`` (a reload of its file, a
+    switch) joins it; losing it, it drains and leaves, and the front stops placing on it."""
+    nats, front, _, _ = fleet
+    joined = member_yaml(model_dir, "w4", nats.url, ["tiny-q4"], SECRET)
+    alone = joined[: joined.index("fleet:")]
+    w4 = launch_on(tmp_path, "test", alone)
+    path = w4.home.root / "profiles" / "test.yaml"
+    try:
+        assert fleet_of(w4) == {"enabled": False}
+        path.write_text(joined)
+        with w4.client() as c:
+            assert c.post("/api/profiles/reload").json()["ok"]
+        heard(front, "w4")
+        with front.client(timeout=60) as c:
+            r = c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-q4"})
+            assert r.status_code == 200 and r.headers["x-smackctl-deployment"] == "w4"
+        path.write_text(alone)
+        with w4.client() as c:
+            assert c.post("/api/profiles/reload").json()["ok"]
+        wait_for(lambda: "w4" not in {m["name"] for m in fleet_of(front)["members"]}, 30,
+                 "w4 to leave the fleet")  # fmt: skip
+        assert fleet_of(w4) == {"enabled": False}
+        with w4.client(timeout=60) as c:  # its own models it still serves
+            assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-q4"}).is_success
+    finally:
+        shutdown(w4)
+
+
 def test_a_wrong_credential_is_refused_and_another_version_too(
     fleet: Any, tmp_path: Path, model_dir: Path
 ) -> None:

@@ -23,7 +23,6 @@ from starlette.types import ASGIApp
 
 from smackctl.config import DEFAULT_HOST, DEFAULT_PORT, Profile
 from smackctl.errors import SmackError, UsageError
-from smackctl.fleet_config import FleetSpec
 from smackctl.netaddr import display_url, is_loopback, own_names
 from smackctl.paths import Paths, get_paths
 from smackctl.profile_file import find_profile, load_profile
@@ -31,6 +30,7 @@ from smackctl.profile_file import find_profile, load_profile
 from .api import create_app
 from .api.common import MAX_BODY
 from .connections import GuardedHttp, connection_limit, raise_fd_limit
+from .fleet.follow import FleetFollower, fleet_spec
 from .fleet.service import Fleet
 from .scheduler import Scheduler
 from .services import Services, assemble
@@ -162,20 +162,6 @@ class _Stop:
         self.server.should_exit = True
 
 
-def _fleet_spec(args: argparse.Namespace, profile: Profile) -> FleetSpec | None:
-    """The fleet to join: the profile's ``fleet:``, its URL replaced by ``--join``."""
-    if not args.join:
-        return profile.fleet
-    try:
-        if profile.fleet is not None:
-            return FleetSpec(**{**profile.fleet.model_dump(), "url": args.join})
-        return FleetSpec(url=args.join)
-    except ValueError as exc:
-        raise UsageError(
-            f"--join {args.join}: not a NATS server's URL", "write nats://HOST:4222"
-        ) from exc
-
-
 def _server(args: argparse.Namespace, app: ASGIApp, stop: _Stop) -> Any:
     """uvicorn's server for ``app``, its connections held to bounds (connections.py)."""
     import uvicorn
@@ -238,8 +224,9 @@ async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) ->
         if notice:
             scheduler.notices.append(notice)
     services = assemble(scheduler)
-    if (spec := _fleet_spec(args, scheduler.profile)) is not None:
+    if (spec := fleet_spec(args.join, scheduler.profile)) is not None:
         services.fleet = Fleet(services, spec)
+    FleetFollower(services, args.join)  # a switch to another fleet: left, and joined
     stop = services.stop = _Stop(scheduler, systemd, services)
     app = create_app(
         services,

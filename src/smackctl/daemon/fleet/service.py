@@ -197,6 +197,10 @@ class Fleet:
             ],
         }  # fmt: skip
 
+    def busy(self) -> int:
+        """The answers it serves the fleet and forwards to it now."""
+        return len(self.worker._serving) + len(self.front.inbox.waiting)
+
     async def drain(self) -> None:
         """Take nothing new (the stop's drain finishes what runs)."""
         self.draining = True
