@@ -33,6 +33,7 @@ from .protocol import (
     ERROR,
     SILENT_FOR,
     START,
+    WHOLE,
     cancel_subject,
     loaded_subject,
     request,
@@ -90,6 +91,7 @@ class _Attempt:
     failed: str | None = None  # why it failed before its answer began
     relayed: bool = False  # its answer's relay began
     seq: int = 0  # the number of the frame expected next
+    pending: tuple[bytes, bytes] | None = None  # a frame read already: a whole answer's end
     error: tuple[int, str] | None = None  # an answer of an error (4xx: not tried elsewhere)
 
 
@@ -116,6 +118,9 @@ class Front:
 
     async def _next(self, a: _Attempt, timeout: float) -> tuple[bytes, bytes]:
         """The next frame's kind and data; ``b"?"`` for no responders; TimeoutError."""
+        if a.pending is not None:
+            frame, a.pending = a.pending, None
+            return frame
         try:  # most frames are waiting already: no timer for them (wait_for costs ~30 µs)
             msg = a.queue.get_nowait()
         except asyncio.QueueEmpty:
@@ -250,6 +255,9 @@ class Front:
                 a.failed = "nobody took it"
                 return
             timeout = SILENT_FOR
+            if kind == WHOLE:  # a start, and its end next
+                body, _, rest = body.partition(b"\n")
+                a.pending, kind = (END, rest), START
             if kind == START:
                 start = json.loads(body)
                 a.status, a.headers = int(start["status"]), dict(start.get("headers", {}))

@@ -16,7 +16,8 @@ Pure: no NATS, no supervisor.
   it can): ``w`` wait (still
   working: a load, a queue, a long prompt; the member's name), ``s`` start (JSON: status,
   headers, member), ``c`` chunk (bytes of the body as the client would get them), ``e`` end
-  (the body's last bytes, if any), ``x`` error (JSON: status, message, member).
+  (the body's last bytes, if any), ``a`` a whole answer (the start's JSON, a newline, the
+  body: a start and an end in one message), ``x`` error (JSON: status, message, member).
 - ``smackctl.v1.cancel.<member>``: the front's client went away before the answer ended; the
   message is the request's reply subject, and the member stops that request's runner.
 """
@@ -41,6 +42,7 @@ __all__ = [
     "SILENT_FOR",
     "START",
     "WAIT",
+    "WHOLE",
     "VERSION",
     "WHO",
     "Heartbeat",
@@ -61,6 +63,8 @@ ANY_MEMBERS = "smackctl.*.members"
 WHO = f"{PREFIX}.who"
 QUEUE = "workers"
 WAIT, START, CHUNK, END, ERROR = b"w", b"s", b"c", b"e", b"x"
+#: a whole answer in one frame: the start's JSON, a newline, the body (one message, not two)
+WHOLE = b"a"
 #: a worker's first frame comes within this many seconds, or it is taken as gone
 ACK_WITHIN = 2.0
 #: a worker answering a request sends a frame at least this often (``wait`` while it loads

@@ -29,6 +29,7 @@ from .protocol import (
     START,
     WAIT,
     WAIT_EVERY,
+    WHOLE,
     VersionMismatch,
     cancel_subject,
     loaded_subject,
@@ -160,8 +161,8 @@ class Worker:
         finally:
             waiting.cancel()
             self.gone.pop(reply, None)
-        if not frames.ended and not gone.is_set():
-            await frames.send(END, b"")
+        if not frames.ended and not gone.is_set():  # ended without its last piece said
+            await frames.asgi({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _scope(route: str, meta: dict[str, Any], body: bytes) -> Scope:
@@ -179,6 +180,7 @@ class _Frames:
         self.ended = False
         self.sent = time.monotonic()
         self.seq = 0  # each frame's number: the front sees one lost on the way
+        self.start: bytes | None = None  # the answer's start, sent with its first piece
 
     async def send(self, kind: bytes, data: bytes) -> None:
         self.sent = time.monotonic()
@@ -207,10 +209,18 @@ class _Frames:
             headers = {k.decode("latin-1"): v.decode("latin-1")
                        for k, v in message.get("headers", [])}  # fmt: skip
             start = {"status": message["status"], "headers": headers, "member": self.member}
-            await self.send(START, json.dumps(start).encode())
+            self.start = json.dumps(start).encode()  # held: a whole answer goes in one frame
         elif message["type"] == "http.response.body":
             body = message.get("body", b"")
-            if message.get("more_body", False):
+            more = message.get("more_body", False)
+            if self.start is not None:
+                held, self.start = self.start, None
+                if not more:
+                    self.ended = True
+                    await self.send(WHOLE, held + b"\n" + body)
+                    return
+                await self.send(START, held)
+            if more:
                 if body:
                     await self.send(CHUNK, body)
             else:  # the last piece and the end in one frame
