@@ -56,6 +56,7 @@ def test_the_binary_is_there_and_runs_with_safe_flags(model_dir: Path) -> None:
         "--ctx-size 3072",  # n_ctx for each of the slots
         "--threads 2",
         "--cache-ram 0",
+        "--flash-attn off",  # on the CPU: estimate.flash_attention
         "--fit off",
         "--no-warmup",
         "--jinja",
@@ -84,6 +85,31 @@ def test_cache_ram_is_passed_on_and_counted_in_the_model_s_memory(model_dir: Pat
     assert plain.load_key() != cached.load_key()  # a change reloads the runner
     with pytest.raises(ValidationError, match="`cache_ram` is llama-server's"):
         ModelSpec(path="/m.gguf", cache_ram="64MiB")
+
+
+def test_flash_attention_is_off_on_the_cpu_and_its_scores_are_counted(model_dir: Path) -> None:
+    """On the CPU llama-server runs without flash attention (a token over a long context
+    ~2× faster here): its estimate then holds a micro-batch's KQ scores over every slot's
+    context; ``args: {flash-attn: on}`` (last on the command line) and offloaded layers
+    (llama.cpp's ``auto``) keep the smaller scratch of flash attention."""
+    from smackctl.estimate import estimate_for
+    from smackctl.gguf import read_info
+
+    info = read_info(model_dir / "tiny-a.gguf")
+    cpu = ModelSpec(path="/m", backend="llama-server", n_ctx=1024, parallel=2)
+    fa = ModelSpec(path="/m", backend="llama-server", n_ctx=1024, parallel=2,
+                   args={"flash-attn": "on"})  # fmt: skip
+    gpu = ModelSpec(path="/m", backend="llama-server", n_ctx=1024, parallel=2, n_gpu_layers=-1)
+    flags = " ".join(backend_for(fa).argv(fa, Path("/m"), 1, "q"))
+    assert flags.rindex("--flash-attn") == flags.index("--flash-attn on")  # the last wins
+    assert "--flash-attn auto" in " ".join(backend_for(gpu).argv(gpu, Path("/m"), 1, "q"))
+    scores = 512 * 2048 * (info.heads or 1) * 4  # a micro-batch over both slots' context
+    assert estimate_for(info, cpu).compute == scores
+    assert estimate_for(info, fa).compute < scores and estimate_for(info, gpu).compute < scores
+    assert (
+        estimate_for(info, cpu).ram - estimate_for(info, fa).ram
+        == scores - estimate_for(info, fa).compute
+    )
 
 
 def test_on_demand_load_stream_and_not_usage_and_names(ls: Supervisor) -> None:
@@ -326,9 +352,16 @@ def test_eviction_by_memory_counts_the_slots(home: Home, model_dir: Path) -> Non
     from smackctl.estimate import estimate_for
     from smackctl.gguf import read_info
 
-    base = ls_profile(model_dir)
-    quick = ModelSpec(path="x", n_ctx=2048, parallel=4, backend="llama-server")
-    other = ModelSpec(path="x", n_ctx=512, backend="llama-server")
+    # flash attention (a small scratch): what is counted is the slots' KV cache, all
+    # resident once loaded (without it, the scores' scratch is counted, resident only as a
+    # long prompt is read)
+    fa = 'args: {flash-attn: "on"}'
+    base = ls_profile(model_dir, quick=fa).replace(
+        "    threads: 1\n  python:", f"    threads: 1\n    {fa}\n  python:"
+    )  # other's too
+    quick = ModelSpec(path="x", n_ctx=2048, parallel=4, backend="llama-server",
+                      args={"flash-attn": "on"})  # fmt: skip
+    other = ModelSpec(path="x", n_ctx=512, backend="llama-server", args={"flash-attn": "on"})
     need_quick = estimate_for(read_info(model_dir / "tiny-q4.gguf"), quick).ram
     need_other = estimate_for(read_info(model_dir / "tiny-q8.gguf"), other).ram
     assert need_quick > need_other  # the slots' KV cache is counted
