@@ -333,19 +333,19 @@ def test_a_wrong_credential_is_refused_and_another_version_too(
     finally:
         shutdown(intruder)
 
-    async def speak_v2() -> None:
+    async def speak_v3() -> None:
         import nats as nats_py
 
         nc = await nats_py.connect(nats.url, token=SECRET)
-        beat = {"kind": "heartbeat", "v": 2, "name": "future", "instance": "x", "models": {}}
-        await nc.publish("smackctl.v2.members", json.dumps(beat).encode())  # its own subject
+        beat = {"kind": "heartbeat", "v": 3, "name": "future", "instance": "x", "models": {}}
+        await nc.publish("smackctl.v3.members", json.dumps(beat).encode())  # its own subject
         await nc.flush()
         await nc.close()
 
-    asyncio.run(speak_v2())
+    asyncio.run(speak_v3())
 
     def refused() -> bool:
-        return any("speaks smackctl.v2, this supervisor smackctl.v1" in r
+        return any("speaks smackctl.v3, this supervisor smackctl.v2" in r
                    for r in fleet_of(front)["refused"])  # fmt: skip
 
     wait_for(refused, 10, "the other version to be refused")

@@ -89,9 +89,10 @@ def test_cache_ram_is_passed_on_and_counted_in_the_model_s_memory(model_dir: Pat
 
 def test_flash_attention_is_off_on_the_cpu_and_its_scores_are_counted(model_dir: Path) -> None:
     """On the CPU llama-server runs without flash attention (a token over a long context
-    ~2× faster here): its estimate then holds a micro-batch's KQ scores over every slot's
-    context; ``args: {flash-attn: on}`` (last on the command line) and offloaded layers
-    (llama.cpp's ``auto``) keep the smaller scratch of flash attention."""
+    ~2× faster here): its estimate then holds a micro-batch's KQ scores over a slot's
+    context (each slot its own stream of the cache); ``args: {flash-attn: on}`` (last on
+    the command line) and offloaded layers (llama.cpp's ``auto``) keep the smaller scratch
+    of flash attention."""
     from smackctl.estimate import estimate_for
     from smackctl.gguf import read_info
 
@@ -103,7 +104,7 @@ def test_flash_attention_is_off_on_the_cpu_and_its_scores_are_counted(model_dir:
     flags = " ".join(backend_for(fa).argv(fa, Path("/m"), 1, "q"))
     assert flags.rindex("--flash-attn") == flags.index("--flash-attn on")  # the last wins
     assert "--flash-attn auto" in " ".join(backend_for(gpu).argv(gpu, Path("/m"), 1, "q"))
-    scores = 512 * 2048 * (info.heads or 1) * 4  # a micro-batch over both slots' context
+    scores = 512 * 1024 * (info.heads or 1) * 4  # a micro-batch over a slot's context
     assert estimate_for(info, cpu).compute == scores
     assert estimate_for(info, fa).compute < scores and estimate_for(info, gpu).compute < scores
     assert (

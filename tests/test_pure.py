@@ -245,3 +245,22 @@ def test_sse_framed_and_parsed_whatever_the_cuts() -> None:
         assert got == whole
     loose = b'data:{"b":2}\r\n\r\n: a comment\n\ndata: [DONE]'  # no space, CRLF, no blank end
     assert [e.json() for e in events(loose)] == [{"b": 2}, None]
+
+
+def test_a_fleet_member_s_prices_are_checked_kept_fresh_and_dropped() -> None:
+    """What a member says its model costs (its heartbeat): the front charges a key's budget
+    with it; a price out of range or not a pair of numbers is none, and one no longer said
+    is no longer charged."""
+    from smackctl.daemon.fleet.members import Members
+    from smackctl.daemon.fleet.protocol import Heartbeat
+
+    m = Members("front", 2.0)
+    said = {"a": {"price": [1, 2.5]}, "b": {"price": [1e7, 1]}, "c": {"price": [True, 1]},
+            "d": {"price": "free"}}  # fmt: skip
+    m.heard(Heartbeat("w1", "i", said), now=0.0)
+    assert m.price("w1/a") == (1.0, 2.5)
+    assert m.price("w1/b") is None and m.price("w1/c") is None and m.price("w1/d") is None
+    m.heard(Heartbeat("w1", "i", {"a": {"price": [3, 4]}}), now=1.0)
+    assert m.price("w1/a") == (3.0, 4.0)
+    m.heard(Heartbeat("w1", "i", {"a": {}}), now=2.0)
+    assert m.price("w1/a") is None

@@ -64,10 +64,13 @@ def estimate_for(info: GGUFInfo, spec: ModelSpec) -> Estimate:
     llama_cpp.server one context."""
     if spec.backend == "llama-server":
         est = _server_estimate(info, spec.n_ctx, spec.parallel, spec.n_gpu_layers)
-        if not flash_attention(spec):  # a micro-batch's KQ scores over every slot's context
-            heads, total = info.heads or 1, spec.n_ctx * spec.parallel
-            more = min(_UBATCH, total) * total * heads * 4 - est.compute
-            est = replace(est, ram=est.ram + more, compute=est.compute + more)
+        if not flash_attention(spec):  # a micro-batch's KQ scores over a slot's context
+            heads, total = info.heads or 1, spec.n_ctx * spec.parallel  # (a stream each)
+            more = min(_UBATCH, total) * spec.n_ctx * heads * 4 - est.compute
+            if est.vram:  # the scratch lives where the compute does (``_split``)
+                est = replace(est, vram=est.vram + more, compute=est.compute + more)
+            else:
+                est = replace(est, ram=est.ram + more, compute=est.compute + more)
         # its prompt caches in RAM (``cache_ram``): all of it, as they may fill it
         return replace(est, ram=est.ram + spec.cache_ram, kv_cache=est.kv_cache + spec.cache_ram)
     return estimate_memory(info, spec.n_ctx, spec.n_gpu_layers)
@@ -78,7 +81,9 @@ def flash_attention(spec: ModelSpec) -> bool:
     SmolLM2, a token generated over 1,640 tokens of context: 66 tokens/s without, 35 with;
     over 140: 103 and 99; its prompts read 1.06-1.28× faster with it), llama.cpp's own
     choice once layers are offloaded; ``args: {flash-attn: …}`` decides over both."""
-    said = spec.args.get("flash-attn", "off" if spec.n_gpu_layers == 0 else "auto")
+    said = spec.args.get("flash-attn", spec.args.get("fa"))
+    if said is None:
+        said = "off" if spec.n_gpu_layers == 0 else "auto"
     return str(said).lower() not in ("off", "false", "0")
 
 

@@ -24,8 +24,9 @@ class KvCache(BaseModel):
 
     #: the most the saved states may take on disk (``2GiB``); ``0``: none is saved
     max_size: int = Field(2 * 1024**3, ge=0)
-    #: one key's saved conversations restored for another key's prompt too (off: a restore
-    #: never tells one key, by its speed, what another asked)
+    #: one key's saved conversations restored for another key's prompt too (off: a state on
+    #: disk is restored for its own key only; the prefix a runner holds in memory is reused
+    #: for any prompt, as every server does)
     shared: bool = False
 
     @field_validator("max_size", mode="before")

@@ -226,7 +226,7 @@ async def _serve(args: argparse.Namespace, paths: Paths, sock: socket.socket) ->
     services = assemble(scheduler)
     if (spec := fleet_spec(args.join, scheduler.profile)) is not None:
         services.fleet = Fleet(services, spec)
-    FleetFollower(services, args.join)  # a switch to another fleet: left, and joined
+    services.follower = FleetFollower(services, args.join)  # a switch: left, and joined
     stop = services.stop = _Stop(scheduler, systemd, services)
     app = create_app(
         services,

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 import psutil
 
 from smackctl.config import MemoryBudget, ModelSpec
-from smackctl.estimate import Estimate
+from smackctl.estimate import Estimate, flash_attention
 
 from .planner import Budget, Loaded, Plan, plan_evictions
 from .registry import Managed
@@ -82,8 +82,12 @@ def queued_ahead(m: Managed, models: dict[str, Managed]) -> str:
 
 
 def load_key(spec: ModelSpec) -> str:
-    """The parameters a measurement of a model's memory holds for, as a key."""
-    return json.dumps(spec.load_key(), default=str)
+    """The parameters a measurement of a model's memory holds for, as a key (llama-server's
+    flash attention too: without it, it holds a scratch of scores)."""
+    key = spec.load_key()
+    if spec.backend == "llama-server" and not flash_attention(spec):
+        key = (*key, "flash-attn off")
+    return json.dumps(key, default=str)
 
 
 def wait_gone(pid: int | None, timeout: float = 5.0) -> None:

@@ -98,8 +98,8 @@ class Managed:
             RunnerState.FAILED,
         ):
             return 0, 0
-        if self.measured_ram is not None:
-            return self.measured_ram, self.measured_vram or 0
+        if self.measured_ram is not None:  # llama-server's prompt caches may fill later
+            return self.measured_ram + self.spec.cache_ram, self.measured_vram or 0
         if self.estimate is not None:
             return self.estimate.ram, self.estimate.vram
         return 0, 0

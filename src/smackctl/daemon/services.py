@@ -14,6 +14,7 @@ from smackctl.config import Price, Profile
 
 from .bench import Bench
 from .events import Events
+from .fleet.follow import FleetFollower
 from .fleet.service import Fleet
 from .gateway import Gateway
 from .gateway.auto import Router
@@ -63,12 +64,16 @@ class Services:
     sockets: dict[str, int] = field(default_factory=dict)
     #: this supervisor's membership of a fleet (``fleet/``), when the profile has ``fleet:``
     fleet: Fleet | None = None
+    #: what follows the profile's ``fleet:`` through switches (``fleet/follow.py``)
+    follower: FleetFollower | None = None
     #: serve an ASGI request as a key, behind the door's rules (``Guard.serve_as``)
     serve_as: Callable[[Key, Scope, Receive, Send], Awaitable[None]] = field(init=False)
     #: what ``POST /api/shutdown`` asks of the process: drain for seconds, or force
     stop: Callable[[float, bool], None] = lambda timeout, force: None
 
     async def aclose(self) -> None:
+        if self.follower is not None:  # no move begins or goes on past the stop
+            await self.follower.stop()
         if self.fleet is not None:
             await self.fleet.aclose()
         await self.gateway.aclose()

@@ -12,7 +12,7 @@ sees it (``/apply-template``, then ``/tokenize``). A file is named
 file or ``n_ctx`` finds none). Its owner (``kv_config.owner_of``) restores it, no one else:
 llama-server does not say which slot answered a request, so the slots saved of a runner
 that answered one owner are that owner's, and those of a runner that answered several are
-``mixed``, restored for no one (``kv_cache.shared`` makes everyone one owner).
+not saved: no one could restore them (``kv_cache.shared`` makes everyone one owner).
 """
 
 from __future__ import annotations
@@ -93,7 +93,10 @@ class SlotStates:
     async def save(self, r: Runner, max_bytes: int) -> None:
         """Each slot's cache to a file (those worth keeping), then the folder to its cap."""
         stamp = time.time_ns()
-        owner = next(iter(self.owners)) if len(self.owners) == 1 else "mixed"
+        if len(self.owners) != 1:  # no one's alone (or no one's): nothing to restore it for
+            log.info("%s: its slots are not saved: it served %d keys", r.model, len(self.owners))
+            return
+        owner = next(iter(self.owners))
         for slot in range(self.parallel):
             name = f"{self.identity}-{owner}-{stamp}-{slot}.bin"
             body = json.dumps({"filename": name}).encode()

@@ -105,7 +105,7 @@ class LlamaServer:
             "--threads", threads,
             "--threads-batch", threads,
             "--n-gpu-layers", str(layers),
-            "--cache-ram", str(spec.cache_ram // 2**20),  # MiB
+            "--cache-ram", str(-(-spec.cache_ram // 2**20)),  # MiB, rounded up
             "--batch-size", "512",
             "--flash-attn", "auto" if flash_attention(spec) else "off",  # args may say "on"
             "--fit", "off",

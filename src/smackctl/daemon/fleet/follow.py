@@ -53,16 +53,19 @@ class FleetFollower:
     def _on_event(self, ev: dict[str, Any]) -> None:
         if ev.get("event") != "switch" or ev.get("phase") != str(SwitchPhase.ACTIVE):
             return
-        want = fleet_spec(self.join, self.s.scheduler.profile)
-        have = self.s.fleet.spec if self.s.fleet is not None else None
-        if want != have:
-            before = self._moving
-            self._moving = asyncio.get_running_loop().create_task(self._move(want, before))
+        before = self._moving  # a move under way: this one after it, from what it left
+        self._moving = asyncio.get_running_loop().create_task(self._move(before))
 
-    async def _move(self, want: FleetSpec | None, before: asyncio.Task[None] | None) -> None:
+    async def stop(self) -> None:
+        if self._moving is not None:
+            self._moving.cancel()
+
+    async def _move(self, before: asyncio.Task[None] | None) -> None:
         if before is not None:  # one move at a time, in the order asked
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(BaseException):
                 await before
+        # the profile as it is now: a switch back during a drain moves back
+        want = fleet_spec(self.join, self.s.scheduler.profile)
         old = self.s.fleet
         if old is not None and old.spec == want:
             return

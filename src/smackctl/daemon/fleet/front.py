@@ -151,8 +151,9 @@ class Front:
 
     async def forward(self, route: str, body: dict[str, Any], request_id: str) -> Response:
         if not self.fleet.s.scheduler.accepting or self.fleet.draining:
-            raise ShuttingDown("the supervisor is stopping: it sends the fleet nothing new",
-                               "ask again once it is back, or ask another front")  # fmt: skip
+            raise ShuttingDown("this supervisor is leaving the fleet (a stop, or a profile "
+                               "switch): it sends the fleet nothing new",
+                               "ask again in a moment, or ask another front")  # fmt: skip
         model = str(body["model"])
         streamed = bool(body.get("stream"))
         asked_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -214,6 +215,7 @@ class Front:
         meta: dict[str, Any] = {
             "request_id": request_id, "route": route, "model": model,
             "key": caller.name if caller is not None else "operator",
+            "created": caller.created if caller is not None else 0.0,  # which key of the name
             "priority": PRIORITY.get(),
         }  # fmt: skip
         deadline = DEADLINE.get()
@@ -241,6 +243,8 @@ class Front:
             a.failed = f"{type(exc).__name__}: {exc}"[:200]
         if a.failed is not None or a.error is not None:
             self.inbox.close(a.subject)
+            if a.failed is not None:  # a member that took it may still be at it
+                self._cancel(a)
         return a
 
     async def _first_frames(self, a: _Attempt) -> None:
@@ -260,21 +264,22 @@ class Front:
                 a.pending, kind = (END, rest), START
             if kind == START:
                 start = json.loads(body)
-                a.status, a.headers = int(start["status"]), dict(start.get("headers", {}))
-                a.member = start.get("member") or a.member
+                a.status = int(start["status"])
+                a.headers = {str(k): str(v) for k, v in dict(start.get("headers", {})).items()}
+                a.member = str(start.get("member") or "")[:200] or a.member
                 if a.status >= 500:  # it could not take it (draining, no room): the next one
                     a.failed = f"it answered {a.status}"
                 return
             if kind == ERROR:
                 error = json.loads(body)
-                a.member = error.get("member") or a.member
+                a.member = str(error.get("member") or "")[:200] or a.member
                 status = int(error.get("status", 500))
                 if status >= 500:
                     a.failed = str(error.get("message"))
                 else:
                     a.error = (status, str(error.get("message")))
                 return
-            a.member = body.decode(errors="replace") or a.member  # a wait names its member
+            a.member = body[:200].decode(errors="replace") or a.member  # a wait names it
 
     async def _relay(
         self, a: _Attempt, member: str, model: str, route: str, request_id: str,
@@ -314,16 +319,15 @@ class Front:
                         yield piece
                 if kind == ERROR:
                     ended = True
-                    error = json.loads(piece)
-                    status, reason = int(error.get("status", 500)), str(error.get("message"))
+                    status, reason = _error_of(piece, member)
                     yield _failure(streamed, reason, "member_error")
                     return
                 elif kind == END:
                     ended = True
                     return
         finally:
-            if not ended and reason is None:  # the client went away mid-answer: counted
-                self._cancel(a)  # as far as it went, as a local one is
+            if not ended:  # the client went away, or the member fell silent or lost frames:
+                self._cancel(a)  # counted as far as it went, and the member told to stop
             a.status = status  # a whole answer's status is its end's (forward reads it)
             self.inbox.close(a.subject)
             if not streamed and whole:
@@ -365,6 +369,15 @@ class _Closing(StreamingResponse):
             await self.body_iterator.aclose()  # type: ignore[attr-defined]
             if not self.attempt.relayed:
                 self.unstarted()
+
+
+def _error_of(piece: bytes, member: str) -> tuple[int, str]:
+    """An error frame's status and message (one not as documented: a 502 that says so)."""
+    try:
+        error = json.loads(piece)
+        return int(error.get("status", 500)), str(error.get("message"))
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        return 502, f"member {member} sent an error frame that is not one: see docs/fleet.md"
 
 
 def _failure(streamed: bool, message: str, code: str) -> bytes:

@@ -63,8 +63,11 @@ class Members:
         for name, model in hb.models.items():
             self.served[name] = time.time()
             price = _price(model.get("price") if isinstance(model, dict) else None)
-            if price is not None and len(self.prices) < 10_000:
-                self.prices[f"{hb.name}/{name}"] = price
+            deployment = f"{hb.name}/{name}"
+            if price is None:  # a price no longer said is no longer charged
+                self.prices.pop(deployment, None)
+            elif deployment in self.prices or len(self.prices) < 10_000:
+                self.prices[deployment] = price
 
     def sweep(self, now: float | None = None) -> list[str]:
         """Drop the members not heard for ``MISSED`` heartbeats; their names."""

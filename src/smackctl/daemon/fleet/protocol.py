@@ -1,12 +1,12 @@
-"""The fleet's wire: NATS subjects and the JSON messages on them, version 1 (docs/fleet.md).
-Pure: no NATS, no supervisor.
+"""The fleet's wire: NATS subjects and the JSON messages on them, version 2 (docs/fleet.md;
+version 2 numbered the frames). Pure: no NATS, no supervisor.
 
-- ``smackctl.v1.members``: each member's heartbeat (``heartbeat``), every ≤ 2 s, and at once
-  when asked on ``smackctl.v1.who`` (a front that starts asks); ``"leaving": true`` once as it
+- ``smackctl.v2.members``: each member's heartbeat (``heartbeat``), every ≤ 2 s, and at once
+  when asked on ``smackctl.v2.who`` (a front that starts asks); ``"leaving": true`` once as it
   stops.
-- ``smackctl.v1.loaded.<model>`` (queue group ``workers``): a request for a model, to one of
+- ``smackctl.v2.loaded.<model>`` (queue group ``workers``): a request for a model, to one of
   the members that have it loaded: NATS spreads them.
-- ``smackctl.v1.work.<member>``: a request for one member (placed on it: it can load the model).
+- ``smackctl.v2.work.<member>``: a request for one member (placed on it: it can load the model).
 - A request is a NATS message with a reply subject: its first line a JSON object of what
   it is (``v``, ``request_id``, ``route``, ``model``, ``key``: the key's name, ``priority``,
   ``deadline``: seconds left), the rest the API request's JSON (``request``). The
@@ -18,7 +18,7 @@ Pure: no NATS, no supervisor.
   headers, member), ``c`` chunk (bytes of the body as the client would get them), ``e`` end
   (the body's last bytes, if any), ``a`` a whole answer (the start's JSON, a newline, the
   body: a start and an end in one message), ``x`` error (JSON: status, message, member).
-- ``smackctl.v1.cancel.<member>``: the front's client went away before the answer ended; the
+- ``smackctl.v2.cancel.<member>``: the front's client went away before the answer ended; the
   message is the request's reply subject, and the member stops that request's runner.
 """
 
@@ -55,10 +55,10 @@ __all__ = [
     "work_subject",
 ]
 
-VERSION = 1
+VERSION = 2
 PREFIX = f"smackctl.v{VERSION}"
 MEMBERS = f"{PREFIX}.members"
-#: the members subject of every version (``smackctl.v2.members``…): to refuse in words
+#: the members subject of every version (``smackctl.v3.members``…): to refuse in words
 ANY_MEMBERS = "smackctl.*.members"
 WHO = f"{PREFIX}.who"
 QUEUE = "workers"

@@ -147,7 +147,9 @@ class Worker:
             await frames.error(503, f"{self.fleet.spec.name} takes no {route or 'such'} "
                                "request now")  # fmt: skip
             return
+        created = meta.get("created")  # a key made anew under an old name is another key
         key = Key(str(meta.get("key") or "fleet"), "inference",
+                  created=float(created) if isinstance(created, int | float) else 0.0,
                   priority=str(meta.get("priority") or "interactive"))  # fmt: skip
         waiting = asyncio.create_task(frames.keep_alive())
         gone = self.gone[reply] = asyncio.Event()  # set by a cancel: the client went away
