@@ -156,11 +156,12 @@ class Sup:
 
 
 @contextlib.contextmanager
-def supervisor(profile: str, *extra: str) -> Iterator[Sup]:
-    """A supervisor on a free port, in a temporary home, on the profile text given."""
-    with tempfile.TemporaryDirectory() as tmp:
+def supervisor(profile: str, *extra: str, keep: Path | None = None) -> Iterator[Sup]:
+    """A supervisor on a free port, in a temporary home (``keep``: in that folder, kept for
+    the next one), on the profile text given."""
+    with contextlib.nullcontext(str(keep)) if keep else tempfile.TemporaryDirectory() as tmp:
         home, profiles = Path(tmp) / "home", Path(tmp) / "profiles"
-        profiles.mkdir()
+        profiles.mkdir(exist_ok=True)
         (profiles / "bench.yaml").write_text(profile)
         port = free_port()
         env = {**os.environ, "SMACKCTL_HOME": str(home), "SMACKCTL_PROFILE_DIR": str(profiles)}

@@ -264,3 +264,20 @@ def test_a_fleet_member_s_prices_are_checked_kept_fresh_and_dropped() -> None:
     assert m.price("w1/a") == (3.0, 4.0)
     m.heard(Heartbeat("w1", "i", {"a": {}}), now=2.0)
     assert m.price("w1/a") is None
+
+
+def test_swa_full_counts_the_whole_context_in_every_layer() -> None:
+    """Gemma 3 on llama-server: 15 of its 18 layers keep a window (plus a batch) per slot;
+    with ``args: {swa-full: true}`` (what a saved slot needs to be restored: llama-server
+    re-reads the whole prompt of a windowed model otherwise) every layer keeps n_ctx."""
+    from smackctl.config import ModelSpec
+    from smackctl.estimate import estimate_for
+    from smackctl.gguf import GGUFInfo
+
+    info = GGUFInfo("g", 10**8, "gemma3", "g", None, None, 32768, 18, 640, 4, 1, 256, 256,
+                    1000, True, sliding_window=512)  # fmt: skip
+    windowed = ModelSpec(path="g", backend="llama-server", n_ctx=8192)
+    full = ModelSpec(path="g", backend="llama-server", n_ctx=8192, args={"swa-full": True})
+    per_token = 1 * (256 + 256) * 2  # one layer: a KV head of 256 + 256, f16
+    assert estimate_for(info, windowed).kv_cache == per_token * (3 * 8192 + 15 * (512 + 2048))
+    assert estimate_for(info, full).kv_cache == per_token * 18 * 8192

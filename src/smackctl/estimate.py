@@ -63,7 +63,8 @@ def estimate_for(info: GGUFInfo, spec: ModelSpec) -> Estimate:
     ``parallel`` slots of ``n_ctx`` each (and its ``cache_ram``) and no Python;
     llama_cpp.server one context."""
     if spec.backend == "llama-server":
-        est = _server_estimate(info, spec.n_ctx, spec.parallel, spec.n_gpu_layers)
+        swa_full = str(spec.args.get("swa-full", "")).lower() in ("true", "1", "on")
+        est = _server_estimate(info, spec.n_ctx, spec.parallel, spec.n_gpu_layers, swa_full)
         if not flash_attention(spec):  # a micro-batch's KQ scores over a slot's context
             heads, total = info.heads or 1, spec.n_ctx * spec.parallel  # (a stream each)
             more = min(_UBATCH, total) * spec.n_ctx * heads * 4 - est.compute
@@ -87,18 +88,23 @@ def flash_attention(spec: ModelSpec) -> bool:
     return str(said).lower() not in ("off", "false", "0")
 
 
-def _server_estimate(info: GGUFInfo, n_ctx: int, slots: int, n_gpu_layers: int) -> Estimate:
+def _server_estimate(
+    info: GGUFInfo, n_ctx: int, slots: int, n_gpu_layers: int, swa_full: bool = False
+) -> Estimate:
     """llama-server: ``slots`` sequences of ``n_ctx`` each. Its flash attention (on by default
     on the CPU) never holds a micro-batch's KQ scores over the context, so the compute scratch
     is a small fraction of llama_cpp.server's; a sliding-window layer's KV cache holds the
-    window plus a batch per slot, not the whole context (Gemma 3: 15 of its 18 layers)."""
+    window plus a batch per slot, not the whole context (Gemma 3: 15 of its 18 layers),
+    unless ``swa_full``."""
     layers = info.layers or 1
     heads = info.heads or 1
     heads_kv = info.heads_kv or heads
     key_len = info.key_length or ((info.embedding_length or 0) // heads)
     val_len = info.value_length or key_len
     per_token = heads_kv * (key_len + val_len) * _KV_BYTES  # one layer
-    pattern = _SWA_PATTERN.get(info.architecture or "") if info.sliding_window else None
+    # ``--swa-full``: every layer keeps the whole context (a saved slot restores then)
+    window = info.sliding_window and not swa_full
+    pattern = _SWA_PATTERN.get(info.architecture or "") if window else None
     swa_layers = layers - layers // pattern if pattern else 0
     swa_tokens = min(n_ctx, (info.sliding_window or 0) + _SERVER_BATCH) * slots
     kv = per_token * ((layers - swa_layers) * n_ctx * slots + swa_layers * swa_tokens)

@@ -147,17 +147,18 @@ def save(llama: Any) -> dict[str, Any]:
         if by == owner and held[: len(tokens)] == tokens and len(held) >= len(tokens):
             os.utime(path)  # kept already (a longer one holds it): just fresh again
             return {"saved": False, "why": "kept already", "file": os.path.basename(path)}
+    import numpy as np
+
     ctx = llama._ctx.ctx
     size = int(lib.llama_state_seq_get_size(ctx, 0))
-    buf = (ctypes.c_uint8 * size)()
-    written = int(lib.llama_state_seq_get_data(ctx, buf, size, 0))
+    buf = np.empty(size, dtype=np.uint8)  # not zeroed, and written out without a copy
+    written = int(lib.llama_state_seq_get_data(ctx, _pointer(buf), size, 0))
     if written <= 0:
         return {"saved": False, "why": "llama.cpp gave no state"}
     os.makedirs(folder, mode=0o700, exist_ok=True)
     _forget_other_files(os.path.dirname(folder), what)
     with open(os.path.join(folder, "model.json"), "w") as f:
         json.dump(what, f)
-    import numpy as np
 
     name = os.path.join(folder, f"{time.time_ns()}.kv")
     tmp = name + ".part"
@@ -165,7 +166,7 @@ def save(llama: Any) -> dict[str, Any]:
     with os.fdopen(fd, "wb") as f:
         f.write(MAGIC + json.dumps({"n": n, "bytes": written, "owner": owner}).encode() + b"\n")
         f.write(np.asarray(tokens, dtype=np.int32).tobytes())
-        f.write(bytes(memoryview(buf)[:written]))
+        f.write(buf[:written].data)
     os.replace(tmp, name)
     _index(folder).append((name, tokens, owner))
     _say(f"saved the KV cache of {n} tokens ({written} bytes)")
@@ -191,11 +192,17 @@ def _forget_other_files(root: str, what: dict[str, Any]) -> None:
                 _say(f"removed the saved states of {what['path']} as it was before it changed")
 
 
+def _pointer(array: Any) -> Any:
+    """A numpy byte array as the ``uint8_t *`` llama.cpp's state functions take."""
+    return array.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+
+
 def restore_for(llama: Any, tokens: list[int], owner: str = "") -> int:
     """Load the saved state of ``owner`` that shares the longest prefix with ``tokens`` when
     it is worth it (half the prompt or more, and more than the model holds now); the tokens
     restored."""
     import llama_cpp as lib
+    import numpy as np
 
     where = _folder(llama)
     if where is None or not os.path.isdir(where[0]) or len(tokens) < MIN_TOKENS:
@@ -214,13 +221,15 @@ def restore_for(llama: Any, tokens: list[int], owner: str = "") -> int:
             f.read(len(MAGIC))
             head = json.loads(f.readline())
             f.seek(4 * int(head["n"]), os.SEEK_CUR)
-            blob = f.read()
-        if len(blob) != int(head["bytes"]):
-            raise ValueError("truncated")
+            size = int(head["bytes"])
+            if not 0 < size <= os.fstat(f.fileno()).st_size:
+                raise ValueError("its length is not the file's")
+            blob = np.empty(size, dtype=np.uint8)  # read in place: no copy
+            if f.readinto(blob.data) != len(blob) or f.read(1):
+                raise ValueError("truncated")
         ctx = llama._ctx.ctx
         llama._ctx.kv_cache_seq_rm(-1, 0, -1)
-        buf = (ctypes.c_uint8 * len(blob)).from_buffer_copy(blob)
-        if int(lib.llama_state_seq_set_data(ctx, buf, len(blob), 0)) == 0:
+        if int(lib.llama_state_seq_set_data(ctx, _pointer(blob), len(blob), 0)) == 0:
             raise ValueError("llama.cpp refused it")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         llama._ctx.kv_cache_seq_rm(-1, 0, -1)
