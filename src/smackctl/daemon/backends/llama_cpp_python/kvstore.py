@@ -24,15 +24,17 @@ import hashlib
 import json
 import os
 import sys
+import threading
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
 from .words import LOGS_ENV
 
 __all__ = [
-    "MIN_TOKENS", "OWNER", "common_prefix", "identity", "identity_of", "kv_root", "prune",
-    "restore_for", "save",
+    "MIN_TOKENS", "OWNER", "common_prefix", "flush", "identity", "identity_of", "kv_root",
+    "prune", "restore_for", "save",
 ]  # fmt: skip
 
 MAGIC = b"SMKV1\n"
@@ -41,6 +43,8 @@ MIN_TOKENS = 32
 _INDEX: dict[str, list[tuple[str, list[int], str]]] = {}  # folder -> [(file, tokens, owner)]
 #: whose the request being answered is (its ``X-Smackctl-Kv-Owner``); "" when not said
 OWNER: ContextVar[str] = ContextVar("smackctl_kv_owner", default="")
+#: the states being written on threads of their own (``save(…, background=True)``)
+_WRITING: list[threading.Thread] = []
 
 
 def _say(line: str) -> None:
@@ -132,10 +136,23 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def save(llama: Any) -> dict[str, Any]:
-    """Write the sequence the model holds now; what was written (or why not)."""
+def flush() -> None:
+    """Wait for the states still being written (``save(…, background=True)``)."""
+    while _WRITING:
+        _WRITING.pop().join()
+
+
+def save(
+    llama: Any, background: bool = False, then: Callable[[], Any] | None = None
+) -> dict[str, Any]:
+    """Take the sequence the model holds now and write it (``background``: on a thread of
+    its own, the caller going on at once: a swap need not wait for the disk; the process
+    waits for it before it exits, and ``flush`` does), then ``then()``; what is written (or
+    why not)."""
     import llama_cpp as lib
 
+    if not background:
+        flush()
     where = _folder(llama)
     n = int(getattr(llama, "n_tokens", 0))
     if where is None or n < MIN_TOKENS:
@@ -155,22 +172,37 @@ def save(llama: Any) -> dict[str, Any]:
     written = int(lib.llama_state_seq_get_data(ctx, _pointer(buf), size, 0))
     if written <= 0:
         return {"saved": False, "why": "llama.cpp gave no state"}
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    _forget_other_files(os.path.dirname(folder), what)
-    with open(os.path.join(folder, "model.json"), "w") as f:
-        json.dump(what, f)
-
     name = os.path.join(folder, f"{time.time_ns()}.kv")
-    tmp = name + ".part"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(MAGIC + json.dumps({"n": n, "bytes": written, "owner": owner}).encode() + b"\n")
-        f.write(np.asarray(tokens, dtype=np.int32).tobytes())
-        f.write(buf[:written].data)
-    os.replace(tmp, name)
-    _index(folder).append((name, tokens, owner))
-    _say(f"saved the KV cache of {n} tokens ({written} bytes)")
-    return {"saved": True, "tokens": n, "bytes": written, "file": os.path.basename(name)}
+
+    def write() -> None:
+        try:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            _forget_other_files(os.path.dirname(folder), what)
+            with open(os.path.join(folder, "model.json"), "w") as f:
+                json.dump(what, f)
+            tmp = name + ".part"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                head = {"n": n, "bytes": written, "owner": owner}
+                f.write(MAGIC + json.dumps(head).encode() + b"\n")
+                f.write(np.asarray(tokens, dtype=np.int32).tobytes())
+                f.write(buf[:written].data)
+            os.replace(tmp, name)
+            _index(folder).append((name, tokens, owner))  # restorable once whole
+            _say(f"saved the KV cache of {n} tokens ({written} bytes)")
+        except OSError as exc:  # a save lost costs a prefix, no more
+            _say(f"the KV cache was not saved: {exc}")
+        if then is not None:
+            then()
+
+    if background:
+        writing = threading.Thread(target=write, name="smackctl-kv-save")
+        writing.start()  # not a daemon: the process waits for it as it exits
+        _WRITING.append(writing)
+    else:
+        write()
+    return {"saved": True, "tokens": n, "bytes": written, "file": os.path.basename(name),
+            "background": background}  # fmt: skip
 
 
 def _forget_other_files(root: str, what: dict[str, Any]) -> None:

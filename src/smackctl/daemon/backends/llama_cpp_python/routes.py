@@ -185,8 +185,9 @@ def _routes(parser: argparse.ArgumentParser, server: Any) -> tuple[Any, Any, Any
         if changed:
             return answer(409, f"server settings differ: {', '.join(changed)}")
         async with contextlib.asynccontextmanager(llama_app.get_llama_proxy)() as old:
-            if order.get("save_kv"):  # the model that goes keeps its conversations
-                await run_in_threadpool(_save, old(None), int(order["save_kv"]))
+            if order.get("save_kv"):  # the model that goes keeps its conversations: taken
+                # now, written while the next one loads (the swap waits for no disk)
+                await run_in_threadpool(_save, old(None), int(order["save_kv"]), True)
             if log is not None:
                 redirect_output(log)
             print(f"smackctl runner: loading {model.model}", file=sys.stderr, flush=True)
@@ -222,15 +223,18 @@ def _routes(parser: argparse.ArgumentParser, server: Any) -> tuple[Any, Any, Any
     return load, free, save_kv
 
 
-def _save(llama: Any, cap: int) -> dict[str, Any]:
+def _save(llama: Any, cap: int, background: bool = False) -> dict[str, Any]:
     """Save the model's KV cache and hold the folder to ``cap`` bytes; never raises (a save
-    that fails costs the next turn its prefix, nothing else)."""
+    that fails costs the next turn its prefix, nothing else). ``background``: written on a
+    thread while the caller goes on (``kvstore.save``)."""
     try:
-        result = kvstore.save(llama)
         root = kvstore.kv_root()
-        if cap and root:
-            result["pruned"] = kvstore.prune(root, cap)
-        return result
+
+        def prune() -> None:
+            if cap and root:
+                kvstore.prune(root, cap)
+
+        return kvstore.save(llama, background, then=prune)
     except Exception as exc:  # noqa: BLE001 - said in the log and the answer
         print(f"smackctl runner: the KV cache was not saved: {exc}", file=sys.stderr, flush=True)
         return {"saved": False, "why": str(exc)}
