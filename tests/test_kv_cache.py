@@ -9,6 +9,7 @@ cap, least recently used out first."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -223,5 +224,35 @@ def test_a_saved_conversation_is_restored_for_the_key_that_made_it_unless_shared
         unload(sup)
         back, total = cached(sup, turn("Bob, shared."), b)
         assert back >= total // 2, (back, total)
+    finally:
+        shutdown(sup)
+
+
+def test_an_idle_unload_keeps_the_conversation_and_a_changed_file_restores_nothing(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """``ttl: 1``: the model goes when idle, its conversation kept, and comes back restored.
+    Its file then changes (a new download in its place): the next load restores nothing of
+    the old cache, and the old file's states are removed as the new one's are saved."""
+    models = tmp_path / "models"
+    shutil.copytree(model_dir, models)
+    sup = launch_on(tmp_path, "test", profile_yaml(models, **{"tiny-a": "ttl: 1"}))
+
+    def gone() -> bool:
+        return sup.model("tiny-a")["state"] != "ready"
+
+    try:
+        cached(sup, turn())
+        wait_for(lambda: gone() and states(sup), 60, "the idle model to go, its state kept")
+        [old] = states(sup)
+        back, total = cached(sup, turn("After its idle time?"))
+        assert back >= total // 2, (back, total)
+        wait_for(gone, 60, "the idle model to go again")
+        path = models / "tiny-a.gguf"
+        path.write_bytes(path.read_bytes())  # the same bytes, a new file: another model
+        assert cached(sup, turn("And with the new file?"))[0] == 0
+        wait_for(lambda: gone() and not old.parent.exists(), 60,
+                 "the old file's states to be removed as the new one's are saved")  # fmt: skip
+        assert states(sup) and all(p.parent != old.parent for p in states(sup))
     finally:
         shutdown(sup)
