@@ -92,11 +92,10 @@ class SlotStates:
 
     async def save(self, r: Runner, max_bytes: int) -> None:
         """Each slot's cache to a file (those worth keeping), then the folder to its cap."""
-        stamp = time.time_ns()
         if len(self.owners) != 1:  # no one's alone (or no one's): nothing to restore it for
             log.info("%s: its slots are not saved: it served %d keys", r.model, len(self.owners))
             return
-        owner = next(iter(self.owners))
+        owner, stamp = next(iter(self.owners)), time.time_ns()
         for slot in range(self.parallel):
             name = f"{self.identity}-{owner}-{stamp}-{slot}.bin"
             body = json.dumps({"filename": name}).encode()

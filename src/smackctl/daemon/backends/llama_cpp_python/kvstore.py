@@ -198,7 +198,7 @@ def save(
     if background:
         writing = threading.Thread(target=write, name="smackctl-kv-save")
         writing.start()  # not a daemon: the process waits for it as it exits
-        _WRITING.append(writing)
+        _WRITING[:] = [*(w for w in _WRITING if w.is_alive()), writing]  # the done ones go
     else:
         write()
     return {"saved": True, "tokens": n, "bytes": written, "file": os.path.basename(name),
