@@ -76,7 +76,6 @@ class FleetFollower:
             while old.busy() and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)  # the answers it serves and forwards, finished
             self.s.fleet = None
-            self.s.usage.shared_spent = None
             await old.aclose()
         if want is not None:
             log.info("fleet: joining %s as %s: the profile changed", want.url, want.name)

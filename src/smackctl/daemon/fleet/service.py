@@ -208,6 +208,8 @@ class Fleet:
         await self._beat()
 
     async def aclose(self) -> None:
+        if self.s.usage.shared_spent == self.shared.spent:  # what __init__ hooked, unhooked
+            self.s.usage.shared_spent = None
         for task in self._tasks:
             task.cancel()
         if self.nc is not None:
