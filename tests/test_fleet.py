@@ -218,6 +218,60 @@ def test_a_client_that_leaves_mid_answer_stops_the_member_s_runner(fleet: Any) -
         assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-b"}).status_code == 200
 
 
+def test_a_fast_stream_s_chunks_go_together_after_its_first_ones(fleet: Any) -> None:
+    """A member's stream over a real NATS server: its first chunks go a frame each (the
+    first token is never held); chunks that come faster than a frame per ``HOLD`` go
+    together, the last held ones by themselves, with nothing after them; an end carries
+    what was held. Every byte arrives once, in order, in frames numbered without a gap."""
+    import nats as nats_py
+
+    from smackctl.daemon.fleet.worker import HOLD_AFTER, _Frames
+
+    nats = fleet[0]
+    pieces = [f"data: {i}\n\n".encode() for i in range(200)]
+    body = "http.response.body"
+
+    async def until(frames: list[bytes], n: int) -> None:
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(frames) < n:
+            assert asyncio.get_running_loop().time() < deadline, frames
+            await asyncio.sleep(0.005)
+
+    async def go() -> tuple[list[bytes], list[bytes]]:
+        nc = await nats_py.connect(nats.url, token=SECRET)
+        got: dict[str, list[bytes]] = {"one": [], "two": []}
+        for name, seen in got.items():
+
+            async def keep(msg: Any, seen: list[bytes] = seen) -> None:
+                seen.append(msg.data)
+
+            await nc.subscribe(f"test.{name}", cb=keep)
+        one = _Frames(nc, "test.one", "w9")  # 200 chunks at once, an end once they went
+        await one.asgi({"type": "http.response.start", "status": 200, "headers": []})
+        for piece in pieces:
+            await one.asgi({"type": body, "body": piece, "more_body": True})
+        await until(got["one"], 1 + HOLD_AFTER + 1)  # the held ones, by themselves
+        await one.asgi({"type": body, "body": b"data: [DONE]\n\n", "more_body": False})
+        two = _Frames(nc, "test.two", "w9")  # an end while chunks are held
+        await two.asgi({"type": "http.response.start", "status": 200, "headers": []})
+        for piece in pieces[:12]:
+            await two.asgi({"type": body, "body": piece, "more_body": True})
+        await two.asgi({"type": body, "body": b"data: [DONE]\n\n", "more_body": False})
+        await until(got["two"], 1 + HOLD_AFTER + 1)
+        await nc.drain()
+        return got["one"], got["two"]
+
+    one, two = asyncio.run(go())
+    for frames, sent in ((one, pieces), (two, pieces[:12])):
+        assert [int.from_bytes(f[1:5], "big") for f in frames] == list(range(len(frames)))
+        kinds = b"".join(f[:1] for f in frames)
+        assert kinds == b"s" + b"c" * (len(frames) - 2) + b"e", kinds
+        assert [f[5:] for f in frames[1 : 1 + HOLD_AFTER]] == sent[:HOLD_AFTER]
+        assert b"".join(f[5:] for f in frames[1:]) == b"".join(sent) + b"data: [DONE]\n\n"
+    assert len(one) == 1 + HOLD_AFTER + 2  # the other 192 chunks in one frame, then the end
+    assert two[-1][5:] == b"".join(pieces[HOLD_AFTER:12]) + b"data: [DONE]\n\n"
+
+
 class Liar:
     """A member that misbehaves on purpose, on a real NATS connection: it serves ``tiny-z``
     and answers with a start, a chunk, then a chunk numbered as if one had been lost."""

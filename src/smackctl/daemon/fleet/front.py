@@ -10,22 +10,24 @@ deadline. The request is counted here, as ``MEMBER/MODEL``."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
 from smackctl.daemon.keys import CALLER
 from smackctl.daemon.slots import DEADLINE, PRIORITY
-from smackctl.daemon.usage import tokens_in_stream, tokens_of, without_usage_event
+from smackctl.daemon.usage import tokens_in_stream, without_usage_event
 from smackctl.errors import FleetUnavailable, ShuttingDown, UsageError
-from smackctl.wire import error_body, sse_error
 
+from .answers import COUNTED, error_of, failure, whole_tokens
 from .protocol import (
     ACK_WITHIN,
     CHUNK,
@@ -93,6 +95,7 @@ class _Attempt:
     seq: int = 0  # the number of the frame expected next
     pending: tuple[bytes, bytes] | None = None  # a frame read already: a whole answer's end
     error: tuple[int, str] | None = None  # an answer of an error (4xx: not tried elsewhere)
+    count: Callable[[], None] | None = None  # a whole answer's count, once it is sent
 
 
 class LostFrames(Exception):
@@ -194,7 +197,7 @@ class Front:
             self.inbox.close(attempt.subject)
             status, message = attempt.error
             self._count(member, model, route, status, request_id, started, None, message)
-            return Response(error_body(message, "fleet_error", "member_error"), status, out,
+            return Response(failure(False, message, "member_error"), status, out,
                             media_type="application/json")  # fmt: skip
         stream = self._relay(attempt, member, model, route, request_id, started,
                              streamed, asked_usage)  # fmt: skip
@@ -208,7 +211,15 @@ class Front:
 
             return _Closing(stream, attempt.status, out, attempt, unstarted)
         content = b"".join([piece async for piece in stream])
-        return Response(content, attempt.status, out, media_type="application/json")
+
+        async def count() -> None:  # an async task: Starlette runs it on the loop
+            if attempt.count is not None:
+                attempt.count()
+
+        # counted once the answer is sent (the log line, metrics, the SQLite row: ~0.2 ms
+        # the client need not wait for), as a local model's whole answer is
+        return Response(content, attempt.status, out, media_type="application/json",
+                        background=BackgroundTask(count))  # fmt: skip
 
     def _meta(self, route: str, model: str, request_id: str) -> dict[str, Any]:
         caller = CALLER.get()
@@ -297,12 +308,12 @@ class Front:
                     kind, piece = await self._next(a, SILENT_FOR)
                 except TimeoutError:  # a member gone mid-answer
                     status, reason = 502, f"member {member} went away mid-answer"
-                    yield _failure(streamed, f"{reason}: the answer is cut", "member_gone")
+                    yield failure(streamed, f"{reason}: the answer is cut", "member_gone")
                     return
                 except LostFrames as exc:  # a piece of the answer lost: not passed off
                     status, reason = 502, f"{exc} from member {member}: the answer is cut"
                     log.warning("fleet: %s: %s", request_id, reason)
-                    yield _failure(streamed, reason, "frames_lost")
+                    yield failure(streamed, reason, "frames_lost")
                     return
                 if kind in (CHUNK, END) and piece:
                     first = first or time.perf_counter()
@@ -319,8 +330,8 @@ class Front:
                         yield piece
                 if kind == ERROR:
                     ended = True
-                    status, reason = _error_of(piece, member)
-                    yield _failure(streamed, reason, "member_error")
+                    status, reason = error_of(piece, member)
+                    yield failure(streamed, reason, "member_error")
                     return
                 elif kind == END:
                     ended = True
@@ -331,25 +342,26 @@ class Front:
             a.status = status  # a whole answer's status is its end's (forward reads it)
             self.inbox.close(a.subject)
             if not streamed and whole:
-                tokens = _whole_tokens(whole)
-            self._count(member, model, route, status, request_id, started, first, reason,
-                        tokens)  # fmt: skip
+                tokens = whole_tokens(whole)
+            count = functools.partial(
+                self._count, member, model, route, status, request_id, started, first, reason,
+                tokens, time.perf_counter(),
+            )  # fmt: skip
+            if streamed:
+                count()
+            else:  # forward counts it once the answer is sent
+                a.count = count
 
     def _count(
         self, member: str, model: str, route: str, status: int, request_id: str,
         started: float, first: float | None, reason: str | None,
-        tokens: tuple[int | None, int | None] = (None, None),
+        tokens: tuple[int | None, int | None] = (None, None), ended: float | None = None,
     ) -> None:  # fmt: skip
         self.fleet.s.usage.record(
             f"{member}/{model}", route, status, request_id, tokens_in=tokens[0],
-            tokens_out=tokens[1], seconds=time.perf_counter() - started,
+            tokens_out=tokens[1], seconds=(ended or time.perf_counter()) - started,
             ttft=None if first is None else first - started, reason=reason,
         )  # fmt: skip
-
-
-#: the routes whose streams carry a usage event when asked (OpenAI's; Anthropic's and the
-#: Responses API's always do, and refuse ``stream_options``)
-COUNTED = ("/v1/chat/completions", "/v1/completions")
 
 
 class _Closing(StreamingResponse):
@@ -369,26 +381,3 @@ class _Closing(StreamingResponse):
             await self.body_iterator.aclose()  # type: ignore[attr-defined]
             if not self.attempt.relayed:
                 self.unstarted()
-
-
-def _error_of(piece: bytes, member: str) -> tuple[int, str]:
-    """An error frame's status and message (one not as documented: a 502 that says so)."""
-    try:
-        error = json.loads(piece)
-        return int(error.get("status", 500)), str(error.get("message"))
-    except (ValueError, TypeError, AttributeError, RecursionError):
-        return 502, f"member {member} sent an error frame that is not one: see docs/fleet.md"
-
-
-def _failure(streamed: bool, message: str, code: str) -> bytes:
-    """How an answer that broke on its member ends: an error event, or an error body."""
-    if streamed:
-        return sse_error(message, "fleet_error", code)
-    return error_body(message, "fleet_error", code)
-
-
-def _whole_tokens(body: bytes) -> tuple[int | None, int | None]:
-    try:
-        return tokens_of(json.loads(body))
-    except (ValueError, RecursionError):
-        return None, None
