@@ -2,7 +2,7 @@
 
 - Added latency: a 1-token completion through the front and NATS against the same worker
   asked directly, 300 each after 30 warm-up, alternated. Goal: p50 ≤ 1 ms, p99 ≤ 3 ms.
-- Streaming: tokens/s through the fleet ÷ the same stream asked directly, the median of 10
+- Streaming: tokens/s through the fleet ÷ the same stream asked directly, the median of 16
   back-to-back pairs of 400 tokens on the tiny model (~1,300 tokens/s: past its first 8
   chunks, a member sends a frame at most every 5 ms) and of 8 pairs of 200 tokens on
   SmolLM2 (``threads: 1``: the other core is the front's, NATS's and the worker's). Goal
@@ -45,7 +45,7 @@ from ._harness import (
 )
 
 RUNS = 300
-STREAMS = 10
+STREAMS = 16
 SMOL_STREAMS = 8
 CLIENTS = 100
 

@@ -169,6 +169,21 @@ def test_a_chat_stream_translated_event_by_event() -> None:
     assert seq == sorted(seq) and len(set(seq)) == len(seq)
 
 
+def test_a_stream_s_tokens_when_its_events_come_together() -> None:
+    """A fleet member sends a fast stream's events together: Anthropic's tokens in (its
+    start) and out (its delta) in one piece are both counted, the later count winning."""
+    from smackctl.daemon.usage import tokens_in_stream
+
+    start = {"type": "message_start", "message": {"usage": {"input_tokens": 4,
+                                                            "output_tokens": 1}}}  # fmt: skip
+    delta = {"type": "message_delta", "usage": {"output_tokens": 9}}
+    piece = (
+        sse(start, "message_start") + sse({"type": "ping"}, "ping") + sse(delta, "message_delta")
+    )
+    assert tokens_in_stream(piece) == (4, 9)
+    assert tokens_in_stream(sse({"choices": [{"delta": {}}], "usage": None})) is None
+
+
 # -- the switch plan ---------------------------------------------------------------------------
 
 

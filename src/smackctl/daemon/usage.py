@@ -54,14 +54,17 @@ def tokens_of(data: Any) -> tuple[int | None, int | None]:
 
 
 def tokens_in_stream(chunk: bytes) -> tuple[int | None, int | None] | None:
-    """The counts of the last event of ``chunk`` (whole events) that carries a usage, or None
-    when none does."""
+    """The counts the events of ``chunk`` (whole events) carry, a later event's count over
+    an earlier one's (Anthropic's come in two events: the tokens in, then out), or None when
+    none carries a usage."""
     found = None
     if b'"usage"' in chunk:
         for ev in events(chunk):
-            counts = tokens_of(ev.json())
-            if counts != (None, None):
-                found = counts
+            got_in, got_out = tokens_of(ev.json())
+            if (got_in, got_out) != (None, None):
+                was_in, was_out = found or (None, None)
+                found = (was_in if got_in is None else got_in,
+                         was_out if got_out is None else got_out)  # fmt: skip
     return found
 
 
