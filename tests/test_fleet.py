@@ -616,6 +616,69 @@ def test_a_fleet_over_tls_with_a_user_and_password(tmp_path: Path, model_dir: Pa
         server.wait(10)
 
 
+def test_members_log_in_with_nkeys_and_a_seed_not_let_in_is_refused(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """`smackctl fleet nkey FILE` writes a user seed (only its owner may read it) and prints
+    its public key, never the seed; a NATS server that lists that key lets members in with
+    `credentials: {nkey_file: FILE}`. Another seed is refused, and a file that is not a seed
+    is said to be one, with the command that makes one."""
+    user = Home(tmp_path / "cli", {**os.environ, "SMACKCTL_HOME": str(tmp_path / "cli")})
+    seed, other, junk = tmp_path / "member.nk", tmp_path / "other.nk", tmp_path / "junk.nk"
+    made = smackctl(user, "fleet", "nkey", str(seed))
+    assert made.returncode == 0, made.stderr
+    public = made.stdout.split("its public key: ")[1].split()[0]
+    secret = seed.read_text().strip()
+    assert public.startswith("U") and secret.startswith("SU") and secret not in made.stdout
+    assert seed.stat().st_mode & 0o077 == 0
+    again = smackctl(user, "fleet", "nkey", str(seed))  # there already: shown, not replaced
+    assert public in again.stdout and seed.read_text().strip() == secret
+    assert smackctl(user, "fleet", "nkey", str(other)).returncode == 0
+    junk.write_text("not a seed\n")
+    said = smackctl(user, "fleet", "nkey", str(junk))
+    assert said.returncode == 2 and "holds no user's nkey seed" in said.stderr
+
+    port = free_port()
+    conf = tmp_path / "nats.conf"
+    conf.write_text(f"authorization {{ users = [ {{ nkey: {public} }} ] }}\n")
+    with open(tmp_path / "nats.log", "ab") as log:
+        server = subprocess.Popen(
+            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-c", str(conf)],
+            stdout=log, stderr=log, start_new_session=True,
+        )  # fmt: skip
+    url = f"nats://127.0.0.1:{port}"
+
+    def member(name: str, models: list[str], nkey: Path) -> str:
+        text = member_yaml(model_dir, name, url, models, "x")
+        return text.replace("credentials: {token: x}", f"credentials: {{nkey_file: {nkey}}}")
+
+    sups = []
+    try:
+        wait_for(lambda: _listens(port), 20, "nats-server with nkeys to listen")
+        sups.append(w := launch_on(tmp_path / "w", "test", member("nw", ["tiny-a"], seed)))
+        sups.append(f := launch_on(tmp_path / "f", "test", member("nf", [], seed)))
+        sups.append(bad := launch_on(tmp_path / "b", "test", member("nb", ["tiny-b"], other)))
+        sups.append(no := launch_on(tmp_path / "n", "test", member("nn", ["tiny-b"], junk)))
+        heard(f, "nw")
+        assert fleet_of(w)["connected"] and fleet_of(w)["error"] is None
+        with f.client(timeout=60) as c:
+            r = c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"})
+            assert r.status_code == 200 and r.headers["x-smackctl-deployment"] == "nw"
+        wait_for(lambda: "refused this member's credentials" in (fleet_of(bad)["error"] or ""),
+                 30, "the other seed to be refused")  # fmt: skip
+        wait_for(lambda: "smackctl fleet nkey" in (fleet_of(no)["error"] or ""), 30,
+                 "a file that is no seed to be said")  # fmt: skip
+        assert {"nb", "nn"}.isdisjoint(m["name"] for m in fleet_of(f)["members"])
+        for sup in sups:
+            logs = list((sup.home.state / "logs").glob("*.log"))
+            assert logs and all(secret not in p.read_text(errors="replace") for p in logs)
+    finally:
+        for sup in sups:
+            shutdown(sup)
+        server.kill()
+        server.wait(10)
+
+
 def _listens(port: int) -> bool:
     try:
         socketish(port).close()

@@ -1,10 +1,14 @@
-"""`smackctl fleet` (`fleet list`): the members of the fleet this supervisor joined."""
+"""`smackctl fleet` (`fleet list`): the members of the fleet this supervisor joined; `fleet
+nkey`: a member's nkey for the fleet's NATS server."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from smackctl.fleet_keys import make_seed, public_key
 
 from . import output
 from ._common import client
@@ -56,3 +60,22 @@ def fleet_list(ctx: typer.Context, json_: JsonOpt = False) -> None:
         load = f"{m['in_flight']} running, {m['queued']} queued"
         rows.append([name, models or "-", free, load, f"{m['seen']:.0f}s"])
     output.table(["MEMBER", "MODELS (* loaded)", "FREE MEMORY", "LOAD", "HEARD"], rows)
+
+
+@fleet_app.command("nkey")
+def fleet_nkey(
+    path: Annotated[str, typer.Argument(help="The seed file: written if it does not exist.")],
+) -> None:
+    """A member's nkey for the fleet's NATS server: a new user seed written to PATH (only you
+    may read it), or the one there; prints its public key, for the server's authorization,
+    and the profile's line. The seed itself is never printed."""
+    made = not Path(path).expanduser().exists()
+    key = make_seed(path) if made else public_key(path)
+    where = Path(path).expanduser().resolve()
+    print(f"{'wrote a new user seed to' if made else 'the seed in'} {where}"
+          f"{' (only you may read it)' if made else ''}")  # fmt: skip
+    print(f"its public key: {key}")
+    print("in the NATS server's configuration:")
+    print(f"  authorization {{ users = [ {{ nkey: {key} }} ] }}")
+    print("in the profile:")
+    print(f"  fleet: {{url: nats://HOST:4222, credentials: {{nkey_file: {where}}}}}")

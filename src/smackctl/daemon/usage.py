@@ -57,7 +57,7 @@ def tokens_in_stream(chunk: bytes) -> tuple[int | None, int | None] | None:
     """The counts the events of ``chunk`` (whole events) carry, a later event's count over
     an earlier one's (Anthropic's come in two events: the tokens in, then out), or None when
     none carries a usage."""
-    found = None
+    found: tuple[int | None, int | None] | None = None
     if b'"usage"' in chunk:
         for ev in events(chunk):
             got_in, got_out = tokens_of(ev.json())

@@ -13,9 +13,12 @@ import logging
 import ssl
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from smackctl.errors import SmackError
 from smackctl.fleet_config import FleetSpec
+from smackctl.fleet_keys import public_key
 
 from .front import Front
 from .members import Members
@@ -94,7 +97,8 @@ class Fleet:
         if c.user is not None:
             options["user"], options["password"] = c.user, c.password
         if c.nkey_file is not None:
-            options["nkeys_seed"] = c.nkey_file
+            public_key(c.nkey_file)  # a seed that cannot be used is said as such, not as NATS
+            options["nkeys_seed"] = str(Path(c.nkey_file).expanduser())  # away
         if self.spec.tls is not None:
             options["tls"] = self._tls()
         nc = await nats.connect(**options)
@@ -222,6 +226,8 @@ class Fleet:
 
 def _words(exc: BaseException) -> str:
     """An exception of nats-py's, in words (no Python repr)."""
+    if isinstance(exc, SmackError):
+        return f"{exc.message}: {exc.hint}" if exc.hint else exc.message
     text = str(exc).strip().strip("'\"")
     name = type(exc).__name__
     if "authorization" in text.lower() or "Authorization" in name:
