@@ -218,15 +218,19 @@ def test_a_client_that_leaves_mid_answer_stops_the_member_s_runner(fleet: Any) -
         assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-b"}).status_code == 200
 
 
-def test_a_fast_stream_s_chunks_go_together_after_its_first_ones(fleet: Any) -> None:
+def test_a_fast_stream_s_chunks_go_together_after_its_first_ones(
+    fleet: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A member's stream over a real NATS server: its first chunks go a frame each (the
     first token is never held); chunks that come faster than a frame per ``HOLD`` go
     together, the last held ones by themselves, with nothing after them; an end carries
     what was held. Every byte arrives once, in order, in frames numbered without a gap."""
     import nats as nats_py
 
+    from smackctl.daemon.fleet import worker
     from smackctl.daemon.fleet.worker import HOLD_AFTER, _Frames
 
+    monkeypatch.setattr(worker, "HOLD", 0.5)  # no pause of a busy machine sends one early
     nats = fleet[0]
     pieces = [f"data: {i}\n\n".encode() for i in range(200)]
     body = "http.response.body"
@@ -239,7 +243,7 @@ def test_a_fast_stream_s_chunks_go_together_after_its_first_ones(fleet: Any) -> 
 
     async def go() -> tuple[list[bytes], list[bytes]]:
         nc = await nats_py.connect(nats.url, token=SECRET)
-        got: dict[str, list[bytes]] = {"one": [], "two": []}
+        got: dict[str, list[bytes]] = {"one": [], "two": [], "three": []}
         for name, seen in got.items():
 
             async def keep(msg: Any, seen: list[bytes] = seen) -> None:
@@ -258,10 +262,20 @@ def test_a_fast_stream_s_chunks_go_together_after_its_first_ones(fleet: Any) -> 
             await two.asgi({"type": body, "body": piece, "more_body": True})
         await two.asgi({"type": body, "body": b"data: [DONE]\n\n", "more_body": False})
         await until(got["two"], 1 + HOLD_AFTER + 1)
+        three = _Frames(nc, "test.three", "w9")  # a failure while chunks are held
+        await three.asgi({"type": "http.response.start", "status": 200, "headers": []})
+        for piece in pieces[:12]:
+            await three.asgi({"type": body, "body": piece, "more_body": True})
+        await three.error(500, "it broke")
+        await until(got["three"], 1 + HOLD_AFTER + 2)
         await nc.drain()
-        return got["one"], got["two"]
+        return got["one"], got["two"], got["three"]
 
-    one, two = asyncio.run(go())
+    one, two, three = asyncio.run(go())
+    # what came before a failure is sent before its error, which is JSON alone
+    assert [f[:1] for f in three[-2:]] == [b"c", b"x"]
+    assert b"".join(f[5:] for f in three[1:-1]) == b"".join(pieces[:12])
+    assert json.loads(three[-1][5:])["message"] == "it broke"
     for frames, sent in ((one, pieces), (two, pieces[:12])):
         assert [int.from_bytes(f[1:5], "big") for f in frames] == list(range(len(frames)))
         kinds = b"".join(f[:1] for f in frames)
@@ -637,6 +651,10 @@ def test_members_log_in_with_nkeys_and_a_seed_not_let_in_is_refused(
     junk.write_text("not a seed\n")
     said = smackctl(user, "fleet", "nkey", str(junk))
     assert said.returncode == 2 and "holds no user's nkey seed" in said.stderr
+    assert "remove it, or give another path" in said.stderr
+    other.chmod(0o644)  # a secret others may read: said, as ssh says of its keys
+    loose = smackctl(user, "fleet", "nkey", str(other))
+    assert loose.returncode == 0 and f"chmod 600 {other}" in loose.stderr
 
     port = free_port()
     conf = tmp_path / "nats.conf"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from smackctl.errors import UsageError
 
-__all__ = ["make_seed", "public_key"]
+__all__ = ["exposed", "make_seed", "public_key"]
 
 _HINT = "write one with `smackctl fleet nkey FILE`, and put its public key in the NATS server's "
 _HINT += "authorization: users = [{nkey: U…}]"
@@ -51,6 +51,22 @@ def make_seed(path: str | Path) -> str:
     except OSError as exc:
         raise UsageError(f"{target} cannot be written ({exc.strerror})",
                          "give a path in a folder you can write") from exc  # fmt: skip
-    with os.fdopen(fd, "wb") as out:
-        out.write(seed + b"\n")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(seed + b"\n")
+    except OSError as exc:  # a disk full: no half seed left behind
+        target.unlink(missing_ok=True)
+        raise UsageError(f"{target} cannot be written ({exc.strerror})",
+                         "free some space, or give another path") from exc  # fmt: skip
     return public_key(target)
+
+
+def exposed(path: str | Path) -> str | None:
+    """What to say of a seed file others may read (a secret, as an ssh key), or None."""
+    try:
+        mode = Path(path).expanduser().stat().st_mode
+    except OSError:
+        return None
+    if mode & 0o077:
+        return f"the nkey seed {path} can be read by others: chmod 600 {path}"
+    return None

@@ -3,12 +3,15 @@ nkey`: a member's nkey for the fleet's NATS server."""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from smackctl.fleet_keys import make_seed, public_key
+from smackctl.errors import UsageError
+from smackctl.fleet_keys import exposed, make_seed, public_key
 
 from . import output
 from ._common import client
@@ -70,12 +73,20 @@ def fleet_nkey(
     may read it), or the one there; prints its public key, for the server's authorization,
     and the profile's line. The seed itself is never printed."""
     made = not Path(path).expanduser().exists()
-    key = make_seed(path) if made else public_key(path)
-    where = Path(path).expanduser().resolve()
+    try:
+        key = make_seed(path) if made else public_key(path)
+    except UsageError as exc:
+        raise UsageError(exc.message, "remove it, or give another path" if not made
+                         else exc.hint) from exc  # fmt: skip
+    if warning := exposed(path):
+        print(f"smackctl: warning: {warning}", file=sys.stderr)
+    where = Path(path).expanduser().absolute()
     print(f"{'wrote a new user seed to' if made else 'the seed in'} {where}"
           f"{' (only you may read it)' if made else ''}")  # fmt: skip
     print(f"its public key: {key}")
     print("in the NATS server's configuration:")
     print(f"  authorization {{ users = [ {{ nkey: {key} }} ] }}")
     print("in the profile:")
-    print(f"  fleet: {{url: nats://HOST:4222, credentials: {{nkey_file: {where}}}}}")
+    print(
+        f"  fleet: {{url: nats://HOST:4222, credentials: {{nkey_file: {json.dumps(str(where))}}}}}"
+    )

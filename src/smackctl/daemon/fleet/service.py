@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from smackctl.errors import SmackError
 from smackctl.fleet_config import FleetSpec
-from smackctl.fleet_keys import public_key
+from smackctl.fleet_keys import exposed, public_key
 
 from .front import Front
 from .members import Members
@@ -98,6 +98,8 @@ class Fleet:
             options["user"], options["password"] = c.user, c.password
         if c.nkey_file is not None:
             public_key(c.nkey_file)  # a seed that cannot be used is said as such, not as NATS
+            if warning := exposed(c.nkey_file):
+                log.warning("fleet: %s", warning)
             options["nkeys_seed"] = str(Path(c.nkey_file).expanduser())  # away
         if self.spec.tls is not None:
             options["tls"] = self._tls()

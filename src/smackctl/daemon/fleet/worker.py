@@ -170,6 +170,7 @@ class Worker:
                                "says why)")  # fmt: skip
         finally:
             waiting.cancel()
+            frames.stop_holding()  # a client gone: nothing held goes after it
             self.gone.pop(reply, None)
         if not frames.ended and not gone.is_set():  # ended without its last piece said
             await frames.asgi({"type": "http.response.body", "body": b"", "more_body": False})
@@ -209,6 +210,10 @@ class _Frames:
 
     async def error(self, status: int, message: str) -> None:
         self.ended = True
+        self.stop_holding()
+        if self.held:  # what came before the failure goes first (the error is JSON alone)
+            pieces, self.held = self.held, []
+            await self.send(CHUNK, b"".join(pieces))
         error = {"status": status, "message": message, "member": self.member}
         await self.send(ERROR, json.dumps(error).encode())
 
@@ -244,8 +249,7 @@ class _Frames:
                     await self.chunk(body)
             else:  # the last piece (with what was held) and the end in one frame
                 self.ended = True
-                if self.later is not None:
-                    self.later.cancel()
+                self.stop_holding()
                 pieces, self.held = self.held, []
                 await self.send(END, b"".join([*pieces, body]))
 
@@ -267,6 +271,10 @@ class _Frames:
             return
         self.held.append(body)
         self.later = loop.create_task(self._send_held(wait))
+
+    def stop_holding(self) -> None:
+        if self.later is not None:
+            self.later.cancel()
 
     async def _send_held(self, wait: float) -> None:
         await asyncio.sleep(wait)
