@@ -584,6 +584,54 @@ def test_two_fronts_hold_a_key_to_one_limit_through_jetstream(
         nats.kill()
 
 
+def test_members_share_their_response_cache_through_jetstream(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """An answer one member's cache keeps is a hit on another member with the same file
+    loaded the same way: the very bytes (its id and time), then kept in that member's own
+    cache too; `smackctl cache clear` clears the fleet's too (no cleared answer comes back
+    from it); a member with `share_cache: false` neither reads nor adds to it."""
+    nats = Nats(tmp_path, jetstream=True)
+    cache = "cache:\n  ttl: 1h\n"
+
+    def member(name: str, share: bool = True) -> str:
+        text = cache + member_yaml(model_dir, name, nats.url, ["tiny-a"], SECRET)
+        return text + ("" if share else "  share_cache: false\n")
+
+    sups = [launch_on(tmp_path / n, "test", member(n, n != "c")) for n in ("a", "b", "c")]
+    a, b, c = sups
+    try:
+        for sup in (a, b):
+            wait_for(lambda sup=sup: fleet_of(sup)["cache"]["shared"], 30, "the shared bucket")
+        assert not fleet_of(c)["cache"]["shared"]
+        body = {**CHAT, "model": "tiny-a", "max_tokens": 8, "temperature": 0}
+        with a.client(timeout=60) as ca:
+            first = ca.post("/v1/chat/completions", json=body)
+        assert first.status_code == 200 and first.headers["x-smackctl-cache"] == "miss"
+        wait_for(lambda: fleet_of(a)["cache"]["kept"] == 1, 30, "a's answer in the bucket")
+        with b.client(timeout=60) as cb:
+            hit = cb.post("/v1/chat/completions", json=body)
+        assert hit.headers["x-smackctl-cache"] == "hit"
+        assert hit.content == first.content  # the kept bytes, not a new answer
+        assert fleet_of(b)["cache"]["hits"] == 1
+        with b.client(timeout=60) as cb:  # now b's own: no second look in the fleet
+            assert cb.post("/v1/chat/completions", json=body).content == first.content
+            assert cb.get("/api/cache").json()["entries"] == 1
+        assert fleet_of(b)["cache"]["hits"] == 1
+        cleared = smackctl(b.home, "cache", "clear")  # here and in the fleet: not back
+        assert "cleared 1 entry, and the fleet's shared cache (1)" in cleared.stdout
+        with b.client(timeout=60) as cb:
+            again = cb.post("/v1/chat/completions", json=body)
+        assert again.headers["x-smackctl-cache"] == "miss" and again.content != first.content
+        with c.client(timeout=60) as cc:  # its answers its own, and the fleet's not its
+            mine = cc.post("/v1/chat/completions", json=body)
+        assert mine.headers["x-smackctl-cache"] == "miss" and mine.content != first.content
+    finally:
+        for sup in sups:
+            shutdown(sup)
+        nats.kill()
+
+
 def test_a_fleet_over_tls_with_a_user_and_password(tmp_path: Path, model_dir: Path) -> None:
     cert, key = self_signed(tmp_path)
     port = free_port()

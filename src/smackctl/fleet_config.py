@@ -56,6 +56,8 @@ class FleetSpec(_Strict):
     tls: FleetTls | None = None
     #: seconds between heartbeats; a member that misses 3 is dropped
     heartbeat: float = Field(2.0, gt=0, le=2.0)
+    #: answers this member's response cache keeps are the fleet's too (JetStream's bucket)
+    share_cache: bool = True
 
     @field_validator("url")
     @classmethod

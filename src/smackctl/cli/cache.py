@@ -50,7 +50,11 @@ def clear(
         str | None, typer.Argument(help="Only this model's entries.", autocompletion=complete_model)
     ] = None,
 ) -> None:
-    """Empty the cache, or one model's entries."""
+    """Empty the cache, or one model's entries; in a fleet that shares its cache, the
+    fleet's too (all of it)."""
     with client(ctx, autostart=False) as c:
         n = c.request("DELETE", "/api/cache", params={"model": model} if model else None).json()
-    print(f"cleared {n['cleared']} entr{'y' if n['cleared'] == 1 else 'ies'}")
+    said = f"cleared {n['cleared']} entr{'y' if n['cleared'] == 1 else 'ies'}"
+    if n.get("fleet") is not None:
+        said += f", and the fleet's shared cache ({n['fleet']})"
+    print(said)

@@ -18,7 +18,7 @@ from .fleet.follow import FleetFollower
 from .fleet.service import Fleet
 from .gateway import Gateway
 from .gateway.auto import Router
-from .gateway.cache import Cached
+from .gateway.cached import Cached
 from .gateway.deployments import Deployments
 from .gateway.local import LocalModels
 from .gateway.relay import Runners

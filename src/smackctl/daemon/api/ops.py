@@ -148,7 +148,7 @@ async def cache_clear(request: Request) -> Response:
     model = request.query_params.get("model") or None
     if model is not None:
         model = s.registry.resolve(model).name
-    return JSONResponse({"cleared": s.cached.open().clear(model)})
+    return JSONResponse(await s.cached.clear(model))
 
 
 async def backends(request: Request) -> Response:

@@ -24,6 +24,7 @@ from .front import Front
 from .members import Members
 from .protocol import ANY_MEMBERS, MEMBERS, WHO, Heartbeat, VersionMismatch
 from .shared import SharedLimits
+from .shared_cache import FleetCache
 from .worker import Worker
 
 if TYPE_CHECKING:
@@ -51,6 +52,10 @@ class Fleet:
         #: the keys' counters shared by the fleet's fronts (JetStream), when it has them
         self.shared = SharedLimits(lambda: self.connected)
         services.usage.shared_spent = self.shared.spent
+        #: the response cache shared by the fleet's members (JetStream), when it has one
+        self.cache = FleetCache(lambda: self.connected)
+        if spec.share_cache:
+            services.cached.fleet = self.cache
         self._tasks: list[asyncio.Task[None]] = []
         self._beat_error: str | None = None
 
@@ -73,6 +78,8 @@ class Fleet:
         await self.nc.subscribe(WHO, cb=self._on_who)
         await self.worker.start(self.nc)
         await self.shared.open(self.nc)
+        if self.spec.share_cache:
+            await self.cache.open(self.nc)
         await self.nc.publish(WHO, b"{}")
         log.info("fleet: joined %s as %s", self.spec.url, self.spec.name)
         while True:
@@ -195,6 +202,8 @@ class Fleet:
             "refused": sorted(self.members.refused.values()),
             "clash": self.members.clash,
             "limits": self.shared.view(),
+            "cache": {"shared": self.cache.kv is not None, "hits": self.cache.hits,
+                      "kept": self.cache.kept},  # fmt: skip
             "members": [
                 {"name": hb.name, "models": hb.models, "memory": hb.memory,
                  "in_flight": hb.in_flight, "queued": hb.queued, "draining": hb.draining,
@@ -216,6 +225,8 @@ class Fleet:
     async def aclose(self) -> None:
         if self.s.usage.shared_spent == self.shared.spent:  # what __init__ hooked, unhooked
             self.s.usage.shared_spent = None
+        if self.s.cached.fleet is self.cache:
+            self.s.cached.fleet = None
         for task in self._tasks:
             task.cancel()
         if self.nc is not None:

@@ -17,6 +17,7 @@ after ``ttl`` (purged at open, when read, and once a minute), and the oldest go 
 passes ``max_size``. A damaged ``cache.db`` is set aside (``cache.db.corrupt-…``) and a new one
 started; while none can be opened, requests are answered uncached. ``Cache-Control: no-cache``
 on a request: neither read nor written. ``X-Smackctl-Cache: hit | miss`` says which it was.
+``cached.py`` puts it in front of the local models (and shares it with a fleet).
 """
 
 from __future__ import annotations
@@ -31,18 +32,13 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, cast
-
-from starlette.responses import Response, StreamingResponse
+from typing import Any
 
 from smackctl.catalog import hashed_sha256, known_sha256
-from smackctl.config import CacheSettings, ModelSpec, Profile
+from smackctl.config import CacheSettings, ModelSpec
 from smackctl.daemon.answers import with_defaults
-from smackctl.daemon.keys import CALLER
-from smackctl.daemon.metrics import Metrics
-from smackctl.daemon.registry import Managed, Registry
 
-__all__ = ["CACHED_ROUTES", "Cache", "Cached", "deterministic", "kept_stream", "settings_for"]
+__all__ = ["CACHED_ROUTES", "Cache", "deterministic", "kept_stream", "settings_for"]
 
 #: the routes whose answers the response cache keeps
 CACHED_ROUTES = frozenset(
@@ -315,81 +311,3 @@ def kept_stream(
             keep(bytes(got))
 
     return kept()
-
-
-class Cached:
-    """The cache in front of every local model: the key of a request (None: not cached), a
-    hit as a response, a miss kept once it is over. ``path``: its file; ``on_notice``: what
-    `smackctl status` should say (a damaged file set aside)."""
-
-    def __init__(
-        self,
-        profile: Callable[[], Profile],
-        registry: Registry,
-        path: Path,
-        on_notice: Callable[[str], None],
-        metrics: Metrics | None,
-    ) -> None:
-        self.profile, self.registry, self.path = profile, registry, path
-        self.on_notice, self.metrics = on_notice, metrics
-        self.cache: Cache | None = None  # opened on the first cached request
-
-    def open(self) -> Cache:
-        if self.cache is None:
-            self.cache = Cache(self.path, on_notice=self.on_notice)
-        return self.cache
-
-    def close(self) -> None:
-        if self.cache is not None:
-            self.cache.close()
-
-    async def key(self, m: Managed, path: str, body: dict[str, Any]) -> str | None:
-        """The cache's key for this request, or None when it is not cached."""
-        profile = self.profile()
-        settings = settings_for(profile.cache, m.spec)
-        if settings is None or path not in CACHED_ROUTES:
-            return None
-        defaults = profile.defaults.model_dump()
-        if not deterministic(body, defaults):
-            return None
-        file = self.registry.model_file(m)
-        if not file.is_file():
-            return None  # pulled on its first load: cached from the next request on
-        identity = await self.open().identity(m.spec, file)
-        caller = CALLER.get()  # each key its own answers, unless the cache is shared
-        if caller is not None and not settings.shared:  # a name made anew is another key
-            identity = f"{identity}/key:{caller.name}@{caller.created}"
-        return Cache.key(path, body, defaults, identity)
-
-    def hit(self, key: str) -> Response | None:
-        found = self.open().get(key)
-        if self.metrics is not None:
-            self.metrics.cache.labels("hit" if found else "miss").inc()
-        if found is None:
-            return None
-        content, media_type = found
-        return Response(
-            content,
-            media_type=media_type,
-            headers={"X-Smackctl-Cache": "hit"},
-        )
-
-    def keep(self, answer: Response, key: str, m: Managed) -> None:
-        """Store a 200 ``answer``: a plain one now (a miss pays the SQLite write, ~0.5 ms, so
-        that the same request sent right after it hits); a stream as its bytes once it
-        ended without an error event."""
-        if answer.status_code != 200:
-            return
-        answer.headers["X-Smackctl-Cache"] = "miss"
-        settings = settings_for(self.profile().cache, m.spec)
-        assert settings is not None
-        cache = self.open()
-        if not isinstance(answer, StreamingResponse):
-            media = answer.media_type or "application/json"
-            cache.put(key, m.name, bytes(answer.body), media, settings)
-            return
-        answer.body_iterator = kept_stream(
-            cast(AsyncIterator[bytes], answer.body_iterator),
-            lambda stream: cache.put(key, m.name, stream, "text/event-stream", settings),
-            settings.max_entry,
-        )

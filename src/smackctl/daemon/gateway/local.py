@@ -26,7 +26,7 @@ from smackctl.daemon.translate import MESSAGES, RESPONSES, from_chat, stream_fro
 from smackctl.daemon.usage import Usage
 from smackctl.errors import SmackError, UsageError
 
-from .cache import Cached
+from .cached import Cached
 from .call import KEEP, Call
 from .relay import CHAT, COMPLETIONS, Runners
 
@@ -65,7 +65,7 @@ class LocalModels:
         key = None if call.no_cache else await self.cached.key(m, call.path, call.body)
         if key is None:
             return await self.forward(m, call.path, call.body, call.request_id)
-        hit = self.cached.hit(key)
+        hit = await self.cached.hit(key, m)
         if hit is not None:
             self.usage.record(m.name, call.path, 200, call.request_id)
             return hit
