@@ -589,8 +589,10 @@ def test_members_share_their_response_cache_through_jetstream(
 ) -> None:
     """An answer one member's cache keeps is a hit on another member with the same file
     loaded the same way: the very bytes (its id and time), then kept in that member's own
-    cache too; `smackctl cache clear` clears the fleet's too (no cleared answer comes back
-    from it); a member with `share_cache: false` neither reads nor adds to it."""
+    cache too, and said as a hit once in `cache stats`; `smackctl cache clear` empties the
+    fleet's bucket and every sharing member's own cache (no cleared answer comes back); a
+    member with `share_cache: false` neither reads nor adds to it. Values in the bucket that
+    are not as a member writes them (another writer's) are misses."""
     nats = Nats(tmp_path, jetstream=True)
     cache = "cache:\n  ttl: 1h\n"
 
@@ -598,8 +600,15 @@ def test_members_share_their_response_cache_through_jetstream(
         text = cache + member_yaml(model_dir, name, nats.url, ["tiny-a"], SECRET)
         return text + ("" if share else "  share_cache: false\n")
 
-    sups = [launch_on(tmp_path / n, "test", member(n, n != "c")) for n in ("a", "b", "c")]
+    # a lookup waits on NATS a quarter second at most: more here, for a busy machine
+    sups = [launch_on(tmp_path / n, "test", member(n, n != "c"), SMACKCTL_FLEET_CACHE_WAIT="5")
+            for n in ("a", "b", "c")]  # fmt: skip
     a, b, c = sups
+
+    def entries(sup: Supervisor) -> int:
+        with sup.client() as client:
+            return int(client.get("/api/cache").json()["entries"])
+
     try:
         for sup in (a, b):
             wait_for(lambda sup=sup: fleet_of(sup)["cache"]["shared"], 30, "the shared bucket")
@@ -616,12 +625,14 @@ def test_members_share_their_response_cache_through_jetstream(
         assert fleet_of(b)["cache"]["hits"] == 1
         with b.client(timeout=60) as cb:  # now b's own: no second look in the fleet
             assert cb.post("/v1/chat/completions", json=body).content == first.content
-            assert cb.get("/api/cache").json()["entries"] == 1
+            stats = cb.get("/api/cache").json()
+        assert stats["entries"] == 1 and (stats["hits"], stats["misses"]) == (2, 0)
         assert fleet_of(b)["cache"]["hits"] == 1
-        cleared = smackctl(b.home, "cache", "clear")  # here and in the fleet: not back
-        assert "cleared 1 entry, and the fleet's shared cache (1)" in cleared.stdout
-        with b.client(timeout=60) as cb:
-            again = cb.post("/v1/chat/completions", json=body)
+        cleared = smackctl(b.home, "cache", "clear")  # the bucket, b's, and a's too
+        assert "cleared 1 entry, and the fleet's shared cache (1; each member" in cleared.stdout
+        wait_for(lambda: entries(a) == 0, 30, "a to clear its own cache as told")
+        with a.client(timeout=60) as ca:
+            again = ca.post("/v1/chat/completions", json=body)
         assert again.headers["x-smackctl-cache"] == "miss" and again.content != first.content
         with c.client(timeout=60) as cc:  # its answers its own, and the fleet's not its
             mine = cc.post("/v1/chat/completions", json=body)
@@ -629,6 +640,36 @@ def test_members_share_their_response_cache_through_jetstream(
     finally:
         for sup in sups:
             shutdown(sup)
+
+    async def hostile() -> list[tuple[bytes, str, float] | None]:
+        import nats as nats_py
+
+        from smackctl.daemon.fleet.shared_cache import FleetCache
+
+        nc = await nats_py.connect(nats.url, token=SECRET)
+        fleet = FleetCache()
+        await fleet.open(nc)
+        assert fleet.kv is not None
+        later = json.dumps({"media_type": "application/json", "expires": 4e9}).encode()
+        values = {
+            "good": later + b"\n{}",
+            "no-line": later,
+            "media": b'{"media_type": "text/\xc3\xa9vil", "expires": 4e9}\n{}',
+            "nan": b'{"media_type": "application/json", "expires": NaN}\n{}',
+            "past": b'{"media_type": "application/json", "expires": 1}\n{}',
+            "list": b"[1, 2]\n{}",
+            "junk": b"\xff\xfe",
+        }
+        for name, value in values.items():
+            await fleet.kv.put(f"v1.{name}", value)
+        found = [await fleet.get(name) for name in values]
+        await nc.drain()
+        return found
+
+    try:
+        good, *bad = asyncio.run(hostile())
+        assert good == (b"{}", "application/json", 4e9) and bad == [None] * 6
+    finally:
         nats.kill()
 
 

@@ -55,6 +55,8 @@ def clear(
     with client(ctx, autostart=False) as c:
         n = c.request("DELETE", "/api/cache", params={"model": model} if model else None).json()
     said = f"cleared {n['cleared']} entr{'y' if n['cleared'] == 1 else 'ies'}"
-    if n.get("fleet") is not None:
-        said += f", and the fleet's shared cache ({n['fleet']})"
+    if isinstance(n.get("fleet"), int):
+        said += f", and the fleet's shared cache ({n['fleet']}; each member clears its own)"
+    elif n.get("fleet") is not None:
+        said += f"; the fleet's shared cache was NOT cleared: {n['fleet']}"
     print(said)

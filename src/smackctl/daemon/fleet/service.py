@@ -56,6 +56,7 @@ class Fleet:
         self.cache = FleetCache(lambda: self.connected)
         if spec.share_cache:
             services.cached.fleet = self.cache
+            self.cache.on_clear = lambda model: services.cached.open().clear(model)
         self._tasks: list[asyncio.Task[None]] = []
         self._beat_error: str | None = None
 

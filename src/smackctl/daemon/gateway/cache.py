@@ -198,7 +198,9 @@ class Cache:
 
     # -- entries --------------------------------------------------------------------------
 
-    def get(self, key: str) -> tuple[bytes, str] | None:
+    def get(self, key: str, count: bool = True) -> tuple[bytes, str] | None:
+        """The answer kept for ``key`` (counted as a hit or a miss unless ``count`` is off:
+        the caller counts it once it has looked elsewhere too)."""
         found = None
         db = self._connection()
         if db is not None:
@@ -216,16 +218,23 @@ class Cache:
                     found = (bytes(row[0]), str(row[1]))
             except sqlite3.Error as exc:
                 self._fault("read", exc)
-        if found is None:
+        if count and found is None:
             self.misses += 1
-        else:
+        elif count:
             self.hits += 1
         return found
 
     def put(
-        self, key: str, model: str, content: bytes, media_type: str, settings: CacheSettings
+        self,
+        key: str,
+        model: str,
+        content: bytes,
+        media_type: str,
+        settings: CacheSettings,
+        ttl: float | None = None,
     ) -> bool:
-        """Keep an answer (not one past ``max_entry``); the oldest go past ``max_size``."""
+        """Keep an answer (not one past ``max_entry``) for ``settings.ttl``, or ``ttl`` when
+        it is shorter; the oldest go past ``max_size``."""
         if len(content) > settings.max_entry:
             return False
         db = self._connection()
@@ -235,7 +244,15 @@ class Cache:
         try:
             db.execute(
                 "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key, model, now, now + settings.ttl, len(content), media_type, content),
+                (
+                    key,
+                    model,
+                    now,
+                    now + min(settings.ttl, settings.ttl if ttl is None else ttl),
+                    len(content),
+                    media_type,
+                    content,
+                ),
             )
             db.execute("DELETE FROM entries WHERE expires < ?", (now,))
             total = db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0]

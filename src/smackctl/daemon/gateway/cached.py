@@ -5,6 +5,7 @@ before the runner is asked, and what is kept here is kept there too."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -25,11 +26,11 @@ class FleetCache(Protocol):
     """The fleet's cache (``fleet/shared_cache.py``): a lookup that is a miss when it cannot
     answer at once, and a put that does not wait."""
 
-    async def get(self, key: str) -> tuple[bytes, str] | None: ...
+    async def get(self, key: str) -> tuple[bytes, str, float] | None: ...
 
     def put(self, key: str, content: bytes, media_type: str, ttl: float) -> None: ...
 
-    async def clear(self) -> int | None: ...
+    async def clear(self, model: str | None) -> int | str: ...
 
 
 class Cached:
@@ -59,10 +60,14 @@ class Cached:
         if self.cache is not None:
             self.cache.close()
 
-    async def clear(self, model: str | None = None) -> dict[str, int | None]:
-        """This supervisor's answers (of ``model``, or all), and the fleet's (all of them)."""
-        here = self.open().clear(model)
-        return {"cleared": here, "fleet": await self.fleet.clear() if self.fleet else None}
+    async def clear(self, model: str | None = None) -> dict[str, Any]:
+        """This supervisor's answers (of ``model``, or all), and the fleet's: its bucket
+        (all of it), and each sharing member's own (``fleet``: how many the bucket held, or
+        why it was not cleared)."""
+        cleared: dict[str, Any] = {"cleared": self.open().clear(model)}
+        if self.fleet is not None:
+            cleared["fleet"] = await self.fleet.clear(model)
+        return cleared
 
     async def key(self, m: Managed, path: str, body: dict[str, Any]) -> str | None:
         """The cache's key for this request, or None when it is not cached."""
@@ -85,12 +90,18 @@ class Cached:
     async def hit(self, key: str, m: Managed) -> Response | None:
         """The answer kept for ``key``: this supervisor's own, else the fleet's (then kept
         here too)."""
-        found = self.open().get(key)
-        if found is None and self.fleet is not None:
-            found = await self.fleet.get(key)
+        cache = self.open()
+        found = cache.get(key, count=False)
+        if found is None and self.fleet is not None and (shared := await self.fleet.get(key)):
             settings = settings_for(self.profile().cache, m.spec)
-            if found is not None and settings is not None:
-                self.open().put(key, m.name, found[0], found[1], settings)
+            found = shared[:2]
+            if settings is not None:  # kept here no longer than the fleet keeps it
+                left = shared[2] - time.time()
+                self.open().put(key, m.name, *found, settings, ttl=left)
+        if found is None:
+            cache.misses += 1
+        else:
+            cache.hits += 1
         if self.metrics is not None:
             self.metrics.cache.labels("hit" if found else "miss").inc()
         if found is None:
