@@ -1,7 +1,7 @@
 """The fleet (issue 31): a front and workers over a real nats-server on loopback.
 
 - Added latency: a 1-token completion through the front and NATS against the same worker
-  asked directly, 300 each after 30 warm-up, alternated. Goal: p50 ≤ 1 ms, p99 ≤ 3 ms.
+  asked directly, 1,000 each after 30 warm-up, alternated. Goal: p50 ≤ 1 ms, p99 ≤ 3 ms.
 - Streaming: tokens/s through the fleet ÷ the same stream asked directly, the median of 16
   back-to-back pairs of 400 tokens on the tiny model (~1,300 tokens/s: past its first 8
   chunks, a member sends a frame at most every 5 ms) and of 8 pairs of 200 tokens on
@@ -44,7 +44,7 @@ from ._harness import (
     verdict,
 )
 
-RUNS = 300
+RUNS = 1000
 STREAMS = 16
 SMOL_STREAMS = 8
 CLIENTS = 100
