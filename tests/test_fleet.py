@@ -613,6 +613,9 @@ def test_members_share_their_response_cache_through_jetstream(
         for sup in (a, b):
             wait_for(lambda sup=sup: fleet_of(sup)["cache"]["shared"], 30, "the shared bucket")
         assert not fleet_of(c)["cache"]["shared"]
+        listed = smackctl(a.home, "fleet").stdout
+        assert "shared through JetStream: the keys' limits, the response cache" in listed
+        assert "the response cache" not in smackctl(c.home, "fleet").stdout
         body = {**CHAT, "model": "tiny-a", "max_tokens": 8, "temperature": 0}
         with a.client(timeout=60) as ca:
             first = ca.post("/v1/chat/completions", json=body)

@@ -51,6 +51,10 @@ def fleet_list(ctx: typer.Context, json_: JsonOpt = False) -> None:
         return
     state = "connected" if got["connected"] else f"not connected: {got.get('error') or '…'}"
     print(f"this member: {got['name']} at {got['url']} ({state})")
+    shared = [what for what, on in (("the keys' limits", got.get("limits", {}).get("shared")),
+              ("the response cache", got.get("cache", {}).get("shared"))) if on]  # fmt: skip
+    if shared:
+        print(f"shared through JetStream: {', '.join(shared)}")
     for refused in got.get("refused") or []:
         print(f"refused: {refused}")
     rows = []
