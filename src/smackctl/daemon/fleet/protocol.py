@@ -20,6 +20,8 @@ version 2 numbered the frames). Pure: no NATS, no supervisor.
   body: a start and an end in one message), ``x`` error (JSON: status, message, member).
 - ``smackctl.v2.cancel.<member>``: the front's client went away before the answer ended; the
   message is the request's reply subject, and the member stops that request's runner.
+- ``smackctl.v2.cache.clear``: ``{"model": NAME or null}``: a member cleared its response
+  cache, and every member that shares it (``shared_cache.py``) clears its own the same way.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 __all__ = [
     "ACK_WITHIN",
     "ANY_MEMBERS",
+    "CACHE_CLEAR",
     "CHUNK",
     "END",
     "ERROR",
@@ -61,6 +64,7 @@ MEMBERS = f"{PREFIX}.members"
 #: the members subject of every version (``smackctl.v3.members``…): to refuse in words
 ANY_MEMBERS = "smackctl.*.members"
 WHO = f"{PREFIX}.who"
+CACHE_CLEAR = f"{PREFIX}.cache.clear"
 QUEUE = "workers"
 WAIT, START, CHUNK, END, ERROR = b"w", b"s", b"c", b"e", b"x"
 #: a whole answer in one frame: the start's JSON, a newline, the body (one message, not two)

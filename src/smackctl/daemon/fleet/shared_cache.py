@@ -12,8 +12,9 @@ keeping member's ``ttl``) and the answer's bytes; one past the NATS server's
 writer's) is a miss. The bucket keeps nothing past a day nor past ``MAX_BYTES`` (the oldest
 go). A lookup that NATS does not answer within ``WAIT`` is a miss; NATS away, each member's
 cache is its own. ``smackctl cache clear`` on a member empties the bucket (all of it: its
-entries do not say their model) and tells every member that shares (``CLEAR``) to clear its
-own cache the same way. ``fleet: {share_cache: false}`` keeps a member's answers to itself.
+entries do not say their model) and tells every member that shares
+(``protocol.CACHE_CLEAR``) to clear its own cache the same way. ``fleet: {share_cache:
+false}`` keeps a member's answers to itself.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from smackctl.daemon.limits import DAY
 
-from .protocol import PREFIX
+from .protocol import CACHE_CLEAR
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
     from nats.js.kv import KeyValue
 
-__all__ = ["BUCKET", "CLEAR", "FleetCache"]
+__all__ = ["BUCKET", "FleetCache"]
 
 log = logging.getLogger("smackctl.fleet")
 
@@ -47,8 +48,6 @@ BUCKET = "smackctl_cache"
 MAX_BYTES = 512 * 2**20
 #: seconds a lookup may take before it is a miss (a JetStream get on a LAN: ~1 ms)
 WAIT = float(os.environ.get("SMACKCTL_FLEET_CACHE_WAIT") or 0.25)
-#: a cache clear, to every member that shares: ``{"model": NAME or null}``
-CLEAR = f"{PREFIX}.cache.clear"
 _MEDIA = ("application/json", "text/event-stream")
 
 
@@ -82,7 +81,7 @@ class FleetCache:
                 self.kv = await js.key_value(BUCKET)
             self.largest = nc.max_payload - 4096
             self._nc = nc
-            await nc.subscribe(CLEAR, cb=self._on_clear)
+            await nc.subscribe(CACHE_CLEAR, cb=self._on_clear)
         except Exception as exc:  # noqa: BLE001 - no JetStream: each member's cache alone
             self.kv = None
             log.info("fleet: the response cache is not shared (%s)", type(exc).__name__)
@@ -133,7 +132,7 @@ class FleetCache:
         try:
             n = int((await self.kv.status()).values)
             await self._js.purge_stream(f"KV_{BUCKET}")
-            await self._nc.publish(CLEAR, json.dumps({"model": model}).encode())
+            await self._nc.publish(CACHE_CLEAR, json.dumps({"model": model}).encode())
             return n
         except Exception as exc:  # noqa: BLE001 - NATS away meanwhile: said
             log.warning("fleet: the fleet's response cache could not be cleared: %s", exc)

@@ -248,7 +248,7 @@ class Cache:
                     key,
                     model,
                     now,
-                    now + min(settings.ttl, settings.ttl if ttl is None else ttl),
+                    now + (settings.ttl if ttl is None else min(ttl, settings.ttl)),
                     len(content),
                     media_type,
                     content,
