@@ -147,6 +147,8 @@ def test_the_playground_streams_an_answer_with_its_headers(
     out = page.locator("#pg-out-a")
     expect(out.locator(".headers")).to_contain_text("x-request-id")
     expect(out.locator(".headers")).to_contain_text("x-smackctl-deployment: tiny-a")
+    # "total" is shown once it is over ("0 tokens" already after the first, role-only chunk)
+    expect(out.locator(".stats")).to_contain_text("total")
     expect(out.locator(".stats")).to_contain_text("tokens")
     chunks = [f for f in w.frames if f.get("type") == "chunk"]
     assert len(chunks) > 2  # streamed: many frames, not one answer
@@ -281,7 +283,7 @@ def test_the_playground_compares_two_models_side_by_side(browser: Browser, sup: 
     for column, name in (("#pg-out-a", "tiny-a"), ("#pg-out-b", "tiny-b")):
         out = page.locator(column)
         expect(out.locator(".headers")).to_contain_text(f"x-smackctl-deployment: {name}")
-        expect(out.locator(".stats")).to_contain_text("tokens")
+        expect(out.locator(".stats")).to_contain_text("total")  # over, not only begun
         assert out.locator(".answer").inner_text().strip()
     w.no_errors()
 
