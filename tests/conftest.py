@@ -328,7 +328,8 @@ def paused(pid: int) -> Iterator[None]:
     try:
         yield
     finally:
-        os.kill(pid, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):  # the block may have ended it (a stop)
+            os.kill(pid, signal.SIGCONT)
 
 
 @contextlib.contextmanager

@@ -14,7 +14,16 @@ import threading
 import httpx
 import psutil
 
-from conftest import Home, Supervisor, launch, runner_pids, shutdown, smackctl, wait_for
+from conftest import (
+    Home,
+    Supervisor,
+    held_mid_stream,
+    launch,
+    runner_pids,
+    shutdown,
+    smackctl,
+    wait_for,
+)
 
 CHAT = {
     "model": "tiny-a",
@@ -83,75 +92,90 @@ def test_killing_the_supervisor_leaves_no_runner(home: Home) -> None:
     shutdown(sup2)
 
 
+def _stop(home: Home, timeout: str) -> subprocess.Popen[str]:
+    """`smackctl stop --timeout T`, started and left running: the test holds the runner while
+    the stop takes its count, so what is in flight then does not depend on the CPU's speed."""
+    argv = [sys.executable, "-m", "smackctl", "stop", "--timeout", timeout]
+    return subprocess.Popen(argv, env=home.env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _draining(url: str) -> bool:
+    try:
+        return httpx.get(url + "/health", timeout=5).json()["accepting"] is False
+    except httpx.ConnectError:
+        return True
+
+
 def test_stop_while_two_requests_in_flight_lets_both_finish(supervisor: Supervisor) -> None:
+    """One stream mid-answer (its runner held still) and one queued behind it (tiny-a has one
+    slot) when the stop comes: both are answered whole, and stop says so."""
     with supervisor.client() as c:
         assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
 
-    def stream(_: int) -> list[str]:
+    def stream() -> list[str]:
         with (
             supervisor.client() as c,
             c.stream("POST", "/v1/chat/completions", json={**LONG, "max_tokens": 1500}) as r,
         ):
             return [line for line in r.iter_lines() if line.startswith("data:")]
 
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        futs = [pool.submit(stream, i) for i in range(2)]
-        wait_for(
-            lambda: (
-                supervisor.model("tiny-a")["in_flight"] + supervisor.model("tiny-a")["queued"] == 2
-            ),
-            10,
-            "two requests in flight",
-        )
-        r = smackctl(supervisor.home, "stop", "--timeout", "60", timeout=120)
-        assert r.returncode == 0, r.stderr
-        assert "smackctl stopped" in r.stderr
-        results = [f.result() for f in futs]
-    for lines in results:
+    with (
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+        held_mid_stream(supervisor, {**LONG, "max_tokens": 1500}) as held,
+    ):
+        queued = pool.submit(stream)
+        wait_for(lambda: supervisor.model("tiny-a")["queued"] == 1, 10, "the second to queue")
+        stopper = _stop(supervisor.home, "60")
+        wait_for(lambda: _draining(supervisor.url), 30, "the stop to begin its drain")
+    out, err = stopper.communicate(timeout=120)
+    assert stopper.returncode == 0, err
+    assert "smackctl stopped" in err
+    for lines in ([ln for ln in held if ln.startswith("data:")], queued.result(30)):
         assert lines[-1] == "data: [DONE]"
         assert json.loads(lines[-2][5:])["choices"][0]["finish_reason"] in ("length", "stop")
     assert supervisor.proc.wait(10) == 0
     assert not runner_pids(supervisor.home.root)
-    assert "drain: 1 request(s) running and 1 queued at the stop; all answered" in r.stderr
+    assert "drain: 1 request(s) running and 1 queued at the stop; all answered" in err
 
 
 def test_a_drain_that_runs_out_of_time_ends_every_answer_cleanly(supervisor: Supervisor) -> None:
-    """`stop --timeout 1` with a stream in flight and one queued behind it (tiny-a has one
-    slot): the stream gets an error event and the clean end of its body, the queued one a
-    503 with Retry-After; no connection is torn, and stop says what it cut."""
+    """`stop --timeout 1` with a stream in flight (its runner held still) and one queued
+    behind it (tiny-a has one slot): the stream gets an error event and the clean end of its
+    body, the queued one a 503 with Retry-After; no connection is torn, and stop says what it
+    cut."""
     with supervisor.client() as c:
         assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
     long = {**LONG, "max_tokens": 3500}
-    got: dict[int, tuple[int, list[str], dict[str, str]]] = {}
+    got: dict[str, str] = {}
 
-    def stream(i: int) -> None:
+    def queued() -> tuple[int, list[str], dict[str, str]]:
         with (
             supervisor.client() as c,
             c.stream("POST", "/v1/chat/completions", json=long) as r,
         ):  # a torn body would raise here (httpx.RemoteProtocolError)
-            got[i] = (r.status_code, list(r.iter_lines()), dict(r.headers))
+            return r.status_code, list(r.iter_lines()), dict(r.headers)
 
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        first = pool.submit(stream, 0)
-        wait_for(lambda: supervisor.model("tiny-a")["in_flight"] == 1, 10, "the first stream")
-        second = pool.submit(stream, 1)
+    with (
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+        held_mid_stream(supervisor, long) as held,  # a torn body would raise here too
+    ):
+        second = pool.submit(queued)
         wait_for(lambda: supervisor.model("tiny-a")["queued"] == 1, 10, "the second to queue")
-        r = smackctl(supervisor.home, "stop", "--timeout", "1", timeout=60)
-        first.result(30)
-        second.result(30)
-    assert r.returncode == 0, r.stderr
+        stopper = _stop(supervisor.home, "1")
+        wait_for(lambda: "answer(s) were cut" in supervisor.log(), 30, "the drain to run out")
+    got["out"], got["err"] = stopper.communicate(timeout=60)
+    assert stopper.returncode == 0, got["err"]
     assert (
         "drain: 1 request(s) running and 1 queued at the stop; after 1s 1 answer(s) were cut"
-        in r.stderr
+        in got["err"]
     )
-    assert "and 1 queued request(s) refused" in r.stderr
-    status, lines, _ = got[0]
-    assert status == 200
-    events = [ln for ln in lines if ln.startswith("data: ")]
+    assert "and 1 queued request(s) refused" in got["err"]
+    events = [ln for ln in held if ln.startswith("data: ")]
     assert events[-1] != "data: [DONE]"
     err = json.loads(events[-1][6:])["error"]
     assert err["code"] == "drain_timeout" and "was cut before it was complete" in err["message"]
-    status, lines, headers = got[1]
+    status, lines, headers = second.result(30)
     assert status == 503 and headers["retry-after"] == "1"
     assert "its drain ran out of time before this request's turn came" in "".join(lines)
     assert supervisor.proc.wait(20) == 0
