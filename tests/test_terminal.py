@@ -72,13 +72,17 @@ def _in_order(words: list[str], screen: list[str]) -> bool:
     return any(screen[i : i + n] == words for i in range(len(screen) - n + 1))
 
 
+#: what the shell prints once `smackctl chat` has exited
+DONE = "SMK-CHAT-EXITED"
+
+
 def _chat_in_terminal(sup: Supervisor, width: int, resize_to: int | None = None) -> list[str]:
     env = " ".join(
         f"{k}={shlex.quote(v)}" for k, v in sup.home.env.items() if k.startswith("SMACKCTL")
     )
     cmd = (
         f"env {env} TERM=xterm-256color {sys.executable} -m smackctl chat --seed 7 "
-        f"--temperature 0 --max-tokens 150 {shlex.quote(QUESTION)}; sleep 600"
+        f"--temperature 0 --max-tokens 150 {shlex.quote(QUESTION)}; echo {DONE}; sleep 600"
     )
     session = f"smk-term-{os.getpid()}-{width}-{resize_to}"
     _new_session(session, "-x", str(width), "-y", "20", cmd)
@@ -90,7 +94,9 @@ def _chat_in_terminal(sup: Supervisor, width: int, resize_to: int | None = None)
         if resize_to is not None:
             wait_for(lambda: len(everything().split()) > 20, 120, "the answer to stream")
             _tmux("resize-window", "-t", session, "-x", str(resize_to), "-y", "20")
-        wait_for(lambda: "tokens/s" in everything(), 180, "the answer and its stats line")
+        # the command's end, not its stats line: the conversation is saved after that line
+        wait_for(lambda: DONE in everything(), 180, "the answer and the command's end")
+        assert "tokens/s" in everything()
         joined = everything()
         lines = _tmux("capture-pane", "-p", "-S", "-", "-E", "-", "-t", session).splitlines()
     finally:
