@@ -20,7 +20,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from conftest import Supervisor, launch_on, shutdown
+from conftest import Supervisor, launch_on, shutdown, wait_for
 
 BACKENDS = ["smol-ls", "smol-py"]  # llama-server, llama-cpp-python
 
@@ -186,9 +186,18 @@ def test_every_field_of_the_table_answers_200_or_a_4xx_that_names_it(
         assert r.status_code == 400  # outside the API: still refused
         # an Anthropic request's usage lands in the request log like any other's
         msg = {"model": model, "max_tokens": 4, "messages": [{"role": "user", "content": "x"}]}
-        assert c.post("/v1/messages", json=msg).status_code == 200
-    lines = [ln for ln in both.log().splitlines() if f"model={model} route=/v1/messages" in ln]
-    assert lines and "tokens_out=None" not in lines[-1] and "tokens_out=0 " not in lines[-1]
+        r = c.post("/v1/messages", json=msg)
+        assert r.status_code == 200
+    # this request's line (written once the answer is sent: waited for, in another process)
+    mark = f"request id={r.headers['x-request-id']} "
+
+    def line() -> str | None:
+        return next((ln for ln in both.log().splitlines() if mark in ln), None)
+
+    wait_for(lambda: line() is not None, 10, "the request's line in the log")
+    logged = line() or ""
+    assert f"model={model} route=/v1/messages" in logged
+    assert "tokens_out=None" not in logged and "tokens_out=0 " not in logged
 
 
 WEATHER = {

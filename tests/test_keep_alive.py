@@ -44,10 +44,11 @@ def test_keep_alive_minus_one_keeps_it_and_ps_says_so(supervisor: Supervisor) ->
 
 
 def test_a_load_with_its_own_ttl(supervisor: Supervisor) -> None:
-    r = smackctl(supervisor.home, "models", "load", "tiny-c", "--ttl", "1")
+    # 3 s: long enough to read back before it passes (the CLI's own start takes a part)
+    r = smackctl(supervisor.home, "models", "load", "tiny-c", "--ttl", "3")
     assert r.returncode == 0, r.stderr
-    assert _model(supervisor, "tiny-c")["keep_alive"] == 1
-    wait_for(lambda: _model(supervisor, "tiny-c")["state"] == "stopped", 20, "the ttl to unload it")
+    assert _model(supervisor, "tiny-c")["keep_alive"] == 3
+    wait_for(lambda: _model(supervisor, "tiny-c")["state"] == "stopped", 30, "the ttl to unload it")
     # a new load starts from the profile's ttl again
     assert smackctl(supervisor.home, "models", "load", "tiny-c").returncode == 0
     assert _model(supervisor, "tiny-c")["keep_alive"] is None

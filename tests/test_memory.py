@@ -144,10 +144,14 @@ def test_queue_overflow_gets_503_and_queued_requests_finish_in_order(
                     json={**CHAT, "model": "tiny-a", "max_tokens": tokens, "stream": True},
                 ) as r,
             ):
-                lines = [ln for ln in r.iter_lines() if ln.startswith("data:")]
+                lines = []
+                for ln in r.iter_lines():
+                    if ln.startswith("data:") and not lines:
+                        with lock:  # its turn came (at its first token, not its end: the
+                            order.append(i)  # slot is given back before the last chunk)
+                    if ln.startswith("data:"):
+                        lines.append(ln)
                 assert lines[-1] == "data: [DONE]"
-            with lock:
-                order.append(i)
             return r.status_code
 
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
