@@ -285,3 +285,36 @@ def test_crash_loop_ends_in_failed_shown_in_status(supervisor: Supervisor) -> No
     assert m["pid"] is None
     with supervisor.client() as c:  # a new request tries again from scratch
         assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
+
+
+def test_stop_force_cuts_at_once_and_says_so(supervisor: Supervisor) -> None:
+    """`stop --force` with a stream mid-answer (its runner held still: it would never end
+    by itself) and one queued: the stream gets an error event that names --force and the
+    clean end of its body, the queued one a 503, and the supervisor exits by itself (status
+    0), not by the CLI's SIGKILL after its 5 s."""
+    with supervisor.client() as c:
+        assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
+    long = {**LONG, "max_tokens": 3500}
+
+    def queued() -> tuple[int, str]:
+        with supervisor.client() as c:
+            r = c.post("/v1/chat/completions", json={**long, "stream": False})
+            return r.status_code, r.text
+
+    with (
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+        held_mid_stream(supervisor, long) as held,
+    ):
+        second = pool.submit(queued)
+        wait_for(lambda: supervisor.model("tiny-a")["queued"] == 1, 10, "the second to queue")
+        r = smackctl(supervisor.home, "stop", "--force", timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert supervisor.proc.wait(20) == 0  # its own exit, not a SIGKILL (-9)
+    events = [ln for ln in held if ln.startswith("data: ")]
+    assert events[-1] != "data: [DONE]"
+    err = json.loads(events[-1][6:])["error"]
+    assert err["code"] == "stopped_at_once" and "stop --force" in err["message"]
+    status, text = second.result(30)
+    assert status == 503 and "stop --force" in text
+    assert "stop --force: 1 request(s) running and 1 queued: 1 answer(s) cut" in supervisor.log()
+    assert not runner_pids(supervisor.home.root)

@@ -32,7 +32,14 @@ __all__ = [
 ]
 
 
-def cut_error(model: str) -> SmackError:
+def cut_error(model: str, forced: bool = False) -> SmackError:
+    """A stop cut ``model``'s answer: its drain ran out of time, or it was ``--force``."""
+    if forced:
+        return ShuttingDown(
+            f"the supervisor was stopped at once (`smackctl stop --force`): the answer of "
+            f"{model} was cut before it was complete",
+            "send it again once the supervisor is back (`smackctl start`)",
+        )
     return ShuttingDown(
         f"the supervisor is stopping and its drain ran out of time: the answer of {model} "
         "was cut before it was complete",

@@ -22,6 +22,8 @@ class Draining:
     accepting: bool
     #: set once a stop cut what was still running (the relay then says so)
     cut: asyncio.Event
+    #: the cut was `stop --force`'s, not a drain's that ran out of time (the errors say so)
+    forced: bool = False
     _idle: asyncio.Event
 
     if TYPE_CHECKING:
@@ -40,19 +42,22 @@ class Draining:
         queued = sum(m.runner.slots.queued for m in self.models.values() if m.runner)
         return running, queued
 
-    def cut_now(self) -> tuple[int, int]:
-        """The drain ran out of time: queued requests get ShuttingDown, and the runners are
-        killed, so that every answer still being read ends at once; the proxy then sends
-        each client an error (a stream: an error event and the end of its body), never a
-        torn connection. Returns (answers cut, queued requests refused)."""
+    def cut_now(self, forced: bool = False) -> tuple[int, int]:
+        """The drain ran out of time, or there is none (``forced``: `stop --force`): queued
+        requests get ShuttingDown, and the runners are killed, so that every answer still
+        being read ends at once; the proxy then sends each client an error (a stream: an
+        error event and the end of its body), never a torn connection. Returns (answers
+        cut, queued requests refused)."""
+        self.forced = forced
         self.cut.set()
         running, _ = self.busy()
         refused = 0
+        why = ("was stopped at once (`smackctl stop --force`)" if forced
+               else "is stopping and its drain ran out of time")  # fmt: skip
         for m in self.models.values():
             if m.runner is not None:
                 stopping = ShuttingDown(
-                    "the supervisor is stopping and its drain ran out of time before this "
-                    "request's turn came",
+                    f"the supervisor {why} before this request's turn came",
                     "send it again once the supervisor is back (`smackctl start`)",
                 )
                 refused += m.runner.slots.fail_waiters(stopping)

@@ -141,9 +141,15 @@ class _Stop:
         self.systemd.send("STOPPING=1", f"STATUS=draining: {running} running, {queued} queued")
         if self.services.fleet is not None:  # the fleet sends it nothing new meanwhile
             await self.services.fleet.drain()
-        if force:
+        if force:  # no drain: what runs is cut (each client told so), what waits refused
             scheduler.accepting = False
             scheduler.stop_grace = 0.5
+            cut, refused = scheduler.cut_now(forced=True)
+            await scheduler.drain_models(None, 2.0)  # their error answers go out
+            log.warning(
+                "stop --force: %d request(s) running and %d queued: %d answer(s) cut and %d "
+                "queued request(s) refused", running, queued, cut, refused,
+            )  # fmt: skip
         elif await scheduler.drain(timeout):
             log.info(
                 "drain: %d request(s) running and %d queued at the stop; all answered",
@@ -160,6 +166,8 @@ class _Stop:
             )  # fmt: skip
         scheduler.events.close()  # event streams end: none may hold the stop open
         self.server.should_exit = True
+        if force:  # nor may any other connection (a remote's stream, the page's socket)
+            self.server.force_exit = True
 
 
 def _server(args: argparse.Namespace, app: ASGIApp, stop: _Stop) -> Any:

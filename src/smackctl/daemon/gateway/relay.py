@@ -190,7 +190,7 @@ class Runners:
             except _Lost as lost:
                 exc, runner = lost.error, lost.runner
                 if self.scheduler.cut.is_set():
-                    raise cut_error(m.name) from exc
+                    raise cut_error(m.name, self.scheduler.forced) from exc
                 died = await runner_died(runner)
                 if attempt == 1 and died:
                     log.warning(
@@ -369,8 +369,10 @@ class _Relay:
         name = self.a.m.name
         log.warning("%s: stream from %s cut: %s", self.a.request_id, name, exc)
         if self.runners.scheduler.cut.is_set():
-            cut = cut_error(name)
-            return sse_error(f"{cut.message}. Fix: {cut.hint}", cut.error_type, "drain_timeout")
+            forced = self.runners.scheduler.forced
+            cut = cut_error(name, forced)
+            code = "stopped_at_once" if forced else "drain_timeout"
+            return sse_error(f"{cut.message}. Fix: {cut.hint}", cut.error_type, code)
         died = await runner_died(self.runner)
         got = max(0, seen - 1)
         where = f"after {got} token{'s' if got != 1 else ''} of the answer"
