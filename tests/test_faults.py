@@ -224,6 +224,20 @@ def test_port_in_use_names_the_port_and_the_flag(home: Home) -> None:
     assert f"--port {port + 1}" in r.stderr
 
 
+def test_a_failed_start_shows_its_own_error_and_leaves_no_pid_file(home: Home) -> None:
+    """Two starts that fail in turn (a host that does not resolve, then a profile that does
+    not exist): the second quotes its own error only (supervisor.out keeps every run's), and
+    neither leaves a pid file that the next start would call stale."""
+    first = smackctl(home, "start", "--host", "nosuchhost.invalid", timeout=60)
+    assert first.returncode != 0 and "cannot listen on nosuchhost.invalid" in first.stderr
+    assert not (home.state / "supervisor.pid").exists()
+    second = smackctl(home, "start", "--profile", "nosuchprofile", timeout=60)
+    assert second.returncode != 0
+    assert "no profile named 'nosuchprofile'" in second.stderr
+    assert "nosuchhost" not in second.stderr and "stale" not in second.stderr
+    assert not (home.state / "supervisor.pid").exists()
+
+
 def test_stale_pid_file_is_detected_and_cleaned(home: Home) -> None:
     state = home.state
     state.mkdir(parents=True, exist_ok=True)

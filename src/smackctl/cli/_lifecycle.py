@@ -66,9 +66,13 @@ def _running_cert(paths: Paths) -> str | None:
         return None
 
 
-def _tail(path: Path, n: int = 15) -> str:
+def _tail(path: Path, n: int = 15, since: int = 0) -> str:
+    """The last ``n`` lines of ``path`` written after its byte ``since`` (this run's: the
+    file keeps every run's output), quoted."""
     try:
-        lines = path.read_text(errors="replace").splitlines()
+        with open(path, "rb") as f:
+            f.seek(since)
+            lines = f.read().decode(errors="replace").splitlines()
     except OSError:
         return ""
     return "\n".join(f"  | {line}" for line in lines[-n:])
@@ -156,12 +160,16 @@ def start_supervisor(
     if not _port_free(host, port):
         raise PortInUse(host, port)
     out_path = paths.logs_dir / "supervisor.out"
+    try:
+        before = out_path.stat().st_size  # what earlier runs wrote: not this one's error
+    except OSError:
+        before = 0
     pid = _spawn_detached(serving.argv(), out_path)
     deadline = time.monotonic() + timeout
     while True:
         code = _exit_code(pid)
         if code is not None:
-            detail = _tail(out_path, 6)
+            detail = _tail(out_path, 6, before)
             if f"port {port}" in detail and "already in use" in detail:
                 raise PortInUse(host, port)
             raise SupervisorStartError(

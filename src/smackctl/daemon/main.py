@@ -292,7 +292,13 @@ def main(argv: list[str] | None = None) -> int:
             )
         _check_tls(args.tls_cert, args.tls_key)
         held = lock(paths)
-        sock = bind(args.host, args.port)
+        try:
+            sock = bind(args.host, args.port)
+        except SmackError:  # no supervisor came of it: no pid file left for the next start
+            with contextlib.suppress(OSError):
+                paths.pid_path.unlink()
+            held.close()
+            raise
     except SmackError as exc:
         log.error("%s", exc)
         print(f"smackctl: error: {exc}", file=sys.stderr)
