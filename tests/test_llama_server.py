@@ -140,6 +140,32 @@ def test_on_demand_load_stream_and_not_usage_and_names(ls: Supervisor) -> None:
     assert rows["quick"]["tokens_in"] > 0 and rows["quick"]["tokens_out"] == 6 * 3 + 3
 
 
+def test_a_prompt_longer_than_the_context_is_one_error_on_either_backend(
+    ls: Supervisor,
+) -> None:
+    """llama-server, llama_cpp.server and llama-cpp-python's own stream each say it their
+    way (a 400, a 400, a 500 named ValueError): the client gets one 400, OpenAI's code, the
+    sizes and the fix, streamed or not; the CLI says it with its fix line, exit 2 (usage)."""
+    long = "hello " * 200  # a byte a token: 1,200 tokens, the context holds 512
+    with ls.client() as c:
+        for model in ("other", "python"):  # llama-server, llama-cpp-python
+            for stream in (False, True):
+                asked = {"model": model, "stream": stream, "max_tokens": 4}
+                for path, body in (("/v1/chat/completions", {"messages": [
+                        {"role": "user", "content": long}]}),
+                        ("/v1/completions", {"prompt": long})):  # fmt: skip
+                    r = c.post(path, json={**asked, **body})
+                    assert r.status_code == 400, (model, stream, path, r.text)
+                    err = r.json()["error"]
+                    assert err["code"] == "context_length_exceeded", err
+                    assert f"does not fit the context of {model} (512 tokens)" in err["message"]
+                    assert "n_ctx" in err["hint"] and "ValueError" not in err["message"]
+    r = CliRunner().invoke(app, ["chat", "-m", "python", "--max-tokens", "4"], input=long)
+    assert r.exit_code == 2
+    assert "does not fit the context of python (512 tokens)" in r.stderr
+    assert "fix: shorten the prompt" in r.stderr
+
+
 def test_parallel_requests_are_decoded_together(ls: Supervisor) -> None:
     """parallel: 4 lets four requests into the runner at once (continuous batching), and a
     fifth waits for a slot. The evidence is llama-server's own log: four slots take a task

@@ -128,12 +128,39 @@ def has_error(data: Any) -> bool:
     return isinstance(data, dict) and isinstance(data.get("error"), dict)
 
 
+#: a prompt longer than the context, as each backend says it: llama_cpp.server (whole),
+#: llama-cpp-python's own error in a stream, llama-server; the numbers: prompt, then context
+_TOO_LONG = (
+    re.compile(r"maximum context length is (?P<ctx>\d+) tokens.*?\((?P<prompt>\d+) in (?:you|the)"),
+    re.compile(r"Requested tokens \((?P<prompt>\d+)\) exceed context window of (?P<ctx>\d+)"),
+    re.compile(r"request \((?P<prompt>\d+) tokens\) exceeds the available context size "
+               r"\((?P<ctx>\d+) tokens\)"),
+)  # fmt: skip
+
+
+def too_long(model: str, text: str) -> bytes | None:
+    """One error for a prompt that does not fit the model's context, whichever backend said
+    it (three wordings, a 400 or a 500): OpenAI's code, and the fix."""
+    found = next((m for p in _TOO_LONG if (m := p.search(text[:2000]))), None)
+    if found is None:
+        return None
+    hint = (f"shorten the prompt (or the conversation), or raise `n_ctx` of {model} in the "
+            f"profile (`smackctl models show {model}` says its n_ctx and file)")  # fmt: skip
+    message = (f"the prompt ({found['prompt']} tokens) does not fit the context of {model} "
+               f"({found['ctx']} tokens)")  # fmt: skip
+    body = {"error": {"message": f"{message} (fix: {hint})", "type": "invalid_request_error",
+                      "code": "context_length_exceeded", "hint": hint}}  # fmt: skip
+    return json.dumps(body).encode()
+
+
 def map_error(model: str, status: int, content: bytes) -> tuple[bytes, int]:
+    text = content.decode(errors="replace")
+    if (long := too_long(model, text)) is not None:
+        return long, 400
     try:
         data = json.loads(content)
     except ValueError:
         data = None
-    text = content.decode(errors="replace")
     if status >= 500 and _UNSAFE.search(text):
         return error_body(
             f"the chat template of {model} tried an operation the template sandbox forbids; "
