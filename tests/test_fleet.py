@@ -539,7 +539,9 @@ def test_a_member_that_stops_drains_and_leaves_and_the_page_and_doctor_show_the_
     stopper.join(60)
     assert events[-1] == "data: [DONE]" and "error" not in "\n".join(events[-3:])
     assert w3.proc.returncode == 0
-    assert "w3" not in {m["name"] for m in fleet_of(front)["members"]}  # it said it left
+    wait_for(  # it said it left (heard by the front on its own loop: waited for)
+        lambda: "w3" not in {m["name"] for m in fleet_of(front)["members"]}, 10, "w3 to leave"
+    )
     with front.client() as c:
         r = c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-q8"})
         assert r.status_code == 503 and "serves tiny-q8" in r.json()["error"]["message"]
@@ -567,8 +569,8 @@ def test_two_fronts_hold_a_key_to_one_limit_through_jetstream(
         # a client that pretends to be the fleet gets no way around the count
         sent = {"Authorization": f"Bearer {key}", "x-smackctl-from-fleet": "1"}
         with (
-            httpx.Client(base_url=a.url, headers=sent) as ca,
-            httpx.Client(base_url=b.url, headers=sent) as cb,
+            httpx.Client(base_url=a.url, headers=sent, timeout=60) as ca,
+            httpx.Client(base_url=b.url, headers=sent, timeout=60) as cb,
         ):
             for i in range(100):
                 answers.append((ca if i % 2 else cb).post("/v1/chat/completions", json=body))

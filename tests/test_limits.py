@@ -169,7 +169,9 @@ def test_over_its_rpm_a_key_gets_429_with_the_headers_openai_clients_read(
     sup: Supervisor,
 ) -> None:
     key = make_key(sup, "rpm2", "--rpm", "2")
-    with httpx.Client(base_url=sup.url, headers={"Authorization": f"Bearer {key}"}) as c:
+    with httpx.Client(
+        base_url=sup.url, headers={"Authorization": f"Bearer {key}"}, timeout=60
+    ) as c:
         assert c.get("/v1/models").status_code == 200  # a listing is not counted
         for _ in range(2):
             assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"}).is_success
@@ -240,7 +242,9 @@ def test_a_key_over_its_day_is_still_over_it_after_the_supervisor_restarts(
     sup = launch_on(tmp_path, "test", profile_yaml(model_dir))
     try:
         key = make_key(sup, "daily", "--tokens-per-day", "20")
-        with httpx.Client(base_url=sup.url, headers={"Authorization": f"Bearer {key}"}) as c:
+        with httpx.Client(
+            base_url=sup.url, headers={"Authorization": f"Bearer {key}"}, timeout=60
+        ) as c:
             assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"}).is_success
             assert (
                 c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"}).status_code == 429
@@ -249,7 +253,9 @@ def test_a_key_over_its_day_is_still_over_it_after_the_supervisor_restarts(
         shutdown(sup)
     sup = launch(sup.home)
     try:
-        with httpx.Client(base_url=sup.url, headers={"Authorization": f"Bearer {key}"}) as c:
+        with httpx.Client(
+            base_url=sup.url, headers={"Authorization": f"Bearer {key}"}, timeout=60
+        ) as c:
             r = c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"})
         assert r.status_code == 429 and "20 tokens per day" in r.json()["error"]["message"]
     finally:

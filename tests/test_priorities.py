@@ -93,7 +93,9 @@ class Held:
         self.pid = sup.model("tiny-b")["pid"]
         auth = {"Authorization": f"Bearer {key}", **headers}
         self.client = httpx.Client(base_url=sup.url, timeout=60, headers=auth)
-        body = {**CHAT, "model": "tiny-b", "max_tokens": 2000, "stream": True}
+        # long enough to be mid-answer when stopped, short enough that its rest after go()
+        # adds little to the queued requests' wait (a batch one ages past 5 s: pick())
+        body = {**CHAT, "model": "tiny-b", "max_tokens": 1000, "stream": True}
         self.cm = self.client.stream("POST", "/v1/chat/completions", json=body)
         self.response = self.cm.__enter__()
         self.lines = self.response.iter_lines()

@@ -10,6 +10,7 @@ from pathlib import Path
 from conftest import (
     Home,
     Supervisor,
+    held_mid_stream,
     launch,
     profile_yaml,
     runner_pids,
@@ -52,9 +53,14 @@ def test_a_dead_spare_is_passed_over_and_replaced(supervisor: Supervisor) -> Non
     with sup.client() as c:
         assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-a"}).status_code == 200
         spare = _one_spare(sup)
-        os.killpg(spare, signal.SIGKILL)  # say the OOM killer took it
-        wait_for(lambda: not spare_pids(sup.home.root), 10, "the spare to be gone")
-        assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-b"}).status_code == 200
+        # a request in flight (held mid-answer) keeps the reaper from starting a new spare
+        # in the dead one's place (it looks every second) before tiny-b asks for one
+        held = {**CHAT, "model": "tiny-a", "max_tokens": 1000}
+        with held_mid_stream(sup, held):
+            os.killpg(spare, signal.SIGKILL)  # say the OOM killer took it
+            wait_for(lambda: spare not in spare_pids(sup.home.root), 10, "the spare to go")
+            r = c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-b"})
+            assert r.status_code == 200
     log = (sup.home.state / "logs" / "runner-tiny-b.log").read_text()
     assert "in the spare process" not in log  # started the usual way
     assert _one_spare(sup) != spare
