@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -303,6 +305,32 @@ def test_deeply_nested_json_is_a_400_on_every_json_route(sup: Supervisor) -> Non
         r = c.post("/api/route", content=_nested(50), headers={"Content-Type": "application/json"})
         assert r.status_code == 200, r.text  # nesting a request may have is fine
         assert c.get("/health").status_code == 200
+
+
+def test_a_lone_surrogate_is_a_400_and_the_cli_sends_bad_bytes_as_text(sup: Supervisor) -> None:
+    """JSON lets a string hold half a UTF-16 pair (``"\\udcff"``); it is no text: refused
+    with a 400 on every route that reads a body, before a runner (llama-server's parser and
+    llama-cpp-python's encoder each answered it with a 500 of their own words). A whole pair
+    is an emoji and fine. The CLI reads stdin's bytes that are not UTF-8 as U+FFFD."""
+    lone = (
+        '{"model": "general", "max_tokens": 2, '
+        '"messages": [{"role": "user", "content": "a\\udcffb"}]}'
+    )
+    pair = lone.replace("\\udcff", "\\ud83d\\ude00")
+    with sup.client() as c:
+        for path in ("/v1/chat/completions", "/v1/messages", "/v1/responses", "/api/route"):
+            r = c.post(path, content=lone, headers={"Content-Type": "application/json"})
+            assert r.status_code == 400, (path, r.text)
+            assert "lone UTF-16 surrogate (\\udcff)" in r.json()["error"]["message"]
+        r = c.post(
+            "/v1/chat/completions", content=pair, headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code == 200, r.text
+    done = subprocess.run(
+        [sys.executable, "-m", "smackctl", "chat", "-m", "general", "--max-tokens", "2"],
+        input=b"\xff\xfe bad bytes", env=sup.home.env, capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
 
 
 def test_hostile_gguf_files_in_the_models_dir_are_errors_in_their_entries(sup: Supervisor) -> None:

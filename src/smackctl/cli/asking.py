@@ -98,9 +98,9 @@ def complete(
     from the arguments or stdin; the continuation streams to stdout, stats to stderr."""
     import sys
 
-    text = " ".join(prompt or [])
+    text = output.as_text(" ".join(prompt or []))
     if not text and not sys.stdin.isatty():
-        text = sys.stdin.read()
+        text = output.as_text(sys.stdin.read())
     if not text.strip():
         raise UsageError("no text given", 'smackctl complete -m MODEL "The text to continue"')
     options: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}

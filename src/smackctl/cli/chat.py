@@ -106,10 +106,10 @@ def chat(
                 )
             s.conv_id, saved_model, s.messages = found
             s.model = model or saved_model
-        text = " ".join(prompt or [])
+        text = output.as_text(" ".join(prompt or []))
         piped = ""
         if not interactive and not sys.stdin.isatty():
-            piped = sys.stdin.read()
+            piped = output.as_text(sys.stdin.read())
         if piped.strip():
             text = f"{piped.rstrip()}\n\n{text}" if text else piped
         md = output.is_tty() and not plain

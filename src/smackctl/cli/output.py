@@ -31,6 +31,16 @@ __all__ = [
 ]
 
 
+def as_text(s: str) -> str:
+    """``s`` as valid Unicode: bytes that were not UTF-8 (Python keeps those of stdin and of
+    argv as lone surrogates, which no model can read and the supervisor refuses) become
+    U+FFFD, as an editor shows them."""
+    try:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a lone surrogate of another kind
+        return s.encode("utf-8", "replace").decode("utf-8")
+
+
 def is_tty(stream: Any = None) -> bool:
     stream = stream or sys.stdout
     return bool(getattr(stream, "isatty", lambda: False)())

@@ -79,11 +79,11 @@ def _setup_readline(history: Path, models: list[str], plugins: list[str]) -> Any
 
 
 def _read_input(prompt: str) -> str:
-    line = input(prompt)
+    line = output.as_text(input(prompt))
     if line.strip() != '"""':
         return line
     lines = []
-    while (more := input("... ")).strip() != '"""':
+    while (more := output.as_text(input("... "))).strip() != '"""':
         lines.append(more)
     return "\n".join(lines)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -223,7 +224,27 @@ def parse_object(raw: bytes | str, max_depth: int = 100) -> dict[str, Any]:
             raise too_deep
         values = node.values() if isinstance(node, dict) else node
         below += [(v, depth + 1) for v in values if isinstance(v, dict | list)]
+    if _SURROGATE.search(raw if isinstance(raw, bytes) else raw.encode(errors="replace")):
+        _whole_surrogates(data)
     return data
+
+
+#: a JSON escape of a UTF-16 surrogate: the only way a lone one gets into a parsed body
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _whole_surrogates(data: dict[str, Any]) -> None:
+    """A string with a lone surrogate (``"\\udcff"``: JSON allows it, Unicode does not) is
+    no text a model can read: llama-server's JSON parser and llama-cpp-python's encoder each
+    failed on it with a 500 of their own words. A 400 here, before any runner."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode()
+        raise UsageError(
+            f"request body holds a lone UTF-16 surrogate ({bad}): not valid Unicode text",
+            "send text as UTF-8 (a surrogate escape only as half of a pair)",
+        ) from None
 
 
 def keep_alive_of(value: object, request: Request) -> float | str | None:
