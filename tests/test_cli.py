@@ -30,6 +30,10 @@ def test_status_when_not_running_exits_3(cli: CliRunner, home: Home) -> None:
     assert json.loads(r.stdout) == {"running": False, "url": f"http://127.0.0.1:{port}"}
     r = cli.invoke(app, ["--no-autostart", "models", "list"])
     assert r.exit_code == 3
+    r = cli.invoke(app, ["--url", "http://127.0.0.1:9", "status"])  # how to start one there
+    assert r.exit_code == 3 and "fix: start it with `smackctl start --port 9`" in r.stderr
+    r = cli.invoke(app, ["--url", "notaurl", "status"])
+    assert r.exit_code == 2 and "--url notaurl: not a supervisor's URL" in r.stderr
 
 
 def test_start_twice_status_env_stop(cli: CliRunner, home: Home) -> None:
@@ -42,6 +46,10 @@ def test_start_twice_status_env_stop(cli: CliRunner, home: Home) -> None:
     assert r2.exit_code == 0
     assert r2.stdout == r.stdout
     assert "already running" in r2.stderr
+    # a URL named that nothing answers at: never "started" when the one running is elsewhere
+    r3 = cli.invoke(app, ["--url", "http://127.0.0.1:9", "chat", "hi"])
+    assert r3.exit_code == 1 and "started the supervisor" not in r3.stderr
+    assert f"already running at http://127.0.0.1:{port}" in r3.stderr
 
     r = cli.invoke(app, ["status", "--json"])
     assert r.exit_code == 0

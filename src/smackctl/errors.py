@@ -39,6 +39,8 @@ into exit codes: 1 error, 2 usage, 3 supervisor not running, 130 after Ctrl-C.
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
     "ApiError",
     "BenchBusy",
@@ -114,11 +116,26 @@ class SupervisorNotRunning(SupervisorError):
     exit_code = 3
 
     def __init__(self, url: str, hint: str | None = None) -> None:
-        super().__init__(
-            f"the supervisor is not running at {url}",
-            hint or "start it with `smackctl start`",
-        )
+        super().__init__(f"the supervisor is not running at {url}", hint or _start_at(url))
         self.url = url
+
+
+def _start_at(url: str) -> str:
+    """How to start a supervisor at ``url``: here with its port, or on the machine it names."""
+    from urllib.parse import urlparse
+
+    from smackctl.netaddr import is_loopback
+
+    try:
+        u = urlparse(url)
+        host, port = u.hostname or "", u.port
+    except ValueError:
+        return "start it with `smackctl start`"
+    if host and not is_loopback(host):
+        return f"start it on {host} (`smackctl start --host ADDRESS`), or check --url"
+    default = os.environ.get("SMACKCTL_PORT") or "7622"
+    flag = f" --port {port}" if port is not None and str(port) != default else ""
+    return f"start it with `smackctl start{flag}`"
 
 
 class NotTheSupervisor(SupervisorError):

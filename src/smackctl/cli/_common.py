@@ -46,7 +46,7 @@ def client(ctx: typer.Context, *, autostart: bool | None = None, timeout: float 
     g = globals_of(ctx)
     url = g.url or default_url()
     start = g.autostart if autostart is None else autostart
-    if ensure_running(url, start, g.profile):
+    if ensure_running(url, start, g.profile, explicit=g.url is not None):
         output.info(f"started the supervisor at {url}")
     return Client(url, timeout=timeout, explicit=g.url is not None)
 

@@ -223,17 +223,28 @@ def _exit_code(pid: int) -> int | None:
     return os.waitstatus_to_exitcode(status)
 
 
-def ensure_running(url: str, autostart: bool, profile: str | None = None) -> bool:
-    """True if it had to be started. Raises SupervisorNotRunning when autostart is off."""
+def ensure_running(
+    url: str, autostart: bool, profile: str | None = None, explicit: bool = False
+) -> bool:
+    """True if it had to be started (at ``url``). Raises SupervisorNotRunning when autostart
+    is off, or when ``url`` was named (``explicit``: --url, SMACKCTL_URL) and is not on this
+    machine: nothing here can start a supervisor elsewhere. A URL named that is on this
+    machine starts one there, unless one runs at another address already (an error that says
+    where, as `start --port` does: never an answer from another supervisor than the one
+    named)."""
     if _health(url, _running_cert(get_paths())) is not None:
         return False
-    if not autostart:
-        raise SupervisorNotRunning(url)
     from urllib.parse import urlparse
 
+    from smackctl.netaddr import is_loopback
+
     u = urlparse(url)
-    start_supervisor(Serving(u.hostname or "127.0.0.1", u.port or 80, profile))
-    return True
+    host = u.hostname or "127.0.0.1"
+    if not autostart or (explicit and not is_loopback(host)):
+        raise SupervisorNotRunning(url)
+    port = u.port or (443 if u.scheme == "https" else 80)
+    started = start_supervisor(Serving(host, port, profile), address_given=explicit)
+    return not started.already
 
 
 def stop_supervisor(url: str, timeout: float, force: bool, explicit: bool = False) -> int | None:

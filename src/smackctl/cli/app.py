@@ -181,7 +181,8 @@ def root(
         typer.Option(
             "--url",
             envvar="SMACKCTL_URL",
-            help="Supervisor URL (default: the one that is running, else http://127.0.0.1:7622).",
+            help="Supervisor URL (default: the one that is running, else http://127.0.0.1 at "
+            "$SMACKCTL_PORT, 7622 unless set).",
         ),
     ] = None,
     no_autostart: Annotated[
@@ -212,6 +213,12 @@ def root(
 
     Files live under SMACKCTL_HOME when set (else the platform's config/data/state dirs).
     """
+    if url is not None and not url.lower().startswith(("http://", "https://")):
+        from smackctl.errors import UsageError
+
+        raise UsageError(
+            f"--url {url}: not a supervisor's URL", "write http://HOST:PORT (or https://)"
+        )
     ctx.obj = Globals(url=url, autostart=not no_autostart, profile=profile)
 
 
