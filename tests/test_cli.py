@@ -46,6 +46,10 @@ def test_start_twice_status_env_stop(cli: CliRunner, home: Home) -> None:
     assert r2.exit_code == 0
     assert r2.stdout == r.stdout
     assert "already running" in r2.stderr
+    r4 = cli.invoke(app, ["start", "--profile", "small"])  # a start does not switch: said
+    assert r4.exit_code == 0 and "it runs profile test, not small" in r4.stderr
+    assert "`smackctl profile switch small`" in r4.stderr
+    assert "not small" not in cli.invoke(app, ["start", "--profile", "test"]).stderr
     # a URL named that nothing answers at: never "started" when the one running is elsewhere
     r3 = cli.invoke(app, ["--url", "http://127.0.0.1:9", "chat", "hi"])
     assert r3.exit_code == 1 and "started the supervisor" not in r3.stderr

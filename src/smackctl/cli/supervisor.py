@@ -127,10 +127,32 @@ def start(
         s = start_supervisor(serving, timeout=timeout, on_stale=stale, address_given=given)
     if s.already:
         output.info(f"smackctl is already running (pid {s.pid})")
+        if profile is not None:  # `start --profile X` asked for X: say it is not X's
+            _say_other_profile(s.url, profile)
     else:
         output.info(f"smackctl started (pid {s.pid})")
         _say_restored(s.url)
     print(s.url)
+
+
+def _say_other_profile(url: str, asked: str) -> None:
+    """A start with --profile found a supervisor running already: a warning when it runs
+    another profile (a start never switches: `profile switch` does, without a lost request)."""
+    from pathlib import Path
+
+    from smackctl.client import Client
+    from smackctl.errors import SmackError
+
+    try:
+        with Client(url, timeout=5.0) as c:
+            running = str(c.get("/api/status").get("profile") or "")
+    except SmackError:
+        return
+    if running and running != asked and running != Path(asked).stem:
+        output.warn(
+            f"it runs profile {running}, not {asked}: a start does not switch; "
+            f"`smackctl profile switch {asked}` does (`--dry-run` shows its plan first)"
+        )
 
 
 def _say_restored(url: str) -> None:
