@@ -105,6 +105,39 @@ def test_a_slow_subscriber_loses_the_oldest_events_and_never_blocks() -> None:
     assert kept == [5, 6, 7, 8, 9]  # the last HISTORY, for late readers
 
 
+def test_a_tasks_progress_keeps_its_latest_in_the_history_and_reaches_every_subscriber() -> None:
+    """A pull's thousands of progress events (one a MiB) would push every load, crash and
+    switch out of the history: it keeps each task's latest (model and phase), while a
+    subscriber gets every one."""
+    events = Events(history=50, queue=5000)
+
+    async def go() -> tuple[int, list[dict[str, object]]]:
+        async with events.subscribe() as q:
+            events.publish({"event": "crash", "model": "a"})
+            for phase in ("downloading", "verifying"):
+                for done in range(0, 2000, 1):
+                    events.publish({"event": "progress", "model": "m", "phase": phase,
+                                    "done": done})  # fmt: skip
+                    if done == 1000:  # another model's pull between
+                        events.publish({"event": "progress", "model": "n", "phase": phase,
+                                        "done": 1})  # fmt: skip
+            events.publish({"event": "ready", "model": "m"})
+            return q.qsize(), events.since()
+
+    import asyncio
+
+    got, kept = asyncio.run(go())
+    assert got == 1 + 2 * 2001 + 1  # every one reached the subscriber
+    assert [(e["event"], e.get("phase"), e.get("done")) for e in kept] == [
+        ("crash", None, None),
+        ("progress", "downloading", 1),  # n's, then m's latest of each phase
+        ("progress", "downloading", 1999),
+        ("progress", "verifying", 1),
+        ("progress", "verifying", 1999),
+        ("ready", None, None),
+    ]
+
+
 def test_an_open_event_stream_does_not_hold_the_stop(home: Home) -> None:
     from conftest import launch
 
