@@ -100,10 +100,11 @@ def test_several_errors_at_once(tmp_path: Path) -> None:
     assert any(":7 memory.ram:" in i and "not a size" in i for i in found)
 
 
-def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+def test_invalid_yaml_names_the_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     p = write(tmp_path, "models:\n  m: [unclosed\n")
+    monkeypatch.chdir("/")  # never relative to where the command (or the supervisor) started
     (only,) = issues(p)
-    assert only.startswith(f"{p}:") and "invalid YAML" in only
+    assert only.startswith(f"{p.resolve()}:") and "invalid YAML" in only
 
 
 def test_missing_model_file_and_duplicate_alias(tmp_path: Path) -> None:

@@ -318,10 +318,9 @@ def load_profile(path: Path) -> Profile:
 
 
 def _display(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+    """The file's absolute path: what the supervisor says is read in another terminal than
+    the one it started in, and relative to "/" a path reads as broken (``tmp/x.yaml``)."""
+    return str(path.resolve())
 
 
 # --------------------------------------------------------------------------- finding
