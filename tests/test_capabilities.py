@@ -45,6 +45,7 @@ def test_capabilities_are_shown_and_a_request_goes_to_a_model_that_can(
         table = smackctl(home, "models", "list").stdout
         row = {line.split()[0]: line for line in table.splitlines()[1:]}
         assert row["base"].rstrip().endswith("completion") and "chat, fim" in row["fim"]
+        assert row["later"].split()[-1] == "?"  # not read yet: not said to be a base model
         shown = smackctl(home, "models", "show", "emb").stdout
         assert "trained for embeddings  yes (mean pooling)" in shown
         with sup.client() as c:

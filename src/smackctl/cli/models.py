@@ -78,10 +78,11 @@ _CAN = (
 
 
 def can(caps: dict[str, Any]) -> str:
-    """What a model can serve, in words: "chat, tools", or "completion" for a base model."""
+    """What a model can serve, in words: "chat, tools", or "completion" for a base model;
+    "?" for what a file not on disk yet may add (its chat template: read once it is pulled)."""
     said = [word for key, word in _CAN if caps.get(key)]
     if caps and not caps.get("chat"):
-        said.insert(0, "completion")
+        said.insert(0, "completion" if caps.get("read", True) else "?")
     return ", ".join(said) or "-"
 
 

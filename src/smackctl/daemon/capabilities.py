@@ -26,6 +26,8 @@ def capabilities(spec: ModelSpec, info: GGUFInfo | None) -> dict[str, Any]:
     pooling = POOLING.get(info.pooling_type or 0) if info is not None else None
     embeds = bool(spec.args.get(backend.embeddings_arg)) or bool(spec.args.get("embeddings"))
     return {
+        # the file was read (not: it is not on disk yet, so what it can do is not known)
+        "read": info is not None,
         # chat messages: a chat template in the file, or a chat format the profile names
         "chat": template,
         # the template handles `tools` and the runner parses the calls
