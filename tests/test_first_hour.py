@@ -218,6 +218,11 @@ def test_small_messages_a_new_user_met(cli: CliRunner, home: Home, tmp_path: Pat
     r = cli.invoke(app, ["config", "show", "--json"])
     shown = json.loads(r.stdout)
     assert shown["profile"] == "test" and shown["profile_from"] == "the running supervisor"
+    lines = cli.invoke(app, ["config", "show"]).stdout.splitlines()
+    values_at = {len(ln) - len(ln.split("  ")[-1].lstrip()) for ln in lines}
+    assert len(values_at) == 1  # one column of values, whatever the longest label
+    assert any(ln.startswith("environment") and "SMACKCTL_PORT=" in ln for ln in lines)
+    assert "{" not in "\n".join(lines)  # words, not a Python dict
 
 
 def test_set_alone_shows_defaults_in_words(home: Home) -> None:

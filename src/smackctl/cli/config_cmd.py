@@ -47,8 +47,7 @@ def config_path(json_: JsonOpt = False) -> None:
     if json_:
         output.print_json(data)
         return
-    for k, v in data.items():
-        print(f"{k:<13} {', '.join(v) if isinstance(v, list) else v}")
+    _aligned({k: ", ".join(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 @config_app.command("show")
@@ -84,8 +83,22 @@ def config_show(ctx: typer.Context, json_: JsonOpt = False) -> None:
     if json_:
         output.print_json(data)
         return
-    for k, v in data.items():
-        print(f"{k:<12} {v}")
+    shown = {**data, "environment": " ".join(f"{k}={v}" for k, v in env.items()) or "-"}
+    _aligned({_LABELS.get(k, k): v for k, v in shown.items()})
+
+
+#: `config show`'s words for its JSON keys
+_LABELS = {
+    "url_elsewhere": "url from another machine",
+    "address_from": "address from",
+    "profile_from": "profile from",
+}
+
+
+def _aligned(rows: dict[str, object]) -> None:
+    width = max(map(len, rows))
+    for k, v in rows.items():
+        print(f"{k:<{width}}  {v}")
 
 
 def _profile_in_force(ctx: typer.Context, db: Path) -> tuple[str, str]:

@@ -3,10 +3,10 @@ change and profile reload, to the listeners (metrics) and to each subscriber (``
 and the progress streams of loads and switches).
 
 Each event gets an ``id`` (1, 2, … for this supervisor's life) and ``at`` (a unix time). The
-last ``HISTORY`` are kept (of a task's progress, its latest only), so a subscriber that comes late, or comes back after a broken
-connection (SSE's ``Last-Event-ID``), sees what it missed. A subscriber's queue holds at most
-``QUEUE`` events: one that reads too slowly loses the oldest (counted in ``dropped``, its own
-and the total), and the supervisor never waits for it.
+last ``HISTORY`` are kept (of a task's progress, its latest only), so a subscriber that comes
+late, or comes back after a broken connection (SSE's ``Last-Event-ID``), sees what it missed.
+A subscriber's queue holds at most ``QUEUE`` events: one that reads too slowly loses the
+oldest (counted in ``dropped``, its own and the total), and the supervisor never waits for it.
 """
 
 from __future__ import annotations
