@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -319,3 +320,25 @@ def test_no_environment_variable_of_the_user_reaches_a_runner_unless_needed() ->
     assert "AWS_SECRET_ACCESS_KEY" not in env
     assert env["OMP_NUM_THREADS"] == "2" and env["SMACKCTL_RUNNER_KEY"] == "k"
     assert env["PATH"] == os.environ["PATH"]
+
+
+def test_what_the_supervisor_and_the_cli_write_is_the_users_alone(supervisor: Supervisor) -> None:
+    """Started with umask 022 (as the tests are), every file under the home that the
+    supervisor, its runners or the CLI wrote (state.db, logs, chats.db, kv/…) can be read by
+    the user alone: prompts and answers are in some of them."""
+    old = os.umask(0o022)
+    try:
+        done = smackctl(supervisor.home, "chat", "-m", "tiny-a", "--max-tokens", "2", "hi")
+        assert done.returncode == 0, done.stderr
+    finally:
+        os.umask(old)
+    loose = [
+        f"{p.relative_to(supervisor.home.root)} {stat.S_IMODE(p.lstat().st_mode):o}"
+        for p in supervisor.home.root.rglob("*")
+        if (p.is_file() or p.is_dir()) and not p.is_symlink()
+        and stat.S_IMODE(p.lstat().st_mode) & 0o077
+        # the test's own files: its profiles, the supervisor's output as the test keeps it
+        and "profiles" not in p.parts and p.name != "supervisor-test.out"
+    ]  # fmt: skip
+    assert (supervisor.home.state / "chats.db").exists()
+    assert loose == []

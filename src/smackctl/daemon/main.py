@@ -282,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     # a file-size limit (or a filesystem that answers EFBIG) fails the write, as a full disk
     # does, instead of killing the supervisor; the state store keeps what it could not write
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    # what the supervisor and its runners write (state.db, logs, kv/, models) is the user's
+    # alone, whatever the umask it was started with: prompts and answers are in some of it
+    os.umask(0o077)
     paths = get_paths().ensure()
     setup_logging(paths, args.foreground, args.json_logs)
     try:
