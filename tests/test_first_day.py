@@ -110,7 +110,7 @@ def test_a_base_model_is_refused_before_its_pull_when_the_profile_says_so(
         # what it is for: a text completion
         done = smackctl(home, "complete", "-m", "unsaid", "--max-tokens", "4", "Paris is")
         assert done.returncode == 0, done.stderr
-        assert done.stdout.strip() and "tokens in" in done.stderr
+        assert done.stdout.strip() and "4 tokens, first token" in done.stderr
     finally:
         shutdown(sup)
 

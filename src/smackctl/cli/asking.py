@@ -113,23 +113,27 @@ def complete(
         if json_:
             output.print_json(c.post("/v1/completions", body))
             return
+        from .session import Stats
+
         started = time.perf_counter()
-        got, finish, tokens = [], None, 0
+        got, stats = [], Stats()
         for ev in c.events("POST", "/v1/completions", {**body, "stream": True}):
             chunk = _chunk(ev.json())
             for choice in chunk.get("choices") or []:
                 piece = choice.get("text") or ""
                 if piece:
-                    tokens += 1
+                    if stats.ttft is None:
+                        stats.ttft = time.perf_counter() - started
+                    stats.tokens += 1
                     got.append(piece)
                     sys.stdout.write(piece)
                     sys.stdout.flush()
-                finish = choice.get("finish_reason") or finish
+                stats.finish = choice.get("finish_reason") or stats.finish
         if got and not got[-1].endswith("\n"):
             sys.stdout.write("\n")
-        check_answer("".join(got), finish, name)
-        seconds = time.perf_counter() - started
-        output.info(f"{tokens} tokens in {seconds:.1f} s")
+        check_answer("".join(got), stats.finish, name)
+        stats.seconds = time.perf_counter() - started
+        output.info(stats.line())  # the same line as chat's
 
 
 def _chunk(data: Any) -> dict[str, Any]:

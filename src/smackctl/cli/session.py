@@ -23,6 +23,8 @@ class Stats:
     tokens: int = 0
     ttft: float | None = None
     seconds: float = 0.0
+    #: why the answer ended (``length``: the token limit cut it, which the line says)
+    finish: str | None = None
 
     @property
     def rate(self) -> float:
@@ -31,7 +33,8 @@ class Stats:
 
     def line(self) -> str:
         ttft = f"{self.ttft * 1000:.0f} ms" if self.ttft is not None else "-"
-        return f"{self.tokens} tokens, first token {ttft}, {self.rate:.1f} tokens/s"
+        cut = ", cut at the token limit (--max-tokens)" if self.finish == "length" else ""
+        return f"{self.tokens} tokens, first token {ttft}, {self.rate:.1f} tokens/s{cut}"
 
 
 @dataclass
@@ -74,8 +77,9 @@ def reply(c: Client, s: Session, *, stream: bool, render_md: bool) -> str:
         text = resp["choices"][0]["message"]["content"] or ""
         stats.tokens = (resp.get("usage") or {}).get("completion_tokens") or 0
         stats.seconds = time.perf_counter() - started
+        stats.finish = resp["choices"][0].get("finish_reason")
         s.last = stats
-        check_answer(text, resp["choices"][0].get("finish_reason"), s.answered_by)
+        check_answer(text, stats.finish, s.answered_by)
         output.write_answer(text, render_md)
         return text
 
@@ -98,6 +102,7 @@ def reply(c: Client, s: Session, *, stream: bool, render_md: bool) -> str:
         text = output.stream_answer(deltas(), render_md)
     finally:
         stats.seconds = time.perf_counter() - started
+        stats.finish = finish[-1] if finish else None
         s.last = stats
-    check_answer(text, finish[-1] if finish else None, s.answered_by)
+    check_answer(text, stats.finish, s.answered_by)
     return text
