@@ -115,6 +115,8 @@ def test_in_flight_and_budgets_per_period() -> None:
         meter.admit("bob", month)
     first_of_january = calendar.timegm((2027, 1, 1, 0, 0, 0))
     assert over.value.retry_after == pytest.approx(first_of_january - NOON)
+    days = round((first_of_january - NOON) / 86400)
+    assert f"it may ask again in {days} days" in str(over.value)  # in words, not 1,900,800s
     clock.at = first_of_january
     meter.admit("bob", month)
     ever = Limits(budget_tokens=10, period="none")
@@ -124,6 +126,13 @@ def test_in_flight_and_budgets_per_period() -> None:
         meter.admit("cy", ever)
     assert period_start("none", NOON) == 0
     assert period_start("month", NOON) == calendar.timegm((2026, 12, 1, 0, 0, 0))
+
+
+def test_a_wait_in_words() -> None:
+    from smackctl.units import in_words
+
+    said = [in_words(s) for s in (0, 59.4, 95, 3599, 13_964, 86_399, 200_000)]
+    assert said == ["0s", "59s", "2 min", "1 h", "3 h 53 min", "1 day", "2 days"]
 
 
 def test_limits_refuse_what_is_not_a_limit() -> None:

@@ -108,3 +108,18 @@ def utc_minute(at: float) -> str:
     import time
 
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
+
+
+def in_words(seconds: float) -> str:
+    """A wait in words: ``45s``, ``12 min``, ``3 h 52 min``, ``2 days``."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    minutes = round(s / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    h, m = divmod(minutes, 60)
+    if h < 24:
+        return f"{h} h {m} min" if m else f"{h} h"
+    d = round(s / 86400)
+    return f"{d} day{'s' if d != 1 else ''}"

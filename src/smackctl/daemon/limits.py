@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from smackctl.errors import RateLimited, UsageError
+from smackctl.units import in_words
 
 __all__ = ["Limits", "Meter", "period_start"]
 
@@ -172,10 +173,10 @@ class Meter:
         ]  # fmt: skip
         for hit, what, wait in over:
             if hit:
-                when = "never (the budget has no period)" if math.isinf(wait) else f"{wait:.0f}s"
+                when = "never (the budget has no period)" if math.isinf(wait) else in_words(wait)
                 raise RateLimited(
                     f"key {name} is over its limit of {what}; it may ask again in {when}",
-                    "wait for Retry-After, or ask an admin for a higher limit "
+                    "ask again then, or ask an admin for a higher limit "
                     f"(`smackctl keys show {name}` shows what is used)",
                     max(1.0, wait) if not math.isinf(wait) else 86400.0,
                     heads,

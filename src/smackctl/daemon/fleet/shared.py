@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from smackctl.daemon.limits import DAY, MINUTE, Limits
 from smackctl.errors import RateLimited
+from smackctl.units import in_words
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -181,8 +182,9 @@ class SharedLimits:
 def _refuse(name: str, what: str, wait: float) -> None:
     wait = max(1.0, wait) if not math.isinf(wait) else 86400.0
     raise RateLimited(
-        f"key {name} is over its limit of {what} across the fleet; it may ask again in {wait:.0f}s",
-        f"wait for Retry-After, or ask an admin for a higher limit (`smackctl keys show {name}`)",
+        f"key {name} is over its limit of {what} across the fleet; it may ask again in "
+        f"{in_words(wait)}",
+        f"ask again then, or ask an admin for a higher limit (`smackctl keys show {name}`)",
         wait,
         {},
     )
