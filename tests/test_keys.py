@@ -245,6 +245,8 @@ def test_revoking_a_key_stops_it_at_once_streams_in_flight_included(sup: Supervi
         started = time.monotonic()
         lines = [ln for ln in it if ln]
         took = time.monotonic() - started
+    again = smackctl(sup.home, "keys", "revoke", "leaver")
+    assert again.returncode == 0 and "key leaver was revoked already" in again.stdout
     last = json.loads(lines[-1].removeprefix("data: "))
     assert last["error"]["code"] == "key_revoked"
     assert "key leaver was revoked" in last["error"]["message"]

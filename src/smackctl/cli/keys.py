@@ -223,8 +223,11 @@ def prefer(
 def revoke(ctx: typer.Context, name: NameArg) -> None:
     """Stop a key at once: its next request gets 401, its streams in flight end."""
     with client(ctx, autostart=False) as c:
-        c.request("DELETE", f"/api/keys/{name}")
-    print(f"revoked key {name}")
+        k = c.request("DELETE", f"/api/keys/{name}").json()
+    if k.get("already"):
+        print(f"key {name} was revoked already ({_when(k.get('revoked'))})")
+    else:
+        print(f"revoked key {name}")
 
 
 @keys_app.command()

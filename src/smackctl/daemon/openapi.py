@@ -317,7 +317,10 @@ def _keys() -> dict[str, Any]:
         },
         "/api/keys/{name}": {
             "get": _op("A key, and what it used today and over 30 days", params=[name]),
-            "delete": _op("Revoke a key at once, its streams in flight included", params=[name]),
+            "delete": _op(
+                "Revoke a key at once, its streams in flight included (`already`: it was)",
+                params=[name],
+            ),
         },
         "/api/keys/{name}/rotate": {
             "post": _op("A new token for a key (in the answer, once)", params=[name])

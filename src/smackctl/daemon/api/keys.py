@@ -77,8 +77,10 @@ def used(usage: Any, key: Key) -> dict[str, dict[str, int]]:
 
 
 async def revoke(request: Request) -> Response:
-    key = services(request).keys.revoke(request.path_params["name"])
-    return JSONResponse(key.public())
+    keys = services(request).keys
+    already = keys.get(request.path_params["name"]).revoked is not None
+    key = keys.revoke(request.path_params["name"])
+    return JSONResponse({**key.public(), "already": already})  # revoked before: said so
 
 
 async def rotate(request: Request) -> Response:
