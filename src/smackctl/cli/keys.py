@@ -3,6 +3,7 @@ apps, each with a scope and the models it may use (the operator's token stays th
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 import time
@@ -93,7 +94,14 @@ def create(
     }  # fmt: skip
     with client(ctx, autostart=False) as c:
         made = c.post("/api/keys", body)
+        unknown = made.get("unknown_models") or []
+        known = [m["id"] for m in c.get("/v1/models").get("data", [])] if unknown else []
     _issued(made, json_, "made")
+    for name in unknown:  # made as asked (another profile's, the fleet's), but said
+        close = difflib.get_close_matches(name, known, n=1)
+        also = f" (did you mean {close[0]}?)" if close else ""
+        output.warn(f"the active profile has no model {name}{also}: the key may use it "
+                    "once a profile that has it is active")  # fmt: skip
 
 
 @keys_app.command("list")

@@ -52,7 +52,12 @@ async def create(request: Request) -> Response:
     key, token = s.keys.create(
         name, scope, models, expiry(expires, time.time()), priority, Limits.of(limits)
     )
-    return JSONResponse({**key.public(), "key": token}, status_code=201)
+    # names the active profile does not know (a typo, or a model of another profile or of
+    # the fleet): the key is made as asked, and the CLI says which
+    profile = s.scheduler.profile
+    unknown = [m for m in models if m not in ("*", "auto") and m not in profile.groups
+               and profile.resolve(m) is None]  # fmt: skip
+    return JSONResponse({**key.public(), "key": token, "unknown_models": unknown}, 201)
 
 
 async def show(request: Request) -> Response:
