@@ -19,6 +19,7 @@ def test_refused_requests_are_in_the_log_and_counted_as_errors(supervisor: Super
             json={"model": "nope", "messages": [{"role": "user", "content": secret_words}]},
         )
         assert unknown.status_code == 404
+        assert unknown.json()["error"]["code"] == "model_not_found"  # OpenAI's, not a class
         invalid = c.post(
             "/v1/chat/completions",
             json={

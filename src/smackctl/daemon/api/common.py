@@ -79,6 +79,10 @@ def err(
     )
 
 
+#: where a class name's next word begins
+_SNAKE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
 def smack_error(exc: SmackError) -> Response:
     # OpenAI clients show `message` only, so the fix goes in it too; `hint` is for smackctl
     message = exc.message + (f" (fix: {exc.hint})" if exc.hint else "")
@@ -89,7 +93,8 @@ def smack_error(exc: SmackError) -> Response:
         "error": {
             "message": message,
             "type": exc.error_type,
-            "code": getattr(exc, "code", None) or type(exc).__name__,
+            # OpenAI's style (``model_not_found``), not the exception's class (ModelNotFound)
+            "code": getattr(exc, "code", None) or _SNAKE.sub("_", type(exc).__name__).lower(),
             "hint": exc.hint,
         }
     }
