@@ -75,7 +75,10 @@ def test_top_once_shows_a_frame(supervisor: Supervisor) -> None:
     assert r.exit_code == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith("smackctl 0.1.0  pid ") and "profile test" in lines[0]
-    assert lines[1].split() == [
+    assert lines[1].startswith("RAM ") and "budget" in lines[1]
+    assert "q quits" not in r.stdout  # one frame: nothing to quit
+    assert all(len(line) <= 80 for line in lines[:2])  # the head fits a terminal
+    assert lines[2].split() == [
         "MODEL",
         "STATE",
         "RAM",
@@ -86,7 +89,7 @@ def test_top_once_shows_a_frame(supervisor: Supervisor) -> None:
         "QUEUED",
         "REQUESTS",
     ]
-    row = lines[2].split()
+    row = lines[3].split()
     assert row[0] == "tiny-a" and row[1] == "ready" and row[-1] == "2"
 
 

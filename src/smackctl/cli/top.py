@@ -16,12 +16,14 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
 __all__ = ["top"]
 
 
-def _frame(st: dict[str, Any], rates: dict[str, float]) -> Any:
+def _frame(st: dict[str, Any], rates: dict[str, float], live: bool = False) -> Any:
+    """Two lines over the table (each fits 80 columns), then a row a model; ``live``: the
+    view redraws until q."""
     mem = st["memory"]
     head = (
         f"smackctl {st['version']}  pid {st['pid']}  profile {st['profile']}  up "
-        f"{output.human_duration(st['uptime'])}  RAM {output.human_bytes(mem['used_ram'])}"
-        f" / {output.human_bytes(mem['budget_ram'])} budget   (q quits)"
+        f"{output.human_duration(st['uptime'])}\nRAM {output.human_bytes(mem['used_ram'])}"
+        f" of a {output.human_bytes(mem['budget_ram'])} budget" + ("   (q quits)" if live else "")
     )
     rows = []
     for m in st["models"]:
@@ -72,7 +74,7 @@ def top(
             output.render(_frame(st, {}))
             return
         last = {m["name"]: (m["tokens_out"], time.monotonic()) for m in st["models"]}
-        with _raw_stdin() as key, output.live(_frame(st, {})) as update:
+        with _raw_stdin() as key, output.live(_frame(st, {}, live=True)) as update:
             while key(interval) != "q":
                 st = c.get("/api/status")
                 now = time.monotonic()
@@ -81,7 +83,7 @@ def top(
                     prev, then = last.get(m["name"], (m["tokens_out"], now))
                     rates[m["name"]] = (m["tokens_out"] - prev) / max(now - then, 1e-6)
                     last[m["name"]] = (m["tokens_out"], now)
-                update(_frame(st, rates))
+                update(_frame(st, rates, live=True))
 
 
 class _raw_stdin:  # noqa: N801 - used as a context manager factory
