@@ -42,6 +42,8 @@ def test_the_working_directory_never_shadows_the_shipped_or_the_users_profiles(
     assert find_profile("default") == users / "default.yaml"
     with pytest.raises(UsageError, match="no profile named .dev."):
         find_profile("dev")  # the clone's own profiles are not listed by name either
+    with pytest.raises(UsageError, match="no profile named 'defualt': did you mean `default`"):
+        find_profile("defualt")  # `profile switch defualt`: a typo is named
     r = CliRunner().invoke(app, ["profile", "list", "--json"])
     assert r.exit_code == 0, r.output
     listed = {p["name"]: p["path"] for p in json.loads(r.stdout)}

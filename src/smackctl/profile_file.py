@@ -333,7 +333,11 @@ def find_profile(name_or_path: str, extra: Iterable[Path] = ()) -> Path:
     found = list_profile_files(extra)
     if name_or_path in found:
         return found[name_or_path]
+    from .profile_refs import suggest
+
+    close = suggest(name_or_path, found)
     raise UsageError(
-        f"no profile named {name_or_path!r}; known: {', '.join(sorted(found)) or 'none'}",
+        f"no profile named {name_or_path!r}{close}"
+        + ("" if close else f"; known: {', '.join(sorted(found)) or 'none'}"),
         "see `smackctl profile list`, or give the path of a .yaml file",
     )
