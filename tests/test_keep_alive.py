@@ -44,6 +44,8 @@ def test_keep_alive_minus_one_keeps_it_and_ps_says_so(supervisor: Supervisor) ->
 
 
 def test_a_load_with_its_own_ttl(supervisor: Supervisor) -> None:
+    bad = smackctl(supervisor.home, "models", "load", "tiny-c", "--ttl", "xyz")
+    assert bad.returncode == 2 and "--ttl xyz: not an idle time" in bad.stderr  # the flag's
     # 3 s: long enough to read back before it passes (the CLI's own start takes a part)
     r = smackctl(supervisor.home, "models", "load", "tiny-c", "--ttl", "3")
     assert r.returncode == 0, r.stderr

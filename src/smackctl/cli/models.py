@@ -215,6 +215,15 @@ def load(
     json_: JsonOpt = False,
 ) -> None:
     """Load a model (pulling it first if needed) and wait until it is ready."""
+    if ttl is not None:  # the flag's words, before the supervisor's (keep_alive) would
+        from smackctl.units import parse_keep_alive
+
+        try:
+            parse_keep_alive(ttl)
+        except ValueError:
+            raise UsageError(
+                f"--ttl {ttl}: not an idle time", "write seconds (300), 10m, 2h, -1 (never) or 0"
+            ) from None
     with client(ctx, timeout=600.0) as c:
         if estimate_only:
             plan = c.post(f"/api/models/{name}/load", {"estimate_only": True})
