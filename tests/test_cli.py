@@ -199,6 +199,11 @@ def test_logs_show_supervisor_and_runner_logs(cli: CliRunner) -> None:
         "smackctl.daemon.backends.llama_cpp_python.runner" in r.stdout
         and "--interrupt_requests=False" in r.stdout
     )
+    # an alias names its model's log (tiny-a's own alias, and routing's `fast` → tiny-b)
+    assert cli.invoke(app, ["logs", "a", "-n", "400"]).stdout == r.stdout
+    assert cli.invoke(app, ["models", "load", "tiny-b"]).exit_code == 0
+    r = cli.invoke(app, ["logs", "fast", "-n", "5"])
+    assert r.exit_code == 0 and "no log yet" not in r.stderr and r.stdout.strip()
     r = cli.invoke(app, ["logs", "../../etc/passwd"])
     assert r.exit_code == 2
 

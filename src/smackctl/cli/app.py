@@ -16,7 +16,7 @@ import typer
 from smackctl import __version__
 from smackctl.errors import CommandFailed, SmackError
 
-from . import models, profile, service, supervisor, usage
+from . import logs_cmd, models, profile, service, supervisor, usage
 from ._common import Globals
 from ._group import Group
 from .asking import complete
@@ -224,7 +224,7 @@ def root(
 
 # every command and group of commands, registered here and nowhere else
 for command in (
-    supervisor.start, supervisor.stop, supervisor.restart, supervisor.status, supervisor.logs,
+    supervisor.start, supervisor.stop, supervisor.restart, supervisor.status, logs_cmd.logs,
     supervisor.env, top, usage.usage, usage.backends, events, route, doctor, chat, complete, ui,
 ):  # fmt: skip
     app.command()(command)

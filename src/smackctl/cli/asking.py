@@ -21,6 +21,7 @@ from smackctl.errors import ApiError, SmackError, UsageError
 from . import output
 from ._common import client, follow_events, raise_for_event
 from .completion import complete_model
+from .stats import Stats
 
 if TYPE_CHECKING:
     from smackctl.client import Client
@@ -113,8 +114,6 @@ def complete(
         if json_:
             output.print_json(c.post("/v1/completions", body))
             return
-        from .session import Stats
-
         started = time.perf_counter()
         got, stats = [], Stats()
         for ev in c.events("POST", "/v1/completions", {**body, "stream": True}):

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import output
 from .asking import check_answer
+from .stats import Stats
 
 if TYPE_CHECKING:
     from smackctl.client import Client
@@ -16,25 +17,6 @@ if TYPE_CHECKING:
 __all__ = ["SAMPLING", "Session", "Stats", "reply"]
 
 SAMPLING = ("temperature", "top_p", "max_tokens", "seed")
-
-
-@dataclass
-class Stats:
-    tokens: int = 0
-    ttft: float | None = None
-    seconds: float = 0.0
-    #: why the answer ended (``length``: the token limit cut it, which the line says)
-    finish: str | None = None
-
-    @property
-    def rate(self) -> float:
-        gen = self.seconds - (self.ttft or 0.0)
-        return (self.tokens - 1) / gen if self.tokens > 1 and gen > 0 else 0.0
-
-    def line(self) -> str:
-        ttft = f"{self.ttft * 1000:.0f} ms" if self.ttft is not None else "-"
-        cut = ", cut at the token limit (--max-tokens)" if self.finish == "length" else ""
-        return f"{self.tokens} tokens, first token {ttft}, {self.rate:.1f} tokens/s{cut}"
 
 
 @dataclass

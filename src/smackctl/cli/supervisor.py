@@ -1,23 +1,21 @@
-"""`smackctl start | stop | restart | status | logs | env`."""
+"""`smackctl start | stop | restart | status | env` (`logs`: logs_cmd.py)."""
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from smackctl.errors import ModelNotFound, SupervisorNotRunning, UsageError
+from smackctl.errors import SupervisorNotRunning, UsageError
 from smackctl.paths import DEFAULT_HOST, DEFAULT_PORT
 
 from . import output
-from ._common import client, globals_of, since_time
-from .completion import complete_model, local_model_names
+from ._common import client, globals_of
 
-__all__ = ["env", "logs", "restart", "start", "status", "stop"]
+__all__ = ["env", "restart", "start", "status", "stop"]
 
 # the defaults are said in words: the help pages are generated once (help.json), and a
 # default printed there would be wrong whenever the variable is set
@@ -138,7 +136,6 @@ def start(
 def _say_other_profile(url: str, asked: str) -> None:
     """A start with --profile found a supervisor running already: a warning when it runs
     another profile (a start never switches: `profile switch` does, without a lost request)."""
-    from pathlib import Path
 
     from smackctl.client import Client
     from smackctl.errors import SmackError
@@ -317,73 +314,6 @@ def _print_troubles(models: list[dict[str, Any]], now: float) -> None:
             )
         elif m.get("last_error") and m["state"] in ("failed", "backoff", "stopped"):
             print(f"{m['name']}: {m['last_error']} (`smackctl logs {m['name']}`)")
-
-
-def logs(
-    model: Annotated[
-        str | None,
-        typer.Argument(help="A model's runner log instead.", autocompletion=complete_model),
-    ] = None,
-    follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
-    ] = False,
-    lines: Annotated[int, typer.Option("--lines", "-n", help="Lines to show.")] = 50,
-    since: Annotated[
-        str | None, typer.Option("--since", help="Only lines newer than this: 30m, 2h, 1d.")
-    ] = None,
-) -> None:
-    """Show the supervisor's log, or one model's runner log (read from the state dir)."""
-    from smackctl.config import validate_model_name
-    from smackctl.paths import get_paths
-
-    paths = get_paths()
-    path = paths.runner_log(validate_model_name(model)) if model else paths.supervisor_log
-    if not path.is_file():
-        known = local_model_names()
-        if model and model not in known:
-            raise ModelNotFound(model, known)
-        output.info(f"no log yet at {path}")
-        return
-    cutoff = None
-    if since:  # the timestamp prefix the log lines start with
-        cutoff = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since_time(since)))
-    _print_tail(path, lines, cutoff)
-    if follow:
-        _follow(path)
-
-
-def _print_tail(path: Path, lines: int, cutoff: str | None = None) -> None:
-    with path.open("rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - 512 * 1024))
-        text = f.read().decode(errors="replace")
-    kept = text.splitlines()
-    if cutoff is not None:  # lines without a timestamp go with the line above them
-        out, keep = [], False
-        for line in kept:
-            stamp = line[:19] if line[:4].isdigit() else line[10:29]  # plain or JSON lines
-            if stamp[:4].isdigit() and stamp[4:5] == "-":
-                keep = stamp >= cutoff
-            if keep:
-                out.append(line)
-        kept = out
-    for line in kept[-lines:]:
-        print(line)
-
-
-def _follow(path: Path) -> None:
-    with path.open("rb") as f:
-        f.seek(0, os.SEEK_END)
-        try:
-            while True:
-                chunk = f.read()
-                if chunk:
-                    sys.stdout.write(chunk.decode(errors="replace"))
-                    sys.stdout.flush()
-                else:
-                    time.sleep(0.2)
-        except KeyboardInterrupt:
-            return
 
 
 def env(ctx: typer.Context) -> None:
