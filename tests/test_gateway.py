@@ -476,6 +476,10 @@ def test_a_local_model_falls_back_when_it_cannot_load(world: World) -> None:
         assert r.headers["X-Smackctl-Deployment"] == "plain"
         with c.stream("POST", CHAT, json={**ASK, "model": "plain", "stream": True}) as s:
             assert s.headers["X-Smackctl-Deployment"] == "plain"
+            s.read()
+    # `backends` counts a local model's requests as `status` does, however they came
+    plain = _backend(world.sup, "plain")
+    assert plain["served"] == world.sup.model("plain")["requests_served"] >= 2
     r = _post(world.sup, "broken")  # a corrupt file: the load fails (500), r2 answers
     assert r.status_code == 200, r.text
     assert r.headers["X-Smackctl-Deployment"] == "r2"

@@ -337,7 +337,7 @@ class Deployments:
         profile = self.profile()
         return {
             "deployments": [
-                d.view() for n, d in self.by_name.items() if n in profile.models or d.remote
+                self._viewed(d) for n, d in self.by_name.items() if n in profile.models or d.remote
             ],
             "groups": {
                 name: {"deployments": list(g.deployments), "policy": g.policy,
@@ -345,6 +345,17 @@ class Deployments:
                 for name, g in profile.groups.items()
             },
         }  # fmt: skip
+
+    def _viewed(self, d: Deployment) -> dict[str, Any]:
+        """``d``'s view; a local model's requests are those its runner served, however they
+        came (most never pass a deployment: only a group's, or a fallback's, do), as
+        `smackctl status` counts them."""
+        view = d.view()
+        m = self.local.registry.models.get(d.name) if d.remote is None else None
+        if m is not None:
+            view["served"] = max(view["served"], m.requests_served)
+            view["in_flight"] = max(view["in_flight"], m.in_flight)
+        return view
 
 
 def _counted(d: Deployment, call: Call) -> tuple[dict[str, Any], bool]:
