@@ -296,3 +296,17 @@ def test_swa_full_counts_the_whole_context_in_every_layer() -> None:
     per_token = 1 * (256 + 256) * 2  # one layer: a KV head of 256 + 256, f16
     assert estimate_for(info, windowed).kv_cache == per_token * (3 * 8192 + 15 * (512 + 2048))
     assert estimate_for(info, full).kv_cache == per_token * 18 * 8192
+
+
+def test_json_output_reads_as_text_and_escapes_only_what_cannot_be_written(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from smackctl.cli.output import as_text, print_json
+
+    print_json({"answer": "こんにちは"})
+    assert '"answer": "こんにちは"' in capsys.readouterr().out  # not \u3053…
+    print_json({"answer": "a\udcffb"})  # a lone surrogate cannot be written as text
+    assert '"a\\udcffb"' in capsys.readouterr().out
+    # bytes that were not UTF-8 (stdin, argv) are sent as U+FFFD, never as surrogates
+    assert as_text(b"\xff ok".decode("utf-8", "surrogateescape")) == "\ufffd ok"
+    assert as_text("half \ud800 pair") == "half ? pair"

@@ -125,6 +125,14 @@ def test_install_status_uninstall_without_a_systemd_manager(home: Home, tmp_path
     removes both."""
     env = _env(home, tmp_path)
     port = home.env["SMACKCTL_PORT"]
+    path = tmp_path / "cfg" / "systemd" / "user" / "smackctl.service"
+    shown = subprocess.run(
+        [sys.executable, "-m", "smackctl", "service", "install", "--print"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr  # the unit it would write, and nothing written
+    assert shown.stdout.startswith("# Written by `smackctl service install`")
+    assert "ExecStart=" in shown.stdout and not path.exists()
     r = subprocess.run(
         [sys.executable, "-m", "smackctl", "service", "install"],
         env=env,
@@ -133,7 +141,7 @@ def test_install_status_uninstall_without_a_systemd_manager(home: Home, tmp_path
         timeout=60,
     )
     assert r.returncode == 0, r.stderr
-    path = tmp_path / "cfg" / "systemd" / "user" / "smackctl.service"
+    assert path.read_text() == shown.stdout  # what --print showed
     assert r.stdout.splitlines() == [
         "systemctl --user daemon-reload",
         "systemctl --user enable --now smackctl.service",

@@ -67,7 +67,14 @@ def err_console() -> Console:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    """``data`` as indented JSON, its text as it reads (こんにちは, not \\u3053…), escaped only
+    where the output cannot take a character (a lone surrogate, a non-UTF-8 terminal)."""
+    text = json.dumps(data, indent=2, default=str, ensure_ascii=False)
+    try:
+        text.encode(sys.stdout.encoding or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        text = json.dumps(data, indent=2, default=str)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 

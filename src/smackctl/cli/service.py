@@ -198,10 +198,15 @@ def install(
         str | None,
         typer.Option("--run-as", help="The user a --system unit runs as (default: $SUDO_USER)."),
     ] = None,
+    print_: Annotated[
+        bool,
+        typer.Option("--print", help="Print the unit it would write, and change nothing."),
+    ] = False,
 ) -> None:
     """Write a systemd unit that runs `smackctl start --foreground`, and enable and start it
     when a systemd manager answers here (else print the commands to run)."""
-    _need_root(system)
+    if not print_:
+        _need_root(system)
     if run_as and not system:
         raise UsageError("--run-as is for a system unit", "add --system, or leave out --run-as")
     if bool(tls_cert) != bool(tls_key):
@@ -230,6 +235,11 @@ def install(
     )
     path = unit_dir(system, os.environ, Path.home()) / UNIT
     text = unit_text(unit)
+    if print_:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()
+        output.info(f"(not written: without --print it goes to {path})")
+        return
     old = path.read_text(errors="replace") if path.is_file() else None
     _write(path, text)
     changed = old is not None and old != text
