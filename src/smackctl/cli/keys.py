@@ -3,7 +3,6 @@ apps, each with a scope and the models it may use (the operator's token stays th
 
 from __future__ import annotations
 
-import difflib
 import json
 import sys
 import time
@@ -89,19 +88,17 @@ def create(
         "budget_usd": budget_usd, "period": period,
     }  # fmt: skip
     body = {
-        "name": name, "scope": scope, "models": models.split(","), "expires": expires,
+        "name": name, "scope": scope, "models": [m.strip() for m in models.split(",")],
+        "expires": expires,
         "priority": priority, "limits": {k: v for k, v in limits.items() if v is not None},
     }  # fmt: skip
     with client(ctx, autostart=False) as c:
         made = c.post("/api/keys", body)
-        unknown = made.get("unknown_models") or []
-        known = [m["id"] for m in c.get("/v1/models").get("data", [])] if unknown else []
-    _issued(made, json_, "made")
-    for name in unknown:  # made as asked (another profile's, the fleet's), but said
-        close = difflib.get_close_matches(name, known, n=1)
-        also = f" (did you mean {close[0]}?)" if close else ""
-        output.warn(f"the active profile has no model {name}{also}: the key may use it "
-                    "once a profile that has it is active")  # fmt: skip
+    _issued(made, json_, "made")  # its secret first: nothing after it may lose it
+    for u in made.get("unknown_models") or []:  # made as asked (another profile's), but said
+        also = f" (did you mean {u['did_you_mean']}?)" if u.get("did_you_mean") else ""
+        output.warn(f"no model {u['name']} is known here{also}: the key may use it once a "
+                    "profile that has it is active")  # fmt: skip
 
 
 @keys_app.command("list")

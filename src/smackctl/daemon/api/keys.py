@@ -4,6 +4,7 @@ is made or rotated."""
 
 from __future__ import annotations
 
+import difflib
 import time
 from typing import Any
 
@@ -52,12 +53,24 @@ async def create(request: Request) -> Response:
     key, token = s.keys.create(
         name, scope, models, expiry(expires, time.time()), priority, Limits.of(limits)
     )
-    # names the active profile does not know (a typo, or a model of another profile or of
-    # the fleet): the key is made as asked, and the CLI says which
-    profile = s.scheduler.profile
-    unknown = [m for m in models if m not in ("*", "auto") and m not in profile.groups
-               and profile.resolve(m) is None]  # fmt: skip
-    return JSONResponse({**key.public(), "key": token, "unknown_models": unknown}, 201)
+    return JSONResponse({**key.public(), "key": token, "unknown_models": _unknown(s, key)}, 201)
+
+
+def _unknown(s: Any, key: Key) -> list[dict[str, str | None]]:
+    """The key's model names nothing here answers to (a typo most often; or a model of
+    another profile): the key is made as asked, and the CLI says which, with the closest
+    name. Known: the models (the profile's, added, found in models_dir) and their aliases,
+    groups and theirs, `auto`, what the fleet's members serve."""
+    groups = s.scheduler.profile.groups
+    known = {"*", "auto", *s.registry.known_names(), *groups}
+    known.update(a for g in groups.values() for a in g.aliases)
+    if s.fleet is not None:
+        known.update(s.fleet.members.models())
+    return [
+        {"name": m, "did_you_mean": next(iter(difflib.get_close_matches(m, known, 1)), None)}
+        for m in key.models
+        if m not in known
+    ]
 
 
 async def show(request: Request) -> Response:
