@@ -310,3 +310,13 @@ def test_json_output_reads_as_text_and_escapes_only_what_cannot_be_written(
     # bytes that were not UTF-8 (stdin, argv) are sent as U+FFFD, never as surrogates
     assert as_text(b"\xff ok".decode("utf-8", "surrogateescape")) == "\ufffd ok"
     assert as_text("half \ud800 pair") == "half ? pair"
+
+
+def test_two_urls_of_one_supervisor_are_the_same_place() -> None:
+    from smackctl.cli._lifecycle import same_place
+
+    assert same_place("http://127.0.0.1:7622", "http://localhost:7622")
+    assert same_place("http://0.0.0.0:7622", "http://127.0.0.1:7622")  # a LAN bind, from here
+    assert same_place("http://[::1]:7622/", "http://127.0.0.1:7622")
+    assert not same_place("http://127.0.0.1:7622", "http://127.0.0.1:9")
+    assert not same_place("http://10.0.0.5:7622", "http://127.0.0.1:7622")

@@ -124,14 +124,14 @@ def _start_at(url: str) -> str:
     """How to start a supervisor at ``url``: here with its port, or on the machine it names."""
     from urllib.parse import urlparse
 
-    from smackctl.netaddr import is_loopback
+    from smackctl.netaddr import is_loopback, is_wildcard
 
     try:
         u = urlparse(url)
         host, port = u.hostname or "", u.port
     except ValueError:
         return "start it with `smackctl start`"
-    if host and not is_loopback(host):
+    if host and not is_loopback(host) and not is_wildcard(host):
         return f"start it on {host} (`smackctl start --host ADDRESS`), or check --url"
     default = os.environ.get("SMACKCTL_PORT") or "7622"
     flag = f" --port {port}" if port is not None and str(port) != default else ""

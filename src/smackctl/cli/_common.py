@@ -44,6 +44,13 @@ def client(ctx: typer.Context, *, autostart: bool | None = None, timeout: float 
     from ._lifecycle import ensure_running
 
     g = globals_of(ctx)
+    if g.url is not None and not g.url.lower().startswith(("http://", "https://")):
+        from smackctl.errors import UsageError
+
+        said = "SMACKCTL_URL" if os.environ.get("SMACKCTL_URL") == g.url else "--url"
+        raise UsageError(
+            f"{said} {g.url}: not a supervisor's URL", "write http://HOST:PORT (or https://)"
+        )
     url = g.url or default_url()
     start = g.autostart if autostart is None else autostart
     if ensure_running(url, start, g.profile, explicit=g.url is not None):

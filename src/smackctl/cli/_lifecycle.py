@@ -139,7 +139,7 @@ def start_supervisor(
             running_url = paths.endpoint_path.read_text().strip() or url
         except OSError:
             running_url = url
-        if address_given and running_url.rstrip("/") != url:
+        if address_given and not same_place(running_url, url):
             raise SupervisorStartError(
                 f"smackctl is already running at {running_url} (pid {pid}), not at {url}",
                 f"use the running one, or stop it first (`smackctl stop`) and start it at {url}",
@@ -227,12 +227,13 @@ def ensure_running(
     url: str, autostart: bool, profile: str | None = None, explicit: bool = False
 ) -> bool:
     """True if it had to be started (at ``url``). Raises SupervisorNotRunning when autostart
-    is off, or when ``url`` was named (``explicit``: --url, SMACKCTL_URL) and is not on this
-    machine: nothing here can start a supervisor elsewhere. A URL named that is on this
-    machine starts one there, unless one runs at another address already (an error that says
-    where, as `start --port` does: never an answer from another supervisor than the one
-    named)."""
-    if _health(url, _running_cert(get_paths())) is not None:
+    is off. A URL named (``explicit``: --url, SMACKCTL_URL) that does not answer at once is
+    given a few seconds (a busy supervisor, another machine's); nothing here starts one
+    that is not on this machine's loopback over plain HTTP (an https URL needs its
+    certificate: `smackctl start --tls-cert …`). One on loopback starts there, unless one
+    runs at another port already (an error that says where, as `start --port` does)."""
+    cert = _running_cert(get_paths())
+    if _health(url, cert) is not None:
         return False
     from urllib.parse import urlparse
 
@@ -240,11 +241,36 @@ def ensure_running(
 
     u = urlparse(url)
     host = u.hostname or "127.0.0.1"
-    if not autostart or (explicit and not is_loopback(host)):
+    here = is_loopback(host) and u.scheme == "http"
+    if explicit and not here:
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            if _health(url, cert) is not None:
+                return False
+            time.sleep(0.2)
         raise SupervisorNotRunning(url)
-    port = u.port or (443 if u.scheme == "https" else 80)
-    started = start_supervisor(Serving(host, port, profile), address_given=explicit)
+    if not autostart:
+        raise SupervisorNotRunning(url)
+    started = start_supervisor(Serving(host, u.port or 80, profile), address_given=explicit)
     return not started.already
+
+
+def same_place(a: str, b: str) -> bool:
+    """Two URLs of one supervisor: the same port, and the same host or two names of this
+    machine's loopback (localhost, 127.0.0.1, ::1) or its every-address bind (0.0.0.0)."""
+    from urllib.parse import urlparse
+
+    from smackctl.netaddr import is_loopback, is_wildcard
+
+    try:
+        ua, ub = urlparse(a), urlparse(b)
+        pa, pb, ha, hb = ua.port, ub.port, ua.hostname or "", ub.hostname or ""
+    except ValueError:
+        return False
+    if pa != pb:
+        return False
+    local = {h for h in (ha, hb) if is_loopback(h) or is_wildcard(h)}
+    return ha == hb or len(local) == 2
 
 
 def stop_supervisor(url: str, timeout: float, force: bool, explicit: bool = False) -> int | None:

@@ -213,12 +213,6 @@ def root(
 
     Files live under SMACKCTL_HOME when set (else the platform's config/data/state dirs).
     """
-    if url is not None and not url.lower().startswith(("http://", "https://")):
-        from smackctl.errors import UsageError
-
-        raise UsageError(
-            f"--url {url}: not a supervisor's URL", "write http://HOST:PORT (or https://)"
-        )
     ctx.obj = Globals(url=url, autostart=not no_autostart, profile=profile)
 
 
