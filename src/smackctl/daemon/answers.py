@@ -36,8 +36,8 @@ def cut_error(model: str, forced: bool = False) -> SmackError:
     """A stop cut ``model``'s answer: its drain ran out of time, or it was ``--force``."""
     if forced:
         return ShuttingDown(
-            f"the supervisor was stopped at once (`smackctl stop --force`): the answer of "
-            f"{model} was cut before it was complete",
+            "the supervisor was stopped at once (`smackctl stop --force`, or a second stop "
+            f"signal): the answer of {model} was cut before it was complete",
             "send it again once the supervisor is back (`smackctl start`)",
         )
     return ShuttingDown(
@@ -128,39 +128,51 @@ def has_error(data: Any) -> bool:
     return isinstance(data, dict) and isinstance(data.get("error"), dict)
 
 
-#: a prompt longer than the context, as each backend says it: llama_cpp.server (whole),
-#: llama-cpp-python's own error in a stream, llama-server; the numbers: prompt, then context
+#: a prompt longer than the context, as each backend's error message begins: llama_cpp.server
+#: (whole), llama-cpp-python's own error in a stream, llama-server; prompt and context sizes
 _TOO_LONG = (
-    re.compile(r"maximum context length is (?P<ctx>\d+) tokens.*?\((?P<prompt>\d+) in (?:you|the)"),
+    re.compile(r"This model's maximum context length is (?P<ctx>\d+) tokens.*?"
+               r"\((?P<prompt>\d+) in (?:you|the)"),
     re.compile(r"Requested tokens \((?P<prompt>\d+)\) exceed context window of (?P<ctx>\d+)"),
     re.compile(r"request \((?P<prompt>\d+) tokens\) exceeds the available context size "
                r"\((?P<ctx>\d+) tokens\)"),
 )  # fmt: skip
 
 
-def too_long(model: str, text: str) -> bytes | None:
+def too_long(model: str, data: Any) -> bytes | None:
     """One error for a prompt that does not fit the model's context, whichever backend said
-    it (three wordings, a 400 or a 500): OpenAI's code, and the fix."""
-    found = next((m for p in _TOO_LONG if (m := p.search(text[:2000]))), None)
-    if found is None:
+    it (three wordings, a 400 or a 500; llama-server's type alone where its message has no
+    sizes): OpenAI's code, and the fix. Only the error's own message is read, from its
+    start: a message that quotes the request cannot pass for one."""
+    if not has_error(data):
         return None
+    error = data["error"]
+    message = str(error.get("message") or "")[:1000]
+    found = next((m for p in _TOO_LONG if (m := p.match(message))), None)
+    if found is not None:
+        sizes: tuple[Any, Any] = (found["prompt"], found["ctx"])
+    elif error.get("type") == "exceed_context_size_error":
+        sizes = (error.get("n_prompt_tokens"), error.get("n_ctx"))
+    else:
+        return None
+    prompt = f" ({sizes[0]} tokens)" if isinstance(sizes[0], int | str) else ""
+    ctx = f" ({sizes[1]} tokens)" if isinstance(sizes[1], int | str) else ""
     hint = (f"shorten the prompt (or the conversation), or raise `n_ctx` of {model} in the "
             f"profile (`smackctl models show {model}` says its n_ctx and file)")  # fmt: skip
-    message = (f"the prompt ({found['prompt']} tokens) does not fit the context of {model} "
-               f"({found['ctx']} tokens)")  # fmt: skip
-    body = {"error": {"message": f"{message} (fix: {hint})", "type": "invalid_request_error",
+    said = f"the prompt{prompt} does not fit the context of {model}{ctx}"
+    body = {"error": {"message": f"{said} (fix: {hint})", "type": "invalid_request_error",
                       "code": "context_length_exceeded", "hint": hint}}  # fmt: skip
     return json.dumps(body).encode()
 
 
 def map_error(model: str, status: int, content: bytes) -> tuple[bytes, int]:
-    text = content.decode(errors="replace")
-    if (long := too_long(model, text)) is not None:
-        return long, 400
     try:
         data = json.loads(content)
     except ValueError:
         data = None
+    if (long := too_long(model, data)) is not None:
+        return long, 400
+    text = content.decode(errors="replace")
     if status >= 500 and _UNSAFE.search(text):
         return error_body(
             f"the chat template of {model} tried an operation the template sandbox forbids; "

@@ -52,7 +52,7 @@ class Draining:
         self.cut.set()
         running, _ = self.busy()
         refused = 0
-        why = ("was stopped at once (`smackctl stop --force`)" if forced
+        why = ("was stopped at once (`smackctl stop --force`, or a second stop signal)" if forced
                else "is stopping and its drain ran out of time")  # fmt: skip
         for m in self.models.values():
             if m.runner is not None:
