@@ -328,7 +328,9 @@ def test_a_lone_surrogate_is_a_400_and_the_cli_sends_bad_bytes_as_text(sup: Supe
         assert r.status_code == 200, r.text
     done = subprocess.run(
         [sys.executable, "-m", "smackctl", "chat", "-m", "general", "--max-tokens", "2"],
-        input=b"\xff\xfe bad bytes", env=sup.home.env, capture_output=True, timeout=120,
+        input=b"\xff\xfe bad bytes", capture_output=True, timeout=120,
+        # strict decoding, as under en_US.UTF-8 (C and C.UTF-8 decode with surrogateescape)
+        env={**sup.home.env, "PYTHONIOENCODING": "utf-8:strict"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr.decode(errors="replace")
 

@@ -101,7 +101,7 @@ def complete(
 
     text = output.as_text(" ".join(prompt or []))
     if not text and not sys.stdin.isatty():
-        text = output.as_text(sys.stdin.read())
+        text = output.read_stdin()
     if not text.strip():
         raise UsageError("no text given", 'smackctl complete -m MODEL "The text to continue"')
     options: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}

@@ -109,7 +109,7 @@ def chat(
         text = output.as_text(" ".join(prompt or []))
         piped = ""
         if not interactive and not sys.stdin.isatty():
-            piped = output.as_text(sys.stdin.read())
+            piped = output.read_stdin()
         if piped.strip():
             text = f"{piped.rstrip()}\n\n{text}" if text else piped
         md = output.is_tty() and not plain

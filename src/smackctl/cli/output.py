@@ -41,6 +41,15 @@ def as_text(s: str) -> str:
         return s.encode("utf-8", "replace").decode("utf-8")
 
 
+def read_stdin() -> str:
+    """All of stdin as text, its bytes that are not UTF-8 as U+FFFD, whatever the locale
+    (under en_US.UTF-8 Python's own decoding raises on them)."""
+    raw = getattr(sys.stdin, "buffer", None)
+    if raw is None:  # a text stream without bytes under it (a test's)
+        return as_text(sys.stdin.read())
+    return str(raw.read().decode("utf-8", "replace"))
+
+
 def is_tty(stream: Any = None) -> bool:
     stream = stream or sys.stdout
     return bool(getattr(stream, "isatty", lambda: False)())

@@ -170,6 +170,9 @@ def repl(c: Client, s: Session, store: Any, *, stream: bool, md: bool) -> None:
     from smackctl.paths import get_paths
 
     plugins = _plugin_commands(c)
+    reconfigure = getattr(sys.stdin, "reconfigure", None)
+    if reconfigure is not None:  # a line that is not UTF-8 is read (as_text: U+FFFD), not fatal
+        reconfigure(errors="surrogateescape")
     rl = (
         _setup_readline(get_paths().history_path, local_model_names(), plugins)
         if sys.stdin.isatty()
