@@ -31,7 +31,7 @@ def test_json_no_stream_and_stats(cli: CliRunner) -> None:
     assert r.stdout == text + "\n"  # streamed, the same greedy answer
     assert "6 tokens, first token" in r.stderr and "tokens/s" in r.stderr
     # the tiny model never stops by itself: 6 is the limit, and the line says it cut there
-    assert "cut at the token limit (--max-tokens)" in r.stderr
+    assert "cut at the token limit (max_tokens)" in r.stderr
     r = cli.invoke(app, ["complete", "--max-tokens", "3", "Paris is"])  # the same line
     assert r.exit_code == 0, r.stderr
     assert "3 tokens, first token" in r.stderr and "cut at the token limit" in r.stderr

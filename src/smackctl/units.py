@@ -111,15 +111,21 @@ def utc_minute(at: float) -> str:
 
 
 def in_words(seconds: float) -> str:
-    """A wait in words: ``45s``, ``12 min``, ``3 h 52 min``, ``2 days``."""
-    s = max(0, round(seconds))
+    """A wait in words, rounded up (a client that waits as told is not refused again):
+    ``45s``, ``12 min``, ``3 h 53 min``, ``2 days 8 h``."""
+    import math
+
+    s = max(1, math.ceil(seconds))
     if s < 60:
         return f"{s}s"
-    minutes = round(s / 60)
+    minutes = math.ceil(s / 60)
     if minutes < 60:
         return f"{minutes} min"
     h, m = divmod(minutes, 60)
     if h < 24:
         return f"{h} h {m} min" if m else f"{h} h"
-    d = round(s / 86400)
-    return f"{d} day{'s' if d != 1 else ''}"
+    d, h = divmod(math.ceil(s / 3600), 24)
+    if d >= 7:  # a week or more: whole days
+        d, h = math.ceil(s / 86400), 0
+    days = f"{d} day{'s' if d != 1 else ''}"
+    return f"{days} {h} h" if h else days

@@ -23,5 +23,5 @@ class Stats:
 
     def line(self) -> str:
         ttft = f"{self.ttft * 1000:.0f} ms" if self.ttft is not None else "-"
-        cut = ", cut at the token limit (--max-tokens)" if self.finish == "length" else ""
+        cut = ", cut at the token limit (max_tokens)" if self.finish == "length" else ""
         return f"{self.tokens} tokens, first token {ttft}, {self.rate:.1f} tokens/s{cut}"
