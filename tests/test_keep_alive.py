@@ -65,6 +65,17 @@ def test_models_add_takes_what_a_model_needs(supervisor: Supervisor, model_dir: 
     assert r.returncode == 0, r.stderr
     shown = json.loads(smackctl(supervisor.home, "models", "show", "mine", "--json").stdout)
     assert shown["ttl"] == 120 and shown["aliases"] == ["m1", "m2"]
+    assert "replaced" not in r.stderr
+    again = smackctl(supervisor.home, "models", "add", str(model_dir / "tiny-q8.gguf"),
+                     "--name", "mine", "--ttl", "2m", "--n-ctx", "512", "--chat-format",
+                     "chatml", "--backend", "llama-server")  # fmt: skip
+    assert again.returncode == 0, again.stderr  # the same name again: said, and what is lost
+    assert "replaced the model mine added before" in again.stderr
+    assert "aliases m1,m2 (give them again to keep them)" in again.stderr
+    r = smackctl(supervisor.home, "models", "add", str(model_dir / "tiny-q8.gguf"), "--name",
+                 "mine", "--ttl", "2m", "--alias", "m1", "--alias", "m2", "--chat-format",
+                 "chatml", "--backend", "llama-server", "--n-ctx", "512")  # fmt: skip
+    assert r.returncode == 0, r.stderr
     assert shown["backend"] == "llama-server" and shown["n_ctx"] == 512
     with supervisor.client() as c:  # by an alias, through the chat format given
         r = c.post("/v1/chat/completions", json={**CHAT, "model": "m2"})

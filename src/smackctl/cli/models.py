@@ -319,9 +319,15 @@ def add(
              "aliases": alias or None, "chat_format": chat_format, "backend": backend}  # fmt: skip
     with client(ctx) as c:
         try:
-            c.post("/api/models", entry)
+            made = c.post("/api/models", entry)
         except ApiError as exc:
             raise UsageError(exc.message, exc.hint) from exc
+    if isinstance(made.get("replaced"), dict):  # the same name again: a new entry, said
+        lost = ", ".join(f"{k} {','.join(map(str, v)) if isinstance(v, list) else v}"
+                         for k, v in made["replaced"].items())  # fmt: skip
+        output.info(f"replaced the model {model} added before"
+                    + (f"; what it had and this one does not: {lost} (give them again to keep "
+                       "them)" if lost else ""))  # fmt: skip
     print(model)
 
 

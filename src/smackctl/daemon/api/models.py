@@ -67,8 +67,14 @@ async def add(request: Request) -> Response:
             "`path` and `name` are required strings", "smackctl models add PATH --name NAME"
         )
     settings = {k: body[k] for k in _ADDABLE if body.get(k) is not None}
+    old = s.registry.models.get(name)
+    before = old.spec.model_dump(exclude_defaults=True) if old is not None else None
     m = s.registry.add(name, Path(path), settings)
-    return JSONResponse(s.scheduler.model_view(m), status_code=201)
+    view = s.scheduler.model_view(m)
+    if before is not None:  # an added model of that name is replaced: what it had is said
+        now = m.spec.model_dump(exclude_defaults=True)
+        view["replaced"] = {k: v for k, v in before.items() if k != "path" and now.get(k) != v}
+    return JSONResponse(view, status_code=201)
 
 
 async def discover(request: Request) -> Response:
