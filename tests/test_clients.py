@@ -257,6 +257,40 @@ def test_tools_end_to_end_in_all_three_apis(both: Supervisor) -> None:
     assert fc.name == "get_weather" and isinstance(json.loads(fc.arguments), dict)
 
 
+def test_tools_offered_without_tool_choice_reach_the_model_and_required_is_honoured(
+    both: Supervisor,
+) -> None:
+    """The SDKs leave `tool_choice` out: with tools offered that is `auto` (OpenAI's default),
+    and the tools are in the prompt (llama-cpp-python's formats put none there without it:
+    the model answered in text). `required` (Anthropic's `any`) with one tool is that tool;
+    with several it is a 400 that says why (llama-cpp-python's formats cannot be made to
+    call one of several: its assertion was an empty 500)."""
+    oai = _oai(both)
+    tool = {"type": "function", "function": WEATHER}
+    ask = {"model": "smol-fc", "messages": [{"role": "user", "content": ASK}], "max_tokens": 4}
+    bare = oai.chat.completions.create(**ask)  # type: ignore[call-overload]
+    offered = oai.chat.completions.create(**ask, tools=[tool])  # type: ignore[call-overload]
+    assert bare.usage is not None and offered.usage is not None
+    # the tools changed the prompt (ignored, it was the same prompt, token for token; the
+    # format's two-step `auto` counts only its last step, so not the tools' whole length)
+    assert offered.usage.prompt_tokens > bare.usage.prompt_tokens
+    forced = oai.chat.completions.create(
+        **{**ask, "max_tokens": 64}, tools=[tool], tool_choice="required"
+    )  # type: ignore[call-overload]
+    assert forced.choices[0].message.tool_calls[0].function.name == "get_weather"  # type: ignore[index,union-attr]
+    m = _claude(both).messages.create(
+        model="smol-fc", max_tokens=64, messages=[{"role": "user", "content": ASK}],
+        tools=[{"name": "get_weather", "description": WEATHER["description"],
+                "input_schema": WEATHER["parameters"]}],
+        tool_choice={"type": "any"},
+    )  # fmt: skip
+    assert m.stop_reason == "tool_use"
+    other = {"type": "function", "function": {**WEATHER, "name": "get_time"}}
+    with pytest.raises(openai.BadRequestError) as err:
+        oai.chat.completions.create(**ask, tools=[tool, other], tool_choice="required")  # type: ignore[call-overload]
+    assert "tool_choice `required` with several tools" in str(err.value)
+
+
 @pytest.mark.parametrize("model", BACKENDS)
 def test_tools_to_a_template_without_them_is_a_400_that_names_the_fix(
     both: Supervisor, model: str

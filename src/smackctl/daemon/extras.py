@@ -67,7 +67,7 @@ def for_runner(
             return path, body
         chat = to_chat(MESSAGES, {**body, "max_tokens": 1})
         return "/smackctl/count", chat_for_runner(
-            chat, backend.content_parts, backend.json_schema_format
+            chat, backend.content_parts, backend.json_schema_format, backend.any_tool
         )
     if path == TOKENIZE:  # the tokens of `content` as a prompt: special tokens read, BOS first
         if native:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from smackctl.errors import UsageError
+
 __all__ = ["IGNORED", "chat_for_runner", "for_runner", "tools_for_runner", "unusable"]
 
 
@@ -38,11 +40,20 @@ def for_runner(messages: list[dict[str, Any]], parts: bool = True) -> list[dict[
     return out
 
 
-def tools_for_runner(body: dict[str, Any], native_json_schema: bool) -> dict[str, Any]:
+def tools_for_runner(
+    body: dict[str, Any], native_json_schema: bool, any_tool: bool = True
+) -> dict[str, Any]:
     """Tools, functions and the response format as the runner takes them: a function with no
     `parameters` gets an empty object schema (llama-cpp-python requires one), and for a
     runner that does not know OpenAI's `json_schema` format it becomes `json_object` with
-    the schema (the same grammar-constrained output)."""
+    the schema (the same grammar-constrained output).
+
+    `tool_choice` left out with tools offered is `auto`, OpenAI's default (llama-cpp-python's
+    tool formats put no tool in the prompt without it: the model answered in text, and
+    OpenAI's, Anthropic's and the Responses SDKs all leave it out). ``any_tool`` False (a
+    runner that cannot be made to call one of several tools, llama-cpp-python's formats):
+    `required` with one tool is that tool by name, and with several a 400 that says so (its
+    assertion failed with an empty 500)."""
     body = dict(body)
     empty = {"type": "object", "properties": {}}
 
@@ -51,6 +62,19 @@ def tools_for_runner(body: dict[str, Any], native_json_schema: bool) -> dict[str
 
     if body.get("tools"):
         body["tools"] = [{**t, "function": function(t["function"])} for t in body["tools"]]
+        if body.get("tool_choice") is None:
+            body["tool_choice"] = "auto"
+        elif body["tool_choice"] == "required" and not any_tool:
+            if len(body["tools"]) > 1:
+                raise UsageError(
+                    "tool_choice `required` with several tools: this model's runner "
+                    "(llama-cpp-python's tool formats) can be made to call one named tool, "
+                    "not any of several",
+                    "name the function in tool_choice, send `auto`, or serve the model with "
+                    "`backend: llama-server`",
+                )
+            name = body["tools"][0]["function"]["name"]
+            body["tool_choice"] = {"type": "function", "function": {"name": name}}
     if body.get("functions"):
         body["functions"] = [function(f) for f in body["functions"]]
     fmt = body.get("response_format")
@@ -84,7 +108,9 @@ def unusable(body: dict[str, Any], multimodal: bool) -> str | None:
     return None
 
 
-def chat_for_runner(body: dict[str, Any], parts: bool, native_json_schema: bool) -> dict[str, Any]:
+def chat_for_runner(
+    body: dict[str, Any], parts: bool, native_json_schema: bool, any_tool: bool = True
+) -> dict[str, Any]:
     """A chat request as a runner takes it: the fields it may ignore dropped,
     `max_completion_tokens` (OpenAI's new name) as `max_tokens`, which both runners read, the
     messages as ``for_runner`` makes them and the tools as ``tools_for_runner`` does."""
@@ -92,4 +118,4 @@ def chat_for_runner(body: dict[str, Any], parts: bool, native_json_schema: bool)
     if (n := body.pop("max_completion_tokens", None)) is not None:
         body.setdefault("max_tokens", n)
     body["messages"] = for_runner(body["messages"], parts)
-    return tools_for_runner(body, native_json_schema)
+    return tools_for_runner(body, native_json_schema, any_tool)

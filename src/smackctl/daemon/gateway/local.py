@@ -112,7 +112,9 @@ class LocalModels:
         body = {**body, "model": m.name}
         if path == CHAT:
             backend = backend_for(m.spec)
-            body = chat_for_runner(body, backend.content_parts, backend.json_schema_format)
+            body = chat_for_runner(
+                body, backend.content_parts, backend.json_schema_format, backend.any_tool
+            )
         if body.get("stream") and path in (CHAT, COMPLETIONS):
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         body = with_defaults(body, self.scheduler.profile.defaults.model_dump())
