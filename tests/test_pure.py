@@ -320,3 +320,16 @@ def test_two_urls_of_one_supervisor_are_the_same_place() -> None:
     assert same_place("http://[::1]:7622/", "http://127.0.0.1:7622")
     assert not same_place("http://127.0.0.1:7622", "http://127.0.0.1:9")
     assert not same_place("http://10.0.0.5:7622", "http://127.0.0.1:7622")
+
+
+def test_retry_after_is_the_first_probe_when_every_breaker_is_open() -> None:
+    """Every deployment passed over for an open breaker: a client is told to come back at
+    the first probe (a client that retries at once only meets the open breaker again); one
+    that failed its request gets the usual 1 s."""
+    from smackctl.daemon.api.common import smack_error
+    from smackctl.daemon.gateway import Gateway
+
+    skipped = Gateway._none_answered("m", ["r1: its circuit breaker is open"], [], [15.6, 30.0])
+    assert smack_error(skipped).headers["retry-after"] == "16"
+    failed = Gateway._none_answered("m", ["r1: answered 503"], [503], [15.6])
+    assert smack_error(failed).headers["retry-after"] == "1"

@@ -96,14 +96,16 @@ class Gateway:
         """The first answer along the chain: (it, who gave it, who failed before)."""
         errors: list[str] = []  # "NAME: why" of each deployment skipped or failed so far
         statuses: list[int] = []  # of each deployment that failed
+        probes: list[float] = []  # seconds until each open breaker's probe
         deployed = self.deployments.snapshot(names)
         for attempt in plan.attempts(names, deployed, call.path, plan.estimated_tokens(call.body)):
             d = self.deployments.get(attempt.name)
             skip = attempt.skip
             if skip is None and not d.breaker.allows():
+                probes.append(d.breaker.retry_in())
                 skip = (
                     f"its circuit breaker is {d.breaker.state} ({d.breaker.why}); "
-                    f"a probe in {d.breaker.retry_in():.1f}s"
+                    f"a probe in {probes[-1]:.1f}s"
                 )
             if skip is not None:
                 errors.append(f"{d.name}: {skip}")
@@ -123,16 +125,20 @@ class Gateway:
                 self.events.publish({"event": "fallback", "deployment": d.name})
                 log.info("%s: answered by %s after %s", call.request_id, d.name, "; ".join(errors))
             return answer, d.name, failed
-        raise self._none_answered(asked, errors, statuses)
+        raise self._none_answered(asked, errors, statuses, probes)
 
     @staticmethod
-    def _none_answered(asked: str, errors: list[str], statuses: list[int]) -> NoDeployment:
+    def _none_answered(
+        asked: str, errors: list[str], statuses: list[int], probes: list[float]
+    ) -> NoDeployment:
         failed = NoDeployment(
             f"no deployment of {asked} could answer: " + "; ".join(errors),
             "see `smackctl backends` for each deployment's state; none answered, so the "
             "request is safe to send again",
         )
         failed.status = plan.final_status(statuses)
+        if probes and not statuses:  # every one skipped, an open breaker among them: ask
+            failed.retry_after = max(1.0, min(probes))  # again at the first probe, not at once
         return failed
 
     async def aclose(self) -> None:
