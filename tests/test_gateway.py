@@ -498,6 +498,24 @@ def test_a_request_cannot_choose_an_upstream_and_the_key_is_never_shown(world: W
     assert cli.returncode == 0 and "r1" in cli.stdout and "group pair (round-robin)" in cli.stdout
 
 
+def test_a_remote_stream_without_a_usage_event_is_counted_by_its_events(world: World) -> None:
+    """A stream from a server elsewhere that sends no usage event (the client did not ask,
+    and the deployment has no price to ask it for): its tokens out are counted from its
+    events, as a local runner's are, so that tokens per day and budgets see it."""
+    with world.sup.client(timeout=60) as c:
+        with c.stream("POST", CHAT, json={**ASK, "model": "r2", "stream": True}) as r:
+            assert r.status_code == 200
+            events = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
+            rid = r.headers["x-request-id"]
+    assert not any('"usage"' in e and '"choices": []' in e for e in events)  # not asked
+    mark = f"request id={rid} "
+    line = wait_for(
+        lambda: next((ln for ln in world.sup.log().splitlines() if mark in ln), None),
+        10, "the stream's line",
+    )  # fmt: skip
+    assert "tokens_out=None" not in line and "tokens_out=0 " not in line, line
+
+
 def test_a_priced_remote_stream_is_counted_and_costed_without_showing_its_usage(
     world: World,
 ) -> None:

@@ -24,7 +24,7 @@ from smackctl.daemon.keys import CALLER, Key
 from smackctl.daemon.slots import DEADLINE
 from smackctl.daemon.usage import Usage, tokens_in_stream, tokens_of, without_usage_event
 from smackctl.errors import SmackError
-from smackctl.wire import sse_error
+from smackctl.wire import data_lines, sse_error
 
 from .breaker import Breaker, State, backoff
 from .call import Call
@@ -277,8 +277,10 @@ class Deployments:
         told, under the key it was asked for (its end may run in another task)."""
         caller, deadline = CALLER.get(), DEADLINE.get()
         counts: tuple[int | None, int | None] = (None, None)
-        try:
+        seen = 0  # its events: the tokens out when it sends no usage event (a count, as a
+        try:  # local runner's stream is counted when it has none)
             async for chunk in streamed.body:
+                seen += data_lines(chunk)
                 if deadline is not None and asyncio.get_running_loop().time() > deadline:
                     yield sse_error(f"{PASSED} while it ran: the answer was stopped",
                                     "deadline_exceeded", "deadline_exceeded")  # fmt: skip
@@ -297,6 +299,8 @@ class Deployments:
                 d.breaker.success()
             else:
                 d.breaker.failure(streamed.cut, connection=True)
+            if counts[1] is None and call.path in (CHAT, COMPLETIONS):  # role and [DONE]
+                counts = (counts[0], max(0, seen - 2))  # are not tokens
             self._count(d, call, streamed.status, started, counts=counts, by=caller)
 
     def _count(
