@@ -233,6 +233,8 @@ def _faulty() -> Faulty:
                 self._json(429, {"error": {"message": "slow down"}}, **{"Retry-After": what[4:]})
             elif what == "500":
                 self._json(500, {"error": {"message": "on purpose"}})
+            elif what == "401":  # the key it was sent, refused
+                self._json(401, {"error": {"message": "missing or wrong API token or key"}})
             elif what == "stall":
                 time.sleep(5)
             elif what == "cut":  # one chunk of a chunked body, then the socket closes
@@ -328,6 +330,10 @@ def world(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator
         f"  local:\n    path: {model}\n    n_ctx: 512\n    fallbacks: [r2]\n"
         f"  broken:\n    path: {model_dir / 'corrupt.gguf'}\n    fallbacks: [r2]\n"
         f"  plain:\n    path: {model}\n    n_ctx: 512\n"
+        f"  keyed:\n    url: http://127.0.0.1:{faulty.port}/v1\n{remote}"
+        "    retries: 0\n    fallbacks: [r2]\n"
+        f"  nokey:\n    url: http://127.0.0.1:{ports[1]}/v1\n    backend: openai\n"
+        "    api_key_env: SMACKCTL_TEST_NEVER_SET\n"
         f"  priced:\n    url: http://127.0.0.1:{ports[0]}/v1\n{remote}"
         "    price: {input: 1000, output: 2000}\n"
         "groups:\n  pair:\n    deployments: [r1, r2]\n    policy: round-robin\n"
@@ -437,6 +443,26 @@ def test_5xx_and_stalls_are_retried_then_fall_back_before_the_first_byte(world: 
         usage = c.get("/api/usage", params={"since": "0"}).json()
     rows = {(u["model"], u["errors"] > 0) for u in usage}
     assert ("flaky", True) in rows and ("r2", False) in rows
+
+
+def test_a_server_that_refuses_our_key_is_not_the_clients_401(world: World) -> None:
+    """A server elsewhere that answers 401 refused the key smackctl sent it, not the
+    client's: never passed on as the client's own 401; it counts as that deployment's
+    failure (its fallback answers) and the log says which variable the key comes from. A
+    key variable the supervisor does not have is a warning in `status`."""
+    world.faulty.queue[:] = ["401"]
+    r = _post(world.sup, "keyed")
+    world.faulty.queue.clear()
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Smackctl-Deployment"] == "r2"
+    assert r.headers["X-Smackctl-Fallback-From"] == "keyed"
+    assert "refused the key it was sent (401: " in world.sup.log()
+    assert "check the key in $REMOTE_KEY" in world.sup.log()
+    warnings = world.sup.status()["warnings"]
+    assert any(
+        "deployment nokey: its key's variable SMACKCTL_TEST_NEVER_SET is not set" in w
+        for w in warnings
+    ), warnings
 
 
 def test_a_request_deadline_bounds_a_server_elsewhere_too(world: World) -> None:

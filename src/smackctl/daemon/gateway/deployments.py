@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -326,9 +327,18 @@ class Deployments:
     # -- what is said of them ------------------------------------------------------------------
 
     def warnings(self) -> list[str]:
-        """A line for each deployment whose breaker is not closed (``smackctl status``)."""
+        """A line for each deployment whose breaker is not closed, or whose key's variable
+        the supervisor does not have (``smackctl status``)."""
         self.sync()
-        return [
+        unset = [
+            f"deployment {d.name}: its key's variable {d.spec.api_key_env} is not set in the "
+            f"supervisor's environment, so it is asked without a key (restart the supervisor "
+            f"with it set: {d.spec.api_key_env}=… smackctl restart)"
+            for d in self.by_name.values()
+            if d.remote is not None and d.spec.api_key_env
+            and not os.environ.get(d.spec.api_key_env)
+        ]  # fmt: skip
+        return unset + [
             f"deployment {d.name}: circuit breaker {d.breaker.state} since "
             f"{time.strftime('%H:%M:%S', time.localtime(d.breaker.since))} ({d.breaker.why}); "
             "requests go to its fallbacks"

@@ -180,6 +180,22 @@ class Remote:
         key = self._key()
         return text.replace(key, "[key]") if key else text
 
+    def _refused(self, status: int, content: bytes) -> str:
+        """Why the server refused the key this deployment sends it: the variable it is read
+        from, and whether the supervisor has it (a server's 401 passed on read as the
+        client's own key being wrong)."""
+        said = self._clean(content[:200].decode(errors="replace"))
+        env = self.spec.api_key_env
+        if env is None:
+            fix = f"it was sent no key: give {self.name} `api_key_env: VARIABLE` in the profile"
+        elif not os.environ.get(env):
+            fix = (f"its key is read from ${env}, which is not set in the supervisor's "
+                   f"environment: restart the supervisor with it set ({env}=… smackctl "
+                   "restart)")  # fmt: skip
+        else:
+            fix = f"check the key in ${env}"
+        return f"{self.shown_url} refused the key it was sent ({status}: {said}); {fix}"
+
     def _late(self) -> str:
         """Why an attempt past its ``deadline`` was cut, and the setting that allows more."""
         return (
@@ -246,6 +262,8 @@ class Remote:
                     f"answered {upstream.status_code}: {said}",
                     retry_after=retry_after(upstream.headers.get("retry-after")),
                 )
+            if upstream.status_code in (401, 403):  # our key, not the client's: never passed
+                raise Failed(502, self._refused(upstream.status_code, content))  # on as theirs
             return Response(content, status_code=upstream.status_code, headers=headers)
         streamed = Streamed(
             upstream.status_code,
