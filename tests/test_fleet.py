@@ -188,6 +188,11 @@ def test_a_request_goes_where_the_model_is_loaded_else_where_it_fits(fleet: Any)
         assert events[-1] == "data: [DONE]" and len(events) > 2
         assert '"usage"' not in r.text  # not asked for: the front kept it to itself
         assert w1.model("tiny-b")["state"] == "ready"
+        # Anthropic's count_tokens (Claude Code asks it first) goes where the model is too
+        count = {"model": "tiny-b", "messages": [{"role": "user", "content": "hello there"}]}
+        r = c.post("/v1/messages/count_tokens", json=count)
+        assert r.status_code == 200, r.text
+        assert r.json()["input_tokens"] > 0 and r.headers["x-smackctl-deployment"] == "w1"
         usage = c.get("/api/usage", params={"by": "deployment"}).json()
     counted = {row["deployment"]: row for row in usage}
     assert counted["w1/tiny-b"]["tokens_out"] > 0 and counted["w2/tiny-a"]["requests"] == 3

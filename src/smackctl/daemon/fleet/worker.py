@@ -53,7 +53,7 @@ log = logging.getLogger("smackctl.fleet")
 FROM_FLEET = "from_fleet"
 #: the routes a member serves the fleet (a front forwards only these)
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages",
-          "/v1/responses")  # fmt: skip
+          "/v1/responses", "/v1/messages/count_tokens")  # fmt: skip
 #: the request's metadata a member's own app reads as headers
 _PASSED = {"priority": "x-smackctl-priority", "deadline": "x-smackctl-deadline"}
 #: a fast stream's chunks go at most this often (seconds): those generated in between go
