@@ -465,6 +465,21 @@ def test_a_server_that_refuses_our_key_is_not_the_clients_401(world: World) -> N
     ), warnings
 
 
+def test_an_unknown_or_missing_model_names_every_name_a_request_may_give(world: World) -> None:
+    """The 404 for an unknown model lists the servers elsewhere and the groups too (it
+    listed the local models only); a request that names none, to a profile without a
+    default model, is a 400 that says so (it was "unknown model '(none given)'")."""
+    r = _post(world.sup, "nope")
+    assert r.status_code == 404
+    message = r.json()["error"]["message"]
+    assert all(n in message for n in ("r1", "flaky", "pair", "replicas", "plain")), message
+    with world.sup.client() as c:
+        r = c.post(CHAT, json=ASK)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert "the request names no model" in error["message"] and "default_model" in error["hint"]
+
+
 def test_a_request_deadline_bounds_a_server_elsewhere_too(world: World) -> None:
     """A stalling server elsewhere (5 s of nothing) and a request that gives itself 0.5 s:
     504 deadline_exceeded, no retry, no fallback, and the breaker not blamed."""

@@ -234,7 +234,13 @@ class Registry:
         if not name:
             name = self.profile.routing.default_model
             if not name:
-                raise ModelNotFound("(none given)", self.known_names())
+                listing = ", ".join(self.askable()) or "none here"
+                raise UsageError(
+                    f"the request names no model, and profile {self.profile.name} has no "
+                    "`routing.default_model`",
+                    f"name one (`-m MODEL`, or the request's `model`): {listing} (a fleet's "
+                    "models: `smackctl fleet`), or set `routing.default_model` in the profile",
+                )
         target = self.profile.resolve(name)
         if target is None:
             for m in self.models.values():
@@ -242,8 +248,18 @@ class Registry:
                     target = m.name
                     break
         if target is None or target not in self.models:
-            raise ModelNotFound(name, self.known_names(), self._elsewhere(name))
+            raise ModelNotFound(name, self.askable(), self._elsewhere(name))
         return self.models[target]
+
+    def askable(self) -> list[str]:
+        """Every name a request may give: the models here and their aliases, the servers
+        elsewhere, the groups and theirs, `auto` when the profile routes it."""
+        p = self.profile
+        names = set(self.known_names()) | {n for n, spec in p.models.items() if spec.remote}
+        names |= set(p.groups) | {a for g in p.groups.values() for a in g.aliases}
+        if p.routing.auto is not None:
+            names.add("auto")
+        return sorted(names)
 
     def _elsewhere(self, name: str) -> list[str]:
         """The other profiles that define ``name``. On the event loop, from what the last
