@@ -333,3 +333,12 @@ def test_retry_after_is_the_first_probe_when_every_breaker_is_open() -> None:
     assert smack_error(skipped).headers["retry-after"] == "16"
     failed = Gateway._none_answered("m", ["r1: answered 503"], [503], [15.6])
     assert smack_error(failed).headers["retry-after"] == "1"
+
+
+def test_nats_failures_in_words_without_a_python_tuple() -> None:
+    from smackctl.daemon.fleet.service import _words
+
+    refused = ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 4333)")
+    assert _words(refused) == "the NATS server cannot be reached (connection refused)"
+    assert "(" not in _words(OSError("Connect call failed ('10.0.0.9', 4222)"))
+    assert _words(TimeoutError()) == "the NATS server cannot be reached (no answer in time)"

@@ -53,7 +53,7 @@ def fleet_list(ctx: typer.Context, json_: JsonOpt = False) -> None:
     print(f"this member: {got['name']} at {got['url']} ({state})")
     shared = [what for what, on in (("the keys' limits", got.get("limits", {}).get("shared")),
               ("the response cache", got.get("cache", {}).get("shared"))) if on]  # fmt: skip
-    if shared:
+    if shared and got["connected"]:
         print(f"shared through JetStream: {', '.join(shared)}")
     for refused in got.get("refused") or []:
         print(f"refused: {refused}")

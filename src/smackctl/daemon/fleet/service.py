@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import ssl
 import time
 import uuid
@@ -249,6 +250,10 @@ def _words(exc: BaseException) -> str:
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return ("the NATS server's certificate is not trusted: give the CA that signed it as "
                 "fleet.tls.ca")  # fmt: skip
-    if isinstance(exc, OSError | TimeoutError) or "NoServers" in name or "Timeout" in name:
-        return "the NATS server cannot be reached" + (f" ({text})" if text else "")
+    if isinstance(exc, OSError) and exc.errno:  # its words, not "[Errno 111] … ('h', 4222)"
+        return f"the NATS server cannot be reached ({os.strerror(exc.errno).lower()})"
+    if isinstance(exc, TimeoutError) or "Timeout" in name:
+        return "the NATS server cannot be reached (no answer in time)"
+    if isinstance(exc, OSError) or "NoServers" in name:
+        return "the NATS server cannot be reached"
     return text or name
