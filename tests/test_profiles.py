@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -10,7 +12,16 @@ from typer.testing import CliRunner
 
 from smackctl.cli.app import app
 
-from conftest import Home, Supervisor, launch, profile_yaml, runner_pids, shutdown, wait_for
+from conftest import (
+    Home,
+    Supervisor,
+    held_mid_stream,
+    launch,
+    profile_yaml,
+    runner_pids,
+    shutdown,
+    wait_for,
+)
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "temperature": 0}
 
@@ -151,6 +162,32 @@ def test_switch_under_load_loses_no_request(
     b = supervisor.model("tiny-b")
     assert b["n_ctx"] == 2048 and b["pid"] != old_b and b["state"] == "ready"
     assert supervisor.model("tiny-c")["state"] == "ready"  # preloaded by the switch
+
+
+def test_a_switch_says_what_its_drain_waits_for(
+    supervisor: Supervisor, home: Home, model_dir: Path
+) -> None:
+    """A stream of tiny-b's held mid-answer when the switch comes (tiny-b is reloaded by
+    it): the switch says it waits for that request (it sat at "draining", saying nothing)."""
+    write_next(home, model_dir)
+    with supervisor.client() as c:
+        assert c.post("/v1/chat/completions", json={**CHAT, "model": "tiny-b"}).status_code == 200
+    with held_mid_stream(supervisor, {**CHAT, "model": "tiny-b", "max_tokens": 1000}):
+        switch = subprocess.Popen(
+            [sys.executable, "-m", "smackctl", "profile", "switch", "next"],
+            env=home.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+        def draining() -> bool:
+            with supervisor.client() as c:
+                kept = c.get("/api/events", params={"follow": 0, "types": "switch"}).text
+            return '"phase": "draining"' in kept
+
+        wait_for(draining, 30, "the switch to drain")
+    out, err = switch.communicate(timeout=120)
+    assert switch.returncode == 0, err
+    assert "switch: draining: waiting for 1 request(s) of tiny-b" in err
 
 
 def test_failed_switch_rolls_back_and_keeps_serving(

@@ -71,7 +71,9 @@ def follow_events(events: Iterable[dict[str, Any]], quiet: bool = False) -> dict
             if quiet:
                 continue
             if kind == "switch":
-                bars.update("switch", ev["phase"])
+                waiting = ev.get("waiting") or {}
+                said = ", ".join(f"{n} request(s) of {m}" for m, n in waiting.items())
+                bars.update("switch", f"{ev['phase']}: waiting for {said}" if said else ev["phase"])
             elif kind == "progress":
                 bars.update(model, ev["phase"], ev.get("done") or 0, ev.get("total"))
             elif kind == "state":

@@ -93,7 +93,10 @@ async def _switch(sched: Scheduler, target: Profile, path: Path) -> SwitchPlan:
     loaded_now: list[str] = []
     sched.hold(replaced)
     try:
-        phase(SwitchPhase.DRAINING, models=replaced)
+        busy = {n: m.in_flight + (m.runner.slots.queued if m.runner else 0)
+                for n in replaced if (m := sched.models.get(n)) is not None}  # fmt: skip
+        # what the drain waits for, said (a switch that sat at "draining" said nothing)
+        phase(SwitchPhase.DRAINING, models=replaced, waiting={n: k for n, k in busy.items() if k})
         await sched.drain_models(replaced)
         phase(SwitchPhase.UNLOADING, models=replaced)
         for name in replaced:
