@@ -478,6 +478,10 @@ def test_an_unknown_or_missing_model_names_every_name_a_request_may_give(world: 
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert "the request names no model" in error["message"] and "default_model" in error["hint"]
+    # the CLI asks no local model's view of a server elsewhere (each chat logged a 404)
+    done = smackctl(world.sup.home, "chat", "-m", "r1", "--max-tokens", "2", "hi")
+    assert done.returncode == 0, done.stderr
+    assert "route=/api/models/r1 status=404" not in world.sup.log()
 
 
 def test_a_request_deadline_bounds_a_server_elsewhere_too(world: World) -> None:

@@ -50,8 +50,8 @@ def prepare(c: Client, model: str | None, options: dict[str, Any], chat: bool = 
         defaults = profile.get("defaults") or {}
         options["max_tokens"] = defaults.get("max_tokens") or DEFAULT_MAX_TOKENS
     name = model or profile.get("default_model")
-    if not name or name == "auto":
-        return None
+    if not name or name == "auto" or name in (profile.get("not_local") or []):
+        return None  # the request itself says what it is (a server elsewhere, a group)
     try:
         m = c.get(f"/api/models/{name}")
     except ApiError as exc:

@@ -38,6 +38,9 @@ async def active(request: Request) -> Response:
             # what a request that names no model gets, and the sampling it is given
             "default_model": profile.routing.default_model,
             "defaults": profile.defaults.model_dump(exclude_none=True),
+            # the names a request may give that no runner here serves (servers elsewhere,
+            # groups): the CLI asks no local model's view of them
+            "not_local": sorted(set(s.registry.askable()) - set(s.registry.known_names())),
         }
     )
 
