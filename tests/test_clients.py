@@ -285,6 +285,24 @@ def test_tools_offered_without_tool_choice_reach_the_model_and_required_is_honou
         tool_choice={"type": "any"},
     )  # fmt: skip
     assert m.stop_reason == "tool_use"
+    # a question no tool answers, tools offered: the model may answer in text, and then the
+    # text is there, within max_tokens (the format's text branch generated under a grammar
+    # of tool names only: "" every time)
+    for said in ("Say hello to Ann in one short sentence.", "What is two plus two?"):
+        plain = oai.chat.completions.create(
+            model="smol-fc", messages=[{"role": "user", "content": said}], max_tokens=12,
+            temperature=0, tools=[tool],
+        )  # fmt: skip
+        message = plain.choices[0].message
+        assert message.content or message.tool_calls, plain
+        if not message.tool_calls:
+            assert plain.usage is not None and 0 < plain.usage.completion_tokens <= 12
+    streamed = oai.chat.completions.create(
+        model="smol-fc", messages=[{"role": "user", "content": "What is two plus two?"}],
+        max_tokens=12, temperature=0, tools=[tool], stream=True,
+    )  # fmt: skip
+    deltas = [c.choices[0].delta for c in streamed if c.choices]
+    assert "".join(d.content or "" for d in deltas) or any(d.tool_calls for d in deltas)
     other = {"type": "function", "function": {**WEATHER, "name": "get_time"}}
     with pytest.raises(openai.BadRequestError) as err:
         oai.chat.completions.create(**ask, tools=[tool, other], tool_choice="required")  # type: ignore[call-overload]

@@ -316,8 +316,69 @@ def _count_progress() -> None:
     context_cls._smackctl = True
 
 
+def _answer_in_text_when_no_tool_is_chosen() -> None:
+    """``chatml-function-calling`` with ``tool_choice: auto`` lets the model choose a tool or
+    a message; for a message it then generated under a grammar that allows only a tool's
+    name or the end (an empty answer), with no ``max_tokens``, ``stop`` or response format.
+    That generation is given the request's own: its grammar (or its JSON response format),
+    ``max_tokens`` and ``stop``. (The supervisor sends ``auto`` when a client offers tools
+    and names no choice, as OpenAI does.)"""
+    from llama_cpp import llama_chat_format as formats
+
+    registry = formats.LlamaChatCompletionHandlerRegistry()  # type: ignore[no-untyped-call]
+    original = registry.get_chat_completion_handler_by_name("chatml-function-calling")
+    if getattr(original, "_smackctl", False):
+        return
+
+    def handler(llama: Any, **kw: Any) -> Any:
+        if kw.get("tool_choice") != "auto" or not kw.get("tools"):
+            return original(llama=llama, **kw)
+        if kw.get("stream"):  # the format streams no chosen tool ("not supported"): the
+            return _as_chunks(handler(llama, **{**kw, "stream": False}))  # answer, whole
+        grammar, fmt = kw.get("grammar"), kw.get("response_format")
+        if grammar is None and isinstance(fmt, dict) and fmt.get("type") == "json_object":
+            grammar = formats._grammar_for_response_format(fmt)  # type: ignore[arg-type]
+        stop = kw.get("stop") or []
+        stop = [stop] if isinstance(stop, str) else list(stop)
+        create = llama.create_completion
+
+        def create_completion(*args: Any, **c: Any) -> Any:
+            prompt = c.get("prompt")
+            if isinstance(prompt, str) and prompt.endswith("message:\n"):  # a text answer
+                c.update(grammar=grammar, max_tokens=kw.get("max_tokens"),
+                         stop=[*stop, "<|im_end|>"])  # fmt: skip
+            return create(*args, **c)
+
+        llama.create_completion = create_completion  # this call's only (one at a time)
+        try:
+            return original(llama=llama, **kw)
+        finally:
+            del llama.create_completion
+
+    handler._smackctl = True  # type: ignore[attr-defined]
+    registry.register_chat_completion_handler("chatml-function-calling", handler, True)
+
+
+def _as_chunks(whole: dict[str, Any]) -> Any:
+    """A whole chat completion as the chunks of its stream: its message (text or tool
+    calls) in one, then its end."""
+    head = {k: whole[k] for k in ("id", "created", "model")}
+    head["object"] = "chat.completion.chunk"
+    choice = whole["choices"][0]
+    message = choice["message"]
+    delta: dict[str, Any] = {"role": "assistant", "content": message.get("content")}
+    if message.get("tool_calls"):
+        delta["tool_calls"] = [{**c, "index": i} for i, c in enumerate(message["tool_calls"])]
+    ended = choice.get("finish_reason") or "stop"
+    yield {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None,
+                                "logprobs": None}]}  # fmt: skip
+    yield {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None,
+                                "finish_reason": ended}]}  # fmt: skip
+
+
 def apply() -> None:
     """Every change, once (a spare that becomes a runner applies them when it serves)."""
+    _answer_in_text_when_no_tool_is_chosen()
     _quiet_llama_log()
     _report_progress()
     _count_progress()
