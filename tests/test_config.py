@@ -186,19 +186,3 @@ def test_remote_models_and_groups_are_checked_with_their_key(tmp_path: Path) -> 
     assert any(
         "models.big.fallbacks: 'gone' is neither a model nor a group" in i for i in issues(group)
     )
-
-
-def test_a_fleet_secret_from_an_unset_variable_is_an_error_not_an_empty_login(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`token: "${NATS_TOKEN}"` with NATS_TOKEN unset read as an empty token: the profile
-    passed every check, and the NATS server then refused the member. Now the line says so."""
-    monkeypatch.delenv("SMK_TEST_NATS_TOKEN", raising=False)
-    p = write(tmp_path, "models: {}\nfleet:\n  url: nats://127.0.0.1:4222\n"
-              '  credentials: {token: "${SMK_TEST_NATS_TOKEN}"}\n')  # fmt: skip
-    (only,) = issues(p)
-    assert ":4 fleet.credentials.token: is empty" in only and "not set" in only
-    monkeypatch.setenv("SMK_TEST_NATS_TOKEN", "s3cret")
-    profile, _ = validate_profile_file(p)
-    assert profile is not None and profile.fleet is not None
-    assert profile.fleet.credentials.token == "s3cret"

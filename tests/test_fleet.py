@@ -405,6 +405,18 @@ def test_a_wrong_credential_is_refused_and_another_version_too(
         assert "refused this member's credentials" in " ".join(json.loads(st.stdout)["warnings"])
     finally:
         shutdown(intruder)
+    # a token written ${VARIABLE} that the supervisor's environment lacks: said as that, not
+    # as NATS's refusal of an empty login (the profile itself is valid where it is set)
+    unset = member_yaml(model_dir, "w5", nats.url, [], '"${SMK_TEST_NEVER_SET_TOKEN}"')
+    empty = launch_on(tmp_path / "unset", "test", unset)
+    try:
+        wait_for(
+            lambda: "credentials.token is empty" in (fleet_of(empty)["error"] or ""),
+            30, "the empty token to be said",
+        )  # fmt: skip
+        assert "SMACKCTL" not in (fleet_of(empty)["error"] or "")  # no secret or env dump
+    finally:
+        shutdown(empty)
 
     async def speak_v3() -> None:
         import nats as nats_py

@@ -235,6 +235,8 @@ def _faulty() -> Faulty:
                 self._json(500, {"error": {"message": "on purpose"}})
             elif what == "401":  # the key it was sent, refused
                 self._json(401, {"error": {"message": "missing or wrong API token or key"}})
+            elif what == "403":  # a policy's answer to this request (moderation, a region)
+                self._json(403, {"error": {"message": "flagged by moderation"}})
             elif what == "stall":
                 time.sleep(5)
             elif what == "cut":  # one chunk of a chunked body, then the socket closes
@@ -331,7 +333,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator
         f"  broken:\n    path: {model_dir / 'corrupt.gguf'}\n    fallbacks: [r2]\n"
         f"  plain:\n    path: {model}\n    n_ctx: 512\n"
         f"  keyed:\n    url: http://127.0.0.1:{faulty.port}/v1\n{remote}"
-        "    retries: 0\n    fallbacks: [r2]\n"
+        "    retries: 2\n    fallbacks: [r2]\n"
         f"  nokey:\n    url: http://127.0.0.1:{ports[1]}/v1\n    backend: openai\n"
         "    api_key_env: SMACKCTL_TEST_NEVER_SET\n"
         f"  priced:\n    url: http://127.0.0.1:{ports[0]}/v1\n{remote}"
@@ -450,7 +452,8 @@ def test_a_server_that_refuses_our_key_is_not_the_clients_401(world: World) -> N
     client's: never passed on as the client's own 401; it counts as that deployment's
     failure (its fallback answers) and the log says which variable the key comes from. A
     key variable the supervisor does not have is a warning in `status`."""
-    world.faulty.queue[:] = ["401"]
+    world.faulty.seen.clear()
+    world.faulty.queue[:] = ["401"] * 3
     r = _post(world.sup, "keyed")
     world.faulty.queue.clear()
     assert r.status_code == 200, r.text
@@ -458,6 +461,11 @@ def test_a_server_that_refuses_our_key_is_not_the_clients_401(world: World) -> N
     assert r.headers["X-Smackctl-Fallback-From"] == "keyed"
     assert "refused the key it was sent (401: " in world.sup.log()
     assert "check the key in $REMOTE_KEY" in world.sup.log()
+    assert len(world.faulty.seen) == 1  # not asked again with the same key (retries: 2)
+    world.faulty.queue[:] = ["403"]  # a 403 is that server's answer to this request: as it is
+    r = _post(world.sup, "keyed")
+    world.faulty.queue.clear()
+    assert r.status_code == 403 and "flagged by moderation" in r.text
     warnings = world.sup.status()["warnings"]
     assert any(
         "deployment nokey: its key's variable SMACKCTL_TEST_NEVER_SET is not set" in w
@@ -478,6 +486,10 @@ def test_an_unknown_or_missing_model_names_every_name_a_request_may_give(world: 
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert "the request names no model" in error["message"] and "default_model" in error["hint"]
+    with world.sup.client() as c:  # a server elsewhere has no runner, file or log here
+        r = c.get("/api/models/r1")
+    assert r.status_code == 400 and "r1 is not a model this supervisor runs" in r.text
+    assert "did you mean" not in r.text
     # the CLI asks no local model's view of a server elsewhere (each chat logged a 404)
     done = smackctl(world.sup.home, "chat", "-m", "r1", "--max-tokens", "2", "hi")
     assert done.returncode == 0, done.stderr

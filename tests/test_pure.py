@@ -342,3 +342,11 @@ def test_nats_failures_in_words_without_a_python_tuple() -> None:
     assert _words(refused) == "the NATS server cannot be reached (connection refused)"
     assert "(" not in _words(OSError("Connect call failed ('10.0.0.9', 4222)"))
     assert _words(TimeoutError()) == "the NATS server cannot be reached (no answer in time)"
+    import socket
+
+    typo = socket.gaierror(-2, "Name or service not known")
+    assert (
+        _words(typo) == "the NATS server's host name does not resolve (Name or service not known)"
+    )
+    missing = FileNotFoundError(2, "No such file or directory", "/etc/ca.pem")
+    assert _words(missing) == "cannot read /etc/ca.pem: no such file or directory"

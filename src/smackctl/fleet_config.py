@@ -29,16 +29,6 @@ class FleetCredentials(_Strict):
     password: str | None = None
     nkey_file: str | None = None
 
-    @field_validator("token", "password")
-    @classmethod
-    def _not_empty(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError(
-                "is empty: written as ${VARIABLE}, that variable is not set in the "
-                "environment the profile was read in (the supervisor's, for a running one)"
-            )
-        return value
-
     @model_validator(mode="after")
     def _one_way(self) -> FleetCredentials:
         ways = [self.token is not None, self.user is not None, self.nkey_file is not None]

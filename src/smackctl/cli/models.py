@@ -86,6 +86,15 @@ def can(caps: dict[str, Any]) -> str:
     return ", ".join(said) or "-"
 
 
+def _said(value: Any) -> str:
+    """A setting's value in words: a list as a,b; a mapping as k=v (never a Python repr)."""
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
 @app.command()
 def ps(ctx: typer.Context, json_: JsonOpt = False) -> None:
     """Loaded models: state, memory (estimated and measured), ttl left, in-flight, queued."""
@@ -323,8 +332,7 @@ def add(
         except ApiError as exc:
             raise UsageError(exc.message, exc.hint) from exc
     if isinstance(made.get("replaced"), dict):  # the same name again: a new entry, said
-        lost = ", ".join(f"{k} {','.join(map(str, v)) if isinstance(v, list) else v}"
-                         for k, v in made["replaced"].items())  # fmt: skip
+        lost = ", ".join(f"{k} {_said(v)}" for k, v in made["replaced"].items())
         output.info(f"replaced the model {model} added before"
                     + (f"; what it had and this one does not: {lost} (give them again to keep "
                        "them)" if lost else ""))  # fmt: skip

@@ -67,7 +67,9 @@ def for_runner(
             return path, body
         chat = to_chat(MESSAGES, {**body, "max_tokens": 1})
         return "/smackctl/count", chat_for_runner(
-            chat, backend.content_parts, backend.json_schema_format, backend.any_tool
+            chat,
+            backend.content_parts,
+            backend.json_schema_format,  # a count reads no choice
         )
     if path == TOKENIZE:  # the tokens of `content` as a prompt: special tokens read, BOS first
         if native:

@@ -248,6 +248,12 @@ class Registry:
                     target = m.name
                     break
         if target is None or target not in self.models:
+            if name in self.askable():  # a server elsewhere, a group, auto: no runner here
+                raise UsageError(
+                    f"{name} is not a model this supervisor runs (a server elsewhere, a "
+                    "group or `auto`): it has no runner, file or log here",
+                    "send requests to it by name; `smackctl backends` shows its state",
+                )
             raise ModelNotFound(name, self.askable(), self._elsewhere(name))
         return self.models[target]
 

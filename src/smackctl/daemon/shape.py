@@ -51,7 +51,7 @@ def tools_for_runner(
     `tool_choice` left out with tools offered is `auto`, OpenAI's default (llama-cpp-python's
     tool formats put no tool in the prompt without it: the model answered in text, and
     OpenAI's, Anthropic's and the Responses SDKs all leave it out). ``any_tool`` False (a
-    runner that cannot be made to call one of several tools, llama-cpp-python's formats):
+    format that cannot be made to call one of several tools: chatml-function-calling):
     `required` with one tool is that tool by name, and with several a 400 that says so (its
     assertion failed with an empty 500)."""
     body = dict(body)
@@ -67,9 +67,9 @@ def tools_for_runner(
         elif body["tool_choice"] == "required" and not any_tool:
             if len(body["tools"]) > 1:
                 raise UsageError(
-                    "tool_choice `required` with several tools: this model's runner "
-                    "(llama-cpp-python's tool formats) can be made to call one named tool, "
-                    "not any of several",
+                    "tool_choice `required` with several tools: this model's chat format "
+                    "(chatml-function-calling) can be made to call one named tool, not any "
+                    "of several",
                     "name the function in tool_choice, send `auto`, or serve the model with "
                     "`backend: llama-server`",
                 )

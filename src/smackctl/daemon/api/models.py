@@ -67,8 +67,7 @@ async def add(request: Request) -> Response:
             "`path` and `name` are required strings", "smackctl models add PATH --name NAME"
         )
     settings = {k: body[k] for k in _ADDABLE if body.get(k) is not None}
-    old = s.registry.models.get(name)
-    before = old.spec.model_dump(exclude_defaults=True) if old is not None else None
+    before = s.store.added_models().get(name)  # added before (not found in models_dir)
     m = s.registry.add(name, Path(path), settings)
     view = s.scheduler.model_view(m)
     if before is not None:  # an added model of that name is replaced: what it had is said

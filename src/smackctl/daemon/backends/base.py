@@ -43,8 +43,6 @@ class Backend(Protocol):
     json_schema_format: bool
     #: it passes a user message's content parts to the chat template as they are
     content_parts: bool
-    #: the runner can be made to call one of several tools (tool_choice `required`)
-    any_tool: bool
     #: the routes besides the OpenAI ones it serves itself (/v1/messages, /v1/responses);
     #: the proxy translates the others to chat requests
     native_apis: frozenset[str]

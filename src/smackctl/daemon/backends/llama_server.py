@@ -64,7 +64,6 @@ class LlamaServer:
     embeddings_arg = "embeddings"
     json_schema_format = True
     content_parts = True
-    any_tool = True  # tool_choice `required`: one of the tools, whichever
     # its /v1/responses stream lacks `content_index` in text deltas (the official client's
     # stream helper fails on it): translated like llama-cpp-python's
     native_apis: frozenset[str] = frozenset(

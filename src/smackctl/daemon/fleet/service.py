@@ -11,13 +11,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import ssl
 import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smackctl.errors import SmackError
+from smackctl.errors import SmackError, UsageError
 from smackctl.fleet_config import FleetSpec
 from smackctl.fleet_keys import exposed, public_key
 
@@ -101,6 +102,13 @@ class Fleet:
             "disconnected_cb": self._on_disconnected, "reconnected_cb": self._on_reconnected,
             "error_cb": self._on_error,
         }  # fmt: skip
+        for what, value in (("token", c.token), ("password", c.password)):
+            if value is not None and not value.strip():  # `${NATS_TOKEN}`, unset here
+                raise UsageError(
+                    f"fleet.credentials.{what} is empty: written as ${{VARIABLE}} in the "
+                    "profile, that variable is not set in the supervisor's environment",
+                    "restart the supervisor with it set (NATS_TOKEN=… smackctl restart)",
+                )
         if c.token is not None:
             options["token"] = c.token
         if c.user is not None:
@@ -250,8 +258,14 @@ def _words(exc: BaseException) -> str:
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return ("the NATS server's certificate is not trusted: give the CA that signed it as "
                 "fleet.tls.ca")  # fmt: skip
-    if isinstance(exc, OSError) and exc.errno:  # its words, not "[Errno 111] … ('h', 4222)"
-        return f"the NATS server cannot be reached ({os.strerror(exc.errno).lower()})"
+    if isinstance(exc, socket.gaierror):  # a host name that does not resolve
+        return f"the NATS server's host name does not resolve ({exc.strerror or 'unknown'})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS with the NATS server failed ({exc.reason or exc.strerror or name})"
+    if isinstance(exc, OSError) and exc.filename:  # a CA, certificate or key file of ours
+        return f"cannot read {exc.filename}: {(exc.strerror or name).lower()}"
+    if isinstance(exc, OSError) and exc.errno and exc.errno > 0:  # its words, not
+        return f"the NATS server cannot be reached ({os.strerror(exc.errno).lower()})"  # a repr
     if isinstance(exc, TimeoutError) or "Timeout" in name:
         return "the NATS server cannot be reached (no answer in time)"
     if isinstance(exc, OSError) or "NoServers" in name:

@@ -240,7 +240,7 @@ class Deployments:
             except Failed as exc:
                 d.breaker.failure(exc.why, exc.connection)
                 self._count(d, call, exc.status, started)
-                if attempt == d.spec.retries or d.breaker.state != "closed":
+                if attempt == d.spec.retries or d.breaker.state != "closed" or not exc.retry:
                     raise
                 wait = exc.retry_after
                 if wait is None:

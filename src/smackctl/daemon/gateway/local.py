@@ -112,8 +112,10 @@ class LocalModels:
         body = {**body, "model": m.name}
         if path == CHAT:
             backend = backend_for(m.spec)
+            # only chatml-function-calling asserts on `required` (functionary takes it)
+            any_tool = m.spec.chat_format != "chatml-function-calling"
             body = chat_for_runner(
-                body, backend.content_parts, backend.json_schema_format, backend.any_tool
+                body, backend.content_parts, backend.json_schema_format, any_tool
             )
         if body.get("stream") and path in (CHAT, COMPLETIONS):
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}

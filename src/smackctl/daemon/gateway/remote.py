@@ -69,6 +69,7 @@ class Failed(Exception):
         super().__init__(why)
         self.status, self.why, self.connection = status, why, connection
         self.retry_after, self.error, self.answer = retry_after, error, answer
+        self.retry = True  # False: another attempt at this deployment would fail the same
 
 
 class Streamed:
@@ -262,8 +263,10 @@ class Remote:
                     f"answered {upstream.status_code}: {said}",
                     retry_after=retry_after(upstream.headers.get("retry-after")),
                 )
-            if upstream.status_code in (401, 403):  # our key, not the client's: never passed
-                raise Failed(502, self._refused(upstream.status_code, content))  # on as theirs
+            if upstream.status_code == 401:  # our key, not the client's: never passed on as
+                refused = Failed(502, self._refused(401, content))  # theirs; asking again
+                refused.retry = False  # with the same key changes nothing (a 403 can be a
+                raise refused  # policy's answer to this request: passed on as it is)
             return Response(content, status_code=upstream.status_code, headers=headers)
         streamed = Streamed(
             upstream.status_code,

@@ -79,7 +79,6 @@ class LlamaCppPython:
     embeddings_arg = "embedding"
     json_schema_format = False
     content_parts = False
-    any_tool = False  # its tool formats take `auto`, `none` or one tool by name
     native_apis: frozenset[str] = frozenset()
 
     def argv(self, spec: ModelSpec, model_path: Path, port: int, name: str) -> list[str]:
