@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = [
+    "private_db",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "find_llama_server",
@@ -181,3 +182,15 @@ def find_llama_server(configured: str | None = None) -> str | None:
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
     return shutil.which("llama-server")
+
+
+def private_db(path: Path) -> None:
+    """A SQLite file that holds prompts or answers made the user's alone, whatever the
+    umask: created 0600 if it is not there, and it and its -wal and -shm set to 0600 (SQLite
+    gives those the database file's mode)."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.chmod(f"{path}{suffix}", 0o600)
+        except FileNotFoundError:
+            pass

@@ -7,11 +7,12 @@ at the terminal, so the CLI keeps them in a database of its own.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
+
+from smackctl.paths import private_db
 
 __all__ = ["Conversations"]
 
@@ -25,10 +26,7 @@ CREATE TABLE IF NOT EXISTS conversations (
 class Conversations:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # the conversations are the user's alone, whatever the umask (SQLite gives its -wal
-        # and -shm the database file's mode)
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        os.chmod(path, 0o600)
+        private_db(path)  # the conversations are the user's alone, whatever the umask
         self.db = sqlite3.connect(path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(_SCHEMA)

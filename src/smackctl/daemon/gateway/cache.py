@@ -37,6 +37,7 @@ from typing import Any
 from smackctl.catalog import hashed_sha256, known_sha256
 from smackctl.config import CacheSettings, ModelSpec
 from smackctl.daemon.answers import with_defaults
+from smackctl.paths import private_db
 
 __all__ = ["CACHED_ROUTES", "Cache", "deterministic", "kept_stream", "settings_for"]
 
@@ -81,15 +82,6 @@ def _damaged(exc: BaseException) -> bool:
     return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
-def _private(path: Path) -> None:
-    """The file holds prompts and answers: the user's alone, whatever the umask (SQLite
-    gives its -wal and -shm the database file's mode)."""
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-    for suffix in ("", "-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(f"{path}{suffix}", 0o600)
-
-
 class Cache:
     """``cache.db``: entries by key. A fault of the file is never a failed request: a read
     that fails is a miss, a write that fails is not kept, a damaged file is set aside."""
@@ -116,7 +108,7 @@ class Cache:
     # -- the file ------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        _private(self.path)
+        private_db(self.path)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0.1)
         try:
             db.execute("PRAGMA journal_mode=WAL")
