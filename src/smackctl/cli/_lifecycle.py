@@ -59,6 +59,16 @@ def _health(url: str, cert: str | None = None) -> dict[str, object] | None:
     return get_health(url, timeout=1.0, cafile=cert)
 
 
+def _health_within(url: str, cert: str | None, seconds: float) -> dict[str, object] | None:
+    """Its health, asked until it answers or ``seconds`` passed (a supervisor starting or
+    busy); None if it never did."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if (h := _health(url, cert)) is not None or time.monotonic() >= deadline:
+            return h
+        time.sleep(0.1)
+
+
 def _running_cert(paths: Paths) -> str | None:
     try:
         return paths.endpoint_cert_path.read_text().strip() or None
@@ -144,12 +154,9 @@ def start_supervisor(
                 f"smackctl is already running at {running_url} (pid {pid}), not at {url}",
                 f"use the running one, or stop it first (`smackctl stop`) and start it at {url}",
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:  # it may be starting right now
-            h = _health(running_url, _running_cert(paths))
-            if h is not None:
-                return Started(running_url, int(h.get("pid") or pid or 0), already=True)  # type: ignore[call-overload]
-            time.sleep(0.1)
+        h = _health_within(running_url, _running_cert(paths), timeout)  # starting, maybe
+        if h is not None:
+            return Started(running_url, int(h.get("pid") or pid or 0), already=True)  # type: ignore[call-overload]
         raise SupervisorStartError(
             f"a supervisor (pid {pid}) holds the lock but does not answer at {running_url}",
             "stop it with `smackctl stop --force`",
@@ -243,11 +250,8 @@ def ensure_running(
     host = u.hostname or "127.0.0.1"
     here = is_loopback(host) and u.scheme == "http"
     if explicit and not here:
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline:
-            if _health(url, cert) is not None:
-                return False
-            time.sleep(0.2)
+        if _health_within(url, cert, 5.0) is not None:
+            return False
         raise SupervisorNotRunning(url)
     if not autostart:
         raise SupervisorNotRunning(url)
