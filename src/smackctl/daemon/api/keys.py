@@ -59,11 +59,9 @@ async def create(request: Request) -> Response:
 def _unknown(s: Any, key: Key) -> list[dict[str, str | None]]:
     """The key's model names nothing here answers to (a typo most often; or a model of
     another profile): the key is made as asked, and the CLI says which, with the closest
-    name. Known: the models (the profile's, added, found in models_dir) and their aliases,
-    groups and theirs, `auto`, what the fleet's members serve."""
-    groups = s.scheduler.profile.groups
-    known = {"*", "auto", *s.registry.known_names(), *groups}
-    known.update(a for g in groups.values() for a in g.aliases)
+    name. Known: every name a request may give here (``Registry.askable``), `auto`, and what
+    the fleet's members serve."""
+    known = {"*", "auto", *s.registry.askable()}
     if s.fleet is not None:
         known.update(s.fleet.members.models())
     return [
