@@ -95,6 +95,15 @@ def _stat(p: Path | None) -> list[int] | None:
 
 
 def _read_names(db: Path) -> tuple[Path | None, list[str]]:
+    profile, named = profile_names(db)
+    return profile, sorted(set(named) | set(_added(db)))
+
+
+def profile_names(db: Path) -> tuple[Path | None, dict[str, str]]:
+    """The active profile's file (what the supervisor runs or last ran, else what it would
+    start with) and every name it gives a model: the model's own, its aliases, routing's
+    aliases, each to the model it names (the first that gives it), read from the YAML as it
+    is (fast, no validation: for completion and for `logs ALIAS`)."""
     import yaml
 
     from smackctl.paths import list_profile_files
@@ -105,23 +114,25 @@ def _read_names(db: Path) -> tuple[Path | None, list[str]]:
         or found.get(os.environ.get("SMACKCTL_PROFILE", ""))  # what it would start with
         or found.get("default")
     )
-    names: list[str] = []
+    named: dict[str, str] = {}
     if profile is not None and profile.is_file():
         try:
             data = yaml.safe_load(profile.read_text()) or {}
         except (OSError, yaml.YAMLError):
             data = {}
+        data = data if isinstance(data, dict) else {}
         models = data.get("models") or {}
         if isinstance(models, dict):
+            named.update((str(name), str(name)) for name in models)  # their own names first
             for name, spec in models.items():
-                names.append(str(name))
                 if isinstance(spec, dict):
-                    names += [str(a) for a in spec.get("aliases") or []]
+                    for alias in spec.get("aliases") or []:
+                        named.setdefault(str(alias), str(name))
         routing = data.get("routing") or {}
         if isinstance(routing, dict) and isinstance(routing.get("aliases"), dict):
-            names += [str(a) for a in routing["aliases"]]
-    names += _added(db)
-    return profile, sorted(set(names))
+            for alias, target in routing["aliases"].items():
+                named.setdefault(str(alias), str(target))
+    return profile, named
 
 
 def complete_model(incomplete: str) -> list[str]:

@@ -92,25 +92,8 @@ def _follow(path: Path) -> None:
 def _model_named(name: str) -> str:
     """The model an alias names in the active profile (its own aliases, routing's), else
     ``name`` as given."""
-    import yaml
-
     from smackctl.paths import get_paths
 
-    from .completion import _read_names
+    from .completion import profile_names
 
-    profile, _ = _read_names(get_paths().db_path)
-    try:
-        data = yaml.safe_load(profile.read_text()) if profile is not None else None
-    except (OSError, yaml.YAMLError):
-        return name
-    if not isinstance(data, dict):
-        return name
-    models = data.get("models")
-    if not isinstance(models, dict) or name in models:
-        return name
-    for model, spec in models.items():
-        if isinstance(spec, dict) and name in (spec.get("aliases") or []):
-            return str(model)
-    routing = data.get("routing")
-    aliased = routing.get("aliases") if isinstance(routing, dict) else None
-    return str(aliased[name]) if isinstance(aliased, dict) and name in aliased else name
+    return profile_names(get_paths().db_path)[1].get(name, name)
