@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -331,13 +330,10 @@ class Deployments:
         the supervisor does not have (``smackctl status``)."""
         self.sync()
         unset = [
-            f"deployment {d.name}: its key's variable {d.spec.api_key_env} is not set in the "
-            f"supervisor's environment, so it is asked without a key (restart the supervisor "
-            f"with it set: {d.spec.api_key_env}=… smackctl restart)"
+            f"deployment {d.name}: {why}"
             for d in self.by_name.values()
-            if d.remote is not None and d.spec.api_key_env
-            and not os.environ.get(d.spec.api_key_env)
-        ]  # fmt: skip
+            if d.remote is not None and (why := d.remote.key_unset())
+        ]
         return unset + [
             f"deployment {d.name}: circuit breaker {d.breaker.state} since "
             f"{time.strftime('%H:%M:%S', time.localtime(d.breaker.since))} ({d.breaker.why}); "

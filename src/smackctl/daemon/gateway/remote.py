@@ -189,13 +189,19 @@ class Remote:
         env = self.spec.api_key_env
         if env is None:
             fix = f"it was sent no key: give {self.name} `api_key_env: VARIABLE` in the profile"
-        elif not os.environ.get(env):
-            fix = (f"its key is read from ${env}, which is not set in the supervisor's "
-                   f"environment: restart the supervisor with it set ({env}=… smackctl "
-                   "restart)")  # fmt: skip
         else:
-            fix = f"check the key in ${env}"
+            fix = self.key_unset() or f"check the key in ${env}"
         return f"{self.shown_url} refused the key it was sent ({status}: {said}); {fix}"
+
+    def key_unset(self) -> str | None:
+        """Why it is asked without a key: the variable its key is read from, not set in the
+        supervisor's environment (None: none is named, or it is set)."""
+        env = self.spec.api_key_env
+        if env is None or os.environ.get(env):
+            return None
+        return (f"its key's variable {env} is not set in the supervisor's environment, so "
+                f"it is asked without a key: restart the supervisor with it set ({env}=… "
+                "smackctl restart)")  # fmt: skip
 
     def _late(self) -> str:
         """Why an attempt past its ``deadline`` was cut, and the setting that allows more."""
