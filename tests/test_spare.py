@@ -7,6 +7,8 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
+
 from conftest import (
     Home,
     Supervisor,
@@ -188,3 +190,36 @@ def test_a_load_short_of_memory_stops_the_spare_before_evicting_a_model(home: Ho
 def _zombie(pid: int) -> bool:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().split(") ", 1)[1].startswith("Z")
+
+
+def test_a_spare_killed_is_dead_before_asyncio_has_reaped_it(tmp_path: Path) -> None:
+    """A spare SIGKILLed (the OOM killer) is a zombie until asyncio's child watcher waits
+    for it, and its ``returncode`` is None until then: a load handed to it in between went
+    nowhere (CI saw it: tiny-b's load "exited with code -9", a 500). Asked of the kernel, it
+    is dead at once, and nothing is handed to it."""
+    import asyncio
+    import sys
+
+    from smackctl.daemon.spare import Spare
+
+    async def go() -> tuple[bool, object]:
+        spare = Spare(tmp_path / "runner-spare.log")
+        spare.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import time; time.sleep(60)", stdin=asyncio.subprocess.PIPE
+        )
+        pid = spare.proc.pid
+        os.kill(pid, signal.SIGKILL)
+
+        def ended() -> bool:  # a zombie, or reaped already by asyncio's watcher thread
+            try:
+                return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+            except psutil.NoSuchProcess:
+                return True
+
+        wait_for(ended, 10, "the kernel to end it")
+        alive = spare.alive  # no await since the kill: asyncio has not reaped it
+        handed = spare.hand(["--model=x"], tmp_path / "runner-x.log", "key")
+        return alive, handed
+
+    alive, handed = asyncio.run(go())
+    assert not alive and handed is None

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psutil
+
 from smackctl.errors import ModelLoadError
 
 from .backends.base import RUNNER_PROGRAM
@@ -49,7 +51,7 @@ class Spare:
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
+        return self.proc is not None and not _gone(self.proc)
 
     def hand(
         self, args: Sequence[str], log_path: Path, key: str
@@ -57,7 +59,7 @@ class Spare:
         """Make it the runner started with ``args`` and ``key``, logging to ``log_path`` (a
         file of the spare's log folder); None if it died."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.returncode is not None or proc.stdin is None:
+        if proc is None or _gone(proc) or proc.stdin is None:
             return None
         if log_path.parent != self.log_path.parent:
             raise RuntimeError(f"{log_path} is not in the spare's log folder")
@@ -80,6 +82,18 @@ class Spare:
             await asyncio.wait_for(proc.wait(), 2.0)
         signal_group(proc.pid, signal.SIGKILL, leader_gone=proc.returncode is not None)
         await proc.wait()
+
+
+def _gone(proc: asyncio.subprocess.Process) -> bool:
+    """The process is dead: reaped, or killed and not yet reaped (a zombie: ``returncode``
+    says so only once asyncio's watcher has waited for it, and an order written to its stdin
+    in between went nowhere: the load handed to it died, -9, as a 500)."""
+    if proc.returncode is not None:
+        return True
+    try:
+        return bool(psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
 
 
 @dataclass
